@@ -1,0 +1,106 @@
+"""Configuration from the environment (shared/design/architecture.md, "Configuration").
+
+`.env` is read in development only; production refuses unsafe defaults.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+from collections.abc import Mapping
+from pathlib import Path
+
+from dotenv import load_dotenv
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_DATABASE_URL = "sqlite:///instance/bot.db"
+DEFAULT_PUBLIC_BASE_URL = "http://localhost:5000"
+# Development only: lets a newcomer sign test webhooks without a Twilio account. Production
+# refuses to start without a real TWILIO_AUTH_TOKEN.
+DEVELOPMENT_TWILIO_AUTH_TOKEN = "development-only-twilio-auth-token"
+APP_ENVS = ("development", "test", "production")
+
+log = logging.getLogger(__name__)
+
+
+class ConfigError(RuntimeError):
+    """The environment asks for something unsafe or impossible (e.g. production without a
+    SECRET_KEY). Raised by `create_app`, so a bad deployment fails at start, not at the
+    first request."""
+
+
+def database_url(raw: str | None) -> str:
+    """The SQLAlchemy URL for `DATABASE_URL`.
+
+    A relative SQLite path is taken from the project root (and its folder created), so
+    `sqlite:///instance/bot.db` means `<project>/instance/bot.db` whatever the working
+    directory; `postgres://` and `postgresql://` URLs get the psycopg 3 driver.
+    """
+    url = raw or DEFAULT_DATABASE_URL
+    if url.startswith("sqlite:///") and not url.startswith("sqlite:////"):
+        path = url.removeprefix("sqlite:///")
+        if path and not path.startswith(":memory:"):
+            absolute = PROJECT_ROOT / path
+            absolute.parent.mkdir(parents=True, exist_ok=True)
+            return f"sqlite:///{absolute}"
+    for prefix in ("postgres://", "postgresql://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg://" + url.removeprefix(prefix)
+    return url
+
+
+class Config:
+    """Settings read from the environment when the class is instantiated.
+
+    Flask reads the UPPER_CASE attributes (`app.config.from_object(Config())`).
+    """
+
+    load_dotenv_file = True
+
+    def __init__(self, environ: Mapping[str, str] | None = None) -> None:
+        if environ is None:
+            if self.load_dotenv_file and os.environ.get("APP_ENV", "development") == "development":
+                load_dotenv(PROJECT_ROOT / ".env", override=False)
+            environ = os.environ
+        env = environ.get
+        self.APP_ENV = env("APP_ENV", "development")
+        if self.APP_ENV not in APP_ENVS:
+            raise ConfigError(f"APP_ENV must be one of {', '.join(APP_ENVS)}, not {self.APP_ENV!r}")
+        self.SECRET_KEY = env("SECRET_KEY") or None
+        self.SQLALCHEMY_DATABASE_URI = database_url(env("DATABASE_URL"))
+        self.SQLALCHEMY_ENGINE_OPTIONS = {"pool_pre_ping": True}
+        self.REDIS_URL = env("REDIS_URL") or None
+        self.PUBLIC_BASE_URL = (env("PUBLIC_BASE_URL") or DEFAULT_PUBLIC_BASE_URL).rstrip("/")
+        self.TWILIO_ACCOUNT_SID = env("TWILIO_ACCOUNT_SID") or None
+        self.TWILIO_AUTH_TOKEN = env("TWILIO_AUTH_TOKEN") or None
+        self.TWILIO_SMS_FROM = env("TWILIO_SMS_FROM") or None
+        self.TWILIO_WHATSAPP_FROM = env("TWILIO_WHATSAPP_FROM") or None
+        self.TWILIO_MESSAGING_SERVICE_SID = env("TWILIO_MESSAGING_SERVICE_SID") or None
+        self.TWILIO_API_BASE = env("TWILIO_API_BASE") or None
+        self.STRIPE_SECRET_KEY = env("STRIPE_SECRET_KEY") or None
+        self.STRIPE_WEBHOOK_SECRET = env("STRIPE_WEBHOOK_SECRET") or None
+        self.STRIPE_API_BASE = env("STRIPE_API_BASE") or None
+        self.OPENAI_API_KEY = env("OPENAI_API_KEY") or None
+        self.OPENAI_BASE_URL = env("OPENAI_BASE_URL") or None
+        self.OPENAI_MODEL = env("OPENAI_MODEL") or None
+        self.ECONOMY_FILE = env("ECONOMY_FILE") or None
+        self.ADMIN_API_TOKEN = env("ADMIN_API_TOKEN") or None
+        self._check_and_fill()
+
+    def _check_and_fill(self) -> None:
+        if self.APP_ENV == "production":
+            missing = [
+                name
+                for name in ("SECRET_KEY", "TWILIO_AUTH_TOKEN")
+                if not getattr(self, name)
+            ]
+            if missing:
+                raise ConfigError(f"production needs {', '.join(missing)} in the environment")
+            if self.PUBLIC_BASE_URL == DEFAULT_PUBLIC_BASE_URL:
+                raise ConfigError("production needs PUBLIC_BASE_URL: the URL Twilio calls")
+            return
+        if not self.SECRET_KEY:
+            self.SECRET_KEY = secrets.token_hex(32)
+        if not self.TWILIO_AUTH_TOKEN:
+            self.TWILIO_AUTH_TOKEN = DEVELOPMENT_TWILIO_AUTH_TOKEN

@@ -1,0 +1,1 @@
+"""Conversation domain: channels, inbound normalisation, the router, intents and skills."""

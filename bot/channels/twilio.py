@@ -1,0 +1,189 @@
+"""The Twilio channel (SMS and WhatsApp): signature check, inbound normalisation, TwiML replies.
+
+Sources: Twilio "Webhooks security" (X-Twilio-Signature over the exact public URL plus every
+POST parameter), Twilio "Messaging webhook request" (field names), shared/design/messaging.md.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import phonenumbers
+from twilio.request_validator import RequestValidator, get_signature_algorithm
+from twilio.twiml.messaging_response import MessagingResponse
+
+from bot.channels import register
+from bot.errors import InvalidInbound, InvalidSender
+from bot.messages import InboundMessage, Location, Media
+
+WHATSAPP_PREFIX = "whatsapp:"
+# Twilio allows at most 10 media items on MMS; WhatsApp sends one. More is not a real payload.
+MAX_MEDIA = 10
+# Longest text we keep: WhatsApp's 4,096-character limit (SMS bodies are at most 1,600).
+MAX_TEXT = 4096
+MAX_SID = 64
+
+
+@dataclass(frozen=True)
+class TwilioAdapter:
+    """Input and output halves of the Twilio Messaging channel."""
+
+    name: str = "twilio"
+
+    def signature_is_valid(
+        self,
+        auth_token: str,
+        url: str,
+        params: Mapping[str, str],
+        signature: str | None,
+        settings_header: str | None = None,
+    ) -> bool:
+        """Check `X-Twilio-Signature` with Twilio's own `RequestValidator`.
+
+        Args:
+            auth_token: the account's Auth Token (or the SharedKey secret when Twilio sends
+                `X-Twilio-Webhooks-Signature-Settings`).
+            url: the exact URL Twilio requested: the configured public base URL, the path and
+                the raw query string, as received (never Flask's decoded `request.url`).
+            params: every POST parameter, blank ones included (a werkzeug MultiDict works).
+            signature: the header's value; None or "" is invalid.
+            settings_header: `X-Twilio-Webhooks-Signature-Settings`, which names the HMAC.
+
+        Returns:
+            True when the signature matches (with or without the default port in `url`).
+        """
+        if not signature:
+            return False
+        algorithm = get_signature_algorithm(settings_header)
+        return bool(RequestValidator(auth_token).validate(url, params, signature, algorithm))
+
+    def parse_inbound(
+        self, form: Mapping[str, str], headers: Mapping[str, str] | None = None
+    ) -> InboundMessage:
+        """Normalise a "message comes in" webhook into an `InboundMessage`.
+
+        Args:
+            form: the POST parameters (`application/x-www-form-urlencoded`).
+            headers: request headers, for `I-Twilio-Idempotency-Token`.
+
+        Returns:
+            The frozen `InboundMessage`; channel "whatsapp" when `From` has the `whatsapp:`
+            prefix, else "sms".
+
+        Raises:
+            InvalidInbound: `MessageSid` or `From` is missing, or `NumMedia` is not a count.
+            InvalidSender: `From` is not a phone number (and not a WhatsApp user id).
+        """
+        sid = _clean(form.get("MessageSid") or form.get("SmsMessageSid") or "").strip()
+        if not sid or len(sid) > MAX_SID:
+            raise InvalidInbound("MessageSid is missing or longer than 64 characters")
+        raw_from = _clean(form.get("From") or "").strip()
+        if not raw_from:
+            raise InvalidInbound("From is missing")
+        channel = "whatsapp" if raw_from.lower().startswith(WHATSAPP_PREFIX) else "sms"
+        wa_id = _clean(form.get("WaId") or "").strip() or None
+        sender = normalise_sender(raw_from, channel, wa_id)
+
+        body = _clean(form.get("Body") or "")
+        button_text = _clean(form.get("ButtonText") or "") or None
+        button_payload = _clean(form.get("ButtonPayload") or "") or None
+        text = body if body.strip() else (button_text or button_payload or "")
+
+        headers = headers or {}
+        opt_out = (form.get("OptOutType") or "").strip().upper() or None
+        return InboundMessage(
+            channel=channel,
+            sender=sender,
+            text=text.strip()[:MAX_TEXT],
+            message_sid=sid,
+            to=_clean(form.get("To") or "")[:MAX_SID],
+            account_sid=_clean(form.get("AccountSid") or "") or None,
+            media=_media(form),
+            location=_location(form),
+            wa_id=wa_id,
+            button_payload=button_payload,
+            opt_out_type=opt_out,
+            idempotency_token=headers.get("I-Twilio-Idempotency-Token"),
+        )
+
+    def render_reply(self, texts: list[str]) -> str:
+        """TwiML for the reply: one `<Message>` per text, or an empty `<Response/>`.
+
+        Built with `MessagingResponse` only, so `&`, `<` and `>` in a text are escaped (LLM and
+        recipe text contains them).
+        """
+        response = MessagingResponse()
+        for text in texts:
+            response.message(text)
+        return str(response)
+
+
+def normalise_sender(raw_from: str, channel: str, wa_id: str | None = None) -> str:
+    """The identity of a sender: E.164 for a phone number, "wa:<id>" for a WhatsApp user id.
+
+    Args:
+        raw_from: Twilio's `From`, e.g. "+16505558893" or "whatsapp:+31612345678".
+        channel: "sms" or "whatsapp".
+        wa_id: Twilio's `WaId`, when present.
+
+    Raises:
+        InvalidSender: an SMS `From` that is not a possible phone number, or a WhatsApp `From`
+            that is neither a phone number nor accompanied by a `WaId`.
+    """
+    address = raw_from[len(WHATSAPP_PREFIX):] if channel == "whatsapp" else raw_from
+    e164 = to_e164(address)
+    if e164 is not None:
+        return e164
+    if channel == "whatsapp" and (wa_id or address):
+        ident = wa_id or address
+        if ident.isprintable() and len(ident) <= 60:
+            return f"wa:{ident}"
+    raise InvalidSender("From is not a phone number in international (E.164) form")
+
+
+def to_e164(value: str) -> str | None:
+    """`value` as E.164 ("+15551234567") if it is a possible international number, else None."""
+    if not value.startswith("+"):
+        return None
+    try:
+        number = phonenumbers.parse(value, None)
+    except phonenumbers.NumberParseException:
+        return None
+    if not phonenumbers.is_possible_number(number):
+        return None
+    return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
+
+
+def _clean(value: str) -> str:
+    # PostgreSQL text cannot hold NUL; nothing a person writes needs it.
+    return value.replace("\x00", "")
+
+
+def _media(form: Mapping[str, str]) -> tuple[Media, ...]:
+    raw = (form.get("NumMedia") or "0").strip()
+    if not raw.isdigit():
+        raise InvalidInbound("NumMedia is not a whole number")
+    count = min(int(raw), MAX_MEDIA)
+    items = []
+    for i in range(count):
+        url = _clean(form.get(f"MediaUrl{i}") or "")
+        if url:
+            items.append(Media(url=url, content_type=_clean(form.get(f"MediaContentType{i}") or "")))
+    return tuple(items)
+
+
+def _location(form: Mapping[str, str]) -> Location | None:
+    lat = (form.get("Latitude") or "").strip()
+    lon = (form.get("Longitude") or "").strip()
+    if not lat or not lon:
+        return None
+    return Location(
+        latitude=lat[:32],
+        longitude=lon[:32],
+        address=_clean(form.get("Address") or "") or None,
+        label=_clean(form.get("Label") or "") or None,
+    )
+
+
+TWILIO = register(TwilioAdapter())

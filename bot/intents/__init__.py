@@ -1,0 +1,73 @@
+"""Intents and their skills: one skill per intent, registered under the intent's catalog name.
+
+A skill turns a `SkillRequest` into a `SkillAnswer`. Today every skill answers offline from the
+content shipped in `bot/content/`; an LLM-backed skill will implement the same interface.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+from bot.errors import BotError
+
+
+@dataclass(frozen=True)
+class SkillRequest:
+    """What a skill gets.
+
+    Attributes:
+        intent: the intent name the router classified, e.g. "meal_plan".
+        text: the person's message as they wrote it.
+        channel: "sms" or "whatsapp" (an SMS answer should stay short).
+    """
+
+    intent: str
+    text: str
+    channel: str
+
+
+@dataclass(frozen=True)
+class SkillAnswer:
+    """What a skill gives back: the reply text and where it came from ("offline")."""
+
+    text: str
+    source: str = "offline"
+
+
+class Skill(Protocol):
+    """The interface every intent's skill implements."""
+
+    intent: str
+
+    def answer(self, request: SkillRequest) -> SkillAnswer:
+        """Answer `request`. Raises `bot.errors.SkillFailed` when no answer can be given."""
+        ...
+
+
+class UnknownIntent(BotError):
+    """The catalog names an intent for which no skill is registered."""
+
+
+_SKILLS: dict[str, Skill] = {}
+
+
+def register_skill(skill: Skill) -> Skill:
+    """Register `skill` under `skill.intent` and return it."""
+    _SKILLS[skill.intent] = skill
+    return skill
+
+
+def skill_for(intent: str) -> Skill:
+    """The skill registered for `intent`.
+
+    Raises:
+        UnknownIntent: no skill is registered under that name (a catalog names an intent this
+            bot cannot answer).
+    """
+    from bot.intents import offline  # noqa: F401  (importing registers the offline skills)
+
+    try:
+        return _SKILLS[intent]
+    except KeyError:
+        raise UnknownIntent(f"no skill is registered for intent {intent!r}") from None

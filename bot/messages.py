@@ -1,0 +1,60 @@
+"""The channel-neutral message shapes that cross from channel adapters into the router."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+CHANNELS = ("sms", "whatsapp", "console")
+
+
+@dataclass(frozen=True)
+class Media:
+    """One media item of an inbound message (Twilio `MediaUrl<n>` / `MediaContentType<n>`)."""
+
+    url: str
+    content_type: str
+
+
+@dataclass(frozen=True)
+class Location:
+    """A shared location (WhatsApp). Coordinates stay decimal strings as Twilio sent them."""
+
+    latitude: str
+    longitude: str
+    address: str | None = None
+    label: str | None = None
+
+
+@dataclass(frozen=True)
+class InboundMessage:
+    """An inbound message, normalised at the edge (shared/design/messaging.md, Inbound step 2).
+
+    Attributes:
+        channel: "sms", "whatsapp" or "console".
+        sender: the person's identity: E.164 ("+15551234567") when there is a phone number,
+            else "wa:<WhatsApp user id>".
+        text: what the person wrote (`Body`, or the button text of a quick reply); "" if none.
+        message_sid: the provider's message id (Twilio `MessageSid`), unique per message.
+        to: the number or address the person wrote to, as the provider gave it.
+        account_sid: the provider account (Twilio `AccountSid`), if any.
+        media: attached media items, in order.
+        location: a shared location, if any.
+        wa_id: WhatsApp user id (`WaId`), if any.
+        button_payload: the developer-set id of a tapped quick-reply button, if any.
+        opt_out_type: Twilio Advanced Opt-Out's `OptOutType` (STOP, START or HELP), if present;
+            it is authoritative over keyword matching.
+        idempotency_token: the `I-Twilio-Idempotency-Token` header, if present.
+    """
+
+    channel: str
+    sender: str
+    text: str
+    message_sid: str
+    to: str = ""
+    account_sid: str | None = None
+    media: tuple[Media, ...] = ()
+    location: Location | None = None
+    wa_id: str | None = None
+    button_payload: str | None = None
+    opt_out_type: str | None = None
+    idempotency_token: str | None = None

@@ -1,0 +1,104 @@
+"""The wording of the bot's own replies: help, balance, pay links, refusals, compliance.
+
+Kept in one place so that what a person is told about money reads consistently, and short
+enough for one or two SMS segments.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from tokens.catalog import Catalog, IntentSpec, Pack
+from tokens.ledger import next_month_start
+
+
+def price_list(catalog: Catalog, affordable_below: int | None = None) -> str:
+    """Intents with their prices, dearest first, e.g. "meal plan 5, dietary advice 4, ...".
+
+    Args:
+        catalog: the economy catalog.
+        affordable_below: when given, only intents costing at most this many tokens.
+    """
+    specs = sorted(catalog.intents, key=lambda s: (-s.price, s.label))
+    if affordable_below is not None:
+        specs = [s for s in specs if s.price <= affordable_below]
+    return ", ".join(f"{s.label} {s.price}" for s in specs)
+
+
+def renewal_date(now: datetime) -> str:
+    """When the free allowance renews, e.g. "Dec 1"."""
+    start = next_month_start(now)
+    return f"{start:%b} {start.day}"
+
+
+def help_text(catalog: Catalog, now: datetime) -> str:
+    """HELP: what the bot does, prices, the free commands and how to stop (messaging.md)."""
+    pack = catalog.pack()
+    return (
+        f"{catalog.bot_name}: {catalog.bot_description}. Prices in tokens: "
+        f"{price_list(catalog)}. You get {catalog.free_monthly_allowance} free tokens a month "
+        f"(next on {renewal_date(now)}). Text BALANCE to see yours, BUY for "
+        f"{pack.total_tokens} more for {pack.price_display}. Reply STOP to unsubscribe. "
+        "Msg & data rates may apply."
+    )
+
+
+def balance_text(catalog: Catalog, available: int, now: datetime) -> str:
+    """BALANCE: the available balance as "<N> tokens", and what it buys."""
+    cheapest = min(s.price for s in catalog.intents)
+    if available >= cheapest:
+        spend = f"Prices: {price_list(catalog)}."
+    else:
+        spend = "Text BUY to top up."
+    return (
+        f"You have {available} tokens. {spend} Free tokens renew on {renewal_date(now)}."
+    )
+
+
+def buy_text(pack: Pack, url: str) -> str:
+    """BUY: the pay link and what it buys."""
+    bonus = f" ({pack.tokens} + {pack.bonus_tokens} bonus)" if pack.bonus_tokens else ""
+    return f"Get {pack.total_tokens} tokens{bonus} for {pack.price_display}: {url}"
+
+
+def insufficient_text(
+    catalog: Catalog, spec: IntentSpec, available: int, url: str, now: datetime
+) -> str:
+    """The refusal when the balance is below the price: nothing charged, a pay link, and the
+    cheaper things the person can still do (economy.md, Tiers: "whatever the level")."""
+    pack = catalog.pack()
+    article = "an" if spec.label[:1] in "aeiou" else "a"
+    parts = [
+        f"{article.capitalize()} {spec.label} costs {spec.price} tokens and you have "
+        f"{available}. Nothing was charged."
+    ]
+    cheaper = price_list(catalog, affordable_below=available)
+    if cheaper:
+        parts.append(f"You can still ask for: {cheaper}.")
+    parts.append(f"Get {pack.total_tokens} tokens for {pack.price_display}: {url}")
+    parts.append(f"Free tokens renew on {renewal_date(now)}.")
+    return " ".join(parts)
+
+
+def stop_text(catalog: Catalog) -> str:
+    """Confirmation of STOP, sent once where the app (not Twilio) manages opt-out."""
+    return (
+        f"You are unsubscribed from {catalog.bot_name} and will get no more messages. "
+        "Reply START to come back."
+    )
+
+
+def start_text(catalog: Catalog) -> str:
+    """Confirmation of START where the app manages opt-out."""
+    return (
+        f"Welcome back to {catalog.bot_name}. Text HELP for what I can do, BALANCE for your "
+        "tokens. Reply STOP to unsubscribe."
+    )
+
+
+NO_TEXT = (
+    "I can only read text for now. Tell me in words, e.g. \"calories in 2 eggs\" or "
+    "\"vegetarian meal plan\". Nothing was charged."
+)
+NOTHING_MORE = "There is nothing more to show. Ask me something new, or text HELP."
+SKILL_FAILED = "Sorry, I could not answer that just now. Nothing was charged; please try again."

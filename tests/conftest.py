@@ -1,0 +1,253 @@
+"""Shared fixtures: real servers, the app on SQLite and on PostgreSQL, signed Twilio posts.
+
+The PostgreSQL server is a real `postgres` started by this suite (pytest-postgresql's executor)
+on a free loopback port; the schema is built once by the Alembic migrations into a template
+database, and every test gets a fresh copy of it. SQLite tests get a copy of a migrated file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pwd
+import shutil
+import tempfile
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import port_for
+import pytest
+from flask import Flask
+from flask.testing import FlaskClient, FlaskCliRunner
+from flask_migrate import upgrade
+from pytest_postgresql.executors import PostgreSQLExecutor
+from pytest_postgresql.janitor import DatabaseJanitor
+from sqlalchemy.orm import Session
+from twilio.request_validator import RequestValidator
+
+from app import create_app
+from app.config import Config
+from app.extensions import db
+
+TESTS = Path(__file__).resolve().parent
+FIXTURES = TESTS / "fixtures"
+AUTH_TOKEN = "test-auth-token-0123456789abcdef"
+PUBLIC_BASE_URL = "https://bot.example.com"
+INBOUND_PATH = "/webhooks/twilio/messages"
+PG_USER = "postgres"
+TEMPLATE_DB = "bot_template"
+
+
+def config_for(database_url: str, **overrides: str) -> type[Config]:
+    """A `Config` subclass for tests: no `.env`, a known auth token and public URL."""
+    environ = {
+        "APP_ENV": "test",
+        "DATABASE_URL": database_url,
+        "TWILIO_AUTH_TOKEN": AUTH_TOKEN,
+        "PUBLIC_BASE_URL": PUBLIC_BASE_URL,
+        "SECRET_KEY": "test-secret",
+        **overrides,
+    }
+
+    class TestConfig(Config):
+        load_dotenv_file = False
+
+        def __init__(self) -> None:
+            super().__init__(environ=environ)
+
+    return TestConfig
+
+
+def migrate(database_url: str) -> None:
+    """Build the schema with the project's Alembic migrations (`flask db upgrade`)."""
+    app = create_app(config_for(database_url))
+    with app.app_context():
+        upgrade()
+        db.engine.dispose()
+
+
+# --- servers -----------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def postgresql_server() -> Iterator[PostgreSQLExecutor]:
+    """A real PostgreSQL server on a free loopback port, for the whole session."""
+    workdir = Path(tempfile.mkdtemp(prefix="bot-tests-pg-"))
+    if os.geteuid() == 0:
+        # PostgreSQL will not run as root; the pg_ctl wrapper runs it as `postgres`.
+        postgres = pwd.getpwnam("postgres")
+        os.chown(workdir, postgres.pw_uid, postgres.pw_gid)
+    executor = PostgreSQLExecutor(
+        executable=str(TESTS / "support" / "pg_ctl"),
+        host="127.0.0.1",
+        port=port_for.select_random(),
+        datadir=str(workdir / "data"),
+        unixsocketdir=str(workdir),
+        logfile=str(workdir / "postgresql.log"),
+        startparams="-w",
+        dbname="postgres",
+        user=PG_USER,
+        postgres_options="-c fsync=off -c synchronous_commit=off -c full_page_writes=off",
+    )
+    executor.start()
+    try:
+        yield executor
+    finally:
+        executor.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def pg_url(server: PostgreSQLExecutor, dbname: str) -> str:
+    """The SQLAlchemy URL of database `dbname` on the test server."""
+    return f"postgresql+psycopg://{PG_USER}@{server.host}:{server.port}/{dbname}"
+
+
+@pytest.fixture(scope="session")
+def postgresql_template(postgresql_server: PostgreSQLExecutor) -> str:
+    """A template database migrated to head; tests clone it."""
+    janitor = DatabaseJanitor(
+        user=PG_USER, host=postgresql_server.host, port=postgresql_server.port,
+        dbname=TEMPLATE_DB,
+    )
+    janitor.init()
+    migrate(pg_url(postgresql_server, TEMPLATE_DB))
+    return TEMPLATE_DB
+
+
+@pytest.fixture(scope="session")
+def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A SQLite file migrated to head; tests copy it."""
+    path = tmp_path_factory.mktemp("sqlite") / "template.db"
+    migrate(f"sqlite:///{path}")
+    return path
+
+
+@pytest.fixture
+def database_url(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> Iterator[str]:
+    """A fresh, migrated database for one test, on the backend of the test's parameter."""
+    backend = getattr(request, "param", "sqlite")
+    if backend == "sqlite":
+        template = request.getfixturevalue("sqlite_template")
+        path = tmp_path / "bot.db"
+        shutil.copyfile(template, path)
+        yield f"sqlite:///{path}"
+        return
+    server = request.getfixturevalue("postgresql_server")
+    template_name = request.getfixturevalue("postgresql_template")
+    janitor = DatabaseJanitor(
+        user=PG_USER, host=server.host, port=server.port,
+        dbname=f"test_{uuid.uuid4().hex[:12]}", template_dbname=template_name,
+    )
+    janitor.init()
+    try:
+        yield pg_url(server, janitor.dbname)
+    finally:
+        janitor.drop()
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Run every test that uses the database on SQLite and on PostgreSQL, unless it is marked
+    `@pytest.mark.backends("postgresql")` (or "sqlite")."""
+    if "database_url" not in metafunc.fixturenames:
+        return
+    marker = metafunc.definition.get_closest_marker("backends")
+    backends = list(marker.args) if marker else ["sqlite", "postgresql"]
+    metafunc.parametrize("database_url", backends, indirect=True)
+
+
+# --- the app -----------------------------------------------------------------------------
+
+
+@pytest.fixture
+def app(database_url: str) -> Iterator[Flask]:
+    """The app on a fresh database, inside an app context."""
+    application = create_app(config_for(database_url))
+    with application.app_context():
+        yield application
+        db.session.remove()
+        db.engine.dispose()
+
+
+@pytest.fixture
+def client(app: Flask) -> FlaskClient:
+    return app.test_client()
+
+
+@pytest.fixture
+def runner(app: Flask) -> FlaskCliRunner:
+    return app.test_cli_runner()
+
+
+@pytest.fixture
+def session(app: Flask) -> Session:
+    """The app's session (what routes use); tests read state through it."""
+    return db.session
+
+
+# --- Twilio helpers ----------------------------------------------------------------------
+
+
+def load_fixture(name: str) -> dict[str, Any]:
+    """A recorded provider payload from tests/fixtures (copied from shared/fixtures)."""
+    data: dict[str, Any] = json.loads((FIXTURES / name).read_text(encoding="utf-8"))
+    return data
+
+
+def twilio_fields(name: str, **changes: str) -> dict[str, str]:
+    """The form fields of a Twilio fixture, with `changes` applied."""
+    fields = dict(load_fixture(f"twilio/{name}")["fields"])
+    fields.update(changes)
+    return fields
+
+
+def sign(url: str, fields: dict[str, str], token: str = AUTH_TOKEN) -> str:
+    """`X-Twilio-Signature` as Twilio computes it (the library's own algorithm)."""
+    return str(RequestValidator(token).compute_signature(url, fields))
+
+
+def post_signed(
+    client: FlaskClient,
+    fields: dict[str, str],
+    *,
+    query: str = "",
+    signed_url: str | None = None,
+    token: str = AUTH_TOKEN,
+    path: str = INBOUND_PATH,
+) -> Any:
+    """POST `fields` to a Twilio webhook the way Twilio does, signed over the public URL."""
+    target = path + (f"?{query}" if query else "")
+    url = signed_url if signed_url is not None else PUBLIC_BASE_URL + target
+    return client.post(
+        target,
+        data=fields,
+        headers={"X-Twilio-Signature": sign(url, fields, token)},
+    )
+
+
+SMS_FIXTURE = "sms_inbound_text_rawbody_specialchars__tigerfarm.json"
+WHATSAPP_FIXTURE = "whatsapp_inbound_text__botbuilder_test.json"
+INBOUND_FIXTURES = (
+    SMS_FIXTURE,
+    WHATSAPP_FIXTURE,
+    "whatsapp_inbound_image__botbuilder_test.json",
+    "whatsapp_inbound_location__botbuilder_test.json",
+    "whatsapp_inbound_button_reply__100eyes_fixture.json",
+)
+
+
+def sms(body: str, sid: str | None = None, sender: str = "+16505558893") -> dict[str, str]:
+    """The real SMS fixture with another Body, MessageSid and sender."""
+    sid = sid or f"SM{uuid.uuid4().hex}"
+    return twilio_fields(SMS_FIXTURE, Body=body, MessageSid=sid, SmsMessageSid=sid, SmsSid=sid,
+                         From=sender)
+
+
+def whatsapp(body: str, sid: str | None = None, sender: str = "+16505558893") -> dict[str, str]:
+    """The real WhatsApp fixture with another Body, MessageSid and sender."""
+    sid = sid or f"SM{uuid.uuid4().hex}"
+    return twilio_fields(WHATSAPP_FIXTURE, Body=body, MessageSid=sid, SmsMessageSid=sid,
+                         SmsSid=sid, From=f"whatsapp:{sender}")

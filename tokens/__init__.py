@@ -1,0 +1,1 @@
+"""Economy domain: ledger, catalog, payments. Imports neither `bot` nor `app`, nor Flask."""
