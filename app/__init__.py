@@ -78,4 +78,6 @@ def create_app(config_class: type[Config] = Config) -> Flask:
 
 def _configure_logging(app: Flask) -> None:
     if app.config["APP_ENV"] != "test" and not logging.getLogger().handlers:
-        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        logging.basicConfig(
+            level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+        )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import sys
 
 import click
 from flask import Flask, current_app
@@ -42,7 +43,7 @@ def chat(sender: str, channel: str) -> None:
     settings: BotSettings = current_app.extensions["bot_settings"]
     # The routing log lines would interleave with the conversation; warnings still show.
     logging.getLogger("bot").setLevel(logging.WARNING)
-    stdin = click.get_text_stream("stdin")
+    stdin = sys.stdin
     interactive = stdin.isatty()
     click.echo(f"Texting {settings.catalog.bot_name} over {channel}. Try \"HELP\", \"meal plan\", "
                "\"BALANCE\". Ctrl-D ends.")

@@ -24,7 +24,10 @@ _GRAMS_IN_SERVING = re.compile(r"\b([0-9]{1,4}) ?g\b")
 
 
 class ContentError(BotError):
-    """A content file is missing or malformed (protects: skills never answer from half-read data)."""
+    """A content file is missing or malformed.
+
+    Protects: skills never answer from half-read data.
+    """
 
 
 @dataclass(frozen=True)

@@ -46,10 +46,7 @@ def help_text(catalog: Catalog, now: datetime) -> str:
 def balance_text(catalog: Catalog, available: int, now: datetime) -> str:
     """BALANCE: the available balance as "<N> tokens", and what it buys."""
     cheapest = min(s.price for s in catalog.intents)
-    if available >= cheapest:
-        spend = f"Prices: {price_list(catalog)}."
-    else:
-        spend = "Text BUY to top up."
+    spend = f"Prices: {price_list(catalog)}." if available >= cheapest else "Text BUY to top up."
     return (
         f"You have {available} tokens. {spend} Free tokens renew on {renewal_date(now)}."
     )

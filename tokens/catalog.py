@@ -190,7 +190,9 @@ def _parse(raw: dict[str, Any]) -> Catalog:
     try:
         price = Decimal(str(raw.get("token_list_price_usd")))
     except InvalidOperation:
-        raise CatalogError("token_list_price_usd: a decimal string such as \"0.05\" is required") from None
+        raise CatalogError(
+            'token_list_price_usd: a decimal string such as "0.05" is required'
+        ) from None
     token_price_musd = price * MICRO_USD_PER_USD
     if token_price_musd <= 0 or token_price_musd != token_price_musd.to_integral_value():
         raise CatalogError("token_list_price_usd: must be positive and a whole number of µUSD")
@@ -221,7 +223,9 @@ def _parse_intent(item: Any, index: int) -> IntentSpec:
         try:
             compiled.append(re.compile(pattern))
         except re.error as exc:
-            raise CatalogError(f"{where}.patterns: {pattern!r} is not a valid regex ({exc})") from None
+            raise CatalogError(
+                f"{where}.patterns: {pattern!r} is not a valid regex ({exc})"
+            ) from None
     return IntentSpec(
         name=_str(item, "name", where),
         label=_str(item, "label", where),

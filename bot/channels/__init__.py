@@ -12,7 +12,10 @@ from typing import Protocol
 class ChannelAdapter(Protocol):
     """What every channel adapter offers the web layer and the CLI."""
 
-    name: str
+    @property
+    def name(self) -> str:
+        """The registry key, e.g. "twilio"."""
+        ...
 
     def render_reply(self, texts: list[str]) -> str:
         """The provider's body for an immediate answer made of `texts` (possibly none)."""

@@ -28,7 +28,9 @@ class ConsoleAdapter:
         """
         e164 = to_e164(sender.strip())
         if e164 is None:
-            raise InvalidSender(f"{sender!r} is not a phone number in E.164 form, e.g. +15551234567")
+            raise InvalidSender(
+                f"{sender!r} is not a phone number in E.164 form, e.g. +15551234567"
+            )
         return InboundMessage(
             channel=channel,
             sender=e164,

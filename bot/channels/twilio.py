@@ -169,7 +169,8 @@ def _media(form: Mapping[str, str]) -> tuple[Media, ...]:
     for i in range(count):
         url = _clean(form.get(f"MediaUrl{i}") or "")
         if url:
-            items.append(Media(url=url, content_type=_clean(form.get(f"MediaContentType{i}") or "")))
+            content_type = _clean(form.get(f"MediaContentType{i}") or "")
+            items.append(Media(url=url, content_type=content_type))
     return tuple(items)
 
 

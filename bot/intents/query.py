@@ -32,13 +32,19 @@ _WEEK = re.compile(r"\b(week|weekly|7 days)\b")
 _GRAMS_WORD = re.compile(r"([0-9]{1,4})(?:g|gr|grams?)")
 _GRAM_UNITS = frozenset({"g", "gr", "gram", "grams"})
 STOPWORDS = frozenset(
-    "a an the for me my i some with and or of to in on please give want need can you how what "
-    "is are any good ideas idea make cook recipe recipes find show send quick easy "
-    "grocery groceries list shopping meal meals plan plans menu day days week weekly "
-    "calorie calories kcal cal free low high rich based no".split()
+    [
+        "a", "an", "the", "for", "me", "my", "i", "some", "with", "and", "or", "of", "to",
+        "in", "on", "please", "give", "want", "need", "can", "you", "how", "what", "is",
+        "are", "any", "good", "ideas", "idea", "make", "cook", "recipe", "recipes", "find",
+        "show", "send", "quick", "easy", "grocery", "groceries", "list", "shopping", "meal",
+        "meals", "plan", "plans", "menu", "day", "days", "week", "weekly", "calorie",
+        "calories", "kcal", "cal", "free", "low", "high", "rich", "based", "no"
+    ]
 )
 # Words of the diet phrases: they select by tag, not by keyword.
-DIET_WORDS = frozenset(word for phrases in DIET_PHRASES.values() for p in phrases for word in p.split())
+DIET_WORDS = frozenset(
+    word for phrases in DIET_PHRASES.values() for p in phrases for word in p.split()
+)
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,6 @@ from tests.conftest import (
     INBOUND_FIXTURES,
     INBOUND_PATH,
     PUBLIC_BASE_URL,
-    SMS_FIXTURE,
     post_signed,
     sign,
     sms,
@@ -46,7 +45,8 @@ def test_every_inbound_fixture_is_accepted_and_answered_with_twiml(client, sessi
     assert response.mimetype == "text/xml"
     texts = messages_of(response)
     assert len(texts) == 1 and texts[0].strip()
-    stored = session.scalars(select(Message).where(Message.message_sid == fields["MessageSid"])).one()
+    sid = fields["MessageSid"]
+    stored = session.scalars(select(Message).where(Message.message_sid == sid)).one()
     assert stored.direction == "in"
 
 
@@ -159,7 +159,8 @@ def test_media_only_message_is_answered_free(client, session):
     fields = twilio_fields("whatsapp_inbound_image__botbuilder_test.json")
     (reply,) = messages_of(post_signed(client, fields))
     assert "Nothing was charged" in reply
-    stored = session.scalars(select(Message).where(Message.message_sid == fields["MessageSid"])).one()
+    sid = fields["MessageSid"]
+    stored = session.scalars(select(Message).where(Message.message_sid == sid)).one()
     assert stored.num_media == 1
     assert stored.tokens_charged == 0
     assert balance_of(session, "+31612345678") == 100

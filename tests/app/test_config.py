@@ -1,0 +1,48 @@
+"""Configuration from the environment; production refuses unsafe defaults."""
+
+from __future__ import annotations
+
+import pytest
+
+from app import create_app
+from app.config import PROJECT_ROOT, Config, ConfigError, database_url
+from tests.conftest import config_for
+
+
+def test_production_refuses_missing_secrets():
+    with pytest.raises(ConfigError, match="SECRET_KEY, TWILIO_AUTH_TOKEN"):
+        Config(environ={"APP_ENV": "production"})
+    with pytest.raises(ConfigError, match="PUBLIC_BASE_URL"):
+        Config(environ={"APP_ENV": "production", "SECRET_KEY": "s", "TWILIO_AUTH_TOKEN": "t"})
+    ok = Config(environ={"APP_ENV": "production", "SECRET_KEY": "s", "TWILIO_AUTH_TOKEN": "t",
+                         "PUBLIC_BASE_URL": "https://bot.example.com/"})
+    assert ok.PUBLIC_BASE_URL == "https://bot.example.com"
+
+
+def test_unknown_app_env_is_refused():
+    with pytest.raises(ConfigError, match="APP_ENV"):
+        Config(environ={"APP_ENV": "staging"})
+
+
+def test_embedded_defaults():
+    config = Config(environ={})
+    assert config.APP_ENV == "development"
+    expected_db = PROJECT_ROOT / "instance" / "bot.db"
+    uri = config.SQLALCHEMY_DATABASE_URI
+    assert uri == f"sqlite:///{expected_db}"
+    assert config.PUBLIC_BASE_URL == "http://localhost:5000"
+    assert config.SECRET_KEY and config.TWILIO_AUTH_TOKEN
+    assert config.REDIS_URL is None and config.STRIPE_SECRET_KEY is None
+
+
+def test_database_urls():
+    assert database_url("postgres://u:p@h/db") == "postgresql+psycopg://u:p@h/db"
+    assert database_url("postgresql://u@h/db") == "postgresql+psycopg://u@h/db"
+    assert database_url("sqlite:////tmp/x.db") == "sqlite:////tmp/x.db"
+
+
+def test_a_broken_economy_file_stops_the_app_at_start(tmp_path):
+    bad = tmp_path / "economy.yaml"
+    bad.write_text("intents: [")
+    with pytest.raises(ConfigError, match="ECONOMY_FILE"):
+        create_app(config_for(f"sqlite:///{tmp_path / 'x.db'}", ECONOMY_FILE=str(bad)))

@@ -1,0 +1,227 @@
+"""The router, message by message, as a person would live it."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+
+import pytest
+from sqlalchemy import func, select
+
+from bot.intents import SkillAnswer, offline
+from bot.messages import InboundMessage
+from bot.models import Contact, Message
+from bot.router import Outcome, handle_inbound
+from tokens import ledger
+from tokens.ledger import LedgerEntry
+from tokens.payments import PayLink
+
+NOV = datetime(2026, 11, 21, 12, 0, tzinfo=UTC)
+DEC = datetime(2026, 12, 1, 0, 0, 5, tzinfo=UTC)
+ANA = "+15551234567"
+
+
+@pytest.fixture
+def say(app, session):
+    """`say(text, ...)` routes one message as Ana and commits, like the webhook does."""
+
+    def _say(
+        text: str,
+        *,
+        sender: str = ANA,
+        channel: str = "sms",
+        now: datetime = NOV,
+        sid: str | None = None,
+        opt_out_type: str | None = None,
+    ) -> Outcome:
+        message = InboundMessage(
+            channel=channel,
+            sender=sender,
+            text=text,
+            message_sid=sid or f"SM{uuid.uuid4().hex}",
+            opt_out_type=opt_out_type,
+        )
+        outcome = handle_inbound(session, message, app.extensions["bot_settings"], now=now)
+        session.commit()
+        return outcome
+
+    return _say
+
+
+def available(session, sender: str = ANA) -> int:
+    contact = session.scalars(select(Contact).where(Contact.address == sender)).one()
+    return ledger.balance(session, contact.account_id).available
+
+
+def test_ana_gets_100_free_tokens_and_a_meal_plan_costs_5(say, session):
+    outcome = say("meal plan")
+    assert outcome.kind == "answered"
+    assert outcome.intent == "meal_plan"
+    assert outcome.tokens_charged == 5
+    assert available(session) == 95
+    balance = say("balance")
+    assert balance.kind == "balance" and balance.tokens_charged == 0
+    assert "95 tokens" in balance.replies[0]
+
+
+def test_free_commands_match_whole_message_any_case_and_spacing(say, session):
+    for text in ("BALANCE", " balance ", "Saldo", "bal!"):
+        assert say(text).kind == "balance"
+    for text in ("buy tokens", "BUY", "  Buy   Tokens ", "comprar"):
+        outcome = say(text)
+        assert outcome.kind == "buy"
+        assert "https://bot.example.com/pay/" in outcome.replies[0]
+    assert say("más").kind == "more"
+    assert available(session) == 100
+    # "what is my balance today" is a sentence, not the BALANCE command.
+    assert say("what is my balance today").kind == "answered"
+
+
+def test_buy_reuses_one_stored_opaque_pay_link(say, session):
+    first = say("BUY").replies[0]
+    second = say("buy tokens").replies[0]
+    assert first == second
+    link = session.scalars(select(PayLink)).one()
+    assert first.endswith(f"/pay/{link.token}")
+    assert len(link.token) >= 43  # 256 random bits, URL-safe
+    assert ANA.lstrip("+") not in first
+    assert link.pack_code == "starter"
+
+
+def test_below_the_price_gets_a_pay_link_and_cheaper_options_and_no_charge(say, session):
+    for _ in range(19):
+        assert say("meal plan").tokens_charged == 5
+    assert available(session) == 5
+    say("calories in an apple")  # 3 tokens
+    assert available(session) == 2
+
+    outcome = say("vegetarian meal plan")
+    assert outcome.kind == "insufficient"
+    assert outcome.tokens_charged == 0
+    text = outcome.replies[0]
+    assert "costs 5 tokens and you have 2" in text
+    assert "grocery list 2" in text and "recipe 2" in text and "chat 1" in text
+    assert "meal plan 5" not in text and "nutrition analysis 3" not in text
+    assert "https://bot.example.com/pay/" in text
+    assert "Nothing was charged" in text
+    assert available(session) == 2
+
+
+def test_stop_silences_everything_until_start(say, session):
+    say("hello")
+    stop = say("STOP")
+    assert stop.kind == "opt_out" and stop.replies == ()  # Twilio confirms STOP on SMS
+    contact = session.scalars(select(Contact)).one()
+    assert contact.opted_out_at is not None
+    assert contact.opt_out_source == "keyword:sms"
+    before = available(session)
+    for text in ("meal plan", "BALANCE", "HELP", "buy"):
+        outcome = say(text)
+        assert outcome.kind == "opted_out"
+        assert outcome.replies == ()
+        assert outcome.tokens_charged == 0
+    assert available(session) == before
+    assert say("start").kind == "opt_in"
+    assert say("meal plan").tokens_charged == 5
+
+
+@pytest.mark.parametrize(
+    "word",
+    ["stop", "STOPALL", "Unsubscribe", "cancel", "END", "quit", "revoke", "opt out", "stop."],
+)
+def test_every_opt_out_keyword_opts_out(say, session, word):
+    assert say(word).kind == "opt_out"
+    assert session.scalars(select(Contact)).one().opted_out
+
+
+def test_whatsapp_stop_gets_one_confirmation_from_the_app(say):
+    first = say("STOP", channel="whatsapp")
+    assert first.kind == "opt_out" and "unsubscribed" in first.replies[0]
+    again = say("STOP", channel="whatsapp")
+    assert again.replies == ()
+    back = say("START", channel="whatsapp")
+    assert "Welcome back" in back.replies[0]
+
+
+def test_opt_out_type_from_twilio_is_authoritative(say, session):
+    # Advanced Opt-Out with a custom keyword the app does not know.
+    outcome = say("arret", opt_out_type="STOP")
+    assert outcome.kind == "opt_out"
+    contact = session.scalars(select(Contact)).one()
+    assert contact.opt_out_source == "twilio_opt_out_type"
+    assert say("meal plan").kind == "opted_out"
+
+
+def test_help_is_free_and_explains_prices_commands_and_stop(say, session):
+    outcome = say("help")
+    assert outcome.kind == "help" and outcome.tokens_charged == 0
+    text = outcome.replies[0]
+    for part in ("meal plan 5", "chat 1", "100 free tokens", "BALANCE", "BUY", "STOP", "$5.00"):
+        assert part in text
+    assert session.scalars(select(LedgerEntry).where(LedgerEntry.kind == "debit")).all() == []
+    assert "You have 100 tokens" in say("BALANCE").replies[0]
+
+
+def test_free_allowance_is_granted_once_a_month_and_expires_at_month_end(say, session):
+    say("meal plan")
+    say("hi")
+    grants = session.scalars(select(LedgerEntry).where(LedgerEntry.kind == "grant")).all()
+    assert len(grants) == 1
+    assert grants[0].expires_at == datetime(2026, 12, 1, tzinfo=UTC)
+    assert available(session) == 94
+
+    say("hi", now=DEC)
+    entries = session.scalars(select(LedgerEntry).order_by(LedgerEntry.id)).all()
+    expiry = [e for e in entries if e.kind == "expiry"]
+    assert [(e.amount, e.bucket) for e in expiry] == [(-94, "free")]
+    assert [e.idempotency_key for e in entries if e.kind == "grant"] == [
+        f"grant:free:{entries[0].account_id}:2026-11",
+        f"grant:free:{entries[0].account_id}:2026-12",
+    ]
+    assert available(session) == 99  # 100 new, minus the 1-token chat
+
+
+def test_one_person_one_account_across_channels(say, session):
+    say("meal plan", channel="sms")
+    outcome = say("balance", channel="whatsapp")
+    assert "95 tokens" in outcome.replies[0]
+    assert session.scalar(select(func.count()).select_from(Contact)) == 1
+
+
+def test_a_failing_skill_charges_nothing_and_keeps_the_message(say, session, monkeypatch):
+    def broken(self, request):
+        raise RuntimeError("content store unavailable")
+
+    monkeypatch.setattr(offline.MealPlanSkill, "answer", broken)
+    outcome = say("meal plan", sid="SMbroken")
+    assert outcome.kind == "failed"
+    assert outcome.tokens_charged == 0
+    assert "Nothing was charged" in outcome.replies[0]
+    assert available(session) == 100
+    stored = session.scalars(select(Message).where(Message.message_sid == "SMbroken")).one()
+    assert stored.outcome == "failed" and stored.tokens_charged == 0
+
+
+def test_an_unknown_food_is_not_charged(say, session):
+    outcome = say("calories in a zorblax")
+    assert outcome.kind == "failed"
+    assert "could not find a food" in outcome.replies[0]
+    assert available(session) == 100
+
+
+def test_messages_and_replies_are_recorded(say, session, monkeypatch):
+    monkeypatch.setattr(offline.ChatSkill, "answer", lambda self, r: SkillAnswer("hello Ana"))
+    say("hi", sid="SMrecorded")
+    inbound = session.scalars(select(Message).where(Message.message_sid == "SMrecorded")).one()
+    assert (inbound.intent, inbound.outcome, inbound.tokens_charged) == ("chat", "answered", 1)
+    reply = session.scalars(select(Message).where(Message.in_reply_to_id == inbound.id)).one()
+    assert (reply.direction, reply.body, reply.message_sid) == ("out", "hello Ana", None)
+
+
+def test_a_repeat_sid_changes_nothing(say, session):
+    first = say("meal plan", sid="SMrepeat")
+    again = say("meal plan", sid="SMrepeat")
+    assert first.tokens_charged == 5
+    assert again == Outcome(kind="duplicate")
+    assert available(session) == 95
+    assert session.scalar(select(func.count()).select_from(Message)) == 2

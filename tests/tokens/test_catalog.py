@@ -1,0 +1,85 @@
+"""The economy catalog: shipped defaults pinned, overrides, and clear errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tokens.catalog import DEFAULT_CATALOG_PATH, load_catalog, normalise_command
+from tokens.errors import CatalogError
+
+
+def test_default_catalog_matches_economy_md():
+    catalog = load_catalog()
+    assert catalog.token_price_musd == 50_000  # $0.05
+    assert catalog.free_monthly_allowance == 100
+    assert {s.name: s.price for s in catalog.intents} == {
+        "chat": 1,
+        "meal_plan": 5,
+        "grocery_list": 2,
+        "nutrition_analysis": 3,
+        "recipe_search": 2,
+        "dietary_advice": 4,
+    }
+    starter = catalog.pack()
+    assert (starter.name, starter.price_cents, starter.tokens, starter.bonus_tokens) == (
+        "Starter", 500, 100, 20,
+    )
+    assert starter.total_tokens == 120 and starter.price_display == "$5.00"
+    assert catalog.pay_link_ttl_seconds == 72 * 3600
+    assert "BUYTOKENS" in catalog.commands["buy"]
+
+
+def write_catalog(tmp_path: Path, **changes) -> Path:
+    raw = yaml.safe_load(DEFAULT_CATALOG_PATH.read_text())
+    raw.update(changes)
+    path = tmp_path / "economy.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+def test_another_catalog_file_changes_prices(tmp_path):
+    raw = yaml.safe_load(DEFAULT_CATALOG_PATH.read_text())
+    for intent in raw["intents"]:
+        if intent["name"] == "meal_plan":
+            intent["price"] = 8
+    path = write_catalog(tmp_path, intents=raw["intents"], free_monthly_allowance=50)
+    catalog = load_catalog(path)
+    assert catalog.intent("meal_plan").price == 8
+    assert catalog.free_monthly_allowance == 50
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"free_monthly_allowance": 0}, "free_monthly_allowance: a positive integer"),
+        ({"free_monthly_allowance": 2.5}, "free_monthly_allowance: a positive integer"),
+        ({"token_list_price_usd": "abc"}, "token_list_price_usd"),
+        ({"token_list_price_usd": "0.0000001"}, "whole number of µUSD"),
+        ({"default_intent": "astrology"}, "default_intent"),
+        ({"default_pack": "gold"}, "default_pack"),
+        ({"packs": []}, "packs: a non-empty list"),
+        ({"intents": [{"name": "chat", "label": "chat", "price": 1, "example": "hi",
+                       "patterns": ["(unclosed"]}], "default_intent": "chat"}, "not a valid regex"),
+    ],
+)
+def test_a_bad_catalog_is_refused_with_the_field_named(tmp_path, changes, message):
+    path = write_catalog(tmp_path, **changes)
+    with pytest.raises(CatalogError, match=message.replace("(", r"\(")) as error:
+        load_catalog(path)
+    assert str(path) in str(error.value)
+
+
+def test_a_missing_catalog_file_is_a_clear_error(tmp_path):
+    with pytest.raises(CatalogError, match="cannot read the economy catalog"):
+        load_catalog(tmp_path / "nope.yaml")
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [(" buy  tokens! ", "BUYTOKENS"), ("Más", "MAS"), ("Stop.", "STOP"), ("opt out", "OPTOUT")],
+)
+def test_commands_compare_without_case_spaces_accents_or_final_punctuation(text, expected):
+    assert normalise_command(text) == expected
