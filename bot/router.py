@@ -4,12 +4,12 @@ The pipeline is an ordered list of small named steps over one `Turn` (shared/des
 architecture.md, "The main flow"); a step that has the final answer raises `ReplyNow`.
 
     dedupe -> contact -> store -> compliance keywords -> opted-out silence -> monthly allowance
-    -> no text -> free commands -> intent -> balance check -> skill and debit
+    -> no text -> free commands -> intent -> hold -> skill -> capture (or void)
 
 Compliance keywords come first and are free; after STOP nothing is charged or sent. Free
-commands (BALANCE, BUY, MORE) never reach pricing. A priced answer is debited only after its
-skill produced it, in the same transaction, with the MessageSid as the idempotency key, so a
-repeat delivery or a failed skill charges nothing.
+commands (BALANCE, BUY, MORE) never reach pricing. The price is held before the skill runs
+(`hold:<MessageSid>`) and captured (`debit:<MessageSid>`) only when the skill answered; a skill
+that fails voids the hold, so a repeat delivery or a failed skill charges nothing.
 """
 
 from __future__ import annotations
@@ -105,6 +105,7 @@ class Turn:
     contact: Contact | None = None
     message: Message | None = None
     intent: IntentSpec | None = None
+    hold_id: int | None = None
     charged: int = 0
 
     @property
@@ -231,37 +232,41 @@ def classify_intent(turn: Turn) -> None:
     turn.intent = classify(turn.msg.text, turn.catalog)
 
 
-def check_balance(turn: Turn) -> None:
-    """Below the price: a pay link and the cheaper options; nothing charged."""
+def reserve(turn: Turn) -> None:
+    """Hold the price before the skill runs; below the price: a pay link and the cheaper
+    options, nothing charged (economy.md, Ledger: the check and the hold are one step)."""
     assert turn.intent is not None
-    available = ledger.balance(turn.session, turn.account_id).available
-    if available < turn.intent.price:
-        raise ReplyNow("insufficient", _insufficient(turn, available))
+    try:
+        placed = ledger.hold(
+            turn.session, turn.account_id, turn.intent.price,
+            key=f"hold:{turn.msg.message_sid}", ttl_seconds=turn.catalog.hold_ttl_seconds,
+            memo=turn.intent.name, now=turn.now,
+        )
+    except InsufficientTokens as refused:
+        raise ReplyNow("insufficient", _insufficient(turn, refused.available)) from None
+    turn.hold_id = placed.hold_id
 
 
-def answer_and_debit(turn: Turn) -> None:
-    """Run the intent's skill; debit its price only when it produced an answer."""
-    assert turn.intent is not None
+def answer_and_capture(turn: Turn) -> None:
+    """Run the intent's skill; capture the hold when it answered, void it when it did not."""
+    assert turn.intent is not None and turn.hold_id is not None
     spec = turn.intent
     request = SkillRequest(intent=spec.name, text=turn.msg.text, channel=turn.msg.channel)
     try:
         answer = skill_for(spec.name).answer(request)
     except SkillFailed as exc:
         log.warning("skill failed", extra={"intent": spec.name, "reason": str(exc)})
+        ledger.void(turn.session, turn.hold_id, now=turn.now)
         raise ReplyNow("failed", exc.reply or replies.SKILL_FAILED) from None
     except Exception:
         # A bug in one skill must not cost the person tokens or lose their message.
         log.exception("skill raised", extra={"intent": spec.name})
+        ledger.void(turn.session, turn.hold_id, now=turn.now)
         raise ReplyNow("failed", replies.SKILL_FAILED) from None
-    try:
-        posted = ledger.debit(
-            turn.session, turn.account_id, spec.price,
-            key=f"debit:{turn.msg.message_sid}", memo=spec.name, now=turn.now,
-        )
-    except InsufficientTokens as exc:
-        # Another message of this person spent the tokens since the balance check.
-        raise ReplyNow("insufficient", _insufficient(turn, exc.available)) from None
-    turn.charged = posted.amount
+    captured = ledger.capture(
+        turn.session, turn.hold_id, key=f"debit:{turn.msg.message_sid}", now=turn.now
+    )
+    turn.charged = captured.posted.amount
     raise ReplyNow("answered", answer.text)
 
 
@@ -275,8 +280,8 @@ STEPS: tuple[Step, ...] = (
     no_text,
     free_commands,
     classify_intent,
-    check_balance,
-    answer_and_debit,
+    reserve,
+    answer_and_capture,
 )
 
 

@@ -92,6 +92,8 @@ class Catalog:
         packs: token packs by code.
         default_pack: code of the pack offered in pay links.
         pay_link_ttl_seconds: lifetime of a pay link.
+        hold_ttl_seconds: how long a hold may stay pending before it expires and releases
+            its tokens (a crash between hold and capture charges nothing).
     """
 
     bot_name: str
@@ -104,6 +106,7 @@ class Catalog:
     packs: Mapping[str, Pack]
     default_pack: str
     pay_link_ttl_seconds: int
+    hold_ttl_seconds: int
 
     def intent(self, name: str) -> IntentSpec:
         """The intent called `name`. Raises `CatalogError` if there is none."""
@@ -208,6 +211,7 @@ def _parse(raw: dict[str, Any]) -> Catalog:
         packs=packs,
         default_pack=default_pack,
         pay_link_ttl_seconds=_positive_int(raw, "pay_link_ttl_hours") * 3600,
+        hold_ttl_seconds=_positive_int(raw, "hold_ttl_seconds"),
     )
 
 

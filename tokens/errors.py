@@ -57,3 +57,15 @@ class LedgerInvariantBroken(TokensError):
     Protects: balance = sum of entries (economy.md, Ledger). Raised instead of posting a debit
     that the buckets cannot cover; the transaction must be rolled back and an operator told.
     """
+
+
+class UnknownEntry(TokensError):
+    """An operation named a hold or a credit entry that does not exist."""
+
+
+class HoldNotPending(TokensError):
+    """A capture or void named a hold that is no longer pending.
+
+    Protects: a hold settles once (pending -> captured | voided | expired); a late capture of
+    an expired hold cannot charge tokens that were already released.
+    """

@@ -1,4 +1,4 @@
-"""The token ledger: accounts, append-only entries, and the verb functions that post them.
+"""The token ledger: accounts, append-only entries, lots, holds, and the verbs that move tokens.
 
 Design (shared/design/economy.md, "Ledger"):
 
@@ -6,23 +6,32 @@ Design (shared/design/economy.md, "Ledger"):
 - Every change of a balance is a `LedgerEntry`: a kind (`grant`, `purchase`, `bonus`, `debit`,
   `refund`, `clawback`, `expiry`, `adjustment`), a signed integer amount of tokens, a bucket
   (`free`, `subscription`, `bonus`, `paid`) and a unique idempotency key such as
-  `grant:free:<account>:2026-11` or `debit:<MessageSid>`. Entries are never updated or deleted;
-  a correction is a new entry whose `corrects_id` points at the entry it corrects.
-- `Account.balance` caches the posted balance (the sum of the account's entries). It changes only
-  together with the entries, in the same transaction, through one conditional UPDATE
-  (`... SET balance = balance - n WHERE balance >= n`), so the check and the debit are a single
-  atomic statement, never read-then-write. The database refuses a negative cache
-  (`CHECK balance >= 0`) and zero-amount entries (`CHECK amount <> 0`).
-- Idempotency: every operation is keyed. Posting with a key that exists returns the first result
-  and changes nothing. Two concurrent posts of one key: the later INSERT hits
-  `UNIQUE(idempotency_key)` inside a SAVEPOINT, which is rolled back, and the first result is
-  returned.
-- Debits consume buckets in the order free -> subscription -> bonus -> paid; a debit that spans
-  buckets is one entry per bucket (the first keeps the operation's key, the others add
-  `:<bucket>`).
-- The free monthly allowance is granted lazily, on a person's first message of each calendar
-  month (UTC), and expires at the month's end: the grant of a new month first posts an `expiry`
-  entry for whatever free tokens are left from earlier months.
+  `grant:free:<account>:2026-11` or `debit:<MessageSid>`. Entries are never updated or deleted.
+  A correction is a new entry whose `corrects_id` points at the entry it corrects (a clawback
+  points at its purchase); a bonus points at its purchase through `parent_id`.
+- Every credit opens a `Lot`: the tokens of that one entry, with its bucket and expiry, and how
+  many are left. Spending consumes lots in the order free -> subscription -> bonus -> paid, the
+  earliest expiry first within a bucket (no expiry last), and posts one entry per lot it draws
+  from, pointing at the lot (`lot_id`). So a person's history explains every token: which grant
+  or purchase each spent token came from.
+- Holds reserve tokens before a priced skill runs: `hold` (pending) -> `capture` (debit entries;
+  a partial capture releases the rest) | `void` (no entry) | `expire_holds` (after the TTL, like
+  a void). The available balance is posted balance minus pending holds and never goes below 0.
+- `Account.balance` (posted) and `Account.held` (pending holds) are caches of the entries and the
+  holds. They change only in the same transaction as what they cache, through conditional
+  UPDATEs, so each check-and-change is one atomic statement: `hold` is
+  `... SET held = held + n WHERE balance - held >= n`, never read-then-write. The database
+  refuses what must never be (`CHECK held >= 0 AND held <= balance`, `CHECK amount <> 0`,
+  `CHECK remaining >= 0`, `UNIQUE(idempotency_key)`), and a test recomputes every cache.
+- Idempotency: every operation has a key. Repeating a key returns the first result and changes
+  nothing. Two concurrent posts of one key: the later INSERT hits `UNIQUE(idempotency_key)`
+  inside a SAVEPOINT, which is rolled back, and the first result is returned. An operation that
+  posts several entries keys them `key`, `key#2`, ... and records `key` as their
+  `operation_key`.
+- Expiry: lots past their `expires_at` are expired lazily (an `expiry` entry per lot) before
+  anything that spends or reserves, and a month's free grant expires at the start of the next
+  month. Tokens reserved by a pending hold are not expired from under it: the sweep leaves
+  `held` tokens in place, and the capture spends them first (their lot expires earliest).
 
 Domain functions take the SQLAlchemy `Session` explicitly and flush; the caller (a route, job or
 CLI command) owns the transaction and commits.
@@ -31,9 +40,9 @@ CLI command) owns the transaction and commits.
 from __future__ import annotations
 
 import secrets
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from sqlalchemy import (
     BigInteger,
@@ -41,6 +50,7 @@ from sqlalchemy import (
     ForeignKey,
     Integer,
     String,
+    case,
     func,
     select,
     update,
@@ -50,20 +60,23 @@ from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from tokens.base import Base, UTCDateTime, utcnow
 from tokens.errors import (
+    HoldNotPending,
     InsufficientTokens,
     InvalidAmount,
     LedgerInvariantBroken,
     UnknownAccount,
+    UnknownEntry,
 )
 
 ENTRY_KINDS = ("grant", "purchase", "bonus", "debit", "refund", "clawback", "expiry", "adjustment")
 BUCKETS = ("free", "subscription", "bonus", "paid")
 # economy.md: free allowance first, then subscription, bonus, then paid.
 CONSUMPTION_ORDER = ("free", "subscription", "bonus", "paid")
-CREDIT_KINDS = ("grant", "purchase", "bonus", "refund", "adjustment")
+HOLD_STATES = ("pending", "captured", "voided", "expired")
+DEFAULT_HOLD_TTL_SECONDS = 600
 
 
-def _sql_in(column: str, values: tuple[str, ...]) -> str:
+def _sql_in(column: str, values: Sequence[str]) -> str:
     return f"{column} IN ({', '.join(repr(v) for v in values)})"
 
 
@@ -71,15 +84,20 @@ class Account(Base):
     """A person's token wallet.
 
     `public_id` is the opaque id shown to payment providers (`client_reference_id`); the numeric
-    `id` never leaves the database. `balance` is the cached posted balance in tokens.
+    `id` never leaves the database. `balance` caches the posted balance and `held` the pending
+    holds, both in tokens; available = balance - held.
     """
 
     __tablename__ = "accounts"
-    __table_args__ = (CheckConstraint("balance >= 0", name="balance_not_negative"),)
+    __table_args__ = (
+        CheckConstraint("balance >= 0", name="balance_not_negative"),
+        CheckConstraint("held >= 0 AND held <= balance", name="held_within_balance"),
+    )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     public_id: Mapped[str] = mapped_column(String(32), unique=True)
     balance: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    held: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
 
@@ -99,10 +117,60 @@ class LedgerEntry(Base):
     bucket: Mapped[str] = mapped_column(String(16))
     amount: Mapped[int] = mapped_column(BigInteger)
     idempotency_key: Mapped[str] = mapped_column(String(200), unique=True)
+    operation_key: Mapped[str] = mapped_column(String(200), index=True)
+    lot_id: Mapped[int | None] = mapped_column(ForeignKey("ledger_lots.id"))
+    hold_id: Mapped[int | None] = mapped_column(ForeignKey("ledger_holds.id"))
     corrects_id: Mapped[int | None] = mapped_column(ForeignKey("ledger_entries.id"))
+    parent_id: Mapped[int | None] = mapped_column(ForeignKey("ledger_entries.id"))
     expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     memo: Mapped[str | None] = mapped_column(String(200))
+    actor: Mapped[str | None] = mapped_column(String(100))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+class Lot(Base):
+    """The tokens of one credit entry and how many of them are left (`remaining`, tokens).
+
+    A cache of the entries (remaining = credit + the entries that drew on the lot), kept in the
+    same transaction; `credit_entry_id` is the grant, purchase, bonus or adjustment it came from.
+    """
+
+    __tablename__ = "ledger_lots"
+    __table_args__ = (
+        CheckConstraint("remaining >= 0", name="remaining_not_negative"),
+        CheckConstraint(_sql_in("bucket", BUCKETS), name="bucket_known"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id"), index=True)
+    credit_entry_id: Mapped[int] = mapped_column(
+        ForeignKey("ledger_entries.id", use_alter=True), unique=True
+    )
+    bucket: Mapped[str] = mapped_column(String(16))
+    expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    remaining: Mapped[int] = mapped_column(BigInteger)
+
+
+class Hold(Base):
+    """Tokens reserved for one priced request: pending -> captured | voided | expired."""
+
+    __tablename__ = "ledger_holds"
+    __table_args__ = (
+        CheckConstraint("amount > 0", name="amount_positive"),
+        CheckConstraint("captured >= 0 AND captured <= amount", name="captured_within_amount"),
+        CheckConstraint(_sql_in("status", HOLD_STATES), name="status_known"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id"), index=True)
+    amount: Mapped[int] = mapped_column(BigInteger)
+    captured: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    status: Mapped[str] = mapped_column(String(16), default="pending", index=True)
+    idempotency_key: Mapped[str] = mapped_column(String(200), unique=True)
+    memo: Mapped[str | None] = mapped_column(String(200))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    settled_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
 
 
 @dataclass(frozen=True)
@@ -111,26 +179,29 @@ class Balance:
 
     Attributes:
         posted: the sum of all entries.
-        available: what can be spent now (posted minus pending holds; holds arrive with the
-            hold/capture ledger, so today it equals `posted`).
-        by_bucket: bucket -> tokens, only buckets with a non-zero balance.
+        held: tokens reserved by pending holds.
+        available: what can be reserved or spent now: posted - held - tokens of lots past their
+            expiry that no sweep has expired yet. Never negative.
+        by_bucket: bucket -> unexpired tokens left, only buckets with some.
     """
 
     posted: int
+    held: int
     available: int
     by_bucket: Mapping[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
 class Posted:
-    """The result of a keyed ledger operation.
+    """The result of a keyed operation that posts entries.
 
     Attributes:
         key: the operation's idempotency key.
-        entry_ids: ids of the entries the operation posted (several for a debit across buckets).
-        amount: tokens moved, positive for credits and debits alike.
+        entry_ids: ids of the entries posted (several when a spend draws on several lots; none
+            for a clawback that found nothing left to take).
+        amount: tokens moved, positive for credits and spends alike.
         by_bucket: (bucket, signed tokens) per entry, in posting order.
-        replayed: True when the key had been posted before and nothing changed this time.
+        replayed: True when the key had been used before and nothing changed this time.
     """
 
     key: str
@@ -140,6 +211,55 @@ class Posted:
     replayed: bool
 
 
+@dataclass(frozen=True)
+class Purchased:
+    """The result of `purchase`: the paid entry and its linked bonus entry (if any)."""
+
+    purchase: Posted
+    bonus: Posted | None
+
+
+@dataclass(frozen=True)
+class HoldResult:
+    """The result of `hold`, `void` and `expire` transitions.
+
+    Attributes:
+        hold_id: the hold's id (pass it to `capture` or `void`).
+        key: the hold's idempotency key.
+        amount: tokens reserved.
+        status: "pending", "captured", "voided" or "expired".
+        expires_at: when a pending hold lapses.
+        replayed: True when the key had been used before and nothing changed this time.
+    """
+
+    hold_id: int
+    key: str
+    amount: int
+    status: str
+    expires_at: datetime
+    replayed: bool
+
+
+@dataclass(frozen=True)
+class Captured:
+    """The result of `capture`: the debit entries and the tokens released back."""
+
+    hold_id: int
+    posted: Posted
+    released: int
+
+
+@dataclass(frozen=True)
+class HistoryLine:
+    """One entry of a person's history, with the posted balance after it (tokens)."""
+
+    entry: LedgerEntry
+    running_balance: int
+
+
+# --- periods ------------------------------------------------------------------------------
+
+
 def month_of(moment: datetime) -> str:
     """The calendar month (UTC) of `moment` as "YYYY-MM" (economy.md, Units)."""
     return f"{moment.year:04d}-{moment.month:02d}"
@@ -147,32 +267,86 @@ def month_of(moment: datetime) -> str:
 
 def next_month_start(moment: datetime) -> datetime:
     """The first instant (UTC) of the month after `moment`'s; when monthly grants expire."""
+    start = moment.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
     if moment.month == 12:
-        return moment.replace(year=moment.year + 1, month=1, day=1, hour=0, minute=0,
-                              second=0, microsecond=0)
-    return moment.replace(month=moment.month + 1, day=1, hour=0, minute=0, second=0,
-                          microsecond=0)
+        return start.replace(year=moment.year + 1, month=1)
+    return start.replace(month=moment.month + 1)
+
+
+# --- reads --------------------------------------------------------------------------------
 
 
 def open_account(session: Session, now: datetime | None = None) -> Account:
     """Create an empty account with a fresh opaque `public_id` (128 random bits) and flush it."""
-    account = Account(public_id=secrets.token_hex(16), balance=0, created_at=now or utcnow())
+    account = Account(public_id=secrets.token_hex(16), balance=0, held=0,
+                      created_at=now or utcnow())
     session.add(account)
     session.flush()
     return account
 
 
-def balance(session: Session, account_id: int) -> Balance:
-    """The account's balance by bucket, read from the entries.
+def balance(session: Session, account_id: int, now: datetime | None = None) -> Balance:
+    """The account's balance: posted, held, available and unexpired tokens by bucket.
+
+    A pure read: lots past their expiry are left out of `available` and `by_bucket` even
+    before a sweep has posted their `expiry` entries.
 
     Raises:
         UnknownAccount: no account has this id.
     """
-    cached = session.scalar(select(Account.balance).where(Account.id == account_id))
-    if cached is None:
+    now = now or utcnow()
+    row = session.execute(
+        select(Account.balance, Account.held).where(Account.id == account_id)
+    ).first()
+    if row is None:
         raise UnknownAccount(f"account {account_id} does not exist")
-    by_bucket = _bucket_sums(session, account_id)
-    return Balance(posted=cached, available=cached, by_bucket=by_bucket)
+    posted, held = row
+    lots = session.execute(
+        select(Lot.bucket, Lot.expires_at, Lot.remaining).where(
+            Lot.account_id == account_id, Lot.remaining > 0
+        )
+    ).all()
+    by_bucket: dict[str, int] = {}
+    expired = 0
+    for bucket, expires_at, remaining in lots:
+        if expires_at is not None and expires_at <= now:
+            expired += remaining
+        else:
+            by_bucket[bucket] = by_bucket.get(bucket, 0) + remaining
+    # Expired tokens still reserved by a pending hold are part of `held`, not extra.
+    available = max(posted - held - max(expired - held, 0), 0)
+    return Balance(posted=posted, held=held, available=available, by_bucket=by_bucket)
+
+
+def pending_holds(session: Session, account_id: int) -> list[Hold]:
+    """The account's pending holds, oldest first."""
+    return list(
+        session.scalars(
+            select(Hold)
+            .where(Hold.account_id == account_id, Hold.status == "pending")
+            .order_by(Hold.id)
+        )
+    )
+
+
+def history(session: Session, account_id: int, limit: int = 20) -> list[HistoryLine]:
+    """The account's latest `limit` entries, oldest first, each with the balance after it."""
+    running = func.sum(LedgerEntry.amount).over(order_by=LedgerEntry.id).label("running")
+    inner = (
+        select(LedgerEntry.id, running)
+        .where(LedgerEntry.account_id == account_id)
+        .subquery()
+    )
+    rows = session.execute(
+        select(LedgerEntry, inner.c.running)
+        .join(inner, inner.c.id == LedgerEntry.id)
+        .order_by(LedgerEntry.id.desc())
+        .limit(limit)
+    ).all()
+    return [HistoryLine(entry, int(total)) for entry, total in reversed(rows)]
+
+
+# --- credits ------------------------------------------------------------------------------
 
 
 def grant(
@@ -182,12 +356,12 @@ def grant(
     *,
     key: str,
     bucket: str = "free",
-    kind: str = "grant",
     expires_at: datetime | None = None,
     memo: str | None = None,
+    actor: str | None = None,
     now: datetime | None = None,
 ) -> Posted:
-    """Credit `tokens` to the account, once per `key`.
+    """Credit `tokens` to the account as a grant, once per `key`.
 
     Args:
         session: the caller's session; this function flushes, never commits.
@@ -195,120 +369,86 @@ def grant(
         tokens: a positive number of tokens.
         key: idempotency key, e.g. "grant:free:42:2026-11".
         bucket: one of `BUCKETS`.
-        kind: a crediting kind of `ENTRY_KINDS` ("grant", "purchase", "bonus", "refund",
-            "adjustment").
-        expires_at: when the granted tokens lapse (None: never; purchased tokens never expire).
+        expires_at: when the granted tokens lapse (None: never).
         memo: a short reason shown in the person's history.
+        actor: who granted them, for grants made by an operator.
         now: the posting time (UTC); defaults to the clock.
 
     Returns:
         `Posted`; `replayed=True` when `key` was posted before (nothing changes).
 
     Raises:
-        InvalidAmount: `tokens` is not a positive integer, or `bucket` or `kind` is unknown.
+        InvalidAmount: `tokens` is not a positive integer or `bucket` is unknown.
         UnknownAccount: no account has this id.
     """
-    _check_amount(tokens)
-    _check_bucket(bucket)
-    if kind not in CREDIT_KINDS:
-        raise InvalidAmount(f"{kind!r} is not a crediting kind; expected one of {CREDIT_KINDS}")
-    replay = _replay(session, key)
-    if replay is not None:
-        return replay
-    try:
-        with session.begin_nested():
-            entry = _post(session, account_id, kind, bucket, tokens, key,
-                          expires_at=expires_at, memo=memo, now=now)
-    except IntegrityError:
-        # A concurrent transaction posted the same key first (or the account is missing).
-        replay = _replay(session, key)
-        if replay is None:
-            raise UnknownAccount(f"account {account_id} does not exist") from None
-        return replay
-    return Posted(key, (entry.id,), tokens, ((bucket, tokens),), replayed=False)
+    return _credit(session, account_id, "grant", bucket, tokens, key,
+                   expires_at=expires_at, memo=memo, actor=actor, now=now)
 
 
-def debit(
+def purchase(
     session: Session,
     account_id: int,
     tokens: int,
+    bonus_tokens: int = 0,
     *,
     key: str,
     memo: str | None = None,
     now: datetime | None = None,
-) -> Posted:
-    """Take `tokens` from the account in one atomic step, once per `key`.
+) -> Purchased:
+    """Credit a bought pack: `tokens` to the paid bucket, and a linked bonus entry.
 
-    The balance check and the decrement are one conditional UPDATE, so two concurrent debits
-    can never both pass a check that only one of them should. Buckets are consumed in
-    `CONSUMPTION_ORDER`.
+    Purchased and bonus tokens never expire (economy.md). The bonus entry is keyed
+    `<key>:bonus` and points at the purchase through `parent_id`; both are posted in one
+    SAVEPOINT, so a pack is credited whole or not at all.
 
     Args:
         session: the caller's session; this function flushes, never commits.
-        account_id: the account to debit.
-        tokens: a positive number of tokens.
-        key: idempotency key, e.g. "debit:<MessageSid>".
-        memo: a short reason shown in the person's history, e.g. the intent.
-        now: the posting time (UTC); defaults to the clock.
+        account_id: the buying account.
+        tokens: paid tokens of the pack (positive).
+        bonus_tokens: bonus tokens (0 for none).
+        key: idempotency key, e.g. "checkout:<session id>".
+        memo: e.g. the pack's name.
+        now: the posting time (UTC).
 
     Returns:
-        `Posted` with one (bucket, -tokens) pair per bucket drawn from.
+        `Purchased`; both parts `replayed=True` when `key` was posted before.
 
     Raises:
-        InvalidAmount: `tokens` is not a positive integer.
-        InsufficientTokens: the available balance is below `tokens`; nothing is posted.
+        InvalidAmount: `tokens` is not positive or `bonus_tokens` is negative.
         UnknownAccount: no account has this id.
-        LedgerInvariantBroken: the cached balance and the entries disagree.
     """
+    if type(bonus_tokens) is not int or bonus_tokens < 0:
+        raise InvalidAmount(f"bonus tokens must be a non-negative integer, got {bonus_tokens!r}")
     _check_amount(tokens)
     replay = _replay(session, key)
     if replay is not None:
-        return replay
+        return Purchased(replay, _replay(session, f"{key}:bonus"))
     try:
         with session.begin_nested():
-            _decrement(session, account_id, tokens)
-            # The UPDATE above holds the account's row lock until commit, so the bucket sums
-            # read now cannot change under us.
-            sums = _bucket_sums(session, account_id)
-            plan = _allocate(tokens, sums)
-            entries = []
-            for i, (bucket, amount) in enumerate(plan):
-                entry_key = key if i == 0 else f"{key}:{bucket}"
-                entries.append(_new_entry(session, account_id, "debit", bucket, -amount,
-                                          entry_key, memo=memo, now=now))
-            session.flush()
+            paid = _credit(session, account_id, "purchase", "paid", tokens, key,
+                           memo=memo, now=now, savepoint=False)
+            bonus = None
+            if bonus_tokens:
+                bonus = _credit(session, account_id, "bonus", "bonus", bonus_tokens,
+                                f"{key}:bonus", memo=memo, now=now, savepoint=False,
+                                parent_id=paid.entry_ids[0])
     except IntegrityError:
         replay = _replay(session, key)
         if replay is None:
-            raise
-        return replay
-    return Posted(
-        key,
-        tuple(e.id for e in entries),
-        tokens,
-        tuple((e.bucket, e.amount) for e in entries),
-        replayed=False,
-    )
+            raise UnknownAccount(f"account {account_id} does not exist") from None
+        return Purchased(replay, _replay(session, f"{key}:bonus"))
+    return Purchased(paid, bonus)
 
 
 def grant_monthly_allowance(
     session: Session, account_id: int, tokens: int, now: datetime | None = None
 ) -> Posted:
-    """Grant this month's free allowance once, expiring earlier months' unspent free tokens.
+    """Grant this month's free allowance once; earlier months' free tokens expire first.
 
     Called on every inbound message; after the first message of a month it is one indexed
     SELECT. The key is `grant:free:<account>:<YYYY-MM>` and the grant expires at the start of
     the next month (economy.md: "granted on the first message of each month, expiring at the
     month's end").
-
-    Args:
-        session: the caller's session; this function flushes, never commits.
-        account_id: the account to credit.
-        tokens: the catalog's `free_monthly_allowance`.
-        now: the current time (UTC); decides the month.
-
-    Returns:
-        `Posted` of the grant; `replayed=True` when this month's grant already exists.
 
     Raises:
         InvalidAmount: `tokens` is not a positive integer.
@@ -320,29 +460,321 @@ def grant_monthly_allowance(
     replay = _replay(session, key)
     if replay is not None:
         return replay
+    expire_lots(session, account_id, now)
+    return grant(session, account_id, tokens, key=key, bucket="free",
+                 expires_at=next_month_start(now), memo=f"free monthly allowance {month}",
+                 now=now)
+
+
+# --- holds --------------------------------------------------------------------------------
+
+
+def hold(
+    session: Session,
+    account_id: int,
+    tokens: int,
+    *,
+    key: str,
+    ttl_seconds: int = DEFAULT_HOLD_TTL_SECONDS,
+    memo: str | None = None,
+    now: datetime | None = None,
+) -> HoldResult:
+    """Reserve `tokens` for a priced request, once per `key`.
+
+    The check and the reservation are one conditional UPDATE
+    (`held = held + n WHERE balance - held >= n`): 50 concurrent holds of 5 tokens on a balance
+    of 120 give exactly 24 holds. The account's expired lots and stale holds are settled first.
+
+    Args:
+        session: the caller's session; this function flushes, never commits.
+        account_id: the account to reserve from.
+        tokens: the price, a positive number of tokens.
+        key: idempotency key, e.g. "hold:<MessageSid>".
+        ttl_seconds: after this long a pending hold expires and releases its tokens.
+        memo: e.g. the intent.
+        now: the current time (UTC).
+
+    Returns:
+        `HoldResult` with status "pending" (or the first result, `replayed=True`).
+
+    Raises:
+        InvalidAmount: `tokens` is not a positive integer.
+        InsufficientTokens: the available balance is below `tokens`; nothing is reserved.
+        UnknownAccount: no account has this id.
+    """
     _check_amount(tokens)
-    # Serialise with concurrent messages of the same person; SQLite serialises writers anyway.
-    locked = session.scalar(
-        select(Account.id).where(Account.id == account_id).with_for_update()
-    )
-    if locked is None:
-        raise UnknownAccount(f"account {account_id} does not exist")
+    now = now or utcnow()
+    existing = session.scalars(select(Hold).where(Hold.idempotency_key == key)).first()
+    if existing is not None:
+        return _hold_result(existing, replayed=True)
+    expire_holds(session, now, account_id=account_id)
+    expire_lots(session, account_id, now)
     try:
         with session.begin_nested():
-            leftover = _bucket_sums(session, account_id).get("free", 0)
-            if leftover > 0:
-                _post(session, account_id, "expiry", "free", -leftover,
-                      f"expiry:free:{account_id}:{month}",
-                      memo=f"free tokens from before {month} expired", now=now)
-            entry = _post(session, account_id, "grant", "free", tokens, key,
-                          expires_at=next_month_start(now),
-                          memo=f"free monthly allowance {month}", now=now)
+            result = session.execute(
+                update(Account)
+                .where(Account.id == account_id, Account.balance - Account.held >= tokens)
+                .values(held=Account.held + tokens)
+                .execution_options(synchronize_session=False)
+            )
+            if result.rowcount != 1:  # type: ignore[attr-defined]
+                raise _refusal(session, account_id, tokens, now)
+            record = Hold(account_id=account_id, amount=tokens, captured=0, status="pending",
+                          idempotency_key=key, memo=memo, created_at=now,
+                          expires_at=now + timedelta(seconds=ttl_seconds))
+            session.add(record)
+            session.flush()
     except IntegrityError:
-        replay = _replay(session, key)
-        if replay is None:
+        existing = session.scalars(select(Hold).where(Hold.idempotency_key == key)).first()
+        if existing is None:
             raise
+        return _hold_result(existing, replayed=True)
+    return _hold_result(record, replayed=False)
+
+
+def capture(
+    session: Session,
+    hold_id: int,
+    *,
+    key: str,
+    amount: int | None = None,
+    now: datetime | None = None,
+) -> Captured:
+    """Turn a pending hold into debit entries; a partial capture releases the rest.
+
+    Args:
+        session: the caller's session; this function flushes, never commits.
+        hold_id: the pending hold.
+        key: idempotency key of the debit, e.g. "debit:<MessageSid>".
+        amount: tokens to capture, 1..hold amount; None captures the whole hold.
+        now: the current time (UTC).
+
+    Returns:
+        `Captured` with the debit entries (one per lot drawn on, in consumption order) and the
+        tokens released. A repeat with the same key returns the first result, `replayed=True`.
+
+    Raises:
+        HoldNotPending: the hold was voided, expired, or captured under another key.
+        InvalidAmount: `amount` is not within 1..the hold's amount.
+        UnknownEntry: no hold has this id.
+    """
+    record = session.get(Hold, hold_id)
+    if record is None:
+        raise UnknownEntry(f"hold {hold_id} does not exist")
+    replay = _replay(session, key)
+    if replay is not None:
+        return Captured(hold_id, replay, record.amount - record.captured)
+    take = record.amount if amount is None else amount
+    if type(take) is not int or not 0 < take <= record.amount:
+        raise InvalidAmount(f"capture must be 1..{record.amount} tokens, got {amount!r}")
+    now = now or utcnow()
+    with session.begin_nested():
+        settled = session.execute(
+            update(Hold)
+            .where(Hold.id == hold_id, Hold.status == "pending")
+            .values(status="captured", captured=take, settled_at=now)
+            .execution_options(synchronize_session=False)
+        )
+        if settled.rowcount != 1:  # type: ignore[attr-defined]
+            raise HoldNotPending(f"hold {hold_id} is not pending")
+        session.execute(
+            update(Account)
+            .where(Account.id == record.account_id)
+            .values(held=Account.held - record.amount, balance=Account.balance - take)
+            .execution_options(synchronize_session=False)
+        )
+        posted = _consume(session, record.account_id, take, "debit", key,
+                          memo=record.memo, now=now, hold_id=hold_id)
+    session.refresh(record)
+    return Captured(hold_id, posted, record.amount - take)
+
+
+def void(session: Session, hold_id: int, now: datetime | None = None) -> HoldResult:
+    """Release a pending hold without posting anything (the request failed or was refused).
+
+    Voiding a voided or expired hold is a no-op that returns it (`replayed=True`).
+
+    Raises:
+        HoldNotPending: the hold was captured.
+        UnknownEntry: no hold has this id.
+    """
+    return _release(session, hold_id, "voided", now or utcnow())
+
+
+def expire_holds(
+    session: Session, now: datetime | None = None, *, account_id: int | None = None
+) -> int:
+    """Expire pending holds past their TTL, releasing their tokens; returns how many.
+
+    Args:
+        session: the caller's session; this function flushes, never commits.
+        now: the current time (UTC).
+        account_id: only this account's holds (None: every account's, for a sweeper job).
+    """
+    now = now or utcnow()
+    query = select(Hold.id).where(Hold.status == "pending", Hold.expires_at <= now)
+    if account_id is not None:
+        query = query.where(Hold.account_id == account_id)
+    expired = 0
+    for hold_id in session.scalars(query).all():
+        if not _release(session, hold_id, "expired", now).replayed:
+            expired += 1
+    return expired
+
+
+# --- corrections --------------------------------------------------------------------------
+
+
+def clawback(
+    session: Session,
+    credit_key: str,
+    tokens: int,
+    *,
+    key: str,
+    memo: str | None = None,
+    now: datetime | None = None,
+) -> Posted:
+    """Take back up to `tokens` of one credit (a purchase or its bonus), never more than its
+    unspent tokens, and never tokens reserved by a pending hold.
+
+    Args:
+        session: the caller's session; this function flushes, never commits.
+        credit_key: the idempotency key of the credit entry, e.g. "checkout:<session id>".
+        tokens: the most to take back (positive).
+        key: idempotency key of the clawback, e.g. "refund:<charge id>:1".
+        memo: the reason.
+        now: the posting time (UTC).
+
+    Returns:
+        `Posted` with the tokens actually taken (0 and no entry when nothing was left). The
+        entry's `corrects_id` points at the credit.
+
+    Raises:
+        InvalidAmount: `tokens` is not a positive integer.
+        UnknownEntry: no credit entry has `credit_key`.
+    """
+    _check_amount(tokens)
+    replay = _replay(session, key)
+    if replay is not None:
         return replay
-    return Posted(key, (entry.id,), tokens, (("free", tokens),), replayed=False)
+    credit = session.scalars(
+        select(LedgerEntry).where(LedgerEntry.idempotency_key == credit_key)
+    ).first()
+    if credit is None or credit.amount <= 0:
+        raise UnknownEntry(f"no credit entry has the key {credit_key!r}")
+    now = now or utcnow()
+    with session.begin_nested():
+        posted, held = _lock_account(session, credit.account_id)
+        lot = session.scalars(
+            select(Lot)
+            .where(Lot.credit_entry_id == credit.id)
+            .execution_options(populate_existing=True)
+        ).one()
+        take = min(tokens, lot.remaining, posted - held)
+        if take == 0:
+            return Posted(key, (), 0, (), replayed=False)
+        _debit_balance(session, credit.account_id, take, now)
+        entry = _new_entry(session, credit.account_id, "clawback", lot.bucket, -take, key,
+                           operation_key=key, lot_id=lot.id, corrects_id=credit.id,
+                           memo=memo, now=now)
+        lot.remaining -= take
+        session.flush()
+    return Posted(key, (entry.id,), take, ((lot.bucket, -take),), replayed=False)
+
+
+def adjust(
+    session: Session,
+    account_id: int,
+    tokens: int,
+    *,
+    key: str,
+    reason: str,
+    actor: str,
+    bucket: str = "bonus",
+    now: datetime | None = None,
+) -> Posted:
+    """An operator's correction: credit (`tokens` > 0, into `bucket`) or take (`tokens` < 0,
+    in consumption order, at most the available balance).
+
+    Args:
+        session: the caller's session; this function flushes, never commits.
+        account_id: the account to correct.
+        tokens: signed, non-zero.
+        key: idempotency key, e.g. "adjust:<uuid>".
+        reason: why, shown in the person's history (required).
+        actor: who did it, e.g. "cli:alice" (required).
+        bucket: bucket of a credit (goodwill tokens go to "bonus" by default).
+        now: the posting time (UTC).
+
+    Returns:
+        `Posted` with `amount` = abs(tokens).
+
+    Raises:
+        InvalidAmount: `tokens` is zero or not an integer, `reason` or `actor` is blank, or
+            `bucket` is unknown.
+        InsufficientTokens: a negative adjustment beyond the available balance.
+        UnknownAccount: no account has this id.
+    """
+    if type(tokens) is not int or tokens == 0:
+        raise InvalidAmount(f"an adjustment must be a non-zero integer, got {tokens!r}")
+    if not reason.strip() or not actor.strip():
+        raise InvalidAmount("an adjustment needs a reason and an actor")
+    if tokens > 0:
+        return _credit(session, account_id, "adjustment", bucket, tokens, key,
+                       memo=reason.strip()[:200], actor=actor.strip()[:100], now=now)
+    replay = _replay(session, key)
+    if replay is not None:
+        return replay
+    now = now or utcnow()
+    expire_lots(session, account_id, now)
+    with session.begin_nested():
+        posted, held = _lock_account(session, account_id)
+        if posted - held < -tokens:
+            raise InsufficientTokens(-tokens, posted - held)
+        _debit_balance(session, account_id, -tokens, now)
+        return _consume(session, account_id, -tokens, "adjustment", key,
+                        memo=reason.strip()[:200], actor=actor.strip()[:100], now=now)
+
+
+def expire_lots(session: Session, account_id: int, now: datetime | None = None) -> int:
+    """Post `expiry` entries for the account's lots past their expiry; returns tokens expired.
+
+    Tokens reserved by pending holds stay: the sweep leaves up to `held` tokens in the expired
+    lots, and the capture of those holds spends them first (their lot expires earliest); the
+    next sweep takes what is left.
+    """
+    now = now or utcnow()
+    due = (
+        select(Lot)
+        .where(Lot.account_id == account_id, Lot.remaining > 0, Lot.expires_at <= now)
+        .order_by(Lot.expires_at, Lot.id)
+    )
+    if session.scalars(due.limit(1)).first() is None:
+        return 0  # the common case: one indexed read, no lock
+    with session.begin_nested():
+        _, held = _lock_account(session, account_id)
+        # Re-read under the account's lock: every change to a lot happens under it.
+        lots = session.scalars(due.execution_options(populate_existing=True)).all()
+        budget = max(sum(lot.remaining for lot in lots) - held, 0)
+        expired = 0
+        for lot in lots:
+            take = min(lot.remaining, budget - expired)
+            if take <= 0:
+                break
+            assert lot.expires_at is not None
+            key = f"expiry:{lot.id}:{lot.remaining}"
+            _new_entry(session, account_id, "expiry", lot.bucket, -take, key,
+                       operation_key=key, lot_id=lot.id,
+                       memo=f"expired {lot.expires_at:%Y-%m-%d %H:%M} UTC", now=now)
+            lot.remaining -= take
+            expired += take
+        if expired:
+            _debit_balance(session, account_id, expired, now)
+        session.flush()
+    return expired
+
+
+# --- internals ----------------------------------------------------------------------------
 
 
 def _check_amount(tokens: int) -> None:
@@ -350,18 +782,12 @@ def _check_amount(tokens: int) -> None:
         raise InvalidAmount(f"token amounts must be positive integers, got {tokens!r}")
 
 
-def _check_bucket(bucket: str) -> None:
-    if bucket not in BUCKETS:
-        raise InvalidAmount(f"unknown bucket {bucket!r}; expected one of {', '.join(BUCKETS)}")
-
-
 def _replay(session: Session, key: str) -> Posted | None:
-    """The first result of `key`, or None when it was never posted."""
-    keys = [key, *(f"{key}:{bucket}" for bucket in BUCKETS)]
+    """The first result of the operation `key`, or None when it was never posted."""
     entries = session.scalars(
-        select(LedgerEntry).where(LedgerEntry.idempotency_key.in_(keys)).order_by(LedgerEntry.id)
+        select(LedgerEntry).where(LedgerEntry.operation_key == key).order_by(LedgerEntry.id)
     ).all()
-    if not entries or entries[0].idempotency_key != key:
+    if not entries:
         return None
     return Posted(
         key,
@@ -372,72 +798,180 @@ def _replay(session: Session, key: str) -> Posted | None:
     )
 
 
-def _bucket_sums(session: Session, account_id: int) -> dict[str, int]:
-    rows = session.execute(
-        select(LedgerEntry.bucket, func.sum(LedgerEntry.amount))
-        .where(LedgerEntry.account_id == account_id)
-        .group_by(LedgerEntry.bucket)
-    ).all()
-    return {bucket: int(total) for bucket, total in rows if total}
-
-
-def _allocate(tokens: int, sums: Mapping[str, int]) -> list[tuple[str, int]]:
-    plan = []
-    remaining = tokens
-    for bucket in CONSUMPTION_ORDER:
-        take = min(remaining, max(sums.get(bucket, 0), 0))
-        if take:
-            plan.append((bucket, take))
-            remaining -= take
-        if not remaining:
-            return plan
-    raise LedgerInvariantBroken(
-        f"cached balance covered {tokens} tokens but the buckets hold only {tokens - remaining}"
-    )
-
-
-def _decrement(session: Session, account_id: int, tokens: int) -> None:
-    result = session.execute(
-        update(Account)
-        .where(Account.id == account_id, Account.balance >= tokens)
-        .values(balance=Account.balance - tokens)
-        .execution_options(synchronize_session=False)
-    )
-    if result.rowcount != 1:  # type: ignore[attr-defined]
-        available = session.scalar(select(Account.balance).where(Account.id == account_id))
-        if available is None:
-            raise UnknownAccount(f"account {account_id} does not exist")
-        raise InsufficientTokens(tokens, available)
-
-
-def _post(
+def _credit(
     session: Session,
     account_id: int,
     kind: str,
     bucket: str,
-    amount: int,
+    tokens: int,
     key: str,
     *,
     expires_at: datetime | None = None,
     memo: str | None = None,
+    actor: str | None = None,
     now: datetime | None = None,
-) -> LedgerEntry:
-    """Post one entry and move the cached balance with it."""
-    if amount < 0:
-        _decrement(session, account_id, -amount)
-    else:
-        result = session.execute(
+    parent_id: int | None = None,
+    savepoint: bool = True,
+) -> Posted:
+    """Post one credit entry with its lot; idempotent by `key`."""
+    _check_amount(tokens)
+    if bucket not in BUCKETS:
+        raise InvalidAmount(f"unknown bucket {bucket!r}; expected one of {', '.join(BUCKETS)}")
+    if savepoint:
+        replay = _replay(session, key)
+        if replay is not None:
+            return replay
+    now = now or utcnow()
+
+    def post() -> LedgerEntry:
+        # The INSERT comes first: a concurrent repeat of the key fails on UNIQUE before it
+        # waits on the account's row lock.
+        entry = _new_entry(session, account_id, kind, bucket, tokens, key, operation_key=key,
+                           expires_at=expires_at, memo=memo, actor=actor, now=now,
+                           parent_id=parent_id)
+        session.flush()
+        credited = session.execute(
             update(Account)
             .where(Account.id == account_id)
-            .values(balance=Account.balance + amount)
+            .values(balance=Account.balance + tokens)
             .execution_options(synchronize_session=False)
         )
-        if result.rowcount != 1:  # type: ignore[attr-defined]
+        if credited.rowcount != 1:  # type: ignore[attr-defined]
             raise UnknownAccount(f"account {account_id} does not exist")
-    entry = _new_entry(session, account_id, kind, bucket, amount, key,
-                       expires_at=expires_at, memo=memo, now=now)
+        session.add(Lot(account_id=account_id, credit_entry_id=entry.id, bucket=bucket,
+                        expires_at=expires_at, remaining=tokens))
+        session.flush()
+        return entry
+
+    if not savepoint:
+        entry = post()
+    else:
+        try:
+            with session.begin_nested():
+                entry = post()
+        except IntegrityError:
+            replay = _replay(session, key)
+            if replay is None:
+                raise UnknownAccount(f"account {account_id} does not exist") from None
+            return replay
+    return Posted(key, (entry.id,), tokens, ((bucket, tokens),), replayed=False)
+
+
+def _lock_account(session: Session, account_id: int) -> tuple[int, int]:
+    """Lock the account row and return (posted, held) in tokens.
+
+    Every change to an account's lots happens under this lock (or the row lock of an UPDATE
+    of the account), always before any lot is locked, so lot changes never race or deadlock.
+    `FOR NO KEY UPDATE` still lets other transactions insert rows that reference the account.
+    SQLite ignores it; there `BEGIN IMMEDIATE` serialises writers.
+    """
+    row = session.execute(
+        select(Account.balance, Account.held)
+        .where(Account.id == account_id)
+        .with_for_update(key_share=True)
+    ).first()
+    if row is None:
+        raise UnknownAccount(f"account {account_id} does not exist")
+    return int(row[0]), int(row[1])
+
+
+def _debit_balance(session: Session, account_id: int, tokens: int, now: datetime) -> None:
+    """Lower the posted balance, never below what pending holds reserve."""
+    result = session.execute(
+        update(Account)
+        .where(Account.id == account_id, Account.balance - Account.held >= tokens)
+        .values(balance=Account.balance - tokens)
+        .execution_options(synchronize_session=False)
+    )
+    if result.rowcount != 1:  # type: ignore[attr-defined]
+        raise _refusal(session, account_id, tokens, now)
+
+
+def _refusal(session: Session, account_id: int, tokens: int, now: datetime) -> Exception:
+    exists = session.scalar(select(Account.id).where(Account.id == account_id))
+    if exists is None:
+        return UnknownAccount(f"account {account_id} does not exist")
+    return InsufficientTokens(tokens, balance(session, account_id, now).available)
+
+
+_BUCKET_RANK = case(
+    {bucket: rank for rank, bucket in enumerate(CONSUMPTION_ORDER)}, value=Lot.bucket
+)
+
+
+def _consume(
+    session: Session,
+    account_id: int,
+    tokens: int,
+    kind: str,
+    key: str,
+    *,
+    memo: str | None = None,
+    actor: str | None = None,
+    now: datetime,
+    hold_id: int | None = None,
+) -> Posted:
+    """Draw `tokens` from the account's lots in consumption order, one entry per lot.
+
+    The caller has already lowered the cached balance (which locked the account row).
+    """
+    lots = session.scalars(
+        select(Lot)
+        .where(Lot.account_id == account_id, Lot.remaining > 0)
+        .order_by(_BUCKET_RANK, Lot.expires_at.asc().nulls_last(), Lot.id)
+        .execution_options(populate_existing=True)
+    ).all()
+    entries = []
+    left = tokens
+    for lot in lots:
+        take = min(left, lot.remaining)
+        entry_key = key if not entries else f"{key}#{len(entries) + 1}"
+        entries.append(_new_entry(session, account_id, kind, lot.bucket, -take, entry_key,
+                                  operation_key=key, lot_id=lot.id, hold_id=hold_id,
+                                  memo=memo, actor=actor, now=now))
+        lot.remaining -= take
+        left -= take
+        if not left:
+            break
+    if left:
+        raise LedgerInvariantBroken(
+            f"account {account_id}: the balance covered {tokens} tokens but its lots only "
+            f"{tokens - left}"
+        )
     session.flush()
-    return entry
+    return Posted(key, tuple(e.id for e in entries), tokens,
+                  tuple((e.bucket, e.amount) for e in entries), replayed=False)
+
+
+def _release(session: Session, hold_id: int, status: str, now: datetime) -> HoldResult:
+    record = session.get(Hold, hold_id)
+    if record is None:
+        raise UnknownEntry(f"hold {hold_id} does not exist")
+    with session.begin_nested():
+        settled = session.execute(
+            update(Hold)
+            .where(Hold.id == hold_id, Hold.status == "pending")
+            .values(status=status, settled_at=now)
+            .execution_options(synchronize_session=False)
+        )
+        if settled.rowcount == 1:  # type: ignore[attr-defined]
+            session.execute(
+                update(Account)
+                .where(Account.id == record.account_id)
+                .values(held=Account.held - record.amount)
+                .execution_options(synchronize_session=False)
+            )
+    session.refresh(record)
+    if settled.rowcount == 1:  # type: ignore[attr-defined]
+        return _hold_result(record, replayed=False)
+    if record.status == "captured":
+        raise HoldNotPending(f"hold {hold_id} was captured")
+    return _hold_result(record, replayed=True)
+
+
+def _hold_result(record: Hold, *, replayed: bool) -> HoldResult:
+    return HoldResult(record.id, record.idempotency_key, record.amount, record.status,
+                      record.expires_at, replayed)
 
 
 def _new_entry(
@@ -448,8 +982,14 @@ def _new_entry(
     amount: int,
     key: str,
     *,
+    operation_key: str,
+    lot_id: int | None = None,
+    hold_id: int | None = None,
+    corrects_id: int | None = None,
+    parent_id: int | None = None,
     expires_at: datetime | None = None,
     memo: str | None = None,
+    actor: str | None = None,
     now: datetime | None = None,
 ) -> LedgerEntry:
     entry = LedgerEntry(
@@ -458,8 +998,14 @@ def _new_entry(
         bucket=bucket,
         amount=amount,
         idempotency_key=key,
+        operation_key=operation_key,
+        lot_id=lot_id,
+        hold_id=hold_id,
+        corrects_id=corrects_id,
+        parent_id=parent_id,
         expires_at=expires_at,
         memo=memo,
+        actor=actor,
         created_at=now or utcnow(),
     )
     session.add(entry)

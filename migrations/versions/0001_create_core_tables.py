@@ -1,8 +1,8 @@
-"""create accounts, ledger entries, pay links, contacts and messages
+"""create accounts, ledger entries, lots and holds, pay links, contacts and messages
 
 Revision ID: 0001
 Revises: 
-Create Date: 2026-11-21 11:49:40.865971
+Create Date: 2026-11-21 11:58:47.145470
 
 """
 from alembic import op
@@ -22,8 +22,10 @@ def upgrade():
     sa.Column('id', sa.Integer(), nullable=False),
     sa.Column('public_id', sa.String(length=32), nullable=False),
     sa.Column('balance', sa.BigInteger(), server_default='0', nullable=False),
+    sa.Column('held', sa.BigInteger(), server_default='0', nullable=False),
     sa.Column('created_at', sa.DateTime(timezone=True), nullable=False),
     sa.CheckConstraint('balance >= 0', name=op.f('ck_accounts_balance_not_negative')),
+    sa.CheckConstraint('held >= 0 AND held <= balance', name=op.f('ck_accounts_held_within_balance')),
     sa.PrimaryKeyConstraint('id', name=op.f('pk_accounts')),
     sa.UniqueConstraint('public_id', name=op.f('uq_accounts_public_id'))
     )
@@ -44,27 +46,43 @@ def upgrade():
     with op.batch_alter_table('contacts', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_contacts_account_id'), ['account_id'], unique=False)
 
-    op.create_table('ledger_entries',
+    op.create_table('ledger_holds',
     sa.Column('id', sa.Integer(), nullable=False),
     sa.Column('account_id', sa.Integer(), nullable=False),
-    sa.Column('kind', sa.String(length=16), nullable=False),
-    sa.Column('bucket', sa.String(length=16), nullable=False),
     sa.Column('amount', sa.BigInteger(), nullable=False),
+    sa.Column('captured', sa.BigInteger(), server_default='0', nullable=False),
+    sa.Column('status', sa.String(length=16), nullable=False),
     sa.Column('idempotency_key', sa.String(length=200), nullable=False),
-    sa.Column('corrects_id', sa.Integer(), nullable=True),
-    sa.Column('expires_at', sa.DateTime(timezone=True), nullable=True),
     sa.Column('memo', sa.String(length=200), nullable=True),
     sa.Column('created_at', sa.DateTime(timezone=True), nullable=False),
-    sa.CheckConstraint("bucket IN ('free', 'subscription', 'bonus', 'paid')", name=op.f('ck_ledger_entries_bucket_known')),
-    sa.CheckConstraint("kind IN ('grant', 'purchase', 'bonus', 'debit', 'refund', 'clawback', 'expiry', 'adjustment')", name=op.f('ck_ledger_entries_kind_known')),
-    sa.CheckConstraint('amount <> 0', name=op.f('ck_ledger_entries_amount_not_zero')),
-    sa.ForeignKeyConstraint(['account_id'], ['accounts.id'], name=op.f('fk_ledger_entries_account_id_accounts')),
-    sa.ForeignKeyConstraint(['corrects_id'], ['ledger_entries.id'], name=op.f('fk_ledger_entries_corrects_id_ledger_entries')),
-    sa.PrimaryKeyConstraint('id', name=op.f('pk_ledger_entries')),
-    sa.UniqueConstraint('idempotency_key', name=op.f('uq_ledger_entries_idempotency_key'))
+    sa.Column('expires_at', sa.DateTime(timezone=True), nullable=False),
+    sa.Column('settled_at', sa.DateTime(timezone=True), nullable=True),
+    sa.CheckConstraint("status IN ('pending', 'captured', 'voided', 'expired')", name=op.f('ck_ledger_holds_status_known')),
+    sa.CheckConstraint('amount > 0', name=op.f('ck_ledger_holds_amount_positive')),
+    sa.CheckConstraint('captured >= 0 AND captured <= amount', name=op.f('ck_ledger_holds_captured_within_amount')),
+    sa.ForeignKeyConstraint(['account_id'], ['accounts.id'], name=op.f('fk_ledger_holds_account_id_accounts')),
+    sa.PrimaryKeyConstraint('id', name=op.f('pk_ledger_holds')),
+    sa.UniqueConstraint('idempotency_key', name=op.f('uq_ledger_holds_idempotency_key'))
     )
-    with op.batch_alter_table('ledger_entries', schema=None) as batch_op:
-        batch_op.create_index(batch_op.f('ix_ledger_entries_account_id'), ['account_id'], unique=False)
+    with op.batch_alter_table('ledger_holds', schema=None) as batch_op:
+        batch_op.create_index(batch_op.f('ix_ledger_holds_account_id'), ['account_id'], unique=False)
+        batch_op.create_index(batch_op.f('ix_ledger_holds_status'), ['status'], unique=False)
+
+    op.create_table('ledger_lots',
+    sa.Column('id', sa.Integer(), nullable=False),
+    sa.Column('account_id', sa.Integer(), nullable=False),
+    sa.Column('credit_entry_id', sa.Integer(), nullable=False),
+    sa.Column('bucket', sa.String(length=16), nullable=False),
+    sa.Column('expires_at', sa.DateTime(timezone=True), nullable=True),
+    sa.Column('remaining', sa.BigInteger(), nullable=False),
+    sa.CheckConstraint("bucket IN ('free', 'subscription', 'bonus', 'paid')", name=op.f('ck_ledger_lots_bucket_known')),
+    sa.CheckConstraint('remaining >= 0', name=op.f('ck_ledger_lots_remaining_not_negative')),
+    sa.ForeignKeyConstraint(['account_id'], ['accounts.id'], name=op.f('fk_ledger_lots_account_id_accounts')),
+    sa.PrimaryKeyConstraint('id', name=op.f('pk_ledger_lots')),
+    sa.UniqueConstraint('credit_entry_id', name=op.f('uq_ledger_lots_credit_entry_id'))
+    )
+    with op.batch_alter_table('ledger_lots', schema=None) as batch_op:
+        batch_op.create_index(batch_op.f('ix_ledger_lots_account_id'), ['account_id'], unique=False)
 
     op.create_table('pay_links',
     sa.Column('id', sa.Integer(), nullable=False),
@@ -79,6 +97,42 @@ def upgrade():
     )
     with op.batch_alter_table('pay_links', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_pay_links_account_id'), ['account_id'], unique=False)
+
+    op.create_table('ledger_entries',
+    sa.Column('id', sa.Integer(), nullable=False),
+    sa.Column('account_id', sa.Integer(), nullable=False),
+    sa.Column('kind', sa.String(length=16), nullable=False),
+    sa.Column('bucket', sa.String(length=16), nullable=False),
+    sa.Column('amount', sa.BigInteger(), nullable=False),
+    sa.Column('idempotency_key', sa.String(length=200), nullable=False),
+    sa.Column('operation_key', sa.String(length=200), nullable=False),
+    sa.Column('lot_id', sa.Integer(), nullable=True),
+    sa.Column('hold_id', sa.Integer(), nullable=True),
+    sa.Column('corrects_id', sa.Integer(), nullable=True),
+    sa.Column('parent_id', sa.Integer(), nullable=True),
+    sa.Column('expires_at', sa.DateTime(timezone=True), nullable=True),
+    sa.Column('memo', sa.String(length=200), nullable=True),
+    sa.Column('actor', sa.String(length=100), nullable=True),
+    sa.Column('created_at', sa.DateTime(timezone=True), nullable=False),
+    sa.CheckConstraint("bucket IN ('free', 'subscription', 'bonus', 'paid')", name=op.f('ck_ledger_entries_bucket_known')),
+    sa.CheckConstraint("kind IN ('grant', 'purchase', 'bonus', 'debit', 'refund', 'clawback', 'expiry', 'adjustment')", name=op.f('ck_ledger_entries_kind_known')),
+    sa.CheckConstraint('amount <> 0', name=op.f('ck_ledger_entries_amount_not_zero')),
+    sa.ForeignKeyConstraint(['account_id'], ['accounts.id'], name=op.f('fk_ledger_entries_account_id_accounts')),
+    sa.ForeignKeyConstraint(['corrects_id'], ['ledger_entries.id'], name=op.f('fk_ledger_entries_corrects_id_ledger_entries')),
+    sa.ForeignKeyConstraint(['hold_id'], ['ledger_holds.id'], name=op.f('fk_ledger_entries_hold_id_ledger_holds')),
+    sa.ForeignKeyConstraint(['lot_id'], ['ledger_lots.id'], name=op.f('fk_ledger_entries_lot_id_ledger_lots')),
+    sa.ForeignKeyConstraint(['parent_id'], ['ledger_entries.id'], name=op.f('fk_ledger_entries_parent_id_ledger_entries')),
+    sa.PrimaryKeyConstraint('id', name=op.f('pk_ledger_entries')),
+    sa.UniqueConstraint('idempotency_key', name=op.f('uq_ledger_entries_idempotency_key'))
+    )
+    with op.batch_alter_table('ledger_entries', schema=None) as batch_op:
+        batch_op.create_index(batch_op.f('ix_ledger_entries_account_id'), ['account_id'], unique=False)
+        batch_op.create_index(batch_op.f('ix_ledger_entries_operation_key'), ['operation_key'], unique=False)
+
+    # ledger_lots and ledger_entries point at each other: the lot's link to its credit entry
+    # is added once both tables exist.
+    with op.batch_alter_table('ledger_lots', schema=None) as batch_op:
+        batch_op.create_foreign_key(batch_op.f('fk_ledger_lots_credit_entry_id_ledger_entries'), 'ledger_entries', ['credit_entry_id'], ['id'])
 
     op.create_table('messages',
     sa.Column('id', sa.Integer(), nullable=False),
@@ -113,14 +167,27 @@ def downgrade():
         batch_op.drop_index(batch_op.f('ix_messages_contact_id'))
 
     op.drop_table('messages')
+    with op.batch_alter_table('ledger_entries', schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f('ix_ledger_entries_operation_key'))
+        batch_op.drop_index(batch_op.f('ix_ledger_entries_account_id'))
+
+    with op.batch_alter_table('ledger_lots', schema=None) as batch_op:
+        batch_op.drop_constraint(batch_op.f('fk_ledger_lots_credit_entry_id_ledger_entries'), type_='foreignkey')
+
+    op.drop_table('ledger_entries')
     with op.batch_alter_table('pay_links', schema=None) as batch_op:
         batch_op.drop_index(batch_op.f('ix_pay_links_account_id'))
 
     op.drop_table('pay_links')
-    with op.batch_alter_table('ledger_entries', schema=None) as batch_op:
-        batch_op.drop_index(batch_op.f('ix_ledger_entries_account_id'))
+    with op.batch_alter_table('ledger_lots', schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f('ix_ledger_lots_account_id'))
 
-    op.drop_table('ledger_entries')
+    op.drop_table('ledger_lots')
+    with op.batch_alter_table('ledger_holds', schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f('ix_ledger_holds_status'))
+        batch_op.drop_index(batch_op.f('ix_ledger_holds_account_id'))
+
+    op.drop_table('ledger_holds')
     with op.batch_alter_table('contacts', schema=None) as batch_op:
         batch_op.drop_index(batch_op.f('ix_contacts_account_id'))
 
