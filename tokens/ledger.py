@@ -921,7 +921,7 @@ def _consume(
         .order_by(_BUCKET_RANK, Lot.expires_at.asc().nulls_last(), Lot.id)
         .execution_options(populate_existing=True)
     ).all()
-    entries = []
+    entries: list[LedgerEntry] = []
     left = tokens
     for lot in lots:
         take = min(left, lot.remaining)
