@@ -69,3 +69,11 @@ class HoldNotPending(TokensError):
     Protects: a hold settles once (pending -> captured | voided | expired); a late capture of
     an expired hold cannot charge tokens that were already released.
     """
+
+
+class TokensHeld(TokensError):
+    """A clawback would take tokens that pending holds reserve; retry once they settle.
+
+    Protects: a hold is never left uncovered (held <= posted), and a clawback is never cut
+    short, so each clawback key takes its whole amount once (holds settle within their TTL).
+    """

@@ -64,6 +64,7 @@ from tokens.errors import (
     InsufficientTokens,
     InvalidAmount,
     LedgerInvariantBroken,
+    TokensHeld,
     UnknownAccount,
     UnknownEntry,
 )
@@ -635,7 +636,7 @@ def clawback(
     now: datetime | None = None,
 ) -> Posted:
     """Take back up to `tokens` of one credit (a purchase or its bonus), never more than its
-    unspent tokens, and never tokens reserved by a pending hold.
+    unspent tokens.
 
     Args:
         session: the caller's session; this function flushes, never commits.
@@ -646,12 +647,15 @@ def clawback(
         now: the posting time (UTC).
 
     Returns:
-        `Posted` with the tokens actually taken (0 and no entry when nothing was left). The
-        entry's `corrects_id` points at the credit.
+        `Posted` with the tokens actually taken, min(`tokens`, unspent). When nothing of the
+        credit is left the result is 0 tokens and no entry, which stays true (a lot never
+        grows), so a repeat is still a no-op. The entry's `corrects_id` points at the credit.
 
     Raises:
         InvalidAmount: `tokens` is not a positive integer.
         UnknownEntry: no credit entry has `credit_key`.
+        TokensHeld: pending holds reserve some of those tokens; nothing is taken, and the
+            same call succeeds once the holds are captured, voided or expired.
     """
     _check_amount(tokens)
     replay = _replay(session, key)
@@ -670,9 +674,13 @@ def clawback(
             .where(Lot.credit_entry_id == credit.id)
             .execution_options(populate_existing=True)
         ).one()
-        take = min(tokens, lot.remaining, posted - held)
+        take = min(tokens, lot.remaining)
         if take == 0:
             return Posted(key, (), 0, (), replayed=False)
+        if take > posted - held:
+            raise TokensHeld(
+                f"{take} tokens to claw back but pending holds leave only {posted - held}"
+            )
         _debit_balance(session, credit.account_id, take, now)
         entry = _new_entry(session, credit.account_id, "clawback", lot.bucket, -take, key,
                            operation_key=key, lot_id=lot.id, corrects_id=credit.id,

@@ -14,6 +14,7 @@ from tokens.errors import (
     HoldNotPending,
     InsufficientTokens,
     InvalidAmount,
+    TokensHeld,
     UnknownAccount,
     UnknownEntry,
 )
@@ -216,12 +217,17 @@ def test_a_clawback_takes_at_most_the_unspent_tokens_of_that_purchase(session, a
         ledger.clawback(session, "checkout:nope", 5, key="refund:x")
 
 
-def test_a_clawback_leaves_tokens_reserved_by_a_pending_hold(session, account):
+def test_a_clawback_waits_for_tokens_reserved_by_a_pending_hold(session, account):
     ledger.purchase(session, account, 10, 0, key="checkout:cs_3")
-    ledger.hold(session, account, 4, key="hold:SM8", now=NOV)
+    placed = ledger.hold(session, account, 4, key="hold:SM8", now=NOV)
+    with pytest.raises(TokensHeld):
+        ledger.clawback(session, "checkout:cs_3", 10, key="refund:ch_3:1")
+    assert_consistent(session, account, NOV)
+    ledger.void(session, placed.hold_id, now=NOV)
     clawed = ledger.clawback(session, "checkout:cs_3", 10, key="refund:ch_3:1")
     session.commit()
-    assert clawed.amount == 6
+    assert clawed.amount == 10
+    assert available(session, account) == 0
     assert_consistent(session, account, NOV)
 
 
