@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import getpass
 import logging
 import sys
+import uuid
+from datetime import UTC, datetime
 
 import click
 from flask import Flask, current_app
@@ -12,13 +15,18 @@ from flask.cli import with_appcontext
 from app.extensions import db
 from bot.channels import get_adapter
 from bot.channels.console import ConsoleAdapter
+from bot.channels.twilio import to_e164
+from bot.contacts import find_contact, mask_address
 from bot.errors import InvalidSender
 from bot.router import BotSettings, handle_inbound
+from tokens import ledger
+from tokens.errors import InsufficientTokens, InvalidAmount
 
 
 def register_cli(app: Flask) -> None:
     """Add this project's commands to `app.cli`."""
     app.cli.add_command(chat)
+    app.cli.add_command(tokens_group)
 
 
 @click.command("chat")
@@ -63,3 +71,122 @@ def chat(sender: str, channel: str) -> None:
         cost = "free" if not charged else f"{charged} token{'s' if charged > 1 else ''}"
         label = outcome.intent or outcome.kind
         click.echo(f"bot> {reply}\n     [{label}, {cost}]")
+
+
+@click.group("tokens")
+def tokens_group() -> None:
+    """Inspect and correct a person's tokens (ledger)."""
+
+
+def _account_of(phone: str) -> tuple[int, str]:
+    """(account id, masked phone) for an E.164 number, or a CLI error."""
+    address = to_e164(phone.strip())
+    if address is None:
+        raise click.BadParameter(f"{phone!r} is not a phone number in E.164 form",
+                                 param_hint="PHONE")
+    contact = find_contact(db.session, address)
+    if contact is None:
+        raise click.ClickException(f"no contact has the number {mask_address(address)}")
+    return contact.account_id, mask_address(address)
+
+
+def _when(moment: datetime | None) -> str:
+    return "-" if moment is None else f"{moment:%Y-%m-%d %H:%M}"
+
+
+@tokens_group.command("show")
+@click.argument("phone")
+@click.option("--entries", "limit", default=20, show_default=True, type=click.IntRange(1, 1000),
+              help="How many recent entries to list.")
+@with_appcontext
+def tokens_show(phone: str, limit: int) -> None:
+    """A person's balance by bucket, the lots it is made of, pending holds, and recent entries
+    with a running balance."""
+    account_id, masked = _account_of(phone)
+    balance = ledger.balance(db.session, account_id)
+    click.echo(f"Account {account_id} ({masked})")
+    click.echo(f"Posted {balance.posted} tokens, held {balance.held}, "
+               f"available {balance.available}")
+    buckets = ", ".join(f"{b} {n}" for b, n in balance.by_bucket.items()) or "none"
+    click.echo(f"By bucket: {buckets}")
+
+    click.echo("\nWhere the tokens come from (spent in this order):")
+    lots = ledger.open_lots(db.session, account_id)
+    for lot, credit in lots:
+        click.echo(f"  {lot.remaining:>6} of {credit.amount:<6} {lot.bucket:<12} "
+                   f"expires {_when(lot.expires_at):<16}  {credit.kind} {credit.idempotency_key}")
+    if not lots:
+        click.echo("  (none)")
+
+    click.echo("\nPending holds:")
+    holds = ledger.pending_holds(db.session, account_id)
+    for hold in holds:
+        click.echo(f"  #{hold.id} {hold.amount} tokens  {hold.memo or ''}  "
+                   f"expires {_when(hold.expires_at)} UTC  {hold.idempotency_key}")
+    if not holds:
+        click.echo("  (none)")
+
+    click.echo(f"\nRecent entries (last {limit}, oldest first):")
+    click.echo(f"  {'id':>6}  {'time (UTC)':<16}  {'kind':<10}  {'bucket':<12}  "
+               f"{'amount':>7}  {'balance':>7}  key / reason")
+    for line in ledger.history(db.session, account_id, limit):
+        entry = line.entry
+        note = entry.memo or ""
+        if entry.actor:
+            note += f" (by {entry.actor})"
+        click.echo(f"  {entry.id:>6}  {_when(entry.created_at):<16}  {entry.kind:<10}  "
+                   f"{entry.bucket:<12}  {entry.amount:>+7}  {line.running_balance:>7}  "
+                   f"{entry.idempotency_key}  {note}".rstrip())
+
+
+def _actor(actor: str | None) -> str:
+    return actor or f"cli:{getpass.getuser()}"
+
+
+@tokens_group.command("grant")
+@click.argument("phone")
+@click.argument("amount", type=click.IntRange(min=1))
+@click.option("--reason", required=True, help="Why; shown in the person's history.")
+@click.option("--bucket", type=click.Choice(ledger.BUCKETS), default="bonus", show_default=True)
+@click.option("--expires", type=click.DateTime(["%Y-%m-%d"]), default=None,
+              help="Day (UTC) the tokens lapse; default never.")
+@click.option("--key", default=None, help="Idempotency key; repeating it grants nothing more.")
+@click.option("--actor", default=None, help="Who grants; default cli:<login name>.")
+@with_appcontext
+def tokens_grant(phone: str, amount: int, reason: str, bucket: str, expires: datetime | None,
+                 key: str | None, actor: str | None) -> None:
+    """Grant AMOUNT tokens to the person with PHONE."""
+    account_id, masked = _account_of(phone)
+    expires_at = None if expires is None else expires.replace(tzinfo=UTC)
+    posted = ledger.grant(db.session, account_id, amount, key=key or f"grant:cli:{uuid.uuid4()}",
+                          bucket=bucket, expires_at=expires_at, memo=reason[:200],
+                          actor=_actor(actor))
+    db.session.commit()
+    verb = "already granted" if posted.replayed else "granted"
+    click.echo(f"{verb} {posted.amount} {bucket} tokens to {masked} ({posted.key}); "
+               f"available now {ledger.balance(db.session, account_id).available}")
+
+
+@tokens_group.command("adjust", context_settings={"ignore_unknown_options": True})
+@click.argument("phone")
+@click.argument("amount", type=int)
+@click.option("--reason", required=True, help="Why; shown in the person's history.")
+@click.option("--key", default=None, help="Idempotency key; repeating it changes nothing more.")
+@click.option("--actor", default=None, help="Who adjusts; default cli:<login name>.")
+@with_appcontext
+def tokens_adjust(phone: str, amount: int, reason: str, key: str | None,
+                  actor: str | None) -> None:
+    """Correct the balance of the person with PHONE by AMOUNT tokens (negative takes tokens,
+    at most the available balance), e.g. `tokens adjust +15551234567 -5 --reason "..."`."""
+    account_id, masked = _account_of(phone)
+    try:
+        posted = ledger.adjust(db.session, account_id, amount,
+                               key=key or f"adjust:cli:{uuid.uuid4()}", reason=reason,
+                               actor=_actor(actor))
+    except (InvalidAmount, InsufficientTokens) as exc:
+        db.session.rollback()
+        raise click.ClickException(str(exc)) from None
+    db.session.commit()
+    verb = "already adjusted" if posted.replayed else "adjusted"
+    click.echo(f"{verb} {masked} by {amount:+} tokens ({posted.key}); "
+               f"available now {ledger.balance(db.session, account_id).available}")

@@ -25,7 +25,7 @@ def resolve_contact(session: Session, address: str, now: datetime) -> Contact:
         The `Contact`. Two concurrent first messages from one person create one contact: the
         later INSERT hits `UNIQUE(address)` in a SAVEPOINT and the winner's row is returned.
     """
-    contact = session.scalars(select(Contact).where(Contact.address == address)).first()
+    contact = find_contact(session, address)
     if contact is not None:
         return contact
     try:
@@ -35,10 +35,15 @@ def resolve_contact(session: Session, address: str, now: datetime) -> Contact:
             session.add(contact)
             session.flush()
     except IntegrityError:
-        contact = session.scalars(select(Contact).where(Contact.address == address)).first()
+        contact = find_contact(session, address)
         if contact is None:
             raise
     return contact
+
+
+def find_contact(session: Session, address: str) -> Contact | None:
+    """The contact with this address (E.164 or "wa:<id>"), or None."""
+    return session.scalars(select(Contact).where(Contact.address == address)).first()
 
 
 def mask_address(address: str) -> str:

@@ -330,6 +330,20 @@ def pending_holds(session: Session, account_id: int) -> list[Hold]:
     )
 
 
+def open_lots(session: Session, account_id: int) -> list[tuple[Lot, LedgerEntry]]:
+    """The account's lots with tokens left, in consumption order, each with its credit entry.
+
+    Their `remaining` add up to the posted balance: this is where every token came from.
+    """
+    rows = session.execute(
+        select(Lot, LedgerEntry)
+        .join(LedgerEntry, LedgerEntry.id == Lot.credit_entry_id)
+        .where(Lot.account_id == account_id, Lot.remaining > 0)
+        .order_by(_BUCKET_RANK, Lot.expires_at.asc().nulls_last(), Lot.id)
+    ).all()
+    return [(lot, entry) for lot, entry in rows]
+
+
 def history(session: Session, account_id: int, limit: int = 20) -> list[HistoryLine]:
     """The account's latest `limit` entries, oldest first, each with the balance after it."""
     running = func.sum(LedgerEntry.amount).over(order_by=LedgerEntry.id).label("running")
