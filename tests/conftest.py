@@ -8,16 +8,12 @@ database, and every test gets a fresh copy of it. SQLite tests get a copy of a m
 from __future__ import annotations
 
 import json
-import os
-import pwd
 import shutil
-import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import port_for
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient, FlaskCliRunner
@@ -30,13 +26,14 @@ from twilio.request_validator import RequestValidator
 from app import create_app
 from app.config import Config
 from app.extensions import db
+from tests.support.postgres import PG_USER, postgres_server
+from tests.support.postgres import url as postgres_url
 
 TESTS = Path(__file__).resolve().parent
 FIXTURES = TESTS / "fixtures"
 AUTH_TOKEN = "test-auth-token-0123456789abcdef"
 PUBLIC_BASE_URL = "https://bot.example.com"
 INBOUND_PATH = "/webhooks/twilio/messages"
-PG_USER = "postgres"
 TEMPLATE_DB = "bot_template"
 
 
@@ -74,34 +71,8 @@ def migrate(database_url: str) -> None:
 @pytest.fixture(scope="session")
 def postgresql_server() -> Iterator[PostgreSQLExecutor]:
     """A real PostgreSQL server on a free loopback port, for the whole session."""
-    workdir = Path(tempfile.mkdtemp(prefix="bot-tests-pg-"))
-    if os.geteuid() == 0:
-        # PostgreSQL will not run as root; the pg_ctl wrapper runs it as `postgres`.
-        postgres = pwd.getpwnam("postgres")
-        os.chown(workdir, postgres.pw_uid, postgres.pw_gid)
-    executor = PostgreSQLExecutor(
-        executable=str(TESTS / "support" / "pg_ctl"),
-        host="127.0.0.1",
-        port=port_for.select_random(),
-        datadir=str(workdir / "data"),
-        unixsocketdir=str(workdir),
-        logfile=str(workdir / "postgresql.log"),
-        startparams="-w",
-        dbname="postgres",
-        user=PG_USER,
-        postgres_options="-c fsync=off -c synchronous_commit=off -c full_page_writes=off",
-    )
-    executor.start()
-    try:
-        yield executor
-    finally:
-        executor.stop()
-        shutil.rmtree(workdir, ignore_errors=True)
-
-
-def pg_url(server: PostgreSQLExecutor, dbname: str) -> str:
-    """The SQLAlchemy URL of database `dbname` on the test server."""
-    return f"postgresql+psycopg://{PG_USER}@{server.host}:{server.port}/{dbname}"
+    with postgres_server() as server:
+        yield server
 
 
 @pytest.fixture(scope="session")
@@ -112,7 +83,7 @@ def postgresql_template(postgresql_server: PostgreSQLExecutor) -> str:
         dbname=TEMPLATE_DB,
     )
     janitor.init()
-    migrate(pg_url(postgresql_server, TEMPLATE_DB))
+    migrate(postgres_url(postgresql_server, TEMPLATE_DB))
     return TEMPLATE_DB
 
 
@@ -144,7 +115,7 @@ def database_url(
     )
     janitor.init()
     try:
-        yield pg_url(server, janitor.dbname)
+        yield postgres_url(server, janitor.dbname)
     finally:
         janitor.drop()
 

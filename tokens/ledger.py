@@ -600,8 +600,9 @@ def capture(
         )
         posted = _consume(session, record.account_id, take, "debit", key,
                           memo=record.memo, now=now, hold_id=hold_id)
-    session.refresh(record)
-    return Captured(hold_id, posted, record.amount - take)
+    released = record.amount - take
+    session.expire(record)  # its status changed in the database, not in this object
+    return Captured(hold_id, posted, released)
 
 
 def void(session: Session, hold_id: int, now: datetime | None = None) -> HoldResult:
