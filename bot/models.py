@@ -17,8 +17,12 @@ class Contact(Base):
 
     `address` is the person's identity: E.164 for anyone with a phone number (so the SMS and
     WhatsApp forms of one number are one contact and share one account), or "wa:<id>" for a
-    WhatsApp user without one. Opt-out is per person: after STOP on any channel nothing is
-    charged or sent until START.
+    WhatsApp user without one.
+
+    Opt-out is per channel, as Twilio enforces it: STOP by SMS blocks SMS (Twilio refuses
+    every later SMS with error 21610 until the person texts START by SMS), and STOP on
+    WhatsApp stops WhatsApp. On a channel where the person opted out, nothing is charged or
+    sent until START arrives on that channel.
     """
 
     __tablename__ = "contacts"
@@ -26,17 +30,27 @@ class Contact(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     address: Mapped[str] = mapped_column(String(64), unique=True)
     account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id"), index=True)
-    opted_out_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    sms_opted_out_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    whatsapp_opted_out_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     opt_out_source: Mapped[str | None] = mapped_column(String(32))
     last_channel: Mapped[str | None] = mapped_column(String(16))
     last_inbound_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     whatsapp_last_inbound_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
-    @property
-    def opted_out(self) -> bool:
-        """True after STOP and until START."""
-        return self.opted_out_at is not None
+    def opted_out_at(self, channel: str) -> datetime | None:
+        """When the person sent STOP on `channel` ("sms" or "whatsapp"), or None."""
+        if channel == "whatsapp":
+            return self.whatsapp_opted_out_at
+        return self.sms_opted_out_at
+
+    def set_opted_out(self, channel: str, at: datetime | None, source: str | None) -> None:
+        """Record STOP (`at` a time) or START (`at` None) on `channel`."""
+        if channel == "whatsapp":
+            self.whatsapp_opted_out_at = at
+        else:
+            self.sms_opted_out_at = at
+        self.opt_out_source = source
 
 
 class Message(Base):

@@ -171,33 +171,32 @@ def compliance_keywords(turn: Turn) -> None:
     if family is None:
         return
     contact = turn.contact
-    confirms = turn.msg.channel in turn.settings.app_confirms_opt_out
+    channel = turn.msg.channel
+    confirms = channel in turn.settings.app_confirms_opt_out
     if family == "STOP":
-        first_time = contact.opted_out_at is None
+        first_time = contact.opted_out_at(channel) is None
         if first_time:
-            contact.opted_out_at = turn.now
-            contact.opt_out_source = (
-                "twilio_opt_out_type" if turn.msg.opt_out_type else f"keyword:{turn.msg.channel}"
-            )
-        log.info("contact opted out", extra={"contact": mask_address(contact.address)})
+            source = "twilio_opt_out_type" if turn.msg.opt_out_type else "keyword"
+            contact.set_opted_out(channel, turn.now, f"{source}:{channel}")
+        log.info("contact opted out", extra={"contact": mask_address(contact.address),
+                                             "channel": channel})
         if confirms and first_time:
             raise ReplyNow("opt_out", replies.stop_text(turn.catalog))
         raise ReplyNow("opt_out")
     if family == "START":
-        contact.opted_out_at = None
-        contact.opt_out_source = None
+        contact.set_opted_out(channel, None, None)
         if confirms:
             raise ReplyNow("opt_in", replies.start_text(turn.catalog))
         raise ReplyNow("opt_in")
-    if contact.opted_out:
+    if contact.opted_out_at(channel) is not None:
         raise ReplyNow("opted_out")
     raise ReplyNow("help", replies.help_text(turn.catalog, turn.now))
 
 
 def silence_opted_out(turn: Turn) -> None:
-    """After STOP nothing is charged or sent until START."""
+    """After STOP on this channel nothing is charged or sent on it until START."""
     assert turn.contact is not None
-    if turn.contact.opted_out:
+    if turn.contact.opted_out_at(turn.msg.channel) is not None:
         raise ReplyNow("opted_out")
 
 
@@ -219,7 +218,7 @@ def free_commands(turn: Turn) -> None:
     command = normalise_command(turn.msg.text)
     commands = turn.catalog.commands
     if command in commands["balance"]:
-        available = ledger.balance(turn.session, turn.account_id).available
+        available = ledger.balance(turn.session, turn.account_id, turn.now).available
         raise ReplyNow("balance", replies.balance_text(turn.catalog, available, turn.now))
     if command in commands["buy"]:
         raise ReplyNow("buy", replies.buy_text(turn.catalog.pack(), _pay_url(turn)))

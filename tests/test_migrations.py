@@ -13,7 +13,10 @@ from app.config import PROJECT_ROOT
 from app.extensions import db
 from tokens.base import Base
 
-TABLES = {"accounts", "ledger_entries", "pay_links", "contacts", "messages"}
+TABLES = {
+    "accounts", "ledger_entries", "ledger_lots", "ledger_holds", "pay_links", "contacts",
+    "messages",
+}
 
 
 def test_exactly_one_head():

@@ -77,3 +77,11 @@ class TokensHeld(TokensError):
     Protects: a hold is never left uncovered (held <= posted), and a clawback is never cut
     short, so each clawback key takes its whole amount once (holds settle within their TTL).
     """
+
+
+class KeyReused(TokensError):
+    """An idempotency key was given to a different operation than the one that used it first.
+
+    Protects: a replay returns the first result of the same operation, never another
+    operation's result (e.g. a capture of hold 2 under the key that captured hold 1).
+    """

@@ -52,6 +52,7 @@ from sqlalchemy import (
     String,
     case,
     func,
+    or_,
     select,
     update,
 )
@@ -63,6 +64,7 @@ from tokens.errors import (
     HoldNotPending,
     InsufficientTokens,
     InvalidAmount,
+    KeyReused,
     LedgerInvariantBroken,
     TokensHeld,
     UnknownAccount,
@@ -70,6 +72,8 @@ from tokens.errors import (
 )
 
 ENTRY_KINDS = ("grant", "purchase", "bonus", "debit", "refund", "clawback", "expiry", "adjustment")
+CREDIT_KINDS = ("grant", "purchase", "bonus", "refund")  # always positive
+SPEND_KINDS = ("debit", "clawback", "expiry")  # always negative; adjustments go either way
 BUCKETS = ("free", "subscription", "bonus", "paid")
 # economy.md: free allowance first, then subscription, bonus, then paid.
 CONSUMPTION_ORDER = ("free", "subscription", "bonus", "paid")
@@ -103,13 +107,22 @@ class Account(Base):
 
 
 class LedgerEntry(Base):
-    """One append-only ledger entry. See the module docstring for the rules it follows."""
+    """One append-only ledger entry. See the module docstring for the rules it follows.
+
+    The database refuses UPDATE and DELETE on this table (triggers in the migration).
+    """
 
     __tablename__ = "ledger_entries"
     __table_args__ = (
         CheckConstraint("amount <> 0", name="amount_not_zero"),
         CheckConstraint(_sql_in("kind", ENTRY_KINDS), name="kind_known"),
         CheckConstraint(_sql_in("bucket", BUCKETS), name="bucket_known"),
+        CheckConstraint(
+            f"({_sql_in('kind', CREDIT_KINDS)} AND amount > 0)"
+            f" OR ({_sql_in('kind', SPEND_KINDS)} AND amount < 0)"
+            " OR kind = 'adjustment'",
+            name="sign_matches_kind",
+        ),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
@@ -160,6 +173,7 @@ class Hold(Base):
         CheckConstraint("amount > 0", name="amount_positive"),
         CheckConstraint("captured >= 0 AND captured <= amount", name="captured_within_amount"),
         CheckConstraint(_sql_in("status", HOLD_STATES), name="status_known"),
+        CheckConstraint("(status = 'captured') = (captured > 0)", name="captured_iff_status"),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
@@ -289,8 +303,9 @@ def open_account(session: Session, now: datetime | None = None) -> Account:
 def balance(session: Session, account_id: int, now: datetime | None = None) -> Balance:
     """The account's balance: posted, held, available and unexpired tokens by bucket.
 
-    A pure read: lots past their expiry are left out of `available` and `by_bucket` even
-    before a sweep has posted their `expiry` entries.
+    A pure read: tokens of lots past their expiry are left out of `available` and
+    `by_bucket` even before a sweep has posted their `expiry` entries (except what a sweep
+    would keep for holds placed before the expiry, which `held` already counts).
 
     Raises:
         UnknownAccount: no account has this id.
@@ -302,20 +317,18 @@ def balance(session: Session, account_id: int, now: datetime | None = None) -> B
     if row is None:
         raise UnknownAccount(f"account {account_id} does not exist")
     posted, held = row
-    lots = session.execute(
-        select(Lot.bucket, Lot.expires_at, Lot.remaining).where(
-            Lot.account_id == account_id, Lot.remaining > 0
-        )
+    lots = session.scalars(
+        select(Lot).where(Lot.account_id == account_id, Lot.remaining > 0)
     ).all()
     by_bucket: dict[str, int] = {}
-    expired = 0
-    for bucket, expires_at, remaining in lots:
-        if expires_at is not None and expires_at <= now:
-            expired += remaining
+    due = []
+    for lot in lots:
+        if lot.expires_at is not None and lot.expires_at <= now:
+            due.append(lot)
         else:
-            by_bucket[bucket] = by_bucket.get(bucket, 0) + remaining
-    # Expired tokens still reserved by a pending hold are part of `held`, not extra.
-    available = max(posted - held - max(expired - held, 0), 0)
+            by_bucket[lot.bucket] = by_bucket.get(lot.bucket, 0) + lot.remaining
+    expiring = sum(take for _, take in _expiry_plan(due, _pending_hold_times(session, account_id)))
+    available = max(posted - held - expiring, 0)
     return Balance(posted=posted, held=held, available=available, by_bucket=by_bucket)
 
 
@@ -569,40 +582,62 @@ def capture(
         tokens released. A repeat with the same key returns the first result, `replayed=True`.
 
     Raises:
-        HoldNotPending: the hold was voided, expired, or captured under another key.
+        HoldNotPending: the hold was voided, expired (or is past its expiry time, even if no
+            sweep has marked it yet), or captured under another key.
         InvalidAmount: `amount` is not within 1..the hold's amount.
+        KeyReused: `key` belongs to another operation.
         UnknownEntry: no hold has this id.
     """
     record = session.get(Hold, hold_id)
     if record is None:
         raise UnknownEntry(f"hold {hold_id} does not exist")
-    replay = _replay(session, key)
+    replay = _capture_replay(session, record, key)
     if replay is not None:
-        return Captured(hold_id, replay, record.amount - record.captured)
+        return replay
     take = record.amount if amount is None else amount
     if type(take) is not int or not 0 < take <= record.amount:
         raise InvalidAmount(f"capture must be 1..{record.amount} tokens, got {amount!r}")
     now = now or utcnow()
     with session.begin_nested():
+        # The account first, as everywhere: then the hold cannot deadlock with a sweep.
+        _lock_account(session, record.account_id)
+        replay = _capture_replay(session, record, key)  # a concurrent capture just committed
+        if replay is not None:
+            return replay
         settled = session.execute(
             update(Hold)
-            .where(Hold.id == hold_id, Hold.status == "pending")
+            .where(Hold.id == hold_id, Hold.status == "pending", Hold.expires_at > now)
             .values(status="captured", captured=take, settled_at=now)
             .execution_options(synchronize_session=False)
         )
         if settled.rowcount != 1:  # type: ignore[attr-defined]
-            raise HoldNotPending(f"hold {hold_id} is not pending")
+            status = session.scalar(select(Hold.status).where(Hold.id == hold_id))
+            raise HoldNotPending(f"hold {hold_id} is {status}"
+                                 + (", past its expiry" if status == "pending" else ""))
         session.execute(
             update(Account)
             .where(Account.id == record.account_id)
             .values(held=Account.held - record.amount, balance=Account.balance - take)
             .execution_options(synchronize_session=False)
         )
-        posted = _consume(session, record.account_id, take, "debit", key,
-                          memo=record.memo, now=now, hold_id=hold_id)
+        posted = _consume(session, record.account_id, take, "debit", key, memo=record.memo,
+                          now=now, hold_id=hold_id, valid_at=record.created_at)
     released = record.amount - take
     session.expire(record)  # its status changed in the database, not in this object
     return Captured(hold_id, posted, released)
+
+
+def _capture_replay(session: Session, record: Hold, key: str) -> Captured | None:
+    replay = _replay(session, key)
+    if replay is None:
+        return None
+    drawn = session.scalars(
+        select(LedgerEntry.hold_id).where(LedgerEntry.operation_key == key)
+    ).all()
+    if set(drawn) != {record.id}:
+        raise KeyReused(f"{key!r} was used by another operation than the capture of hold "
+                        f"{record.id}")
+    return Captured(record.id, replay, record.amount - replay.amount)
 
 
 def void(session: Session, hold_id: int, now: datetime | None = None) -> HoldResult:
@@ -684,6 +719,9 @@ def clawback(
     now = now or utcnow()
     with session.begin_nested():
         posted, held = _lock_account(session, credit.account_id)
+        replay = _replay(session, key)  # a concurrent clawback with this key just committed
+        if replay is not None:
+            return replay
         lot = session.scalars(
             select(Lot)
             .where(Lot.credit_entry_id == credit.id)
@@ -752,19 +790,23 @@ def adjust(
     expire_lots(session, account_id, now)
     with session.begin_nested():
         posted, held = _lock_account(session, account_id)
+        replay = _replay(session, key)  # a concurrent adjustment with this key just committed
+        if replay is not None:
+            return replay
         if posted - held < -tokens:
             raise InsufficientTokens(-tokens, posted - held)
         _debit_balance(session, account_id, -tokens, now)
         return _consume(session, account_id, -tokens, "adjustment", key,
-                        memo=reason.strip()[:200], actor=actor.strip()[:100], now=now)
+                        memo=reason.strip()[:200], actor=actor.strip()[:100], now=now,
+                        valid_at=now)
 
 
 def expire_lots(session: Session, account_id: int, now: datetime | None = None) -> int:
     """Post `expiry` entries for the account's lots past their expiry; returns tokens expired.
 
-    Tokens reserved by pending holds stay: the sweep leaves up to `held` tokens in the expired
-    lots, and the capture of those holds spends them first (their lot expires earliest); the
-    next sweep takes what is left.
+    Tokens that a pending hold placed before a lot's expiry may still capture stay in that lot
+    (see `_expiry_plan`); the capture of such a hold may spend them, and the next sweep takes
+    what is left. Holds placed after the expiry never protect or spend expired tokens.
     """
     now = now or utcnow()
     due = (
@@ -775,15 +817,13 @@ def expire_lots(session: Session, account_id: int, now: datetime | None = None) 
     if session.scalars(due.limit(1)).first() is None:
         return 0  # the common case: one indexed read, no lock
     with session.begin_nested():
-        _, held = _lock_account(session, account_id)
+        _lock_account(session, account_id)
         # Re-read under the account's lock: every change to a lot happens under it.
         lots = session.scalars(due.execution_options(populate_existing=True)).all()
-        budget = max(sum(lot.remaining for lot in lots) - held, 0)
         expired = 0
-        for lot in lots:
-            take = min(lot.remaining, budget - expired)
+        for lot, take in _expiry_plan(lots, _pending_hold_times(session, account_id)):
             if take <= 0:
-                break
+                continue
             assert lot.expires_at is not None
             key = f"expiry:{lot.id}:{lot.remaining}"
             _new_entry(session, account_id, "expiry", lot.bucket, -take, key,
@@ -880,6 +920,37 @@ def _credit(
     return Posted(key, (entry.id,), tokens, ((bucket, tokens),), replayed=False)
 
 
+def _pending_hold_times(session: Session, account_id: int) -> list[tuple[datetime, int]]:
+    """(created_at, amount) of the account's pending holds."""
+    rows = session.execute(
+        select(Hold.created_at, Hold.amount).where(
+            Hold.account_id == account_id, Hold.status == "pending"
+        )
+    ).all()
+    return [(created, amount) for created, amount in rows]
+
+
+def _expiry_plan(
+    lots: Sequence[Lot], holds: Sequence[tuple[datetime, int]]
+) -> list[tuple[Lot, int]]:
+    """How many tokens each lot past its expiry must expire now.
+
+    A pending hold placed before a lot expired may have been backed by that lot, so up to its
+    amount stays for its capture. Each hold protects once: lots are taken in expiry order, and
+    a hold placed before an earlier expiry is also before every later one.
+    """
+    plan = []
+    used = 0
+    for lot in sorted(lots, key=lambda item: (item.expires_at, item.id)):
+        assert lot.expires_at is not None
+        cutoff = lot.expires_at
+        protecting = sum(amount for created, amount in holds if created < cutoff) - used
+        keep = min(lot.remaining, max(protecting, 0))
+        used += keep
+        plan.append((lot, lot.remaining - keep))
+    return plan
+
+
 def _lock_account(session: Session, account_id: int) -> tuple[int, int]:
     """Lock the account row and return (posted, held) in tokens.
 
@@ -932,15 +1003,23 @@ def _consume(
     memo: str | None = None,
     actor: str | None = None,
     now: datetime,
+    valid_at: datetime,
     hold_id: int | None = None,
 ) -> Posted:
     """Draw `tokens` from the account's lots in consumption order, one entry per lot.
 
-    The caller has already lowered the cached balance (which locked the account row).
+    Only lots still valid at `valid_at` are drawn on: for a capture, when its hold was placed
+    (so a hold placed before an expiry may spend the tokens a sweep kept for it, and a later
+    hold never spends expired tokens); for an adjustment, now. The caller has already lowered
+    the cached balance (which locked the account row).
     """
     lots = session.scalars(
         select(Lot)
-        .where(Lot.account_id == account_id, Lot.remaining > 0)
+        .where(
+            Lot.account_id == account_id,
+            Lot.remaining > 0,
+            or_(Lot.expires_at.is_(None), Lot.expires_at > valid_at),
+        )
         .order_by(_BUCKET_RANK, Lot.expires_at.asc().nulls_last(), Lot.id)
         .execution_options(populate_existing=True)
     ).all()
@@ -971,13 +1050,15 @@ def _release(session: Session, hold_id: int, status: str, now: datetime) -> Hold
     if record is None:
         raise UnknownEntry(f"hold {hold_id} does not exist")
     with session.begin_nested():
+        _lock_account(session, record.account_id)  # the account first, as everywhere
         settled = session.execute(
             update(Hold)
             .where(Hold.id == hold_id, Hold.status == "pending")
             .values(status=status, settled_at=now)
             .execution_options(synchronize_session=False)
         )
-        if settled.rowcount == 1:  # type: ignore[attr-defined]
+        released = settled.rowcount == 1  # type: ignore[attr-defined]
+        if released:
             session.execute(
                 update(Account)
                 .where(Account.id == record.account_id)
@@ -985,7 +1066,7 @@ def _release(session: Session, hold_id: int, status: str, now: datetime) -> Hold
                 .execution_options(synchronize_session=False)
             )
     session.refresh(record)
-    if settled.rowcount == 1:  # type: ignore[attr-defined]
+    if released:
         return _hold_result(record, replayed=False)
     if record.status == "captured":
         raise HoldNotPending(f"hold {hold_id} was captured")

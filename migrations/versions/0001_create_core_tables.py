@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises: 
-Create Date: 2026-11-21 11:58:47.145470
+Create Date: 2026-11-21 12:13:26.602910
 
 """
 from alembic import op
@@ -14,6 +14,47 @@ revision = '0001'
 down_revision = None
 branch_labels = None
 depends_on = None
+
+APPEND_ONLY = {
+    'postgresql': {
+        'create': [
+            """
+            CREATE FUNCTION ledger_entries_append_only() RETURNS trigger
+            LANGUAGE plpgsql AS $$
+            BEGIN
+                RAISE EXCEPTION 'ledger entries are append-only: % refused', TG_OP
+                    USING ERRCODE = 'integrity_constraint_violation';
+            END
+            $$
+            """,
+            """
+            CREATE TRIGGER ledger_entries_append_only
+            BEFORE UPDATE OR DELETE ON ledger_entries
+            FOR EACH ROW EXECUTE FUNCTION ledger_entries_append_only()
+            """,
+        ],
+        'drop': [
+            'DROP TRIGGER ledger_entries_append_only ON ledger_entries',
+            'DROP FUNCTION ledger_entries_append_only()',
+        ],
+    },
+    'sqlite': {
+        'create': [
+            """
+            CREATE TRIGGER ledger_entries_no_update BEFORE UPDATE ON ledger_entries
+            BEGIN SELECT RAISE(ABORT, 'ledger entries are append-only: UPDATE refused'); END
+            """,
+            """
+            CREATE TRIGGER ledger_entries_no_delete BEFORE DELETE ON ledger_entries
+            BEGIN SELECT RAISE(ABORT, 'ledger entries are append-only: DELETE refused'); END
+            """,
+        ],
+        'drop': [
+            'DROP TRIGGER ledger_entries_no_update',
+            'DROP TRIGGER ledger_entries_no_delete',
+        ],
+    },
+}
 
 
 def upgrade():
@@ -33,7 +74,8 @@ def upgrade():
     sa.Column('id', sa.Integer(), nullable=False),
     sa.Column('address', sa.String(length=64), nullable=False),
     sa.Column('account_id', sa.Integer(), nullable=False),
-    sa.Column('opted_out_at', sa.DateTime(timezone=True), nullable=True),
+    sa.Column('sms_opted_out_at', sa.DateTime(timezone=True), nullable=True),
+    sa.Column('whatsapp_opted_out_at', sa.DateTime(timezone=True), nullable=True),
     sa.Column('opt_out_source', sa.String(length=32), nullable=True),
     sa.Column('last_channel', sa.String(length=16), nullable=True),
     sa.Column('last_inbound_at', sa.DateTime(timezone=True), nullable=True),
@@ -57,6 +99,7 @@ def upgrade():
     sa.Column('created_at', sa.DateTime(timezone=True), nullable=False),
     sa.Column('expires_at', sa.DateTime(timezone=True), nullable=False),
     sa.Column('settled_at', sa.DateTime(timezone=True), nullable=True),
+    sa.CheckConstraint("(status = 'captured') = (captured > 0)", name=op.f('ck_ledger_holds_captured_iff_status')),
     sa.CheckConstraint("status IN ('pending', 'captured', 'voided', 'expired')", name=op.f('ck_ledger_holds_status_known')),
     sa.CheckConstraint('amount > 0', name=op.f('ck_ledger_holds_amount_positive')),
     sa.CheckConstraint('captured >= 0 AND captured <= amount', name=op.f('ck_ledger_holds_captured_within_amount')),
@@ -114,6 +157,7 @@ def upgrade():
     sa.Column('memo', sa.String(length=200), nullable=True),
     sa.Column('actor', sa.String(length=100), nullable=True),
     sa.Column('created_at', sa.DateTime(timezone=True), nullable=False),
+    sa.CheckConstraint("(kind IN ('grant', 'purchase', 'bonus', 'refund') AND amount > 0) OR (kind IN ('debit', 'clawback', 'expiry') AND amount < 0) OR kind = 'adjustment'", name=op.f('ck_ledger_entries_sign_matches_kind')),
     sa.CheckConstraint("bucket IN ('free', 'subscription', 'bonus', 'paid')", name=op.f('ck_ledger_entries_bucket_known')),
     sa.CheckConstraint("kind IN ('grant', 'purchase', 'bonus', 'debit', 'refund', 'clawback', 'expiry', 'adjustment')", name=op.f('ck_ledger_entries_kind_known')),
     sa.CheckConstraint('amount <> 0', name=op.f('ck_ledger_entries_amount_not_zero')),
@@ -133,6 +177,10 @@ def upgrade():
     # is added once both tables exist.
     with op.batch_alter_table('ledger_lots', schema=None) as batch_op:
         batch_op.create_foreign_key(batch_op.f('fk_ledger_lots_credit_entry_id_ledger_entries'), 'ledger_entries', ['credit_entry_id'], ['id'])
+
+    # Entries are append-only (economy.md): the database refuses UPDATE and DELETE.
+    for statement in APPEND_ONLY[op.get_bind().dialect.name]['create']:
+        op.execute(statement)
 
     op.create_table('messages',
     sa.Column('id', sa.Integer(), nullable=False),
@@ -171,6 +219,8 @@ def downgrade():
         batch_op.drop_index(batch_op.f('ix_ledger_entries_operation_key'))
         batch_op.drop_index(batch_op.f('ix_ledger_entries_account_id'))
 
+    for statement in APPEND_ONLY[op.get_bind().dialect.name]['drop']:
+        op.execute(statement)
     with op.batch_alter_table('ledger_lots', schema=None) as batch_op:
         batch_op.drop_constraint(batch_op.f('fk_ledger_lots_credit_entry_id_ledger_entries'), type_='foreignkey')
 

@@ -13,7 +13,7 @@ from bot.messages import InboundMessage
 from bot.models import Contact, Message
 from bot.router import Outcome, handle_inbound
 from tokens import ledger
-from tokens.ledger import LedgerEntry
+from tokens.ledger import Hold, LedgerEntry
 from tokens.payments import PayLink
 
 NOV = datetime(2026, 11, 21, 12, 0, tzinfo=UTC)
@@ -48,9 +48,9 @@ def say(app, session):
     return _say
 
 
-def available(session, sender: str = ANA) -> int:
+def available(session, sender: str = ANA, now: datetime = NOV) -> int:
     contact = session.scalars(select(Contact).where(Contact.address == sender)).one()
-    return ledger.balance(session, contact.account_id).available
+    return ledger.balance(session, contact.account_id, now).available
 
 
 def test_ana_gets_100_free_tokens_and_a_meal_plan_costs_5(say, session):
@@ -112,7 +112,7 @@ def test_stop_silences_everything_until_start(say, session):
     stop = say("STOP")
     assert stop.kind == "opt_out" and stop.replies == ()  # Twilio confirms STOP on SMS
     contact = session.scalars(select(Contact)).one()
-    assert contact.opted_out_at is not None
+    assert contact.opted_out_at("sms") == NOV
     assert contact.opt_out_source == "keyword:sms"
     before = available(session)
     for text in ("meal plan", "BALANCE", "HELP", "buy"):
@@ -131,7 +131,7 @@ def test_stop_silences_everything_until_start(say, session):
 )
 def test_every_opt_out_keyword_opts_out(say, session, word):
     assert say(word).kind == "opt_out"
-    assert session.scalars(select(Contact)).one().opted_out
+    assert session.scalars(select(Contact)).one().opted_out_at("sms") is not None
 
 
 def test_whatsapp_stop_gets_one_confirmation_from_the_app(say):
@@ -148,7 +148,7 @@ def test_opt_out_type_from_twilio_is_authoritative(say, session):
     outcome = say("arret", opt_out_type="STOP")
     assert outcome.kind == "opt_out"
     contact = session.scalars(select(Contact)).one()
-    assert contact.opt_out_source == "twilio_opt_out_type"
+    assert contact.opt_out_source == "twilio_opt_out_type:sms"
     assert say("meal plan").kind == "opted_out"
 
 
@@ -171,6 +171,7 @@ def test_free_allowance_is_granted_once_a_month_and_expires_at_month_end(say, se
     assert available(session) == 94
 
     say("hi", now=DEC)
+    assert "You have 99 tokens" in say("BALANCE", now=DEC).replies[0]
     entries = session.scalars(select(LedgerEntry).order_by(LedgerEntry.id)).all()
     expiry = [e for e in entries if e.kind == "expiry"]
     assert [(e.amount, e.bucket) for e in expiry] == [(-94, "free")]
@@ -178,7 +179,7 @@ def test_free_allowance_is_granted_once_a_month_and_expires_at_month_end(say, se
         f"grant:free:{entries[0].account_id}:2026-11",
         f"grant:free:{entries[0].account_id}:2026-12",
     ]
-    assert available(session) == 99  # 100 new, minus the 1-token chat
+    assert available(session, now=DEC) == 99  # 100 new, minus the 1-token chat
 
 
 def test_one_person_one_account_across_channels(say, session):
@@ -225,3 +226,53 @@ def test_a_repeat_sid_changes_nothing(say, session):
     assert again == Outcome(kind="duplicate")
     assert available(session) == 95
     assert session.scalar(select(func.count()).select_from(Message)) == 2
+
+
+def test_opt_out_is_per_channel_as_twilio_enforces_it(say, session):
+    """STOP by SMS blocks SMS until START by SMS; WhatsApp still works, and a START on
+    WhatsApp does not lift the SMS block (Twilio would refuse the SMS with 21610)."""
+    assert say("STOP", channel="sms").kind == "opt_out"
+    assert say("meal plan", channel="whatsapp").tokens_charged == 5
+    assert say("START", channel="whatsapp").kind == "opt_in"
+    sms = say("meal plan", channel="sms")
+    assert (sms.kind, sms.tokens_charged, sms.replies) == ("opted_out", 0, ())
+    assert say("START", channel="sms").kind == "opt_in"
+    assert say("meal plan", channel="sms").tokens_charged == 5
+
+
+def test_the_price_is_held_while_the_skill_runs_then_captured(say, session, monkeypatch):
+    seen = []
+
+    def answer(self, request):
+        holds = session.scalars(select(Hold)).all()
+        seen.append([(h.amount, h.status, h.idempotency_key) for h in holds])
+        contact = session.scalars(select(Contact)).one()
+        seen.append(ledger.balance(session, contact.account_id, NOV).available)
+        return SkillAnswer("a plan")
+
+    monkeypatch.setattr(offline.MealPlanSkill, "answer", answer)
+    say("meal plan", sid="SMheld")
+    assert seen == [[(5, "pending", "hold:SMheld")], 95]
+    held = session.scalars(select(Hold)).one()
+    assert (held.status, held.captured) == ("captured", 5)
+    debit = session.scalars(select(LedgerEntry).where(LedgerEntry.kind == "debit")).one()
+    assert (debit.idempotency_key, debit.hold_id, debit.amount) == ("debit:SMheld", held.id, -5)
+
+
+def test_a_failed_skill_voids_its_hold(say, session, monkeypatch):
+    def broken(self, request):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(offline.MealPlanSkill, "answer", broken)
+    say("meal plan", sid="SMvoid")
+    held = session.scalars(select(Hold)).one()
+    assert (held.status, held.captured) == ("voided", 0)
+    assert session.scalars(select(LedgerEntry).where(LedgerEntry.kind == "debit")).all() == []
+
+
+def test_balance_reads_at_the_message_time(say):
+    """October's free tokens have expired by a message routed in November."""
+    october = datetime(2026, 10, 15, 12, 0, tzinfo=UTC)
+    say("meal plan", now=october)
+    assert "You have 95 tokens" in say("BALANCE", now=october).replies[0]
+    assert "You have 100 tokens" in say("BALANCE", now=NOV).replies[0]

@@ -5,8 +5,8 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from sqlalchemy import insert, select, text, update
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import delete, insert, select, text, update
+from sqlalchemy.exc import DBAPIError
 
 from tests.tokens.ledger_checks import assert_consistent
 from tokens import ledger
@@ -14,6 +14,7 @@ from tokens.errors import (
     HoldNotPending,
     InsufficientTokens,
     InvalidAmount,
+    KeyReused,
     TokensHeld,
     UnknownAccount,
     UnknownEntry,
@@ -285,6 +286,68 @@ def test_a_hold_across_the_month_boundary_keeps_its_tokens(session, account):
     assert_consistent(session, account, DEC)
 
 
+def test_expired_tokens_kept_for_an_old_hold_never_back_a_new_one(session, account):
+    """Eve's hold h1 from Nov 30 protects 5 November tokens past the expiry. A hold h2 placed
+    in December is backed by December tokens only: when h1 is voided, those 5 expire, and
+    h2's capture never spends them."""
+    ledger.grant_monthly_allowance(session, account, 100, NOV)
+    late = datetime(2026, 11, 30, 23, 59, 50, tzinfo=UTC)
+    h1 = ledger.hold(session, account, 5, key="hold:h1", now=late)
+    ledger.grant_monthly_allowance(session, account, 100, DEC)
+    h2 = ledger.hold(session, account, 5, key="hold:h2", now=DEC)
+    ledger.void(session, h1.hold_id, now=DEC)
+    assert available(session, account, DEC) == 95
+    with pytest.raises(InsufficientTokens):
+        ledger.hold(session, account, 96, key="hold:too-much", now=DEC)
+    captured = ledger.capture(session, h2.hold_id, key="debit:h2", now=DEC)
+    session.commit()
+    december = session.scalars(
+        select(Lot).join(LedgerEntry, Lot.credit_entry_id == LedgerEntry.id)
+        .where(LedgerEntry.idempotency_key.like("%2026-12"))
+    ).one()
+    assert [session.get(LedgerEntry, i).lot_id for i in captured.posted.entry_ids] == [
+        december.id
+    ]
+    assert ledger.balance(session, account, DEC) == ledger.Balance(
+        posted=95, held=0, available=95, by_bucket={"free": 95}
+    )
+    assert_consistent(session, account, DEC)
+
+
+def test_a_capture_past_the_hold_expiry_is_refused_even_before_a_sweep(session, account):
+    ledger.grant(session, account, 20, key="g")
+    placed = ledger.hold(session, account, 5, key="hold:late", ttl_seconds=60, now=NOV)
+    session.commit()
+    with pytest.raises(HoldNotPending, match="past its expiry"):
+        ledger.capture(session, placed.hold_id, key="debit:late",
+                       now=NOV + timedelta(seconds=61))
+    session.rollback()
+    assert session.get(Hold, placed.hold_id).status == "pending"
+    assert ledger.expire_holds(session, NOV + timedelta(seconds=61)) == 1
+
+
+def test_a_capture_key_cannot_replay_another_operation(session, account):
+    ledger.grant(session, account, 50, key="grant:g")
+    first = ledger.hold(session, account, 5, key="hold:1", now=NOV)
+    second = ledger.hold(session, account, 5, key="hold:2", now=NOV)
+    ledger.capture(session, first.hold_id, key="debit:1", now=NOV)
+    with pytest.raises(KeyReused):
+        ledger.capture(session, second.hold_id, key="debit:1", now=NOV)
+    with pytest.raises(KeyReused):
+        ledger.capture(session, second.hold_id, key="grant:g", now=NOV)
+    assert session.get(Hold, second.hold_id).status == "pending"
+
+
+def test_a_purchase_and_its_bonus_are_clawed_back_as_two_credits(session, account):
+    ledger.purchase(session, account, 100, 20, key="checkout:cs_6")
+    paid = ledger.clawback(session, "checkout:cs_6", 100, key="refund:ch_6:paid")
+    bonus = ledger.clawback(session, "checkout:cs_6:bonus", 20, key="refund:ch_6:bonus")
+    session.commit()
+    assert (paid.by_bucket, bonus.by_bucket) == ((("paid", -100),), (("bonus", -20),))
+    assert available(session, account) == 0
+    assert_consistent(session, account, NOV)
+
+
 def test_history_explains_every_token_with_a_running_balance(session, account):
     ledger.grant_monthly_allowance(session, account, 100, NOV)
     spend(session, account, 5, "SM11")
@@ -318,32 +381,36 @@ def test_unknown_accounts_are_refused(session):
         ledger.balance(session, 999_999)
 
 
-def test_the_database_refuses_zero_entries_negative_balances_and_overholds(session, account):
+def test_the_database_refuses_what_must_never_be(session, account):
     ledger.grant(session, account, 5, key="g")
+    placed = ledger.hold(session, account, 2, key="h", now=NOV)
     session.commit()
+
+    def entry(**values):
+        row = {"account_id": account, "kind": "grant", "bucket": "free", "amount": 5,
+               "idempotency_key": f"k{len(values)}{sorted(values)}", "created_at": NOV}
+        row.update(values)
+        row.setdefault("operation_key", row["idempotency_key"])
+        return insert(LedgerEntry).values(**row)
+
     bad_statements = [
-        insert(LedgerEntry).values(
-            account_id=account, kind="grant", bucket="free", amount=0,
-            idempotency_key="zero", operation_key="zero", created_at=NOV,
-        ),
-        insert(LedgerEntry).values(
-            account_id=account, kind="gift", bucket="free", amount=5,
-            idempotency_key="unknown-kind", operation_key="unknown-kind", created_at=NOV,
-        ),
-        insert(LedgerEntry).values(
-            account_id=account, kind="grant", bucket="free", amount=5,
-            idempotency_key="g", operation_key="g", created_at=NOV,
-        ),
+        entry(amount=0),
+        entry(kind="gift"),
+        entry(idempotency_key="g"),  # a key is posted once
+        entry(kind="debit", amount=5),  # a debit is negative
+        entry(kind="grant", amount=-5),  # a grant is positive
+        entry(kind="expiry", amount=3),
         update(Account).where(Account.id == account).values(balance=-1),
         update(Account).where(Account.id == account).values(held=6),
         update(Lot).where(Lot.account_id == account).values(remaining=-1),
-        insert(Hold).values(
-            account_id=account, amount=5, captured=6, status="pending",
-            idempotency_key="h", created_at=NOV, expires_at=NOV,
-        ),
+        update(Hold).where(Hold.id == placed.hold_id).values(captured=3),
+        update(Hold).where(Hold.id == placed.hold_id).values(status="captured"),
+        # append-only: no entry is ever changed or removed
+        update(LedgerEntry).where(LedgerEntry.idempotency_key == "g").values(memo="edited"),
+        delete(LedgerEntry).where(LedgerEntry.idempotency_key == "g"),
     ]
     for statement in bad_statements:
-        with pytest.raises(IntegrityError):
+        with pytest.raises(DBAPIError):
             session.execute(statement)
         session.rollback()
     assert_consistent(session, account, NOV)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -18,7 +19,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from tests.tokens.ledger_checks import assert_consistent
 from tokens import ledger
-from tokens.errors import InsufficientTokens
+from tokens.errors import HoldNotPending, InsufficientTokens
 from tokens.ledger import LedgerEntry
 
 pytestmark = pytest.mark.backends("postgresql")
@@ -139,4 +140,59 @@ def test_concurrent_captures_and_voids_of_one_hold_settle_it_once(engine, accoun
         balance = ledger.balance(session, account)
         assert balance.held == 0
         assert balance.posted in (45, 50)
+        assert_consistent(session, account)
+
+
+def test_concurrent_repeats_of_one_key_all_get_the_first_result(engine, account):
+    """Clawback, negative adjustment and capture, each sent 6 times at once with one key:
+    one posts, the others return its result; nobody gets an error."""
+    with Session(engine) as session:
+        ledger.purchase(session, account, 100, 0, key="checkout:cs_keys")
+        placed = ledger.hold(session, account, 5, key="hold:keys")
+        session.commit()
+
+    for work in (
+        lambda s, i: ledger.clawback(s, "checkout:cs_keys", 40, key="refund:keys"),
+        lambda s, i: ledger.adjust(s, account, -5, key="adjust:keys", reason="r", actor="t"),
+        lambda s, i: ledger.capture(s, placed.hold_id, key="debit:keys"),
+    ):
+        results = all_at_once(engine, 6, work)
+        assert not [r for r in results if isinstance(r, Exception)], results
+        posted = [getattr(r, "posted", r) for r in results]
+        assert len({p.entry_ids for p in posted}) == 1
+        assert sum(not p.replayed for p in posted) == 1
+
+    with Session(engine) as session:
+        assert ledger.balance(session, account).posted == 100 - 40 - 5 - 5
+        assert_consistent(session, account)
+
+
+def test_credits_and_holds_race_captures_and_sweeps_without_deadlock(engine, account):
+    """Half the workers credit and then hold (taking the account lock before sweeping stale
+    holds); the other half capture or void holds of the same account. Every lock is taken
+    account first, so PostgreSQL never has to break a deadlock."""
+    with Session(engine) as session:
+        ledger.grant(session, account, 200, key="grant:200")
+        # Holds that are already past their TTL: the racing hold() calls sweep them.
+        past = datetime.now(UTC) - timedelta(hours=1)
+        holds = [ledger.hold(session, account, 5, key=f"hold:pre:{i}", ttl_seconds=60,
+                             now=past).hold_id
+                 for i in range(10)]
+        session.commit()
+
+    def work(session: Session, i: int) -> Any:
+        if i % 2:
+            ledger.grant(session, account, 1, key=f"grant:race:{i}")
+            return ledger.hold(session, account, 5, key=f"hold:race:{i}")
+        hold_id = holds[i // 2]
+        if i % 4:
+            return ledger.void(session, hold_id)
+        return ledger.capture(session, hold_id, key=f"debit:race:{i}")
+
+    results = all_at_once(engine, 20, work)
+    # A capture of an expired hold is refused; nothing else may fail (no DeadlockDetected).
+    errors = [r for r in results if isinstance(r, Exception)]
+    assert all(isinstance(e, HoldNotPending) for e in errors), errors
+    with Session(engine) as session:
+        assert ledger.balance(session, account).held == 10 * 5  # the 10 new holds
         assert_consistent(session, account)

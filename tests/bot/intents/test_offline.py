@@ -46,7 +46,7 @@ def test_different_requests_get_different_plans():
     plain = meal_names(ask("meal_plan", "meal plan"))
     vegan = meal_names(ask("meal_plan", "vegan meal plan"))
     keto = meal_names(ask("meal_plan", "keto meal plan 1500 calories"))
-    assert plain != vegan != keto
+    assert len({tuple(plain), tuple(vegan), tuple(keto)}) == 3
     by_name = {m.name: m for m in KNOWLEDGE.meals}
     assert all("vegan" in by_name[n].tags for n in vegan)
     assert all("low_carb" in by_name[n].tags for n in keto)
@@ -64,7 +64,7 @@ def test_recipes_follow_the_ingredient_and_the_diet():
     pancakes = ask("recipe_search", "recipes for pancakes")
     assert "pancake" in pancakes.splitlines()[0].lower()
     chicken = ask("recipe_search", "chicken recipe")
-    assert "chicken" in chicken.lower().splitlines()[0] or "chicken" in chicken.lower()
+    assert "chicken" in chicken.splitlines()[0].lower()
     assert "Ingredients:" in chicken and "Steps:" in chicken
     gluten_free = ask("recipe_search", "gluten free dinner recipe")
     name = gluten_free.splitlines()[0].split(" (")[0]
