@@ -190,3 +190,13 @@ def tokens_adjust(phone: str, amount: int, reason: str, key: str | None,
     verb = "already adjusted" if posted.replayed else "adjusted"
     click.echo(f"{verb} {masked} by {amount:+} tokens ({posted.key}); "
                f"available now {ledger.balance(db.session, account_id).available}")
+
+
+@tokens_group.command("expire-holds")
+@with_appcontext
+def tokens_expire_holds() -> None:
+    """Expire every pending hold past its TTL, releasing its tokens (safe to run any time,
+    e.g. from cron; each person's own next request also expires their stale holds)."""
+    expired = ledger.expire_holds(db.session)
+    db.session.commit()
+    click.echo(f"expired {expired} hold{'s' if expired != 1 else ''}")

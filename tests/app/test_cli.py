@@ -74,3 +74,20 @@ def test_tokens_adjust_takes_tokens_with_a_reason(runner, session):
     assert missing_reason.exit_code == 2
     unknown = runner.invoke(args=["tokens", "show", "+15559999999"])
     assert unknown.exit_code == 1 and "no contact" in unknown.output
+
+
+def test_tokens_expire_holds_releases_stranded_holds(runner, session):
+    from datetime import timedelta
+
+    from tokens import ledger
+    from tokens.base import utcnow
+
+    account = ledger.open_account(session)
+    ledger.grant(session, account.id, 10, key="g")
+    ledger.hold(session, account.id, 5, key="hold:stranded", ttl_seconds=60,
+                now=utcnow() - timedelta(minutes=5))
+    session.commit()
+    result = runner.invoke(args=["tokens", "expire-holds"])
+    assert result.exit_code == 0 and "expired 1 hold" in result.output
+    assert ledger.balance(session, account.id).available == 10
+    assert "expired 0 holds" in runner.invoke(args=["tokens", "expire-holds"]).output
