@@ -8,10 +8,11 @@ loops for a fixed time doing what the router does for one priced answer: `hold` 
 - shared:   all clients spend from one account (the worst case: one person's row lock).
 
 By default a throwaway PostgreSQL server is started with its normal durability settings
-(fsync and synchronous commit on); `--database-url` measures an existing server instead (it
-must be an empty database: the schema is created with the migrations).
+(fsync and synchronous commit on); `--no-fsync` turns them off to show the CPU cost alone;
+`--database-url` measures an existing server instead (it must be an empty database: the
+schema is created with the migrations).
 
-    .venv/bin/python -m bench.ledger [--seconds 5] [--clients 1,8,32] [--json out.json]
+    .venv/bin/python -m bench.ledger [--seconds 5] [--clients 1,8,32] [--no-fsync] [--json F]
 """
 
 from __future__ import annotations
@@ -116,7 +117,7 @@ def measure(url: str, layout: str, clients: int, seconds: float) -> Row:
 
 
 @contextmanager
-def database(url: str | None) -> Iterator[str]:
+def database(url: str | None, durable: bool = True) -> Iterator[str]:
     """The URL of an empty PostgreSQL database with the schema migrated."""
     from flask_migrate import upgrade
 
@@ -134,10 +135,11 @@ def database(url: str | None) -> Iterator[str]:
         return
     from pytest_postgresql.janitor import DatabaseJanitor
 
-    from tests.support.postgres import PG_USER, postgres_server
+    from tests.support.postgres import FAST_BUT_UNSAFE, PG_USER, postgres_server
     from tests.support.postgres import url as postgres_url
 
-    with postgres_server(options="-c max_connections=100") as server:
+    options = "-c max_connections=100" + ("" if durable else f" {FAST_BUT_UNSAFE}")
+    with postgres_server(options=options) as server:
         DatabaseJanitor(user=PG_USER, host=server.host, port=server.port,
                         dbname="bench").init()
         target = postgres_url(server, "bench")
@@ -151,11 +153,13 @@ def main() -> None:
     parser.add_argument("--clients", default="1,8,32", help="comma-separated client counts")
     parser.add_argument("--database-url", default=None, help="an empty PostgreSQL database")
     parser.add_argument("--json", type=Path, default=None, help="also write the rows here")
+    parser.add_argument("--no-fsync", action="store_true",
+                        help="start the server with fsync off: shows the CPU cost alone")
     args = parser.parse_args()
     counts = [int(c) for c in args.clients.split(",")]
 
     rows = []
-    with database(args.database_url) as url:
+    with database(args.database_url, durable=not args.no_fsync) as url:
         for layout in ("separate", "shared"):
             for clients in counts:
                 rows.append(measure(url, layout, clients, args.seconds))
