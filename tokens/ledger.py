@@ -327,7 +327,10 @@ def balance(session: Session, account_id: int, now: datetime | None = None) -> B
             due.append(lot)
         else:
             by_bucket[lot.bucket] = by_bucket.get(lot.bucket, 0) + lot.remaining
-    expiring = sum(take for _, take in _expiry_plan(due, _pending_hold_times(session, account_id)))
+    expiring = 0
+    if due:
+        plan = _expiry_plan(due, _pending_hold_times(session, account_id))
+        expiring = sum(take for _, take in plan)
     available = max(posted - held - expiring, 0)
     return Balance(posted=posted, held=held, available=available, by_bucket=by_bucket)
 
