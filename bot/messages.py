@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-CHANNELS = ("sms", "whatsapp", "console")
+CHANNELS = ("sms", "whatsapp")
 
 
 @dataclass(frozen=True)
@@ -30,7 +30,7 @@ class InboundMessage:
     """An inbound message, normalised at the edge (shared/design/messaging.md, Inbound step 2).
 
     Attributes:
-        channel: "sms", "whatsapp" or "console".
+        channel: "sms" or "whatsapp" (the console chat speaks as one of them).
         sender: the person's identity: E.164 ("+15551234567") when there is a phone number,
             else "wa:<WhatsApp user id>".
         text: what the person wrote (`Body`, or the button text of a quick reply); "" if none.

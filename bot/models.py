@@ -7,9 +7,10 @@ from datetime import datetime
 from sqlalchemy import CheckConstraint, ForeignKey, Integer, String, Text
 from sqlalchemy.orm import Mapped, mapped_column
 
+from bot.messages import CHANNELS
 from tokens.base import Base, UTCDateTime, utcnow
 
-CHANNEL_CHECK = "channel IN ('sms', 'whatsapp', 'console')"
+CHANNEL_CHECK = f"channel IN ({', '.join(repr(c) for c in CHANNELS)})"
 
 
 class Contact(Base):

@@ -594,9 +594,6 @@ def capture(
     record = session.get(Hold, hold_id)
     if record is None:
         raise UnknownEntry(f"hold {hold_id} does not exist")
-    replay = _capture_replay(session, record, key)
-    if replay is not None:
-        return replay
     take = record.amount if amount is None else amount
     if type(take) is not int or not 0 < take <= record.amount:
         raise InvalidAmount(f"capture must be 1..{record.amount} tokens, got {amount!r}")
@@ -604,7 +601,8 @@ def capture(
     with session.begin_nested():
         # The account first, as everywhere: then the hold cannot deadlock with a sweep.
         _lock_account(session, record.account_id)
-        replay = _capture_replay(session, record, key)  # a concurrent capture just committed
+        # Checked under the lock, so a concurrent capture with this key has committed by now.
+        replay = _capture_replay(session, record, key)
         if replay is not None:
             return replay
         settled = session.execute(

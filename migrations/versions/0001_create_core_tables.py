@@ -195,7 +195,7 @@ def upgrade():
     sa.Column('tokens_charged', sa.Integer(), nullable=False),
     sa.Column('in_reply_to_id', sa.Integer(), nullable=True),
     sa.Column('created_at', sa.DateTime(timezone=True), nullable=False),
-    sa.CheckConstraint("channel IN ('sms', 'whatsapp', 'console')", name=op.f('ck_messages_channel_known')),
+    sa.CheckConstraint("channel IN ('sms', 'whatsapp')", name=op.f('ck_messages_channel_known')),
     sa.CheckConstraint("direction IN ('in', 'out')", name=op.f('ck_messages_direction_known')),
     sa.CheckConstraint('tokens_charged >= 0', name=op.f('ck_messages_tokens_charged_not_negative')),
     sa.ForeignKeyConstraint(['contact_id'], ['contacts.id'], name=op.f('fk_messages_contact_id_contacts')),
