@@ -6,13 +6,16 @@ This is the only package that imports Flask.
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 
 from flask import Flask
 
 from app.config import DEVELOPMENT_TWILIO_AUTH_TOKEN, PROJECT_ROOT, Config, ConfigError
 from app.extensions import configure_sqlite, db, migrate, render_item
+from bot.llm import AnswerCache, CachedChat, ChatClient, MemoryCache, OpenAIChat, RedisCache
+from bot.outbound import OutboundSettings
 from bot.router import BotSettings
-from tokens.catalog import load_catalog
+from tokens.catalog import DEFAULT_TIER, Catalog, load_catalog
 from tokens.errors import CatalogError
 
 
@@ -37,6 +40,7 @@ def create_app(config_class: type[Config] = Config) -> Flask:
 
     # The models must be imported before the metadata is used by Flask-Migrate.
     import bot.models  # noqa: F401
+    import tokens.costs  # noqa: F401
     import tokens.ledger  # noqa: F401
     import tokens.payments  # noqa: F401
 
@@ -56,8 +60,15 @@ def create_app(config_class: type[Config] = Config) -> Flask:
         catalog = load_catalog(app.config["ECONOMY_FILE"])
     except CatalogError as exc:
         raise ConfigError(f"ECONOMY_FILE: {exc}") from exc
+    catalog = _with_model_override(catalog, app.config["OPENAI_MODEL"])
     app.extensions["bot_settings"] = BotSettings(
-        catalog=catalog, public_base_url=app.config["PUBLIC_BASE_URL"]
+        catalog=catalog, public_base_url=app.config["PUBLIC_BASE_URL"],
+        chat=_chat_client(app, catalog),
+    )
+    app.extensions["outbound"] = OutboundSettings(
+        status_callback_url=app.config["PUBLIC_BASE_URL"] + "/webhooks/twilio/status",
+        whatsapp_template_sid=app.config["TWILIO_WHATSAPP_TEMPLATE_SID"],
+        backoff_seconds=app.config["TWILIO_RETRY_BACKOFF_SECONDS"],
     )
     if app.config["TWILIO_AUTH_TOKEN"] == DEVELOPMENT_TWILIO_AUTH_TOKEN:
         app.logger.warning(
@@ -74,6 +85,40 @@ def create_app(config_class: type[Config] = Config) -> Flask:
     app.register_blueprint(health_bp)
     register_cli(app)
     return app
+
+
+def _with_model_override(catalog: Catalog, model: str | None) -> Catalog:
+    """`OPENAI_MODEL` replaces the normal tier's model; it must have a price in the catalog,
+    or its cost could not be recorded."""
+    if not model:
+        return catalog
+    if model not in catalog.costs.llm_models:
+        raise ConfigError(
+            f"OPENAI_MODEL {model!r} has no price in the catalog's costs.llm_models "
+            f"(known: {', '.join(sorted(catalog.costs.llm_models))})"
+        )
+    tiers = dict(catalog.llm.tiers)
+    tiers[DEFAULT_TIER] = replace(tiers[DEFAULT_TIER], model=model)
+    return replace(catalog, llm=replace(catalog.llm, tiers=tiers))
+
+
+def _chat_client(app: Flask, catalog: Catalog) -> ChatClient | None:
+    """The LLM client when `OPENAI_API_KEY` is set, behind the answer cache (Redis when
+    configured, else in-process). Inline answers get no library retries (Twilio's 15 s);
+    queued ones get two."""
+    key = app.config["OPENAI_API_KEY"]
+    if not key:
+        return None
+    from app.queue import redis_connection
+
+    connection = redis_connection(app)
+    client = OpenAIChat(
+        key, base_url=app.config["OPENAI_BASE_URL"],
+        timeout_seconds=app.config["OPENAI_TIMEOUT_SECONDS"],
+        max_retries=2 if connection is not None else 0,
+    )
+    cache: AnswerCache = RedisCache(connection) if connection is not None else MemoryCache()
+    return CachedChat(client, cache, catalog.llm.cache_ttl_seconds)
 
 
 def _configure_logging(app: Flask) -> None:

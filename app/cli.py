@@ -7,6 +7,7 @@ import logging
 import sys
 import uuid
 from datetime import UTC, datetime
+from decimal import Decimal
 
 import click
 from flask import Flask, current_app
@@ -19,7 +20,7 @@ from bot.channels.twilio import to_e164
 from bot.contacts import find_contact, mask_address
 from bot.errors import InvalidSender
 from bot.router import BotSettings, handle_inbound
-from tokens import ledger
+from tokens import costs, ledger
 from tokens.errors import InsufficientTokens, InvalidAmount
 
 
@@ -27,6 +28,30 @@ def register_cli(app: Flask) -> None:
     """Add this project's commands to `app.cli`."""
     app.cli.add_command(chat)
     app.cli.add_command(tokens_group)
+    app.cli.add_command(worker)
+
+
+@click.command("worker")
+@click.option("--burst", is_flag=True, help="Exit once the queue is empty.")
+@with_appcontext
+def worker(burst: bool) -> None:
+    """Run an RQ worker for the answers queue, inside the app context (needs REDIS_URL).
+
+    Jobs run in this process (RQ's SimpleWorker), so the app, its database pool and its
+    HTTP clients are shared by every job; run more workers for more throughput. The RQ
+    scheduler runs too, for the delayed retries of failed jobs.
+    """
+    from rq import SimpleWorker
+
+    from app.queue import answers_queue, redis_connection
+
+    app = current_app._get_current_object()  # type: ignore[attr-defined]
+    connection = redis_connection(app)
+    queue = answers_queue(app)
+    if connection is None or queue is None:
+        raise click.ClickException("REDIS_URL is not set: without Redis, answers are given "
+                                   "inline by the web process and no worker is needed")
+    SimpleWorker([queue], connection=connection).work(burst=burst, with_scheduler=True)
 
 
 @click.command("chat")
@@ -90,6 +115,11 @@ def _account_of(phone: str) -> tuple[int, str]:
     return contact.account_id, mask_address(address)
 
 
+def usd(musd: int) -> str:
+    """µUSD as dollars with all six decimals, e.g. 12345 -> "$0.012345"."""
+    return f"${Decimal(musd) / 1_000_000:.6f}"
+
+
 def _when(moment: datetime | None) -> str:
     return "-" if moment is None else f"{moment:%Y-%m-%d %H:%M}"
 
@@ -109,6 +139,13 @@ def tokens_show(phone: str, limit: int) -> None:
                f"available {balance.available}")
     buckets = ", ".join(f"{b} {n}" for b, n in balance.by_bucket.items()) or "none"
     click.echo(f"By bucket: {buckets}")
+    month = costs.month(db.session, account_id)
+    click.echo(f"\nThis month ({month.month}): cost {usd(month.cost_musd)} = LLM "
+               f"{usd(month.cost_llm_musd)} ({month.llm_calls} calls, "
+               f"{month.llm_prompt_tokens}+{month.llm_completion_tokens} LLM tokens) + messaging "
+               f"{usd(month.cost_messaging_musd)} ({month.messages_in} in, "
+               f"{month.messages_out} out) + platform {usd(month.cost_platform_musd)}; "
+               f"{month.tokens_charged} tokens charged")
 
     click.echo("\nWhere the tokens come from (spent in this order):")
     lots = ledger.open_lots(db.session, account_id)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 import os
 import secrets
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from dotenv import load_dotenv
@@ -78,17 +78,34 @@ class Config:
         self.TWILIO_WHATSAPP_FROM = env("TWILIO_WHATSAPP_FROM") or None
         self.TWILIO_MESSAGING_SERVICE_SID = env("TWILIO_MESSAGING_SERVICE_SID") or None
         self.TWILIO_API_BASE = env("TWILIO_API_BASE") or None
+        self.TWILIO_WHATSAPP_TEMPLATE_SID = env("TWILIO_WHATSAPP_TEMPLATE_SID") or None
+        self.TWILIO_TIMEOUT_SECONDS = _seconds(env, "TWILIO_TIMEOUT_SECONDS", 10.0)
+        self.TWILIO_RETRY_BACKOFF_SECONDS = _seconds(env, "TWILIO_RETRY_BACKOFF_SECONDS", 0.5,
+                                                     allow_zero=True)
         self.STRIPE_SECRET_KEY = env("STRIPE_SECRET_KEY") or None
         self.STRIPE_WEBHOOK_SECRET = env("STRIPE_WEBHOOK_SECRET") or None
         self.STRIPE_API_BASE = env("STRIPE_API_BASE") or None
         self.OPENAI_API_KEY = env("OPENAI_API_KEY") or None
         self.OPENAI_BASE_URL = env("OPENAI_BASE_URL") or None
         self.OPENAI_MODEL = env("OPENAI_MODEL") or None
+        self.OPENAI_TIMEOUT_SECONDS = _seconds(env, "OPENAI_TIMEOUT_SECONDS", 10.0)
         self.ECONOMY_FILE = env("ECONOMY_FILE") or None
         self.ADMIN_API_TOKEN = env("ADMIN_API_TOKEN") or None
         self._check_and_fill()
 
     def _check_and_fill(self) -> None:
+        if self.REDIS_URL:
+            # With a queue, answers go out through the REST API, so it must be able to send.
+            if not self.TWILIO_ACCOUNT_SID:
+                raise ConfigError(
+                    "REDIS_URL sends answers through the Twilio REST API: set TWILIO_ACCOUNT_SID"
+                )
+            if not (self.TWILIO_SMS_FROM or self.TWILIO_WHATSAPP_FROM
+                    or self.TWILIO_MESSAGING_SERVICE_SID):
+                raise ConfigError(
+                    "REDIS_URL sends answers through the Twilio REST API: set TWILIO_SMS_FROM, "
+                    "TWILIO_WHATSAPP_FROM or TWILIO_MESSAGING_SERVICE_SID"
+                )
         if self.APP_ENV == "production":
             missing = [
                 name
@@ -104,3 +121,23 @@ class Config:
             self.SECRET_KEY = secrets.token_hex(32)
         if not self.TWILIO_AUTH_TOKEN:
             self.TWILIO_AUTH_TOKEN = DEVELOPMENT_TWILIO_AUTH_TOKEN
+
+
+def _seconds(
+    env: Callable[[str], str | None], name: str, default: float, *, allow_zero: bool = False
+) -> float:
+    """A duration in seconds from the environment (a decimal number), or `default`.
+
+    Raises:
+        ConfigError: not a number, negative, or zero where zero is not allowed.
+    """
+    raw = env(name)
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be a number of seconds, not {raw!r}") from None
+    if value < 0 or (value == 0 and not allow_zero) or value != value:
+        raise ConfigError(f"{name} must be a positive number of seconds, not {raw!r}")
+    return value

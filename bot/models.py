@@ -4,13 +4,23 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import CheckConstraint, ForeignKey, Integer, String, Text
+from sqlalchemy import CheckConstraint, ForeignKey, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
 from bot.messages import CHANNELS
 from tokens.base import Base, UTCDateTime, utcnow
 
 CHANNEL_CHECK = f"channel IN ({', '.join(repr(c) for c in CHANNELS)})"
+
+# Outbound delivery states (messaging.md, "Outbound"). "pending": the row is written, the send
+# not yet made; "unknown": the send timed out, so Twilio may or may not have the message (it is
+# never resent blindly); "skipped": not sent on purpose (opted out, outside the WhatsApp window
+# without a template). Twilio's own states follow it, and only move forward.
+OUTBOUND_STATES = (
+    "pending", "unknown", "skipped",
+    "accepted", "scheduled", "queued", "sending", "sent", "delivered", "read",
+    "undelivered", "failed", "canceled",
+)
 
 
 class Contact(Base):
@@ -37,6 +47,7 @@ class Contact(Base):
     last_channel: Mapped[str | None] = mapped_column(String(16))
     last_inbound_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     whatsapp_last_inbound_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    more_text: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
     def opted_out_at(self, channel: str) -> datetime | None:
@@ -67,6 +78,10 @@ class Message(Base):
         CheckConstraint("direction IN ('in', 'out')", name="direction_known"),
         CheckConstraint(CHANNEL_CHECK, name="channel_known"),
         CheckConstraint("tokens_charged >= 0", name="tokens_charged_not_negative"),
+        CheckConstraint(
+            f"status IS NULL OR status IN ({', '.join(repr(s) for s in OUTBOUND_STATES)})",
+            name="status_known",
+        ),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
@@ -79,5 +94,26 @@ class Message(Base):
     intent: Mapped[str | None] = mapped_column(String(32))
     outcome: Mapped[str | None] = mapped_column(String(16))
     tokens_charged: Mapped[int] = mapped_column(Integer, default=0)
-    in_reply_to_id: Mapped[int | None] = mapped_column(ForeignKey("messages.id"))
+    in_reply_to_id: Mapped[int | None] = mapped_column(ForeignKey("messages.id"), index=True)
+    status: Mapped[str | None] = mapped_column(String(16))
+    error_code: Mapped[int | None] = mapped_column(Integer)
+    units: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    status_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+class MessageStatusEvent(Base):
+    """One delivery status callback, kept once per (MessageSid, MessageStatus).
+
+    Twilio retries callbacks and sends them out of order; `UNIQUE(message_sid, status)` makes a
+    repeat a no-op (messaging.md, "Outbound").
+    """
+
+    __tablename__ = "message_status_events"
+    __table_args__ = (UniqueConstraint("message_sid", "status", name="sid_status_once"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    message_sid: Mapped[str] = mapped_column(String(64))
+    status: Mapped[str] = mapped_column(String(32))
+    error_code: Mapped[int | None] = mapped_column(Integer)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)

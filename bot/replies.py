@@ -99,3 +99,7 @@ NO_TEXT = (
 )
 NOTHING_MORE = "There is nothing more to show. Ask me something new, or text HELP."
 SKILL_FAILED = "Sorry, I could not answer that just now. Nothing was charged; please try again."
+OFFLINE_FREE = "(A shorter answer, as our assistant is busy. Nothing was charged.)"
+TOOK_TOO_LONG = (
+    "Sorry, that took too long to answer. Nothing was charged; please ask again."
+)

@@ -3,13 +3,23 @@
 The pipeline is an ordered list of small named steps over one `Turn` (shared/design/
 architecture.md, "The main flow"); a step that has the final answer raises `ReplyNow`.
 
-    dedupe -> contact -> store -> compliance keywords -> opted-out silence -> monthly allowance
-    -> no text -> free commands -> intent -> hold -> skill -> capture (or void)
+    dedupe -> contact -> lock the account -> store -> compliance keywords -> opted-out silence
+    -> monthly allowance -> no text -> free commands -> intent -> hold -> [defer] -> skill
+    -> capture (or void)
 
 Compliance keywords come first and are free; after STOP nothing is charged or sent. Free
 commands (BALANCE, BUY, MORE) never reach pricing. The price is held before the skill runs
 (`hold:<MessageSid>`) and captured (`debit:<MessageSid>`) only when the skill answered; a skill
 that fails voids the hold, so a repeat delivery or a failed skill charges nothing.
+
+With `defer=True` (Redis configured) the pipeline stops after the hold with the outcome
+"queued"; a job later calls `pending_answer`, `run_skill` (no transaction open while the LLM
+thinks) and `settle`, which are the same steps the inline path takes. Every turn locks the
+person's account row first, so one person's messages are handled one at a time.
+
+Costs (economy.md, "Cost and revenue") are recorded as they happen: the inbound message and
+the platform cost when it is stored, the LLM call when the skill ran, and each reply when it
+is given (TwiML) or accepted by Twilio (REST, in `bot.outbound`).
 """
 
 from __future__ import annotations
@@ -26,14 +36,18 @@ from sqlalchemy.orm import Session
 from bot import replies
 from bot.contacts import mask_address, resolve_contact
 from bot.errors import SkillFailed
-from bot.intents import SkillRequest, skill_for
+from bot.intents import Skill, SkillAnswer, SkillRequest, UnknownIntent, skill_for
 from bot.intents.classifier import classify
+from bot.intents.llm import LlmSkill
+from bot.llm import ChatClient
 from bot.messages import InboundMessage
 from bot.models import Contact, Message
-from tokens import ledger, payments
+from bot.segments import cap_sms, count_segments, normalise_for_gsm, split_message
+from tokens import costs, ledger, payments
 from tokens.base import utcnow
 from tokens.catalog import Catalog, IntentSpec, normalise_command
-from tokens.errors import InsufficientTokens
+from tokens.costs import LlmUsage
+from tokens.errors import HoldNotPending, InsufficientTokens
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +58,10 @@ OPT_OUT = frozenset(
 )
 OPT_IN = frozenset({"START", "UNSTOP", "YES", "ALTA", "INICIAR"})
 HELP = frozenset({"HELP", "INFO", "AYUDA"})
+# Outcomes whose reply is content (an answer, its fallback, or its continuation): an SMS reply
+# of these is cut at the catalog's segment cap with a free "Reply MORE" for the rest. The
+# bot's own notices (HELP, refusals, confirmations) are written short and sent whole.
+CONTENT_OUTCOMES = frozenset({"answered", "failed", "more"})
 
 
 @dataclass(frozen=True)
@@ -56,11 +74,13 @@ class BotSettings:
         app_confirms_opt_out: channels on which the app, not Twilio, answers STOP and START.
             Twilio answers them itself on SMS (default opt-out handling); on WhatsApp it does
             not, so the app sends the one confirmation.
+        chat: the LLM client when one is configured (`OPENAI_API_KEY`); None: offline skills.
     """
 
     catalog: Catalog
     public_base_url: str
     app_confirms_opt_out: frozenset[str] = frozenset({"whatsapp"})
+    chat: ChatClient | None = None
 
     def pay_url(self, token: str) -> str:
         """The public URL of a pay link token."""
@@ -73,8 +93,10 @@ class Outcome:
 
     Attributes:
         kind: "duplicate", "opted_out", "opt_out", "opt_in", "help", "no_text", "balance",
-            "buy", "more", "insufficient", "failed" or "answered".
-        replies: texts to send back, in order (empty: answer with an empty `<Response/>`).
+            "buy", "more", "insufficient", "queued" (the skill runs in a job), "failed" or
+            "answered".
+        replies: the messages to send back, in order, as sent (an SMS answer cut with
+            "Reply MORE", a long WhatsApp answer split); empty: an empty `<Response/>`.
         intent: the classified intent, when the message got that far.
         tokens_charged: tokens debited for this message (0 unless kind is "answered").
     """
@@ -102,6 +124,7 @@ class Turn:
     msg: InboundMessage
     settings: BotSettings
     now: datetime
+    defer: bool = False
     contact: Contact | None = None
     message: Message | None = None
     intent: IntentSpec | None = None
@@ -135,8 +158,19 @@ def find_contact(turn: Turn) -> None:
     turn.contact = resolve_contact(turn.session, turn.msg.sender, turn.now)
 
 
+def serialise(turn: Turn) -> None:
+    """Lock the person's account row for the rest of the turn: two quick messages from one
+    person are handled one after the other, never racing on the balance or the conversation
+    (messaging.md, "Per-person order")."""
+    ledger.lock_account(turn.session, turn.account_id)
+
+
 def store_inbound(turn: Turn) -> None:
-    """Store the message before acting; `UNIQUE(message_sid)` settles concurrent repeats."""
+    """Store the message before acting; `UNIQUE(message_sid)` settles concurrent repeats.
+
+    Records what receiving it cost (messaging units in, and the platform's per-interaction
+    cost), once per MessageSid.
+    """
     assert turn.contact is not None
     msg = turn.msg
     message = Message(
@@ -159,6 +193,12 @@ def store_inbound(turn: Turn) -> None:
     turn.contact.last_inbound_at = turn.now
     if msg.channel == "whatsapp":
         turn.contact.whatsapp_last_inbound_at = turn.now
+    catalog_costs = turn.catalog.costs
+    costs.record_messaging(turn.session, turn.account_id, catalog_costs, msg.channel, "in",
+                           billed_units(msg.channel, msg.text), key=f"msg:in:{msg.message_sid}",
+                           now=turn.now)
+    costs.record_platform(turn.session, turn.account_id, catalog_costs,
+                          key=f"platform:{msg.message_sid}", now=turn.now)
 
 
 def compliance_keywords(turn: Turn) -> None:
@@ -223,6 +263,9 @@ def free_commands(turn: Turn) -> None:
     if command in commands["buy"]:
         raise ReplyNow("buy", replies.buy_text(turn.catalog.pack(), _pay_url(turn)))
     if command in commands["more"]:
+        assert turn.contact is not None
+        if turn.contact.more_text:
+            raise ReplyNow("more", turn.contact.more_text)
         raise ReplyNow("more", replies.NOTHING_MORE)
 
 
@@ -246,32 +289,32 @@ def reserve(turn: Turn) -> None:
     turn.hold_id = placed.hold_id
 
 
-def answer_and_capture(turn: Turn) -> None:
-    """Run the intent's skill; capture the hold when it answered, void it when it did not."""
+def defer_or_answer(turn: Turn) -> None:
+    """With a queue, stop here: the hold is placed and a job runs the skill ("queued").
+    Without one, run the skill now and capture or void."""
     assert turn.intent is not None and turn.hold_id is not None
-    spec = turn.intent
-    request = SkillRequest(intent=spec.name, text=turn.msg.text, channel=turn.msg.channel)
-    try:
-        answer = skill_for(spec.name).answer(request)
-    except SkillFailed as exc:
-        log.warning("skill failed", extra={"intent": spec.name, "reason": str(exc)})
-        ledger.void(turn.session, turn.hold_id, now=turn.now)
-        raise ReplyNow("failed", exc.reply or replies.SKILL_FAILED) from None
-    except Exception:
-        # A bug in one skill must not cost the person tokens or lose their message.
-        log.exception("skill raised", extra={"intent": spec.name})
-        ledger.void(turn.session, turn.hold_id, now=turn.now)
-        raise ReplyNow("failed", replies.SKILL_FAILED) from None
-    captured = ledger.capture(
-        turn.session, turn.hold_id, key=f"debit:{turn.msg.message_sid}", now=turn.now
+    assert turn.message is not None and turn.contact is not None
+    if turn.defer:
+        raise ReplyNow("queued")
+    pending = PendingAnswer(
+        message_id=turn.message.id,
+        message_sid=turn.msg.message_sid,
+        account_id=turn.account_id,
+        channel=turn.msg.channel,
+        intent=turn.intent,
+        hold_id=turn.hold_id,
+        request=_skill_request(turn.session, turn.settings, turn.intent, turn.message),
     )
-    turn.charged = captured.posted.amount
-    raise ReplyNow("answered", answer.text)
+    result = run_skill(turn.settings, pending)
+    kind, texts, charged = _settle_ledger(turn.session, pending, result, turn.settings, turn.now)
+    turn.charged = charged
+    raise ReplyNow(kind, *texts)
 
 
 STEPS: tuple[Step, ...] = (
     dedupe,
     find_contact,
+    serialise,
     store_inbound,
     compliance_keywords,
     silence_opted_out,
@@ -280,7 +323,7 @@ STEPS: tuple[Step, ...] = (
     free_commands,
     classify_intent,
     reserve,
-    answer_and_capture,
+    defer_or_answer,
 )
 
 
@@ -289,6 +332,8 @@ def handle_inbound(
     msg: InboundMessage,
     settings: BotSettings,
     now: datetime | None = None,
+    *,
+    defer: bool = False,
 ) -> Outcome:
     """Route one inbound message through `STEPS` and record what happened.
 
@@ -296,25 +341,34 @@ def handle_inbound(
         session: the caller's session; this function flushes, never commits. The caller
             commits after it returns (and rolls back if it raises).
         msg: the normalised inbound message.
-        settings: catalog and public URL.
+        settings: catalog, public URL and LLM client.
         now: the current time (UTC); tests freeze it.
+        defer: stop after the hold with outcome "queued"; the caller commits, then enqueues
+            the job that answers (`pending_answer`, `run_skill`, `settle`).
 
     Returns:
-        The `Outcome`: what to reply, the intent, and the tokens charged.
+        The `Outcome`: what to reply (as TwiML), the intent, and the tokens charged.
     """
-    turn = Turn(session=session, msg=msg, settings=settings, now=now or utcnow())
+    turn = Turn(session=session, msg=msg, settings=settings, now=now or utcnow(), defer=defer)
     try:
         for step in STEPS:
             step(turn)
         raise AssertionError("the last step always replies")  # pragma: no cover
     except ReplyNow as done:
-        outcome = Outcome(
-            kind=done.kind,
-            replies=done.texts,
-            intent=turn.intent.name if turn.intent else None,
-            tokens_charged=turn.charged,
-        )
-    _record(turn, outcome)
+        kind, texts = done.kind, done.texts
+    sent: tuple[str, ...] = ()
+    if turn.message is not None and turn.contact is not None:  # not a duplicate
+        turn.message.intent = turn.intent.name if turn.intent else None
+        turn.message.outcome = kind
+        turn.message.tokens_charged = turn.charged
+        sent = store_replies(session, turn.contact, turn.message, kind, texts, settings,
+                             transport="twiml", now=turn.now)
+    outcome = Outcome(
+        kind=kind,
+        replies=sent,
+        intent=turn.intent.name if turn.intent else None,
+        tokens_charged=turn.charged,
+    )
     log.info(
         "inbound routed",
         extra={
@@ -329,25 +383,253 @@ def handle_inbound(
     return outcome
 
 
-def _record(turn: Turn, outcome: Outcome) -> None:
-    """Note the outcome on the inbound row and store the replies as outbound rows."""
-    if turn.message is None or turn.contact is None:
-        return  # a duplicate: nothing of ours changes
-    turn.message.intent = outcome.intent
-    turn.message.outcome = outcome.kind
-    turn.message.tokens_charged = outcome.tokens_charged
-    for text in outcome.replies:
-        turn.session.add(
-            Message(
-                contact_id=turn.contact.id,
-                direction="out",
-                channel=turn.msg.channel,
-                body=text,
-                in_reply_to_id=turn.message.id,
-                created_at=turn.now,
-            )
+# --- the answer, inline or in a job ------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PendingAnswer:
+    """A priced message whose hold is placed and whose skill has not run yet.
+
+    Attributes:
+        message_id: the inbound `Message` row.
+        message_sid: its MessageSid (the hold is `hold:<sid>`, the debit `debit:<sid>`).
+        account_id: the person's account.
+        channel: "sms" or "whatsapp".
+        intent: the classified intent.
+        hold_id: the pending hold of the intent's price.
+        request: what the skill gets (text, channel, conversation context, tier).
+    """
+
+    message_id: int
+    message_sid: str
+    account_id: int
+    channel: str
+    intent: IntentSpec
+    hold_id: int
+    request: SkillRequest
+
+
+@dataclass(frozen=True)
+class SkillResult:
+    """What running a skill gave: an answer, or the reply for a failure (nothing charged).
+
+    Attributes:
+        answer: the skill's answer; None when it failed.
+        failure_reply: what the person gets when it failed (apology or offline answer).
+        usage: the LLM usage to record as cost, if a call was made.
+    """
+
+    answer: SkillAnswer | None
+    failure_reply: str = ""
+    usage: LlmUsage | None = None
+
+
+def pending_answer(
+    session: Session, message_sid: str, settings: BotSettings
+) -> PendingAnswer | None:
+    """The deferred answer of `message_sid`, or None when there is none to give: no such
+    message, or its hold is no longer pending (answered already, voided or expired).
+
+    Only reads; a job calls it, commits, and then runs the skill with no transaction open.
+    """
+    message = session.scalar(select(Message).where(Message.message_sid == message_sid))
+    if message is None or message.intent is None:
+        return None
+    hold = session.scalar(
+        select(ledger.Hold).where(ledger.Hold.idempotency_key == f"hold:{message_sid}")
+    )
+    if hold is None or hold.status != "pending":
+        return None
+    spec = settings.catalog.intent(message.intent)
+    return PendingAnswer(
+        message_id=message.id,
+        message_sid=message_sid,
+        account_id=hold.account_id,
+        channel=message.channel,
+        intent=spec,
+        hold_id=hold.id,
+        request=_skill_request(session, settings, spec, message),
+    )
+
+
+def skill(settings: BotSettings, spec: IntentSpec) -> Skill:
+    """The skill that answers `spec`: the LLM (with the offline skill as fallback) when a
+    client is configured, else the offline skill."""
+    try:
+        offline: Skill | None = skill_for(spec.name)
+    except UnknownIntent:
+        if settings.chat is None:
+            raise
+        offline = None
+    if settings.chat is None:
+        assert offline is not None
+        return offline
+    return LlmSkill(spec, settings.catalog.llm, settings.chat, offline)
+
+
+def run_skill(settings: BotSettings, pending: PendingAnswer) -> SkillResult:
+    """Run the intent's skill. Touches no database, so a job holds no transaction while an
+    LLM answers. Never raises for a skill's failure: that is a `SkillResult` without answer."""
+    spec = pending.intent
+    try:
+        answer = skill(settings, spec).answer(pending.request)
+    except SkillFailed as exc:
+        log.warning("skill failed", extra={"intent": spec.name, "reason": str(exc)})
+        return SkillResult(None, exc.reply or replies.SKILL_FAILED, exc.usage)
+    except Exception:
+        # A bug in one skill must not cost the person tokens or lose their message.
+        log.exception("skill raised", extra={"intent": spec.name})
+        return SkillResult(None, replies.SKILL_FAILED)
+    return SkillResult(answer, usage=answer.usage)
+
+
+def settle(
+    session: Session,
+    pending: PendingAnswer,
+    result: SkillResult,
+    settings: BotSettings,
+    *,
+    transport: str,
+    now: datetime | None = None,
+) -> Outcome:
+    """Capture (answered) or void (failed) the hold, record the LLM cost, and store the
+    replies; the job's half of `defer_or_answer`.
+
+    Args:
+        transport: "rest": the replies are stored `pending` for `bot.outbound` to send;
+            "twiml": they were given in the webhook's answer.
+
+    Returns:
+        The `Outcome` with the replies as they will be sent.
+    """
+    now = now or utcnow()
+    message = session.get(Message, pending.message_id)
+    assert message is not None
+    contact = session.get(Contact, message.contact_id)
+    assert contact is not None
+    kind, texts, charged = _settle_ledger(session, pending, result, settings, now)
+    message.outcome = kind
+    message.tokens_charged = charged
+    sent = store_replies(session, contact, message, kind, texts, settings,
+                         transport=transport, now=now)
+    return Outcome(kind=kind, replies=sent, intent=pending.intent.name, tokens_charged=charged)
+
+
+def store_replies(
+    session: Session,
+    contact: Contact,
+    inbound: Message,
+    kind: str,
+    texts: tuple[str, ...],
+    settings: BotSettings,
+    *,
+    transport: str,
+    now: datetime,
+) -> tuple[str, ...]:
+    """Shape the reply texts for the channel and store one outbound row per message.
+
+    SMS: typographic characters become GSM-7 ones, and a content reply longer than the
+    catalog's `sms_max_segments` is cut with "Reply MORE" (the rest waits on the contact for
+    the free MORE command). Every message stays within 1,600 characters; a long WhatsApp reply
+    is split on sentence boundaries (messaging.md, "Length and segments").
+
+    TwiML replies are costed now (they are sent with the webhook's answer); REST replies are
+    stored `pending` and costed when Twilio accepts them.
+
+    Returns:
+        The messages, in order, as they will be sent.
+    """
+    channel = inbound.channel
+    catalog = settings.catalog
+    parts: list[str] = []
+    for text in texts:
+        if channel == "sms":
+            text = normalise_for_gsm(text)
+        if channel == "sms" and kind in CONTENT_OUTCOMES:
+            head, rest = cap_sms(text, catalog.sms_max_segments)
+            contact.more_text = rest or None
+            parts.extend(split_message(head))
+        else:
+            if kind in CONTENT_OUTCOMES:
+                contact.more_text = None
+            parts.extend(split_message(text))
+    for part in parts:
+        row = Message(
+            contact_id=contact.id,
+            direction="out",
+            channel=channel,
+            body=part,
+            in_reply_to_id=inbound.id,
+            units=billed_units(channel, part),
+            status="pending" if transport == "rest" else None,
+            created_at=now,
         )
-    turn.session.flush()
+        session.add(row)
+        session.flush()
+        if transport == "twiml":
+            costs.record_messaging(session, contact.account_id, catalog.costs, channel, "out",
+                                   row.units, key=f"msg:out:{row.id}", now=now)
+    return tuple(parts)
+
+
+def billed_units(channel: str, text: str) -> int:
+    """What a message is billed in: SMS segments (GSM-7 or UCS-2), or 1 WhatsApp message."""
+    if channel == "sms":
+        return max(count_segments(text).segments, 1)
+    return 1
+
+
+def _settle_ledger(
+    session: Session,
+    pending: PendingAnswer,
+    result: SkillResult,
+    settings: BotSettings,
+    now: datetime,
+) -> tuple[str, tuple[str, ...], int]:
+    """Capture or void the hold and record the LLM cost: (outcome kind, texts, tokens)."""
+    if result.usage is not None:
+        price = settings.catalog.costs.model(result.usage.model)
+        costs.record_llm(session, pending.account_id, result.usage, price,
+                         key=f"llm:{pending.message_sid}", intent=pending.intent.name, now=now)
+    if result.answer is None:
+        try:
+            ledger.void(session, pending.hold_id, now=now)
+        except HoldNotPending:
+            log.error("a failed answer's hold was captured", extra={"hold": pending.hold_id})
+        return "failed", (result.failure_reply,), 0
+    try:
+        captured = ledger.capture(session, pending.hold_id,
+                                  key=f"debit:{pending.message_sid}", now=now)
+    except HoldNotPending:
+        # The hold lapsed while the skill ran (a stalled job): the answer goes out free.
+        log.warning("hold lapsed before capture; answer given free",
+                    extra={"hold": pending.hold_id, "message_sid": pending.message_sid})
+        return "answered", (result.answer.text,), 0
+    if not captured.posted.replayed:
+        costs.note_tokens_charged(session, pending.account_id, captured.posted.amount, now)
+    return "answered", (result.answer.text,), captured.posted.amount
+
+
+def _skill_request(
+    session: Session, settings: BotSettings, spec: IntentSpec, message: Message
+) -> SkillRequest:
+    """The skill's input: the text, the channel, and the conversation before this message."""
+    history: tuple[tuple[str, str], ...] = ()
+    limit = settings.catalog.llm.history_messages
+    if settings.chat is not None and limit:
+        rows = session.execute(
+            select(Message.direction, Message.body)
+            .where(Message.contact_id == message.contact_id, Message.id < message.id,
+                   Message.body != "")
+            .order_by(Message.id.desc())
+            .limit(limit)
+        ).all()
+        history = tuple(
+            ("user" if direction == "in" else "assistant", body)
+            for direction, body in reversed(rows)
+        )
+    return SkillRequest(intent=spec.name, text=message.body, channel=message.channel,
+                        history=history)
 
 
 def _keyword_family(msg: InboundMessage) -> str | None:

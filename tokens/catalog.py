@@ -7,6 +7,7 @@ YAML. The defaults are those of shared/design/economy.md ("Default catalog").
 
 from __future__ import annotations
 
+import math
 import re
 import unicodedata
 from collections.abc import Mapping
@@ -22,6 +23,9 @@ from tokens.errors import CatalogError
 DEFAULT_CATALOG_PATH = Path(__file__).with_name("economy.yaml")
 MICRO_USD_PER_USD = 1_000_000
 COMMAND_NAMES = ("balance", "buy", "more")
+MESSAGING_CHANNELS = ("sms", "whatsapp")
+MESSAGING_UNITS = ("segment", "message")
+DEFAULT_TIER = "normal"
 
 
 @dataclass(frozen=True)
@@ -34,6 +38,8 @@ class IntentSpec:
         price: tokens debited for one answer (positive integer).
         example: a message that selects this intent, shown in help and refusal texts.
         patterns: compiled regular expressions searched in the normalised message.
+        prompt: what the LLM is told to do for this intent (after the catalog's system
+            prompt); "" for none.
     """
 
     name: str
@@ -41,6 +47,7 @@ class IntentSpec:
     price: int
     example: str
     patterns: tuple[re.Pattern[str], ...]
+    prompt: str = ""
 
 
 @dataclass(frozen=True)
@@ -78,6 +85,106 @@ class Pack:
 
 
 @dataclass(frozen=True)
+class ModelPrice:
+    """An LLM's list prices (economy.md, "Cost and revenue": LLM cost from a price table).
+
+    Attributes:
+        model: the model name sent to the API, e.g. "gpt-4o-mini".
+        input_usd_per_million: USD per million prompt tokens (Decimal).
+        output_usd_per_million: USD per million completion tokens (Decimal).
+    """
+
+    model: str
+    input_usd_per_million: Decimal
+    output_usd_per_million: Decimal
+
+    def cost_musd(self, prompt_tokens: int, completion_tokens: int) -> int:
+        """The cost of one call in µUSD, rounded up to a whole µUSD.
+
+        USD per million tokens times tokens is exactly µUSD, so no float is involved.
+        """
+        exact = (prompt_tokens * self.input_usd_per_million
+                 + completion_tokens * self.output_usd_per_million)
+        return math.ceil(exact)
+
+
+@dataclass(frozen=True)
+class LlmTier:
+    """What one restriction tier allows an LLM answer (economy.md, "Tiers").
+
+    Attributes:
+        name: "normal", "reduced", ...
+        model: the model to call; always in the catalog's price table.
+        max_tokens: the answer's `max_tokens` (completion tokens).
+        max_input_chars: cap on the characters of context and message sent (the system prompt
+            excluded); the oldest context is dropped first.
+    """
+
+    name: str
+    model: str
+    max_tokens: int
+    max_input_chars: int
+
+
+@dataclass(frozen=True)
+class LlmSettings:
+    """How LLM answers are asked for.
+
+    Attributes:
+        system_prompt: the catalog's system prompt with the bot's name and description filled in.
+        history_messages: earlier messages of the conversation sent as context.
+        cache_ttl_seconds: how long an identical request is answered from the cache.
+        tiers: tier name -> `LlmTier`; always has "normal".
+    """
+
+    system_prompt: str
+    history_messages: int
+    cache_ttl_seconds: int
+    tiers: Mapping[str, LlmTier]
+
+    def tier(self, name: str = DEFAULT_TIER) -> LlmTier:
+        """The LLM settings of tier `name`. Raises `CatalogError` if the tier has none."""
+        try:
+            return self.tiers[name]
+        except KeyError:
+            raise CatalogError(f"llm.tiers: no settings for tier {name!r}") from None
+
+
+@dataclass(frozen=True)
+class MessagingRate:
+    """What one channel's messages cost, in µUSD per unit (a segment for SMS, a message for
+    WhatsApp), for each direction (economy.md defaults: SMS $0.0079 a segment, WhatsApp $0.0050
+    a message plus a $0.0025 platform fee)."""
+
+    channel: str
+    unit: str
+    inbound_musd: int
+    outbound_musd: int
+
+
+@dataclass(frozen=True)
+class Costs:
+    """The cost table of economy.md ("Cost and revenue").
+
+    Attributes:
+        platform_musd: fixed cost of one interaction (one inbound message routed), µUSD.
+        messaging: channel -> `MessagingRate`.
+        llm_models: model name -> `ModelPrice`.
+    """
+
+    platform_musd: int
+    messaging: Mapping[str, MessagingRate]
+    llm_models: Mapping[str, ModelPrice]
+
+    def model(self, name: str) -> ModelPrice:
+        """The price of model `name`. Raises `CatalogError` if the table lacks it."""
+        try:
+            return self.llm_models[name]
+        except KeyError:
+            raise CatalogError(f"costs.llm_models: no price for model {name!r}") from None
+
+
+@dataclass(frozen=True)
 class Catalog:
     """The parsed economy catalog.
 
@@ -94,6 +201,9 @@ class Catalog:
         pay_link_ttl_seconds: lifetime of a pay link.
         hold_ttl_seconds: how long a hold may stay pending before it expires and releases
             its tokens (a crash between hold and capture charges nothing).
+        costs: what interactions cost the operator.
+        llm: how LLM answers are asked for.
+        sms_max_segments: SMS replies longer than this are cut with a free "Reply MORE".
     """
 
     bot_name: str
@@ -107,6 +217,9 @@ class Catalog:
     default_pack: str
     pay_link_ttl_seconds: int
     hold_ttl_seconds: int
+    costs: Costs
+    llm: LlmSettings
+    sms_max_segments: int
 
     def intent(self, name: str) -> IntentSpec:
         """The intent called `name`. Raises `CatalogError` if there is none."""
@@ -190,20 +303,15 @@ def _parse(raw: dict[str, Any]) -> Catalog:
     if default_pack not in packs:
         raise CatalogError(f"default_pack: {default_pack!r} is not one of the packs")
 
-    try:
-        price = Decimal(str(raw.get("token_list_price_usd")))
-    except InvalidOperation:
-        raise CatalogError(
-            'token_list_price_usd: a decimal string such as "0.05" is required'
-        ) from None
-    token_price_musd = price * MICRO_USD_PER_USD
-    if token_price_musd <= 0 or token_price_musd != token_price_musd.to_integral_value():
-        raise CatalogError("token_list_price_usd: must be positive and a whole number of µUSD")
+    token_price_musd = _musd(raw, "token_list_price_usd", positive=True)
+    bot_name, bot_description = _str(bot, "name"), _str(bot, "description")
+    costs = _parse_costs(_mapping(raw, "costs"))
+    llm = _parse_llm(_mapping(raw, "llm"), costs, bot_name, bot_description)
 
     return Catalog(
-        bot_name=_str(bot, "name"),
-        bot_description=_str(bot, "description"),
-        token_price_musd=int(token_price_musd),
+        bot_name=bot_name,
+        bot_description=bot_description,
+        token_price_musd=token_price_musd,
         free_monthly_allowance=_positive_int(raw, "free_monthly_allowance"),
         intents=intents,
         default_intent=default_intent,
@@ -212,6 +320,74 @@ def _parse(raw: dict[str, Any]) -> Catalog:
         default_pack=default_pack,
         pay_link_ttl_seconds=_positive_int(raw, "pay_link_ttl_hours") * 3600,
         hold_ttl_seconds=_positive_int(raw, "hold_ttl_seconds"),
+        costs=costs,
+        llm=llm,
+        sms_max_segments=_positive_int(raw, "sms_max_segments"),
+    )
+
+
+def _parse_costs(raw: dict[str, Any]) -> Costs:
+    messaging_raw = _mapping(raw, "messaging", "costs")
+    messaging = {}
+    for channel in MESSAGING_CHANNELS:
+        where = f"costs.messaging.{channel}"
+        rate = _mapping(messaging_raw, channel, "costs.messaging")
+        unit = _str(rate, "unit", where)
+        if unit not in MESSAGING_UNITS:
+            raise CatalogError(f"{where}.unit: one of {', '.join(MESSAGING_UNITS)}, not {unit!r}")
+        messaging[channel] = MessagingRate(
+            channel=channel,
+            unit=unit,
+            inbound_musd=_musd(rate, "inbound_usd", where),
+            outbound_musd=_musd(rate, "outbound_usd", where),
+        )
+    models_raw = _mapping(raw, "llm_models", "costs")
+    models = {}
+    for name, prices in models_raw.items():
+        where = f"costs.llm_models.{name}"
+        if not isinstance(prices, dict):
+            raise CatalogError(f"{where}: a mapping is required")
+        models[str(name)] = ModelPrice(
+            model=str(name),
+            input_usd_per_million=_decimal(prices, "input_usd_per_million", where),
+            output_usd_per_million=_decimal(prices, "output_usd_per_million", where),
+        )
+    return Costs(platform_musd=_musd(raw, "platform_usd", "costs"), messaging=messaging,
+                 llm_models=models)
+
+
+def _parse_llm(raw: dict[str, Any], costs: Costs, bot_name: str, description: str) -> LlmSettings:
+    template = _str(raw, "system_prompt", "llm")
+    try:
+        system_prompt = template.format(bot_name=bot_name, bot_description=description)
+    except (KeyError, IndexError, ValueError) as exc:
+        raise CatalogError(
+            f"llm.system_prompt: only {{bot_name}} and {{bot_description}} may be filled in ({exc})"
+        ) from None
+    tiers = {}
+    for name, item in _mapping(raw, "tiers", "llm").items():
+        where = f"llm.tiers.{name}"
+        if not isinstance(item, dict):
+            raise CatalogError(f"{where}: a mapping is required")
+        model = _str(item, "model", where)
+        if model not in costs.llm_models:
+            raise CatalogError(f"{where}.model: {model!r} has no price in costs.llm_models")
+        tiers[str(name)] = LlmTier(
+            name=str(name),
+            model=model,
+            max_tokens=_positive_int(item, "max_tokens", where),
+            max_input_chars=_positive_int(item, "max_input_chars", where),
+        )
+    if DEFAULT_TIER not in tiers:
+        raise CatalogError(f"llm.tiers: settings for the {DEFAULT_TIER!r} tier are required")
+    history = raw.get("history_messages")
+    if type(history) is not int or history < 0:
+        raise CatalogError("llm.history_messages: a non-negative integer is required")
+    return LlmSettings(
+        system_prompt=system_prompt,
+        history_messages=history,
+        cache_ttl_seconds=_positive_int(raw, "cache_ttl_seconds", "llm"),
+        tiers=tiers,
     )
 
 
@@ -236,6 +412,7 @@ def _parse_intent(item: Any, index: int) -> IntentSpec:
         price=_positive_int(item, "price", where),
         example=_str(item, "example", where),
         patterns=tuple(compiled),
+        prompt=_optional_str(item, "prompt", where),
     )
 
 
@@ -256,11 +433,45 @@ def _parse_pack(item: Any, index: int) -> Pack:
     )
 
 
-def _mapping(raw: Mapping[str, Any], key: str) -> dict[str, Any]:
+def _mapping(raw: Mapping[str, Any], key: str, where: str = "") -> dict[str, Any]:
     value = raw.get(key)
-    if not isinstance(value, dict):
-        raise CatalogError(f"{key}: a mapping is required")
+    if not isinstance(value, dict) or not value:
+        raise CatalogError(f"{where + '.' if where else ''}{key}: a mapping is required")
     return value
+
+
+def _optional_str(raw: Mapping[str, Any], key: str, where: str) -> str:
+    value = raw.get(key, "")
+    if not isinstance(value, str):
+        raise CatalogError(f"{where}.{key}: must be a string")
+    return " ".join(value.split())
+
+
+def _decimal(raw: Mapping[str, Any], key: str, where: str = "") -> Decimal:
+    """A non-negative decimal given as a string (YAML floats are refused: money is never a
+    float)."""
+    name = f"{where + '.' if where else ''}{key}"
+    value = raw.get(key)
+    if not isinstance(value, str):
+        raise CatalogError(f'{name}: a decimal string such as "0.05" is required')
+    try:
+        amount = Decimal(value)
+    except InvalidOperation:
+        raise CatalogError(f'{name}: a decimal string such as "0.05" is required') from None
+    if not amount.is_finite() or amount < 0:
+        raise CatalogError(f"{name}: must be a non-negative amount")
+    return amount
+
+
+def _musd(raw: Mapping[str, Any], key: str, where: str = "", *, positive: bool = False) -> int:
+    """A USD amount given as a decimal string, as integer µUSD (it must be whole µUSD)."""
+    name = f"{where + '.' if where else ''}{key}"
+    musd = _decimal(raw, key, where) * MICRO_USD_PER_USD
+    if musd != musd.to_integral_value():
+        raise CatalogError(f"{name}: must be a whole number of µUSD")
+    if positive and musd <= 0:
+        raise CatalogError(f"{name}: must be positive and a whole number of µUSD")
+    return int(musd)
 
 
 def _list(raw: Mapping[str, Any], key: str) -> list[Any]:

@@ -744,6 +744,77 @@ def clawback(
     return Posted(key, (entry.id,), take, ((lot.bucket, -take),), replayed=False)
 
 
+def refund_debit(
+    session: Session,
+    debit_key: str,
+    *,
+    key: str,
+    memo: str | None = None,
+    now: datetime | None = None,
+) -> Posted:
+    """Give back the tokens of a debit whose reply never reached the person.
+
+    Each debit entry of the operation `debit_key` gets a `refund` entry of the same size, into
+    the lot it drew on (same bucket, `corrects_id` -> the debit entry), so the tokens come back
+    as what they were. Tokens whose lot has expired by `now` are not given back: they would
+    expire at once (a free allowance of a past month stays expired).
+
+    Args:
+        session: the caller's session; this function flushes, never commits.
+        debit_key: the debit's operation key, e.g. "debit:<MessageSid>".
+        key: idempotency key of the refund, e.g. "refund:<MessageSid>".
+        memo: why, shown in the person's history.
+        now: the posting time (UTC).
+
+    Returns:
+        `Posted` with the refund entries (none, `amount` 0, when every lot had expired). A
+        repeat with the same key returns the first result, `replayed=True`.
+
+    Raises:
+        UnknownEntry: no debit was posted under `debit_key`.
+    """
+    replay = _replay(session, key)
+    if replay is not None:
+        return replay
+    debits = session.scalars(
+        select(LedgerEntry)
+        .where(LedgerEntry.operation_key == debit_key, LedgerEntry.kind == "debit")
+        .order_by(LedgerEntry.id)
+    ).all()
+    if not debits:
+        raise UnknownEntry(f"no debit was posted under {debit_key!r}")
+    account_id = debits[0].account_id
+    now = now or utcnow()
+    with session.begin_nested():
+        _lock_account(session, account_id)
+        replay = _replay(session, key)  # a concurrent refund with this key just committed
+        if replay is not None:
+            return replay
+        entries: list[LedgerEntry] = []
+        for debit in debits:
+            assert debit.lot_id is not None, "every debit entry draws on a lot"
+            lot = session.get(Lot, debit.lot_id, populate_existing=True)
+            assert lot is not None
+            if lot.expires_at is not None and lot.expires_at <= now:
+                continue
+            entry_key = key if not entries else f"{key}#{len(entries) + 1}"
+            entries.append(_new_entry(session, account_id, "refund", lot.bucket, -debit.amount,
+                                      entry_key, operation_key=key, lot_id=lot.id,
+                                      corrects_id=debit.id, memo=memo, now=now))
+            lot.remaining -= debit.amount
+        total = sum(e.amount for e in entries)
+        if total:
+            session.execute(
+                update(Account)
+                .where(Account.id == account_id)
+                .values(balance=Account.balance + total)
+                .execution_options(synchronize_session=False)
+            )
+        session.flush()
+    return Posted(key, tuple(e.id for e in entries), total,
+                  tuple((e.bucket, e.amount) for e in entries), replayed=False)
+
+
 def adjust(
     session: Session,
     account_id: int,
@@ -950,6 +1021,17 @@ def _expiry_plan(
         used += keep
         plan.append((lot, lot.remaining - keep))
     return plan
+
+
+def lock_account(session: Session, account_id: int) -> None:
+    """Lock the account's row until the transaction ends: one person's messages are handled
+    one at a time (messaging.md, "Per-person order"), on PostgreSQL by the row lock, on SQLite
+    by `BEGIN IMMEDIATE`.
+
+    Raises:
+        UnknownAccount: no account has this id.
+    """
+    _lock_account(session, account_id)
 
 
 def _lock_account(session: Session, account_id: int) -> tuple[int, int]:

@@ -8,14 +8,22 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import phonenumbers
+import requests
+import urllib3
+from twilio.base.exceptions import TwilioRestException
+from twilio.http.http_client import TwilioHttpClient
 from twilio.request_validator import RequestValidator, get_signature_algorithm
+from twilio.rest import Client
 from twilio.twiml.messaging_response import MessagingResponse
 
 from bot.channels import register
 from bot.errors import InvalidInbound, InvalidSender
 from bot.messages import InboundMessage, Location, Media
+from bot.outbound import SendError, Sent, StatusUpdate
 
 WHATSAPP_PREFIX = "whatsapp:"
 # Twilio allows at most 10 media items on MMS; WhatsApp sends one. More is not a real payload.
@@ -107,6 +115,26 @@ class TwilioAdapter:
             idempotency_token=headers.get("I-Twilio-Idempotency-Token"),
         )
 
+    def parse_status(self, form: Mapping[str, str]) -> StatusUpdate:
+        """Normalise a delivery status callback (`MessageSid`, `MessageStatus`, `ErrorCode`).
+
+        Raises:
+            InvalidInbound: `MessageSid` or `MessageStatus` is missing, or `ErrorCode` is not
+                a number.
+        """
+        sid = _clean(form.get("MessageSid") or form.get("SmsSid") or "").strip()
+        if not sid or len(sid) > MAX_SID:
+            raise InvalidInbound("MessageSid is missing or longer than 64 characters")
+        status = _clean(form.get("MessageStatus") or form.get("SmsStatus") or "").strip().lower()
+        if not status or len(status) > 32:
+            raise InvalidInbound("MessageStatus is missing or too long")
+        raw_code = (form.get("ErrorCode") or "").strip()
+        if raw_code and not raw_code.isdigit():
+            raise InvalidInbound("ErrorCode is not a number")
+        to = _clean(form.get("To") or "").strip() or None
+        return StatusUpdate(message_sid=sid, status=status,
+                            error_code=int(raw_code) if raw_code else None, to=to)
+
     def render_reply(self, texts: list[str]) -> str:
         """TwiML for the reply: one `<Message>` per text, or an empty `<Response/>`.
 
@@ -188,3 +216,104 @@ def _location(form: Mapping[str, str]) -> Location | None:
 
 
 TWILIO = register(TwilioAdapter())
+
+
+class _BaseUrlHttpClient(TwilioHttpClient):  # type: ignore[misc]
+    """Twilio's HTTP client, sending every `*.twilio.com` request to `base_url` instead
+    (`TWILIO_API_BASE`: a stand-in in tests, a proxy in some deployments)."""
+
+    def __init__(self, base_url: str, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.base = urlsplit(base_url)
+
+    def request(self, method: str, url: str, *args: Any, **kwargs: Any) -> Any:
+        parts = urlsplit(url)
+        if parts.hostname and parts.hostname.endswith("twilio.com"):
+            url = urlunsplit(parts._replace(scheme=self.base.scheme, netloc=self.base.netloc))
+        return super().request(method, url, *args, **kwargs)
+
+
+class TwilioRestSender:
+    """Sends messages through Twilio's Messages resource (`bot.outbound.Sender`).
+
+    Args:
+        account_sid, auth_token: the Twilio credentials.
+        sms_from: the SMS sender number (E.164), or None with a Messaging Service.
+        whatsapp_from: the WhatsApp sender number (E.164, without the prefix), or None.
+        messaging_service_sid: `TWILIO_MESSAGING_SERVICE_SID`; used when no sender number is
+            set for the channel.
+        api_base: `TWILIO_API_BASE`, or None for Twilio's own hosts.
+        timeout_seconds: the HTTP timeout (the library's default is none).
+    """
+
+    def __init__(
+        self,
+        account_sid: str,
+        auth_token: str,
+        *,
+        sms_from: str | None = None,
+        whatsapp_from: str | None = None,
+        messaging_service_sid: str | None = None,
+        api_base: str | None = None,
+        timeout_seconds: float = 10.0,
+    ) -> None:
+        http_client: TwilioHttpClient
+        if api_base:
+            http_client = _BaseUrlHttpClient(api_base, timeout=timeout_seconds)
+        else:
+            http_client = TwilioHttpClient(timeout=timeout_seconds)
+        self.client = Client(account_sid, auth_token, http_client=http_client)
+        self.sms_from = sms_from
+        self.whatsapp_from = whatsapp_from
+        self.messaging_service_sid = messaging_service_sid
+
+    def send(
+        self,
+        *,
+        channel: str,
+        to: str,
+        body: str | None = None,
+        content_sid: str | None = None,
+        content_variables: str | None = None,
+        status_callback: str | None = None,
+    ) -> Sent:
+        """Create one message. Raises `SendError` with Twilio's code and HTTP status."""
+        params: dict[str, Any] = {"to": to}
+        sender = self.sms_from if channel == "sms" else self.whatsapp_from
+        if channel == "whatsapp":
+            params["to"] = WHATSAPP_PREFIX + to
+        if sender:
+            params["from_"] = WHATSAPP_PREFIX + sender if channel == "whatsapp" else sender
+        elif self.messaging_service_sid:
+            params["messaging_service_sid"] = self.messaging_service_sid
+        else:
+            raise SendError(f"no sender configured for {channel}")
+        if content_sid:
+            params["content_sid"] = content_sid
+            if content_variables:
+                params["content_variables"] = content_variables
+        else:
+            params["body"] = body or ""
+        if status_callback:
+            params["status_callback"] = status_callback
+        try:
+            message = self.client.messages.create(**params)
+        except TwilioRestException as exc:
+            raise SendError(f"Twilio error {exc.code}", code=exc.code,
+                            http_status=exc.status) from None
+        except requests.exceptions.ConnectTimeout:
+            raise SendError("connect timeout", connect_failed=True) from None
+        except requests.exceptions.Timeout:
+            raise SendError("timeout after sending", timed_out=True) from None
+        except requests.exceptions.ConnectionError as exc:
+            if _never_connected(exc):
+                raise SendError("connection failed", connect_failed=True) from None
+            # Dropped after the request went out: Twilio may have the message.
+            raise SendError("connection lost after sending", timed_out=True) from None
+        return Sent(sid=str(message.sid), status=str(message.status or "queued"))
+
+
+def _never_connected(exc: requests.exceptions.ConnectionError) -> bool:
+    """True when the connection was refused or the name did not resolve: nothing was sent."""
+    reason = getattr(exc.args[0], "reason", None) if exc.args else None
+    return isinstance(reason, urllib3.exceptions.NewConnectionError)

@@ -1,7 +1,8 @@
 """Intents and their skills: one skill per intent, registered under the intent's catalog name.
 
-A skill turns a `SkillRequest` into a `SkillAnswer`. Today every skill answers offline from the
-content shipped in `bot/content/`; an LLM-backed skill will implement the same interface.
+A skill turns a `SkillRequest` into a `SkillAnswer`. The registered skills answer offline from
+the content shipped in `bot/content/`; when an LLM is configured, `bot.intents.llm.LlmSkill`
+answers instead, with the offline skill as its fallback.
 """
 
 from __future__ import annotations
@@ -10,6 +11,8 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from bot.errors import BotError
+from tokens.catalog import DEFAULT_TIER
+from tokens.costs import LlmUsage
 
 
 @dataclass(frozen=True)
@@ -20,19 +23,31 @@ class SkillRequest:
         intent: the intent name the router classified, e.g. "meal_plan".
         text: the person's message as they wrote it.
         channel: "sms" or "whatsapp" (an SMS answer should stay short).
+        history: earlier turns of the conversation, oldest first, as (role, text) with role
+            "user" or "assistant".
+        tier: the restriction tier whose LLM settings apply ("normal", "reduced").
     """
 
     intent: str
     text: str
     channel: str
+    history: tuple[tuple[str, str], ...] = ()
+    tier: str = DEFAULT_TIER
 
 
 @dataclass(frozen=True)
 class SkillAnswer:
-    """What a skill gives back: the reply text and where it came from ("offline")."""
+    """What a skill gives back.
+
+    Attributes:
+        text: the reply.
+        source: "offline", "llm" or "cache" (an LLM answer from the cache).
+        usage: the LLM call's usage, for its cost; None when no call was made.
+    """
 
     text: str
     source: str = "offline"
+    usage: LlmUsage | None = None
 
 
 class Skill(Protocol):

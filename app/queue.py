@@ -1,0 +1,71 @@
+"""Redis and the RQ queue of answers (shared/design/architecture.md, "Real components").
+
+With `REDIS_URL` set, a priced message's skill runs in an RQ job on the "answers" queue; the
+job id is derived from the MessageSid, and the enqueue is `unique`, so a repeated enqueue is a
+no-op. Without Redis nothing here connects anywhere and answers stay inline (TwiML).
+"""
+
+from __future__ import annotations
+
+import re
+from contextlib import suppress
+
+import redis
+from flask import Flask
+from rq import Queue, Retry
+from rq.exceptions import DuplicateJobError
+
+QUEUE_NAME = "answers"
+# Seconds a job may run: the LLM timeout and send retries fit well within it.
+JOB_TIMEOUT_SECONDS = 180
+# RQ retries a job that raised (e.g. the person's lock stayed busy, or the database was down):
+# the job is idempotent, so a retry resumes where it stopped.
+RETRY = Retry(max=3, interval=[5, 30, 120])
+_JOB_ID_UNSAFE = re.compile(r"[^A-Za-z0-9_-]")
+
+
+def redis_connection(app: Flask) -> redis.Redis | None:
+    """The app's Redis client (created once, connects lazily), or None without `REDIS_URL`."""
+    url = app.config.get("REDIS_URL")
+    if not url:
+        return None
+    connection = app.extensions.get("redis")
+    if connection is None:
+        connection = redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=2,
+                                          health_check_interval=30)
+        app.extensions["redis"] = connection
+    return connection
+
+
+def answers_queue(app: Flask) -> Queue | None:
+    """The RQ queue jobs are enqueued on, or None without Redis."""
+    connection = redis_connection(app)
+    if connection is None:
+        return None
+    return Queue(QUEUE_NAME, connection=connection, default_timeout=JOB_TIMEOUT_SECONDS)
+
+
+def job_id_for(message_sid: str) -> str:
+    """The job id of a message's answer: "answer-<MessageSid>" (RQ allows [A-Za-z0-9_-])."""
+    return "answer-" + _JOB_ID_UNSAFE.sub("_", message_sid)
+
+
+def enqueue_answer(app: Flask, message_sid: str) -> bool:
+    """Enqueue the job that answers `message_sid`; True when it is (or already was) queued.
+
+    Call it after the commit that stored the message and its hold, so the job finds them.
+
+    Raises:
+        redis.RedisError: Redis cannot be reached (the caller answers inline instead).
+    """
+    queue = answers_queue(app)
+    if queue is None:
+        return False
+    # DuplicateJobError: queued already, so a duplicate enqueue is a no-op.
+    with suppress(DuplicateJobError):
+        queue.enqueue(
+            "app.jobs.answer_job", message_sid,
+            job_id=job_id_for(message_sid), unique=True, retry=RETRY,
+            job_timeout=JOB_TIMEOUT_SECONDS, result_ttl=3600, failure_ttl=7 * 24 * 3600,
+        )
+    return True

@@ -1,0 +1,254 @@
+"""LLM access: chat completions through the official `openai` library, with an answer cache.
+
+Every call carries an explicit timeout, `max_tokens` and an input cap from the catalog's tier
+settings (shared/design/economy.md, "Cost and revenue": the actual cost of an answer is bounded
+by its ceiling). The cost is computed by the caller from `usage` and the catalog's price table.
+
+An identical request (same model, `max_tokens`, system prompt, context and message) is answered
+from the cache, with no call and no LLM cost; the cache lives in Redis when it is configured,
+else in the process.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import openai
+
+from bot.errors import BotError
+from tokens.catalog import IntentSpec, LlmSettings, LlmTier
+from tokens.costs import LlmUsage
+
+log = logging.getLogger(__name__)
+
+# Characters an SMS answer should stay within: two GSM-7 segments of 153 (messaging.md).
+SMS_ANSWER_CHARS = 300
+WHATSAPP_ANSWER_CHARS = 1500
+
+
+class LlmError(BotError):
+    """An LLM call gave no usable answer (timeout, connection, HTTP error, empty answer).
+
+    Attributes:
+        usage: what the call used, when the API reported it (an empty answer still costs).
+    """
+
+    def __init__(self, reason: str, usage: LlmUsage | None = None) -> None:
+        super().__init__(reason)
+        self.usage = usage
+
+
+@dataclass(frozen=True)
+class ChatRequest:
+    """One chat completion to ask for.
+
+    Attributes:
+        model: the model name, e.g. "gpt-4o-mini".
+        messages: (role, content) pairs: the system prompt, then context, then the message.
+        max_tokens: cap on completion tokens.
+    """
+
+    model: str
+    messages: tuple[tuple[str, str], ...]
+    max_tokens: int
+
+    def cache_key(self) -> str:
+        """A digest of everything that shapes the answer (hex SHA-256)."""
+        raw = json.dumps([self.model, self.max_tokens, self.messages], ensure_ascii=False)
+        return hashlib.sha256(raw.encode("utf-8")).hexdigest()
+
+
+@dataclass(frozen=True)
+class ChatReply:
+    """An answer: its text, and the API's usage (None when it came from the cache)."""
+
+    text: str
+    usage: LlmUsage | None
+    cached: bool = False
+
+
+class ChatClient(Protocol):
+    """Something that answers a `ChatRequest` (the OpenAI API, or a cache in front of it)."""
+
+    def complete(self, request: ChatRequest) -> ChatReply:
+        """Answer `request`. Raises `LlmError` when no usable answer comes back."""
+        ...
+
+
+class OpenAIChat:
+    """Chat completions through `openai.OpenAI` (any OpenAI-compatible API via `base_url`).
+
+    Args:
+        api_key: `OPENAI_API_KEY`.
+        base_url: `OPENAI_BASE_URL`, or None for OpenAI's.
+        timeout_seconds: the whole call's timeout (connect + answer), seconds.
+        max_retries: the library's own retries (connection errors, 408, 409, 429, 5xx).
+    """
+
+    def __init__(
+        self,
+        api_key: str,
+        base_url: str | None = None,
+        timeout_seconds: float = 10.0,
+        max_retries: int = 0,
+    ) -> None:
+        self.client = openai.OpenAI(api_key=api_key, base_url=base_url,
+                                    timeout=timeout_seconds, max_retries=max_retries)
+
+    def complete(self, request: ChatRequest) -> ChatReply:
+        """Ask the API. Raises `LlmError` (with the reason, never the prompt) on any failure."""
+        messages: list[Any] = [{"role": role, "content": content}
+                               for role, content in request.messages]
+        try:
+            response = self.client.chat.completions.create(
+                model=request.model, messages=messages, max_tokens=request.max_tokens
+            )
+        except openai.APITimeoutError:
+            raise LlmError("timeout") from None
+        except openai.APIStatusError as exc:
+            raise LlmError(f"HTTP {exc.status_code}") from None
+        except openai.APIConnectionError:
+            raise LlmError("connection failed") from None
+        except openai.OpenAIError as exc:
+            raise LlmError(f"{type(exc).__name__}") from None
+        usage = None
+        if response.usage is not None:
+            # The request's model names the price: the response may name a dated snapshot.
+            usage = LlmUsage(request.model, response.usage.prompt_tokens,
+                             response.usage.completion_tokens)
+        text = (response.choices[0].message.content or "").strip() if response.choices else ""
+        if not text:
+            raise LlmError("empty answer", usage)
+        return ChatReply(text, usage)
+
+
+class AnswerCache(Protocol):
+    """A key -> answer text store with a time to live."""
+
+    def get(self, key: str) -> str | None:
+        """The cached text, or None."""
+        ...
+
+    def put(self, key: str, text: str, ttl_seconds: int) -> None:
+        """Keep `text` under `key` for `ttl_seconds`."""
+        ...
+
+
+class MemoryCache:
+    """An in-process LRU cache (the embedded default), bounded to `max_items` answers."""
+
+    def __init__(self, max_items: int = 1024) -> None:
+        self.max_items = max_items
+        self._items: OrderedDict[str, tuple[float, str]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: str) -> str | None:
+        with self._lock:
+            item = self._items.get(key)
+            if item is None:
+                return None
+            expires, text = item
+            if expires <= time.monotonic():
+                del self._items[key]
+                return None
+            self._items.move_to_end(key)
+            return text
+
+    def put(self, key: str, text: str, ttl_seconds: int) -> None:
+        with self._lock:
+            self._items[key] = (time.monotonic() + ttl_seconds, text)
+            self._items.move_to_end(key)
+            while len(self._items) > self.max_items:
+                self._items.popitem(last=False)
+
+
+class RedisCache:
+    """Answers kept in Redis (shared by every web process and worker), under `prefix`."""
+
+    def __init__(self, connection: Any, prefix: str = "bot:llm-answer:") -> None:
+        self.connection = connection
+        self.prefix = prefix
+
+    def get(self, key: str) -> str | None:
+        value = self.connection.get(self.prefix + key)
+        if value is None:
+            return None
+        return value.decode("utf-8") if isinstance(value, bytes) else str(value)
+
+    def put(self, key: str, text: str, ttl_seconds: int) -> None:
+        self.connection.set(self.prefix + key, text.encode("utf-8"), ex=ttl_seconds)
+
+
+class CachedChat:
+    """A `ChatClient` that answers identical requests from `cache` (no call, no LLM cost).
+
+    A cache that fails (Redis down) is skipped, not fatal: the call is made.
+    """
+
+    def __init__(self, client: ChatClient, cache: AnswerCache, ttl_seconds: int) -> None:
+        self.client = client
+        self.cache = cache
+        self.ttl_seconds = ttl_seconds
+
+    def complete(self, request: ChatRequest) -> ChatReply:
+        key = request.cache_key()
+        try:
+            hit = self.cache.get(key)
+        except Exception as exc:  # the cache is an optimisation; never lose an answer to it
+            log.warning("answer cache read failed", extra={"error": type(exc).__name__})
+            hit = None
+        if hit is not None:
+            return ChatReply(hit, usage=None, cached=True)
+        reply = self.client.complete(request)
+        try:
+            self.cache.put(key, reply.text, self.ttl_seconds)
+        except Exception as exc:
+            log.warning("answer cache write failed", extra={"error": type(exc).__name__})
+        return reply
+
+
+def build_request(
+    settings: LlmSettings,
+    tier: LlmTier,
+    spec: IntentSpec,
+    text: str,
+    history: Sequence[tuple[str, str]] = (),
+    channel: str = "sms",
+) -> ChatRequest:
+    """The chat request for one message, within the tier's caps.
+
+    Args:
+        settings: the catalog's LLM settings (system prompt).
+        tier: model, `max_tokens` and the input cap (characters of context and message).
+        spec: the intent; its `prompt` follows the system prompt.
+        text: the person's message; cut to the input cap if longer.
+        history: earlier (role, text) turns, oldest first, roles "user" or "assistant"; the
+            newest that fit within what the cap leaves are sent.
+        channel: "sms" or "whatsapp", for the length the answer is asked to keep to.
+
+    Returns:
+        The `ChatRequest`.
+    """
+    limit = SMS_ANSWER_CHARS if channel == "sms" else WHATSAPP_ANSWER_CHARS
+    system = f"{settings.system_prompt} {spec.prompt}".strip()
+    system += f" Keep the answer under {limit} characters."
+    budget = tier.max_input_chars
+    message = text[:budget]
+    budget -= len(message)
+    context: list[tuple[str, str]] = []
+    for role, content in reversed(history):
+        if len(content) > budget:
+            break
+        context.append((role, content))
+        budget -= len(content)
+    context.reverse()
+    messages = (("system", system), *context, ("user", message))
+    return ChatRequest(model=tier.model, messages=messages, max_tokens=tier.max_tokens)

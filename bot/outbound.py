@@ -1,0 +1,435 @@
+"""Outbound messages through a provider's REST API, and their delivery status callbacks.
+
+The rules (shared/design/messaging.md, "Outbound"):
+
+- The outbound row is written (`pending`) and committed before the provider is called; the
+  sid it returns is stored. The caller (a job) commits between `plan_send`, the network call
+  (`attempt_send`, no transaction open) and `record_send`.
+- No idempotency key exists for sending, so a read timeout marks the row `unknown` and it is
+  never resent blindly; a later status callback for the same address adopts the row
+  (`apply_status`). Only 429 and 5xx (and a connection that never opened) are retried, with
+  jittered exponential backoff.
+- Permanent errors end the row `failed` with the error code: 21610 (the person replied STOP)
+  also marks the contact opted out on that channel; 63016 (outside WhatsApp's 24-hour window)
+  falls back to the approved template when one is configured.
+- WhatsApp free-form messages go out only within 24 hours of the person's last inbound
+  message; outside it the template (`ContentSid`) is sent instead, with the answer kept for
+  MORE, or the message is skipped.
+- Status callbacks are kept once per (MessageSid, MessageStatus) and only move the status
+  forward (queued < sending < sent < delivered < read; failed and undelivered are final), so a
+  late "sent" never overwrites "delivered".
+- A paid reply that is skipped, fails or is undelivered gives its tokens back
+  (`ledger.refund_debit`, once per inbound message).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Protocol
+
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from bot.contacts import mask_address
+from bot.errors import BotError
+from bot.models import Contact, Message, MessageStatusEvent
+from tokens import costs, ledger
+from tokens.base import utcnow
+from tokens.catalog import Catalog
+
+log = logging.getLogger(__name__)
+
+# Twilio error codes (https://www.twilio.com/docs/api/errors).
+OPTED_OUT = 21610  # "Attempt to send to unsubscribed recipient"
+OUTSIDE_WINDOW = 63016  # "Failed to send freeform message because you are outside the window"
+PERMANENT_ERRORS = frozenset({
+    OPTED_OUT, OUTSIDE_WINDOW,
+    21211,  # invalid 'To' number
+    21408,  # permission to send to this region not enabled
+    21612,  # cannot route to this number
+    21614,  # 'To' is not a mobile number
+    63014,  # the person blocked the business (WhatsApp)
+    63024,  # invalid message recipient (WhatsApp)
+})
+WHATSAPP_WINDOW = timedelta(hours=24)
+
+# Forward order of delivery states; a status only replaces one of lower rank. Final states
+# never change again (messaging.md: "failed/undelivered are final").
+STATUS_RANK = {
+    "pending": 0, "unknown": 0,
+    "accepted": 1, "scheduled": 1, "queued": 2, "sending": 3, "sent": 4,
+    "failed": 5, "undelivered": 5, "canceled": 5,
+    "delivered": 6, "read": 7,
+}
+FINAL_STATES = frozenset({"failed", "undelivered", "canceled", "read", "skipped"})
+NOT_DELIVERED = frozenset({"failed", "undelivered", "canceled", "skipped"})
+
+
+class SendError(BotError):
+    """A provider refused or did not answer a send.
+
+    Attributes:
+        code: the provider's error code (Twilio's, e.g. 21610), when it gave one.
+        http_status: the HTTP status, when there was a response.
+        timed_out: no answer within the timeout after the request was sent: the message may
+            or may not exist at the provider.
+        connect_failed: the connection never opened: nothing was sent.
+    """
+
+    def __init__(
+        self,
+        reason: str,
+        *,
+        code: int | None = None,
+        http_status: int | None = None,
+        timed_out: bool = False,
+        connect_failed: bool = False,
+    ) -> None:
+        super().__init__(reason)
+        self.code = code
+        self.http_status = http_status
+        self.timed_out = timed_out
+        self.connect_failed = connect_failed
+
+    @property
+    def retryable(self) -> bool:
+        """429, 5xx, or a connection that never opened; never a timeout after sending."""
+        if self.timed_out:
+            return False
+        if self.connect_failed:
+            return True
+        return self.http_status is not None and (
+            self.http_status == 429 or self.http_status >= 500
+        )
+
+
+@dataclass(frozen=True)
+class Sent:
+    """A send the provider accepted: its message sid and initial status (e.g. "queued")."""
+
+    sid: str
+    status: str
+
+
+class Sender(Protocol):
+    """A provider's send call (Twilio's Messages resource; a stand-in in tests)."""
+
+    def send(
+        self,
+        *,
+        channel: str,
+        to: str,
+        body: str | None = None,
+        content_sid: str | None = None,
+        content_variables: str | None = None,
+        status_callback: str | None = None,
+    ) -> Sent:
+        """Send one message. Raises `SendError`."""
+        ...
+
+
+@dataclass(frozen=True)
+class OutboundSettings:
+    """How replies are sent.
+
+    Attributes:
+        status_callback_url: where the provider posts delivery status (None: no callbacks).
+        whatsapp_template_sid: the approved template (`ContentSid`) sent outside the WhatsApp
+            24-hour window; None: such a message is skipped.
+        max_attempts: sends tried per message when the provider answers 429 or 5xx.
+        backoff_seconds: the first retry's delay; each next one doubles, with full jitter.
+    """
+
+    status_callback_url: str | None = None
+    whatsapp_template_sid: str | None = None
+    max_attempts: int = 3
+    backoff_seconds: float = 0.5
+
+
+@dataclass(frozen=True)
+class SendPlan:
+    """One send to make: to whom, and the body or the template."""
+
+    message_id: int
+    channel: str
+    to: str
+    body: str | None
+    content_sid: str | None = None
+    content_variables: str | None = None
+
+    @property
+    def is_template(self) -> bool:
+        return self.content_sid is not None
+
+
+@dataclass(frozen=True)
+class StatusUpdate:
+    """A delivery status callback, normalised by the channel adapter.
+
+    Attributes:
+        message_sid: the outbound message's sid.
+        status: Twilio's `MessageStatus`, lower case.
+        error_code: `ErrorCode`, if any.
+        to: the recipient as the provider wrote it ("+1555..." or "whatsapp:+1555..."), if any.
+    """
+
+    message_sid: str
+    status: str
+    error_code: int | None = None
+    to: str | None = None
+
+
+def plan_send(
+    session: Session,
+    message_id: int,
+    settings: OutboundSettings,
+    catalog: Catalog,
+    now: datetime | None = None,
+) -> SendPlan | None:
+    """Decide how a `pending` outbound row goes out, or mark it `skipped`.
+
+    Skipped (with the charge of a paid reply given back): the person opted out on the
+    channel, has no phone number to send to, or is outside the WhatsApp 24-hour window with
+    no template configured. Outside the window with a template: the template goes out and
+    the answer waits on the contact for MORE.
+
+    Returns:
+        The `SendPlan`, or None when there is nothing to send (the row is not pending, or was
+        skipped now). Flushes; the caller commits before sending.
+    """
+    now = now or utcnow()
+    row = session.get(Message, message_id)
+    if row is None or row.direction != "out" or row.status != "pending":
+        return None
+    contact = session.get(Contact, row.contact_id)
+    assert contact is not None
+    if contact.opted_out_at(row.channel) is not None:
+        _finish(session, row, "skipped", None, now)
+        return None
+    if not contact.address.startswith("+"):
+        _finish(session, row, "skipped", None, now)  # a WhatsApp user id with no number
+        return None
+    if row.channel == "sms":
+        return SendPlan(row.id, "sms", contact.address, row.body)
+    last_inbound = contact.whatsapp_last_inbound_at
+    if last_inbound is not None and now - last_inbound < WHATSAPP_WINDOW:
+        return SendPlan(row.id, "whatsapp", contact.address, row.body)
+    return _template_or_skip(session, row, contact, settings, catalog, now)
+
+
+def attempt_send(
+    sender: Sender,
+    plan: SendPlan,
+    settings: OutboundSettings,
+    sleep: Callable[[float], None] = time.sleep,
+) -> Sent | SendError:
+    """Call the provider, retrying 429, 5xx and unopened connections with jittered backoff.
+
+    Touches no database. Returns what the provider accepted, or the last `SendError`.
+    """
+    attempt = 0
+    while True:
+        attempt += 1
+        try:
+            return sender.send(
+                channel=plan.channel, to=plan.to, body=plan.body,
+                content_sid=plan.content_sid, content_variables=plan.content_variables,
+                status_callback=settings.status_callback_url,
+            )
+        except SendError as exc:
+            if not exc.retryable or attempt >= settings.max_attempts:
+                return exc
+            delay = settings.backoff_seconds * (2 ** (attempt - 1))
+            log.info("send retried", extra={"code": exc.code, "http_status": exc.http_status,
+                                            "attempt": attempt})
+            sleep(random.uniform(0, delay))
+
+
+def record_send(
+    session: Session,
+    plan: SendPlan,
+    result: Sent | SendError,
+    settings: OutboundSettings,
+    catalog: Catalog,
+    now: datetime | None = None,
+) -> SendPlan | None:
+    """Store the outcome of a send on its row.
+
+    Accepted: the sid and status, and the messaging cost. Timed out: `unknown` (never resent).
+    Refused: `failed` with the code (21610 marks the contact opted out; a paid reply's charge
+    is given back), except 63016 on a free-form WhatsApp message with a template configured.
+
+    Returns:
+        A new `SendPlan` (the template) when the free-form message must be resent as one;
+        otherwise None. Flushes; the caller commits.
+    """
+    now = now or utcnow()
+    row = session.get(Message, plan.message_id)
+    assert row is not None
+    contact = session.get(Contact, row.contact_id)
+    assert contact is not None
+    if isinstance(result, Sent):
+        row.message_sid = result.sid
+        row.status = result.status if result.status in STATUS_RANK else "queued"
+        row.status_at = now
+        units = row.units if not plan.is_template else 1
+        costs.record_messaging(session, contact.account_id, catalog.costs, row.channel, "out",
+                               units, key=f"msg:out:{row.id}", now=now)
+        return None
+    log.warning("send failed", extra={"code": result.code, "http_status": result.http_status,
+                                      "timed_out": result.timed_out,
+                                      "to": mask_address(contact.address)})
+    if result.timed_out:
+        row.status = "unknown"
+        row.status_at = now
+        return None
+    if result.code == OPTED_OUT:
+        contact.set_opted_out(row.channel, now, f"twilio_21610:{row.channel}")
+    if result.code == OUTSIDE_WINDOW and not plan.is_template and row.channel == "whatsapp":
+        retry = _template_or_skip(session, row, contact, settings, catalog, now)
+        if retry is not None:
+            row.error_code = OUTSIDE_WINDOW
+            return retry
+        return None
+    _finish(session, row, "failed", result.code, now)
+    return None
+
+
+def apply_status(
+    session: Session, update: StatusUpdate, now: datetime | None = None
+) -> bool:
+    """Apply one delivery status callback.
+
+    Kept once per (MessageSid, MessageStatus); the row's status only moves forward; the error
+    code is kept; 21610 marks the contact opted out; an undelivered or failed paid reply gives
+    its tokens back. A callback for a sid we do not know adopts the newest `unknown` row (a
+    send that timed out) to the same address, within a day.
+
+    Returns:
+        True when the row changed; False for a repeat, an out-of-order (older) status or an
+        unknown message. Flushes; the caller commits.
+    """
+    now = now or utcnow()
+    try:
+        with session.begin_nested():
+            session.add(MessageStatusEvent(message_sid=update.message_sid, status=update.status,
+                                           error_code=update.error_code, created_at=now))
+            session.flush()
+    except IntegrityError:
+        return False  # a repeat of this (sid, status)
+    row = session.scalar(select(Message).where(Message.message_sid == update.message_sid))
+    if row is None:
+        row = _adopt_unknown(session, update, now)
+    if row is None or row.direction != "out":
+        log.info("status callback for an unknown message", extra={"status": update.status})
+        return False
+    current = row.status or "pending"
+    if current in FINAL_STATES or STATUS_RANK.get(update.status, -1) <= STATUS_RANK.get(current, 0):
+        return False
+    if update.error_code == OPTED_OUT:
+        contact = session.get(Contact, row.contact_id)
+        assert contact is not None
+        contact.set_opted_out(row.channel, now, f"twilio_21610:{row.channel}")
+    if update.status in NOT_DELIVERED:
+        _finish(session, row, update.status, update.error_code, now)
+    else:
+        row.status = update.status
+        row.status_at = now
+        if update.error_code is not None:
+            row.error_code = update.error_code
+    session.flush()
+    return True
+
+
+def pending_outbound(session: Session, inbound_id: int) -> list[int]:
+    """Ids of the `pending` replies to one inbound message, in order."""
+    return list(session.scalars(
+        select(Message.id)
+        .where(Message.in_reply_to_id == inbound_id, Message.status == "pending")
+        .order_by(Message.id)
+    ))
+
+
+def release_charge(session: Session, row: Message, now: datetime | None = None) -> int:
+    """Give back what the inbound message `row` answers was charged; returns the tokens.
+
+    Once per inbound message (key `refund:<MessageSid>`), whichever of its replies failed.
+    """
+    if row.in_reply_to_id is None:
+        return 0
+    inbound = session.get(Message, row.in_reply_to_id)
+    if inbound is None or not inbound.tokens_charged or inbound.message_sid is None:
+        return 0
+    now = now or utcnow()
+    refunded = ledger.refund_debit(
+        session, f"debit:{inbound.message_sid}", key=f"refund:{inbound.message_sid}",
+        memo="reply not delivered", now=now,
+    )
+    if refunded.replayed:
+        return 0
+    account_id = session.scalar(select(Contact.account_id).where(Contact.id == inbound.contact_id))
+    assert account_id is not None
+    costs.note_tokens_charged(session, account_id, -refunded.amount, now)
+    log.info("charge released", extra={"tokens": refunded.amount, "status": row.status})
+    return refunded.amount
+
+
+def _finish(
+    session: Session, row: Message, status: str, code: int | None, now: datetime
+) -> None:
+    """End a row in a not-delivered state and give back its charge."""
+    row.status = status
+    row.status_at = now
+    if code is not None:
+        row.error_code = code
+    session.flush()
+    release_charge(session, row, now)
+
+
+def _template_or_skip(
+    session: Session,
+    row: Message,
+    contact: Contact,
+    settings: OutboundSettings,
+    catalog: Catalog,
+    now: datetime,
+) -> SendPlan | None:
+    """Outside the WhatsApp window: the template (the answer waits for MORE), or skip."""
+    if settings.whatsapp_template_sid is None:
+        _finish(session, row, "skipped", OUTSIDE_WINDOW, now)
+        return None
+    contact.more_text = row.body
+    variables = json.dumps({"1": catalog.bot_name})
+    log.info("outside the WhatsApp window: template sent",
+             extra={"to": mask_address(contact.address)})
+    return SendPlan(row.id, "whatsapp", contact.address, None,
+                    content_sid=settings.whatsapp_template_sid, content_variables=variables)
+
+
+def _adopt_unknown(session: Session, update: StatusUpdate, now: datetime) -> Message | None:
+    """The newest `unknown` row to the callback's recipient: its send timed out, but reached
+    Twilio after all. It takes the sid, so later callbacks find it directly."""
+    if not update.to:
+        return None
+    address = update.to.removeprefix("whatsapp:")
+    channel = "whatsapp" if update.to.startswith("whatsapp:") else "sms"
+    row = session.scalar(
+        select(Message)
+        .join(Contact, Contact.id == Message.contact_id)
+        .where(Contact.address == address, Message.channel == channel,
+               Message.status == "unknown", Message.message_sid.is_(None),
+               Message.created_at >= now - timedelta(days=1))
+        .order_by(Message.id.desc())
+        .limit(1)
+    )
+    if row is not None:
+        row.message_sid = update.message_sid
+    return row
+

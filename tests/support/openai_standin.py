@@ -1,0 +1,433 @@
+"""A local stand-in for the OpenAI Chat Completions API, on a free loopback port.
+
+The real `openai` client talks to it unchanged::
+
+    with OpenAIStandIn() as standin:
+        client = openai.OpenAI(api_key="x", base_url=standin.base_url, max_retries=0)
+        reply = client.chat.completions.create(model="gpt-4o-mini", messages=[...])
+
+It serves `POST /v1/chat/completions` with a `chat.completion` object shaped like OpenAI's,
+deterministic content and token counts, and OpenAI-style error bodies. Tests steer it through
+`reply`, `fail_next()`, `delay_seconds` and read back `requests` and `max_concurrent`.
+Everything is thread-safe: the server answers each request on its own thread.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import secrets
+import string
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any
+
+from werkzeug.serving import BaseWSGIServer, WSGIRequestHandler, make_server
+from werkzeug.wrappers import Request, Response
+
+HOST = "127.0.0.1"
+API_PREFIX = "/v1"
+CHAT_COMPLETIONS = f"{API_PREFIX}/chat/completions"
+DEFAULT_REPLY_PREFIX = "Here is your answer about: "
+SYSTEM_FINGERPRINT = "fp_standin0001"
+CHARS_PER_TOKEN = 4
+TOKENS_PER_MESSAGE = 4
+_ID_ALPHABET = string.ascii_letters + string.digits
+
+# (type, code, message) of OpenAI's error bodies, by HTTP status.
+_ERRORS: dict[int, tuple[str, str | None, str]] = {
+    400: ("invalid_request_error", None, "Invalid request."),
+    401: (
+        "invalid_request_error",
+        "invalid_api_key",
+        "Incorrect API key provided. You can find your API key at "
+        "https://platform.openai.com/account/api-keys.",
+    ),
+    403: (
+        "invalid_request_error",
+        "unsupported_country_region_territory",
+        "Country, region, or territory not supported",
+    ),
+    404: ("invalid_request_error", "model_not_found", "The model does not exist."),
+    429: (
+        "requests",
+        "rate_limit_exceeded",
+        "Rate limit reached for gpt-4o-mini in organization org-standin on requests per min "
+        "(RPM): Limit 3, Used 3, Requested 1. Please try again in 20s.",
+    ),
+    500: (
+        "server_error",
+        None,
+        "The server had an error while processing your request. Sorry about that!",
+    ),
+    502: ("server_error", None, "Bad gateway."),
+    503: ("server_error", None, "The engine is currently overloaded, please try again later."),
+}
+_INSUFFICIENT_QUOTA = (
+    "insufficient_quota",
+    "insufficient_quota",
+    "You exceeded your current quota, please check your plan and billing details. For more "
+    "information on this error, read the docs: "
+    "https://platform.openai.com/docs/guides/error-codes/api-errors.",
+)
+
+
+def error_body(
+    message: str, error_type: str, code: str | None = None, param: str | None = None
+) -> dict[str, Any]:
+    """An OpenAI error body: `{"error": {"message", "type", "param", "code"}}`."""
+    return {"error": {"message": message, "type": error_type, "param": param, "code": code}}
+
+
+def estimate_tokens(text: str) -> int:
+    """The stand-in's token estimate for `text`: one token per four characters, rounded up."""
+    return math.ceil(len(text) / CHARS_PER_TOKEN)
+
+
+def content_text(content: Any) -> str:
+    """The text of a message `content`: a string, or a list of parts (`{"type": "text", ...}`)."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "".join(str(part.get("text", "")) for part in content if isinstance(part, dict))
+    return ""
+
+
+def prompt_tokens(messages: list[dict[str, Any]]) -> int:
+    """Deterministic prompt size: ceil(characters of all contents / 4) + 4 per message."""
+    characters = sum(len(content_text(message.get("content"))) for message in messages)
+    return math.ceil(characters / CHARS_PER_TOKEN) + TOKENS_PER_MESSAGE * len(messages)
+
+
+@dataclass
+class _Failure:
+    status: int
+    body: dict[str, Any]
+    headers: dict[str, str]
+    remaining: int
+
+
+class _QuietHandler(WSGIRequestHandler):
+    """Werkzeug's handler without the one-line access log per request."""
+
+    def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
+        pass
+
+
+class OpenAIStandIn:
+    """A threaded loopback server answering the Chat Completions API like OpenAI does.
+
+    Use as a context manager (or call `start()` / `stop()`); `base_url` is valid once started.
+
+    Attributes:
+        reply: fixed assistant content, or None for "Here is your answer about: <last user text>".
+        delay_seconds: sleep this long before answering any request (to provoke client timeouts).
+    """
+
+    def __init__(self, reply: str | None = None, delay_seconds: float = 0.0) -> None:
+        self._lock = threading.Lock()
+        self._closing = threading.Event()
+        self._reply = reply
+        self._delay_seconds = delay_seconds
+        self._failures: deque[_Failure] = deque()
+        self._requests: list[dict[str, Any]] = []
+        self._in_flight = 0
+        self._max_concurrent = 0
+        self._server: BaseWSGIServer | None = None
+        self._thread: threading.Thread | None = None
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def start(self) -> OpenAIStandIn:
+        """Bind a free loopback port and serve on a daemon thread."""
+        if self._server is not None:
+            raise RuntimeError("OpenAIStandIn is already running")
+        self._closing.clear()
+        self._server = make_server(
+            HOST, 0, self._wsgi_app, threaded=True, request_handler=_QuietHandler
+        )
+        self._thread = threading.Thread(
+            target=self._server.serve_forever,
+            kwargs={"poll_interval": 0.05},
+            name="openai-standin",
+            daemon=True,
+        )
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Wake delayed requests, stop serving and close the socket."""
+        server, thread = self._server, self._thread
+        if server is None:
+            return
+        self._closing.set()
+        server.shutdown()
+        server.server_close()
+        if thread is not None:
+            thread.join(timeout=5)
+        self._server = self._thread = None
+
+    def __enter__(self) -> OpenAIStandIn:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    @property
+    def port(self) -> int:
+        """The loopback port the server listens on."""
+        if self._server is None:
+            raise RuntimeError("OpenAIStandIn is not running; use it as a context manager")
+        port: int = self._server.server_address[1]
+        return port
+
+    @property
+    def base_url(self) -> str:
+        """`http://127.0.0.1:PORT/v1`, for `openai.OpenAI(base_url=...)`."""
+        return f"http://{HOST}:{self.port}{API_PREFIX}"
+
+    # -- controls --------------------------------------------------------------------------
+
+    @property
+    def reply(self) -> str | None:
+        with self._lock:
+            return self._reply
+
+    @reply.setter
+    def reply(self, value: str | None) -> None:
+        with self._lock:
+            self._reply = value
+
+    @property
+    def delay_seconds(self) -> float:
+        with self._lock:
+            return self._delay_seconds
+
+    @delay_seconds.setter
+    def delay_seconds(self, value: float) -> None:
+        with self._lock:
+            self._delay_seconds = value
+
+    def fail_next(
+        self,
+        status: int,
+        times: int = 1,
+        *,
+        code: str | None = None,
+        message: str | None = None,
+        error_type: str | None = None,
+        retry_after: float | None = None,
+    ) -> None:
+        """Answer the next `times` authenticated requests with an OpenAI error.
+
+        The body is `{"error": {"message", "type", "param": null, "code"}}` as OpenAI sends:
+        429 -> type "requests", code "rate_limit_exceeded" (pass `code="insufficient_quota"`
+        for the quota error, whose type is "insufficient_quota" too); 500/502/503 -> type
+        "server_error", code null; others -> type "invalid_request_error".
+
+        Args:
+            status: the HTTP status.
+            times: how many consecutive requests fail.
+            code, message, error_type: override the defaults above.
+            retry_after: add `retry-after-ms` / `retry-after` headers (seconds).
+        """
+        if times < 1:
+            raise ValueError("times must be at least 1")
+        default_type, default_code, default_message = _ERRORS.get(
+            status, ("server_error" if status >= 500 else "invalid_request_error", None, "Error.")
+        )
+        if code == "insufficient_quota":
+            default_type, default_code, default_message = _INSUFFICIENT_QUOTA
+        body = error_body(
+            message if message is not None else default_message,
+            error_type if error_type is not None else default_type,
+            code if code is not None else default_code,
+        )
+        headers: dict[str, str] = {}
+        if retry_after is not None:
+            headers["retry-after-ms"] = str(int(retry_after * 1000))
+            headers["retry-after"] = str(math.ceil(retry_after))
+        with self._lock:
+            self._failures.append(_Failure(status, body, headers, times))
+
+    @property
+    def requests(self) -> list[dict[str, Any]]:
+        """A snapshot of every request received, oldest first.
+
+        Each is `{"method", "path", "headers": {lower-case name: value}, "json": body or None}`.
+        """
+        with self._lock:
+            return list(self._requests)
+
+    @property
+    def bodies(self) -> list[dict[str, Any]]:
+        """The JSON bodies of the chat-completion requests received, oldest first."""
+        return [
+            request["json"]
+            for request in self.requests
+            if request["path"] == CHAT_COMPLETIONS and isinstance(request["json"], dict)
+        ]
+
+    @property
+    def max_concurrent(self) -> int:
+        """The highest number of requests that were being handled at the same time."""
+        with self._lock:
+            return self._max_concurrent
+
+    def reset(self) -> None:
+        """Forget requests and pending failures; back to the default reply and no delay."""
+        with self._lock:
+            self._reply = None
+            self._delay_seconds = 0.0
+            self._failures.clear()
+            self._requests.clear()
+            self._max_concurrent = self._in_flight
+
+    # -- the server ------------------------------------------------------------------------
+
+    def _wsgi_app(self, environ: dict[str, Any], start_response: Any) -> Any:
+        request = Request(environ)
+        with self._lock:
+            self._in_flight += 1
+            self._max_concurrent = max(self._max_concurrent, self._in_flight)
+        try:
+            response = self._handle(request)
+        finally:
+            with self._lock:
+                self._in_flight -= 1
+        return response(environ, start_response)
+
+    def _handle(self, request: Request) -> Response:
+        body = request.get_json(silent=True)
+        with self._lock:
+            self._requests.append(
+                {
+                    "method": request.method,
+                    "path": request.path,
+                    "headers": {name.lower(): value for name, value in request.headers.items()},
+                    "json": body,
+                }
+            )
+            delay = self._delay_seconds
+        if delay > 0:
+            self._closing.wait(delay)
+
+        if request.method != "POST" or request.path != CHAT_COMPLETIONS:
+            message = f"Invalid URL ({request.method} {request.path})"
+            return _json(404, error_body(message, "invalid_request_error"))
+
+        authorization = request.headers.get("Authorization", "")
+        if not authorization.startswith("Bearer ") or not authorization[7:].strip():
+            message = (
+                "You didn't provide an API key. You need to provide your API key in an "
+                "Authorization header using Bearer auth (i.e. Authorization: Bearer YOUR_KEY)."
+            )
+            return _json(401, error_body(message, "invalid_request_error"))
+
+        failure = self._take_failure()
+        if failure is not None:
+            return _json(failure.status, failure.body, failure.headers)
+
+        if not isinstance(body, dict):
+            message = "We could not parse the JSON body of your request."
+            return _json(400, error_body(message, "invalid_request_error"))
+        return self._complete(body)
+
+    def _take_failure(self) -> _Failure | None:
+        with self._lock:
+            if not self._failures:
+                return None
+            failure = self._failures[0]
+            failure.remaining -= 1
+            if failure.remaining <= 0:
+                self._failures.popleft()
+            return failure
+
+    def _complete(self, body: dict[str, Any]) -> Response:
+        model = body.get("model")
+        if not isinstance(model, str) or not model:
+            message = "you must provide a model parameter"
+            return _json(400, error_body(message, "invalid_request_error"))
+        messages = body.get("messages")
+        if not isinstance(messages, list) or not messages:
+            return _json(
+                400,
+                error_body(
+                    "Missing required parameter: 'messages'.",
+                    "invalid_request_error",
+                    code="missing_required_parameter",
+                    param="messages",
+                ),
+            )
+        if body.get("stream"):
+            return _json(400, error_body("The stand-in does not stream.", "invalid_request_error"))
+        messages = [message for message in messages if isinstance(message, dict)]
+
+        content = self.reply
+        if content is None:
+            last_user = next(
+                (m for m in reversed(messages) if m.get("role") == "user"), {"content": ""}
+            )
+            content = DEFAULT_REPLY_PREFIX + content_text(last_user.get("content"))
+
+        completion_tokens = estimate_tokens(content)
+        finish_reason = "stop"
+        limit = body.get("max_completion_tokens", body.get("max_tokens"))
+        if isinstance(limit, int) and not isinstance(limit, bool) and limit < completion_tokens:
+            content = content[: max(limit, 0) * CHARS_PER_TOKEN]
+            completion_tokens = max(limit, 0)
+            finish_reason = "length"
+
+        prompt = prompt_tokens(messages)
+        completion = {
+            "id": "chatcmpl-" + "".join(secrets.choice(_ID_ALPHABET) for _ in range(29)),
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": model,
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {
+                        "role": "assistant",
+                        "content": content,
+                        "refusal": None,
+                        "annotations": [],
+                    },
+                    "logprobs": None,
+                    "finish_reason": finish_reason,
+                }
+            ],
+            "usage": {
+                "prompt_tokens": prompt,
+                "completion_tokens": completion_tokens,
+                "total_tokens": prompt + completion_tokens,
+                "prompt_tokens_details": {"cached_tokens": 0, "audio_tokens": 0},
+                "completion_tokens_details": {
+                    "reasoning_tokens": 0,
+                    "audio_tokens": 0,
+                    "accepted_prediction_tokens": 0,
+                    "rejected_prediction_tokens": 0,
+                },
+            },
+            "service_tier": "default",
+            "system_fingerprint": SYSTEM_FINGERPRINT,
+        }
+        return _json(200, completion)
+
+
+def _json(status: int, payload: dict[str, Any], headers: dict[str, str] | None = None) -> Response:
+    response = Response(json.dumps(payload), status=status, mimetype="application/json")
+    response.headers["x-request-id"] = f"req_{secrets.token_hex(16)}"
+    response.headers["openai-processing-ms"] = "1"
+    response.headers["openai-version"] = "2020-10-01"
+    for name, value in (headers or {}).items():
+        response.headers[name] = value
+    return response

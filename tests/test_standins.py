@@ -1,0 +1,278 @@
+"""The test doubles in `tests.support` work with the real client libraries.
+
+A real `redis-server`, and loopback stand-ins for OpenAI's Chat Completions API and Twilio's
+Messages resource, driven through `redis`, `openai` and `twilio` exactly as the bot uses them.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import openai
+import pytest
+import redis
+import requests
+from twilio.base.exceptions import TwilioRestException
+from twilio.http.http_client import TwilioHttpClient
+from twilio.http.response import Response as TwilioResponse
+from twilio.rest import Client as TwilioClient
+
+from tests.support.openai_standin import OpenAIStandIn
+from tests.support.redis_server import RedisServer, redis_server
+from tests.support.twilio_standin import TwilioStandIn
+
+ACCOUNT_SID = "AC" + "0123456789abcdef" * 2
+AUTH_TOKEN = "standin-auth-token"
+SHORT_TIMEOUT = 0.3
+SLOW = 1.0
+
+
+class RedirectingHttpClient(TwilioHttpClient):  # type: ignore[misc]  # twilio is untyped
+    """A `TwilioHttpClient` that sends `https://*.twilio.com/...` requests to `base_url`."""
+
+    def __init__(self, base_url: str, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.base_url = urlsplit(base_url)
+
+    def request(self, method: str, url: str, *args: Any, **kwargs: Any) -> TwilioResponse:
+        parts = urlsplit(url)
+        if parts.hostname is not None and parts.hostname.endswith("twilio.com"):
+            url = urlunsplit(
+                parts._replace(scheme=self.base_url.scheme, netloc=self.base_url.netloc)
+            )
+        return super().request(method, url, *args, **kwargs)
+
+
+@pytest.fixture(scope="module")
+def redis_srv() -> Iterator[RedisServer]:
+    with redis_server() as server:
+        yield server
+
+
+@pytest.fixture()
+def openai_standin() -> Iterator[OpenAIStandIn]:
+    with OpenAIStandIn() as standin:
+        yield standin
+
+
+@pytest.fixture()
+def llm(openai_standin: OpenAIStandIn) -> openai.OpenAI:
+    return openai.OpenAI(
+        api_key="sk-test", base_url=openai_standin.base_url, timeout=SHORT_TIMEOUT, max_retries=0
+    )
+
+
+@pytest.fixture()
+def twilio_standin() -> Iterator[TwilioStandIn]:
+    with TwilioStandIn(ACCOUNT_SID, AUTH_TOKEN) as standin:
+        yield standin
+
+
+@pytest.fixture()
+def twilio(twilio_standin: TwilioStandIn) -> TwilioClient:
+    http_client = RedirectingHttpClient(twilio_standin.base_url, timeout=SHORT_TIMEOUT)
+    return TwilioClient(ACCOUNT_SID, AUTH_TOKEN, http_client=http_client)
+
+
+def ask(client: openai.OpenAI, text: str, **kwargs: Any) -> Any:
+    return client.chat.completions.create(
+        model="gpt-4o-mini",
+        messages=[
+            {"role": "system", "content": "You are a nutrition assistant."},
+            {"role": "user", "content": text},
+        ],
+        **kwargs,
+    )
+
+
+# -- redis ----------------------------------------------------------------------------------
+
+
+def test_redis_server_answers_ping_and_stores_values(redis_srv: RedisServer) -> None:
+    client = redis.Redis.from_url(redis_srv.url)
+    try:
+        assert client.ping() is True
+        client.set("greeting", "hello")
+        assert client.get("greeting") == b"hello"
+        assert redis_srv.url == f"redis://{redis_srv.host}:{redis_srv.port}/0"
+    finally:
+        client.close()
+
+
+# -- openai ---------------------------------------------------------------------------------
+
+
+def test_openai_completion_looks_like_openai(
+    llm: openai.OpenAI, openai_standin: OpenAIStandIn
+) -> None:
+    completion = ask(llm, "What is a carb?", max_tokens=50)
+
+    assert completion.id.startswith("chatcmpl-")
+    assert completion.object == "chat.completion"
+    assert completion.model == "gpt-4o-mini"
+    assert completion.system_fingerprint
+    choice = completion.choices[0]
+    assert choice.finish_reason == "stop"
+    assert choice.message.role == "assistant"
+    assert choice.message.content == "Here is your answer about: What is a carb?"
+    usage = completion.usage
+    assert usage is not None
+    # ceil(len("You are a nutrition assistant." + "What is a carb?") / 4) + 2 * 4
+    assert usage.prompt_tokens == 12 + 8
+    assert usage.completion_tokens == 11  # ceil(42 / 4)
+    assert usage.total_tokens == usage.prompt_tokens + usage.completion_tokens
+    assert usage.prompt_tokens_details is not None
+    assert usage.prompt_tokens_details.cached_tokens == 0
+    assert usage.completion_tokens_details is not None
+    assert usage.completion_tokens_details.reasoning_tokens == 0
+
+    (request,) = openai_standin.requests
+    assert request["headers"]["authorization"] == "Bearer sk-test"
+    assert request["json"]["max_tokens"] == 50
+    assert openai_standin.bodies[0]["messages"][1]["content"] == "What is a carb?"
+
+
+def test_openai_reply_is_truncated_at_max_tokens(
+    llm: openai.OpenAI, openai_standin: OpenAIStandIn
+) -> None:
+    openai_standin.reply = "x" * 100
+    completion = ask(llm, "Tell me everything.", max_completion_tokens=5)
+
+    assert completion.choices[0].finish_reason == "length"
+    assert completion.choices[0].message.content == "x" * 20
+    assert completion.usage is not None
+    assert completion.usage.completion_tokens == 5
+
+
+def test_openai_errors_map_to_the_client_exceptions(
+    llm: openai.OpenAI, openai_standin: OpenAIStandIn
+) -> None:
+    openai_standin.fail_next(500)
+    with pytest.raises(openai.InternalServerError) as server_error:
+        ask(llm, "hi")
+    assert server_error.value.status_code == 500
+    assert server_error.value.type == "server_error"
+
+    openai_standin.fail_next(429, times=2)
+    for _ in range(2):
+        with pytest.raises(openai.RateLimitError) as rate_limited:
+            ask(llm, "hi")
+        assert rate_limited.value.code == "rate_limit_exceeded"
+
+    openai_standin.fail_next(429, code="insufficient_quota")
+    with pytest.raises(openai.RateLimitError) as no_quota:
+        ask(llm, "hi")
+    assert no_quota.value.code == "insufficient_quota"
+    assert no_quota.value.type == "insufficient_quota"
+
+    assert ask(llm, "hi").choices[0].finish_reason == "stop"
+    assert len(openai_standin.requests) == 5
+
+
+def test_openai_slow_answer_times_out(llm: openai.OpenAI, openai_standin: OpenAIStandIn) -> None:
+    openai_standin.delay_seconds = SLOW
+    with pytest.raises(openai.APITimeoutError):
+        ask(llm, "hi")
+
+
+def test_openai_requires_a_bearer_key(openai_standin: OpenAIStandIn) -> None:
+    request = urllib.request.Request(
+        openai_standin.base_url + "/chat/completions",
+        data=json.dumps({"model": "gpt-4o-mini", "messages": []}).encode(),
+        headers={"Content-Type": "application/json"},
+        method="POST",
+    )
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(request, timeout=2)
+    assert refused.value.code == 401
+    assert json.load(refused.value)["error"]["type"] == "invalid_request_error"
+
+
+def test_openai_counts_concurrent_requests(
+    llm: openai.OpenAI, openai_standin: OpenAIStandIn
+) -> None:
+    openai_standin.delay_seconds = 0.15
+    threads = [threading.Thread(target=ask, args=(llm, f"question {i}")) for i in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert openai_standin.max_concurrent == 3
+    openai_standin.reset()
+    assert openai_standin.max_concurrent == 0
+    assert openai_standin.requests == []
+
+
+# -- twilio ---------------------------------------------------------------------------------
+
+
+def test_twilio_message_is_created_and_recorded(
+    twilio: TwilioClient, twilio_standin: TwilioStandIn
+) -> None:
+    message = twilio.messages.create(
+        to="+15551230001",
+        from_="+15559870002",
+        body="Your balance is 120 tokens.",
+        status_callback="https://bot.example.com/webhooks/twilio/status",
+    )
+
+    assert message.sid is not None and message.sid.startswith("SM") and len(message.sid) == 34
+    assert message.status == "queued"
+    assert message.direction == "outbound-api"
+    assert message.num_segments == "1"
+    assert message.date_created is not None
+    assert message.error_code is None
+    (sent,) = twilio_standin.sent
+    assert sent == {
+        "account_sid": ACCOUNT_SID,
+        "To": "+15551230001",
+        "From": "+15559870002",
+        "Body": "Your balance is 120 tokens.",
+        "StatusCallback": "https://bot.example.com/webhooks/twilio/status",
+        "sid": message.sid,
+        "response_status": 201,
+    }
+    assert twilio.messages(message.sid).fetch().body == "Your balance is 120 tokens."
+
+
+def test_twilio_errors_carry_status_and_code(
+    twilio: TwilioClient, twilio_standin: TwilioStandIn
+) -> None:
+    twilio_standin.fail_next(400, 21610)
+    with pytest.raises(TwilioRestException) as unsubscribed:
+        twilio.messages.create(to="+15551230001", from_="+15559870002", body="hi")
+    assert unsubscribed.value.status == 400
+    assert unsubscribed.value.code == 21610
+    assert "unsubscribed recipient" in unsubscribed.value.msg
+
+    twilio_standin.fail_next(429, 20429)
+    with pytest.raises(TwilioRestException) as throttled:
+        twilio.messages.create(to="+15551230001", from_="+15559870002", body="hi")
+    assert (throttled.value.status, throttled.value.code) == (429, 20429)
+
+    assert [entry["response_status"] for entry in twilio_standin.sent] == [400, 429]
+    assert twilio_standin.accepted == []
+
+
+def test_twilio_rejects_wrong_credentials(twilio_standin: TwilioStandIn) -> None:
+    client = TwilioClient(
+        ACCOUNT_SID, "wrong-token", http_client=RedirectingHttpClient(twilio_standin.base_url)
+    )
+    with pytest.raises(TwilioRestException) as refused:
+        client.messages.create(to="+15551230001", from_="+15559870002", body="hi")
+    assert (refused.value.status, refused.value.code) == (401, 20003)
+    assert twilio_standin.sent == []
+
+
+def test_twilio_slow_answer_raises_read_timeout(
+    twilio: TwilioClient, twilio_standin: TwilioStandIn
+) -> None:
+    twilio_standin.delay_seconds = SLOW
+    with pytest.raises(requests.exceptions.ReadTimeout):
+        twilio.messages.create(to="+15551230001", from_="+15559870002", body="hi")

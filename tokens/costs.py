@@ -1,0 +1,280 @@
+"""Cost of goods (COGS) per interaction, and per-account monthly rollups.
+
+Design (shared/design/economy.md, "Cost and revenue"):
+
+- Every cost is a `CostEntry` in integer µUSD with a kind (`llm`, `messaging`, `platform`) and a
+  unique idempotency key (`llm:<MessageSid>`, `msg:in:<MessageSid>`, `msg:out:<message id>`,
+  `platform:<MessageSid>`), so a retried job or a repeated delivery records a cost once.
+- LLM cost = prompt tokens x input price + completion tokens x output price, from the catalog's
+  model price table (`tokens.catalog.ModelPrice.cost_musd`, rounded up to whole µUSD).
+  Messaging cost = units (SMS segments, WhatsApp messages) x the channel's rate for the
+  direction. Platform cost = a fixed amount per interaction.
+- `AccountMonth` is the per-account monthly rollup (cost by kind, messages, LLM usage, tokens
+  charged). It is updated in the same transaction as the entry it sums, so reports read one
+  row per account and month, not every event.
+
+Functions take the SQLAlchemy `Session` explicitly and flush; the caller owns the transaction.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import BigInteger, CheckConstraint, ForeignKey, Integer, String, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Mapped, Session, mapped_column
+
+from tokens.base import Base, UTCDateTime, utcnow
+from tokens.catalog import Costs, ModelPrice
+from tokens.errors import InvalidAmount
+from tokens.ledger import month_of
+
+COST_KINDS = ("llm", "messaging", "platform")
+DIRECTIONS = ("in", "out")
+
+
+class CostEntry(Base):
+    """One cost the operator paid for a person's interaction, in µUSD. Never updated."""
+
+    __tablename__ = "cost_entries"
+    __table_args__ = (
+        CheckConstraint("amount_musd >= 0", name="amount_not_negative"),
+        CheckConstraint(f"kind IN ({', '.join(repr(k) for k in COST_KINDS)})", name="kind_known"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id"), index=True)
+    month: Mapped[str] = mapped_column(String(7))
+    kind: Mapped[str] = mapped_column(String(16))
+    amount_musd: Mapped[int] = mapped_column(BigInteger)
+    idempotency_key: Mapped[str] = mapped_column(String(200), unique=True)
+    intent: Mapped[str | None] = mapped_column(String(32))
+    model: Mapped[str | None] = mapped_column(String(64))
+    prompt_tokens: Mapped[int | None] = mapped_column(Integer)
+    completion_tokens: Mapped[int | None] = mapped_column(Integer)
+    channel: Mapped[str | None] = mapped_column(String(16))
+    direction: Mapped[str | None] = mapped_column(String(3))
+    units: Mapped[int | None] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+class AccountMonth(Base):
+    """One account's month: what it cost (µUSD by kind), its traffic and its LLM usage.
+
+    Attributes (all sums over the month, UTC):
+        cost_llm_musd, cost_messaging_musd, cost_platform_musd: COGS by kind, µUSD.
+        messages_in, messages_out: messages received from and sent to the person.
+        units_in, units_out: billed messaging units (SMS segments, WhatsApp messages).
+        llm_calls, llm_prompt_tokens, llm_completion_tokens: LLM calls that reached the API
+            and their usage (cached answers are not calls).
+        tokens_charged: tokens debited for answers, less tokens given back for replies
+            that were not delivered.
+    """
+
+    __tablename__ = "account_months"
+
+    account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id"), primary_key=True)
+    month: Mapped[str] = mapped_column(String(7), primary_key=True)
+    cost_llm_musd: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    cost_messaging_musd: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    cost_platform_musd: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    messages_in: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    messages_out: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    units_in: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    units_out: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    llm_calls: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    llm_prompt_tokens: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    llm_completion_tokens: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    tokens_charged: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+
+    @property
+    def cost_musd(self) -> int:
+        """Total COGS of the month, µUSD."""
+        return self.cost_llm_musd + self.cost_messaging_musd + self.cost_platform_musd
+
+
+@dataclass(frozen=True)
+class LlmUsage:
+    """What one LLM call used, from the response's `usage` (tokens)."""
+
+    model: str
+    prompt_tokens: int
+    completion_tokens: int
+
+
+def record_llm(
+    session: Session,
+    account_id: int,
+    usage: LlmUsage,
+    price: ModelPrice,
+    *,
+    key: str,
+    intent: str | None = None,
+    now: datetime | None = None,
+) -> int:
+    """Record the cost of one LLM call, once per `key` (e.g. "llm:<MessageSid>").
+
+    Returns:
+        The cost in µUSD (0 when `key` was recorded before: nothing changes).
+
+    Raises:
+        InvalidAmount: negative token counts.
+    """
+    if usage.prompt_tokens < 0 or usage.completion_tokens < 0:
+        raise InvalidAmount(f"LLM usage cannot be negative: {usage}")
+    amount = price.cost_musd(usage.prompt_tokens, usage.completion_tokens)
+    entry = CostEntry(kind="llm", amount_musd=amount, intent=intent, model=usage.model,
+                      prompt_tokens=usage.prompt_tokens,
+                      completion_tokens=usage.completion_tokens)
+    if not _post(session, account_id, entry, key, now):
+        return 0
+    _bump(session, account_id, entry.month, cost_llm_musd=amount, llm_calls=1,
+          llm_prompt_tokens=usage.prompt_tokens, llm_completion_tokens=usage.completion_tokens)
+    return amount
+
+
+def record_messaging(
+    session: Session,
+    account_id: int,
+    costs: Costs,
+    channel: str,
+    direction: str,
+    units: int,
+    *,
+    key: str,
+    now: datetime | None = None,
+) -> int:
+    """Record one message's messaging cost: `units` x the channel's rate for `direction`.
+
+    Args:
+        channel: "sms" or "whatsapp".
+        direction: "in" or "out".
+        units: billed units: SMS segments, or 1 per WhatsApp message (see the catalog's
+            `costs.messaging.<channel>.unit`).
+        key: e.g. "msg:in:<MessageSid>" or "msg:out:<message id>".
+
+    Returns:
+        The cost in µUSD (0 when `key` was recorded before).
+
+    Raises:
+        InvalidAmount: unknown channel or direction, or negative units.
+    """
+    rate = costs.messaging.get(channel)
+    if rate is None or direction not in DIRECTIONS or type(units) is not int or units < 0:
+        raise InvalidAmount(f"cannot price {units!r} units {direction!r} on {channel!r}")
+    per_unit = rate.inbound_musd if direction == "in" else rate.outbound_musd
+    amount = per_unit * units
+    entry = CostEntry(kind="messaging", amount_musd=amount, channel=channel,
+                      direction=direction, units=units)
+    if not _post(session, account_id, entry, key, now):
+        return 0
+    if direction == "in":
+        _bump(session, account_id, entry.month, cost_messaging_musd=amount, messages_in=1,
+              units_in=units)
+    else:
+        _bump(session, account_id, entry.month, cost_messaging_musd=amount, messages_out=1,
+              units_out=units)
+    return amount
+
+
+def record_platform(
+    session: Session, account_id: int, costs: Costs, *, key: str, now: datetime | None = None
+) -> int:
+    """Record the fixed platform cost of one interaction, once per `key`
+    (e.g. "platform:<MessageSid>"). Returns the cost in µUSD (0 on a repeat)."""
+    amount = costs.platform_musd
+    entry = CostEntry(kind="platform", amount_musd=amount)
+    if not _post(session, account_id, entry, key, now):
+        return 0
+    _bump(session, account_id, entry.month, cost_platform_musd=amount)
+    return amount
+
+
+def note_tokens_charged(
+    session: Session, account_id: int, tokens: int, now: datetime | None = None
+) -> None:
+    """Add `tokens` (negative for a release) to the month's tokens charged.
+
+    Call it in the transaction of the ledger operation it mirrors, and only when that
+    operation was not a replay.
+    """
+    if tokens:
+        _bump(session, account_id, month_of(now or utcnow()), tokens_charged=tokens)
+
+
+def month(session: Session, account_id: int, when: str | datetime | None = None) -> AccountMonth:
+    """The rollup of one account's month ("YYYY-MM", a moment in it, or None for now).
+
+    A month without activity gives a zero row (not stored).
+    """
+    label = when if isinstance(when, str) else month_of(when or utcnow())
+    row = session.get(AccountMonth, (account_id, label))
+    if row is None:
+        row = AccountMonth(account_id=account_id, month=label)
+        for column in AccountMonth.__table__.columns:
+            if column.name not in ("account_id", "month"):
+                setattr(row, column.name, 0)
+    return row
+
+
+def entries(session: Session, account_id: int, label: str) -> list[CostEntry]:
+    """The cost entries of one account's month, oldest first."""
+    return list(session.scalars(
+        select(CostEntry)
+        .where(CostEntry.account_id == account_id, CostEntry.month == label)
+        .order_by(CostEntry.id)
+    ))
+
+
+def _post(
+    session: Session, account_id: int, entry: CostEntry, key: str, now: datetime | None
+) -> bool:
+    """Insert `entry` under `key`; False when the key was recorded before."""
+    if session.scalar(select(CostEntry.id).where(CostEntry.idempotency_key == key)) is not None:
+        return False
+    moment = now or utcnow()
+    entry.account_id = account_id
+    entry.idempotency_key = key
+    entry.month = month_of(moment)
+    entry.created_at = moment
+    try:
+        with session.begin_nested():
+            session.add(entry)
+            session.flush()
+    except IntegrityError:
+        # A concurrent repeat of the key committed first.
+        if session.scalar(select(CostEntry.id).where(CostEntry.idempotency_key == key)) is None:
+            raise
+        return False
+    return True
+
+
+def _bump(session: Session, account_id: int, label: str, **increments: int) -> None:
+    """Add `increments` to the account's month row, creating it on first use."""
+    values = {name: getattr(AccountMonth, name) + amount for name, amount in increments.items()}
+    statement = (
+        update(AccountMonth)
+        .where(AccountMonth.account_id == account_id, AccountMonth.month == label)
+        .values(**values)
+        .execution_options(synchronize_session=False)
+    )
+    if session.execute(statement).rowcount == 1:  # type: ignore[attr-defined]
+        _expire_cached(session, account_id, label)
+        return
+    try:
+        with session.begin_nested():
+            session.add(AccountMonth(account_id=account_id, month=label, **increments))
+            session.flush()
+    except IntegrityError:
+        # Another transaction created the row first: add to it.
+        session.execute(statement)
+    _expire_cached(session, account_id, label)
+
+
+def _expire_cached(session: Session, account_id: int, label: str) -> None:
+    """The UPDATE bypassed the identity map: let a loaded row reload its sums."""
+    key = Session.identity_key(AccountMonth, (account_id, label))
+    row = session.identity_map.get(key)
+    if row is not None:
+        session.expire(row)
