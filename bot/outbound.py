@@ -292,12 +292,10 @@ def record_send(
         return None
     if result.code == OPTED_OUT:
         contact.set_opted_out(row.channel, now, f"twilio_21610:{row.channel}")
-    if result.code == OUTSIDE_WINDOW and not plan.is_template and row.channel == "whatsapp":
-        retry = _template_or_skip(session, row, contact, settings, catalog, now)
-        if retry is not None:
-            row.error_code = OUTSIDE_WINDOW
-            return retry
-        return None
+    if (result.code == OUTSIDE_WINDOW and not plan.is_template
+            and settings.whatsapp_template_sid is not None):
+        row.error_code = OUTSIDE_WINDOW
+        return _template_or_skip(session, row, contact, settings, catalog, now)
     _finish(session, row, "failed", result.code, now)
     return None
 

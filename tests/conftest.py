@@ -26,12 +26,18 @@ from twilio.request_validator import RequestValidator
 from app import create_app
 from app.config import Config
 from app.extensions import db
+from tests.support.openai_standin import OpenAIStandIn
 from tests.support.postgres import PG_USER, postgres_server
 from tests.support.postgres import url as postgres_url
+from tests.support.redis_server import RedisServer, redis_server
+from tests.support.twilio_standin import TwilioStandIn
 
 TESTS = Path(__file__).resolve().parent
 FIXTURES = TESTS / "fixtures"
 AUTH_TOKEN = "test-auth-token-0123456789abcdef"
+ACCOUNT_SID = "AC" + "0123456789abcdef" * 2
+SMS_FROM = "+15005550006"
+WHATSAPP_FROM = "+14155238886"
 PUBLIC_BASE_URL = "https://bot.example.com"
 INBOUND_PATH = "/webhooks/twilio/messages"
 TEMPLATE_DB = "bot_template"
@@ -73,6 +79,27 @@ def postgresql_server() -> Iterator[PostgreSQLExecutor]:
     """A real PostgreSQL server on a free loopback port, for the whole session."""
     with postgres_server() as server:
         yield server
+
+
+@pytest.fixture(scope="session")
+def redis_srv() -> Iterator[RedisServer]:
+    """A real `redis-server` on a free loopback port, for the whole session."""
+    with redis_server() as server:
+        yield server
+
+
+@pytest.fixture
+def openai_api() -> Iterator[OpenAIStandIn]:
+    """A local OpenAI-compatible API (chat completions) on loopback."""
+    with OpenAIStandIn() as standin:
+        yield standin
+
+
+@pytest.fixture
+def twilio_api() -> Iterator[TwilioStandIn]:
+    """A local stand-in for Twilio's Messages REST resource, recording every send."""
+    with TwilioStandIn(account_sid=ACCOUNT_SID, auth_token=AUTH_TOKEN) as standin:
+        yield standin
 
 
 @pytest.fixture(scope="session")
@@ -141,6 +168,59 @@ def app(database_url: str) -> Iterator[Flask]:
         yield application
         db.session.remove()
         db.engine.dispose()
+
+
+def queued_environment(
+    redis_url: str, twilio: TwilioStandIn, openai_api: OpenAIStandIn | None
+) -> dict[str, str]:
+    """The environment of a deployment with Redis, Twilio REST and (optionally) OpenAI."""
+    env = {
+        "REDIS_URL": redis_url,
+        "TWILIO_ACCOUNT_SID": ACCOUNT_SID,
+        "TWILIO_SMS_FROM": SMS_FROM,
+        "TWILIO_WHATSAPP_FROM": WHATSAPP_FROM,
+        "TWILIO_API_BASE": twilio.base_url,
+        "TWILIO_TIMEOUT_SECONDS": "2",
+        "TWILIO_RETRY_BACKOFF_SECONDS": "0",
+    }
+    if openai_api is not None:
+        env.update(OPENAI_API_KEY="sk-test", OPENAI_BASE_URL=openai_api.base_url,
+                   OPENAI_TIMEOUT_SECONDS="2")
+    return env
+
+
+@pytest.fixture
+def queued_app(
+    database_url: str, redis_srv: RedisServer, twilio_api: TwilioStandIn,
+    openai_api: OpenAIStandIn,
+) -> Iterator[Flask]:
+    """The app as deployed with Redis + RQ, the Twilio REST API and OpenAI (all local)."""
+    import redis
+
+    connection = redis.Redis.from_url(redis_srv.url)
+    connection.flushdb()
+    connection.close()
+    application = create_app(config_for(
+        database_url, **queued_environment(redis_srv.url, twilio_api, openai_api)
+    ))
+    with application.app_context():
+        yield application
+        db.session.remove()
+        db.engine.dispose()
+
+
+def run_worker(application: Flask) -> int:
+    """Run a real RQ worker (burst mode, in this process) until the queue is empty; returns
+    the number of jobs it finished."""
+    from rq import SimpleWorker
+
+    from app.queue import answers_queue, redis_connection
+
+    queue = answers_queue(application)
+    assert queue is not None
+    finished = queue.finished_job_registry.count
+    SimpleWorker([queue], connection=redis_connection(application)).work(burst=True)
+    return int(queue.finished_job_registry.count - finished)
 
 
 @pytest.fixture

@@ -63,4 +63,4 @@ class LlmSkill:
             offline = self.fallback.answer(request)
         except SkillFailed as exc:
             return exc.reply or replies.SKILL_FAILED
-        return f"{offline.text}\n{replies.OFFLINE_FREE}"
+        return f"{replies.OFFLINE_FREE}\n{offline.text}"

@@ -1,0 +1,337 @@
+"""Queued answers: Redis + RQ, OpenAI, the Twilio REST API (all real or local stand-ins).
+
+Issue #4's "done": with Redis and a worker, a signed "meal plan" gets `<Response/>` at once, the
+worker sends the answer through the (stand-in) Twilio API, the hold is captured, and the LLM
+cost shows on the person's month; an LLM failure charges nothing.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+import redis
+from flask import Flask
+from rq import Queue
+from sqlalchemy import select
+
+from app.jobs import answer_job
+from app.queue import QUEUE_NAME, enqueue_answer, job_id_for, redis_connection
+from bot import replies
+from bot.models import Contact, Message
+from tokens import costs, ledger
+from tokens.ledger import Hold
+from tests.conftest import (
+    PUBLIC_BASE_URL,
+    SMS_FROM,
+    WHATSAPP_FROM,
+    post_signed,
+    run_worker,
+    sms,
+    whatsapp,
+)
+from tests.tokens.ledger_checks import assert_consistent
+
+PHONE = "+16505558893"
+
+
+@pytest.fixture
+def session(queued_app: Flask):
+    """The queued app's session (the shared `session` fixture would push another app)."""
+    from app.extensions import db
+
+    return db.session
+EMPTY = '<?xml version="1.0" encoding="UTF-8"?><Response />'
+
+
+def account_of(session, phone: str = PHONE) -> int:
+    contact = session.scalar(select(Contact).where(Contact.address == phone))
+    assert contact is not None
+    return contact.account_id
+
+
+def hold_of(session, sid: str) -> Hold:
+    hold = session.scalar(select(Hold).where(Hold.idempotency_key == f"hold:{sid}"))
+    assert hold is not None
+    session.refresh(hold)
+    return hold
+
+
+def test_meal_plan_is_queued_then_answered_by_the_worker(queued_app: Flask, session, twilio_api,
+                                                         openai_api):
+    client = queued_app.test_client()
+    openai_api.reply = "Day 1: oats, lentil soup, tofu stir-fry. About 1800 kcal."
+    response = post_signed(client, sms("meal plan", sid="SMqueued1"))
+
+    # The webhook answers at once, with nothing: the answer comes later by REST.
+    assert response.status_code == 200
+    assert response.get_data(as_text=True) == EMPTY
+    account = account_of(session)
+    assert hold_of(session, "SMqueued1").status == "pending"
+    assert ledger.balance(session, account).available == 95  # 100 free, 5 held
+    queue = Queue(QUEUE_NAME, connection=redis_connection(queued_app))
+    assert queue.job_ids == [job_id_for("SMqueued1")]
+    assert twilio_api.sent == [] and openai_api.requests == []
+
+    assert run_worker(queued_app) == 1
+
+    [send] = twilio_api.accepted
+    assert send["To"] == PHONE and send["From"] == SMS_FROM
+    assert send["Body"] == openai_api.reply
+    assert send["StatusCallback"] == f"{PUBLIC_BASE_URL}/webhooks/twilio/status"
+    session.expire_all()
+    assert hold_of(session, "SMqueued1").status == "captured"
+    balance = ledger.balance(session, account)
+    assert balance.posted == 95 and balance.available == 95
+    reply = session.scalar(select(Message).where(Message.direction == "out"))
+    assert reply.status == "queued" and reply.message_sid == send["sid"]
+    inbound = session.scalar(select(Message).where(Message.message_sid == "SMqueued1"))
+    assert inbound.outcome == "answered" and inbound.tokens_charged == 5
+
+    # The LLM cost is on the person's month, priced from the response's usage.
+    [call] = openai_api.bodies
+    assert call["model"] == "gpt-4o-mini" and call["max_tokens"] == 400
+    label = costs.month(session, account).month
+    [llm] = [e for e in costs.entries(session, account, label) if e.kind == "llm"]
+    price = queued_app.extensions["bot_settings"].catalog.costs.model("gpt-4o-mini")
+    assert llm.amount_musd == price.cost_musd(llm.prompt_tokens, llm.completion_tokens) > 0
+    month = costs.month(session, account)
+    assert month.cost_llm_musd == llm.amount_musd and month.llm_calls == 1
+    assert month.tokens_charged == 5
+    # Messaging: one SMS segment in, one out; plus the platform's per-interaction cost.
+    assert month.messages_in == 1 and month.messages_out == 1
+    assert month.cost_messaging_musd == 2 * 7900 and month.cost_platform_musd == 200
+    assert_consistent(session, account)
+
+
+def test_llm_failure_sends_the_offline_answer_and_charges_nothing(queued_app, session,
+                                                                  twilio_api, openai_api):
+    client = queued_app.test_client()
+    openai_api.fail_next(500, times=5)
+    post_signed(client, whatsapp("meal plan", sid="SMfail1"))
+    run_worker(queued_app)
+
+    [send] = twilio_api.accepted
+    assert send["To"] == f"whatsapp:{PHONE}" and send["From"] == f"whatsapp:{WHATSAPP_FROM}"
+    assert send["Body"].startswith(replies.OFFLINE_FREE) and "Breakfast" in send["Body"]
+    session.expire_all()
+    account = account_of(session)
+    assert hold_of(session, "SMfail1").status == "voided"
+    assert ledger.balance(session, account).available == 100
+    month = costs.month(session, account)
+    assert month.tokens_charged == 0 and month.cost_llm_musd == 0
+    assert_consistent(session, account)
+
+
+def test_llm_timeout_charges_nothing(queued_app, session, twilio_api, openai_api):
+    openai_chat = queued_app.extensions["bot_settings"].chat.client
+    openai_chat.client = openai_chat.client.with_options(timeout=0.3, max_retries=0)
+    openai_api.delay_seconds = 1.0
+    post_signed(queued_app.test_client(), sms("grocery list for the week", sid="SMslow1"))
+    run_worker(queued_app)
+
+    [send] = twilio_api.accepted
+    assert send["Body"].startswith(replies.OFFLINE_FREE)
+    session.expire_all()
+    assert hold_of(session, "SMslow1").status == "voided"
+    assert ledger.balance(session, account_of(session)).available == 100
+
+
+def test_a_repeated_delivery_or_enqueue_makes_one_job_and_one_send(queued_app, session,
+                                                                   twilio_api):
+    client = queued_app.test_client()
+    fields = sms("recipe for pancakes", sid="SMtwice1")
+    assert post_signed(client, fields).status_code == 200
+    assert post_signed(client, fields).get_data(as_text=True) == EMPTY
+    assert enqueue_answer(queued_app, "SMtwice1")  # a duplicate enqueue is a no-op
+    queue = Queue(QUEUE_NAME, connection=redis_connection(queued_app))
+    assert queue.count == 1
+    run_worker(queued_app)
+    # A job run again (an RQ retry) finds nothing left to answer or send.
+    assert answer_job("SMtwice1") == "nothing to do"
+    assert len(twilio_api.sent) == 1
+    session.expire_all()
+    assert ledger.balance(session, account_of(session)).available == 98
+
+
+def test_free_commands_still_answer_inline_with_redis(queued_app, twilio_api):
+    response = post_signed(queued_app.test_client(), sms("BALANCE"))
+    assert "You have 100 tokens" in response.get_data(as_text=True)
+    assert twilio_api.sent == []
+
+
+def test_twilio_429_is_retried_with_backoff(queued_app, session, twilio_api):
+    twilio_api.fail_next(429, 20429, times=2)
+    post_signed(queued_app.test_client(), sms("calories in 2 eggs", sid="SM429"))
+    run_worker(queued_app)
+    assert [s["response_status"] for s in twilio_api.sent] == [429, 429, 201]
+    reply = session.scalar(select(Message).where(Message.direction == "out"))
+    session.refresh(reply)
+    assert reply.status == "queued"
+
+
+def test_21610_marks_the_contact_opted_out_and_gives_the_tokens_back(queued_app, session,
+                                                                     twilio_api):
+    twilio_api.fail_next(400, 21610, "Attempt to send to unsubscribed recipient")
+    post_signed(queued_app.test_client(), sms("meal plan", sid="SM21610"))
+    run_worker(queued_app)
+
+    assert len(twilio_api.sent) == 1  # permanent: not retried
+    session.expire_all()
+    reply = session.scalar(select(Message).where(Message.direction == "out"))
+    assert (reply.status, reply.error_code) == ("failed", 21610)
+    contact = session.scalar(select(Contact).where(Contact.address == PHONE))
+    assert contact.sms_opted_out_at is not None and contact.whatsapp_opted_out_at is None
+    account = contact.account_id
+    assert ledger.balance(session, account).available == 100  # the 5 tokens came back
+    assert costs.month(session, account).tokens_charged == 0
+    assert costs.month(session, account).messages_out == 0  # Twilio sent nothing
+    assert_consistent(session, account)
+    # Nothing is ever sent to the opted-out channel afterwards.
+    post_signed(queued_app.test_client(), sms("recipe for soup", sid="SMafter"))
+    run_worker(queued_app)
+    assert len(twilio_api.sent) == 1
+
+
+def test_63016_falls_back_to_the_configured_template(queued_app, session, twilio_api):
+    queued_app.extensions["outbound"] = type(queued_app.extensions["outbound"])(
+        status_callback_url=None, whatsapp_template_sid="HX" + "a" * 32, backoff_seconds=0
+    )
+    twilio_api.fail_next(400, 63016, "outside the allowed window")
+    post_signed(queued_app.test_client(), whatsapp("meal plan", sid="SM63016"))
+    run_worker(queued_app)
+
+    first, second = twilio_api.sent
+    assert first["response_status"] == 400 and "Body" in first
+    assert second["ContentSid"] == "HX" + "a" * 32 and "Body" not in second
+    session.expire_all()
+    contact = session.scalar(select(Contact).where(Contact.address == PHONE))
+    assert contact.more_text  # the answer waits for MORE
+    reply = session.scalar(select(Message).where(Message.direction == "out"))
+    assert reply.status == "queued"
+    assert ledger.balance(session, contact.account_id).available == 95
+
+
+def test_63016_without_a_template_fails_and_refunds(queued_app, session, twilio_api):
+    twilio_api.fail_next(400, 63016, "outside the allowed window")
+    post_signed(queued_app.test_client(), whatsapp("meal plan", sid="SM63016b"))
+    run_worker(queued_app)
+    assert len(twilio_api.sent) == 1
+    session.expire_all()
+    reply = session.scalar(select(Message).where(Message.direction == "out"))
+    assert (reply.status, reply.error_code) == ("failed", 63016)
+    assert ledger.balance(session, account_of(session)).available == 100
+
+
+def test_a_send_that_times_out_is_unknown_and_never_resent(queued_app, session, twilio_api):
+    sender = queued_app.extensions.get("sender")
+    assert sender is None
+    from app.jobs import twilio_sender
+
+    twilio_sender(queued_app).client.http_client.timeout = 0.3
+    twilio_api.delay_seconds = 1.0
+    post_signed(queued_app.test_client(), sms("recipe for soup", sid="SMtimeout"))
+    run_worker(queued_app)
+    twilio_api.delay_seconds = 0
+    deadline = time.monotonic() + 5
+    while not twilio_api.sent and time.monotonic() < deadline:
+        time.sleep(0.05)  # the stand-in records the send once its delay is over
+
+    assert len(twilio_api.sent) == 1
+    session.expire_all()
+    reply = session.scalar(select(Message).where(Message.direction == "out"))
+    assert reply.status == "unknown" and reply.message_sid is None
+    reply_id = reply.id
+    assert answer_job("SMtimeout") == "nothing to do"  # a retry does not resend
+    assert len(twilio_api.sent) == 1
+    # Its status callback arrives after all: the row adopts the sid and moves on.
+    sid = twilio_api.sent[0]["sid"]
+    callback = {"MessageSid": sid, "MessageStatus": "delivered", "To": PHONE,
+                "AccountSid": "AC1"}
+    assert post_signed(queued_app.test_client(), callback,
+                       path="/webhooks/twilio/status").status_code == 204
+    session.expire_all()
+    reply = session.get(Message, reply_id)
+    assert (reply.message_sid, reply.status) == (sid, "delivered")
+
+
+def test_redis_down_answers_inline_through_rest(database_url, twilio_api, openai_api):
+    from app import create_app
+    from app.extensions import db
+    from tests.conftest import config_for, queued_environment
+
+    env = queued_environment("redis://127.0.0.1:1/0", twilio_api, openai_api)
+    application = create_app(config_for(database_url, **env))
+    with application.app_context():
+        response = post_signed(application.test_client(), sms("meal plan", sid="SMnoredis"))
+        assert response.get_data(as_text=True) == EMPTY
+        assert len(twilio_api.accepted) == 1
+        account = account_of(db.session)
+        assert ledger.balance(db.session, account).available == 95
+        db.session.remove()
+        db.engine.dispose()
+
+
+@pytest.mark.backends("postgresql")
+def test_one_persons_jobs_run_one_at_a_time(queued_app, session, openai_api, twilio_api):
+    """Two quick messages from one person never race: their jobs take turns (Redis lock);
+    two different people's jobs run side by side."""
+    client = queued_app.test_client()
+    post_signed(client, sms("meal plan", sid="SMa1"))
+    post_signed(client, sms("recipe for soup", sid="SMa2"))
+    post_signed(client, sms("vegan meal plan", sid="SMb1", sender="+16505550001"))
+    openai_api.delay_seconds = 0.4
+
+    def run(sids: list[str]) -> None:
+        errors: list[BaseException] = []
+
+        def one(sid: str) -> None:
+            try:
+                with queued_app.app_context():
+                    answer_job(sid)
+            except BaseException as exc:  # surfaced below
+                errors.append(exc)
+
+        threads = [threading.Thread(target=one, args=(sid,)) for sid in sids]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(30)
+        assert not errors
+
+    run(["SMa1", "SMa2"])
+    assert openai_api.max_concurrent == 1
+    openai_api.reset()
+    openai_api.delay_seconds = 0.4
+    post_signed(client, sms("recipe for cake", sid="SMa3"))
+    run(["SMa3", "SMb1"])
+    assert openai_api.max_concurrent == 2
+    session.expire_all()
+    assert ledger.balance(session, account_of(session)).available == 100 - 5 - 2 - 2
+    assert len(twilio_api.accepted) == 4
+
+
+def test_worker_command_needs_redis(database_url):
+    from app import create_app
+    from tests.conftest import config_for
+
+    result = create_app(config_for(database_url)).test_cli_runner().invoke(
+        args=["worker", "--burst"])
+    assert result.exit_code != 0
+    assert "REDIS_URL is not set" in result.output
+
+
+def test_worker_command_runs_queued_jobs(queued_app, twilio_api):
+    post_signed(queued_app.test_client(), sms("meal plan", sid="SMcli"))
+    result = queued_app.test_cli_runner().invoke(args=["worker", "--burst"])
+    assert result.exit_code == 0, result.output
+    assert len(twilio_api.accepted) == 1
+
+
+def test_lock_is_released_after_a_job(queued_app):
+    post_signed(queued_app.test_client(), sms("meal plan", sid="SMlock"))
+    run_worker(queued_app)
+    connection = redis_connection(queued_app)
+    assert isinstance(connection, redis.Redis)
+    assert connection.keys("bot:lock:*") == []
