@@ -200,6 +200,10 @@ def plan_send(
     no template configured. Outside the window with a template: the template goes out and
     the answer waits on the contact for MORE.
 
+    A row about to be sent is marked `unknown` first: if the process dies during the call, a
+    retry does not send it again (there is no idempotency key for sending), and a status
+    callback to the same address can still adopt it.
+
     Returns:
         The `SendPlan`, or None when there is nothing to send (the row is not pending, or was
         skipped now). Flushes; the caller commits before sending.
@@ -208,6 +212,17 @@ def plan_send(
     row = session.get(Message, message_id)
     if row is None or row.direction != "out" or row.status != "pending":
         return None
+    plan = _plan(session, row, settings, catalog, now)
+    if plan is not None:
+        row.status = "unknown"
+        row.status_at = now
+        session.flush()
+    return plan
+
+
+def _plan(
+    session: Session, row: Message, settings: OutboundSettings, catalog: Catalog, now: datetime
+) -> SendPlan | None:
     contact = session.get(Contact, row.contact_id)
     assert contact is not None
     if contact.opted_out_at(row.channel) is not None:
@@ -276,12 +291,20 @@ def record_send(
     contact = session.get(Contact, row.contact_id)
     assert contact is not None
     if isinstance(result, Sent):
-        row.message_sid = result.sid
-        row.status = result.status if result.status in STATUS_RANK else "queued"
-        row.status_at = now
+        if row.message_sid is None:  # a callback may have adopted the row already
+            row.message_sid = result.sid
+        _advance(session, row, result.status if result.status in STATUS_RANK else "queued",
+                 None, now)
         units = row.units if not plan.is_template else 1
         costs.record_messaging(session, contact.account_id, catalog.costs, row.channel, "out",
                                units, key=f"msg:out:{row.id}", now=now)
+        # Callbacks can arrive before the sid is stored: apply the ones kept meanwhile.
+        early = session.execute(
+            select(MessageStatusEvent.status, MessageStatusEvent.error_code)
+            .where(MessageStatusEvent.message_sid == result.sid)
+        ).all()
+        for status, code in sorted(early, key=lambda item: STATUS_RANK.get(item[0], -1)):
+            _advance(session, row, status, code, now)
         return None
     log.warning("send failed", extra={"code": result.code, "http_status": result.http_status,
                                       "timed_out": result.timed_out,
@@ -328,21 +351,29 @@ def apply_status(
     if row is None or row.direction != "out":
         log.info("status callback for an unknown message", extra={"status": update.status})
         return False
+    changed = _advance(session, row, update.status, update.error_code, now)
+    session.flush()
+    return changed
+
+
+def _advance(
+    session: Session, row: Message, status: str, code: int | None, now: datetime
+) -> bool:
+    """Move `row` to `status` if that is forward; False when it is not (kept as it was)."""
     current = row.status or "pending"
-    if current in FINAL_STATES or STATUS_RANK.get(update.status, -1) <= STATUS_RANK.get(current, 0):
+    if current in FINAL_STATES or STATUS_RANK.get(status, -1) <= STATUS_RANK.get(current, 0):
         return False
-    if update.error_code == OPTED_OUT:
+    if code == OPTED_OUT:
         contact = session.get(Contact, row.contact_id)
         assert contact is not None
         contact.set_opted_out(row.channel, now, f"twilio_21610:{row.channel}")
-    if update.status in NOT_DELIVERED:
-        _finish(session, row, update.status, update.error_code, now)
+    if status in NOT_DELIVERED:
+        _finish(session, row, status, code, now)
     else:
-        row.status = update.status
+        row.status = status
         row.status_at = now
-        if update.error_code is not None:
-            row.error_code = update.error_code
-    session.flush()
+        if code is not None:
+            row.error_code = code
     return True
 
 

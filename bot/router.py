@@ -587,6 +587,9 @@ def _settle_ledger(
     now: datetime,
 ) -> tuple[str, tuple[str, ...], int]:
     """Capture or void the hold and record the LLM cost: (outcome kind, texts, tokens)."""
+    # The account row first, as everywhere, before the monthly rollup row: no deadlock with
+    # a webhook of the same person.
+    ledger.lock_account(session, pending.account_id)
     if result.usage is not None:
         price = settings.catalog.costs.model(result.usage.model)
         costs.record_llm(session, pending.account_id, result.usage, price,

@@ -12,17 +12,15 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import openai
 import pytest
 import redis
 import requests
 from twilio.base.exceptions import TwilioRestException
-from twilio.http.http_client import TwilioHttpClient
-from twilio.http.response import Response as TwilioResponse
 from twilio.rest import Client as TwilioClient
 
+from bot.channels.twilio import BaseUrlHttpClient
 from tests.support.openai_standin import OpenAIStandIn
 from tests.support.redis_server import RedisServer, redis_server
 from tests.support.twilio_standin import TwilioStandIn
@@ -31,22 +29,6 @@ ACCOUNT_SID = "AC" + "0123456789abcdef" * 2
 AUTH_TOKEN = "standin-auth-token"
 SHORT_TIMEOUT = 0.3
 SLOW = 1.0
-
-
-class RedirectingHttpClient(TwilioHttpClient):  # type: ignore[misc]  # twilio is untyped
-    """A `TwilioHttpClient` that sends `https://*.twilio.com/...` requests to `base_url`."""
-
-    def __init__(self, base_url: str, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.base_url = urlsplit(base_url)
-
-    def request(self, method: str, url: str, *args: Any, **kwargs: Any) -> TwilioResponse:
-        parts = urlsplit(url)
-        if parts.hostname is not None and parts.hostname.endswith("twilio.com"):
-            url = urlunsplit(
-                parts._replace(scheme=self.base_url.scheme, netloc=self.base_url.netloc)
-            )
-        return super().request(method, url, *args, **kwargs)
 
 
 @pytest.fixture(scope="module")
@@ -76,7 +58,7 @@ def twilio_standin() -> Iterator[TwilioStandIn]:
 
 @pytest.fixture()
 def twilio(twilio_standin: TwilioStandIn) -> TwilioClient:
-    http_client = RedirectingHttpClient(twilio_standin.base_url, timeout=SHORT_TIMEOUT)
+    http_client = BaseUrlHttpClient(twilio_standin.base_url, timeout=SHORT_TIMEOUT)
     return TwilioClient(ACCOUNT_SID, AUTH_TOKEN, http_client=http_client)
 
 
@@ -262,7 +244,7 @@ def test_twilio_errors_carry_status_and_code(
 
 def test_twilio_rejects_wrong_credentials(twilio_standin: TwilioStandIn) -> None:
     client = TwilioClient(
-        ACCOUNT_SID, "wrong-token", http_client=RedirectingHttpClient(twilio_standin.base_url)
+        ACCOUNT_SID, "wrong-token", http_client=BaseUrlHttpClient(twilio_standin.base_url)
     )
     with pytest.raises(TwilioRestException) as refused:
         client.messages.create(to="+15551230001", from_="+15559870002", body="hi")

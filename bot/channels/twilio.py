@@ -218,7 +218,7 @@ def _location(form: Mapping[str, str]) -> Location | None:
 TWILIO = register(TwilioAdapter())
 
 
-class _BaseUrlHttpClient(TwilioHttpClient):  # type: ignore[misc]
+class BaseUrlHttpClient(TwilioHttpClient):  # type: ignore[misc]
     """Twilio's HTTP client, sending every `*.twilio.com` request to `base_url` instead
     (`TWILIO_API_BASE`: a stand-in in tests, a proxy in some deployments)."""
 
@@ -259,7 +259,7 @@ class TwilioRestSender:
     ) -> None:
         http_client: TwilioHttpClient
         if api_base:
-            http_client = _BaseUrlHttpClient(api_base, timeout=timeout_seconds)
+            http_client = BaseUrlHttpClient(api_base, timeout=timeout_seconds)
         else:
             http_client = TwilioHttpClient(timeout=timeout_seconds)
         self.client = Client(account_sid, auth_token, http_client=http_client)

@@ -20,8 +20,6 @@ from app.jobs import answer_job
 from app.queue import QUEUE_NAME, enqueue_answer, job_id_for, redis_connection
 from bot import replies
 from bot.models import Contact, Message
-from tokens import costs, ledger
-from tokens.ledger import Hold
 from tests.conftest import (
     PUBLIC_BASE_URL,
     SMS_FROM,
@@ -32,6 +30,8 @@ from tests.conftest import (
     whatsapp,
 )
 from tests.tokens.ledger_checks import assert_consistent
+from tokens import costs, ledger
+from tokens.ledger import Hold
 
 PHONE = "+16505558893"
 
