@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import os
 import secrets
 from collections.abc import Callable, Mapping
@@ -138,6 +139,6 @@ def _seconds(
         value = float(raw)
     except ValueError:
         raise ConfigError(f"{name} must be a number of seconds, not {raw!r}") from None
-    if value < 0 or (value == 0 and not allow_zero) or value != value:
+    if not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
         raise ConfigError(f"{name} must be a positive number of seconds, not {raw!r}")
     return value

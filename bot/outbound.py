@@ -401,7 +401,7 @@ def release_charge(session: Session, row: Message, now: datetime | None = None) 
         session, f"debit:{inbound.message_sid}", key=f"refund:{inbound.message_sid}",
         memo="reply not delivered", now=now,
     )
-    if refunded.replayed:
+    if refunded.replayed or not refunded.amount:
         return 0
     account_id = session.scalar(select(Contact.account_id).where(Contact.id == inbound.contact_id))
     assert account_id is not None

@@ -42,7 +42,7 @@ from __future__ import annotations
 import secrets
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import (
     BigInteger,
@@ -276,7 +276,10 @@ class HistoryLine:
 
 
 def month_of(moment: datetime) -> str:
-    """The calendar month (UTC) of `moment` as "YYYY-MM" (economy.md, Units)."""
+    """The calendar month (UTC) of `moment` as "YYYY-MM" (economy.md, Units); an aware time in
+    another zone is converted to UTC first."""
+    if moment.tzinfo is not None:
+        moment = moment.astimezone(UTC)
     return f"{moment.year:04d}-{moment.month:02d}"
 
 
@@ -767,8 +770,10 @@ def refund_debit(
         now: the posting time (UTC).
 
     Returns:
-        `Posted` with the refund entries (none, `amount` 0, when every lot had expired). A
-        repeat with the same key returns the first result, `replayed=True`.
+        `Posted` with the refund entries (none, `amount` 0, when every lot had expired). A debit
+        is refunded once: a repeat, with this key or another, returns the first refund with
+        `replayed=True`. (A refund that gave nothing back leaves no entry, so its repeat finds
+        nothing to give either and returns `amount` 0 again.)
 
     Raises:
         UnknownEntry: no debit was posted under `debit_key`.
@@ -787,7 +792,8 @@ def refund_debit(
     now = now or utcnow()
     with session.begin_nested():
         _lock_account(session, account_id)
-        replay = _replay(session, key)  # a concurrent refund with this key just committed
+        # Checked under the lock: a concurrent refund of this debit, under any key, is done.
+        replay = _replay(session, key) or _earlier_refund(session, debits)
         if replay is not None:
             return replay
         entries: list[LedgerEntry] = []
@@ -1021,6 +1027,17 @@ def _expiry_plan(
         used += keep
         plan.append((lot, lot.remaining - keep))
     return plan
+
+
+def _earlier_refund(session: Session, debits: Sequence[LedgerEntry]) -> Posted | None:
+    """The refund already posted for any of `debits`, under whatever key, or None."""
+    key = session.scalar(
+        select(LedgerEntry.operation_key)
+        .where(LedgerEntry.kind == "refund",
+               LedgerEntry.corrects_id.in_([debit.id for debit in debits]))
+        .limit(1)
+    )
+    return None if key is None else _replay(session, key)
 
 
 def lock_account(session: Session, account_id: int) -> None:

@@ -335,3 +335,16 @@ def test_lock_is_released_after_a_job(queued_app):
     connection = redis_connection(queued_app)
     assert isinstance(connection, redis.Redis)
     assert connection.keys("bot:lock:*") == []
+
+
+def test_readyz_checks_redis_when_configured(queued_app, database_url, twilio_api):
+    assert queued_app.test_client().get("/readyz").get_json() == {
+        "status": "ok", "database": "ok", "redis": "ok"}
+    from app import create_app
+    from tests.conftest import config_for, queued_environment
+
+    down = create_app(config_for(database_url, **queued_environment(
+        "redis://127.0.0.1:1/0", twilio_api, None)))
+    with down.app_context():
+        response = down.test_client().get("/readyz")
+    assert response.status_code == 503 and response.get_json()["redis"] == "unreachable"

@@ -312,12 +312,6 @@ def test_a_loaded_rollup_sees_later_records(session, account):
     assert costs.month(session, account, NOV).cost_platform_musd == 400
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: tokens.costs labels the month with ledger.month_of(now) on the datetime as given, "
-    "without converting it to UTC, so an aware non-UTC time (accepted by UTCDateTime, which "
-    "stores it as UTC) lands in the wrong month: 2026-12-01 00:30+01:00 is 2026-11-30 23:30 "
-    "UTC but is rolled up in 2026-12."
-))
 def test_the_month_is_the_utc_month_even_for_a_non_utc_time(session, account):
     paris = timezone(timedelta(hours=1))
     moment = datetime(2026, 12, 1, 0, 30, tzinfo=paris)

@@ -1,0 +1,119 @@
+"""Benchmark (not a test): how fast the inbound webhook answers, and how fast a worker drains.
+
+Issue #4 asks that, with Redis and a worker, a signed "meal plan" gets `<Response/>` within a
+fraction of a second. This measures, on a throwaway PostgreSQL server and a real redis-server,
+with the local OpenAI and Twilio stand-ins of the test suite:
+
+- inline:  no Redis; the webhook runs the offline skill and answers TwiML (the embedded shape);
+- queued:  Redis; the webhook stores, holds, commits, enqueues and answers `<Response/>`;
+- worker:  one RQ SimpleWorker answering the queued messages (LLM stand-in + REST stand-in).
+
+Each message comes from its own sender, signed as Twilio signs it, through Flask's test client
+(no HTTP server: this is the app's own time). One process, so the numbers are per core.
+
+    .venv/bin/python -m bench.webhook [--messages 200] [--json F]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import redis
+from flask import Flask
+
+from bench.ledger import database
+
+
+@dataclass(frozen=True)
+class Row:
+    """One measured mode: latency per message (ms) or, for the worker, jobs per second."""
+
+    mode: str
+    messages: int
+    seconds: float
+    per_second: float
+    p50_ms: float
+    p95_ms: float
+    p99_ms: float
+
+
+def _row(mode: str, latencies: list[float], seconds: float) -> Row:
+    ordered = sorted(latencies)
+    q = statistics.quantiles(ordered, n=100) if len(ordered) > 1 else ordered * 99
+    return Row(mode, len(latencies), round(seconds, 3), round(len(latencies) / seconds, 1),
+               round(q[49] * 1000, 2), round(q[94] * 1000, 2), round(q[98] * 1000, 2))
+
+
+def post_all(app: Flask, n: int, prefix: str) -> tuple[list[float], float]:
+    """POST `n` signed meal plan messages, each from a new sender; (latencies s, total s)."""
+    from tests.conftest import post_signed, sms
+
+    client = app.test_client()
+    latencies = []
+    started = time.perf_counter()
+    for i in range(n):
+        # Distinct texts, so that the worker calls the LLM for each (no cache hits).
+        fields = sms(f"meal plan {1200 + i} kcal", sid=f"SM{prefix}{i:08d}",
+                     sender=f"+1650555{i:04d}")
+        t0 = time.perf_counter()
+        response = post_signed(client, fields)
+        latencies.append(time.perf_counter() - t0)
+        assert response.status_code == 200, response.get_data(as_text=True)
+    return latencies, time.perf_counter() - started
+
+
+def run(messages: int) -> list[Row]:
+    from app import create_app
+    from app.extensions import db
+    from tests.conftest import config_for, queued_environment, run_worker
+    from tests.support.openai_standin import OpenAIStandIn
+    from tests.support.redis_server import redis_server
+    from tests.support.twilio_standin import TwilioStandIn
+
+    rows = []
+    with database(None) as url, redis_server() as server, TwilioStandIn() as twilio, \
+            OpenAIStandIn() as llm:
+        inline = create_app(config_for(url))
+        with inline.app_context():
+            latencies, seconds = post_all(inline, messages, "inline")
+            rows.append(_row("inline (offline skill, TwiML)", latencies, seconds))
+            db.session.remove()
+            db.engine.dispose()
+
+        redis.Redis.from_url(server.url).flushdb()
+        queued = create_app(config_for(url, **queued_environment(server.url, twilio, llm)))
+        with queued.app_context():
+            latencies, seconds = post_all(queued, messages, "queued")
+            rows.append(_row("queued (<Response/>)", latencies, seconds))
+            started = time.perf_counter()
+            done = run_worker(queued)
+            seconds = time.perf_counter() - started
+            assert done == messages and len(twilio.accepted) == messages, (done, len(twilio.sent))
+            per_job = [seconds / messages] * messages
+            rows.append(_row("worker (LLM + REST send)", per_job, seconds))
+            db.session.remove()
+            db.engine.dispose()
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--messages", type=int, default=200)
+    parser.add_argument("--json", type=Path, default=None, help="also write the rows here")
+    args = parser.parse_args()
+    rows = run(args.messages)
+    print(f"{'mode':<32} {'msgs':>5} {'msg/s':>7} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8}")
+    for row in rows:
+        print(f"{row.mode:<32} {row.messages:>5} {row.per_second:>7} {row.p50_ms:>8} "
+              f"{row.p95_ms:>8} {row.p99_ms:>8}")
+    if args.json:
+        args.json.write_text(json.dumps([asdict(r) for r in rows], indent=2))
+
+
+if __name__ == "__main__":
+    main()
