@@ -14,6 +14,7 @@ from flask import Flask, current_app
 from flask.cli import with_appcontext
 
 from app.extensions import db
+from app.jobs import answer_inline
 from bot.channels import get_adapter
 from bot.channels.console import ConsoleAdapter
 from bot.channels.twilio import to_e164
@@ -29,6 +30,38 @@ def register_cli(app: Flask) -> None:
     app.cli.add_command(chat)
     app.cli.add_command(tokens_group)
     app.cli.add_command(worker)
+    app.cli.add_command(messages_group)
+
+
+@click.group("messages")
+def messages_group() -> None:
+    """Look after messages whose answer or delivery is stuck."""
+
+
+@messages_group.command("sweep")
+@click.option("--queued-minutes", default=2, show_default=True, type=click.IntRange(min=1),
+              help="Re-enqueue priced messages still waiting for their answer after this long.")
+@click.option("--unconfirmed-minutes", default=15, show_default=True,
+              type=click.IntRange(min=1),
+              help="Fail (and refund) replies whose send no callback confirmed after this long.")
+@with_appcontext
+def messages_sweep(queued_minutes: int, unconfirmed_minutes: int) -> None:
+    """Expire stale holds, re-enqueue lost answer jobs, and give up on replies whose send
+    was never confirmed. Safe to run any time; run it from cron every few minutes."""
+    from datetime import timedelta
+
+    from app.queue import enqueue_answer
+    from bot import outbound, router
+
+    app = current_app._get_current_object()  # type: ignore[attr-defined]
+    expired = ledger.expire_holds(db.session)
+    failed = outbound.give_up_unconfirmed(db.session, timedelta(minutes=unconfirmed_minutes))
+    db.session.commit()
+    waiting = router.waiting_answers(db.session, timedelta(minutes=queued_minutes))
+    db.session.commit()
+    requeued = sum(1 for sid in waiting if enqueue_answer(app, sid))
+    click.echo(f"expired {expired} holds, failed {failed} unconfirmed replies, "
+               f"re-enqueued {requeued} of {len(waiting)} waiting answers")
 
 
 @click.command("worker")
@@ -89,8 +122,11 @@ def chat(sender: str, channel: str) -> None:
         if not line.strip():
             continue
         message = adapter.parse_line(sender, line, channel)
-        outcome = handle_inbound(db.session, message, settings)
+        outcome = handle_inbound(db.session, message, settings, defer=settings.chat is not None)
         db.session.commit()
+        if outcome.kind == "queued":  # an LLM answer, given with no transaction open
+            outcome = answer_inline(current_app._get_current_object(),  # type: ignore[attr-defined]
+                                    message.message_sid)
         reply = adapter.render_reply(list(outcome.replies)) or "(no reply)"
         charged = outcome.tokens_charged
         cost = "free" if not charged else f"{charged} token{'s' if charged > 1 else ''}"

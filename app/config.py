@@ -70,7 +70,9 @@ class Config:
             raise ConfigError(f"APP_ENV must be one of {', '.join(APP_ENVS)}, not {self.APP_ENV!r}")
         self.SECRET_KEY = env("SECRET_KEY") or None
         self.SQLALCHEMY_DATABASE_URI = database_url(env("DATABASE_URL"))
-        self.SQLALCHEMY_ENGINE_OPTIONS = {"pool_pre_ping": True}
+        # hide_parameters: a failed statement's error (logged, kept by RQ for failed jobs)
+        # must not carry a phone number or a message body.
+        self.SQLALCHEMY_ENGINE_OPTIONS = {"pool_pre_ping": True, "hide_parameters": True}
         self.REDIS_URL = env("REDIS_URL") or None
         self.PUBLIC_BASE_URL = (env("PUBLIC_BASE_URL") or DEFAULT_PUBLIC_BASE_URL).rstrip("/")
         self.TWILIO_ACCOUNT_SID = env("TWILIO_ACCOUNT_SID") or None
@@ -107,6 +109,16 @@ class Config:
                     "REDIS_URL sends answers through the Twilio REST API: set TWILIO_SMS_FROM, "
                     "TWILIO_WHATSAPP_FROM or TWILIO_MESSAGING_SERVICE_SID"
                 )
+            if not self.TWILIO_AUTH_TOKEN:
+                raise ConfigError(
+                    "REDIS_URL sends answers through the Twilio REST API: set TWILIO_AUTH_TOKEN"
+                )
+            if not self.TWILIO_MESSAGING_SERVICE_SID:
+                for channel, sender in (("SMS", self.TWILIO_SMS_FROM),
+                                        ("WhatsApp", self.TWILIO_WHATSAPP_FROM)):
+                    if not sender:
+                        log.warning("no %s sender is set: %s answers cannot be sent and are "
+                                    "refunded", channel, channel)
         if self.APP_ENV == "production":
             missing = [
                 name

@@ -9,8 +9,13 @@
 3. Send each pending reply through the Twilio REST API (`bot.outbound`), committing the row
    before and the result after each call.
 
-Each step is idempotent, so an RQ retry or a duplicate job resumes where the last one stopped:
-a hold that is no longer pending is not answered twice, and only `pending` rows are sent.
+An RQ retry or a duplicate job resumes where the last one stopped: `settle` answers only a
+message still marked "queued" (checked under the account's lock), and only `pending` reply rows
+are sent; a row whose send may have reached Twilio is never sent again.
+
+`answer_inline` is the same answer given by the web process itself, as TwiML: when an LLM is
+configured but no queue (so the webhook's transaction is not held open while it answers), and
+when Redis cannot be reached.
 """
 
 from __future__ import annotations
@@ -63,6 +68,25 @@ def answer_job(message_sid: str, *, lock: bool = True) -> str:
         raise
     finally:
         session.remove()
+
+
+def answer_inline(app: Flask, message_sid: str) -> router.Outcome:
+    """Answer a "queued" message in this process and return the replies for TwiML.
+
+    The skill runs between two transactions (none open while an LLM answers); the caller has
+    committed the message and its hold.
+    """
+    settings: BotSettings = app.extensions["bot_settings"]
+    session = db.session
+    pending = router.pending_answer(session, message_sid, settings)
+    session.commit()
+    if pending is None:
+        return router.Outcome(kind="duplicate")
+    result = router.run_skill(settings, pending)
+    outcome = router.settle(session, pending, result, settings, transport="twiml",
+                            now=utcnow())
+    session.commit()
+    return outcome
 
 
 def _answer(app: Flask, session: Session, message_sid: str, lock: bool) -> str:

@@ -89,8 +89,11 @@ class OpenAIChat:
     Args:
         api_key: `OPENAI_API_KEY`.
         base_url: `OPENAI_BASE_URL`, or None for OpenAI's.
-        timeout_seconds: the whole call's timeout (connect + answer), seconds.
-        max_retries: the library's own retries (connection errors, 408, 409, 429, 5xx).
+        timeout_seconds: the HTTP timeout, seconds. The client applies it to each phase
+            (connect, write, and each wait for a chunk of the answer), so a call can take
+            somewhat longer; each retry gets it again.
+        max_retries: the library's own retries (connection errors, 408, 409, 429, 5xx); 0 for
+            answers given inside a webhook.
     """
 
     def __init__(

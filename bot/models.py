@@ -13,11 +13,12 @@ from tokens.base import Base, UTCDateTime, utcnow
 CHANNEL_CHECK = f"channel IN ({', '.join(repr(c) for c in CHANNELS)})"
 
 # Outbound delivery states (messaging.md, "Outbound"). "pending": the row is written, the send
-# not yet made; "unknown": the send timed out, so Twilio may or may not have the message (it is
-# never resent blindly); "skipped": not sent on purpose (opted out, outside the WhatsApp window
-# without a template). Twilio's own states follow it, and only move forward.
+# not yet made; "submitting": the send is being made; "unknown": the send timed out, so Twilio
+# may or may not have the message (neither is ever resent); "skipped": not sent on purpose
+# (opted out, outside the WhatsApp window without a template). Twilio's own states follow, and
+# only move forward.
 OUTBOUND_STATES = (
-    "pending", "unknown", "skipped",
+    "pending", "submitting", "unknown", "skipped",
     "accepted", "scheduled", "queued", "sending", "sent", "delivered", "read",
     "undelivered", "failed", "canceled",
 )

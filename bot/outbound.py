@@ -3,12 +3,16 @@
 The rules (shared/design/messaging.md, "Outbound"):
 
 - The outbound row is written (`pending`) and committed before the provider is called; the
-  sid it returns is stored. The caller (a job) commits between `plan_send`, the network call
-  (`attempt_send`, no transaction open) and `record_send`.
-- No idempotency key exists for sending, so a read timeout marks the row `unknown` and it is
-  never resent blindly; a later status callback for the same address adopts the row
-  (`apply_status`). Only 429 and 5xx (and a connection that never opened) are retried, with
-  jittered exponential backoff.
+  sid it returns is stored. The caller (a job) commits between `plan_send` (which marks the
+  row `submitting`), the network call (`attempt_send`, no transaction open) and `record_send`.
+- No idempotency key exists for sending, so a row that may have reached the provider is never
+  sent again: a read timeout marks it `unknown`, and a process that dies mid-call leaves it
+  `submitting`. A later status callback for the same address adopts an `unknown` row
+  (`apply_status`); `give_up_unconfirmed` fails (and refunds) the ones no callback confirmed.
+  Only 429 and 5xx (and a connection that never opened) are retried, with jittered
+  exponential backoff.
+- Every transaction here locks the person's account row before it writes anything, as the
+  router and the ledger do, so a callback or a job never deadlocks with a webhook.
 - Permanent errors end the row `failed` with the error code: 21610 (the person replied STOP)
   also marks the contact opted out on that channel; 63016 (outside WhatsApp's 24-hour window)
   falls back to the approved template when one is configured.
@@ -49,21 +53,14 @@ log = logging.getLogger(__name__)
 # Twilio error codes (https://www.twilio.com/docs/api/errors).
 OPTED_OUT = 21610  # "Attempt to send to unsubscribed recipient"
 OUTSIDE_WINDOW = 63016  # "Failed to send freeform message because you are outside the window"
-PERMANENT_ERRORS = frozenset({
-    OPTED_OUT, OUTSIDE_WINDOW,
-    21211,  # invalid 'To' number
-    21408,  # permission to send to this region not enabled
-    21612,  # cannot route to this number
-    21614,  # 'To' is not a mobile number
-    63014,  # the person blocked the business (WhatsApp)
-    63024,  # invalid message recipient (WhatsApp)
-})
+# Anything but 429 and 5xx is permanent, e.g. 21211 (invalid 'To'), 21610, 21614 (not a
+# mobile), 63014 (the person blocked the business), 63016, 63024 (invalid WhatsApp recipient).
 WHATSAPP_WINDOW = timedelta(hours=24)
 
 # Forward order of delivery states; a status only replaces one of lower rank. Final states
 # never change again (messaging.md: "failed/undelivered are final").
 STATUS_RANK = {
-    "pending": 0, "unknown": 0,
+    "pending": 0, "submitting": 0, "unknown": 0,
     "accepted": 1, "scheduled": 1, "queued": 2, "sending": 3, "sent": 4,
     "failed": 5, "undelivered": 5, "canceled": 5,
     "delivered": 6, "read": 7,
@@ -197,46 +194,39 @@ def plan_send(
 
     Skipped (with the charge of a paid reply given back): the person opted out on the
     channel, has no phone number to send to, or is outside the WhatsApp 24-hour window with
-    no template configured. Outside the window with a template: the template goes out and
-    the answer waits on the contact for MORE.
+    no template configured. Outside the window with a template: one template goes out for the
+    whole answer, which waits on the contact for MORE.
 
-    A row about to be sent is marked `unknown` first: if the process dies during the call, a
-    retry does not send it again (there is no idempotency key for sending), and a status
-    callback to the same address can still adopt it.
+    A row about to be sent is marked `submitting` first: if the process dies during the call,
+    a retry does not send it again (there is no idempotency key for sending).
 
     Returns:
         The `SendPlan`, or None when there is nothing to send (the row is not pending, or was
         skipped now). Flushes; the caller commits before sending.
     """
     now = now or utcnow()
-    row = session.get(Message, message_id)
-    if row is None or row.direction != "out" or row.status != "pending":
+    found = _lock_row(session, message_id)
+    if found is None:
         return None
-    plan = _plan(session, row, settings, catalog, now)
-    if plan is not None:
-        row.status = "unknown"
-        row.status_at = now
-        session.flush()
-    return plan
-
-
-def _plan(
-    session: Session, row: Message, settings: OutboundSettings, catalog: Catalog, now: datetime
-) -> SendPlan | None:
-    contact = session.get(Contact, row.contact_id)
-    assert contact is not None
+    row, contact = found
+    if row.direction != "out" or row.status != "pending":
+        return None
     if contact.opted_out_at(row.channel) is not None:
         _finish(session, row, "skipped", None, now)
         return None
     if not contact.address.startswith("+"):
         _finish(session, row, "skipped", None, now)  # a WhatsApp user id with no number
         return None
-    if row.channel == "sms":
-        return SendPlan(row.id, "sms", contact.address, row.body)
-    last_inbound = contact.whatsapp_last_inbound_at
-    if last_inbound is not None and now - last_inbound < WHATSAPP_WINDOW:
-        return SendPlan(row.id, "whatsapp", contact.address, row.body)
-    return _template_or_skip(session, row, contact, settings, catalog, now)
+    plan: SendPlan | None = SendPlan(row.id, row.channel, contact.address, row.body)
+    if row.channel == "whatsapp":
+        last_inbound = contact.whatsapp_last_inbound_at
+        if last_inbound is None or now - last_inbound >= WHATSAPP_WINDOW:
+            plan = _template_or_skip(session, row, contact, settings, catalog, now)
+    if plan is not None:
+        row.status = "submitting"
+        row.status_at = now
+    session.flush()
+    return plan
 
 
 def attempt_send(
@@ -277,19 +267,19 @@ def record_send(
 ) -> SendPlan | None:
     """Store the outcome of a send on its row.
 
-    Accepted: the sid and status, and the messaging cost. Timed out: `unknown` (never resent).
-    Refused: `failed` with the code (21610 marks the contact opted out; a paid reply's charge
-    is given back), except 63016 on a free-form WhatsApp message with a template configured.
+    Accepted: the sid and status, and the messaging cost; status callbacks that arrived
+    before the sid was stored are applied now. Timed out: `unknown` (never resent). Refused:
+    `failed` with the code (21610 marks the contact opted out; a paid reply's charge is given
+    back), except 63016 on a free-form WhatsApp message when a template is configured.
 
     Returns:
         A new `SendPlan` (the template) when the free-form message must be resent as one;
         otherwise None. Flushes; the caller commits.
     """
     now = now or utcnow()
-    row = session.get(Message, plan.message_id)
-    assert row is not None
-    contact = session.get(Contact, row.contact_id)
-    assert contact is not None
+    found = _lock_row(session, plan.message_id)
+    assert found is not None
+    row, contact = found
     if isinstance(result, Sent):
         if row.message_sid is None:  # a callback may have adopted the row already
             row.message_sid = result.sid
@@ -298,13 +288,13 @@ def record_send(
         units = row.units if not plan.is_template else 1
         costs.record_messaging(session, contact.account_id, catalog.costs, row.channel, "out",
                                units, key=f"msg:out:{row.id}", now=now)
-        # Callbacks can arrive before the sid is stored: apply the ones kept meanwhile.
         early = session.execute(
             select(MessageStatusEvent.status, MessageStatusEvent.error_code)
             .where(MessageStatusEvent.message_sid == result.sid)
         ).all()
         for status, code in sorted(early, key=lambda item: STATUS_RANK.get(item[0], -1)):
             _advance(session, row, status, code, now)
+        session.flush()
         return None
     log.warning("send failed", extra={"code": result.code, "http_status": result.http_status,
                                       "timed_out": result.timed_out,
@@ -312,6 +302,7 @@ def record_send(
     if result.timed_out:
         row.status = "unknown"
         row.status_at = now
+        session.flush()
         return None
     if result.code == OPTED_OUT:
         contact.set_opted_out(row.channel, now, f"twilio_21610:{row.channel}")
@@ -331,7 +322,8 @@ def apply_status(
     Kept once per (MessageSid, MessageStatus); the row's status only moves forward; the error
     code is kept; 21610 marks the contact opted out; an undelivered or failed paid reply gives
     its tokens back. A callback for a sid we do not know adopts the newest `unknown` row (a
-    send that timed out) to the same address, within a day.
+    send that timed out) to the same address, within a day; one for a row still being sent is
+    kept and applied when the send's result is stored.
 
     Returns:
         True when the row changed; False for a repeat, an out-of-order (older) status or an
@@ -345,21 +337,107 @@ def apply_status(
             session.flush()
     except IntegrityError:
         return False  # a repeat of this (sid, status)
-    row = session.scalar(select(Message).where(Message.message_sid == update.message_sid))
-    if row is None:
-        row = _adopt_unknown(session, update, now)
-    if row is None or row.direction != "out":
+    row_id = session.scalar(select(Message.id).where(Message.message_sid == update.message_sid))
+    adopting = row_id is None
+    if adopting:
+        row_id = _unknown_row_for(session, update, now)
+    found = _lock_row(session, row_id) if row_id is not None else None
+    if found is None or found[0].direction != "out":
         log.info("status callback for an unknown message", extra={"status": update.status})
         return False
+    row = found[0]
+    if adopting:
+        if row.status != "unknown" or row.message_sid is not None:
+            return False  # settled meanwhile; the event stays kept
+        row.message_sid = update.message_sid
     changed = _advance(session, row, update.status, update.error_code, now)
     session.flush()
     return changed
 
 
+def give_up_unconfirmed(session: Session, older_than: timedelta, now: datetime | None = None
+                        ) -> int:
+    """Fail the replies whose send may or may not have reached the provider (`unknown`,
+    `submitting`) and that no status callback confirmed within `older_than`; a paid one gives
+    its tokens back (nobody pays for a reply they did not get). Returns how many.
+
+    Run it from the sweep (`flask --app wsgi messages sweep`); Twilio's callbacks normally
+    arrive within seconds, so 15 minutes is a safe default.
+    """
+    now = now or utcnow()
+    ids = session.scalars(
+        select(Message.id).where(Message.status.in_(("unknown", "submitting")),
+                                 Message.status_at <= now - older_than)
+    ).all()
+    failed = 0
+    for message_id in ids:
+        found = _lock_row(session, message_id)
+        if found is None or found[0].status not in ("unknown", "submitting"):
+            continue
+        _finish(session, found[0], "failed", None, now)
+        failed += 1
+    return failed
+
+
+def pending_outbound(session: Session, inbound_id: int) -> list[int]:
+    """Ids of the `pending` replies to one inbound message, in order."""
+    return list(session.scalars(
+        select(Message.id)
+        .where(Message.in_reply_to_id == inbound_id, Message.status == "pending")
+        .order_by(Message.id)
+    ))
+
+
+def release_charge(session: Session, row: Message, now: datetime | None = None) -> int:
+    """Give back what the inbound message `row` answers was charged; returns the tokens.
+
+    Once per inbound message (key `refund:<MessageSid>`), whichever of its replies failed. The
+    month's tokens charged go down in the month of the charge. The caller holds the account's
+    row lock.
+    """
+    if row.in_reply_to_id is None:
+        return 0
+    inbound = session.get(Message, row.in_reply_to_id)
+    if inbound is None or not inbound.tokens_charged or inbound.message_sid is None:
+        return 0
+    now = now or utcnow()
+    refunded = ledger.refund_debit(
+        session, f"debit:{inbound.message_sid}", key=f"refund:{inbound.message_sid}",
+        memo="reply not delivered", now=now,
+    )
+    if refunded.replayed or not refunded.amount:
+        return 0
+    account_id = session.scalar(select(Contact.account_id).where(Contact.id == inbound.contact_id))
+    assert account_id is not None
+    costs.note_tokens_charged(session, account_id, -refunded.amount, inbound.created_at)
+    log.info("charge released", extra={"tokens": refunded.amount, "status": row.status})
+    return refunded.amount
+
+
+def _lock_row(session: Session, message_id: int) -> tuple[Message, Contact] | None:
+    """Lock the account of message `message_id`'s person, then load the message and the
+    contact fresh (their state may have changed while we waited for the lock)."""
+    account_id = session.scalar(
+        select(Contact.account_id).join(Message, Message.contact_id == Contact.id)
+        .where(Message.id == message_id)
+    )
+    if account_id is None:
+        return None
+    ledger.lock_account(session, account_id)
+    row = session.get(Message, message_id, populate_existing=True)
+    assert row is not None
+    contact = session.get(Contact, row.contact_id, populate_existing=True)
+    assert contact is not None
+    return row, contact
+
+
 def _advance(
     session: Session, row: Message, status: str, code: int | None, now: datetime
 ) -> bool:
-    """Move `row` to `status` if that is forward; False when it is not (kept as it was)."""
+    """Move `row` to `status` if that is forward; False when it is not (kept as it was).
+
+    The caller holds the account's row lock.
+    """
     current = row.status or "pending"
     if current in FINAL_STATES or STATUS_RANK.get(status, -1) <= STATUS_RANK.get(current, 0):
         return False
@@ -377,49 +455,18 @@ def _advance(
     return True
 
 
-def pending_outbound(session: Session, inbound_id: int) -> list[int]:
-    """Ids of the `pending` replies to one inbound message, in order."""
-    return list(session.scalars(
-        select(Message.id)
-        .where(Message.in_reply_to_id == inbound_id, Message.status == "pending")
-        .order_by(Message.id)
-    ))
-
-
-def release_charge(session: Session, row: Message, now: datetime | None = None) -> int:
-    """Give back what the inbound message `row` answers was charged; returns the tokens.
-
-    Once per inbound message (key `refund:<MessageSid>`), whichever of its replies failed.
-    """
-    if row.in_reply_to_id is None:
-        return 0
-    inbound = session.get(Message, row.in_reply_to_id)
-    if inbound is None or not inbound.tokens_charged or inbound.message_sid is None:
-        return 0
-    now = now or utcnow()
-    refunded = ledger.refund_debit(
-        session, f"debit:{inbound.message_sid}", key=f"refund:{inbound.message_sid}",
-        memo="reply not delivered", now=now,
-    )
-    if refunded.replayed or not refunded.amount:
-        return 0
-    account_id = session.scalar(select(Contact.account_id).where(Contact.id == inbound.contact_id))
-    assert account_id is not None
-    costs.note_tokens_charged(session, account_id, -refunded.amount, now)
-    log.info("charge released", extra={"tokens": refunded.amount, "status": row.status})
-    return refunded.amount
-
-
 def _finish(
-    session: Session, row: Message, status: str, code: int | None, now: datetime
+    session: Session, row: Message, status: str, code: int | None, now: datetime,
+    *, refund: bool = True,
 ) -> None:
-    """End a row in a not-delivered state and give back its charge."""
+    """End a row in a not-delivered state and (by default) give back its charge."""
     row.status = status
     row.status_at = now
     if code is not None:
         row.error_code = code
     session.flush()
-    release_charge(session, row, now)
+    if refund:
+        release_charge(session, row, now)
 
 
 def _template_or_skip(
@@ -430,11 +477,20 @@ def _template_or_skip(
     catalog: Catalog,
     now: datetime,
 ) -> SendPlan | None:
-    """Outside the WhatsApp window: the template (the answer waits for MORE), or skip."""
+    """Outside the WhatsApp window: one template for the whole answer, which waits on the
+    contact for MORE (the answer's other parts are skipped, not refunded); or skip it all."""
     if settings.whatsapp_template_sid is None:
         _finish(session, row, "skipped", OUTSIDE_WINDOW, now)
         return None
-    contact.more_text = row.body
+    siblings = session.scalars(
+        select(Message)
+        .where(Message.in_reply_to_id == row.in_reply_to_id, Message.id != row.id,
+               Message.direction == "out", Message.status == "pending")
+        .order_by(Message.id)
+    ).all() if row.in_reply_to_id is not None else []
+    contact.more_text = "\n".join([row.body, *(s.body for s in siblings)])
+    for sibling in siblings:
+        _finish(session, sibling, "skipped", OUTSIDE_WINDOW, now, refund=False)
     variables = json.dumps({"1": catalog.bot_name})
     log.info("outside the WhatsApp window: template sent",
              extra={"to": mask_address(contact.address)})
@@ -442,15 +498,15 @@ def _template_or_skip(
                     content_sid=settings.whatsapp_template_sid, content_variables=variables)
 
 
-def _adopt_unknown(session: Session, update: StatusUpdate, now: datetime) -> Message | None:
-    """The newest `unknown` row to the callback's recipient: its send timed out, but reached
-    Twilio after all. It takes the sid, so later callbacks find it directly."""
+def _unknown_row_for(session: Session, update: StatusUpdate, now: datetime) -> int | None:
+    """The newest `unknown` row (its send timed out) to the callback's recipient, within a
+    day: the send reached Twilio after all, and the row takes the sid."""
     if not update.to:
         return None
     address = update.to.removeprefix("whatsapp:")
     channel = "whatsapp" if update.to.startswith("whatsapp:") else "sms"
-    row = session.scalar(
-        select(Message)
+    return session.scalar(
+        select(Message.id)
         .join(Contact, Contact.id == Message.contact_id)
         .where(Contact.address == address, Message.channel == channel,
                Message.status == "unknown", Message.message_sid.is_(None),
@@ -458,7 +514,3 @@ def _adopt_unknown(session: Session, update: StatusUpdate, now: datetime) -> Mes
         .order_by(Message.id.desc())
         .limit(1)
     )
-    if row is not None:
-        row.message_sid = update.message_sid
-    return row
-

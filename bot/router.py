@@ -27,7 +27,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
@@ -290,8 +290,9 @@ def reserve(turn: Turn) -> None:
 
 
 def defer_or_answer(turn: Turn) -> None:
-    """With a queue, stop here: the hold is placed and a job runs the skill ("queued").
-    Without one, run the skill now and capture or void."""
+    """Stop here when deferring: the hold is placed, and the skill runs after the commit, in
+    a job or in the caller with no transaction open ("queued"). Otherwise (the fast offline
+    skills) run the skill now and capture or void."""
     assert turn.intent is not None and turn.hold_id is not None
     assert turn.message is not None and turn.contact is not None
     if turn.defer:
@@ -343,8 +344,8 @@ def handle_inbound(
         msg: the normalised inbound message.
         settings: catalog, public URL and LLM client.
         now: the current time (UTC); tests freeze it.
-        defer: stop after the hold with outcome "queued"; the caller commits, then enqueues
-            the job that answers (`pending_answer`, `run_skill`, `settle`).
+        defer: stop after the hold with outcome "queued"; the caller commits, then a job or
+            the caller itself answers (`pending_answer`, commit, `run_skill`, `settle`).
 
     Returns:
         The `Outcome`: what to reply (as TwiML), the intent, and the tokens charged.
@@ -398,6 +399,9 @@ class PendingAnswer:
         intent: the classified intent.
         hold_id: the pending hold of the intent's price.
         request: what the skill gets (text, channel, conversation context, tier).
+        hold_live: the hold is still pending and within its TTL. A job that comes too late
+            (a worker outage) finds it expired: the person is told, and nothing is charged.
+        opted_out: the person sent STOP on this channel since asking: no skill, no reply.
     """
 
     message_id: int
@@ -407,6 +411,8 @@ class PendingAnswer:
     intent: IntentSpec
     hold_id: int
     request: SkillRequest
+    hold_live: bool = True
+    opted_out: bool = False
 
 
 @dataclass(frozen=True)
@@ -425,20 +431,24 @@ class SkillResult:
 
 
 def pending_answer(
-    session: Session, message_sid: str, settings: BotSettings
+    session: Session, message_sid: str, settings: BotSettings, now: datetime | None = None
 ) -> PendingAnswer | None:
     """The deferred answer of `message_sid`, or None when there is none to give: no such
-    message, or its hold is no longer pending (answered already, voided or expired).
+    message, or it is no longer "queued" (it was answered already).
 
     Only reads; a job calls it, commits, and then runs the skill with no transaction open.
+    `settle` checks the "queued" mark again under the account's lock, so two runs of one job
+    cannot both answer.
     """
+    now = now or utcnow()
     message = session.scalar(select(Message).where(Message.message_sid == message_sid))
-    if message is None or message.intent is None:
+    if message is None or message.intent is None or message.outcome != "queued":
         return None
     hold = session.scalar(
         select(ledger.Hold).where(ledger.Hold.idempotency_key == f"hold:{message_sid}")
     )
-    if hold is None or hold.status != "pending":
+    contact = session.get(Contact, message.contact_id)
+    if hold is None or contact is None:
         return None
     spec = settings.catalog.intent(message.intent)
     return PendingAnswer(
@@ -449,7 +459,22 @@ def pending_answer(
         intent=spec,
         hold_id=hold.id,
         request=_skill_request(session, settings, spec, message),
+        hold_live=hold.status == "pending" and hold.expires_at > now,
+        opted_out=contact.opted_out_at(message.channel) is not None,
     )
+
+
+def waiting_answers(session: Session, older_than: timedelta, now: datetime | None = None
+                    ) -> list[str]:
+    """MessageSids of priced messages still "queued" after `older_than`: their job was lost
+    (Redis flushed, a crash between the commit and the enqueue). Oldest first."""
+    now = now or utcnow()
+    return list(session.scalars(
+        select(Message.message_sid)
+        .where(Message.outcome == "queued", Message.direction == "in",
+               Message.created_at <= now - older_than)
+        .order_by(Message.id)
+    ))
 
 
 def skill(settings: BotSettings, spec: IntentSpec) -> Skill:
@@ -469,8 +494,15 @@ def skill(settings: BotSettings, spec: IntentSpec) -> Skill:
 
 def run_skill(settings: BotSettings, pending: PendingAnswer) -> SkillResult:
     """Run the intent's skill. Touches no database, so a job holds no transaction while an
-    LLM answers. Never raises for a skill's failure: that is a `SkillResult` without answer."""
+    LLM answers. Never raises for a skill's failure: that is a `SkillResult` without answer.
+
+    No skill runs for a person who opted out since asking (no reply at all), or when the hold
+    lapsed before the job ran (an apology; nothing charged)."""
     spec = pending.intent
+    if pending.opted_out:
+        return SkillResult(None, "")
+    if not pending.hold_live:
+        return SkillResult(None, replies.TOOK_TOO_LONG)
     try:
         answer = skill(settings, spec).answer(pending.request)
     except SkillFailed as exc:
@@ -500,11 +532,18 @@ def settle(
             "twiml": they were given in the webhook's answer.
 
     Returns:
-        The `Outcome` with the replies as they will be sent.
+        The `Outcome` with the replies as they will be sent; kind "duplicate" (nothing done)
+        when the message was settled already.
     """
     now = now or utcnow()
-    message = session.get(Message, pending.message_id)
+    # The account row first, as everywhere, then re-read the message under that lock: only
+    # the first of two runs of one job finds it still "queued".
+    ledger.lock_account(session, pending.account_id)
+    message = session.get(Message, pending.message_id, populate_existing=True)
     assert message is not None
+    if message.outcome != "queued":
+        log.info("answer already settled", extra={"message_sid": pending.message_sid})
+        return Outcome(kind="duplicate", intent=pending.intent.name)
     contact = session.get(Contact, message.contact_id)
     assert contact is not None
     kind, texts, charged = _settle_ledger(session, pending, result, settings, now)
@@ -586,20 +625,20 @@ def _settle_ledger(
     settings: BotSettings,
     now: datetime,
 ) -> tuple[str, tuple[str, ...], int]:
-    """Capture or void the hold and record the LLM cost: (outcome kind, texts, tokens)."""
-    # The account row first, as everywhere, before the monthly rollup row: no deadlock with
-    # a webhook of the same person.
-    ledger.lock_account(session, pending.account_id)
+    """Capture or void the hold and record the LLM cost: (outcome kind, texts, tokens).
+
+    The caller holds the account's row lock (taken before any other row, so no deadlock).
+    """
     if result.usage is not None:
         price = settings.catalog.costs.model(result.usage.model)
         costs.record_llm(session, pending.account_id, result.usage, price,
                          key=f"llm:{pending.message_sid}", intent=pending.intent.name, now=now)
     if result.answer is None:
         try:
-            ledger.void(session, pending.hold_id, now=now)
+            ledger.void(session, pending.hold_id, now=now)  # a lapsed hold: a no-op
         except HoldNotPending:
             log.error("a failed answer's hold was captured", extra={"hold": pending.hold_id})
-        return "failed", (result.failure_reply,), 0
+        return "failed", (result.failure_reply,) if result.failure_reply else (), 0
     try:
         captured = ledger.capture(session, pending.hold_id,
                                   key=f"debit:{pending.message_sid}", now=now)

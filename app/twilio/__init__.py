@@ -12,14 +12,16 @@ from __future__ import annotations
 import logging
 
 import redis
-from flask import Blueprint, Response, current_app, request
+from flask import Blueprint, Flask, Response, current_app, request
+from sqlalchemy import select
 
 from app.extensions import db
-from app.jobs import answer_job
+from app.jobs import answer_inline
 from app.queue import answers_queue, enqueue_answer
 from bot.channels import get_adapter
 from bot.channels.twilio import TwilioAdapter
 from bot.errors import InvalidInbound
+from bot.models import Message
 from bot.outbound import apply_status
 from bot.router import BotSettings, handle_inbound
 
@@ -88,17 +90,39 @@ def inbound_message() -> Response:
 
     app = current_app._get_current_object()  # type: ignore[attr-defined]
     settings: BotSettings = app.extensions["bot_settings"]
-    defer = answers_queue(app) is not None
-    outcome = handle_inbound(db.session, message, settings, defer=defer)
+    queued = answers_queue(app) is not None
+    # An LLM answer never runs inside this transaction: with a queue a job gives it, without
+    # one this process does after the commit.
+    outcome = handle_inbound(db.session, message, settings,
+                             defer=queued or settings.chat is not None)
     db.session.commit()
     if outcome.kind == "queued":
-        try:
-            enqueue_answer(app, message.message_sid)
-        except redis.RedisError as exc:
-            # The hold is committed; answer now rather than leave the person waiting.
-            log.error("enqueue failed, answering inline", extra={"error": type(exc).__name__})
-            answer_job(message.message_sid, lock=False)
+        if not (queued and _enqueue(app, message.message_sid)):
+            outcome = answer_inline(app, message.message_sid)
+    elif outcome.kind == "duplicate" and queued:
+        _enqueue_if_waiting(app, message.message_sid)
     return twiml(adapter.render_reply(list(outcome.replies)))
+
+
+def _enqueue(app: Flask, message_sid: str) -> bool:
+    """Enqueue the answer job; False when Redis cannot be reached (answer inline instead)."""
+    try:
+        return enqueue_answer(app, message_sid)
+    except redis.RedisError as exc:
+        log.error("enqueue failed, answering inline", extra={"error": type(exc).__name__})
+        return False
+
+
+def _enqueue_if_waiting(app: Flask, message_sid: str) -> None:
+    """A repeat delivery of a message still waiting for its answer (say the process died
+    between the commit and the enqueue): enqueue again; a no-op if the job exists."""
+    waiting = db.session.scalar(
+        select(Message.id).where(Message.message_sid == message_sid,
+                                 Message.outcome == "queued")
+    )
+    db.session.commit()
+    if waiting is not None:
+        _enqueue(app, message_sid)
 
 
 @bp.post("/webhooks/twilio/status")

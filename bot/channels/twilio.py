@@ -283,6 +283,7 @@ class TwilioRestSender:
         if channel == "whatsapp":
             params["to"] = WHATSAPP_PREFIX + to
         if sender:
+            sender = sender.removeprefix(WHATSAPP_PREFIX)  # either form is accepted
             params["from_"] = WHATSAPP_PREFIX + sender if channel == "whatsapp" else sender
         elif self.messaging_service_sid:
             params["messaging_service_sid"] = self.messaging_service_sid

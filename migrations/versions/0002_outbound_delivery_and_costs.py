@@ -14,7 +14,7 @@ from alembic import op
 import sqlalchemy as sa
 
 OUTBOUND_STATES = (
-    'pending', 'unknown', 'skipped',
+    'pending', 'submitting', 'unknown', 'skipped',
     'accepted', 'scheduled', 'queued', 'sending', 'sent', 'delivered', 'read',
     'undelivered', 'failed', 'canceled',
 )

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import threading
 import time
+from dataclasses import replace
 
 import pytest
 import redis
@@ -256,7 +257,8 @@ def test_a_send_that_times_out_is_unknown_and_never_resent(queued_app, session, 
     assert (reply.message_sid, reply.status) == (sid, "delivered")
 
 
-def test_redis_down_answers_inline_through_rest(database_url, twilio_api, openai_api):
+def test_redis_down_answers_inline_as_twiml(database_url, twilio_api, openai_api):
+    """Without a reachable Redis the web process answers itself, as TwiML, after the commit."""
     from app import create_app
     from app.extensions import db
     from tests.conftest import config_for, queued_environment
@@ -265,10 +267,13 @@ def test_redis_down_answers_inline_through_rest(database_url, twilio_api, openai
     application = create_app(config_for(database_url, **env))
     with application.app_context():
         response = post_signed(application.test_client(), sms("meal plan", sid="SMnoredis"))
-        assert response.get_data(as_text=True) == EMPTY
-        assert len(twilio_api.accepted) == 1
+        assert "<Message>Here is your answer about: meal plan</Message>" in response.get_data(
+            as_text=True)
+        assert twilio_api.sent == []
         account = account_of(db.session)
         assert ledger.balance(db.session, account).available == 95
+        assert db.session.scalar(
+            select(Message.outcome).where(Message.message_sid == "SMnoredis")) == "answered"
         db.session.remove()
         db.engine.dispose()
 
@@ -348,3 +353,105 @@ def test_readyz_checks_redis_when_configured(queued_app, database_url, twilio_ap
     with down.app_context():
         response = down.test_client().get("/readyz")
     assert response.status_code == 503 and response.get_json()["redis"] == "unreachable"
+
+
+def test_two_runs_of_one_answer_settle_once(queued_app, session, twilio_api, openai_api):
+    """Both runs read the message as waiting; only the first settles (checked under the
+    account's lock), so one charge and one reply."""
+    from bot import router
+
+    post_signed(queued_app.test_client(), sms("meal plan", sid="SMrace"))
+    settings = queued_app.extensions["bot_settings"]
+    first = router.pending_answer(session, "SMrace", settings)
+    second = router.pending_answer(session, "SMrace", settings)
+    session.commit()
+    assert first is not None and second is not None
+    results = [router.run_skill(settings, p) for p in (first, second)]
+    outcomes = [router.settle(session, p, r, settings, transport="rest")
+                for p, r in zip((first, second), results, strict=True)]
+    session.commit()
+    assert [o.kind for o in outcomes] == ["answered", "duplicate"]
+    assert len(session.scalars(select(Message).where(Message.direction == "out")).all()) == 1
+    assert ledger.balance(session, account_of(session)).available == 95
+    assert router.pending_answer(session, "SMrace", settings) is None
+
+
+def test_a_job_that_comes_after_the_hold_lapsed_apologises_free(queued_app, session,
+                                                                twilio_api, openai_api):
+    post_signed(queued_app.test_client(), sms("meal plan", sid="SMlate"))
+    account = account_of(session)
+    # The worker was down longer than the hold's TTL; a sweep expired the hold.
+    later = hold_of(session, "SMlate").expires_at
+    assert ledger.expire_holds(session, later) == 1
+    session.commit()
+    run_worker(queued_app)
+    [send] = twilio_api.accepted
+    assert send["Body"] == replies.TOOK_TOO_LONG
+    assert openai_api.requests == []  # no LLM cost for an answer nobody pays for
+    session.expire_all()
+    assert ledger.balance(session, account).available == 100
+    assert session.scalar(
+        select(Message.outcome).where(Message.message_sid == "SMlate")) == "failed"
+
+
+def test_stop_between_asking_and_answering_gets_no_answer(queued_app, session, twilio_api,
+                                                         openai_api):
+    client = queued_app.test_client()
+    post_signed(client, sms("meal plan", sid="SMask"))
+    post_signed(client, sms("STOP", sid="SMstop"))
+    run_worker(queued_app)
+    assert twilio_api.sent == [] and openai_api.requests == []
+    session.expire_all()
+    assert ledger.balance(session, account_of(session)).available == 100
+
+
+def test_a_repeat_delivery_re_enqueues_a_lost_job(queued_app, session, twilio_api):
+    fields = sms("meal plan", sid="SMlost")
+    post_signed(queued_app.test_client(), fields)
+    connection = redis_connection(queued_app)
+    connection.flushdb()  # the job is lost (say Redis restarted without persistence)
+    post_signed(queued_app.test_client(), fields)  # Twilio retries the webhook
+    run_worker(queued_app)
+    assert len(twilio_api.accepted) == 1
+
+
+def test_the_sweep_re_enqueues_waiting_answers(queued_app, session, twilio_api):
+    post_signed(queued_app.test_client(), sms("meal plan", sid="SMswept"))
+    redis_connection(queued_app).flushdb()
+    inbound = session.scalar(select(Message).where(Message.message_sid == "SMswept"))
+    inbound.created_at = inbound.created_at.replace(year=inbound.created_at.year - 1)
+    session.commit()
+    result = queued_app.test_cli_runner().invoke(args=["messages", "sweep"])
+    assert result.exit_code == 0, result.output
+    assert "re-enqueued 1 of 1 waiting answers" in result.output
+    run_worker(queued_app)
+    assert len(twilio_api.accepted) == 1
+
+
+def test_a_split_whatsapp_answer_outside_the_window_sends_one_template(
+        queued_app, session, twilio_api, openai_api):
+    queued_app.extensions["outbound"] = type(queued_app.extensions["outbound"])(
+        status_callback_url=None, whatsapp_template_sid="HX" + "c" * 32, backoff_seconds=0
+    )
+    settings = queued_app.extensions["bot_settings"]
+    llm = settings.catalog.llm
+    longer = replace(llm, tiers={**llm.tiers, "normal": replace(llm.tier(), max_tokens=1000)})
+    queued_app.extensions["bot_settings"] = replace(
+        settings, catalog=replace(settings.catalog, llm=longer))
+    openai_api.reply = " ".join(f"Sentence number {i} about lentils." for i in range(100))
+    post_signed(queued_app.test_client(), whatsapp("meal plan", sid="SMsplit"))
+    contact = session.scalar(select(Contact).where(Contact.address == PHONE))
+    contact.whatsapp_last_inbound_at = contact.whatsapp_last_inbound_at.replace(
+        year=contact.whatsapp_last_inbound_at.year - 1)
+    session.commit()
+    run_worker(queued_app)
+    [send] = twilio_api.sent
+    assert send["ContentSid"] == "HX" + "c" * 32
+    session.expire_all()
+    contact = session.scalar(select(Contact).where(Contact.address == PHONE))
+    parts = session.scalars(
+        select(Message).where(Message.direction == "out").order_by(Message.id)).all()
+    assert len(parts) >= 2  # the answer was split, yet one template went out
+    assert [p.status for p in parts] == ["queued"] + ["skipped"] * (len(parts) - 1)
+    assert contact.more_text.split() == " ".join(p.body for p in parts).split()
+    assert ledger.balance(session, contact.account_id).available == 95

@@ -98,9 +98,17 @@ def test_redis_url_needs_a_sender():
     ],
 )
 def test_any_one_sender_is_enough_with_redis(sender):
-    config = Config(environ={"REDIS_URL": "redis://localhost:6379/0",
+    config = Config(environ={"REDIS_URL": "redis://localhost:6379/0", "TWILIO_AUTH_TOKEN": "t",
                              "TWILIO_ACCOUNT_SID": SENDER["TWILIO_ACCOUNT_SID"], **sender})
     assert config.REDIS_URL == "redis://localhost:6379/0"
+
+
+def test_redis_url_needs_a_real_auth_token():
+    """The development token would make every REST send a 401."""
+    with pytest.raises(ConfigError, match="TWILIO_AUTH_TOKEN"):
+        Config(environ={"REDIS_URL": "redis://localhost:6379/0",
+                        "TWILIO_ACCOUNT_SID": SENDER["TWILIO_ACCOUNT_SID"],
+                        "TWILIO_SMS_FROM": "+15005550006"})
 
 
 def test_the_redis_rule_applies_in_production_too():

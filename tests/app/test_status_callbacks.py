@@ -187,9 +187,10 @@ def test_settle_is_not_repeated_for_a_captured_hold(client, session, app):
 
 @pytest.mark.parametrize("with_to", [True, False])
 def test_a_callback_that_beats_the_send_result_is_not_lost(client, session, app, with_to):
-    """Twilio may call back before the worker stores the sid. With `To` the callback adopts
-    the in-flight row; without it the kept event is applied when the sid is stored. Either
-    way the status ends forward ("delivered"), never back at "queued"."""
+    """Twilio may call back before the worker stores the sid. The row is `submitting`, so the
+    callback does not adopt it (only a timed-out `unknown` row is adopted); the kept event is
+    applied when the sid is stored, and the status ends forward ("delivered"), never back at
+    "queued"."""
     post_signed(client, sms("meal plan"))
     reply = session.scalar(select(Message).where(Message.direction == "out"))
     reply.status = "pending"
@@ -198,15 +199,78 @@ def test_a_callback_that_beats_the_send_result_is_not_lost(client, session, app,
     catalog = app.extensions["bot_settings"].catalog
     plan = outbound.plan_send(session, reply.id, options, catalog)
     session.commit()
-    assert plan is not None and session.get(Message, reply.id).status == "unknown"
+    assert plan is not None and session.get(Message, reply.id).status == "submitting"
 
     sid = "SM" + "e" * 32
     to = "+16505558893" if with_to else None
-    update = outbound.StatusUpdate(sid, "delivered", None, to)
-    assert outbound.apply_status(session, update) is with_to
+    assert outbound.apply_status(session, outbound.StatusUpdate(sid, "delivered", None, to)) \
+        is False
     session.commit()
     outbound.record_send(session, plan, outbound.Sent(sid, "queued"), options, catalog)
     session.commit()
     session.expire_all()
     row = session.get(Message, reply.id)
     assert (row.message_sid, row.status) == (sid, "delivered")
+
+
+def test_unconfirmed_sends_are_given_up_and_refunded(client, session, app):
+    """A send that timed out and that no callback confirmed within the sweep's delay fails,
+    and a paid reply's tokens come back (nobody pays for a reply they did not get)."""
+    post_signed(client, sms("meal plan"))
+    reply = session.scalar(select(Message).where(Message.direction == "out"))
+    contact = session.get(Contact, reply.contact_id)
+    reply.status, reply.status_at = "unknown", reply.created_at
+    session.commit()
+    assert ledger.balance(session, contact.account_id).available == 95
+    later = reply.created_at + timedelta(minutes=14)
+    assert outbound.give_up_unconfirmed(session, timedelta(minutes=15), later) == 0
+    later = reply.created_at + timedelta(minutes=16)
+    assert outbound.give_up_unconfirmed(session, timedelta(minutes=15), later) == 1
+    session.commit()
+    session.expire_all()
+    assert session.get(Message, reply.id).status == "failed"
+    assert ledger.balance(session, contact.account_id).available == 100
+    assert outbound.give_up_unconfirmed(session, timedelta(minutes=15), later) == 0
+
+
+@pytest.mark.backends("postgresql")
+def test_a_callback_waits_for_a_webhook_of_the_same_person(client, session, app):
+    """A webhook holds the person's account row and writes their contact; a 21610 callback
+    for their paid reply arrives meanwhile. It waits for the account lock (taken first
+    everywhere) instead of deadlocking, then opts the channel out and refunds."""
+    import threading
+
+    from sqlalchemy.orm import Session as DbSession
+
+    from app.extensions import db
+
+    sid = "SM" + "7" * 32
+    reply = paid_reply(client, session, app, channel="sms", sid=sid)
+    contact_id, account = reply.contact_id, session.get(Contact, reply.contact_id).account_id
+    webhook = DbSession(db.engine)
+    ledger.lock_account(webhook, account)
+    webhook.get(Contact, contact_id).last_channel = "sms"
+    webhook.flush()
+    errors: list[BaseException] = []
+
+    def callback() -> None:
+        try:
+            with app.app_context():
+                update = outbound.StatusUpdate(sid, "undelivered", 21610, None)
+                outbound.apply_status(db.session, update)
+                db.session.commit()
+                db.session.remove()
+        except BaseException as exc:  # surfaced below
+            errors.append(exc)
+
+    thread = threading.Thread(target=callback)
+    thread.start()
+    thread.join(0.5)
+    assert thread.is_alive()  # waiting on the account lock
+    webhook.commit()
+    webhook.close()
+    thread.join(10)
+    assert not errors
+    session.expire_all()
+    assert session.get(Contact, contact_id).sms_opted_out_at is not None
+    assert ledger.balance(session, account).available == 100
