@@ -17,6 +17,7 @@ from bot.outbound import OutboundSettings
 from bot.router import BotSettings
 from tokens.catalog import DEFAULT_TIER, Catalog, load_catalog
 from tokens.errors import CatalogError
+from tokens.providers import PaymentProvider, SandboxProvider, StripeProvider
 
 
 def create_app(config_class: type[Config] = Config) -> Flask:
@@ -42,6 +43,7 @@ def create_app(config_class: type[Config] = Config) -> Flask:
     import bot.models  # noqa: F401
     import tokens.costs  # noqa: F401
     import tokens.ledger  # noqa: F401
+    import tokens.payment_events  # noqa: F401
     import tokens.payments  # noqa: F401
 
     db.init_app(app)
@@ -75,16 +77,36 @@ def create_app(config_class: type[Config] = Config) -> Flask:
             "TWILIO_AUTH_TOKEN is not set: webhooks are checked with the development token"
         )
 
+    app.extensions["payment_provider"] = _payment_provider(app)
+
     from app.cli import register_cli
     from app.health import bp as health_bp
     from app.pay import bp as pay_bp
+    from app.sandbox import bp as sandbox_bp
+    from app.stripe import bp as stripe_bp
     from app.twilio import bp as twilio_bp
 
     app.register_blueprint(twilio_bp)
     app.register_blueprint(pay_bp)
+    app.register_blueprint(sandbox_bp)
+    app.register_blueprint(stripe_bp)
     app.register_blueprint(health_bp)
     register_cli(app)
     return app
+
+
+def _payment_provider(app: Flask) -> PaymentProvider | None:
+    """Stripe when `STRIPE_SECRET_KEY` is set; else the sandbox, except in production, where
+    pay links then say that payments are not enabled (payments.md: the sandbox is refused in
+    production)."""
+    config = app.config
+    if config["STRIPE_SECRET_KEY"]:
+        return StripeProvider(config["STRIPE_SECRET_KEY"], config["STRIPE_WEBHOOK_SECRET"],
+                              api_base=config["STRIPE_API_BASE"])
+    if config["APP_ENV"] == "production":
+        app.logger.warning("STRIPE_SECRET_KEY is not set: payments are off")
+        return None
+    return SandboxProvider(config["PUBLIC_BASE_URL"])
 
 
 def _with_model_override(catalog: Catalog, model: str | None) -> Catalog:

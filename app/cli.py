@@ -265,6 +265,41 @@ def tokens_adjust(phone: str, amount: int, reason: str, key: str | None,
                f"available now {ledger.balance(db.session, account_id).available}")
 
 
+@tokens_group.command("purchases")
+@click.argument("phone")
+@with_appcontext
+def tokens_purchases(phone: str) -> None:
+    """A person's checkouts (packs and premium), what each credited or gave back, and their
+    subscription."""
+    from sqlalchemy import select
+
+    from tokens.payments import Subscription, checkouts_of
+
+    account_id, masked = _account_of(phone)
+    click.echo(f"Purchases of account {account_id} ({masked}), newest first:")
+    rows = checkouts_of(db.session, account_id)
+    for checkout in rows:
+        price = f"{Decimal(checkout.amount_cents) / 100:.2f} {checkout.currency.upper()}"
+        what = (f"{checkout.tokens} + {checkout.bonus_tokens} bonus tokens"
+                if checkout.mode == "payment" else "premium subscription")
+        refunded = (f", refunded {Decimal(checkout.refunded_cents) / 100:.2f}"
+                    if checkout.refunded_cents else "")
+        click.echo(f"  {_when(checkout.created_at):<16}  {checkout.item_code:<10} {price:>10}  "
+                   f"{checkout.status:<9}  {what}{refunded}  {checkout.provider} "
+                   f"{checkout.external_id}")
+    if not rows:
+        click.echo("  (none)")
+    subscription = db.session.scalar(
+        select(Subscription).where(Subscription.account_id == account_id)
+        .order_by(Subscription.updated_at.desc()).limit(1))
+    if subscription is not None:
+        plan = current_app.extensions["bot_settings"].catalog.premium
+        premium = subscription.premium(datetime.now(UTC), plan.grace_days)
+        click.echo(f"Subscription {subscription.external_id}: {subscription.status}"
+                   f"{', premium' if premium else ', no premium'}"
+                   f"{', cancels at period end' if subscription.cancel_at_period_end else ''}")
+
+
 @tokens_group.command("expire-holds")
 @with_appcontext
 def tokens_expire_holds() -> None:

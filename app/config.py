@@ -127,6 +127,9 @@ class Config:
             ]
             if missing:
                 raise ConfigError(f"production needs {', '.join(missing)} in the environment")
+            if self.STRIPE_SECRET_KEY and not self.STRIPE_WEBHOOK_SECRET:
+                raise ConfigError("STRIPE_SECRET_KEY needs STRIPE_WEBHOOK_SECRET: Stripe's "
+                                  "events must be verified")
             if self.PUBLIC_BASE_URL == DEFAULT_PUBLIC_BASE_URL:
                 raise ConfigError("production needs PUBLIC_BASE_URL: the URL Twilio calls")
             return

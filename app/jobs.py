@@ -117,13 +117,31 @@ def _answer(app: Flask, session: Session, message_sid: str, lock: bool) -> str:
     return kind if sent or kind != "resent" else "nothing to do"
 
 
+def deliver_messages(message_ids: list[int]) -> int:
+    """Send stored `pending` messages (notices) by id; returns how many sends were tried."""
+    app: Flask = current_app._get_current_object()  # type: ignore[attr-defined]
+    session = db.session
+    try:
+        return send_pending(app, session, message_ids)
+    except BaseException:
+        session.rollback()
+        raise
+    finally:
+        session.remove()
+
+
 def deliver(app: Flask, session: Session, inbound_id: int) -> int:
     """Send the `pending` replies to one inbound message; returns how many were tried."""
+    return send_pending(app, session, outbound.pending_outbound(session, inbound_id))
+
+
+def send_pending(app: Flask, session: Session, message_ids: list[int]) -> int:
+    """Send each of `message_ids` that is still `pending`, in order; returns sends tried."""
     settings: BotSettings = app.extensions["bot_settings"]
     options: outbound.OutboundSettings = app.extensions["outbound"]
     sender = twilio_sender(app)
     tried = 0
-    for message_id in outbound.pending_outbound(session, inbound_id):
+    for message_id in message_ids:
         plan = outbound.plan_send(session, message_id, options, settings.catalog)
         session.commit()  # the row (and any skip) is stored before the provider is called
         while plan is not None:

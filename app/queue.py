@@ -69,3 +69,17 @@ def enqueue_answer(app: Flask, message_sid: str) -> bool:
             job_timeout=JOB_TIMEOUT_SECONDS, result_ttl=3600, failure_ttl=7 * 24 * 3600,
         )
     return True
+
+
+def enqueue_delivery(app: Flask, message_ids: list[int]) -> bool:
+    """Enqueue a job that sends stored messages (notices); False without Redis.
+
+    Raises:
+        redis.RedisError: Redis cannot be reached.
+    """
+    queue = answers_queue(app)
+    if queue is None:
+        return False
+    queue.enqueue("app.jobs.deliver_messages", list(message_ids), retry=RETRY,
+                  job_timeout=JOB_TIMEOUT_SECONDS, result_ttl=3600, failure_ttl=7 * 24 * 3600)
+    return True

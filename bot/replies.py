@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from tokens.catalog import Catalog, IntentSpec, Pack
+from tokens.catalog import Catalog, IntentSpec, Pack, Plan
 from tokens.ledger import next_month_start
 
 
@@ -56,6 +56,37 @@ def buy_text(pack: Pack, url: str) -> str:
     """BUY: the pay link and what it buys."""
     bonus = f" ({pack.tokens} + {pack.bonus_tokens} bonus)" if pack.bonus_tokens else ""
     return f"Get {pack.total_tokens} tokens{bonus} for {pack.price_display}: {url}"
+
+
+def premium_text(plan: Plan, url: str) -> str:
+    """BUY PREMIUM: the subscription's pay link, what it gives, and how it ends."""
+    return (f"{plan.name}: {plan.monthly_tokens} tokens every month for {plan.price_display}. "
+            f"Cancel any time. Subscribe: {url}")
+
+
+def pack_credited_text(tokens: int, available: int) -> str:
+    """After a pack is paid for."""
+    return f"Thank you! {tokens} tokens were added. You now have {available} tokens."
+
+
+def premium_started_text(plan: Plan) -> str:
+    """A subscription became active."""
+    return (f"Welcome to {plan.name}: {plan.monthly_tokens} tokens arrive with each monthly "
+            "payment. Text BALANCE any time.")
+
+
+def premium_ended_text(plan: Plan) -> str:
+    """A subscription ended (tokens already bought stay usable)."""
+    return (f"Your {plan.name} subscription has ended. The tokens you have stay yours; text "
+            "BUY PREMIUM to subscribe again.")
+
+
+def billing_problem_text(url: str) -> str:
+    """A subscription payment failed (or the subscription went past due)."""
+    return f"We could not take your subscription payment. Please update your card: {url}"
+
+
+PAYMENT_FAILED = "Your payment did not go through, so nothing was added. Text BUY to try again."
 
 
 def insufficient_text(

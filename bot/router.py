@@ -93,7 +93,8 @@ class Outcome:
 
     Attributes:
         kind: "duplicate", "opted_out", "opt_out", "opt_in", "help", "no_text", "balance",
-            "buy", "more", "insufficient", "queued" (the skill runs in a job), "failed" or
+            "buy", "premium", "more", "insufficient", "queued" (the skill runs in a job),
+            "failed" or
             "answered".
         replies: the messages to send back, in order, as sent (an SMS answer cut with
             "Reply MORE", a long WhatsApp answer split); empty: an empty `<Response/>`.
@@ -254,7 +255,8 @@ def no_text(turn: Turn) -> None:
 
 
 def free_commands(turn: Turn) -> None:
-    """BALANCE, BUY and MORE (and their Spanish forms): whole-message matches, free."""
+    """BALANCE, BUY, BUY PREMIUM and MORE (and their Spanish forms): whole-message matches,
+    free."""
     command = normalise_command(turn.msg.text)
     commands = turn.catalog.commands
     if command in commands["balance"]:
@@ -262,6 +264,9 @@ def free_commands(turn: Turn) -> None:
         raise ReplyNow("balance", replies.balance_text(turn.catalog, available, turn.now))
     if command in commands["buy"]:
         raise ReplyNow("buy", replies.buy_text(turn.catalog.pack(), _pay_url(turn)))
+    if command in commands["premium"]:
+        url = _pay_url(turn, turn.catalog.premium.code, purpose="premium")
+        raise ReplyNow("premium", replies.premium_text(turn.catalog.premium, url))
     if command in commands["more"]:
         assert turn.contact is not None
         if turn.contact.more_text:
@@ -687,10 +692,10 @@ def _keyword_family(msg: InboundMessage) -> str | None:
     return None
 
 
-def _pay_url(turn: Turn) -> str:
+def _pay_url(turn: Turn, code: str | None = None, purpose: str = "pack") -> str:
     link = payments.issue_pay_link(
-        turn.session, turn.account_id, turn.catalog.default_pack,
-        ttl_seconds=turn.catalog.pay_link_ttl_seconds, now=turn.now,
+        turn.session, turn.account_id, code or turn.catalog.default_pack,
+        ttl_seconds=turn.catalog.pay_link_ttl_seconds, purpose=purpose, now=turn.now,
     )
     return turn.settings.pay_url(link.token)
 

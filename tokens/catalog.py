@@ -22,7 +22,7 @@ from tokens.errors import CatalogError
 
 DEFAULT_CATALOG_PATH = Path(__file__).with_name("economy.yaml")
 MICRO_USD_PER_USD = 1_000_000
-COMMAND_NAMES = ("balance", "buy", "more")
+COMMAND_NAMES = ("balance", "buy", "more", "premium")
 MESSAGING_CHANNELS = ("sms", "whatsapp")
 MESSAGING_UNITS = ("segment", "message")
 DEFAULT_TIER = "normal"
@@ -82,6 +82,35 @@ class Pack:
         if self.currency == "usd":
             return f"${amount:.2f}"
         return f"{amount:.2f} {self.currency.upper()}"
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The premium subscription sold through a pay link (payments.md, "Subscription status").
+
+    Attributes:
+        code: stable identifier, e.g. "premium".
+        name: display name, e.g. "Premium".
+        price_cents: monthly price in the currency's minor unit (Stripe's unit), e.g. 500.
+        currency: ISO 4217 code in lower case, e.g. "usd".
+        monthly_tokens: tokens granted by each paid invoice (bucket "subscription").
+        grace_days: days a `past_due` subscription keeps premium.
+    """
+
+    code: str
+    name: str
+    price_cents: int
+    currency: str
+    monthly_tokens: int
+    grace_days: int
+
+    @property
+    def price_display(self) -> str:
+        """The price as a person reads it, e.g. "$5.00 a month"."""
+        amount = Decimal(self.price_cents) / 100
+        if self.currency == "usd":
+            return f"${amount:.2f} a month"
+        return f"{amount:.2f} {self.currency.upper()} a month"
 
 
 @dataclass(frozen=True)
@@ -204,6 +233,7 @@ class Catalog:
         costs: what interactions cost the operator.
         llm: how LLM answers are asked for.
         sms_max_segments: SMS replies longer than this are cut with a free "Reply MORE".
+        premium: the premium subscription plan.
     """
 
     bot_name: str
@@ -220,6 +250,7 @@ class Catalog:
     costs: Costs
     llm: LlmSettings
     sms_max_segments: int
+    premium: Plan
 
     def intent(self, name: str) -> IntentSpec:
         """The intent called `name`. Raises `CatalogError` if there is none."""
@@ -323,6 +354,22 @@ def _parse(raw: dict[str, Any]) -> Catalog:
         costs=costs,
         llm=llm,
         sms_max_segments=_positive_int(raw, "sms_max_segments"),
+        premium=_parse_plan(_mapping(raw, "premium")),
+    )
+
+
+def _parse_plan(item: dict[str, Any]) -> Plan:
+    where = "premium"
+    grace = item.get("grace_days")
+    if type(grace) is not int or grace < 0:
+        raise CatalogError(f"{where}.grace_days: a non-negative integer is required")
+    return Plan(
+        code=_str(item, "code", where),
+        name=_str(item, "name", where),
+        price_cents=_positive_int(item, "price_cents", where),
+        currency=_str(item, "currency", where).lower(),
+        monthly_tokens=_positive_int(item, "monthly_tokens", where),
+        grace_days=grace,
     )
 
 

@@ -31,6 +31,9 @@ from tokens.errors import InvalidAmount
 from tokens.ledger import month_of
 
 COST_KINDS = ("llm", "messaging", "platform")
+REVENUE_KINDS = ("pack", "subscription")
+# Stripe amounts are in the currency's minor unit: 1 cent = 10,000 µUSD (USD packs only).
+MUSD_PER_CENT = 10_000
 DIRECTIONS = ("in", "out")
 
 
@@ -87,11 +90,44 @@ class AccountMonth(Base):
     llm_prompt_tokens: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
     llm_completion_tokens: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
     tokens_charged: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    revenue_pack_musd: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    revenue_subscription_musd: Mapped[int] = mapped_column(BigInteger, default=0,
+                                                          server_default="0")
 
     @property
     def cost_musd(self) -> int:
         """Total COGS of the month, µUSD."""
         return self.cost_llm_musd + self.cost_messaging_musd + self.cost_platform_musd
+
+    @property
+    def revenue_musd(self) -> int:
+        """Net revenue of the month (purchases less refunds and lost disputes, plus paid
+        subscription invoices), µUSD."""
+        return self.revenue_pack_musd + self.revenue_subscription_musd
+
+
+class RevenueEntry(Base):
+    """Money a person brought in, or a reversal of it (negative), in µUSD. Never updated.
+
+    Keys: `revenue:checkout:<session>`, `revenue:refund:<charge>:<amount refunded>`,
+    `revenue:dispute:<dispute>`, `revenue:invoice:<invoice>`.
+    """
+
+    __tablename__ = "revenue_entries"
+    __table_args__ = (
+        CheckConstraint("amount_musd <> 0", name="amount_not_zero"),
+        CheckConstraint(f"kind IN ({', '.join(repr(k) for k in REVENUE_KINDS)})",
+                        name="kind_known"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id"), index=True)
+    month: Mapped[str] = mapped_column(String(7))
+    kind: Mapped[str] = mapped_column(String(16))
+    amount_musd: Mapped[int] = mapped_column(BigInteger)
+    idempotency_key: Mapped[str] = mapped_column(String(200), unique=True)
+    memo: Mapped[str | None] = mapped_column(String(200))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
 
 @dataclass(frozen=True)
@@ -189,6 +225,49 @@ def record_platform(
         return 0
     _bump(session, account_id, entry.month, cost_platform_musd=amount)
     return amount
+
+
+def record_revenue(
+    session: Session,
+    account_id: int,
+    kind: str,
+    amount_musd: int,
+    *,
+    key: str,
+    memo: str | None = None,
+    now: datetime | None = None,
+) -> int:
+    """Record revenue (positive) or its reversal (negative), once per `key`.
+
+    Args:
+        kind: "pack" (token packs, net of refunds and lost disputes) or "subscription".
+        amount_musd: signed µUSD, not zero (`MUSD_PER_CENT` converts Stripe's cents).
+
+    Returns:
+        The amount recorded, µUSD (0 when `key` was recorded before).
+
+    Raises:
+        InvalidAmount: unknown kind, or a zero or non-integer amount.
+    """
+    if kind not in REVENUE_KINDS or type(amount_musd) is not int or amount_musd == 0:
+        raise InvalidAmount(f"cannot record {amount_musd!r} µUSD of {kind!r} revenue")
+    if session.scalar(select(RevenueEntry.id).where(RevenueEntry.idempotency_key == key)):
+        return 0
+    moment = now or utcnow()
+    entry = RevenueEntry(account_id=account_id, month=month_of(moment), kind=kind,
+                         amount_musd=amount_musd, idempotency_key=key, memo=memo,
+                         created_at=moment)
+    try:
+        with session.begin_nested():
+            session.add(entry)
+            session.flush()
+    except IntegrityError:
+        if session.scalar(select(RevenueEntry.id).where(RevenueEntry.idempotency_key == key)):
+            return 0
+        raise
+    column = "revenue_pack_musd" if kind == "pack" else "revenue_subscription_musd"
+    _bump(session, account_id, entry.month, **{column: amount_musd})
+    return amount_musd
 
 
 def note_tokens_charged(

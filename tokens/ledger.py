@@ -821,6 +821,20 @@ def refund_debit(
                   tuple((e.bucket, e.amount) for e in entries), replayed=False)
 
 
+def credit_status(session: Session, credit_key: str) -> tuple[int, int]:
+    """(tokens clawed back so far, tokens still unspent) of the credit posted under
+    `credit_key` (a purchase or its bonus); (0, 0) when no such credit exists."""
+    credit = session.scalar(select(LedgerEntry).where(LedgerEntry.idempotency_key == credit_key))
+    if credit is None:
+        return 0, 0
+    clawed = session.scalar(
+        select(func.coalesce(func.sum(LedgerEntry.amount), 0))
+        .where(LedgerEntry.corrects_id == credit.id, LedgerEntry.kind == "clawback")
+    )
+    remaining = session.scalar(select(Lot.remaining).where(Lot.credit_entry_id == credit.id))
+    return -int(clawed or 0), int(remaining or 0)
+
+
 def adjust(
     session: Session,
     account_id: int,

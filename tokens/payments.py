@@ -1,8 +1,20 @@
-"""Payments, starting with pay links: the short `PUBLIC_BASE_URL/pay/<token>` a reply carries.
+"""Payments: pay links, checkouts, the payment-event inbox, subscriptions.
 
-A pay link token is random (256 bits, URL-safe), stored with the account, the pack and an expiry,
-and carries no phone number or amount (shared/design/payments.md, "Pay links"). The checkout
-behind the link (Stripe or the sandbox provider) is created when the link is opened.
+Design (shared/design/payments.md):
+
+- A pay link (`PUBLIC_BASE_URL/pay/<token>`) is random (256 bits), stored with the account,
+  what it buys (a pack, the premium plan, or the billing portal) and an expiry; the URL carries
+  no phone number or amount.
+- Opening it creates a `Checkout` with the provider (Stripe, or the local sandbox) at click
+  time. The stored checkout holds what was sold, from our catalog: the amount, the currency,
+  the tokens. Fulfilment reads amounts from it, never from the provider's event.
+- Provider events are kept in `PaymentEvent` with `UNIQUE(event id)`: a repeat delivery is a
+  no-op. Each effect has its own key as well (`checkout:<session>`, `invoice:<id>`,
+  `clawback:<charge>:<amount refunded>`, ...), because one effect can arrive in two events.
+- A `Subscription` mirrors the provider's subscription, re-fetched on every event, so events
+  arriving out of order do not matter. Its status maps to premium (`Subscription.premium`).
+
+Domain functions take the `Session` and flush; the caller (route, job, CLI) commits.
 """
 
 from __future__ import annotations
@@ -10,24 +22,143 @@ from __future__ import annotations
 import secrets
 from datetime import datetime, timedelta
 
-from sqlalchemy import ForeignKey, Integer, String, select
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    CheckConstraint,
+    ForeignKey,
+    Integer,
+    String,
+    Text,
+    or_,
+    select,
+)
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from tokens.base import Base, UTCDateTime, utcnow
 from tokens.errors import PayLinkExpired, PayLinkNotFound
 
+# What a pay link opens: a token pack's checkout, the premium subscription's, or the billing
+# portal (sent when a subscription payment fails).
+PURPOSES = ("pack", "premium", "portal")
+CHECKOUT_STATES = ("open", "completed", "expired", "failed", "flagged")
+# Subscription statuses that give premium (payments.md, "Subscription status"); past_due gives
+# it during the grace period; every other status gives none (purchased tokens stay usable).
+PREMIUM_STATUSES = frozenset({"trialing", "active"})
+
 
 class PayLink(Base):
-    """A stored pay link: opaque `token` -> (account, pack code, expiry)."""
+    """A stored pay link: opaque `token` -> (account, purpose, pack or plan code, expiry)."""
 
     __tablename__ = "pay_links"
+    __table_args__ = (
+        CheckConstraint(f"purpose IN ({', '.join(repr(v) for v in PURPOSES)})",
+                        name="purpose_known"),
+    )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     token: Mapped[str] = mapped_column(String(64), unique=True)
     account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id"), index=True)
     pack_code: Mapped[str] = mapped_column(String(32))
+    purpose: Mapped[str] = mapped_column(String(16), default="pack", server_default="pack")
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     expires_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class Checkout(Base):
+    """One checkout opened from a pay link: what was sold, for how much, and what came of it.
+
+    Attributes:
+        provider: "stripe" or "sandbox".
+        mode: "payment" (a pack) or "subscription" (premium).
+        item_code: the pack's or the plan's code in the catalog.
+        amount_cents, currency: the price charged, from the catalog (minor unit).
+        tokens, bonus_tokens: what a paid pack credits (0 for a subscription).
+        external_id: the provider's session id (`cs_...`).
+        payment_intent, charge_id: the provider's payment ids, learned from events.
+        status: "open", "completed", "expired", "failed" or "flagged" (the provider reported
+            another amount or currency than the one stored: nothing credited).
+        refunded_cents: the cumulative refund already processed (Stripe's `amount_refunded`).
+    """
+
+    __tablename__ = "checkouts"
+    __table_args__ = (
+        CheckConstraint(f"status IN ({', '.join(repr(v) for v in CHECKOUT_STATES)})",
+                        name="status_known"),
+        CheckConstraint("mode IN ('payment', 'subscription')", name="mode_known"),
+        CheckConstraint("amount_cents > 0 AND refunded_cents >= 0"
+                        " AND refunded_cents <= amount_cents", name="amounts_in_range"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    pay_link_id: Mapped[int | None] = mapped_column(ForeignKey("pay_links.id"), index=True)
+    account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id"), index=True)
+    provider: Mapped[str] = mapped_column(String(16))
+    mode: Mapped[str] = mapped_column(String(16))
+    item_code: Mapped[str] = mapped_column(String(32))
+    amount_cents: Mapped[int] = mapped_column(BigInteger)
+    currency: Mapped[str] = mapped_column(String(3))
+    tokens: Mapped[int] = mapped_column(Integer, default=0)
+    bonus_tokens: Mapped[int] = mapped_column(Integer, default=0)
+    external_id: Mapped[str] = mapped_column(String(255), unique=True)
+    url: Mapped[str] = mapped_column(Text)
+    payment_intent: Mapped[str | None] = mapped_column(String(255), index=True)
+    charge_id: Mapped[str | None] = mapped_column(String(255), index=True)
+    customer_id: Mapped[str | None] = mapped_column(String(255))
+    status: Mapped[str] = mapped_column(String(16), default="open")
+    refunded_cents: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    completed_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+    @property
+    def purchase_key(self) -> str:
+        """The ledger key of the pack this checkout credits: `checkout:<session id>`."""
+        return f"checkout:{self.external_id}"
+
+
+class PaymentEvent(Base):
+    """The inbox of provider events: each event id once (`UNIQUE`), with what came of it."""
+
+    __tablename__ = "payment_events"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    provider: Mapped[str] = mapped_column(String(16))
+    event_id: Mapped[str] = mapped_column(String(255), unique=True)
+    type: Mapped[str] = mapped_column(String(100))
+    payload: Mapped[str] = mapped_column(Text)
+    outcome: Mapped[str | None] = mapped_column(String(200))
+    received_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+class Subscription(Base):
+    """A person's premium subscription as the provider last reported it.
+
+    `premium(now, grace_days)` is the entitlement: trialing or active; past_due within the
+    grace period after it went past due; and a subscription set to cancel at the period's end
+    stays premium until then (its status is still active).
+    """
+
+    __tablename__ = "subscriptions"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    account_id: Mapped[int | None] = mapped_column(ForeignKey("accounts.id"), index=True)
+    provider: Mapped[str] = mapped_column(String(16))
+    external_id: Mapped[str] = mapped_column(String(255), unique=True)
+    customer_id: Mapped[str | None] = mapped_column(String(255), index=True)
+    status: Mapped[str] = mapped_column(String(32))
+    cancel_at_period_end: Mapped[bool] = mapped_column(Boolean, default=False)
+    current_period_end: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    past_due_since: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+    def premium(self, now: datetime, grace_days: int) -> bool:
+        """Whether this subscription gives premium at `now`."""
+        if self.status in PREMIUM_STATUSES:
+            return True
+        if self.status == "past_due" and self.past_due_since is not None:
+            return now < self.past_due_since + timedelta(days=grace_days)
+        return False
 
 
 def issue_pay_link(
@@ -36,10 +167,11 @@ def issue_pay_link(
     pack_code: str,
     *,
     ttl_seconds: int,
+    purpose: str = "pack",
     now: datetime | None = None,
 ) -> PayLink:
-    """A pay link for this account and pack: the newest one still valid for more than half its
-    lifetime, or a new one.
+    """A pay link for this account and what it buys: the newest one still valid for more
+    than half its lifetime, or a new one.
 
     Re-using a fresh link keeps one link per person in their recent messages instead of a new
     URL for each refusal; a link close to expiry is replaced so that a person never receives a
@@ -48,8 +180,9 @@ def issue_pay_link(
     Args:
         session: the caller's session; this function flushes, never commits.
         account_id: the paying account.
-        pack_code: a pack code of the catalog.
+        pack_code: a pack code of the catalog, the plan's code, or "" for the portal.
         ttl_seconds: lifetime of a new link (catalog `pay_link_ttl_hours`, default 72 h).
+        purpose: "pack", "premium" or "portal".
         now: the current time (UTC).
 
     Returns:
@@ -62,6 +195,7 @@ def issue_pay_link(
         .where(
             PayLink.account_id == account_id,
             PayLink.pack_code == pack_code,
+            PayLink.purpose == purpose,
             PayLink.expires_at > fresh_after,
         )
         .order_by(PayLink.expires_at.desc())
@@ -73,6 +207,7 @@ def issue_pay_link(
         token=secrets.token_urlsafe(32),
         account_id=account_id,
         pack_code=pack_code,
+        purpose=purpose,
         created_at=now,
         expires_at=now + timedelta(seconds=ttl_seconds),
     )
@@ -94,3 +229,23 @@ def find_pay_link(session: Session, token: str, now: datetime | None = None) -> 
     if link.expires_at <= (now or utcnow()):
         raise PayLinkExpired("this pay link has expired")
     return link
+
+
+def open_checkout_for(session: Session, link: PayLink, now: datetime | None = None
+                      ) -> Checkout | None:
+    """The checkout already opened from `link` that a person can still pay, or None."""
+    now = now or utcnow()
+    return session.scalars(
+        select(Checkout)
+        .where(Checkout.pay_link_id == link.id, Checkout.status == "open",
+               or_(Checkout.expires_at.is_(None), Checkout.expires_at > now))
+        .order_by(Checkout.id.desc())
+        .limit(1)
+    ).first() if link.id is not None else None
+
+
+def checkouts_of(session: Session, account_id: int) -> list[Checkout]:
+    """Every checkout of an account, newest first (for `tokens purchases`)."""
+    return list(session.scalars(
+        select(Checkout).where(Checkout.account_id == account_id).order_by(Checkout.id.desc())
+    ))

@@ -1,35 +1,144 @@
-"""Pay links: `GET /pay/<token>`.
+"""Pay links: `GET /pay/<token>` opens the checkout behind a link sent by SMS or WhatsApp.
 
-The checkout behind a pay link (Stripe Checkout or the sandbox page) is not built yet; until it
-is, a valid link shows what it will buy and says plainly that payments are not enabled on this
-server. Unknown tokens get 404 and expired ones 410, each with a friendly page.
+The checkout is created at click time with the provider (Stripe Checkout, or the sandbox
+page), from the server-side catalog only, and the person is sent there with a 303
+(payments.md, "Pay links"). A second click reuses the open checkout. The Stripe idempotency
+key is derived from the link's token and the attempt, so a double click opens one session.
+Unknown tokens get 404 and expired ones 410, each with a friendly page.
 """
 
 from __future__ import annotations
 
-from flask import Blueprint, current_app, render_template
-from flask.typing import ResponseReturnValue
+import hashlib
+import logging
 
+from flask import Blueprint, Flask, current_app, redirect, render_template
+from flask.typing import ResponseReturnValue
+from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
+
+from app.billing import payment_provider
 from app.extensions import db
 from bot.router import BotSettings
-from tokens.errors import PayLinkExpired, PayLinkNotFound
-from tokens.payments import find_pay_link
+from tokens.errors import CatalogError, PayLinkExpired, PayLinkNotFound
+from tokens.ledger import Account
+from tokens.payments import Checkout, PayLink, Subscription, find_pay_link, open_checkout_for
+from tokens.providers import CheckoutRequest, PaymentError, PaymentProvider
 
 bp = Blueprint("pay", __name__)
+log = logging.getLogger(__name__)
+
+
+def _unavailable(reason: str, status: int) -> ResponseReturnValue:
+    settings: BotSettings = current_app.extensions["bot_settings"]
+    return render_template("pay_unavailable.html", reason=reason,
+                           bot_name=settings.catalog.bot_name), status
 
 
 @bp.get("/pay/<token>")
 def pay_link(token: str) -> ResponseReturnValue:
-    """The page behind a pay link sent by SMS or WhatsApp."""
-    settings: BotSettings = current_app.extensions["bot_settings"]
+    """The page behind a pay link: 303 to the checkout (or the billing portal).
+
+    Returns:
+        303 to the provider; 404 unknown link; 410 expired link; 503 when this server takes no
+        payments; 502 when the provider refused (nothing charged).
+    """
+    app: Flask = current_app._get_current_object()  # type: ignore[attr-defined]
     try:
         link = find_pay_link(db.session, token)
     except PayLinkNotFound:
-        return render_template("pay_unavailable.html", reason="unknown",
-                               bot_name=settings.catalog.bot_name), 404
+        return _unavailable("unknown", 404)
     except PayLinkExpired:
-        return render_template("pay_unavailable.html", reason="expired",
-                               bot_name=settings.catalog.bot_name), 410
-    pack = settings.catalog.pack(link.pack_code)
-    return render_template("pay.html", pack=pack, bot_name=settings.catalog.bot_name,
-                           expires_at=link.expires_at)
+        return _unavailable("expired", 410)
+    provider = payment_provider(app)
+    if provider is None:
+        return _unavailable("disabled", 503)
+    try:
+        if link.purpose == "portal":
+            url = _portal(app, provider, link)
+        else:
+            url = _checkout(app, provider, link)
+    except PaymentError as exc:
+        db.session.rollback()
+        log.error("checkout not created: %s", exc)
+        return _unavailable("error", 502)
+    except CatalogError:
+        return _unavailable("unknown", 404)
+    return redirect(url, code=303)
+
+
+@bp.get("/pay/<token>/done")
+def pay_done(token: str) -> ResponseReturnValue:
+    """Where the provider sends the person back after paying."""
+    settings: BotSettings = current_app.extensions["bot_settings"]
+    link = db.session.scalar(select(PayLink).where(PayLink.token == token))
+    if link is None:
+        return _unavailable("unknown", 404)
+    paid = db.session.scalar(select(func.count()).select_from(Checkout).where(
+        Checkout.pay_link_id == link.id, Checkout.status == "completed"))
+    provider = payment_provider(current_app._get_current_object())  # type: ignore[attr-defined]
+    return render_template("pay_done.html", bot_name=settings.catalog.bot_name,
+                           paid=bool(paid),
+                           provider_name="Stripe" if provider and provider.name == "stripe"
+                           else "the payment")
+
+
+def _checkout(app: Flask, provider: PaymentProvider, link: PayLink) -> str:
+    """The URL of the open checkout for `link`, creating it with the provider if needed."""
+    settings: BotSettings = app.extensions["bot_settings"]
+    catalog = settings.catalog
+    session = db.session
+    existing = open_checkout_for(session, link)
+    if existing is not None:
+        return existing.url
+    public_id = session.scalar(select(Account.public_id).where(Account.id == link.account_id))
+    attempt = 1 + (session.scalar(select(func.count()).select_from(Checkout).where(
+        Checkout.pay_link_id == link.id)) or 0)
+    base = app.config["PUBLIC_BASE_URL"]
+    digest = hashlib.sha256(link.token.encode()).hexdigest()[:32]
+    if link.purpose == "premium":
+        plan = catalog.premium
+        mode, code, name = "subscription", plan.code, f"{catalog.bot_name} {plan.name}"
+        amount, currency, tokens, bonus = plan.price_cents, plan.currency, 0, 0
+    else:
+        pack = catalog.pack(link.pack_code)
+        mode, code = "payment", pack.code
+        name = f"{catalog.bot_name} {pack.name}: {pack.total_tokens} tokens"
+        amount, currency, tokens, bonus = (pack.price_cents, pack.currency, pack.tokens,
+                                           pack.bonus_tokens)
+    request = CheckoutRequest(
+        mode=mode, account_public_id=str(public_id), item_code=code, name=name,
+        amount_cents=amount, currency=currency, tokens=tokens, bonus_tokens=bonus,
+        success_url=f"{base}/pay/{link.token}/done", cancel_url=f"{base}/pay/{link.token}",
+        idempotency_key=f"paylink-{digest}-{attempt}",
+    )
+    session.commit()  # no transaction stays open while the provider answers
+    created = provider.create_checkout(request)
+    checkout = Checkout(
+        pay_link_id=link.id, account_id=link.account_id, provider=provider.name, mode=mode,
+        item_code=code, amount_cents=amount, currency=currency, tokens=tokens,
+        bonus_tokens=bonus, external_id=created.external_id, url=created.url,
+        status="open", expires_at=created.expires_at,
+    )
+    try:
+        with session.begin_nested():
+            session.add(checkout)
+            session.flush()
+    except IntegrityError:
+        pass  # a concurrent click got the same session (same idempotency key) and stored it
+    session.commit()
+    return created.url
+
+
+def _portal(app: Flask, provider: PaymentProvider, link: PayLink) -> str:
+    """The billing portal of the person's subscription."""
+    customer = db.session.scalar(
+        select(Subscription.customer_id)
+        .where(Subscription.account_id == link.account_id, Subscription.customer_id.is_not(None))
+        .order_by(Subscription.updated_at.desc()).limit(1)
+    )
+    db.session.commit()
+    if customer is None:
+        raise CatalogError("no subscription to manage")
+    done = f"{app.config['PUBLIC_BASE_URL']}/pay/{link.token}/done"
+    return provider.create_portal(customer, done)

@@ -8,15 +8,15 @@ from tokens import ledger, payments
 from tokens.base import utcnow
 
 
-def test_a_pay_link_page_shows_the_pack_and_says_no_money_moves(client, session):
+def test_a_pay_link_opens_the_sandbox_checkout_that_says_no_money_moves(client, session):
     account = ledger.open_account(session)
     link = payments.issue_pay_link(session, account.id, "starter", ttl_seconds=3600)
     session.commit()
     response = client.get(f"/pay/{link.token}")
-    assert response.status_code == 200
-    page = response.get_data(as_text=True)
+    assert response.status_code == 303
+    page = client.get(response.headers["Location"]).get_data(as_text=True)
     assert "120 tokens" in page and "$5.00" in page
-    assert "not enabled" in page
+    assert "no money moves" in page
 
 
 def test_unknown_and_expired_pay_links_get_friendly_pages(client, session):

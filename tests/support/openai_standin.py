@@ -14,21 +14,18 @@ Everything is thread-safe: the server answers each request on its own thread.
 
 from __future__ import annotations
 
-import json
 import math
 import secrets
 import string
-import threading
 import time
-from collections import deque
 from dataclasses import dataclass
-from types import TracebackType
 from typing import Any
 
-from werkzeug.serving import BaseWSGIServer, WSGIRequestHandler, make_server
 from werkzeug.wrappers import Request, Response
 
-HOST = "127.0.0.1"
+from tests.support.loopback import HOST as HOST
+from tests.support.loopback import FailureQueue, LoopbackServer, json_response
+
 API_PREFIX = "/v1"
 CHAT_COMPLETIONS = f"{API_PREFIX}/chat/completions"
 DEFAULT_REPLY_PREFIX = "Here is your answer about: "
@@ -107,17 +104,9 @@ class _Failure:
     status: int
     body: dict[str, Any]
     headers: dict[str, str]
-    remaining: int
 
 
-class _QuietHandler(WSGIRequestHandler):
-    """Werkzeug's handler without the one-line access log per request."""
-
-    def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
-        pass
-
-
-class OpenAIStandIn:
+class OpenAIStandIn(LoopbackServer):
     """A threaded loopback server answering the Chat Completions API like OpenAI does.
 
     Use as a context manager (or call `start()` / `stop()`); `base_url` is valid once started.
@@ -127,72 +116,17 @@ class OpenAIStandIn:
         delay_seconds: sleep this long before answering any request (to provoke client timeouts).
     """
 
+    thread_name = "openai-standin"
+    # base_url is `http://127.0.0.1:PORT/v1`, for `openai.OpenAI(base_url=...)`.
+    base_path = API_PREFIX
+
     def __init__(self, reply: str | None = None, delay_seconds: float = 0.0) -> None:
-        self._lock = threading.Lock()
-        self._closing = threading.Event()
+        super().__init__(delay_seconds)
         self._reply = reply
-        self._delay_seconds = delay_seconds
-        self._failures: deque[_Failure] = deque()
+        self._failures: FailureQueue[_Failure] = FailureQueue()
         self._requests: list[dict[str, Any]] = []
         self._in_flight = 0
         self._max_concurrent = 0
-        self._server: BaseWSGIServer | None = None
-        self._thread: threading.Thread | None = None
-
-    # -- lifecycle -------------------------------------------------------------------------
-
-    def start(self) -> OpenAIStandIn:
-        """Bind a free loopback port and serve on a daemon thread."""
-        if self._server is not None:
-            raise RuntimeError("OpenAIStandIn is already running")
-        self._closing.clear()
-        self._server = make_server(
-            HOST, 0, self._wsgi_app, threaded=True, request_handler=_QuietHandler
-        )
-        self._thread = threading.Thread(
-            target=self._server.serve_forever,
-            kwargs={"poll_interval": 0.05},
-            name="openai-standin",
-            daemon=True,
-        )
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        """Wake delayed requests, stop serving and close the socket."""
-        server, thread = self._server, self._thread
-        if server is None:
-            return
-        self._closing.set()
-        server.shutdown()
-        server.server_close()
-        if thread is not None:
-            thread.join(timeout=5)
-        self._server = self._thread = None
-
-    def __enter__(self) -> OpenAIStandIn:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.stop()
-
-    @property
-    def port(self) -> int:
-        """The loopback port the server listens on."""
-        if self._server is None:
-            raise RuntimeError("OpenAIStandIn is not running; use it as a context manager")
-        port: int = self._server.server_address[1]
-        return port
-
-    @property
-    def base_url(self) -> str:
-        """`http://127.0.0.1:PORT/v1`, for `openai.OpenAI(base_url=...)`."""
-        return f"http://{HOST}:{self.port}{API_PREFIX}"
 
     # -- controls --------------------------------------------------------------------------
 
@@ -205,16 +139,6 @@ class OpenAIStandIn:
     def reply(self, value: str | None) -> None:
         with self._lock:
             self._reply = value
-
-    @property
-    def delay_seconds(self) -> float:
-        with self._lock:
-            return self._delay_seconds
-
-    @delay_seconds.setter
-    def delay_seconds(self, value: float) -> None:
-        with self._lock:
-            self._delay_seconds = value
 
     def fail_next(
         self,
@@ -239,8 +163,6 @@ class OpenAIStandIn:
             code, message, error_type: override the defaults above.
             retry_after: add `retry-after-ms` / `retry-after` headers (seconds).
         """
-        if times < 1:
-            raise ValueError("times must be at least 1")
         default_type, default_code, default_message = _ERRORS.get(
             status, ("server_error" if status >= 500 else "invalid_request_error", None, "Error.")
         )
@@ -255,8 +177,7 @@ class OpenAIStandIn:
         if retry_after is not None:
             headers["retry-after-ms"] = str(int(retry_after * 1000))
             headers["retry-after"] = str(math.ceil(retry_after))
-        with self._lock:
-            self._failures.append(_Failure(status, body, headers, times))
+        self._failures.push(_Failure(status, body, headers), times)
 
     @property
     def requests(self) -> list[dict[str, Any]]:
@@ -284,28 +205,26 @@ class OpenAIStandIn:
 
     def reset(self) -> None:
         """Forget requests and pending failures; back to the default reply and no delay."""
+        self._failures.clear()
         with self._lock:
             self._reply = None
             self._delay_seconds = 0.0
-            self._failures.clear()
             self._requests.clear()
             self._max_concurrent = self._in_flight
 
     # -- the server ------------------------------------------------------------------------
 
-    def _wsgi_app(self, environ: dict[str, Any], start_response: Any) -> Any:
-        request = Request(environ)
+    def _handle(self, request: Request) -> Response:
         with self._lock:
             self._in_flight += 1
             self._max_concurrent = max(self._max_concurrent, self._in_flight)
         try:
-            response = self._handle(request)
+            return self._answer(request)
         finally:
             with self._lock:
                 self._in_flight -= 1
-        return response(environ, start_response)
 
-    def _handle(self, request: Request) -> Response:
+    def _answer(self, request: Request) -> Response:
         body = request.get_json(silent=True)
         with self._lock:
             self._requests.append(
@@ -316,9 +235,7 @@ class OpenAIStandIn:
                     "json": body,
                 }
             )
-            delay = self._delay_seconds
-        if delay > 0:
-            self._closing.wait(delay)
+        self._pause()
 
         if request.method != "POST" or request.path != CHAT_COMPLETIONS:
             message = f"Invalid URL ({request.method} {request.path})"
@@ -332,7 +249,7 @@ class OpenAIStandIn:
             )
             return _json(401, error_body(message, "invalid_request_error"))
 
-        failure = self._take_failure()
+        failure = self._failures.take()
         if failure is not None:
             return _json(failure.status, failure.body, failure.headers)
 
@@ -340,16 +257,6 @@ class OpenAIStandIn:
             message = "We could not parse the JSON body of your request."
             return _json(400, error_body(message, "invalid_request_error"))
         return self._complete(body)
-
-    def _take_failure(self) -> _Failure | None:
-        with self._lock:
-            if not self._failures:
-                return None
-            failure = self._failures[0]
-            failure.remaining -= 1
-            if failure.remaining <= 0:
-                self._failures.popleft()
-            return failure
 
     def _complete(self, body: dict[str, Any]) -> Response:
         model = body.get("model")
@@ -424,10 +331,10 @@ class OpenAIStandIn:
 
 
 def _json(status: int, payload: dict[str, Any], headers: dict[str, str] | None = None) -> Response:
-    response = Response(json.dumps(payload), status=status, mimetype="application/json")
-    response.headers["x-request-id"] = f"req_{secrets.token_hex(16)}"
-    response.headers["openai-processing-ms"] = "1"
-    response.headers["openai-version"] = "2020-10-01"
-    for name, value in (headers or {}).items():
-        response.headers[name] = value
-    return response
+    """`json_response` with OpenAI's request-id, processing-time and version headers."""
+    standard = {
+        "x-request-id": f"req_{secrets.token_hex(16)}",
+        "openai-processing-ms": "1",
+        "openai-version": "2020-10-01",
+    }
+    return json_response(status, payload, {**standard, **(headers or {})})

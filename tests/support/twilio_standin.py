@@ -20,22 +20,19 @@ edge/region (TWILIO_EDGE / TWILIO_REGION) is configured.
 
 from __future__ import annotations
 
-import json
 import math
 import re
 import secrets
-import threading
-from collections import deque
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import format_datetime
-from types import TracebackType
 from typing import Any
 
-from werkzeug.serving import BaseWSGIServer, WSGIRequestHandler, make_server
 from werkzeug.wrappers import Request, Response
 
-HOST = "127.0.0.1"
+from tests.support.loopback import HOST as HOST
+from tests.support.loopback import FailureQueue, LoopbackServer, json_response
+
 API_VERSION = "2010-04-01"
 MAX_BODY_CHARS = 1600
 _MESSAGES = re.compile(rf"/{API_VERSION}/Accounts/(?P<account>[^/]+)/Messages\.json")
@@ -106,17 +103,9 @@ class _Failure:
     status: int
     code: int
     message: str | None
-    remaining: int
 
 
-class _QuietHandler(WSGIRequestHandler):
-    """Werkzeug's handler without the one-line access log per request."""
-
-    def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
-        pass
-
-
-class TwilioStandIn:
+class TwilioStandIn(LoopbackServer):
     """A threaded loopback server answering the Messages resource like Twilio does.
 
     Use as a context manager (or call `start()` / `stop()`); `base_url` is valid once started.
@@ -127,89 +116,23 @@ class TwilioStandIn:
         delay_seconds: sleep this long before answering any request (to provoke read timeouts).
     """
 
+    # base_url is `http://127.0.0.1:PORT`: what replaces `https://api.twilio.com`.
+    thread_name = "twilio-standin"
+
     def __init__(
         self,
         account_sid: str | None = None,
         auth_token: str | None = None,
         delay_seconds: float = 0.0,
     ) -> None:
+        super().__init__(delay_seconds)
         self.account_sid = account_sid
         self.auth_token = auth_token
-        self._lock = threading.Lock()
-        self._closing = threading.Event()
-        self._delay_seconds = delay_seconds
-        self._failures: deque[_Failure] = deque()
+        self._failures: FailureQueue[_Failure] = FailureQueue()
         self._sent: list[dict[str, Any]] = []
         self._messages: dict[str, dict[str, Any]] = {}
-        self._server: BaseWSGIServer | None = None
-        self._thread: threading.Thread | None = None
-
-    # -- lifecycle -------------------------------------------------------------------------
-
-    def start(self) -> TwilioStandIn:
-        """Bind a free loopback port and serve on a daemon thread."""
-        if self._server is not None:
-            raise RuntimeError("TwilioStandIn is already running")
-        self._closing.clear()
-        self._server = make_server(
-            HOST, 0, self._wsgi_app, threaded=True, request_handler=_QuietHandler
-        )
-        self._thread = threading.Thread(
-            target=self._server.serve_forever,
-            kwargs={"poll_interval": 0.05},
-            name="twilio-standin",
-            daemon=True,
-        )
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        """Wake delayed requests, stop serving and close the socket."""
-        server, thread = self._server, self._thread
-        if server is None:
-            return
-        self._closing.set()
-        server.shutdown()
-        server.server_close()
-        if thread is not None:
-            thread.join(timeout=5)
-        self._server = self._thread = None
-
-    def __enter__(self) -> TwilioStandIn:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.stop()
-
-    @property
-    def port(self) -> int:
-        """The loopback port the server listens on."""
-        if self._server is None:
-            raise RuntimeError("TwilioStandIn is not running; use it as a context manager")
-        port: int = self._server.server_address[1]
-        return port
-
-    @property
-    def base_url(self) -> str:
-        """`http://127.0.0.1:PORT`: what replaces `https://api.twilio.com`."""
-        return f"http://{HOST}:{self.port}"
 
     # -- controls --------------------------------------------------------------------------
-
-    @property
-    def delay_seconds(self) -> float:
-        with self._lock:
-            return self._delay_seconds
-
-    @delay_seconds.setter
-    def delay_seconds(self, value: float) -> None:
-        with self._lock:
-            self._delay_seconds = value
 
     def fail_next(self, status: int, code: int, message: str | None = None, times: int = 1) -> None:
         """Answer the next `times` authenticated message creations with a Twilio error.
@@ -218,10 +141,7 @@ class TwilioStandIn:
         freeform outside the 24-hour window, `(500, 20500)`. `message` defaults to Twilio's
         text for `code` (see `ERROR_MESSAGES`).
         """
-        if times < 1:
-            raise ValueError("times must be at least 1")
-        with self._lock:
-            self._failures.append(_Failure(status, code, message, times))
+        self._failures.push(_Failure(status, code, message), times)
 
     @property
     def sent(self) -> list[dict[str, Any]]:
@@ -247,22 +167,16 @@ class TwilioStandIn:
 
     def reset(self) -> None:
         """Forget sent messages and pending failures; no delay."""
+        self._failures.clear()
         with self._lock:
             self._delay_seconds = 0.0
-            self._failures.clear()
             self._sent.clear()
             self._messages.clear()
 
     # -- the server ------------------------------------------------------------------------
 
-    def _wsgi_app(self, environ: dict[str, Any], start_response: Any) -> Any:
-        response = self._handle(Request(environ))
-        return response(environ, start_response)
-
     def _handle(self, request: Request) -> Response:
-        delay = self.delay_seconds
-        if delay > 0:
-            self._closing.wait(delay)
+        self._pause()
 
         create = _MESSAGES.fullmatch(request.path)
         fetch = _MESSAGE.fullmatch(request.path)
@@ -308,7 +222,7 @@ class TwilioStandIn:
             fields[name] = values if name == "MediaUrl" else values[0]
         entry: dict[str, Any] = {"account_sid": account_sid, **fields}
 
-        failure = self._take_failure()
+        failure = self._failures.take()
         error: dict[str, Any] | None
         if failure is not None:
             error = error_body(failure.status, failure.code, failure.message)
@@ -326,16 +240,6 @@ class TwilioStandIn:
             self._sent.append(entry)
             self._messages[resource["sid"]] = resource
         return _json(201, resource)
-
-    def _take_failure(self) -> _Failure | None:
-        with self._lock:
-            if not self._failures:
-                return None
-            failure = self._failures[0]
-            failure.remaining -= 1
-            if failure.remaining <= 0:
-                self._failures.popleft()
-            return failure
 
 
 def _validate(fields: dict[str, Any]) -> dict[str, Any] | None:
@@ -385,6 +289,5 @@ def _message_resource(account_sid: str, fields: dict[str, Any]) -> dict[str, Any
 
 
 def _json(status: int, payload: dict[str, Any]) -> Response:
-    response = Response(json.dumps(payload), status=status, mimetype="application/json")
-    response.headers["Twilio-Request-Id"] = new_sid("RQ")
-    return response
+    """`json_response` with Twilio's request-id header."""
+    return json_response(status, payload, {"Twilio-Request-Id": new_sid("RQ")})

@@ -1,0 +1,110 @@
+"""The web layer's side of payments: the provider, applying events, telling people.
+
+`apply_event` is shared by the Stripe webhook and the sandbox's Pay button, so both run the
+same fulfilment (`tokens.payment_events`). Notices are worded here (`bot.replies`), stored as
+pending messages in the event's transaction, and sent after the commit: by a job when Redis is
+configured, else right away through the REST API when Twilio is configured. Without Twilio
+credentials nothing can be sent, and the pages themselves say what happened.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import redis
+from flask import Flask
+from sqlalchemy.orm import Session
+
+from app.extensions import db
+from app.queue import enqueue_delivery
+from bot import replies
+from bot.notify import queue_notice
+from bot.router import BotSettings
+from tokens import payments
+from tokens.base import utcnow
+from tokens.payment_events import EventContext, EventResult, Notice, receive_event
+from tokens.providers import PaymentProvider
+
+log = logging.getLogger(__name__)
+
+
+def payment_provider(app: Flask) -> PaymentProvider | None:
+    """The configured provider: Stripe, the sandbox (development), or None (payments off)."""
+    provider: PaymentProvider | None = app.extensions.get("payment_provider")
+    return provider
+
+
+def can_send(app: Flask) -> bool:
+    """Whether messages can be sent through the Twilio REST API (credentials and a sender)."""
+    config = app.config
+    return bool(config["TWILIO_ACCOUNT_SID"] and (
+        config["TWILIO_SMS_FROM"] or config["TWILIO_WHATSAPP_FROM"]
+        or config["TWILIO_MESSAGING_SERVICE_SID"]))
+
+
+def apply_event(app: Flask, provider: PaymentProvider, event: dict[str, object]
+                ) -> EventResult | None:
+    """Keep and apply one provider event, tell the people it concerns, and commit.
+
+    Returns None for an event received before (nothing changes). A handler's exception rolls
+    the transaction back and propagates.
+    """
+    settings: BotSettings = app.extensions["bot_settings"]
+    session = db.session
+    ctx = EventContext(catalog=settings.catalog, provider=provider, now=utcnow())
+    try:
+        result = receive_event(session, provider.name, event, ctx)
+        ids = queue_notices(app, session, result.notices) if result else []
+        session.commit()
+    except BaseException:
+        session.rollback()
+        raise
+    deliver_notices(app, ids)
+    return result
+
+
+def queue_notices(app: Flask, session: Session, notices: tuple[Notice, ...]) -> list[int]:
+    """Word each notice and store it as pending messages; none when nothing can be sent."""
+    if not can_send(app) or not notices:
+        return []
+    ids: list[int] = []
+    for notice in notices:
+        text = notice_text(app, session, notice)
+        if text:
+            ids.extend(queue_notice(session, notice.account_id, text))
+    return ids
+
+
+def notice_text(app: Flask, session: Session, notice: Notice) -> str | None:
+    """What a notice says to the person."""
+    settings: BotSettings = app.extensions["bot_settings"]
+    plan = settings.catalog.premium
+    params = notice.params
+    if notice.kind == "pack_credited":
+        return replies.pack_credited_text(int(params["tokens"]), int(params["available"]))
+    if notice.kind == "payment_failed":
+        return replies.PAYMENT_FAILED
+    if notice.kind == "premium_started":
+        return replies.premium_started_text(plan)
+    if notice.kind == "premium_ended":
+        return replies.premium_ended_text(plan)
+    if notice.kind in ("invoice_failed", "past_due"):
+        link = payments.issue_pay_link(session, notice.account_id, "", purpose="portal",
+                                       ttl_seconds=settings.catalog.pay_link_ttl_seconds)
+        return replies.billing_problem_text(settings.pay_url(link.token))
+    log.warning("no wording for notice %s", notice.kind)
+    return None
+
+
+def deliver_notices(app: Flask, ids: list[int]) -> None:
+    """Send stored notices: by a job with Redis, else now through the REST API."""
+    if not ids:
+        return
+    from app.jobs import deliver_messages
+
+    try:
+        if enqueue_delivery(app, ids):
+            return
+    except redis.RedisError as exc:
+        log.error("enqueue failed, sending now", extra={"error": type(exc).__name__})
+    deliver_messages(ids)

@@ -1,0 +1,95 @@
+"""The sandbox checkout: a local page that stands in for Stripe Checkout in development.
+
+It says plainly that no money moves. Its Pay button builds the events Stripe would send
+(`checkout.session.completed`, and `invoice.paid` for the premium plan's first month) and runs
+them through `app.billing.apply_event`, the same fulfilment as the Stripe webhook. Every route
+answers 404 unless the sandbox is the configured provider, which it never is in production.
+"""
+
+from __future__ import annotations
+
+from flask import Blueprint, Flask, abort, current_app, redirect, render_template, url_for
+from flask.typing import ResponseReturnValue
+from sqlalchemy import select
+
+from app.billing import apply_event, payment_provider
+from app.extensions import db
+from bot.router import BotSettings
+from tokens.ledger import Account
+from tokens.payments import Checkout, PayLink
+from tokens.providers import PaymentProvider, SandboxProvider
+
+bp = Blueprint("sandbox", __name__)
+
+
+def _sandbox() -> tuple[Flask, PaymentProvider]:
+    app: Flask = current_app._get_current_object()  # type: ignore[attr-defined]
+    provider = payment_provider(app)
+    if not isinstance(provider, SandboxProvider) or app.config["APP_ENV"] == "production":
+        abort(404)
+    return app, provider
+
+
+def _checkout(session_id: str) -> Checkout:
+    checkout = db.session.scalar(select(Checkout).where(
+        Checkout.external_id == session_id, Checkout.provider == "sandbox"))
+    if checkout is None:
+        abort(404)
+    return checkout
+
+
+@bp.get("/sandbox/checkout/<session_id>")
+def checkout_page(session_id: str) -> ResponseReturnValue:
+    """The sandbox's checkout page: what is bought, for how much, and a Pay button."""
+    app, _ = _sandbox()
+    settings: BotSettings = app.extensions["bot_settings"]
+    checkout = _checkout(session_id)
+    catalog = settings.catalog
+    if checkout.mode == "subscription":
+        name, price = catalog.premium.name, catalog.premium.price_display
+    else:
+        pack = catalog.pack(checkout.item_code)
+        name, price = f"{pack.name}: {pack.total_tokens} tokens", pack.price_display
+    return render_template("sandbox_checkout.html", checkout=checkout, name=name, price=price,
+                           bot_name=catalog.bot_name)
+
+
+@bp.post("/sandbox/checkout/<session_id>/pay")
+def pay(session_id: str) -> ResponseReturnValue:
+    """Pay (no money moves): the events Stripe would send, through the webhook's fulfilment."""
+    app, provider = _sandbox()
+    checkout = _checkout(session_id)
+    public_id = db.session.scalar(select(Account.public_id).where(
+        Account.id == checkout.account_id))
+    token = db.session.scalar(select(PayLink.token).where(PayLink.id == checkout.pay_link_id))
+    customer = f"cus_sandbox_{public_id}"
+    subscription = f"sub_sandbox_{session_id}" if checkout.mode == "subscription" else None
+    completed = {
+        "id": session_id, "object": "checkout.session", "mode": checkout.mode,
+        "payment_status": "paid", "status": "complete", "amount_total": checkout.amount_cents,
+        "currency": checkout.currency, "client_reference_id": public_id, "customer": customer,
+        "payment_intent": None if subscription else f"pi_sandbox_{session_id}",
+        "subscription": subscription,
+        "metadata": {"account": public_id, "item": checkout.item_code},
+    }
+    db.session.commit()
+    apply_event(app, provider, _event(f"evt_sandbox_{session_id}",
+                                      "checkout.session.completed", completed))
+    if subscription is not None:
+        invoice = {
+            "id": f"in_sandbox_{session_id}", "object": "invoice", "status": "paid",
+            "amount_paid": checkout.amount_cents, "currency": checkout.currency,
+            "customer": customer, "billing_reason": "subscription_create",
+            "parent": {"type": "subscription_details",
+                       "subscription_details": {"subscription": subscription}},
+        }
+        apply_event(app, provider, _event(f"evt_sandbox_in_{session_id}", "invoice.paid",
+                                          invoice))
+    if token is None:
+        return redirect(url_for("sandbox.checkout_page", session_id=session_id), code=303)
+    return redirect(url_for("pay.pay_done", token=token), code=303)
+
+
+def _event(event_id: str, kind: str, obj: dict[str, object]) -> dict[str, object]:
+    return {"id": event_id, "object": "event", "type": kind, "livemode": False,
+            "data": {"object": obj}}

@@ -1,0 +1,514 @@
+"""Payment events: the inbox and the dispatch table of shared/design/payments.md ("Webhook").
+
+`receive_event` stores an event once (`UNIQUE(event id)`; a repeat returns None and changes
+nothing) and runs its handler in the same transaction. Every effect has its own key as well,
+because one effect can arrive in two events (`checkout.session.completed` and
+`checkout.session.async_payment_succeeded`; `invoice.paid` and `invoice.payment_succeeded`):
+
+| effect | key |
+|---|---|
+| a pack credited (+ its bonus) | `checkout:<session id>` (`:bonus`) |
+| a refund's clawback (cumulative) | `clawback:<charge id>:<amount refunded>` (`:bonus`) |
+| a dispute's freeze (a hold) | `dispute:<dispute id>` |
+| a lost dispute's clawback | `dispute:<dispute id>:lost` (`:bonus`) |
+| a paid invoice's allowance | `invoice:<invoice id>` |
+| revenue and its reversals | `revenue:...` (see `tokens.costs.RevenueEntry`) |
+
+Amounts and tokens come only from our catalog and our stored checkout, never from the event: a
+session whose amount or currency differs from the stored one credits nothing and is flagged.
+Handlers lock the person's account row before writing anything, as every path does.
+
+Handlers return `Notice`s: what to tell the person (the web layer words and sends them).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from tokens import costs, ledger
+from tokens.catalog import Catalog
+from tokens.errors import InsufficientTokens, TokensHeld
+from tokens.ledger import Account
+from tokens.payments import Checkout, PaymentEvent, Subscription
+from tokens.providers import PaymentError, PaymentProvider
+
+log = logging.getLogger(__name__)
+# A dispute's freeze lasts at most this long (Stripe decides disputes within ~75 days).
+DISPUTE_HOLD_DAYS = 120
+
+
+@dataclass(frozen=True)
+class Notice:
+    """Something to tell a person after an event.
+
+    Attributes:
+        account_id: whose.
+        kind: "pack_credited", "payment_failed", "premium_started", "premium_ended",
+            "past_due" or "invoice_failed".
+        params: what the wording needs (tokens, available balance, customer id, ...).
+    """
+
+    account_id: int
+    kind: str
+    params: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class EventResult:
+    """What an event did: a short outcome (kept on the inbox row) and the notices."""
+
+    outcome: str
+    notices: tuple[Notice, ...] = ()
+
+
+@dataclass(frozen=True)
+class EventContext:
+    """What handlers need: the catalog, the provider (to re-fetch objects), and the time."""
+
+    catalog: Catalog
+    provider: PaymentProvider
+    now: datetime
+
+
+Handler = Callable[[Session, dict[str, Any], EventContext], EventResult]
+HANDLERS: dict[str, Handler] = {}
+
+
+def handles(*types: str) -> Callable[[Handler], Handler]:
+    """Register a handler for event `types` in the dispatch table."""
+
+    def register(handler: Handler) -> Handler:
+        for name in types:
+            HANDLERS[name] = handler
+        return handler
+
+    return register
+
+
+def receive_event(
+    session: Session, provider: str, event: dict[str, Any], ctx: EventContext
+) -> EventResult | None:
+    """Keep `event` in the inbox and apply it; None when it was received before.
+
+    An unknown type is kept and ignored. A handler's exception propagates (the caller rolls
+    back and answers 500, so the provider retries later).
+    """
+    row = PaymentEvent(provider=provider, event_id=str(event["id"])[:255],
+                       type=str(event.get("type", ""))[:100],
+                       payload=json.dumps(event, separators=(",", ":")), received_at=ctx.now)
+    try:
+        with session.begin_nested():
+            session.add(row)
+            session.flush()
+    except IntegrityError:
+        return None
+    handler = HANDLERS.get(row.type)
+    result = handler(session, event, ctx) if handler else EventResult("ignored: no handler")
+    row.outcome = result.outcome[:200]
+    session.flush()
+    log.info("payment event", extra={"type": row.type, "outcome": result.outcome})
+    return result
+
+
+# --- checkouts -----------------------------------------------------------------------------
+
+
+@handles("checkout.session.completed", "checkout.session.async_payment_succeeded")
+def checkout_completed(session: Session, event: dict[str, Any], ctx: EventContext
+                       ) -> EventResult:
+    """A paid pack is credited once per session, with its bonus, and its revenue recorded; a
+    subscription checkout links the subscription to the person. Unpaid: nothing yet."""
+    obj = _object(event)
+    checkout = _checkout(session, obj.get("id"))
+    if checkout is None:
+        return EventResult("ignored: not a checkout of ours")
+    if obj.get("payment_status") not in ("paid", "no_payment_required"):
+        return EventResult("waiting: not paid yet")
+    ledger.lock_account(session, checkout.account_id)
+    session.refresh(checkout)
+    checkout.customer_id = checkout.customer_id or _id(obj.get("customer"))
+    if checkout.mode == "subscription":
+        return _subscription_checkout(session, obj, checkout, ctx)
+    if checkout.status == "completed":
+        return EventResult("already credited")
+    amount, currency = obj.get("amount_total"), str(obj.get("currency") or "").lower()
+    if amount != checkout.amount_cents or currency != checkout.currency:
+        checkout.status = "flagged"
+        log.error("checkout amount differs from the stored one: nothing credited",
+                  extra={"checkout": checkout.external_id, "amount": amount,
+                         "currency": currency})
+        return EventResult(f"flagged: paid {amount} {currency}, expected "
+                           f"{checkout.amount_cents} {checkout.currency}")
+    bought = ledger.purchase(session, checkout.account_id, checkout.tokens,
+                             checkout.bonus_tokens, key=checkout.purchase_key,
+                             memo=f"pack {checkout.item_code}", now=ctx.now)
+    checkout.status = "completed"
+    checkout.completed_at = ctx.now
+    checkout.payment_intent = checkout.payment_intent or _id(obj.get("payment_intent"))
+    costs.record_revenue(session, checkout.account_id, "pack",
+                         checkout.amount_cents * costs.MUSD_PER_CENT,
+                         key=f"revenue:{checkout.purchase_key}", memo=checkout.item_code,
+                         now=ctx.now)
+    if bought.purchase.replayed:
+        return EventResult("already credited")
+    available = ledger.balance(session, checkout.account_id, ctx.now).available
+    total = checkout.tokens + checkout.bonus_tokens
+    return EventResult(f"credited {total} tokens", (
+        Notice(checkout.account_id, "pack_credited", {"tokens": total, "available": available}),
+    ))
+
+
+@handles("checkout.session.async_payment_failed")
+def checkout_payment_failed(session: Session, event: dict[str, Any], ctx: EventContext
+                            ) -> EventResult:
+    """A delayed payment (e.g. a bank debit) failed: tell the person; nothing credited."""
+    checkout = _checkout(session, _object(event).get("id"))
+    if checkout is None:
+        return EventResult("ignored: not a checkout of ours")
+    if checkout.status == "open":
+        checkout.status = "failed"
+    return EventResult("payment failed", (Notice(checkout.account_id, "payment_failed"),))
+
+
+@handles("checkout.session.expired")
+def checkout_expired(session: Session, event: dict[str, Any], ctx: EventContext
+                     ) -> EventResult:
+    """Forget the pending checkout: the pay link opens a new one."""
+    checkout = _checkout(session, _object(event).get("id"))
+    if checkout is None:
+        return EventResult("ignored: not a checkout of ours")
+    if checkout.status == "open":
+        checkout.status = "expired"
+    return EventResult(f"checkout {checkout.status}")
+
+
+# --- refunds and disputes ------------------------------------------------------------------
+
+
+@handles("charge.refunded")
+def charge_refunded(session: Session, event: dict[str, Any], ctx: EventContext
+                    ) -> EventResult:
+    """Claw back `tokens x amount_refunded / amount`, less what earlier refunds clawed back,
+    at most the unspent tokens of the pack (paid and bonus alike); reverse the refunded money
+    in full. `amount_refunded` is cumulative, so a repeat or an older event does nothing."""
+    obj = _object(event)
+    charge_id = str(obj.get("id") or "")
+    checkout = _checkout_of_charge(session, obj, ctx)
+    if checkout is None:
+        return EventResult("ignored: no checkout of ours for this charge")
+    ledger.lock_account(session, checkout.account_id)
+    session.refresh(checkout)
+    checkout.charge_id = checkout.charge_id or charge_id
+    refunded = min(int(obj.get("amount_refunded") or 0), checkout.amount_cents)
+    if refunded <= checkout.refunded_cents:
+        return EventResult("already processed")
+    taken = 0
+    if checkout.status == "completed":
+        for suffix, tokens in (("", checkout.tokens), (":bonus", checkout.bonus_tokens)):
+            target = tokens * refunded // checkout.amount_cents
+            taken += _claw(session, checkout, checkout.purchase_key + suffix, target,
+                           f"clawback:{charge_id}:{refunded}{suffix}", "refund", ctx)
+    reversed_cents = refunded - checkout.refunded_cents
+    checkout.refunded_cents = refunded
+    if checkout.status == "completed":
+        costs.record_revenue(session, checkout.account_id, "pack",
+                             -reversed_cents * costs.MUSD_PER_CENT,
+                             key=f"revenue:refund:{charge_id}:{refunded}", memo="refund",
+                             now=ctx.now)
+    return EventResult(f"refund of {refunded} cents: {taken} tokens clawed back")
+
+
+@handles("charge.dispute.created")
+def dispute_created(session: Session, event: dict[str, Any], ctx: EventContext
+                    ) -> EventResult:
+    """Freeze the pack's unspent tokens with a hold until the dispute closes. An inquiry
+    (`warning_needs_response`) moves no money and freezes nothing."""
+    obj = _object(event)
+    dispute_id = str(obj.get("id") or "")
+    if obj.get("status", "").startswith("warning_"):
+        return EventResult("inquiry: nothing frozen")
+    checkout = _checkout_of_dispute(session, obj, ctx)
+    if checkout is None or checkout.status != "completed":
+        return EventResult("ignored: no credited checkout of ours for this dispute")
+    ledger.lock_account(session, checkout.account_id)
+    unspent = sum(ledger.credit_status(session, checkout.purchase_key + suffix)[1]
+                  for suffix in ("", ":bonus"))
+    available = ledger.balance(session, checkout.account_id, ctx.now).available
+    freeze = min(unspent, available)
+    if freeze <= 0:
+        return EventResult("dispute: nothing left to freeze")
+    ledger.hold(session, checkout.account_id, freeze, key=f"dispute:{dispute_id}",
+                ttl_seconds=DISPUTE_HOLD_DAYS * 86400, memo="frozen: payment disputed",
+                now=ctx.now)
+    return EventResult(f"dispute: {freeze} tokens frozen")
+
+
+@handles("charge.dispute.closed")
+def dispute_closed(session: Session, event: dict[str, Any], ctx: EventContext) -> EventResult:
+    """Won (or an inquiry closed): release the freeze. Lost: release it, claw back what is
+    left of the pack, and reverse the disputed money."""
+    obj = _object(event)
+    dispute_id = str(obj.get("id") or "")
+    checkout = _checkout_of_dispute(session, obj, ctx)
+    if checkout is None:
+        return EventResult("ignored: no checkout of ours for this dispute")
+    ledger.lock_account(session, checkout.account_id)
+    hold = session.scalar(select(ledger.Hold).where(
+        ledger.Hold.idempotency_key == f"dispute:{dispute_id}"))
+    if hold is not None and hold.status == "pending":
+        ledger.void(session, hold.id, now=ctx.now)
+    status = str(obj.get("status") or "")
+    if status != "lost":
+        return EventResult(f"dispute {status or 'closed'}: released")
+    taken = 0
+    if checkout.status == "completed":
+        for suffix, tokens in (("", checkout.tokens), (":bonus", checkout.bonus_tokens)):
+            taken += _claw(session, checkout, checkout.purchase_key + suffix, tokens,
+                           f"dispute:{dispute_id}:lost{suffix}", "dispute lost", ctx)
+    disputed = min(int(obj.get("amount") or checkout.amount_cents),
+                   checkout.amount_cents - checkout.refunded_cents)
+    if disputed > 0 and checkout.status == "completed":
+        costs.record_revenue(session, checkout.account_id, "pack",
+                             -disputed * costs.MUSD_PER_CENT,
+                             key=f"revenue:dispute:{dispute_id}", memo="dispute lost",
+                             now=ctx.now)
+    return EventResult(f"dispute lost: {taken} tokens clawed back")
+
+
+# --- subscriptions -------------------------------------------------------------------------
+
+
+@handles("customer.subscription.created", "customer.subscription.updated",
+         "customer.subscription.deleted")
+def subscription_changed(session: Session, event: dict[str, Any], ctx: EventContext
+                         ) -> EventResult:
+    """Re-fetch the subscription and store its status: events arrive out of order, the
+    provider's present state does not."""
+    obj = _object(event)
+    external_id = str(obj.get("id") or "")
+    try:
+        fresh = ctx.provider.fetch_subscription(external_id)
+    except PaymentError:
+        if ctx.provider.name != "sandbox":
+            raise  # the caller answers 500 and Stripe retries
+        fresh = obj
+    return _store_subscription(session, fresh, ctx, account_id=_account_of_metadata(session, obj))
+
+
+@handles("invoice.paid", "invoice.payment_succeeded")
+def invoice_paid(session: Session, event: dict[str, Any], ctx: EventContext) -> EventResult:
+    """Each paid invoice of the premium plan grants its monthly tokens once (bucket
+    "subscription", until the period it pays for ends) and counts as revenue."""
+    obj = _object(event)
+    subscription = _subscription_of_invoice(session, obj)
+    if subscription is None or subscription.account_id is None:
+        return EventResult("ignored: not a subscription of ours")
+    account_id = subscription.account_id
+    ledger.lock_account(session, account_id)
+    invoice_id = str(obj.get("id") or "")
+    plan = ctx.catalog.premium
+    expires_at = _period_end(obj) or ctx.now + timedelta(days=31)
+    posted = ledger.grant(session, account_id, plan.monthly_tokens, key=f"invoice:{invoice_id}",
+                          bucket="subscription", expires_at=max(expires_at, ctx.now
+                                                                + timedelta(days=1)),
+                          memo=f"{plan.name} month", now=ctx.now)
+    paid = int(obj.get("amount_paid") or 0)
+    if paid > 0:
+        costs.record_revenue(session, account_id, "subscription", paid * costs.MUSD_PER_CENT,
+                             key=f"revenue:invoice:{invoice_id}", memo=plan.code, now=ctx.now)
+    if posted.replayed:
+        return EventResult("already granted")
+    return EventResult(f"granted {plan.monthly_tokens} subscription tokens")
+
+
+@handles("invoice.payment_failed")
+def invoice_payment_failed(session: Session, event: dict[str, Any], ctx: EventContext
+                           ) -> EventResult:
+    """Tell the person, with a billing-portal link to fix their card."""
+    obj = _object(event)
+    subscription = _subscription_of_invoice(session, obj)
+    if subscription is None or subscription.account_id is None:
+        return EventResult("ignored: not a subscription of ours")
+    customer = subscription.customer_id or _id(obj.get("customer"))
+    return EventResult("told the person", (
+        Notice(subscription.account_id, "invoice_failed", {"customer": customer}),
+    ))
+
+
+def _subscription_checkout(session: Session, obj: dict[str, Any], checkout: Checkout,
+                           ctx: EventContext) -> EventResult:
+    checkout.status = "completed"
+    checkout.completed_at = checkout.completed_at or ctx.now
+    external_id = _id(obj.get("subscription"))
+    if external_id is None:
+        return EventResult("subscription checkout without a subscription")
+    try:
+        fresh = ctx.provider.fetch_subscription(external_id)
+    except PaymentError:
+        if ctx.provider.name != "sandbox":
+            raise
+        fresh = {"id": external_id, "status": "active"}
+    fresh.setdefault("customer", checkout.customer_id)
+    return _store_subscription(session, fresh, ctx, account_id=checkout.account_id)
+
+
+def _store_subscription(session: Session, fresh: dict[str, Any], ctx: EventContext,
+                        *, account_id: int | None) -> EventResult:
+    external_id = str(fresh.get("id") or "")
+    row = session.scalar(select(Subscription).where(Subscription.external_id == external_id))
+    if row is None:
+        try:
+            with session.begin_nested():
+                row = Subscription(provider=ctx.provider.name, external_id=external_id,
+                                   status="incomplete", account_id=account_id,
+                                   updated_at=ctx.now)
+                session.add(row)
+                session.flush()
+        except IntegrityError:
+            row = session.scalar(select(Subscription).where(
+                Subscription.external_id == external_id))
+            assert row is not None
+    row.account_id = row.account_id or account_id
+    if row.account_id is not None:
+        ledger.lock_account(session, row.account_id)
+        session.refresh(row)
+    grace = ctx.catalog.premium.grace_days
+    was_premium = row.premium(ctx.now, grace) if row.account_id else False
+    status = str(fresh.get("status") or row.status)
+    row.past_due_since = (row.past_due_since or ctx.now) if status == "past_due" else None
+    row.status = status
+    row.customer_id = _id(fresh.get("customer")) or row.customer_id
+    row.cancel_at_period_end = bool(fresh.get("cancel_at_period_end"))
+    row.current_period_end = _period_end(fresh) or row.current_period_end
+    row.updated_at = ctx.now
+    session.flush()
+    if row.account_id is None:
+        return EventResult(f"subscription {status}: no account of ours yet")
+    now_premium = row.premium(ctx.now, grace)
+    notices: list[Notice] = []
+    if now_premium and not was_premium:
+        notices.append(Notice(row.account_id, "premium_started"))
+    elif was_premium and not now_premium:
+        notices.append(Notice(row.account_id, "premium_ended"))
+    if status == "past_due" and row.past_due_since == ctx.now:
+        notices.append(Notice(row.account_id, "past_due", {"customer": row.customer_id}))
+    return EventResult(f"subscription {status}", tuple(notices))
+
+
+# --- reading events defensively ------------------------------------------------------------
+
+
+def _object(event: dict[str, Any]) -> dict[str, Any]:
+    data = event.get("data")
+    obj = data.get("object") if isinstance(data, dict) else None
+    return obj if isinstance(obj, dict) else {}
+
+
+def _id(value: Any) -> str | None:
+    """An id that may be a string or an expanded object."""
+    if isinstance(value, dict):
+        value = value.get("id")
+    return str(value) if value else None
+
+
+def _checkout(session: Session, external_id: Any) -> Checkout | None:
+    if not external_id:
+        return None
+    return session.scalar(select(Checkout).where(Checkout.external_id == str(external_id)))
+
+
+def _checkout_of_charge(session: Session, charge: dict[str, Any], ctx: EventContext
+                        ) -> Checkout | None:
+    """Our checkout of a charge: by its payment intent, or a charge id seen before."""
+    intent, charge_id = _id(charge.get("payment_intent")), _id(charge.get("id"))
+    if intent:
+        found = session.scalar(select(Checkout).where(Checkout.payment_intent == intent))
+        if found is not None:
+            return found
+    if charge_id:
+        return session.scalar(select(Checkout).where(Checkout.charge_id == charge_id))
+    return None
+
+
+def _checkout_of_dispute(session: Session, dispute: dict[str, Any], ctx: EventContext
+                         ) -> Checkout | None:
+    """Our checkout of a dispute's charge; older API shapes name only the charge, which is
+    fetched for its payment intent."""
+    charge_id = _id(dispute.get("charge"))
+    found = _checkout_of_charge(session, {"id": charge_id,
+                                          "payment_intent": dispute.get("payment_intent")}, ctx)
+    if found is not None or charge_id is None:
+        return found
+    try:
+        charge = ctx.provider.fetch_charge(charge_id)
+    except PaymentError:
+        return None
+    found = _checkout_of_charge(session, charge, ctx)
+    if found is not None:
+        found.charge_id = found.charge_id or charge_id
+    return found
+
+
+def _subscription_of_invoice(session: Session, invoice: dict[str, Any]) -> Subscription | None:
+    """The invoice's subscription: `parent.subscription_details.subscription` in the current
+    API shape, `subscription` in older ones (payments.md)."""
+    parent = invoice.get("parent")
+    details = parent.get("subscription_details") if isinstance(parent, dict) else None
+    external_id = _id(details.get("subscription")) if isinstance(details, dict) else None
+    external_id = external_id or _id(invoice.get("subscription"))
+    if external_id is None:
+        return None
+    return session.scalar(select(Subscription).where(Subscription.external_id == external_id))
+
+
+def _account_of_metadata(session: Session, obj: dict[str, Any]) -> int | None:
+    metadata = obj.get("metadata")
+    public_id = metadata.get("account") if isinstance(metadata, dict) else None
+    if not public_id:
+        return None
+    return session.scalar(select(Account.id).where(Account.public_id == str(public_id)))
+
+
+def _period_end(obj: dict[str, Any]) -> datetime | None:
+    """When the period an invoice or a subscription covers ends: `current_period_end`
+    (older shapes), the first item's (current shape), or an invoice line's period."""
+    stamp = obj.get("current_period_end")
+    items = obj.get("items")
+    if not stamp and isinstance(items, dict) and items.get("data"):
+        stamp = (items["data"][0] or {}).get("current_period_end")
+    lines = obj.get("lines")
+    if not stamp and isinstance(lines, dict) and lines.get("data"):
+        period = (lines["data"][0] or {}).get("period") or {}
+        stamp = period.get("end")
+    try:
+        return datetime.fromtimestamp(int(stamp), UTC) if stamp else None
+    except (TypeError, ValueError, OverflowError):
+        return None
+
+
+def _claw(session: Session, checkout: Checkout, credit_key: str, target: int, key: str,
+          memo: str, ctx: EventContext) -> int:
+    """Claw back up to `target` tokens (cumulative) of one credit; returns tokens taken."""
+    clawed, unspent = ledger.credit_status(session, credit_key)
+    want = min(target - clawed, unspent)
+    if want <= 0:
+        return 0
+    try:
+        return ledger.clawback(session, credit_key, want, key=key, memo=memo,
+                               now=ctx.now).amount
+    except (TokensHeld, InsufficientTokens):
+        # Pending holds reserve part of it: take what is free now.
+        free = ledger.balance(session, checkout.account_id, ctx.now).available
+        if free <= 0:
+            return 0
+        return ledger.clawback(session, credit_key, min(want, free), key=key, memo=memo,
+                               now=ctx.now).amount

@@ -1,0 +1,246 @@
+"""Payment providers: the `PaymentProvider` interface, Stripe, and the local sandbox.
+
+Registry by name (shared/design/architecture.md, "Registries"): "stripe" is the default when
+`STRIPE_SECRET_KEY` is set; "sandbox" is for development only, a local checkout page that says
+plainly no money moves, and is refused when `APP_ENV=production` (payments.md).
+
+A provider creates checkouts and billing-portal sessions, verifies and parses webhooks, and
+fetches objects an event names (a subscription, a charge). Events come out as plain dicts in
+Stripe's shape, read defensively: the sandbox builds the same shape, so both run through the
+same fulfilment (`tokens.payment_events`).
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any, Protocol
+
+import stripe
+
+from tokens.errors import TokensError
+
+
+class PaymentError(TokensError):
+    """The provider refused or could not be reached; nothing was bought."""
+
+
+class InvalidWebhook(TokensError):
+    """A webhook whose signature is missing, wrong or stale, or whose body is not an event.
+
+    The web layer answers 400 with this message and stores nothing."""
+
+
+@dataclass(frozen=True)
+class CheckoutRequest:
+    """A checkout to open.
+
+    Attributes:
+        mode: "payment" (a pack) or "subscription" (the premium plan).
+        account_public_id: the account's opaque id (`client_reference_id`).
+        item_code: the pack's or plan's catalog code.
+        name: what the person sees, e.g. "Starter: 120 tokens".
+        amount_cents, currency: the price from our catalog (minor unit, lower-case ISO code).
+        tokens, bonus_tokens: what a pack credits (metadata only: fulfilment reads our store).
+        success_url, cancel_url: where the provider sends the person back.
+        idempotency_key: derived from the pay link's token and the attempt.
+    """
+
+    mode: str
+    account_public_id: str
+    item_code: str
+    name: str
+    amount_cents: int
+    currency: str
+    tokens: int
+    bonus_tokens: int
+    success_url: str
+    cancel_url: str
+    idempotency_key: str
+
+    @property
+    def metadata(self) -> dict[str, str]:
+        """What the session and its payment carry back in events (strings, as Stripe keeps)."""
+        return {"account": self.account_public_id, "item": self.item_code, "mode": self.mode,
+                "tokens": str(self.tokens), "bonus_tokens": str(self.bonus_tokens)}
+
+
+@dataclass(frozen=True)
+class CreatedCheckout:
+    """A checkout the provider opened: its session id, the URL to send the person to, and when
+    it lapses."""
+
+    external_id: str
+    url: str
+    expires_at: datetime | None = None
+
+
+class PaymentProvider(Protocol):
+    """What the app needs from a payment provider."""
+
+    name: str
+
+    def create_checkout(self, request: CheckoutRequest) -> CreatedCheckout:
+        """Open a checkout. Raises `PaymentError`."""
+        ...
+
+    def create_portal(self, customer_id: str, return_url: str) -> str:
+        """A billing-portal URL for the customer. Raises `PaymentError`."""
+        ...
+
+    def parse_webhook(self, payload: bytes, signature: str | None) -> dict[str, Any]:
+        """Verify and parse a webhook body into an event dict. Raises `InvalidWebhook`."""
+        ...
+
+    def fetch_subscription(self, external_id: str) -> dict[str, Any]:
+        """The subscription as the provider has it now. Raises `PaymentError`."""
+        ...
+
+    def fetch_charge(self, charge_id: str) -> dict[str, Any]:
+        """A charge (for its payment intent). Raises `PaymentError`."""
+        ...
+
+
+class StripeProvider:
+    """Stripe through the official `stripe` library (`StripeClient`).
+
+    Args:
+        secret_key: `STRIPE_SECRET_KEY`.
+        webhook_secret: `STRIPE_WEBHOOK_SECRET` (`whsec_...`).
+        api_base: `STRIPE_API_BASE` (a local stand-in in tests), or None for Stripe's.
+        tolerance_seconds: how old a signed webhook may be (Stripe's default, 300 s).
+    """
+
+    name = "stripe"
+
+    def __init__(self, secret_key: str, webhook_secret: str | None, *,
+                 api_base: str | None = None, tolerance_seconds: int = 300) -> None:
+        base = {"api": api_base} if api_base else None
+        self.client = stripe.StripeClient(secret_key, base_addresses=base,  # type: ignore[arg-type]
+                                          max_network_retries=2)
+        self.webhook_secret = webhook_secret
+        self.tolerance_seconds = tolerance_seconds
+
+    def create_checkout(self, request: CheckoutRequest) -> CreatedCheckout:
+        price: dict[str, Any] = {
+            "currency": request.currency,
+            "unit_amount": request.amount_cents,
+            "product_data": {"name": request.name},
+        }
+        params: dict[str, Any] = {
+            "mode": request.mode,
+            "line_items": [{"price_data": price, "quantity": 1}],
+            "client_reference_id": request.account_public_id,
+            "metadata": request.metadata,
+            "success_url": request.success_url,
+            "cancel_url": request.cancel_url,
+        }
+        if request.mode == "subscription":
+            price["recurring"] = {"interval": "month"}
+            params["subscription_data"] = {"metadata": request.metadata}
+        else:
+            params["payment_intent_data"] = {"metadata": request.metadata}
+        try:
+            created = self.client.v1.checkout.sessions.create(
+                params=params,  # type: ignore[arg-type]
+                options={"idempotency_key": request.idempotency_key},
+            )
+        except stripe.StripeError as exc:
+            raise PaymentError(f"Stripe refused the checkout: {exc.user_message or exc}") from exc
+        expires = getattr(created, "expires_at", None)
+        return CreatedCheckout(
+            external_id=str(created.id), url=str(created.url),
+            expires_at=datetime.fromtimestamp(int(expires), UTC) if expires else None,
+        )
+
+    def create_portal(self, customer_id: str, return_url: str) -> str:
+        try:
+            portal = self.client.v1.billing_portal.sessions.create(
+                params={"customer": customer_id, "return_url": return_url})
+        except stripe.StripeError as exc:
+            raise PaymentError(f"Stripe refused the billing portal: {exc}") from exc
+        return str(portal.url)
+
+    def parse_webhook(self, payload: bytes, signature: str | None) -> dict[str, Any]:
+        if not self.webhook_secret:
+            raise InvalidWebhook("STRIPE_WEBHOOK_SECRET is not set: webhooks cannot be verified")
+        if not signature:
+            raise InvalidWebhook("Stripe-Signature header is missing")
+        try:
+            stripe.Webhook.construct_event(payload, signature, self.webhook_secret,
+                                           tolerance=self.tolerance_seconds)
+        except stripe.SignatureVerificationError as exc:
+            raise InvalidWebhook(f"Stripe-Signature does not verify: {exc.user_message or exc}"
+                                 ) from None
+        except ValueError as exc:
+            raise InvalidWebhook(f"not a Stripe event: {exc}") from None
+        # The verified bytes, as plain dicts (the library's objects are not dicts).
+        return _event_dict(payload)
+
+    def fetch_subscription(self, external_id: str) -> dict[str, Any]:
+        try:
+            found = self.client.v1.subscriptions.retrieve(external_id)
+        except stripe.StripeError as exc:
+            raise PaymentError(f"cannot fetch subscription {external_id}: {exc}") from exc
+        return dict(found.to_dict())
+
+    def fetch_charge(self, charge_id: str) -> dict[str, Any]:
+        try:
+            found = self.client.v1.charges.retrieve(charge_id)
+        except stripe.StripeError as exc:
+            raise PaymentError(f"cannot fetch charge {charge_id}: {exc}") from exc
+        return dict(found.to_dict())
+
+
+@dataclass
+class SandboxProvider:
+    """A local stand-in for Stripe Checkout, for development: no money moves.
+
+    Its checkout page (`/sandbox/checkout/<session id>`) has a Pay button that builds the
+    `checkout.session.completed` event Stripe would send (and, for the premium plan, the
+    `invoice.paid` of the first month) and runs it through the same fulfilment as the Stripe
+    webhook. Subscriptions it "created" are active for a month.
+    """
+
+    base_url: str
+    name: str = "sandbox"
+    subscriptions: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def create_checkout(self, request: CheckoutRequest) -> CreatedCheckout:
+        session_id = "cs_sandbox_" + secrets.token_hex(12)
+        return CreatedCheckout(
+            external_id=session_id,
+            url=f"{self.base_url.rstrip('/')}/sandbox/checkout/{session_id}",
+            expires_at=datetime.now(UTC) + timedelta(hours=24),
+        )
+
+    def create_portal(self, customer_id: str, return_url: str) -> str:
+        return f"{self.base_url.rstrip('/')}/sandbox/portal"
+
+    def parse_webhook(self, payload: bytes, signature: str | None) -> dict[str, Any]:
+        raise InvalidWebhook("the sandbox provider takes no webhooks")
+
+    def fetch_subscription(self, external_id: str) -> dict[str, Any]:
+        if external_id in self.subscriptions:
+            return self.subscriptions[external_id]
+        if not external_id.startswith("sub_sandbox_"):
+            raise PaymentError(f"the sandbox has no subscription {external_id}")
+        period_end = datetime.now(UTC) + timedelta(days=30)
+        return {"id": external_id, "object": "subscription", "status": "active",
+                "cancel_at_period_end": False, "current_period_end": int(period_end.timestamp())}
+
+    def fetch_charge(self, charge_id: str) -> dict[str, Any]:
+        raise PaymentError("the sandbox has no charges")
+
+
+def _event_dict(payload: bytes) -> dict[str, Any]:
+    try:
+        event = json.loads(payload)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise InvalidWebhook(f"the body is not JSON: {exc}") from None
+    if not isinstance(event, dict) or event.get("object") != "event" or not event.get("id") \
+            or not isinstance(event.get("data"), dict):
+        raise InvalidWebhook("the body is not a Stripe event (object, id and data required)")
+    return event
