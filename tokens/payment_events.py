@@ -234,7 +234,7 @@ def dispute_created(session: Session, event: dict[str, Any], ctx: EventContext
     (`warning_needs_response`) moves no money and freezes nothing."""
     obj = _object(event)
     dispute_id = str(obj.get("id") or "")
-    if obj.get("status", "").startswith("warning_"):
+    if str(obj.get("status") or "").startswith("warning_"):
         return EventResult("inquiry: nothing frozen")
     checkout = _checkout_of_dispute(session, obj, ctx)
     if checkout is None or checkout.status != "completed":
@@ -307,7 +307,8 @@ def subscription_changed(session: Session, event: dict[str, Any], ctx: EventCont
 @handles("invoice.paid", "invoice.payment_succeeded")
 def invoice_paid(session: Session, event: dict[str, Any], ctx: EventContext) -> EventResult:
     """Each paid invoice of the premium plan grants its monthly tokens once (bucket
-    "subscription", until the period it pays for ends) and counts as revenue."""
+    "subscription", until the period it pays for ends) and counts as revenue. An invoice for
+    nothing (a trial) grants nothing."""
     obj = _object(event)
     subscription = _subscription_of_invoice(session, obj)
     if subscription is None or subscription.account_id is None:
@@ -315,16 +316,17 @@ def invoice_paid(session: Session, event: dict[str, Any], ctx: EventContext) -> 
     account_id = subscription.account_id
     ledger.lock_account(session, account_id)
     invoice_id = str(obj.get("id") or "")
+    paid = int(obj.get("amount_paid") or 0)
+    if paid <= 0:
+        return EventResult("nothing paid: no tokens")  # a $0 invoice (a trial) grants nothing
     plan = ctx.catalog.premium
     expires_at = _period_end(obj) or ctx.now + timedelta(days=31)
     posted = ledger.grant(session, account_id, plan.monthly_tokens, key=f"invoice:{invoice_id}",
                           bucket="subscription", expires_at=max(expires_at, ctx.now
                                                                 + timedelta(days=1)),
                           memo=f"{plan.name} month", now=ctx.now)
-    paid = int(obj.get("amount_paid") or 0)
-    if paid > 0:
-        costs.record_revenue(session, account_id, "subscription", paid * costs.MUSD_PER_CENT,
-                             key=f"revenue:invoice:{invoice_id}", memo=plan.code, now=ctx.now)
+    costs.record_revenue(session, account_id, "subscription", paid * costs.MUSD_PER_CENT,
+                         key=f"revenue:invoice:{invoice_id}", memo=plan.code, now=ctx.now)
     if posted.replayed:
         return EventResult("already granted")
     return EventResult(f"granted {plan.monthly_tokens} subscription tokens")
