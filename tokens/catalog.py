@@ -28,6 +28,15 @@ MESSAGING_UNITS = ("segment", "message")
 DEFAULT_TIER = "normal"
 
 
+def money_display(cents: int, currency: str) -> str:
+    """An amount in a currency's minor unit as a person reads it: "$5.00" for USD (the only
+    currency with a symbol here), "5.00 EUR" otherwise."""
+    amount = Decimal(cents) / 100
+    if currency == "usd":
+        return f"${amount:.2f}"
+    return f"{amount:.2f} {currency.upper()}"
+
+
 @dataclass(frozen=True)
 class IntentSpec:
     """One priced intent of the catalog.
@@ -78,10 +87,7 @@ class Pack:
     @property
     def price_display(self) -> str:
         """The price as a person reads it, e.g. "$5.00" (only USD gets a symbol)."""
-        amount = Decimal(self.price_cents) / 100
-        if self.currency == "usd":
-            return f"${amount:.2f}"
-        return f"{amount:.2f} {self.currency.upper()}"
+        return money_display(self.price_cents, self.currency)
 
 
 @dataclass(frozen=True)
@@ -107,10 +113,7 @@ class Plan:
     @property
     def price_display(self) -> str:
         """The price as a person reads it, e.g. "$5.00 a month"."""
-        amount = Decimal(self.price_cents) / 100
-        if self.currency == "usd":
-            return f"${amount:.2f} a month"
-        return f"{amount:.2f} {self.currency.upper()} a month"
+        return f"{money_display(self.price_cents, self.currency)} a month"
 
 
 @dataclass(frozen=True)

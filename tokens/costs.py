@@ -251,20 +251,9 @@ def record_revenue(
     """
     if kind not in REVENUE_KINDS or type(amount_musd) is not int or amount_musd == 0:
         raise InvalidAmount(f"cannot record {amount_musd!r} µUSD of {kind!r} revenue")
-    if session.scalar(select(RevenueEntry.id).where(RevenueEntry.idempotency_key == key)):
+    entry = RevenueEntry(kind=kind, amount_musd=amount_musd, memo=memo)
+    if not _post(session, account_id, entry, key, now):
         return 0
-    moment = now or utcnow()
-    entry = RevenueEntry(account_id=account_id, month=month_of(moment), kind=kind,
-                         amount_musd=amount_musd, idempotency_key=key, memo=memo,
-                         created_at=moment)
-    try:
-        with session.begin_nested():
-            session.add(entry)
-            session.flush()
-    except IntegrityError:
-        if session.scalar(select(RevenueEntry.id).where(RevenueEntry.idempotency_key == key)):
-            return 0
-        raise
     column = "revenue_pack_musd" if kind == "pack" else "revenue_subscription_musd"
     _bump(session, account_id, entry.month, **{column: amount_musd})
     return amount_musd
@@ -307,10 +296,16 @@ def entries(session: Session, account_id: int, label: str) -> list[CostEntry]:
 
 
 def _post(
-    session: Session, account_id: int, entry: CostEntry, key: str, now: datetime | None
+    session: Session, account_id: int, entry: CostEntry | RevenueEntry, key: str,
+    now: datetime | None,
 ) -> bool:
-    """Insert `entry` under `key`; False when the key was recorded before."""
-    if session.scalar(select(CostEntry.id).where(CostEntry.idempotency_key == key)) is not None:
+    """Insert a cost or revenue `entry` under `key`; False when the key was recorded before."""
+    model = type(entry)
+
+    def exists() -> bool:
+        return session.scalar(select(model.id).where(model.idempotency_key == key)) is not None
+
+    if exists():
         return False
     moment = now or utcnow()
     entry.account_id = account_id
@@ -322,8 +317,7 @@ def _post(
             session.add(entry)
             session.flush()
     except IntegrityError:
-        # A concurrent repeat of the key committed first.
-        if session.scalar(select(CostEntry.id).where(CostEntry.idempotency_key == key)) is None:
+        if not exists():  # not a concurrent repeat of the key: a real error
             raise
         return False
     return True
