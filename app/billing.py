@@ -22,7 +22,7 @@ from bot.notify import queue_notice
 from bot.router import BotSettings
 from tokens import payments
 from tokens.base import utcnow
-from tokens.payment_events import EventContext, EventResult, Notice, receive_event
+from tokens.payment_events import EventContext, EventResult, Notice, prefetch, receive_event
 from tokens.providers import PaymentProvider
 
 log = logging.getLogger(__name__)
@@ -47,11 +47,16 @@ def apply_event(app: Flask, provider: PaymentProvider, event: dict[str, object]
     """Keep and apply one provider event, tell the people it concerns, and commit.
 
     Returns None for an event received before (nothing changes). A handler's exception rolls
-    the transaction back and propagates.
+    the transaction back and propagates, and so does `PaymentError` from fetching what the
+    event names: the webhook answers 500 and the provider delivers the event again.
     """
     settings: BotSettings = app.extensions["bot_settings"]
     session = db.session
-    ctx = EventContext(catalog=settings.catalog, provider=provider, now=utcnow())
+    # What the handler needs from the provider, fetched before the transaction: no lock is
+    # held while the provider answers. A failure here is a 500, and the event comes again.
+    fetched = prefetch(event, provider)
+    ctx = EventContext(catalog=settings.catalog, provider=provider.name, now=utcnow(),
+                       fetched=fetched)
     try:
         result = receive_event(session, provider.name, event, ctx)
         ids = queue_notices(app, session, result.notices) if result else []

@@ -61,7 +61,12 @@ def buy_text(pack: Pack, url: str) -> str:
 def premium_text(plan: Plan, url: str) -> str:
     """BUY PREMIUM: the subscription's pay link, what it gives, and how it ends."""
     return (f"{plan.name}: {plan.monthly_tokens} tokens every month for {plan.price_display}. "
-            f"Cancel any time. Subscribe: {url}")
+            f"Subscribe: {url} (to cancel later, text BUY PREMIUM again)")
+
+
+def premium_manage_text(plan: Plan, url: str) -> str:
+    """BUY PREMIUM from a subscriber: the billing portal, to change the card or cancel."""
+    return f"You have {plan.name}. Manage or cancel it here: {url}"
 
 
 def pack_credited_text(tokens: int, available: int) -> str:

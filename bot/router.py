@@ -265,8 +265,12 @@ def free_commands(turn: Turn) -> None:
     if command in commands["buy"]:
         raise ReplyNow("buy", replies.buy_text(turn.catalog.pack(), _pay_url(turn)))
     if command in commands["premium"]:
-        url = _pay_url(turn, turn.catalog.premium.code, purpose="premium")
-        raise ReplyNow("premium", replies.premium_text(turn.catalog.premium, url))
+        plan = turn.catalog.premium
+        if payments.has_premium(turn.session, turn.account_id, turn.now, plan.grace_days):
+            url = _pay_url(turn, "", purpose="portal")
+            raise ReplyNow("premium", replies.premium_manage_text(plan, url))
+        url = _pay_url(turn, plan.code, purpose="premium")
+        raise ReplyNow("premium", replies.premium_text(plan, url))
     if command in commands["more"]:
         assert turn.contact is not None
         if turn.contact.more_text:

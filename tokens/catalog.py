@@ -370,7 +370,7 @@ def _parse_plan(item: dict[str, Any]) -> Plan:
         code=_str(item, "code", where),
         name=_str(item, "name", where),
         price_cents=_positive_int(item, "price_cents", where),
-        currency=_str(item, "currency", where).lower(),
+        currency=_usd(item, where),
         monthly_tokens=_positive_int(item, "monthly_tokens", where),
         grace_days=grace,
     )
@@ -477,10 +477,18 @@ def _parse_pack(item: Any, index: int) -> Pack:
         code=_str(item, "code", where),
         name=_str(item, "name", where),
         price_cents=_positive_int(item, "price_cents", where),
-        currency=_str(item, "currency", where).lower(),
+        currency=_usd(item, where),
         tokens=_positive_int(item, "tokens", where),
         bonus_tokens=bonus,
     )
+
+
+def _usd(item: Mapping[str, Any], where: str) -> str:
+    """The currency of a price: "usd" only, since revenue is kept in µUSD (economy.md)."""
+    currency = _str(item, "currency", where).lower()
+    if currency != "usd":
+        raise CatalogError(f"{where}.currency: only usd is supported (revenue is kept in µUSD)")
+    return currency
 
 
 def _mapping(raw: Mapping[str, Any], key: str, where: str = "") -> dict[str, Any]:

@@ -36,7 +36,6 @@ from sqlalchemy.orm import Session
 
 from tokens import costs, ledger
 from tokens.catalog import Catalog
-from tokens.errors import InsufficientTokens, TokensHeld
 from tokens.ledger import Account
 from tokens.payments import Checkout, PaymentEvent, Subscription
 from tokens.providers import PaymentError, PaymentProvider
@@ -44,6 +43,8 @@ from tokens.providers import PaymentError, PaymentProvider
 log = logging.getLogger(__name__)
 # A dispute's freeze lasts at most this long (Stripe decides disputes within ~75 days).
 DISPUTE_HOLD_DAYS = 120
+# Invoices that pay for a month of the plan; prorations and manual invoices grant nothing.
+GRANTING_REASONS = frozenset({"subscription_create", "subscription_cycle"})
 
 
 @dataclass(frozen=True)
@@ -72,11 +73,51 @@ class EventResult:
 
 @dataclass(frozen=True)
 class EventContext:
-    """What handlers need: the catalog, the provider (to re-fetch objects), and the time."""
+    """What handlers need: the catalog, the provider's name, the time, and the objects the
+    event names as the provider has them now (`prefetch`, done before the transaction so that
+    no lock is held while the provider answers): id -> object, or None when the provider
+    said it has no such object."""
 
     catalog: Catalog
-    provider: PaymentProvider
+    provider: str
     now: datetime
+    fetched: Mapping[str, dict[str, Any] | None] = field(default_factory=dict)
+
+
+def prefetch(event: dict[str, Any], provider: PaymentProvider) -> dict[str, dict[str, Any] | None]:
+    """Fetch what `event`'s handler will need from the provider, before any transaction.
+
+    Subscription events, subscription checkouts and invoices: the subscription (its present
+    state, and the account in its metadata). Disputes in older API shapes: the charge (for its
+    payment intent).
+
+    Raises:
+        PaymentError: the provider could not answer (not a definite "no such object"): the
+            webhook answers 500 and the provider delivers the event again later.
+    """
+    obj = _object(event)
+    kind = str(event.get("type") or "")
+    wanted: list[tuple[str, str]] = []
+    if kind.startswith("customer.subscription."):
+        wanted.append(("subscription", str(obj.get("id") or "")))
+    elif kind.startswith("checkout.session.") and obj.get("mode") == "subscription":
+        wanted.append(("subscription", _id(obj.get("subscription")) or ""))
+    elif kind.startswith("invoice."):
+        wanted.append(("subscription", _invoice_subscription_id(obj) or ""))
+    elif kind.startswith("charge.dispute.") and not _id(obj.get("payment_intent")):
+        wanted.append(("charge", _id(obj.get("charge")) or ""))
+    fetched: dict[str, dict[str, Any] | None] = {}
+    for what, object_id in wanted:
+        if not object_id:
+            continue
+        fetch = provider.fetch_subscription if what == "subscription" else provider.fetch_charge
+        try:
+            fetched[object_id] = fetch(object_id)
+        except PaymentError as exc:
+            if not exc.permanent:
+                raise
+            fetched[object_id] = None
+    return fetched
 
 
 Handler = Callable[[Session, dict[str, Any], EventContext], EventResult]
@@ -104,6 +145,7 @@ def receive_event(
     """
     row = PaymentEvent(provider=provider, event_id=str(event["id"])[:255],
                        type=str(event.get("type", ""))[:100],
+                       object_id=(_id(_object(event).get("id")) or "")[:255] or None,
                        payload=json.dumps(event, separators=(",", ":")), received_at=ctx.now)
     try:
         with session.begin_nested():
@@ -174,6 +216,8 @@ def checkout_payment_failed(session: Session, event: dict[str, Any], ctx: EventC
     checkout = _checkout(session, _object(event).get("id"))
     if checkout is None:
         return EventResult("ignored: not a checkout of ours")
+    ledger.lock_account(session, checkout.account_id)
+    session.refresh(checkout)
     if checkout.status == "open":
         checkout.status = "failed"
     return EventResult("payment failed", (Notice(checkout.account_id, "payment_failed"),))
@@ -186,6 +230,8 @@ def checkout_expired(session: Session, event: dict[str, Any], ctx: EventContext
     checkout = _checkout(session, _object(event).get("id"))
     if checkout is None:
         return EventResult("ignored: not a checkout of ours")
+    ledger.lock_account(session, checkout.account_id)
+    session.refresh(checkout)
     if checkout.status == "open":
         checkout.status = "expired"
     return EventResult(f"checkout {checkout.status}")
@@ -197,9 +243,10 @@ def checkout_expired(session: Session, event: dict[str, Any], ctx: EventContext
 @handles("charge.refunded")
 def charge_refunded(session: Session, event: dict[str, Any], ctx: EventContext
                     ) -> EventResult:
-    """Claw back `tokens x amount_refunded / amount`, less what earlier refunds clawed back,
-    at most the unspent tokens of the pack (paid and bonus alike); reverse the refunded money
-    in full. `amount_refunded` is cumulative, so a repeat or an older event does nothing."""
+    """Claw back `tokens x amount_refunded / amount` of the pack (paid and bonus together),
+    less what earlier refunds clawed back, at most its unspent tokens, the bonus first; reverse
+    the refunded money in full. `amount_refunded` is cumulative, so a repeat or an older event
+    does nothing."""
     obj = _object(event)
     charge_id = str(obj.get("id") or "")
     checkout = _checkout_of_charge(session, obj, ctx)
@@ -213,10 +260,9 @@ def charge_refunded(session: Session, event: dict[str, Any], ctx: EventContext
         return EventResult("already processed")
     taken = 0
     if checkout.status == "completed":
-        for suffix, tokens in (("", checkout.tokens), (":bonus", checkout.bonus_tokens)):
-            target = tokens * refunded // checkout.amount_cents
-            taken += _claw(session, checkout, checkout.purchase_key + suffix, target,
-                           f"clawback:{charge_id}:{refunded}{suffix}", "refund", ctx)
+        total = checkout.tokens + checkout.bonus_tokens
+        taken = _claw_pack(session, checkout, total * refunded // checkout.amount_cents,
+                           f"clawback:{charge_id}:{refunded}", "refund", ctx)
     reversed_cents = refunded - checkout.refunded_cents
     checkout.refunded_cents = refunded
     if checkout.status == "completed":
@@ -240,6 +286,11 @@ def dispute_created(session: Session, event: dict[str, Any], ctx: EventContext
     if checkout is None or checkout.status != "completed":
         return EventResult("ignored: no credited checkout of ours for this dispute")
     ledger.lock_account(session, checkout.account_id)
+    _note_charge(checkout, obj)
+    closed = session.scalar(select(PaymentEvent.id).where(
+        PaymentEvent.type == "charge.dispute.closed", PaymentEvent.object_id == dispute_id))
+    if closed is not None:
+        return EventResult("dispute closed already: nothing frozen")  # arrived out of order
     unspent = sum(ledger.credit_status(session, checkout.purchase_key + suffix)[1]
                   for suffix in ("", ":bonus"))
     available = ledger.balance(session, checkout.account_id, ctx.now).available
@@ -262,6 +313,7 @@ def dispute_closed(session: Session, event: dict[str, Any], ctx: EventContext) -
     if checkout is None:
         return EventResult("ignored: no checkout of ours for this dispute")
     ledger.lock_account(session, checkout.account_id)
+    _note_charge(checkout, obj)
     hold = session.scalar(select(ledger.Hold).where(
         ledger.Hold.idempotency_key == f"dispute:{dispute_id}"))
     if hold is not None and hold.status == "pending":
@@ -271,9 +323,8 @@ def dispute_closed(session: Session, event: dict[str, Any], ctx: EventContext) -
         return EventResult(f"dispute {status or 'closed'}: released")
     taken = 0
     if checkout.status == "completed":
-        for suffix, tokens in (("", checkout.tokens), (":bonus", checkout.bonus_tokens)):
-            taken += _claw(session, checkout, checkout.purchase_key + suffix, tokens,
-                           f"dispute:{dispute_id}:lost{suffix}", "dispute lost", ctx)
+        taken = _claw_pack(session, checkout, checkout.tokens + checkout.bonus_tokens,
+                           f"dispute:{dispute_id}:lost", "dispute lost", ctx)
     disputed = min(int(obj.get("amount") or checkout.amount_cents),
                    checkout.amount_cents - checkout.refunded_cents)
     if disputed > 0 and checkout.status == "completed":
@@ -291,39 +342,37 @@ def dispute_closed(session: Session, event: dict[str, Any], ctx: EventContext) -
          "customer.subscription.deleted")
 def subscription_changed(session: Session, event: dict[str, Any], ctx: EventContext
                          ) -> EventResult:
-    """Re-fetch the subscription and store its status: events arrive out of order, the
-    provider's present state does not."""
+    """Store the subscription as the provider has it now (fetched before the transaction):
+    events arrive out of order, the present state does not."""
     obj = _object(event)
     external_id = str(obj.get("id") or "")
-    try:
-        fresh = ctx.provider.fetch_subscription(external_id)
-    except PaymentError:
-        if ctx.provider.name != "sandbox":
-            raise  # the caller answers 500 and Stripe retries
-        fresh = obj
-    return _store_subscription(session, fresh, ctx, account_id=_account_of_metadata(session, obj))
+    fresh = ctx.fetched.get(external_id) if external_id in ctx.fetched else obj
+    if fresh is None:
+        return EventResult("ignored: the provider has no such subscription")
+    return _store_subscription(session, fresh, ctx, account_id=None)
 
 
 @handles("invoice.paid", "invoice.payment_succeeded")
 def invoice_paid(session: Session, event: dict[str, Any], ctx: EventContext) -> EventResult:
-    """Each paid invoice of the premium plan grants its monthly tokens once (bucket
-    "subscription", until the period it pays for ends) and counts as revenue. An invoice for
-    nothing (a trial) grants nothing."""
+    """Each paid invoice of the premium plan (its first month or a renewal) grants the monthly
+    tokens once (bucket "subscription", until the period it pays for ends) and counts as
+    revenue. An invoice for nothing (a trial), a proration or a manual invoice grants nothing.
+    It may arrive before the checkout or the subscription events: the subscription's metadata
+    names the account."""
     obj = _object(event)
-    subscription = _subscription_of_invoice(session, obj)
-    if subscription is None or subscription.account_id is None:
+    account_id = _invoice_account(session, obj, ctx)
+    if account_id is None:
         return EventResult("ignored: not a subscription of ours")
-    account_id = subscription.account_id
     ledger.lock_account(session, account_id)
     invoice_id = str(obj.get("id") or "")
     paid = int(obj.get("amount_paid") or 0)
-    if paid <= 0:
-        return EventResult("nothing paid: no tokens")  # a $0 invoice (a trial) grants nothing
+    if paid <= 0 or obj.get("billing_reason") not in GRANTING_REASONS:
+        return EventResult("no tokens: not a paid subscription month")
     plan = ctx.catalog.premium
-    expires_at = _period_end(obj) or ctx.now + timedelta(days=31)
+    expires_at = max(_period_end(obj) or ctx.now + timedelta(days=31),
+                     ctx.now + timedelta(days=1))
     posted = ledger.grant(session, account_id, plan.monthly_tokens, key=f"invoice:{invoice_id}",
-                          bucket="subscription", expires_at=max(expires_at, ctx.now
-                                                                + timedelta(days=1)),
+                          bucket="subscription", expires_at=expires_at,
                           memo=f"{plan.name} month", now=ctx.now)
     costs.record_revenue(session, account_id, "subscription", paid * costs.MUSD_PER_CENT,
                          key=f"revenue:invoice:{invoice_id}", memo=plan.code, now=ctx.now)
@@ -335,42 +384,47 @@ def invoice_paid(session: Session, event: dict[str, Any], ctx: EventContext) -> 
 @handles("invoice.payment_failed")
 def invoice_payment_failed(session: Session, event: dict[str, Any], ctx: EventContext
                            ) -> EventResult:
-    """Tell the person, with a billing-portal link to fix their card."""
+    """Tell the person, with a billing-portal link to fix their card (once per failed
+    attempt: each is its own event)."""
     obj = _object(event)
-    subscription = _subscription_of_invoice(session, obj)
-    if subscription is None or subscription.account_id is None:
+    account_id = _invoice_account(session, obj, ctx)
+    if account_id is None:
         return EventResult("ignored: not a subscription of ours")
-    customer = subscription.customer_id or _id(obj.get("customer"))
+    ledger.lock_account(session, account_id)
     return EventResult("told the person", (
-        Notice(subscription.account_id, "invoice_failed", {"customer": customer}),
+        Notice(account_id, "invoice_failed", {"customer": _id(obj.get("customer"))}),
     ))
 
 
 def _subscription_checkout(session: Session, obj: dict[str, Any], checkout: Checkout,
                            ctx: EventContext) -> EventResult:
+    """The caller holds the account's lock."""
     checkout.status = "completed"
     checkout.completed_at = checkout.completed_at or ctx.now
     external_id = _id(obj.get("subscription"))
     if external_id is None:
         return EventResult("subscription checkout without a subscription")
-    try:
-        fresh = ctx.provider.fetch_subscription(external_id)
-    except PaymentError:
-        if ctx.provider.name != "sandbox":
-            raise
-        fresh = {"id": external_id, "status": "active"}
-    fresh.setdefault("customer", checkout.customer_id)
+    fresh = ctx.fetched.get(external_id) or {"id": external_id, "status": "incomplete"}
+    fresh = {**fresh, "customer": _id(fresh.get("customer")) or checkout.customer_id}
     return _store_subscription(session, fresh, ctx, account_id=checkout.account_id)
 
 
 def _store_subscription(session: Session, fresh: dict[str, Any], ctx: EventContext,
                         *, account_id: int | None) -> EventResult:
+    """Select or insert the subscription's row and store its state, the person's account
+    locked first (as everywhere) when it is known."""
     external_id = str(fresh.get("id") or "")
-    row = session.scalar(select(Subscription).where(Subscription.external_id == external_id))
+    existing = session.scalar(select(Subscription.account_id).where(
+        Subscription.external_id == external_id))
+    account_id = account_id or existing or _account_of_metadata(session, fresh)
+    if account_id is not None:
+        ledger.lock_account(session, account_id)
+    row = session.scalar(select(Subscription).where(Subscription.external_id == external_id)
+                         .execution_options(populate_existing=True))
     if row is None:
         try:
             with session.begin_nested():
-                row = Subscription(provider=ctx.provider.name, external_id=external_id,
+                row = Subscription(provider=ctx.provider, external_id=external_id,
                                    status="incomplete", account_id=account_id,
                                    updated_at=ctx.now)
                 session.add(row)
@@ -380,9 +434,6 @@ def _store_subscription(session: Session, fresh: dict[str, Any], ctx: EventConte
                 Subscription.external_id == external_id))
             assert row is not None
     row.account_id = row.account_id or account_id
-    if row.account_id is not None:
-        ledger.lock_account(session, row.account_id)
-        session.refresh(row)
     grace = ctx.catalog.premium.grace_days
     was_premium = row.premium(ctx.now, grace) if row.account_id else False
     status = str(fresh.get("status") or row.status)
@@ -394,15 +445,13 @@ def _store_subscription(session: Session, fresh: dict[str, Any], ctx: EventConte
     row.updated_at = ctx.now
     session.flush()
     if row.account_id is None:
-        return EventResult(f"subscription {status}: no account of ours yet")
+        return EventResult(f"subscription {status}: no account of ours")
     now_premium = row.premium(ctx.now, grace)
     notices: list[Notice] = []
     if now_premium and not was_premium:
         notices.append(Notice(row.account_id, "premium_started"))
     elif was_premium and not now_premium:
         notices.append(Notice(row.account_id, "premium_ended"))
-    if status == "past_due" and row.past_due_since == ctx.now:
-        notices.append(Notice(row.account_id, "past_due", {"customer": row.customer_id}))
     return EventResult(f"subscription {status}", tuple(notices))
 
 
@@ -450,26 +499,37 @@ def _checkout_of_dispute(session: Session, dispute: dict[str, Any], ctx: EventCo
                                           "payment_intent": dispute.get("payment_intent")}, ctx)
     if found is not None or charge_id is None:
         return found
-    try:
-        charge = ctx.provider.fetch_charge(charge_id)
-    except PaymentError:
-        return None
-    found = _checkout_of_charge(session, charge, ctx)
-    if found is not None:
-        found.charge_id = found.charge_id or charge_id
-    return found
+    charge = ctx.fetched.get(charge_id)  # fetched before the transaction (older API shapes)
+    return _checkout_of_charge(session, charge, ctx) if charge else None
 
 
-def _subscription_of_invoice(session: Session, invoice: dict[str, Any]) -> Subscription | None:
+def _invoice_subscription_id(invoice: dict[str, Any]) -> str | None:
     """The invoice's subscription: `parent.subscription_details.subscription` in the current
     API shape, `subscription` in older ones (payments.md)."""
     parent = invoice.get("parent")
     details = parent.get("subscription_details") if isinstance(parent, dict) else None
     external_id = _id(details.get("subscription")) if isinstance(details, dict) else None
-    external_id = external_id or _id(invoice.get("subscription"))
+    return external_id or _id(invoice.get("subscription"))
+
+
+def _invoice_account(session: Session, invoice: dict[str, Any], ctx: EventContext
+                     ) -> int | None:
+    """The account an invoice's subscription belongs to: our row for it, else the account in
+    the subscription's metadata (set at checkout, so an invoice that comes first finds it)."""
+    external_id = _invoice_subscription_id(invoice)
     if external_id is None:
         return None
-    return session.scalar(select(Subscription).where(Subscription.external_id == external_id))
+    known = session.scalar(select(Subscription.account_id).where(
+        Subscription.external_id == external_id))
+    if known is not None:
+        return known
+    fetched = ctx.fetched.get(external_id)
+    return _account_of_metadata(session, fetched) if fetched else None
+
+
+def _note_charge(checkout: Checkout, dispute: dict[str, Any]) -> None:
+    """Remember the charge of a dispute (the account is locked)."""
+    checkout.charge_id = checkout.charge_id or _id(dispute.get("charge"))
 
 
 def _account_of_metadata(session: Session, obj: dict[str, Any]) -> int | None:
@@ -497,20 +557,19 @@ def _period_end(obj: dict[str, Any]) -> datetime | None:
         return None
 
 
-def _claw(session: Session, checkout: Checkout, credit_key: str, target: int, key: str,
-          memo: str, ctx: EventContext) -> int:
-    """Claw back up to `target` tokens (cumulative) of one credit; returns tokens taken."""
-    clawed, unspent = ledger.credit_status(session, credit_key)
-    want = min(target - clawed, unspent)
-    if want <= 0:
-        return 0
-    try:
-        return ledger.clawback(session, credit_key, want, key=key, memo=memo,
-                               now=ctx.now).amount
-    except (TokensHeld, InsufficientTokens):
-        # Pending holds reserve part of it: take what is free now.
-        free = ledger.balance(session, checkout.account_id, ctx.now).available
-        if free <= 0:
-            return 0
-        return ledger.clawback(session, credit_key, min(want, free), key=key, memo=memo,
-                               now=ctx.now).amount
+def _claw_pack(session: Session, checkout: Checkout, target: int, key: str, memo: str,
+               ctx: EventContext) -> int:
+    """Claw back up to `target` tokens of the pack in all (cumulative over every clawback of
+    it), from its bonus first, then its paid tokens, never more than is unspent there or free
+    of pending holds; returns the tokens taken now."""
+    parts = [(checkout.purchase_key + ":bonus", ":bonus"), (checkout.purchase_key, "")]
+    status = {credit: ledger.credit_status(session, credit) for credit, _ in parts}
+    want = target - sum(clawed for clawed, _ in status.values())
+    free = ledger.balance(session, checkout.account_id, ctx.now).available
+    taken = 0
+    for credit, suffix in parts:
+        take = min(want - taken, status[credit][1], free - taken)
+        if take > 0:
+            taken += ledger.clawback(session, credit, take, key=key + suffix, memo=memo,
+                                     now=ctx.now).amount
+    return taken

@@ -61,6 +61,7 @@ class PayLink(Base):
     account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id"), index=True)
     pack_code: Mapped[str] = mapped_column(String(32))
     purpose: Mapped[str] = mapped_column(String(16), default="pack", server_default="pack")
+    failed_attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     expires_at: Mapped[datetime] = mapped_column(UTCDateTime())
 
@@ -126,6 +127,7 @@ class PaymentEvent(Base):
     provider: Mapped[str] = mapped_column(String(16))
     event_id: Mapped[str] = mapped_column(String(255), unique=True)
     type: Mapped[str] = mapped_column(String(100))
+    object_id: Mapped[str | None] = mapped_column(String(255), index=True)
     payload: Mapped[str] = mapped_column(Text)
     outcome: Mapped[str | None] = mapped_column(String(200))
     received_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
@@ -242,6 +244,12 @@ def open_checkout_for(session: Session, link: PayLink, now: datetime | None = No
         .order_by(Checkout.id.desc())
         .limit(1)
     ).first() if link.id is not None else None
+
+
+def has_premium(session: Session, account_id: int, now: datetime, grace_days: int) -> bool:
+    """Whether any of the account's subscriptions gives premium at `now`."""
+    rows = session.scalars(select(Subscription).where(Subscription.account_id == account_id))
+    return any(row.premium(now, grace_days) for row in rows)
 
 
 def checkouts_of(session: Session, account_id: int) -> list[Checkout]:

@@ -24,7 +24,22 @@ from tokens.errors import TokensError
 
 
 class PaymentError(TokensError):
-    """The provider refused or could not be reached; nothing was bought."""
+    """The provider refused or could not be reached; nothing was bought.
+
+    Attributes:
+        permanent: the provider answered a definite no (a 4xx other than 429: no such object,
+            no permission), which trying again will not change.
+    """
+
+    def __init__(self, message: str, *, permanent: bool = False) -> None:
+        super().__init__(message)
+        self.permanent = permanent
+
+
+def _failure(what: str, exc: stripe.StripeError) -> PaymentError:
+    status = exc.http_status or 0
+    return PaymentError(f"{what}: {exc.user_message or exc}",
+                        permanent=400 <= status < 500 and status != 429)
 
 
 class InvalidWebhook(TokensError):
@@ -111,15 +126,19 @@ class StripeProvider:
         webhook_secret: `STRIPE_WEBHOOK_SECRET` (`whsec_...`).
         api_base: `STRIPE_API_BASE` (a local stand-in in tests), or None for Stripe's.
         tolerance_seconds: how old a signed webhook may be (Stripe's default, 300 s).
+        timeout_seconds: the HTTP timeout of each call (the library's default is 80 s; a
+            person waits on the pay link's redirect).
     """
 
     name = "stripe"
 
     def __init__(self, secret_key: str, webhook_secret: str | None, *,
-                 api_base: str | None = None, tolerance_seconds: int = 300) -> None:
+                 api_base: str | None = None, tolerance_seconds: int = 300,
+                 timeout_seconds: float = 10.0) -> None:
         base = {"api": api_base} if api_base else None
-        self.client = stripe.StripeClient(secret_key, base_addresses=base,  # type: ignore[arg-type]
-                                          max_network_retries=2)
+        self.client = stripe.StripeClient(
+            secret_key, base_addresses=base,  # type: ignore[arg-type]
+            max_network_retries=2, http_client=stripe.RequestsClient(timeout=timeout_seconds))
         self.webhook_secret = webhook_secret
         self.tolerance_seconds = tolerance_seconds
 
@@ -148,7 +167,7 @@ class StripeProvider:
                 options={"idempotency_key": request.idempotency_key},
             )
         except stripe.StripeError as exc:
-            raise PaymentError(f"Stripe refused the checkout: {exc.user_message or exc}") from exc
+            raise _failure("Stripe refused the checkout", exc) from exc
         expires = getattr(created, "expires_at", None)
         return CreatedCheckout(
             external_id=str(created.id), url=str(created.url),
@@ -160,7 +179,7 @@ class StripeProvider:
             portal = self.client.v1.billing_portal.sessions.create(
                 params={"customer": customer_id, "return_url": return_url})
         except stripe.StripeError as exc:
-            raise PaymentError(f"Stripe refused the billing portal: {exc}") from exc
+            raise _failure("Stripe refused the billing portal", exc) from exc
         return str(portal.url)
 
     def parse_webhook(self, payload: bytes, signature: str | None) -> dict[str, Any]:
@@ -183,14 +202,14 @@ class StripeProvider:
         try:
             found = self.client.v1.subscriptions.retrieve(external_id)
         except stripe.StripeError as exc:
-            raise PaymentError(f"cannot fetch subscription {external_id}: {exc}") from exc
+            raise _failure(f"cannot fetch subscription {external_id}", exc) from exc
         return dict(found.to_dict())
 
     def fetch_charge(self, charge_id: str) -> dict[str, Any]:
         try:
             found = self.client.v1.charges.retrieve(charge_id)
         except stripe.StripeError as exc:
-            raise PaymentError(f"cannot fetch charge {charge_id}: {exc}") from exc
+            raise _failure(f"cannot fetch charge {charge_id}", exc) from exc
         return dict(found.to_dict())
 
 
@@ -226,13 +245,15 @@ class SandboxProvider:
         if external_id in self.subscriptions:
             return self.subscriptions[external_id]
         if not external_id.startswith("sub_sandbox_"):
-            raise PaymentError(f"the sandbox has no subscription {external_id}")
+            raise PaymentError(f"the sandbox has no subscription {external_id}", permanent=True)
         period_end = datetime.now(UTC) + timedelta(days=30)
+        session_id = external_id.removeprefix("sub_sandbox_")
         return {"id": external_id, "object": "subscription", "status": "active",
-                "cancel_at_period_end": False, "current_period_end": int(period_end.timestamp())}
+                "cancel_at_period_end": False, "current_period_end": int(period_end.timestamp()),
+                "metadata": {"sandbox_checkout": session_id}}
 
     def fetch_charge(self, charge_id: str) -> dict[str, Any]:
-        raise PaymentError("the sandbox has no charges")
+        raise PaymentError("the sandbox has no charges", permanent=True)
 
 
 def _event_dict(payload: bytes) -> dict[str, Any]:

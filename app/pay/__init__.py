@@ -14,7 +14,7 @@ import logging
 
 from flask import Blueprint, Flask, current_app, redirect, render_template
 from flask.typing import ResponseReturnValue
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
 
 from app.billing import payment_provider
@@ -59,7 +59,6 @@ def pay_link(token: str) -> ResponseReturnValue:
         else:
             url = _checkout(app, provider, link)
     except PaymentError as exc:
-        db.session.rollback()
         log.error("checkout not created: %s", exc)
         return _unavailable("error", 502)
     except CatalogError:
@@ -92,8 +91,9 @@ def _checkout(app: Flask, provider: PaymentProvider, link: PayLink) -> str:
     if existing is not None:
         return existing.url
     public_id = session.scalar(select(Account.public_id).where(Account.id == link.account_id))
-    attempt = 1 + (session.scalar(select(func.count()).select_from(Checkout).where(
-        Checkout.pay_link_id == link.id)) or 0)
+    # Stripe keeps a key's result for 24 h, failures included: a new key after each failure.
+    attempt = 1 + link.failed_attempts + (session.scalar(
+        select(func.count()).select_from(Checkout).where(Checkout.pay_link_id == link.id)) or 0)
     base = app.config["PUBLIC_BASE_URL"]
     digest = hashlib.sha256(link.token.encode()).hexdigest()[:32]
     if link.purpose == "premium":
@@ -112,8 +112,15 @@ def _checkout(app: Flask, provider: PaymentProvider, link: PayLink) -> str:
         success_url=f"{base}/pay/{link.token}/done", cancel_url=f"{base}/pay/{link.token}",
         idempotency_key=f"paylink-{digest}-{attempt}",
     )
+    link_id = link.id
     session.commit()  # no transaction stays open while the provider answers
-    created = provider.create_checkout(request)
+    try:
+        created = provider.create_checkout(request)
+    except PaymentError:
+        session.execute(update(PayLink).where(PayLink.id == link_id)
+                        .values(failed_attempts=PayLink.failed_attempts + 1))
+        session.commit()
+        raise
     checkout = Checkout(
         pay_link_id=link.id, account_id=link.account_id, provider=provider.name, mode=mode,
         item_code=code, amount_cents=amount, currency=currency, tokens=tokens,
@@ -137,8 +144,8 @@ def _portal(app: Flask, provider: PaymentProvider, link: PayLink) -> str:
         .where(Subscription.account_id == link.account_id, Subscription.customer_id.is_not(None))
         .order_by(Subscription.updated_at.desc()).limit(1)
     )
-    db.session.commit()
+    done = f"{app.config['PUBLIC_BASE_URL']}/pay/{link.token}/done"
+    db.session.commit()  # no transaction stays open while the provider answers
     if customer is None:
         raise CatalogError("no subscription to manage")
-    done = f"{app.config['PUBLIC_BASE_URL']}/pay/{link.token}/done"
     return provider.create_portal(customer, done)

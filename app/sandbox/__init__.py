@@ -59,15 +59,19 @@ def pay(session_id: str) -> ResponseReturnValue:
     """Pay (no money moves): the events Stripe would send, through the webhook's fulfilment."""
     app, provider = _sandbox()
     checkout = _checkout(session_id)
+    if checkout.status != "open":
+        return redirect(url_for("sandbox.checkout_page", session_id=session_id), code=303)
+    # Plain values: applying an event sends notices, which ends this session's objects.
+    mode, amount, currency = checkout.mode, checkout.amount_cents, checkout.currency
     public_id = db.session.scalar(select(Account.public_id).where(
         Account.id == checkout.account_id))
     token = db.session.scalar(select(PayLink.token).where(PayLink.id == checkout.pay_link_id))
     customer = f"cus_sandbox_{public_id}"
-    subscription = f"sub_sandbox_{session_id}" if checkout.mode == "subscription" else None
+    subscription = f"sub_sandbox_{session_id}" if mode == "subscription" else None
     completed = {
-        "id": session_id, "object": "checkout.session", "mode": checkout.mode,
-        "payment_status": "paid", "status": "complete", "amount_total": checkout.amount_cents,
-        "currency": checkout.currency, "client_reference_id": public_id, "customer": customer,
+        "id": session_id, "object": "checkout.session", "mode": mode,
+        "payment_status": "paid", "status": "complete", "amount_total": amount,
+        "currency": currency, "client_reference_id": public_id, "customer": customer,
         "payment_intent": None if subscription else f"pi_sandbox_{session_id}",
         "subscription": subscription,
         "metadata": {"account": public_id, "item": checkout.item_code},
@@ -78,7 +82,7 @@ def pay(session_id: str) -> ResponseReturnValue:
     if subscription is not None:
         invoice = {
             "id": f"in_sandbox_{session_id}", "object": "invoice", "status": "paid",
-            "amount_paid": checkout.amount_cents, "currency": checkout.currency,
+            "amount_paid": amount, "currency": currency,
             "customer": customer, "billing_reason": "subscription_create",
             "parent": {"type": "subscription_details",
                        "subscription_details": {"subscription": subscription}},

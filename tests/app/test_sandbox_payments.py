@@ -110,3 +110,27 @@ def test_the_sandbox_is_refused_in_production(database_url):
         assert page.status_code == 503 and "not enabled" in page.get_data(as_text=True)
         db.session.remove()
         db.engine.dispose()
+
+
+def test_sandbox_premium_with_twilio_configured_tells_the_person(database_url, twilio_api):
+    """Applying the first event sends a notice (ending the request's session objects); the
+    sandbox still applies the first invoice."""
+    from app import create_app
+    from app.extensions import db
+    from tests.conftest import ACCOUNT_SID, SMS_FROM, config_for
+
+    application = create_app(config_for(
+        database_url, TWILIO_ACCOUNT_SID=ACCOUNT_SID, TWILIO_SMS_FROM=SMS_FROM,
+        TWILIO_API_BASE=twilio_api.base_url))
+    with application.app_context():
+        client = application.test_client()
+        checkout_url = client.get(link_in(post_signed(client, sms("BUY PREMIUM")))).headers[
+            "Location"]
+        paid = client.post(f"/sandbox/checkout/{checkout_url.rsplit('/', 1)[1]}/pay")
+        assert paid.status_code == 303
+        account = db.session.scalar(select(Contact.account_id).where(Contact.address == PHONE))
+        assert ledger.balance(db.session, account).by_bucket == {"free": 100,
+                                                                 "subscription": 200}
+        assert any("Welcome to Premium" in sent["Body"] for sent in twilio_api.accepted)
+        db.session.remove()
+        db.engine.dispose()

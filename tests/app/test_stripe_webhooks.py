@@ -297,22 +297,22 @@ def test_a_partial_then_full_refund_claws_back_proportionally_and_cumulatively(c
     assert ledger.balance(session, account).by_bucket == {"paid": 70}
 
     post_event(client, refund(250, "evt_refund_half"))
-    # Half the money back: half the paid tokens (50 of 100), at most what is unspent (70);
-    # the bonus is spent already. Half the revenue reversed.
-    assert ledger.balance(session, account).by_bucket == {"paid": 20}
+    # Half the money back: half the pack's 120 tokens (60), at most what is unspent (70, all
+    # paid: the bonus is spent already). Half the revenue reversed.
+    assert ledger.balance(session, account).by_bucket == {"paid": 10}
     month = costs.month(session, account)
     assert month.revenue_pack_musd == 2_500_000
 
     post_event(client, refund(250, "evt_refund_half_again"))  # an older, repeated state
-    assert ledger.balance(session, account).by_bucket == {"paid": 20}
+    assert ledger.balance(session, account).by_bucket == {"paid": 10}
 
     post_event(client, refund(500, "evt_refund_full"))
-    # All of it back: 100 - 50 already taken = 50 more, but only 20 are left unspent.
+    # All of it back: 120 - 60 already taken = 60 more, but only 10 are left unspent.
     assert ledger.balance(session, account).available == 0
     assert costs.month(session, account).revenue_pack_musd == 0
     clawbacks = [line.entry for line in ledger.history(session, account, 50)
                  if line.entry.kind == "clawback"]
-    assert [-e.amount for e in clawbacks] == [50, 20]
+    assert [-e.amount for e in clawbacks] == [60, 10]
     assert session.scalar(select(Checkout.refunded_cents)) == 500
     assert_consistent(session, account)
 
@@ -423,7 +423,7 @@ def invoice(event_id: str, invoice_id: str, path: str = "pay_rails/invoice.payme
 def test_each_paid_invoice_grants_the_monthly_tokens_once(client, session, stripe_api):
     account, _ = subscribe(client, session, stripe_api)
     paid = invoice("evt_inv_paid", "in_test_1", "stripe_ruby_mock/invoice.paid.json",
-                   amount_paid=500, subscription=None)
+                   amount_paid=500, subscription=None, billing_reason="subscription_create")
     post_event(client, paid)
     again = copy.deepcopy(paid)
     again["id"], again["type"] = "evt_inv_succeeded", "invoice.payment_succeeded"
@@ -433,8 +433,14 @@ def test_each_paid_invoice_grants_the_monthly_tokens_once(client, session, strip
     assert costs.month(session, account).revenue_subscription_musd == 5_000_000
     # The old API shape names the subscription on the invoice itself.
     old = edited("stripe_ruby_mock/invoice.paid.json", "evt_inv_old", id="in_test_2",
-                 amount_paid=500, subscription="sub_test_1")
+                 amount_paid=500, subscription="sub_test_1", billing_reason="subscription_cycle")
     post_event(client, old)
+    assert ledger.balance(session, account).by_bucket["subscription"] == 400
+    # A manual invoice (or a proration) pays for no month: no tokens.
+    manual = edited("stripe_ruby_mock/invoice.paid.json", "evt_inv_manual", id="in_test_3",
+                    amount_paid=500, subscription="sub_test_1")
+    assert manual["data"]["object"]["billing_reason"] == "manual"
+    post_event(client, manual)
     assert ledger.balance(session, account).by_bucket["subscription"] == 400
 
 
@@ -525,3 +531,92 @@ def test_a_failed_delayed_payment_tells_the_person_and_credits_nothing(client, s
     assert ledger.balance(session, account).available == 100
     [notice] = twilio_api.accepted
     assert "did not go through" in notice["Body"]
+
+
+def test_a_paid_invoice_before_the_checkout_event_still_grants(client, session, stripe_api):
+    """Stripe sends a new subscription's events in no fixed order: the invoice can come
+    first. The subscription's metadata (set at checkout) names the account."""
+    session_id, account = buy(client, session, "BUY PREMIUM")
+    [request] = stripe_api.requests_to("/v1/checkout/sessions")
+    stripe_api.subscriptions["sub_test_1"] = {
+        "id": "sub_test_1", "object": "subscription", "status": "active",
+        "customer": "cus_test_1", "metadata": request["params"]["subscription_data"]["metadata"],
+    }
+    paid = invoice("evt_inv_first", "in_first", "stripe_ruby_mock/invoice.paid.json",
+                   amount_paid=500, subscription=None, billing_reason="subscription_create")
+    assert post_event(client, paid).get_json()["outcome"] == "granted 200 subscription tokens"
+    event = edited("pay_rails/checkout.session.completed.json", "evt_sub_checkout",
+                   id=session_id, subscription="sub_test_1", customer="cus_test_1")
+    post_event(client, event)
+    assert ledger.balance(session, account).by_bucket == {"free": 100, "subscription": 200}
+    assert session.scalar(select(Subscription.account_id)) == account
+
+
+def test_a_dispute_closed_before_its_created_event_freezes_nothing(client, session):
+    session_id, account = buy(client, session)
+    post_event(client, completed(session_id))
+    post_event(client, dispute("stripe_ruby_mock/charge.dispute.closed.json", "evt_dp_won",
+                               "won"))
+    post_event(client, dispute("openapi_current_shape/charge.dispute.created.json",
+                               "evt_dp_created_late", "needs_response"))
+    assert ledger.balance(session, account).held == 0
+
+
+def test_a_charge_lookup_that_fails_is_a_500_so_stripe_retries(client, session, stripe_api):
+    session_id, account = buy(client, session)
+    post_event(client, completed(session_id))
+    stripe_api.charges["ch_old_1"] = {"id": "ch_old_1", "object": "charge", "amount": 500,
+                                      "payment_intent": PI}
+    event = edited("stripe_ruby_mock/charge.dispute.closed.json", "evt_dp_old_lost",
+                   id="dp_old_2", charge="ch_old_1", amount=500, status="lost")
+    stripe_api.fail_next(500, times=3)
+    assert post_event(client, event).status_code == 500
+    assert events_stored(session) == 1  # only the completed event
+    assert post_event(client, event).status_code == 200
+    assert ledger.balance(session, account).by_bucket == {"free": 100}
+
+
+def test_buy_premium_from_a_subscriber_sends_the_billing_portal(client, session, stripe_api):
+    subscribe(client, session, stripe_api)
+    reply = post_signed(client, sms("BUY PREMIUM")).get_data(as_text=True)
+    assert "Manage or cancel" in reply
+    path = re.search(r"(/pay/[A-Za-z0-9_-]+)", reply).group(1)
+    assert client.get(path).headers["Location"].startswith("https://billing.stripe.com/")
+    assert len(stripe_api.requests_to("/v1/checkout/sessions")) == 1  # no second subscription
+
+
+@pytest.mark.backends("postgresql")
+def test_subscription_events_arriving_together_do_not_deadlock(stripe_app, client, session,
+                                                               stripe_api):
+    session_id, account = buy(client, session, "BUY PREMIUM")
+    [request] = stripe_api.requests_to("/v1/checkout/sessions")
+    stripe_api.subscriptions["sub_test_1"] = {
+        "id": "sub_test_1", "object": "subscription", "status": "active",
+        "customer": "cus_test_1", "metadata": request["params"]["subscription_data"]["metadata"],
+    }
+    bodies = [
+        edited("pay_rails/checkout.session.completed.json", "evt_together_1", id=session_id,
+               subscription="sub_test_1", customer="cus_test_1"),
+        edited("stripe_ruby_mock/customer.subscription.created.json", "evt_together_2",
+               id="sub_test_1"),
+        invoice("evt_together_3", "in_together", "stripe_ruby_mock/invoice.paid.json",
+                amount_paid=500, subscription=None, billing_reason="subscription_create"),
+    ]
+    statuses: list[int] = []
+    barrier = threading.Barrier(len(bodies))
+
+    def deliver(event: dict[str, Any]) -> None:
+        with stripe_app.app_context():
+            barrier.wait()
+            statuses.append(post_event(stripe_app.test_client(), event).status_code)
+            db.session.remove()
+
+    threads = [threading.Thread(target=deliver, args=(body,)) for body in bodies]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert statuses == [200, 200, 200]
+    session.expire_all()
+    assert ledger.balance(session, account).by_bucket == {"free": 100, "subscription": 200}
+    assert session.scalar(select(Subscription.status)) == "active"

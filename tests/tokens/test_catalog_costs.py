@@ -259,3 +259,19 @@ def test_another_catalog_can_change_rates_models_and_tiers(tmp_path):
     assert catalog.costs.model("local-llama").cost_musd(10_000, 1) == 1
     assert catalog.costs.model("local-llama").cost_musd(10_000, 0) == 0
     assert catalog.sms_max_segments == 3
+
+
+def test_prices_other_than_usd_are_refused(tmp_path):
+    """Revenue is kept in µUSD, so a pack or the plan priced in another currency would be
+    counted wrong: the catalog refuses it, naming the field."""
+    raw = yaml.safe_load(DEFAULT_CATALOG_PATH.read_text())
+    raw["packs"][0]["currency"] = "eur"
+    path = tmp_path / "eur_pack.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    with pytest.raises(CatalogError, match=r"packs\[0\]\.currency: only usd"):
+        load_catalog(path)
+    raw = yaml.safe_load(DEFAULT_CATALOG_PATH.read_text())
+    raw["premium"]["currency"] = "EUR"
+    path.write_text(yaml.safe_dump(raw))
+    with pytest.raises(CatalogError, match=r"premium\.currency: only usd"):
+        load_catalog(path)
