@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import yaml
 
@@ -217,6 +218,64 @@ class Costs:
 
 
 @dataclass(frozen=True)
+class TierSettings:
+    """The progressive-restriction policy's numbers (economy.md, "Tiers").
+
+    Attributes:
+        reduced_musd, basic_musd, affiliate_musd, payment_required_musd: the exposure (µUSD)
+            at which each level starts (defaults $0.50, $1.50, $1.75, $2.00).
+        refusals_per_day: refusal replies a day at PAYMENT_REQUIRED, then silence.
+        upsell_every_hours: the least time between two upsell lines (REDUCED, BASIC).
+        affiliate_min_price: intents at or above this price (tokens) get partner offers at
+            AFFILIATE; cheaper ones get the offline template.
+    """
+
+    reduced_musd: int
+    basic_musd: int
+    affiliate_musd: int
+    payment_required_musd: int
+    refusals_per_day: int
+    upsell_every_hours: int
+    affiliate_min_price: int
+
+
+@dataclass(frozen=True)
+class Partner:
+    """An affiliate partner (economy.md, "Affiliate gating").
+
+    Attributes:
+        code: stable identifier, e.g. "freshbox".
+        name: what a person reads.
+        categories: partner categories, e.g. ("meal_kits",).
+        url: the URL template on an allow-listed domain; `{click_id}` is our click id.
+        commission_rate: the share of a sale the partner pays (Decimal, e.g. 0.10).
+    """
+
+    code: str
+    name: str
+    categories: tuple[str, ...]
+    url: str
+    commission_rate: Decimal
+
+
+@dataclass(frozen=True)
+class AffiliateSettings:
+    """Partner offers: the mode ("offer" or "click_to_unlock"), the disclosure line, the
+    allow-listed domains, the partners, and which categories suit each intent."""
+
+    mode: str
+    disclosure: str
+    allowed_domains: frozenset[str]
+    partners: tuple[Partner, ...]
+    intent_categories: Mapping[str, tuple[str, ...]]
+
+    def offers_for(self, intent: str, limit: int = 3) -> tuple[Partner, ...]:
+        """Up to `limit` partners relevant to `intent`, in catalog order."""
+        wanted = set(self.intent_categories.get(intent, ()))
+        return tuple(p for p in self.partners if wanted & set(p.categories))[:limit]
+
+
+@dataclass(frozen=True)
 class Catalog:
     """The parsed economy catalog.
 
@@ -237,6 +296,8 @@ class Catalog:
         llm: how LLM answers are asked for.
         sms_max_segments: SMS replies longer than this are cut with a free "Reply MORE".
         premium: the premium subscription plan.
+        tiers: the progressive-restriction policy's numbers.
+        affiliates: partner offers for the AFFILIATE level.
     """
 
     bot_name: str
@@ -254,6 +315,8 @@ class Catalog:
     llm: LlmSettings
     sms_max_segments: int
     premium: Plan
+    tiers: TierSettings
+    affiliates: AffiliateSettings
 
     def intent(self, name: str) -> IntentSpec:
         """The intent called `name`. Raises `CatalogError` if there is none."""
@@ -358,6 +421,65 @@ def _parse(raw: dict[str, Any]) -> Catalog:
         llm=llm,
         sms_max_segments=_positive_int(raw, "sms_max_segments"),
         premium=_parse_plan(_mapping(raw, "premium")),
+        tiers=_parse_tiers(_mapping(raw, "tiers")),
+        affiliates=_parse_affiliates(_mapping(raw, "affiliates"), names),
+    )
+
+
+def _parse_tiers(raw: dict[str, Any]) -> TierSettings:
+    thresholds = _mapping(raw, "thresholds_usd", "tiers")
+    where = "tiers.thresholds_usd"
+    values = [_musd(thresholds, name, where, positive=True)
+              for name in ("reduced", "basic", "affiliate", "payment_required")]
+    if values != sorted(values) or len(set(values)) != len(values):
+        raise CatalogError(f"{where}: reduced < basic < affiliate < payment_required is required")
+    refusals = raw.get("refusals_per_day")
+    if type(refusals) is not int or refusals < 0:
+        raise CatalogError("tiers.refusals_per_day: a non-negative integer is required")
+    reduced, basic, affiliate, payment_required = values
+    return TierSettings(reduced_musd=reduced, basic_musd=basic, affiliate_musd=affiliate,
+                        payment_required_musd=payment_required, refusals_per_day=refusals,
+                        upsell_every_hours=_positive_int(raw, "upsell_every_hours", "tiers"),
+                        affiliate_min_price=_positive_int(raw, "affiliate_min_price", "tiers"))
+
+
+def _parse_affiliates(raw: dict[str, Any], intents: list[str]) -> AffiliateSettings:
+    where = "affiliates"
+    mode = _str(raw, "mode", where)
+    if mode not in ("offer", "click_to_unlock"):
+        raise CatalogError(f"{where}.mode: offer or click_to_unlock, not {mode!r}")
+    domains = raw.get("allowed_domains")
+    if not isinstance(domains, list) or not all(isinstance(d, str) and d for d in domains):
+        raise CatalogError(f"{where}.allowed_domains: a list of domain names is required")
+    allowed = frozenset(d.lower().strip(".") for d in domains)
+    partners = []
+    for i, item in enumerate(raw.get("partners") or []):
+        at = f"{where}.partners[{i}]"
+        if not isinstance(item, dict):
+            raise CatalogError(f"{at}: must be a mapping")
+        url = _str(item, "url", at)
+        parsed = urlsplit(url.replace("{click_id}", "x"))
+        host = (parsed.hostname or "").lower()
+        if parsed.scheme != "https" or not any(host == d or host.endswith("." + d)
+                                                for d in allowed):
+            raise CatalogError(f"{at}.url: an https URL on an allowed domain is required")
+        if "{click_id}" not in url:
+            raise CatalogError(f"{at}.url: must contain {{click_id}}")
+        categories = item.get("categories")
+        if not isinstance(categories, list) or not all(isinstance(c, str) for c in categories):
+            raise CatalogError(f"{at}.categories: a list of names is required")
+        rate = _decimal(item, "commission_rate", at)
+        if rate > 1:
+            raise CatalogError(f"{at}.commission_rate: a share between 0 and 1 is required")
+        partners.append(Partner(code=_str(item, "code", at), name=_str(item, "name", at),
+                                categories=tuple(categories), url=url, commission_rate=rate))
+    mapping = raw.get("intent_categories") or {}
+    if not isinstance(mapping, dict) or any(k not in intents for k in mapping):
+        raise CatalogError(f"{where}.intent_categories: keys must be intents of the catalog")
+    return AffiliateSettings(
+        mode=mode, disclosure=_str(raw, "disclosure", where), allowed_domains=allowed,
+        partners=tuple(partners),
+        intent_categories={k: tuple(v or ()) for k, v in mapping.items()},
     )
 
 
