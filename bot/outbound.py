@@ -409,7 +409,8 @@ def release_charge(session: Session, row: Message, now: datetime | None = None) 
         return 0
     account_id = session.scalar(select(Contact.account_id).where(Contact.id == inbound.contact_id))
     assert account_id is not None
-    costs.note_tokens_charged(session, account_id, -refunded.amount, inbound.created_at)
+    costs.note_tokens_charged(session, account_id, [(b, -n) for b, n in refunded.by_bucket],
+                              inbound.created_at)
     log.info("charge released", extra={"tokens": refunded.amount, "status": row.status})
     return refunded.amount
 

@@ -657,7 +657,9 @@ def _settle_ledger(
                     extra={"hold": pending.hold_id, "message_sid": pending.message_sid})
         return "answered", (result.answer.text,), 0
     if not captured.posted.replayed:
-        costs.note_tokens_charged(session, pending.account_id, captured.posted.amount, now)
+        costs.note_tokens_charged(session, pending.account_id,
+                                  [(b, -n) for b, n in captured.posted.by_bucket], now,
+                                  intent=pending.intent.name)
     return "answered", (result.answer.text,), captured.posted.amount
 
 

@@ -18,6 +18,7 @@ Functions take the SQLAlchemy `Session` explicitly and flush; the caller owns th
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -31,7 +32,9 @@ from tokens.errors import InvalidAmount
 from tokens.ledger import month_of
 
 COST_KINDS = ("llm", "messaging", "platform")
-REVENUE_KINDS = ("pack", "subscription")
+REVENUE_KINDS = ("pack", "subscription", "affiliate")
+BUCKET_COLUMNS = {"free": "tokens_free", "subscription": "tokens_subscription",
+                  "bonus": "tokens_bonus", "paid": "tokens_paid"}
 # Stripe amounts are in the currency's minor unit: 1 cent = 10,000 µUSD (USD packs only).
 MUSD_PER_CENT = 10_000
 DIRECTIONS = ("in", "out")
@@ -72,7 +75,9 @@ class AccountMonth(Base):
         llm_calls, llm_prompt_tokens, llm_completion_tokens: LLM calls that reached the API
             and their usage (cached answers are not calls).
         tokens_charged: tokens debited for answers, less tokens given back for replies
-            that were not delivered.
+            that were not delivered; `tokens_<bucket>` split it by the bucket they came from.
+        revenue_pack_musd, revenue_subscription_musd, revenue_affiliate_musd: revenue by
+            kind, net of reversals, µUSD.
     """
 
     __tablename__ = "account_months"
@@ -93,6 +98,12 @@ class AccountMonth(Base):
     revenue_pack_musd: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
     revenue_subscription_musd: Mapped[int] = mapped_column(BigInteger, default=0,
                                                           server_default="0")
+    revenue_affiliate_musd: Mapped[int] = mapped_column(BigInteger, default=0,
+                                                       server_default="0")
+    tokens_free: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    tokens_subscription: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    tokens_bonus: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    tokens_paid: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
 
     @property
     def cost_musd(self) -> int:
@@ -101,9 +112,28 @@ class AccountMonth(Base):
 
     @property
     def revenue_musd(self) -> int:
-        """Net revenue of the month (purchases less refunds and lost disputes, plus paid
-        subscription invoices), µUSD."""
-        return self.revenue_pack_musd + self.revenue_subscription_musd
+        """Net revenue of the month (purchases less refunds and lost disputes, paid
+        subscription invoices, confirmed affiliate commissions), µUSD."""
+        return self.revenue_pack_musd + self.revenue_subscription_musd + self.revenue_affiliate_musd
+
+    @property
+    def exposure_musd(self) -> int:
+        """What this person has cost and not paid for this month: cost - revenue, µUSD
+        (economy.md, "Tiers"); negative for a paying person."""
+        return self.cost_musd - self.revenue_musd
+
+
+class AccountMonthIntent(Base):
+    """One account's month for one intent: answers given, tokens charged, LLM cost (µUSD)."""
+
+    __tablename__ = "account_month_intents"
+
+    account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id"), primary_key=True)
+    month: Mapped[str] = mapped_column(String(7), primary_key=True)
+    intent: Mapped[str] = mapped_column(String(32), primary_key=True)
+    answers: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    tokens_charged: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    cost_llm_musd: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
 
 
 class RevenueEntry(Base):
@@ -167,6 +197,8 @@ def record_llm(
         return 0
     _bump(session, account_id, entry.month, cost_llm_musd=amount, llm_calls=1,
           llm_prompt_tokens=usage.prompt_tokens, llm_completion_tokens=usage.completion_tokens)
+    if intent is not None:
+        _bump_intent(session, account_id, entry.month, intent, cost_llm_musd=amount)
     return amount
 
 
@@ -240,7 +272,8 @@ def record_revenue(
     """Record revenue (positive) or its reversal (negative), once per `key`.
 
     Args:
-        kind: "pack" (token packs, net of refunds and lost disputes) or "subscription".
+        kind: "pack" (token packs, net of refunds and lost disputes), "subscription" or
+            "affiliate" (confirmed commissions).
         amount_musd: signed µUSD, not zero (`MUSD_PER_CENT` converts Stripe's cents).
 
     Returns:
@@ -254,21 +287,35 @@ def record_revenue(
     entry = RevenueEntry(kind=kind, amount_musd=amount_musd, memo=memo)
     if not _post(session, account_id, entry, key, now):
         return 0
-    column = "revenue_pack_musd" if kind == "pack" else "revenue_subscription_musd"
-    _bump(session, account_id, entry.month, **{column: amount_musd})
+    _bump(session, account_id, entry.month, **{f"revenue_{kind}_musd": amount_musd})
     return amount_musd
 
 
 def note_tokens_charged(
-    session: Session, account_id: int, tokens: int, now: datetime | None = None
+    session: Session,
+    account_id: int,
+    by_bucket: Sequence[tuple[str, int]],
+    when: datetime | None = None,
+    *,
+    intent: str | None = None,
 ) -> None:
-    """Add `tokens` (negative for a release) to the month's tokens charged.
+    """Add tokens charged (negative amounts: given back) to the month of `when`, by bucket,
+    and count an answer of `intent` when one is given.
 
     Call it in the transaction of the ledger operation it mirrors, and only when that
-    operation was not a replay.
+    operation was not a replay. `by_bucket` is the operation's (bucket, tokens) pairs with
+    spends positive, e.g. [("free", 3), ("paid", 2)].
     """
-    if tokens:
-        _bump(session, account_id, month_of(now or utcnow()), tokens_charged=tokens)
+    total = sum(tokens for _, tokens in by_bucket)
+    label = month_of(when or utcnow())
+    increments: dict[str, int] = {}
+    for bucket, tokens in by_bucket:
+        column = BUCKET_COLUMNS[bucket]
+        increments[column] = increments.get(column, 0) + tokens
+    if total or increments:
+        _bump(session, account_id, label, tokens_charged=total, **increments)
+    if intent is not None:
+        _bump_intent(session, account_id, label, intent, answers=1, tokens_charged=total)
 
 
 def month(session: Session, account_id: int, when: str | datetime | None = None) -> AccountMonth:
@@ -343,6 +390,37 @@ def _bump(session: Session, account_id: int, label: str, **increments: int) -> N
         # Another transaction created the row first: add to it.
         session.execute(statement)
     _expire_cached(session, account_id, label)
+
+
+def _bump_intent(session: Session, account_id: int, label: str, intent: str,
+                 **increments: int) -> None:
+    """Add `increments` to the account's month row for `intent`, creating it on first use."""
+    key = (AccountMonthIntent.account_id == account_id, AccountMonthIntent.month == label,
+           AccountMonthIntent.intent == intent)
+    values = {name: getattr(AccountMonthIntent, name) + amount
+              for name, amount in increments.items()}
+    statement = (update(AccountMonthIntent).where(*key).values(**values)
+                 .execution_options(synchronize_session=False))
+    if session.execute(statement).rowcount != 1:  # type: ignore[attr-defined]
+        try:
+            with session.begin_nested():
+                session.add(AccountMonthIntent(account_id=account_id, month=label,
+                                               intent=intent, **increments))
+                session.flush()
+        except IntegrityError:
+            session.execute(statement)
+    cached = session.identity_map.get(
+        Session.identity_key(AccountMonthIntent, (account_id, label, intent)))
+    if cached is not None:
+        session.expire(cached)
+
+
+def intents_of(session: Session, account_id: int, label: str) -> list[AccountMonthIntent]:
+    """The per-intent rows of one account's month."""
+    return list(session.scalars(
+        select(AccountMonthIntent)
+        .where(AccountMonthIntent.account_id == account_id, AccountMonthIntent.month == label)
+        .order_by(AccountMonthIntent.intent)))
 
 
 def _expire_cached(session: Session, account_id: int, label: str) -> None:

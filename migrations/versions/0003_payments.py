@@ -85,7 +85,7 @@ def upgrade():
     sa.Column('idempotency_key', sa.String(length=200), nullable=False),
     sa.Column('memo', sa.String(length=200), nullable=True),
     sa.Column('created_at', sa.DateTime(timezone=True), nullable=False),
-    sa.CheckConstraint("kind IN ('pack', 'subscription')", name=op.f('ck_revenue_entries_kind_known')),
+    sa.CheckConstraint("kind IN ('pack', 'subscription', 'affiliate')", name=op.f('ck_revenue_entries_kind_known')),
     sa.CheckConstraint('amount_musd <> 0', name=op.f('ck_revenue_entries_amount_not_zero')),
     sa.ForeignKeyConstraint(['account_id'], ['accounts.id'], name=op.f('fk_revenue_entries_account_id_accounts')),
     sa.PrimaryKeyConstraint('id', name=op.f('pk_revenue_entries')),

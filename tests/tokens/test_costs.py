@@ -229,7 +229,7 @@ def test_rollup_equals_the_sum_of_entries_per_kind(session, account):
                                key=f"msg:out:{sid}", now=NOV)
         if i == 4:
             session.commit()  # half in one transaction, half in the next
-    costs.note_tokens_charged(session, account, 7, NOV)
+    costs.note_tokens_charged(session, account, [("free", 7)], NOV)
     session.commit()
     assert_rollup_matches_entries(session, account, "2026-11")
     sums = rollup(session, account)
@@ -290,14 +290,22 @@ def test_a_month_without_activity_is_a_zero_row_not_stored(session, account):
 
 
 def test_tokens_charged_follow_captures_and_releases(session, account):
-    costs.note_tokens_charged(session, account, 5, NOV)
-    costs.note_tokens_charged(session, account, 2, NOV)
-    costs.note_tokens_charged(session, account, -5, NOV)  # a reply that was not delivered
-    costs.note_tokens_charged(session, account, 0, NOV)  # no-op, creates nothing
-    costs.note_tokens_charged(session, account, 3, DEC_FIRST)
+    costs.note_tokens_charged(session, account, [("free", 3), ("paid", 2)], NOV,
+                              intent="meal_plan")
+    costs.note_tokens_charged(session, account, [("free", 2)], NOV, intent="recipe_search")
+    # A reply that was not delivered gives its tokens back to where they came from.
+    costs.note_tokens_charged(session, account, [("free", -3), ("paid", -2)], NOV)
+    costs.note_tokens_charged(session, account, [], NOV)  # no-op, creates nothing
+    costs.note_tokens_charged(session, account, [("bonus", 3)], DEC_FIRST)
     session.commit()
-    assert rollup(session, account, "2026-11")["tokens_charged"] == 2
-    assert rollup(session, account, "2026-12")["tokens_charged"] == 3
+    november = costs.month(session, account, "2026-11")
+    assert november.tokens_charged == 2
+    assert (november.tokens_free, november.tokens_paid, november.tokens_bonus) == (2, 0, 0)
+    december = costs.month(session, account, "2026-12")
+    assert december.tokens_charged == 3 and december.tokens_bonus == 3
+    by_intent = {row.intent: (row.answers, row.tokens_charged)
+                 for row in costs.intents_of(session, account, "2026-11")}
+    assert by_intent == {"meal_plan": (1, 5), "recipe_search": (1, 2)}
     # tokens charged are not costs
     assert costs.month(session, account, "2026-11").cost_musd == 0
 
