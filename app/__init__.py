@@ -41,10 +41,12 @@ def create_app(config_class: type[Config] = Config) -> Flask:
 
     # The models must be imported before the metadata is used by Flask-Migrate.
     import bot.models  # noqa: F401
+    import tokens.affiliates  # noqa: F401
     import tokens.costs  # noqa: F401
     import tokens.ledger  # noqa: F401
     import tokens.payment_events  # noqa: F401
     import tokens.payments  # noqa: F401
+    import tokens.tiers  # noqa: F401
 
     db.init_app(app)
     migrate.init_app(
@@ -79,6 +81,7 @@ def create_app(config_class: type[Config] = Config) -> Flask:
 
     app.extensions["payment_provider"] = _payment_provider(app)
 
+    from app.affiliates import bp as affiliates_bp
     from app.cli import register_cli
     from app.health import bp as health_bp
     from app.pay import bp as pay_bp
@@ -90,6 +93,7 @@ def create_app(config_class: type[Config] = Config) -> Flask:
     app.register_blueprint(pay_bp)
     app.register_blueprint(sandbox_bp)
     app.register_blueprint(stripe_bp)
+    app.register_blueprint(affiliates_bp)
     app.register_blueprint(health_bp)
     register_cli(app)
     return app

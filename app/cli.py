@@ -31,6 +31,9 @@ def register_cli(app: Flask) -> None:
     app.cli.add_command(tokens_group)
     app.cli.add_command(worker)
     app.cli.add_command(messages_group)
+    from app.affiliates import affiliates_group
+
+    app.cli.add_command(affiliates_group)
 
 
 @click.group("messages")

@@ -4,7 +4,15 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import CheckConstraint, ForeignKey, Integer, String, Text, UniqueConstraint
+from sqlalchemy import (
+    BigInteger,
+    CheckConstraint,
+    ForeignKey,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+)
 from sqlalchemy.orm import Mapped, mapped_column
 
 from bot.messages import CHANNELS
@@ -99,6 +107,8 @@ class Message(Base):
     status: Mapped[str | None] = mapped_column(String(16))
     error_code: Mapped[int | None] = mapped_column(Integer)
     units: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    level: Mapped[str | None] = mapped_column(String(16))
+    estimate_musd: Mapped[int | None] = mapped_column(BigInteger)
     status_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
 

@@ -139,3 +139,41 @@ OFFLINE_FREE = "(A shorter answer, as our assistant is busy. Nothing was charged
 TOOK_TOO_LONG = (
     "Sorry, that took too long to answer. Nothing was charged; please ask again."
 )
+
+
+def level_notice(catalog: Catalog, level: str, available: int) -> str:
+    """What a person on a restricted level is told, in plain words, with their balance and what
+    restores full service (economy.md, rule 4). Never claims anything is unlimited."""
+    pack = catalog.pack()
+    restore = (f"You have {available} tokens. Text BUY for {pack.total_tokens} tokens "
+               f"({pack.price_display}) for full answers")
+    if level == "REDUCED":
+        return f"[Free service is reduced this month: shorter answers. {restore}.]"
+    if level == "BASIC":
+        return ("[You have used most of this month's free service: short ready-made answers. "
+                f"{restore}.]")
+    return f"[This month's free service is nearly used up. {restore}.]"
+
+
+def offers_text(catalog: Catalog, spec: IntentSpec, available: int,
+                offers: list[tuple[str, str]], now: datetime) -> str:
+    """The AFFILIATE answer to a costly request: partner offers with the disclosure, and what
+    restores full service. Nothing is charged."""
+    pack = catalog.pack()
+    lines = [f"This month's free service is nearly used up, so instead of a {spec.label}, "
+             "these partners can help:"]
+    lines += [f"- {name}: {url}" for name, url in offers]
+    lines.append(catalog.affiliates.disclosure)
+    lines.append(f"Nothing was charged. You have {available} tokens; text BUY for "
+                 f"{pack.total_tokens} tokens ({pack.price_display}) for full answers. Free "
+                 f"service returns on {renewal_date(now)}.")
+    return "\n".join(lines)
+
+
+def payment_required_text(catalog: Catalog, available: int, url: str, now: datetime) -> str:
+    """PAYMENT_REQUIRED: no answer, a pay link, nothing charged, and when free service
+    returns."""
+    pack = catalog.pack()
+    return (f"You have used this month's free service. Nothing was charged; you have "
+            f"{available} tokens. Get {pack.total_tokens} tokens for {pack.price_display}: {url} "
+            f"Free service returns on {renewal_date(now)}.")

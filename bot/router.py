@@ -29,7 +29,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -42,8 +42,15 @@ from bot.intents.llm import LlmSkill
 from bot.llm import ChatClient
 from bot.messages import InboundMessage
 from bot.models import Contact, Message
-from bot.segments import cap_sms, count_segments, normalise_for_gsm, split_message
-from tokens import costs, ledger, payments
+from bot.segments import (
+    MAX_MESSAGE_CHARS,
+    MORE_HINT,
+    cap_sms,
+    count_segments,
+    normalise_for_gsm,
+    split_message,
+)
+from tokens import costs, ledger, payments, tiers
 from tokens.base import utcnow
 from tokens.catalog import Catalog, IntentSpec, normalise_command
 from tokens.costs import LlmUsage
@@ -93,8 +100,8 @@ class Outcome:
 
     Attributes:
         kind: "duplicate", "opted_out", "opt_out", "opt_in", "help", "no_text", "balance",
-            "buy", "premium", "more", "insufficient", "queued" (the skill runs in a job),
-            "failed" or
+            "buy", "premium", "more", "insufficient", "refused" (PAYMENT_REQUIRED), "offers"
+            (AFFILIATE), "queued" (the skill runs in a job), "failed" or
             "answered".
         replies: the messages to send back, in order, as sent (an SMS answer cut with
             "Reply MORE", a long WhatsApp answer split); empty: an empty `<Response/>`.
@@ -131,6 +138,7 @@ class Turn:
     intent: IntentSpec | None = None
     hold_id: int | None = None
     charged: int = 0
+    level: str = tiers.NORMAL
 
     @property
     def catalog(self) -> Catalog:
@@ -283,6 +291,38 @@ def classify_intent(turn: Turn) -> None:
     turn.intent = classify(turn.msg.text, turn.catalog)
 
 
+def choose_level(turn: Turn) -> None:
+    """The restriction level of this answer (economy.md, "Tiers"; `tokens.tiers.decide`), on
+    the exposure including answers still queued, under the account's lock.
+
+    PAYMENT_REQUIRED: a pay link and nothing charged (at most `refusals_per_day` replies a day,
+    then silence). AFFILIATE, for a costly intent: partner offers, nothing charged. Otherwise
+    the answer goes ahead at this level (`run_skill`).
+    """
+    assert turn.intent is not None and turn.message is not None
+    spec, catalog, session = turn.intent, turn.catalog, turn.session
+    month = costs.month(session, turn.account_id, turn.now)
+    exposure = month.exposure_musd + _queued_estimates(session, turn.account_id, turn.message)
+    balance = ledger.balance(session, turn.account_id, turn.now)
+    purchased = sum(n for bucket, n in balance.by_bucket.items() if bucket != "free")
+    paying = purchased >= spec.price or payments.has_premium(
+        session, turn.account_id, turn.now, catalog.premium.grace_days)
+    ceiling = tiers.ceilings(catalog, spec, turn.msg.channel, turn.settings.chat is not None)
+    turn.level = tiers.decide(exposure, ceiling, catalog, paying=paying)
+    turn.message.level = turn.level
+    turn.message.estimate_musd = ceiling[turn.level]
+    if turn.level == tiers.PAYMENT_REQUIRED:
+        if not tiers.take_refusal(session, turn.account_id, catalog, turn.now):
+            raise ReplyNow("refused")  # silence until they pay or the month turns
+        raise ReplyNow("refused", replies.payment_required_text(
+            catalog, balance.available, _pay_url(turn), turn.now))
+    if turn.level == tiers.AFFILIATE and spec.price >= catalog.tiers.affiliate_min_price:
+        offers = _offers(turn)
+        if offers:
+            raise ReplyNow("offers", replies.offers_text(catalog, spec, balance.available,
+                                                         offers, turn.now))
+
+
 def reserve(turn: Turn) -> None:
     """Hold the price before the skill runs; below the price: a pay link and the cheaper
     options, nothing charged (economy.md, Ledger: the check and the hold are one step)."""
@@ -313,7 +353,9 @@ def defer_or_answer(turn: Turn) -> None:
         channel=turn.msg.channel,
         intent=turn.intent,
         hold_id=turn.hold_id,
-        request=_skill_request(turn.session, turn.settings, turn.intent, turn.message),
+        request=_skill_request(turn.session, turn.settings, turn.intent, turn.message,
+                               turn.level),
+        level=turn.level,
     )
     result = run_skill(turn.settings, pending)
     kind, texts, charged = _settle_ledger(turn.session, pending, result, turn.settings, turn.now)
@@ -332,6 +374,7 @@ STEPS: tuple[Step, ...] = (
     no_text,
     free_commands,
     classify_intent,
+    choose_level,
     reserve,
     defer_or_answer,
 )
@@ -411,6 +454,7 @@ class PendingAnswer:
         hold_live: the hold is still pending and within its TTL. A job that comes too late
             (a worker outage) finds it expired: the person is told, and nothing is charged.
         opted_out: the person sent STOP on this channel since asking: no skill, no reply.
+        level: the restriction level decided when the message came in (`choose_level`).
     """
 
     message_id: int
@@ -422,6 +466,7 @@ class PendingAnswer:
     request: SkillRequest
     hold_live: bool = True
     opted_out: bool = False
+    level: str = tiers.NORMAL
 
 
 @dataclass(frozen=True)
@@ -467,8 +512,9 @@ def pending_answer(
         channel=message.channel,
         intent=spec,
         hold_id=hold.id,
-        request=_skill_request(session, settings, spec, message),
+        request=_skill_request(session, settings, spec, message, message.level),
         hold_live=hold.status == "pending" and hold.expires_at > now,
+        level=message.level or tiers.NORMAL,
         opted_out=contact.opted_out_at(message.channel) is not None,
     )
 
@@ -486,16 +532,18 @@ def waiting_answers(session: Session, older_than: timedelta, now: datetime | Non
     ))
 
 
-def skill(settings: BotSettings, spec: IntentSpec) -> Skill:
-    """The skill that answers `spec`: the LLM (with the offline skill as fallback) when a
-    client is configured, else the offline skill."""
+def skill(settings: BotSettings, spec: IntentSpec, level: str = tiers.NORMAL) -> Skill:
+    """The skill that answers `spec` at `level`: the LLM (with the offline skill as fallback)
+    when a client is configured and the level allows it (NORMAL, REDUCED), else the offline
+    skill (templates: no LLM cost)."""
+    use_llm = settings.chat is not None and level in tiers.LLM_TIER_OF
     try:
         offline: Skill | None = skill_for(spec.name)
     except UnknownIntent:
-        if settings.chat is None:
+        if not use_llm:
             raise
         offline = None
-    if settings.chat is None:
+    if not use_llm or settings.chat is None:
         assert offline is not None
         return offline
     return LlmSkill(spec, settings.catalog.llm, settings.chat, offline)
@@ -513,7 +561,7 @@ def run_skill(settings: BotSettings, pending: PendingAnswer) -> SkillResult:
     if not pending.hold_live:
         return SkillResult(None, replies.TOOK_TOO_LONG)
     try:
-        answer = skill(settings, spec).answer(pending.request)
+        answer = skill(settings, spec, pending.level).answer(pending.request)
     except SkillFailed as exc:
         log.warning("skill failed", extra={"intent": spec.name, "reason": str(exc)})
         return SkillResult(None, exc.reply or replies.SKILL_FAILED, exc.usage)
@@ -579,7 +627,9 @@ def store_replies(
     SMS: typographic characters become GSM-7 ones, and a content reply longer than the
     catalog's `sms_max_segments` is cut with "Reply MORE" (the rest waits on the contact for
     the free MORE command). Every message stays within 1,600 characters; a long WhatsApp reply
-    is split on sentence boundaries (messaging.md, "Length and segments").
+    is split on sentence boundaries, and cut the same way after `whatsapp_max_messages`
+    (messaging.md, "Length and segments"). The caps bound what one reply can cost
+    (`tokens.tiers.reply_ceiling_musd`).
 
     TwiML replies are costed now (they are sent with the webhook's answer); REST replies are
     stored `pending` and costed when Twilio accepts them.
@@ -597,9 +647,16 @@ def store_replies(
             head, rest = cap_sms(text, catalog.sms_max_segments)
             contact.more_text = rest or None
             parts.extend(split_message(head))
+        elif kind in CONTENT_OUTCOMES:
+            pieces = split_message(text)
+            cap = catalog.whatsapp_max_messages
+            contact.more_text = None
+            if len(pieces) > cap:  # cut, leaving room for the hint in the last message kept
+                pieces = split_message(text, MAX_MESSAGE_CHARS - len(MORE_HINT))
+                contact.more_text = " ".join(pieces[cap:])
+                pieces = [*pieces[: cap - 1], pieces[cap - 1] + MORE_HINT]
+            parts.extend(pieces)
         else:
-            if kind in CONTENT_OUTCOMES:
-                contact.more_text = None
             parts.extend(split_message(text))
     for part in parts:
         row = Message(
@@ -660,13 +717,20 @@ def _settle_ledger(
         costs.note_tokens_charged(session, pending.account_id,
                                   [(b, -n) for b, n in captured.posted.by_bucket], now,
                                   intent=pending.intent.name)
-    return "answered", (result.answer.text,), captured.posted.amount
+    text = result.answer.text
+    if pending.level != tiers.NORMAL and tiers.take_upsell(
+            session, pending.account_id, settings.catalog, now, pending.level):
+        available = ledger.balance(session, pending.account_id, now).available
+        text = f"{replies.level_notice(settings.catalog, pending.level, available)}\n{text}"
+    return "answered", (text,), captured.posted.amount
 
 
 def _skill_request(
-    session: Session, settings: BotSettings, spec: IntentSpec, message: Message
+    session: Session, settings: BotSettings, spec: IntentSpec, message: Message,
+    level: str | None = None,
 ) -> SkillRequest:
-    """The skill's input: the text, the channel, and the conversation before this message."""
+    """The skill's input: the text, the channel, the conversation before this message, and
+    the LLM tier of the level."""
     history: tuple[tuple[str, str], ...] = ()
     limit = settings.catalog.llm.history_messages
     if settings.chat is not None and limit:
@@ -682,7 +746,8 @@ def _skill_request(
             for direction, body in reversed(rows)
         )
     return SkillRequest(intent=spec.name, text=message.body, channel=message.channel,
-                        history=history)
+                        history=history,
+                        tier=tiers.LLM_TIER_OF.get(level or tiers.NORMAL, "normal"))
 
 
 def _keyword_family(msg: InboundMessage) -> str | None:
@@ -696,6 +761,29 @@ def _keyword_family(msg: InboundMessage) -> str | None:
     if word in HELP:
         return "HELP"
     return None
+
+
+def _queued_estimates(session: Session, account_id: int, current: Message) -> int:
+    """The cost ceilings of this person's answers still being given (queued), µUSD: counted
+    as exposure, so quick messages cannot each pass the same check (rule 1, concurrency)."""
+    total = session.scalar(
+        select(func.coalesce(func.sum(Message.estimate_musd), 0))
+        .join(Contact, Contact.id == Message.contact_id)
+        .where(Contact.account_id == account_id, Message.outcome == "queued",
+               Message.id != current.id)
+    )
+    return int(total or 0)
+
+
+def _offers(turn: Turn) -> list[tuple[str, str]]:
+    """(partner name, our redirect URL) for the request's intent, 1-3 of them."""
+    from tokens import affiliates
+
+    assert turn.intent is not None
+    links = affiliates.issue_offer_links(turn.session, turn.account_id, turn.intent.name,
+                                         turn.catalog, turn.now)
+    base = turn.settings.public_base_url.rstrip("/")
+    return [(partner.name, f"{base}/r/{link.token}") for partner, link in links]
 
 
 def _pay_url(turn: Turn, code: str | None = None, purpose: str = "pack") -> str:

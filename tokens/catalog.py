@@ -295,6 +295,8 @@ class Catalog:
         costs: what interactions cost the operator.
         llm: how LLM answers are asked for.
         sms_max_segments: SMS replies longer than this are cut with a free "Reply MORE".
+        whatsapp_max_messages: WhatsApp replies longer than this many messages are cut the same
+            way.
         premium: the premium subscription plan.
         tiers: the progressive-restriction policy's numbers.
         affiliates: partner offers for the AFFILIATE level.
@@ -314,6 +316,7 @@ class Catalog:
     costs: Costs
     llm: LlmSettings
     sms_max_segments: int
+    whatsapp_max_messages: int
     premium: Plan
     tiers: TierSettings
     affiliates: AffiliateSettings
@@ -420,6 +423,7 @@ def _parse(raw: dict[str, Any]) -> Catalog:
         costs=costs,
         llm=llm,
         sms_max_segments=_positive_int(raw, "sms_max_segments"),
+        whatsapp_max_messages=_positive_int(raw, "whatsapp_max_messages"),
         premium=_parse_plan(_mapping(raw, "premium")),
         tiers=_parse_tiers(_mapping(raw, "tiers")),
         affiliates=_parse_affiliates(_mapping(raw, "affiliates"), names),

@@ -78,11 +78,20 @@ def test_a_long_sms_answer_is_cut_with_a_free_more(app, session, long_answers):
 
 
 def test_a_long_whatsapp_answer_is_split_below_1600_characters(app, session, long_answers):
+    """Split on sentence boundaries below 1,600 characters, at most `whatsapp_max_messages`
+    messages (the cap bounds a reply's cost); the rest waits for the free MORE."""
+    hint = "(Reply MORE for the rest)"
     outcome = route(app, "recipe for pancakes", channel="whatsapp")
-    assert len(outcome.replies) >= 2
+    assert len(outcome.replies) == 2
     assert all(len(part) <= MAX_MESSAGE_CHARS for part in outcome.replies)
-    assert all(part.rstrip().endswith(".") for part in outcome.replies)  # sentence boundaries
-    assert " ".join(outcome.replies).split() == ("\u201cPancakes\u201d \u2014 " + LONG).split()
+    first, last = outcome.replies
+    assert first.rstrip().endswith(".")  # a sentence boundary
+    assert last.endswith(hint)
+    words = " ".join(outcome.replies).removesuffix(hint).split()
+    more = route(app, "MORE", channel="whatsapp")
+    assert more.kind == "more" and more.tokens_charged == 0
+    words += " ".join(more.replies).removesuffix(hint).split()
+    assert words == ("\u201cPancakes\u201d \u2014 " + LONG).split()
     contact = session.scalars(select(Contact)).one()
     assert contact.more_text is None
 

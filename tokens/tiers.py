@@ -1,0 +1,192 @@
+"""Progressive restriction: the level a person's next answer gets (shared/design/economy.md,
+"Tiers").
+
+Exposure E = this month's cost - this month's revenue (µUSD, `tokens.costs.AccountMonth`).
+Each level bounds what an answer may cost (its *ceiling*: the LLM call at the level's caps plus
+the reply's messaging at the channel's cap), and the decision is made on E + that ceiling:
+
+    NORMAL            if E + ceiling(NORMAL)  < reduced           ($0.50)
+    REDUCED           if E + ceiling(REDUCED) < basic             ($1.50)
+    BASIC             if E + ceiling(BASIC)   < affiliate         ($1.75)
+    AFFILIATE         if E + ceiling(AFFILIATE) < payment_required ($2.00)
+    PAYMENT_REQUIRED  otherwise
+
+so no answer can carry a person past the next threshold, nor past the cutoff (rule 1, bounded
+loss), and more exposure never gives a better level (rule 2, monotonic). A paying person (an
+active premium subscription, or purchased tokens that cover the price) gets NORMAL: free-tier
+rules never degrade what they paid for (rule 3). Past the cutoff a person gets only short
+refusals, at most `refusals_per_day` a day, so the month's loss has a ceiling computable from
+the catalog (`monthly_loss_ceiling_musd`).
+
+`decide` is a pure function; `TierState` keeps the throttles (last upsell, refusals today).
+"""
+
+from __future__ import annotations
+
+import calendar
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy import ForeignKey, Integer, String
+from sqlalchemy.orm import Mapped, Session, mapped_column
+
+from tokens.base import Base, UTCDateTime
+from tokens.catalog import Catalog, IntentSpec, LlmTier
+
+NORMAL, REDUCED, BASIC, AFFILIATE, PAYMENT_REQUIRED = (
+    "NORMAL", "REDUCED", "BASIC", "AFFILIATE", "PAYMENT_REQUIRED")
+LEVELS = (NORMAL, REDUCED, BASIC, AFFILIATE, PAYMENT_REQUIRED)  # best to worst
+# The LLM tier each level may use; the others answer from templates (no LLM cost).
+LLM_TIER_OF = {NORMAL: "normal", REDUCED: "reduced"}
+# Tokens a chat API adds per message beyond its text (role and separators), counted generously.
+TOKEN_OVERHEAD_PER_MESSAGE = 8
+
+
+def upper_bounds(catalog: Catalog) -> dict[str, int]:
+    """The exposure (µUSD) each level must stay under, answer included."""
+    t = catalog.tiers
+    return {NORMAL: t.reduced_musd, REDUCED: t.basic_musd, BASIC: t.affiliate_musd,
+            AFFILIATE: t.payment_required_musd}
+
+
+def llm_ceiling_musd(catalog: Catalog, tier: LlmTier, spec: IntentSpec) -> int:
+    """The most one LLM answer at `tier` can cost, µUSD.
+
+    Input tokens are bounded by characters (a token is at least one character): the system
+    and intent prompts, the input cap, and a per-message overhead for each context message;
+    output tokens by `max_tokens` (economy.md: "the actual cost is bounded by the estimate's
+    ceiling").
+    """
+    llm = catalog.llm
+    prompt_chars = len(llm.system_prompt) + len(spec.prompt) + 64
+    messages = llm.history_messages + 2
+    input_tokens = prompt_chars + tier.max_input_chars + TOKEN_OVERHEAD_PER_MESSAGE * messages
+    return catalog.costs.model(tier.model).cost_musd(input_tokens, tier.max_tokens)
+
+
+def reply_ceiling_musd(catalog: Catalog, channel: str) -> int:
+    """The most a content reply's messaging can cost, µUSD: the channel's cap on one reply
+    (SMS segments, WhatsApp messages; the rest waits for the free MORE) at the outbound rate."""
+    rate = catalog.costs.messaging[channel]
+    units = catalog.sms_max_segments if channel == "sms" else catalog.whatsapp_max_messages
+    return rate.outbound_musd * units
+
+
+def ceilings(catalog: Catalog, spec: IntentSpec, channel: str, llm_enabled: bool
+             ) -> dict[str, int]:
+    """The cost ceiling (µUSD) of answering `spec` on `channel` at each level.
+
+    Args:
+        llm_enabled: an LLM is configured (without one every level answers from templates).
+    """
+    reply = reply_ceiling_musd(catalog, channel)
+    result = {}
+    for level in LEVELS:
+        cost = reply
+        tier_name = LLM_TIER_OF.get(level)
+        if llm_enabled and tier_name is not None:
+            cost += llm_ceiling_musd(catalog, catalog.llm.tier(tier_name), spec)
+        result[level] = cost
+    return result
+
+
+def decide(exposure_musd: int, ceiling_by_level: Mapping[str, int], catalog: Catalog, *,
+           paying: bool) -> str:
+    """The level of the next answer: the best one whose threshold E + its ceiling stays
+    under (see the module docstring); NORMAL for a paying person.
+
+    Args:
+        exposure_musd: month-to-date cost - revenue, plus the ceilings of answers still
+            being given (queued), µUSD.
+        ceiling_by_level: `ceilings(...)` for the request.
+        catalog: the thresholds.
+        paying: premium, or purchased tokens cover the price.
+    """
+    if paying:
+        return NORMAL
+    bounds = upper_bounds(catalog)
+    for level in LEVELS[:-1]:
+        if exposure_musd + ceiling_by_level[level] < bounds[level]:
+            return level
+    return PAYMENT_REQUIRED
+
+
+def monthly_loss_ceiling_musd(catalog: Catalog, refusal_units: int = 1,
+                              days_in_month: int = 31) -> int:
+    """The most a non-paying person can cost in a month beyond what they paid, µUSD, not
+    counting what their own inbound messages cost (Twilio bills those whatever we do; rate
+    limits bound them): the cutoff, plus the refusals of every day at the outbound rate of the
+    dearer channel."""
+    dearest = max(rate.outbound_musd for rate in catalog.costs.messaging.values())
+    refusals = catalog.tiers.refusals_per_day * days_in_month * refusal_units * dearest
+    return catalog.tiers.payment_required_musd + refusals
+
+
+def days_in(moment: datetime) -> int:
+    """Days in the month of `moment`."""
+    return calendar.monthrange(moment.year, moment.month)[1]
+
+
+class TierState(Base):
+    """Per-person throttles of the tier notices.
+
+    Attributes:
+        last_upsell_at: when the last upsell line went out (at most one per
+            `upsell_every_hours`, unless the level changed).
+        last_upsell_level: the level that line explained.
+        refusal_day: the UTC day ("YYYY-MM-DD") `refusals` counts.
+        refusals: refusal replies sent that day (at most `refusals_per_day`, then silence).
+    """
+
+    __tablename__ = "tier_states"
+
+    account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id"), primary_key=True)
+    last_upsell_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    last_upsell_level: Mapped[str | None] = mapped_column(String(16))
+    refusal_day: Mapped[str | None] = mapped_column(String(10))
+    refusals: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+
+
+@dataclass(frozen=True)
+class Throttle:
+    """What the throttles allow now."""
+
+    upsell: bool
+    refusal: bool
+
+
+def state_of(session: Session, account_id: int) -> TierState:
+    """The person's throttle state (created on first use; the caller holds the account lock)."""
+    state = session.get(TierState, account_id)
+    if state is None:
+        state = TierState(account_id=account_id, refusals=0)
+        session.add(state)
+        session.flush()
+    return state
+
+
+def take_upsell(session: Session, account_id: int, catalog: Catalog, now: datetime,
+                level: str) -> bool:
+    """Whether the notice of `level` (with its upsell) may go out now: on reaching a new
+    level, else at most once per `upsell_every_hours`; if so, it is counted."""
+    state = state_of(session, account_id)
+    every = timedelta(hours=catalog.tiers.upsell_every_hours)
+    if (state.last_upsell_level == level and state.last_upsell_at is not None
+            and now - state.last_upsell_at < every):
+        return False
+    state.last_upsell_at, state.last_upsell_level = now, level
+    return True
+
+
+def take_refusal(session: Session, account_id: int, catalog: Catalog, now: datetime) -> bool:
+    """Whether a refusal reply may go out now (at most `refusals_per_day` a UTC day); if so,
+    it is counted."""
+    state = state_of(session, account_id)
+    day = f"{now:%Y-%m-%d}"
+    if state.refusal_day != day:
+        state.refusal_day, state.refusals = day, 0
+    if state.refusals >= catalog.tiers.refusals_per_day:
+        return False
+    state.refusals += 1
+    return True
