@@ -317,6 +317,10 @@ def choose_level(turn: Turn) -> None:
         raise ReplyNow("refused", replies.payment_required_text(
             catalog, balance.available, _pay_url(turn), turn.now))
     if turn.level == tiers.AFFILIATE and spec.price >= catalog.tiers.affiliate_min_price:
+        if _unlocked_by_click(turn, exposure, ceiling):
+            turn.level = turn.message.level = tiers.NORMAL
+            turn.message.estimate_musd = ceiling[tiers.NORMAL]
+            return
         offers = _offers(turn)
         if offers:
             raise ReplyNow("offers", replies.offers_text(catalog, spec, balance.available,
@@ -773,6 +777,19 @@ def _queued_estimates(session: Session, account_id: int, current: Message) -> in
                Message.id != current.id)
     )
     return int(total or 0)
+
+
+def _unlocked_by_click(turn: Turn, exposure: int, ceiling: dict[str, int]) -> bool:
+    """Mode `click_to_unlock` (off by default; economy.md): a partner click in the last 24 h
+    unlocks one full answer, if that answer still fits under the cutoff."""
+    from tokens import affiliates
+
+    catalog = turn.catalog
+    if catalog.affiliates.mode != "click_to_unlock":
+        return False
+    if exposure + ceiling[tiers.NORMAL] >= catalog.tiers.payment_required_musd:
+        return False
+    return affiliates.use_unlock(turn.session, turn.account_id, turn.now)
 
 
 def _offers(turn: Turn) -> list[tuple[str, str]]:
