@@ -157,13 +157,13 @@ def level_notice(catalog: Catalog, level: str, available: int) -> str:
 
 def offers_text(catalog: Catalog, spec: IntentSpec, available: int,
                 offers: list[tuple[str, str]], now: datetime) -> str:
-    """The AFFILIATE answer to a costly request: partner offers with the disclosure, and what
-    restores full service. Nothing is charged."""
+    """The AFFILIATE answer to a costly request: the disclosure first (so it is never cut off
+    from the links), the partner offers, then what restores full service. Nothing is
+    charged."""
     pack = catalog.pack()
-    lines = [f"This month's free service is nearly used up, so instead of a {spec.label}, "
-             "these partners can help:"]
+    lines = [f"This month's free service is nearly used up. {catalog.affiliates.disclosure} "
+             f"Partners for your {spec.label}:"]
     lines += [f"- {name}: {url}" for name, url in offers]
-    lines.append(catalog.affiliates.disclosure)
     lines.append(f"Nothing was charged. You have {available} tokens; text BUY for "
                  f"{pack.total_tokens} tokens ({pack.price_display}) for full answers. Free "
                  f"service returns on {renewal_date(now)}.")

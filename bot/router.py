@@ -65,10 +65,13 @@ OPT_OUT = frozenset(
 )
 OPT_IN = frozenset({"START", "UNSTOP", "YES", "ALTA", "INICIAR"})
 HELP = frozenset({"HELP", "INFO", "AYUDA"})
-# Outcomes whose reply is content (an answer, its fallback, or its continuation): an SMS reply
-# of these is cut at the catalog's segment cap with a free "Reply MORE" for the rest. The
-# bot's own notices (HELP, refusals, confirmations) are written short and sent whole.
-CONTENT_OUTCOMES = frozenset({"answered", "failed", "more"})
+# Outcomes whose reply is cut at the channel's cap (SMS segments, WhatsApp messages) with a
+# free "Reply MORE" for the rest: answers, their fallbacks and continuations. The bot's own
+# notices (HELP, BALANCE, confirmations) are written short and sent whole.
+# Refusals, offers and "not enough tokens" replies are capped the same way: what one reply can
+# cost is then bounded by the channel's cap (`tokens.tiers.reply_ceiling_musd`).
+CONTENT_OUTCOMES = frozenset({"answered", "failed", "more", "refused", "offers",
+                              "insufficient"})
 
 
 @dataclass(frozen=True)
@@ -329,7 +332,8 @@ def choose_level(turn: Turn) -> None:
 
 def reserve(turn: Turn) -> None:
     """Hold the price before the skill runs; below the price: a pay link and the cheaper
-    options, nothing charged (economy.md, Ledger: the check and the hold are one step)."""
+    options, nothing charged, at most `refusals_per_day` such replies a day (economy.md,
+    Ledger: the check and the hold are one step)."""
     assert turn.intent is not None
     try:
         placed = ledger.hold(
@@ -338,6 +342,10 @@ def reserve(turn: Turn) -> None:
             memo=turn.intent.name, now=turn.now,
         )
     except InsufficientTokens as refused:
+        # Throttled like refusals (at most `refusals_per_day`, then silence): replies that
+        # charge nothing must not cost without limit.
+        if not tiers.take_refusal(turn.session, turn.account_id, turn.catalog, turn.now):
+            raise ReplyNow("insufficient") from None
         raise ReplyNow("insufficient", _insufficient(turn, refused.available)) from None
     turn.hold_id = placed.hold_id
 

@@ -112,15 +112,14 @@ def decide(exposure_musd: int, ceiling_by_level: Mapping[str, int], catalog: Cat
     return PAYMENT_REQUIRED
 
 
-def monthly_loss_ceiling_musd(catalog: Catalog, refusal_units: int = 1,
-                              days_in_month: int = 31) -> int:
+def monthly_loss_ceiling_musd(catalog: Catalog, days_in_month: int = 31) -> int:
     """The most a non-paying person can cost in a month beyond what they paid, µUSD, not
     counting what their own inbound messages cost (Twilio bills those whatever we do; rate
-    limits bound them): the cutoff, plus the refusals of every day at the outbound rate of the
-    dearer channel."""
-    dearest = max(rate.outbound_musd for rate in catalog.costs.messaging.values())
-    refusals = catalog.tiers.refusals_per_day * days_in_month * refusal_units * dearest
-    return catalog.tiers.payment_required_musd + refusals
+    limits bound them): the cutoff, plus every day's refusals (PAYMENT_REQUIRED, or "not
+    enough tokens"), each at the dearer channel's reply cap."""
+    reply = max(reply_ceiling_musd(catalog, channel) for channel in catalog.costs.messaging)
+    return (catalog.tiers.payment_required_musd
+            + catalog.tiers.refusals_per_day * days_in_month * reply)
 
 
 def days_in(moment: datetime) -> int:
