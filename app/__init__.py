@@ -130,18 +130,18 @@ def _with_model_override(catalog: Catalog, model: str | None) -> Catalog:
 
 def _chat_client(app: Flask, catalog: Catalog) -> ChatClient | None:
     """The LLM client when `OPENAI_API_KEY` is set, behind the answer cache (Redis when
-    configured, else in-process). Inline answers get no library retries (Twilio's 15 s);
-    queued ones get two."""
+    configured, else in-process)."""
     key = app.config["OPENAI_API_KEY"]
     if not key:
         return None
     from app.queue import redis_connection
 
     connection = redis_connection(app)
+    # No library retries: one answer is one call, so its cost stays within the ceiling the
+    # tier policy counted (tokens.tiers.llm_ceiling_musd); a failed call falls back offline.
     client = OpenAIChat(
         key, base_url=app.config["OPENAI_BASE_URL"],
-        timeout_seconds=app.config["OPENAI_TIMEOUT_SECONDS"],
-        max_retries=2 if connection is not None else 0,
+        timeout_seconds=app.config["OPENAI_TIMEOUT_SECONDS"], max_retries=0,
     )
     cache: AnswerCache = RedisCache(connection) if connection is not None else MemoryCache()
     return CachedChat(client, cache, catalog.llm.cache_ttl_seconds)

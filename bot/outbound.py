@@ -315,7 +315,8 @@ def record_send(
 
 
 def apply_status(
-    session: Session, update: StatusUpdate, now: datetime | None = None
+    session: Session, update: StatusUpdate, now: datetime | None = None,
+    catalog: Catalog | None = None,
 ) -> bool:
     """Apply one delivery status callback.
 
@@ -324,6 +325,9 @@ def apply_status(
     its tokens back. A callback for a sid we do not know adopts the newest `unknown` row (a
     send that timed out) to the same address, within a day; one for a row still being sent is
     kept and applied when the send's result is stored.
+
+    A row adopted this way is costed now (its send's result never came back), given the
+    `catalog`'s rates.
 
     Returns:
         True when the row changed; False for a repeat, an out-of-order (older) status or an
@@ -350,6 +354,10 @@ def apply_status(
         if row.status != "unknown" or row.message_sid is not None:
             return False  # settled meanwhile; the event stays kept
         row.message_sid = update.message_sid
+        if catalog is not None and update.status not in NOT_DELIVERED:
+            account_id = found[1].account_id
+            costs.record_messaging(session, account_id, catalog.costs, row.channel, "out",
+                                   row.units, key=f"msg:out:{row.id}", now=now)
     changed = _advance(session, row, update.status, update.error_code, now)
     session.flush()
     return changed

@@ -174,6 +174,6 @@ def payment_required_text(catalog: Catalog, available: int, url: str, now: datet
     """PAYMENT_REQUIRED: no answer, a pay link, nothing charged, and when free service
     returns."""
     pack = catalog.pack()
-    return (f"You have used this month's free service. Nothing was charged; you have "
-            f"{available} tokens. Get {pack.total_tokens} tokens for {pack.price_display}: {url} "
+    return (f"You have used this month's free service. Get {pack.total_tokens} tokens for "
+            f"{pack.price_display}: {url} Nothing was charged; you have {available} tokens. "
             f"Free service returns on {renewal_date(now)}.")

@@ -68,10 +68,13 @@ HELP = frozenset({"HELP", "INFO", "AYUDA"})
 # Outcomes whose reply is cut at the channel's cap (SMS segments, WhatsApp messages) with a
 # free "Reply MORE" for the rest: answers, their fallbacks and continuations. The bot's own
 # notices (HELP, BALANCE, confirmations) are written short and sent whole.
-# Refusals, offers and "not enough tokens" replies are capped the same way: what one reply can
-# cost is then bounded by the channel's cap (`tokens.tiers.reply_ceiling_musd`).
+# Refusals, offers and "not enough tokens" replies are capped the same way (their texts are
+# written to fit): what one reply can cost is then bounded by the channel's cap
+# (`tokens.tiers.reply_ceiling_musd`). Only answers and their continuations replace a pending
+# MORE.
 CONTENT_OUTCOMES = frozenset({"answered", "failed", "more", "refused", "offers",
                               "insufficient"})
+ANSWER_OUTCOMES = frozenset({"answered", "failed", "more"})
 
 
 @dataclass(frozen=True)
@@ -259,6 +262,24 @@ def monthly_allowance(turn: Turn) -> None:
     )
 
 
+def past_the_cutoff(turn: Turn) -> None:
+    """Past the cutoff (economy.md, rule 1), the bot's free replies (BALANCE, BUY, MORE, "tell
+    me in words") share the daily refusal budget, then stop: what a non-paying person costs
+    stays bounded. Priced requests are decided in `choose_level`; HELP and STOP, which the
+    carriers require, are answered before this step."""
+    catalog = turn.catalog
+    ceiling = tiers.reply_ceiling_musd(catalog, turn.msg.channel)
+    if _exposure(turn) + ceiling < catalog.tiers.payment_required_musd:
+        return
+    if payments.has_premium(turn.session, turn.account_id, turn.now,
+                            catalog.premium.grace_days):
+        return
+    words = frozenset().union(*catalog.commands.values())
+    free_reply = not turn.msg.text.strip() or normalise_command(turn.msg.text) in words
+    if free_reply and not tiers.take_refusal(turn.session, turn.account_id, catalog, turn.now):
+        raise ReplyNow("refused")
+
+
 def no_text(turn: Turn) -> None:
     """A photo or a location without words cannot be priced or answered yet: say so, free."""
     if not turn.msg.text.strip():
@@ -304,11 +325,13 @@ def choose_level(turn: Turn) -> None:
     """
     assert turn.intent is not None and turn.message is not None
     spec, catalog, session = turn.intent, turn.catalog, turn.session
-    month = costs.month(session, turn.account_id, turn.now)
-    exposure = month.exposure_musd + _queued_estimates(session, turn.account_id, turn.message)
+    exposure = _exposure(turn)
     balance = ledger.balance(session, turn.account_id, turn.now)
+    # Paying: this answer is paid with purchased tokens (the free ones are spent first), or
+    # the person has premium. Leftover bonus tokens do not lift the free allowance's limits.
+    free = balance.by_bucket.get("free", 0)
     purchased = sum(n for bucket, n in balance.by_bucket.items() if bucket != "free")
-    paying = purchased >= spec.price or payments.has_premium(
+    paying = (free < spec.price <= free + purchased) or payments.has_premium(
         session, turn.account_id, turn.now, catalog.premium.grace_days)
     ceiling = tiers.ceilings(catalog, spec, turn.msg.channel, turn.settings.chat is not None)
     turn.level = tiers.decide(exposure, ceiling, catalog, paying=paying)
@@ -383,6 +406,7 @@ STEPS: tuple[Step, ...] = (
     compliance_keywords,
     silence_opted_out,
     monthly_allowance,
+    past_the_cutoff,
     no_text,
     free_commands,
     classify_intent,
@@ -489,11 +513,14 @@ class SkillResult:
         answer: the skill's answer; None when it failed.
         failure_reply: what the person gets when it failed (apology or offline answer).
         usage: the LLM usage to record as cost, if a call was made.
+        unbilled_call: an LLM call that reported no usage (a timeout, a dropped connection):
+            the provider may still bill it, so its ceiling is recorded as its cost.
     """
 
     answer: SkillAnswer | None
     failure_reply: str = ""
     usage: LlmUsage | None = None
+    unbilled_call: bool = False
 
 
 def pending_answer(
@@ -576,7 +603,9 @@ def run_skill(settings: BotSettings, pending: PendingAnswer) -> SkillResult:
         answer = skill(settings, spec, pending.level).answer(pending.request)
     except SkillFailed as exc:
         log.warning("skill failed", extra={"intent": spec.name, "reason": str(exc)})
-        return SkillResult(None, exc.reply or replies.SKILL_FAILED, exc.usage)
+        unbilled = str(exc) in ("llm: timeout", "llm: connection failed") and exc.usage is None
+        return SkillResult(None, exc.reply or replies.SKILL_FAILED, exc.usage,
+                           unbilled_call=unbilled)
     except Exception:
         # A bug in one skill must not cost the person tokens or lose their message.
         log.exception("skill raised", extra={"intent": spec.name})
@@ -655,21 +684,24 @@ def store_replies(
     for text in texts:
         if channel == "sms":
             text = normalise_for_gsm(text)
+        rest = ""
         if channel == "sms" and kind in CONTENT_OUTCOMES:
             head, rest = cap_sms(text, catalog.sms_max_segments)
-            contact.more_text = rest or None
             parts.extend(split_message(head))
         elif kind in CONTENT_OUTCOMES:
             pieces = split_message(text)
             cap = catalog.whatsapp_max_messages
-            contact.more_text = None
             if len(pieces) > cap:  # cut, leaving room for the hint in the last message kept
                 pieces = split_message(text, MAX_MESSAGE_CHARS - len(MORE_HINT))
-                contact.more_text = " ".join(pieces[cap:])
+                rest = " ".join(pieces[cap:])
                 pieces = [*pieces[: cap - 1], pieces[cap - 1] + MORE_HINT]
             parts.extend(pieces)
         else:
             parts.extend(split_message(text))
+        if kind in ANSWER_OUTCOMES:
+            contact.more_text = rest or None  # a new answer replaces the continuation
+        elif rest:
+            contact.more_text = rest
     for part in parts:
         row = Message(
             contact_id=contact.id,
@@ -711,6 +743,12 @@ def _settle_ledger(
         price = settings.catalog.costs.model(result.usage.model)
         costs.record_llm(session, pending.account_id, result.usage, price,
                          key=f"llm:{pending.message_sid}", intent=pending.intent.name, now=now)
+    elif result.unbilled_call:
+        catalog = settings.catalog
+        tier = catalog.llm.tier(tiers.LLM_TIER_OF.get(pending.level, "normal"))
+        costs.record_llm_estimate(
+            session, pending.account_id, tiers.llm_ceiling_musd(catalog, tier, pending.intent),
+            tier.model, key=f"llm:{pending.message_sid}", intent=pending.intent.name, now=now)
     if result.answer is None:
         try:
             ledger.void(session, pending.hold_id, now=now)  # a lapsed hold: a no-op
@@ -775,16 +813,29 @@ def _keyword_family(msg: InboundMessage) -> str | None:
     return None
 
 
-def _queued_estimates(session: Session, account_id: int, current: Message) -> int:
-    """The cost ceilings of this person's answers still being given (queued), µUSD: counted
-    as exposure, so quick messages cannot each pass the same check (rule 1, concurrency)."""
-    total = session.scalar(
+def _exposure(turn: Turn) -> int:
+    """The person's exposure for a decision, µUSD: this month's cost - revenue, plus what is
+    on its way and not yet costed: the ceilings of answers still queued, and the replies
+    stored or being sent but not yet accepted by Twilio (rule 1, also under concurrency)."""
+    session, account_id = turn.session, turn.account_id
+    month = costs.month(session, account_id, turn.now)
+    current = turn.message.id if turn.message is not None else -1
+    queued = session.scalar(
         select(func.coalesce(func.sum(Message.estimate_musd), 0))
         .join(Contact, Contact.id == Message.contact_id)
         .where(Contact.account_id == account_id, Message.outcome == "queued",
-               Message.id != current.id)
+               Message.id != current)
     )
-    return int(total or 0)
+    in_flight = session.execute(
+        select(Message.channel, func.coalesce(func.sum(Message.units), 0))
+        .join(Contact, Contact.id == Message.contact_id)
+        .where(Contact.account_id == account_id,
+               Message.status.in_(("pending", "submitting", "unknown")))
+        .group_by(Message.channel)
+    ).all()
+    rates = turn.catalog.costs.messaging
+    sending = sum(int(units) * rates[channel].outbound_musd for channel, units in in_flight)
+    return month.exposure_musd + int(queued or 0) + sending
 
 
 def _unlocked_by_click(turn: Turn, exposure: int, ceiling: dict[str, int]) -> bool:

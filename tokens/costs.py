@@ -202,6 +202,28 @@ def record_llm(
     return amount
 
 
+def record_llm_estimate(
+    session: Session,
+    account_id: int,
+    amount_musd: int,
+    model: str,
+    *,
+    key: str,
+    intent: str | None = None,
+    now: datetime | None = None,
+) -> int:
+    """Record an LLM call whose usage is unknown (it timed out or the connection dropped; the
+    provider may still bill it) at `amount_musd`, its ceiling, once per `key`. Returns the
+    amount recorded (0 on a repeat)."""
+    entry = CostEntry(kind="llm", amount_musd=amount_musd, intent=intent, model=model)
+    if not _post(session, account_id, entry, key, now):
+        return 0
+    _bump(session, account_id, entry.month, cost_llm_musd=amount_musd, llm_calls=1)
+    if intent is not None:
+        _bump_intent(session, account_id, entry.month, intent, cost_llm_musd=amount_musd)
+    return amount_musd
+
+
 def record_messaging(
     session: Session,
     account_id: int,

@@ -41,6 +41,7 @@ LEVELS = (NORMAL, REDUCED, BASIC, AFFILIATE, PAYMENT_REQUIRED)  # best to worst
 LLM_TIER_OF = {NORMAL: "normal", REDUCED: "reduced"}
 # Tokens a chat API adds per message beyond its text (role and separators), counted generously.
 TOKEN_OVERHEAD_PER_MESSAGE = 8
+UTF8_MAX_BYTES = 4
 
 
 def upper_bounds(catalog: Catalog) -> dict[str, int]:
@@ -53,15 +54,17 @@ def upper_bounds(catalog: Catalog) -> dict[str, int]:
 def llm_ceiling_musd(catalog: Catalog, tier: LlmTier, spec: IntentSpec) -> int:
     """The most one LLM answer at `tier` can cost, µUSD.
 
-    Input tokens are bounded by characters (a token is at least one character): the system
-    and intent prompts, the input cap, and a per-message overhead for each context message;
-    output tokens by `max_tokens` (economy.md: "the actual cost is bounded by the estimate's
-    ceiling").
+    Input tokens are bounded by UTF-8 bytes (a byte-level BPE token is at least one byte, and
+    a character at most 4 bytes): the system and intent prompts, the input cap, and a
+    per-message overhead for each context message; output tokens by `max_tokens` (economy.md:
+    "the actual cost is bounded by the estimate's ceiling"). Calls are made once (no library
+    retries), so one answer is one call.
     """
     llm = catalog.llm
     prompt_chars = len(llm.system_prompt) + len(spec.prompt) + 64
     messages = llm.history_messages + 2
-    input_tokens = prompt_chars + tier.max_input_chars + TOKEN_OVERHEAD_PER_MESSAGE * messages
+    input_tokens = (UTF8_MAX_BYTES * (prompt_chars + tier.max_input_chars)
+                    + TOKEN_OVERHEAD_PER_MESSAGE * messages)
     return catalog.costs.model(tier.model).cost_musd(input_tokens, tier.max_tokens)
 
 

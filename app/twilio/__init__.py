@@ -140,6 +140,7 @@ def status_callback() -> Response:
         update = _adapter().parse_status(request.form)
     except InvalidInbound as exc:
         return Response(f"{exc}\n", status=400, content_type="text/plain; charset=utf-8")
-    apply_status(db.session, update)
+    settings: BotSettings = current_app.extensions["bot_settings"]
+    apply_status(db.session, update, catalog=settings.catalog)
     db.session.commit()
     return Response(status=204)

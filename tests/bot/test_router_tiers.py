@@ -150,21 +150,27 @@ def assert_rollups_match_events(account: int, label: str) -> None:
 
 
 def test_a_paying_person_keeps_normal_service(llm_app: Flask):
+    """Answers paid with purchased tokens get NORMAL service whatever the exposure: free-tier
+    rules never degrade what was paid for (rule 3). Free tokens are spent first, so a person
+    with free tokens left is still on the free tier for those (a leftover purchased token does
+    not lift the free allowance's limits)."""
+    catalog = llm_app.extensions["bot_settings"].catalog
     now = START
     say(llm_app, "BALANCE", now)
     account = db.session.scalar(select(Contact.account_id).where(Contact.address == ANA))
     ledger.purchase(db.session, account, 100, 20, key="checkout:cs_paid", now=now)
+    # This month they have cost $3 and paid nothing yet (their pack was bought earlier).
+    price = catalog.costs.model("gpt-4o-mini")
+    costs.record_llm(db.session, account, costs.LlmUsage("gpt-4o-mini", 20_000_000, 0), price,
+                     key="llm:heavy", now=now)
     db.session.commit()
-    # This month they have cost a lot and paid nothing yet (their pack was bought earlier).
-    costs.record_platform(db.session, account, llm_app.extensions["bot_settings"].catalog.costs,
-                          key="platform:heavy", now=now)
-    db.session.execute(
-        costs.AccountMonth.__table__.update()
-        .where(costs.AccountMonth.account_id == account)
-        .values(cost_platform_musd=3_000_000))
+    _, message = say(llm_app, "what is a good snack?", now + timedelta(minutes=1))
+    assert message.level == PAYMENT_REQUIRED  # 100 free tokens left: the free tier's rules
+    ledger.adjust(db.session, account, -100, key="adjust:spend-free", reason="test",
+                  actor="test", now=now)
     db.session.commit()
-    for minute in range(150):
+    assert ledger.balance(db.session, account, now).by_bucket == {"bonus": 20, "paid": 100}
+    for minute in range(2, 40):
         _, message = say(llm_app, "what is a good snack?", now + timedelta(minutes=minute))
-        if ledger.balance(db.session, account, now).available < 1:
-            break
-        assert message.level == NORMAL
+        assert message.level == NORMAL  # paid with purchased tokens
+    assert ledger.balance(db.session, account, now).available == 120 - 38

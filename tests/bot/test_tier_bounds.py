@@ -1,0 +1,120 @@
+"""What keeps a non-paying person's loss bounded beyond the answers themselves: MORE and free
+commands past the cutoff, replies still on their way, and LLM calls that report no usage."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from flask import Flask
+from sqlalchemy import select
+
+from app import create_app
+from app.extensions import db
+from bot.messages import InboundMessage
+from bot.models import Contact, Message
+from bot.router import Outcome, handle_inbound
+from tests.conftest import config_for
+from tests.support.openai_standin import OpenAIStandIn
+from tokens import costs, tiers
+from tokens.costs import CostEntry, LlmUsage
+
+NOW = datetime(2026, 11, 10, 9, 0, tzinfo=UTC)
+ANA = "+15551234567"
+
+
+@pytest.fixture
+def llm_app(database_url: str, openai_api: OpenAIStandIn) -> Iterator[Flask]:
+    application = create_app(config_for(database_url, OPENAI_API_KEY="sk-test",
+                                         OPENAI_BASE_URL=openai_api.base_url,
+                                         OPENAI_TIMEOUT_SECONDS="0.3"))
+    with application.app_context():
+        yield application
+        db.session.remove()
+        db.engine.dispose()
+
+
+def say(app: Flask, text: str, now: datetime) -> Outcome:
+    message = InboundMessage(channel="sms", sender=ANA, text=text,
+                             message_sid=f"SM{uuid.uuid4().hex}")
+    outcome = handle_inbound(db.session, message, app.extensions["bot_settings"], now=now)
+    db.session.commit()
+    return outcome
+
+
+def account_with_exposure(app: Flask, exposure_musd: int) -> int:
+    say(app, "HELP", NOW)
+    account = db.session.scalar(select(Contact.account_id).where(Contact.address == ANA))
+    price = app.extensions["bot_settings"].catalog.costs.model("gpt-4o-mini")
+    needed = exposure_musd - costs.month(db.session, account, NOW).exposure_musd
+    usage = LlmUsage("gpt-4o-mini", int(needed / price.input_usd_per_million), 0)
+    costs.record_llm(db.session, account, usage, price, key="llm:preload", now=NOW)
+    db.session.commit()
+    return account
+
+
+def test_free_replies_past_the_cutoff_share_the_refusal_budget(llm_app):
+    """BALANCE, BUY and MORE spam past the cutoff: at most 3 replies a day, then silence;
+    HELP (required by the carriers) is always answered."""
+    account_with_exposure(llm_app, 2_100_000)
+    outcomes = [say(llm_app, text, NOW + timedelta(minutes=i))
+                for i, text in enumerate(["BALANCE", "MORE", "BUY", "BALANCE", "MORE"] * 4)]
+    answered = [o for o in outcomes if o.replies]
+    assert len(answered) == 3
+    assert all(o.kind == "refused" for o in outcomes if not o.replies)
+    assert say(llm_app, "HELP", NOW + timedelta(hours=1)).replies
+    # The next day the budget is back.
+    assert say(llm_app, "BALANCE", NOW + timedelta(days=1)).replies
+
+
+def test_a_long_answers_continuation_stops_at_the_cutoff(llm_app, openai_api):
+    """MORE is free, but never carries a person past the cutoff: past it, the continuation
+    takes from the daily refusal budget, then stops."""
+    catalog = llm_app.extensions["bot_settings"].catalog
+    cutoff = catalog.tiers.payment_required_musd
+    account = account_with_exposure(llm_app, cutoff - 200_000)
+    openai_api.reply = "Eat more beans and greens today. " * 60  # about 13 SMS segments
+    first = say(llm_app, "what is a good snack?", NOW + timedelta(minutes=1))
+    assert first.kind == "answered" and first.replies[0].endswith("(Reply MORE for the rest)")
+    reply = tiers.reply_ceiling_musd(catalog, "sms")
+    sent = 0
+    for i in range(40):
+        outcome = say(llm_app, "MORE", NOW + timedelta(minutes=2 + i))
+        sent += bool(outcome.replies)
+    exposure = costs.month(db.session, account, NOW).exposure_musd
+    inbound = 41 * (catalog.costs.messaging["sms"].inbound_musd + catalog.costs.platform_musd)
+    assert exposure - inbound < cutoff + catalog.tiers.refusals_per_day * reply
+    assert sent < 40  # it stopped
+
+
+def test_replies_on_their_way_count_as_exposure(llm_app):
+    """A stored reply not yet accepted by Twilio (pending, submitting, unknown) is not costed
+    yet; the next decision counts it anyway."""
+    catalog = llm_app.extensions["bot_settings"].catalog
+    bounds = tiers.upper_bounds(catalog)
+    ceiling = tiers.ceilings(catalog, catalog.intent("chat"), "sms", llm_enabled=True)
+    account_with_exposure(llm_app, bounds["NORMAL"] - ceiling["NORMAL"] - 30_000)
+    contact = db.session.scalar(select(Contact).where(Contact.address == ANA))
+    for status in ("pending", "submitting", "unknown"):
+        db.session.add(Message(contact_id=contact.id, direction="out", channel="sms",
+                               body="x", units=2, status=status, created_at=NOW))
+    db.session.commit()
+    say(llm_app, "what is a good snack?", NOW + timedelta(minutes=1))
+    level = db.session.scalar(select(Message.level).where(Message.level.is_not(None)))
+    assert level == tiers.REDUCED  # 6 segments on their way (47,400 µUSD) tipped it over
+
+
+def test_an_llm_call_that_timed_out_is_costed_at_its_ceiling(llm_app, openai_api):
+    """The provider may bill a call whose answer never came back: its ceiling is recorded."""
+    catalog = llm_app.extensions["bot_settings"].catalog
+    openai_api.delay_seconds = 1.0
+    outcome = say(llm_app, "meal plan", NOW)
+    assert outcome.kind == "failed" and outcome.tokens_charged == 0
+    account = db.session.scalar(select(Contact.account_id).where(Contact.address == ANA))
+    [entry] = db.session.scalars(select(CostEntry).where(
+        CostEntry.account_id == account, CostEntry.kind == "llm")).all()
+    tier = catalog.llm.tier("normal")
+    assert entry.amount_musd == tiers.llm_ceiling_musd(catalog, tier, catalog.intent("meal_plan"))
+    assert entry.prompt_tokens is None
