@@ -33,6 +33,7 @@ import csv
 import io
 import re
 import secrets
+from collections.abc import Callable
 from datetime import datetime, timedelta
 from decimal import Decimal, InvalidOperation
 from typing import NamedTuple
@@ -56,6 +57,7 @@ from tokens.base import Base, UTCDateTime, utcnow
 from tokens.catalog import Catalog, Partner
 from tokens.costs import MUSD_PER_CENT, record_revenue
 from tokens.errors import TokensError
+from tokens.ledger import lock_account
 
 # A new offer link lives this long (a person may come back to an old message).
 OFFER_LINK_TTL = timedelta(days=30)
@@ -448,6 +450,8 @@ def record_conversion(
     click = None
     if click_id is not None:
         click = session.scalars(select(Click).where(Click.click_id == click_id)).first()
+    if click is not None:
+        lock_account(session, click.account_id)  # the account first, as everywhere
     commission_musd = commission_cents * MUSD_PER_CENT
     conversion = Conversion(
         network=network, conversion_id=conversion_id, click_id=click_id,
@@ -472,7 +476,8 @@ def record_conversion(
 
 
 def import_csv(session: Session, network: str, text: str,
-               now: datetime | None = None) -> ImportResult:
+               now: datetime | None = None,
+               after_row: Callable[[], None] | None = None) -> ImportResult:
     """Import a network's conversion report (CSV), idempotent per conversion id.
 
     The header names the columns `conversion_id,click_id,sale_amount,commission` (any order;
@@ -485,6 +490,8 @@ def import_csv(session: Session, network: str, text: str,
         network: the network the report comes from ("awin").
         text: the file's text (a UTF-8 byte-order mark is ignored).
         now: the current time (UTC).
+        after_row: called after each stored row (the CLI commits there, so a large import
+            holds one person's lock at a time).
 
     Returns:
         `ImportResult(added, repeated, errors)`.
@@ -536,6 +543,8 @@ def import_csv(session: Session, network: str, text: str,
             continue
         if stored:
             added += 1
+            if after_row is not None:
+                after_row()
         else:
             repeated += 1
     return ImportResult(added=added, repeated=repeated, errors=errors)

@@ -170,12 +170,14 @@ def state_of(session: Session, account_id: int) -> TierState:
 
 def take_upsell(session: Session, account_id: int, catalog: Catalog, now: datetime,
                 level: str) -> bool:
-    """Whether the notice of `level` (with its upsell) may go out now: on reaching a new
-    level, else at most once per `upsell_every_hours`; if so, it is counted."""
+    """Whether the notice of `level` (with its upsell) may go out now: on reaching a worse
+    level than the one last explained, else at most once per `upsell_every_hours` (so a person
+    whose level flips back and forth is not told every time); if so, it is counted."""
     state = state_of(session, account_id)
     every = timedelta(hours=catalog.tiers.upsell_every_hours)
-    if (state.last_upsell_level == level and state.last_upsell_at is not None
-            and now - state.last_upsell_at < every):
+    worse = (state.last_upsell_level is None
+             or LEVELS.index(level) > LEVELS.index(state.last_upsell_level))
+    if not worse and state.last_upsell_at is not None and now - state.last_upsell_at < every:
         return False
     state.last_upsell_at, state.last_upsell_level = now, level
     return True

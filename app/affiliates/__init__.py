@@ -67,6 +67,10 @@ def offer_redirect(token: str) -> ResponseReturnValue:
         token, a partner no longer in the catalog, or a partner URL the allow-list refuses.
     """
     settings: BotSettings = current_app.extensions["bot_settings"]
+    if _is_preview():
+        # A link preview (WhatsApp, iMessage, Slack...) or a HEAD request is not a person
+        # clicking: no click is recorded (it would count, and unlock answers).
+        return _plain(f"An offer from {settings.catalog.bot_name}'s partners.", 200)
     try:
         url = record_click(db.session, token, settings.catalog)
     except UnknownOfferLink:
@@ -81,6 +85,15 @@ def offer_redirect(token: str) -> ResponseReturnValue:
     response.headers["Cache-Control"] = "no-store"  # every click is counted, not cached
     response.headers["Referrer-Policy"] = "no-referrer"  # the token stays ours
     return response
+
+
+PREVIEW_AGENTS = ("facebookexternalhit", "whatsapp", "twitterbot", "slackbot", "telegrambot",
+                  "discordbot", "linkedinbot", "skypeuripreview", "googlebot", "bingbot")
+
+
+def _is_preview() -> bool:
+    agent = (request.headers.get("User-Agent") or "").lower()
+    return request.method == "HEAD" or any(bot in agent for bot in PREVIEW_AGENTS)
 
 
 def network_secret(network: str) -> str | None:
@@ -195,7 +208,8 @@ def affiliates_import(network: str, csv_path: Path) -> None:
     except OSError as exc:
         raise click.ClickException(f"{csv_path}: cannot read it ({exc.strerror})") from None
     try:
-        added, repeated, errors = import_csv(db.session, name, text)
+        added, repeated, errors = import_csv(db.session, name, text,
+                                             after_row=db.session.commit)
     except InvalidConversion as exc:
         db.session.rollback()
         raise click.ClickException(f"{csv_path}: {exc}") from None

@@ -317,3 +317,25 @@ def test_csv_import_explains_a_bad_file(runner, session, tmp_path):
     directory = runner.invoke(args=["affiliates", "import", "awin", str(tmp_path)])
     assert directory.exit_code != 0
     assert conversions(session) == []
+
+
+def test_link_previews_and_head_requests_record_no_click(app, session):
+    """WhatsApp and iMessage fetch a link to preview it: that is not a person clicking."""
+    from sqlalchemy import func, select
+
+    from app.affiliates import bp
+    from tokens import affiliates, ledger
+
+    if "affiliates" not in app.blueprints:
+        app.register_blueprint(bp)
+    client = app.test_client()
+    account = ledger.open_account(session)
+    [(_, link)] = affiliates.issue_offer_links(session, account.id, "grocery_list",
+                                               app.extensions["bot_settings"].catalog)[:1]
+    session.commit()
+    assert client.head(f"/r/{link.token}").status_code == 200
+    preview = client.get(f"/r/{link.token}", headers={"User-Agent": "WhatsApp/2.23.20.0 A"})
+    assert preview.status_code == 200
+    assert session.scalar(select(func.count()).select_from(affiliates.Click)) == 0
+    assert client.get(f"/r/{link.token}").status_code == 302
+    assert session.scalar(select(func.count()).select_from(affiliates.Click)) == 1
