@@ -193,13 +193,7 @@ def record_llm(
     entry = CostEntry(kind="llm", amount_musd=amount, intent=intent, model=usage.model,
                       prompt_tokens=usage.prompt_tokens,
                       completion_tokens=usage.completion_tokens)
-    if not _post(session, account_id, entry, key, now):
-        return 0
-    _bump(session, account_id, entry.month, cost_llm_musd=amount, llm_calls=1,
-          llm_prompt_tokens=usage.prompt_tokens, llm_completion_tokens=usage.completion_tokens)
-    if intent is not None:
-        _bump_intent(session, account_id, entry.month, intent, cost_llm_musd=amount)
-    return amount
+    return _post_llm(session, account_id, entry, key, now)
 
 
 def record_llm_estimate(
@@ -216,12 +210,22 @@ def record_llm_estimate(
     provider may still bill it) at `amount_musd`, its ceiling, once per `key`. Returns the
     amount recorded (0 on a repeat)."""
     entry = CostEntry(kind="llm", amount_musd=amount_musd, intent=intent, model=model)
+    return _post_llm(session, account_id, entry, key, now)
+
+
+def _post_llm(session: Session, account_id: int, entry: CostEntry, key: str,
+              now: datetime | None) -> int:
+    """Post an LLM cost entry once per `key` and add it to the month's and the intent's
+    rollups; returns its µUSD (0 on a repeat)."""
     if not _post(session, account_id, entry, key, now):
         return 0
-    _bump(session, account_id, entry.month, cost_llm_musd=amount_musd, llm_calls=1)
-    if intent is not None:
-        _bump_intent(session, account_id, entry.month, intent, cost_llm_musd=amount_musd)
-    return amount_musd
+    _bump(session, account_id, entry.month, cost_llm_musd=entry.amount_musd, llm_calls=1,
+          llm_prompt_tokens=entry.prompt_tokens or 0,
+          llm_completion_tokens=entry.completion_tokens or 0)
+    if entry.intent is not None:
+        _bump_intent(session, account_id, entry.month, entry.intent,
+                     cost_llm_musd=entry.amount_musd)
+    return entry.amount_musd
 
 
 def record_messaging(

@@ -213,13 +213,9 @@ def checkout_completed(session: Session, event: dict[str, Any], ctx: EventContex
 def checkout_payment_failed(session: Session, event: dict[str, Any], ctx: EventContext
                             ) -> EventResult:
     """A delayed payment (e.g. a bank debit) failed: tell the person; nothing credited."""
-    checkout = _checkout(session, _object(event).get("id"))
+    checkout = _close_open_checkout(session, event, "failed")
     if checkout is None:
         return EventResult("ignored: not a checkout of ours")
-    ledger.lock_account(session, checkout.account_id)
-    session.refresh(checkout)
-    if checkout.status == "open":
-        checkout.status = "failed"
     return EventResult("payment failed", (Notice(checkout.account_id, "payment_failed"),))
 
 
@@ -227,14 +223,24 @@ def checkout_payment_failed(session: Session, event: dict[str, Any], ctx: EventC
 def checkout_expired(session: Session, event: dict[str, Any], ctx: EventContext
                      ) -> EventResult:
     """Forget the pending checkout: the pay link opens a new one."""
-    checkout = _checkout(session, _object(event).get("id"))
+    checkout = _close_open_checkout(session, event, "expired")
     if checkout is None:
         return EventResult("ignored: not a checkout of ours")
+    return EventResult(f"checkout {checkout.status}")
+
+
+def _close_open_checkout(session: Session, event: dict[str, Any], status: str
+                         ) -> Checkout | None:
+    """Our checkout of the event, moved from open to `status` (the account locked first);
+    None when it is not ours."""
+    checkout = _checkout(session, _object(event).get("id"))
+    if checkout is None:
+        return None
     ledger.lock_account(session, checkout.account_id)
     session.refresh(checkout)
     if checkout.status == "open":
-        checkout.status = "expired"
-    return EventResult(f"checkout {checkout.status}")
+        checkout.status = status
+    return checkout
 
 
 # --- refunds and disputes ------------------------------------------------------------------

@@ -38,7 +38,7 @@ from tokens.ledger import Hold
 from tokens.payments import Checkout, PaymentEvent, Subscription
 
 SECRET = "whsec_test_0123456789"
-API_KEY = "sk_test_0123456789"
+API_KEY = "stand-in-stripe-key"
 PHONE = "+16505558893"
 PI = "pi_3Test0000000000000000"
 
