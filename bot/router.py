@@ -4,11 +4,12 @@ The pipeline is an ordered list of small named steps over one `Turn` (shared/des
 architecture.md, "The main flow"); a step that has the final answer raises `ReplyNow`.
 
     dedupe -> contact -> lock the account -> store -> compliance keywords -> opted-out silence
-    -> monthly allowance -> no text -> free commands -> intent -> hold -> [defer] -> skill
-    -> capture (or void)
+    -> monthly allowance -> past the cutoff -> no text -> free commands -> intent -> level
+    -> hold -> [defer] -> skill -> capture (or void)
 
 Compliance keywords come first and are free; after STOP nothing is charged or sent. Free
-commands (BALANCE, BUY, MORE) never reach pricing. The price is held before the skill runs
+commands (BALANCE, BUY, MORE) never reach pricing. The level (`tokens.tiers`) decides what the
+answer may cost: a cheaper LLM tier, templates, partner offers, or a pay link instead. The price is held before the skill runs
 (`hold:<MessageSid>`) and captured (`debit:<MessageSid>`) only when the skill answered; a skill
 that fails voids the hold, so a repeat delivery or a failed skill charges nothing.
 
