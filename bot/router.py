@@ -9,9 +9,10 @@ architecture.md, "The main flow"); a step that has the final answer raises `Repl
 
 Compliance keywords come first and are free; after STOP nothing is charged or sent. Free
 commands (BALANCE, BUY, MORE) never reach pricing. The level (`tokens.tiers`) decides what the
-answer may cost: a cheaper LLM tier, templates, partner offers, or a pay link instead. The price is held before the skill runs
-(`hold:<MessageSid>`) and captured (`debit:<MessageSid>`) only when the skill answered; a skill
-that fails voids the hold, so a repeat delivery or a failed skill charges nothing.
+answer may cost: a cheaper LLM tier, templates, partner offers, or a pay link instead. The
+price is held before the skill runs (`hold:<MessageSid>`) and captured (`debit:<MessageSid>`)
+only when the skill answered; a skill that fails voids the hold, so a repeat delivery or a
+failed skill charges nothing.
 
 With `defer=True` (Redis configured) the pipeline stops after the hold with the outcome
 "queued"; a job later calls `pending_answer`, `run_skill` (no transaction open while the LLM
@@ -328,11 +329,11 @@ def choose_level(turn: Turn) -> None:
     spec, catalog, session = turn.intent, turn.catalog, turn.session
     exposure = _exposure(turn)
     balance = ledger.balance(session, turn.account_id, turn.now)
-    # Paying: this answer is paid with purchased tokens (the free ones are spent first), or
-    # the person has premium. Leftover bonus tokens do not lift the free allowance's limits.
-    free = balance.by_bucket.get("free", 0)
+    # Paying: purchased tokens cover the price, or premium. Their tokens are honoured even
+    # while free tokens (spent first) remain, so a paying person is never refused; the cost
+    # of that is bounded by the free allowance (`tiers.monthly_loss_ceiling_musd`).
     purchased = sum(n for bucket, n in balance.by_bucket.items() if bucket != "free")
-    paying = (free < spec.price <= free + purchased) or payments.has_premium(
+    paying = purchased >= spec.price or payments.has_premium(
         session, turn.account_id, turn.now, catalog.premium.grace_days)
     ceiling = tiers.ceilings(catalog, spec, turn.msg.channel, turn.settings.chat is not None)
     turn.level = tiers.decide(exposure, ceiling, catalog, paying=paying)

@@ -115,14 +115,26 @@ def decide(exposure_musd: int, ceiling_by_level: Mapping[str, int], catalog: Cat
     return PAYMENT_REQUIRED
 
 
-def monthly_loss_ceiling_musd(catalog: Catalog, days_in_month: int = 31) -> int:
-    """The most a non-paying person can cost in a month beyond what they paid, µUSD, not
-    counting what their own inbound messages cost (Twilio bills those whatever we do; rate
-    limits bound them): the cutoff, plus every day's refusals (PAYMENT_REQUIRED, or "not
-    enough tokens"), each at the dearer channel's reply cap."""
+def monthly_loss_ceiling_musd(catalog: Catalog, days_in_month: int = 31, *,
+                              holds_purchased_tokens: bool = False) -> int:
+    """The most a person can cost in a month beyond what they paid that month, µUSD, not
+    counting their own inbound messages (Twilio bills those whatever we do) nor the HELP and
+    STOP replies the carriers require: the cutoff, plus every day's refusals (PAYMENT_REQUIRED,
+    "not enough tokens", free replies past the cutoff), each at the dearer channel's reply cap.
+
+    A person holding purchased tokens is served NORMAL whatever their exposure, while the
+    free tokens, spent first, last (`holds_purchased_tokens`): add the free allowance's
+    answers at the dearest answer's ceiling.
+    """
     reply = max(reply_ceiling_musd(catalog, channel) for channel in catalog.costs.messaging)
-    return (catalog.tiers.payment_required_musd
-            + catalog.tiers.refusals_per_day * days_in_month * reply)
+    ceiling = (catalog.tiers.payment_required_musd
+               + catalog.tiers.refusals_per_day * days_in_month * reply)
+    if holds_purchased_tokens:
+        cheapest = min(spec.price for spec in catalog.intents)
+        dearest = max(ceilings(catalog, spec, channel, True)[NORMAL]
+                      for spec in catalog.intents for channel in catalog.costs.messaging)
+        ceiling += catalog.free_monthly_allowance // cheapest * dearest
+    return ceiling
 
 
 def days_in(moment: datetime) -> int:
