@@ -101,14 +101,15 @@ def insufficient_text(
     cheaper things the person can still do (economy.md, Tiers: "whatever the level")."""
     pack = catalog.pack()
     article = "an" if spec.label[:1] in "aeiou" else "a"
+    # The pay link comes early: an SMS reply is cut after 2 segments (the rest via MORE).
     parts = [
         f"{article.capitalize()} {spec.label} costs {spec.price} tokens and you have "
-        f"{available}. Nothing was charged."
+        f"{available}. Nothing was charged.",
+        f"Get {pack.total_tokens} tokens for {pack.price_display}: {url}",
     ]
     cheaper = price_list(catalog, affordable_below=available)
     if cheaper:
         parts.append(f"You can still ask for: {cheaper}.")
-    parts.append(f"Get {pack.total_tokens} tokens for {pack.price_display}: {url}")
     parts.append(f"Free tokens renew on {renewal_date(now)}.")
     return " ".join(parts)
 

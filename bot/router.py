@@ -270,15 +270,16 @@ def past_the_cutoff(turn: Turn) -> None:
     stays bounded. Priced requests are decided in `choose_level`; HELP and STOP, which the
     carriers require, are answered before this step."""
     catalog = turn.catalog
+    words = frozenset().union(*catalog.commands.values())
+    if turn.msg.text.strip() and normalise_command(turn.msg.text) not in words:
+        return  # a priced request: `choose_level` decides
     ceiling = tiers.reply_ceiling_musd(catalog, turn.msg.channel)
     if _exposure(turn) + ceiling < catalog.tiers.payment_required_musd:
         return
     if payments.has_premium(turn.session, turn.account_id, turn.now,
                             catalog.premium.grace_days):
         return
-    words = frozenset().union(*catalog.commands.values())
-    free_reply = not turn.msg.text.strip() or normalise_command(turn.msg.text) in words
-    if free_reply and not tiers.take_refusal(turn.session, turn.account_id, catalog, turn.now):
+    if not tiers.take_refusal(turn.session, turn.account_id, catalog, turn.now):
         raise ReplyNow("refused")
 
 

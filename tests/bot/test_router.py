@@ -276,3 +276,13 @@ def test_balance_reads_at_the_message_time(say):
     say("meal plan", now=october)
     assert "You have 95 tokens" in say("BALANCE", now=october).replies[0]
     assert "You have 100 tokens" in say("BALANCE", now=NOV).replies[0]
+
+
+def test_the_pay_link_fits_in_the_first_sms_of_a_refusal(say, session):
+    """Replies are cut after 2 SMS segments (the rest via MORE): the pay link comes early."""
+    for _ in range(19):
+        say("meal plan")
+    say("calories in an apple")
+    outcome = say("vegetarian meal plan")
+    [first] = outcome.replies
+    assert "https://bot.example.com/pay/" in first
