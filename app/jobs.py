@@ -47,14 +47,9 @@ class AccountBusy(RuntimeError):
     """Another job holds the person's lock for longer than `LOCK_WAIT_SECONDS`; RQ retries."""
 
 
-def answer_job(message_sid: str, *, lock: bool = True) -> str:
+def answer_job(message_sid: str) -> str:
     """Answer the priced message `message_sid` and send the reply; returns what happened
     ("answered", "failed", "resent", "nothing to do").
-
-    Args:
-        message_sid: the inbound message's MessageSid.
-        lock: take the person's Redis lock (False when Redis is the thing that failed and the
-            web process answers inline; the database row locks still serialise).
 
     Raises:
         AccountBusy: the person's lock stayed taken (RQ retries the job).
@@ -62,7 +57,7 @@ def answer_job(message_sid: str, *, lock: bool = True) -> str:
     app: Flask = current_app._get_current_object()  # type: ignore[attr-defined]
     session = db.session
     try:
-        return _answer(app, session, message_sid, lock)
+        return _answer(app, session, message_sid)
     except BaseException:
         session.rollback()
         raise
@@ -89,7 +84,7 @@ def answer_inline(app: Flask, message_sid: str) -> router.Outcome:
     return outcome
 
 
-def _answer(app: Flask, session: Session, message_sid: str, lock: bool) -> str:
+def _answer(app: Flask, session: Session, message_sid: str) -> str:
     settings: BotSettings = app.extensions["bot_settings"]
     row = session.execute(
         select(Message.id, Contact.account_id)
@@ -101,7 +96,7 @@ def _answer(app: Flask, session: Session, message_sid: str, lock: bool) -> str:
         log.warning("answer job for an unknown message", extra={"message_sid": message_sid})
         return "nothing to do"
     inbound_id, account_id = row
-    with account_lock(app, account_id, enabled=lock):
+    with account_lock(app, account_id):
         pending = router.pending_answer(session, message_sid, settings)
         session.commit()
         kind = "resent"
@@ -171,16 +166,16 @@ def twilio_sender(app: Flask) -> outbound.Sender:
 
 
 @contextmanager
-def account_lock(app: Flask, account_id: int, *, enabled: bool = True) -> Iterator[Any]:
+def account_lock(app: Flask, account_id: int) -> Iterator[Any]:
     """One job at a time per person (messaging.md, "Per-person order"): a Redis lock that
     expires on its own if a worker dies while holding it.
 
-    Without Redis (a job run inline) the database row lock of each transaction serialises.
+    Without Redis the database row lock of each transaction serialises.
 
     Raises:
         AccountBusy: not acquired within `LOCK_WAIT_SECONDS`.
     """
-    connection = redis_connection(app) if enabled else None
+    connection = redis_connection(app)
     if connection is None:
         yield None
         return
