@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import getpass
 import logging
 import sys
@@ -31,9 +32,58 @@ def register_cli(app: Flask) -> None:
     app.cli.add_command(tokens_group)
     app.cli.add_command(worker)
     app.cli.add_command(messages_group)
+    app.cli.add_command(report)
     from app.affiliates import affiliates_group
 
     app.cli.add_command(affiliates_group)
+
+
+@click.command("report")
+@click.option("--month", "label", default=None, metavar="YYYY-MM",
+              help="The month (UTC); default this month.")
+@click.option("--csv", "as_csv", is_flag=True, help="Print one CSV row per person instead.")
+@click.option("--json", "as_json", is_flag=True, help="Print the whole report as JSON.")
+@with_appcontext
+def report(label: str | None, as_csv: bool, as_json: bool) -> None:
+    """The month's profitability report, read from the monthly rollups: revenue, COGS,
+    margin, ARPU, levels, top intents; `--csv` lists every person (masked phone)."""
+    import json
+    import re
+
+    from sqlalchemy import select
+
+    from bot.models import Contact
+    from tokens.ledger import month_of
+    from tokens.reports import CSV_FIELDS, month_report
+
+    if label is not None and not re.fullmatch(r"\d{4}-(0[1-9]|1[0-2])", label):
+        raise click.BadParameter("use YYYY-MM, e.g. 2026-11", param_hint="--month")
+    label = label or month_of(datetime.now(UTC))
+    catalog = current_app.extensions["bot_settings"].catalog
+    result = month_report(db.session, label, catalog)
+    if as_json:
+        click.echo(json.dumps(result.as_json(), indent=2))
+        return
+    if as_csv:
+        phones = dict(db.session.execute(select(Contact.account_id, Contact.address)).all())
+        writer = csv.writer(sys.stdout, lineterminator="\n")
+        writer.writerow(("phone", *CSV_FIELDS))
+        for person in result.people:
+            masked = mask_address(phones.get(person.account_id, ""))
+            writer.writerow((masked, *(getattr(person, name) for name in CSV_FIELDS)))
+        return
+    click.echo(f"Month {result.month}: {result.active_people} active people, "
+               f"{result.paying_people} paying")
+    click.echo(f"Revenue {usd(result.revenue_musd)}, COGS {usd(result.cost_musd)}, "
+               f"profit {usd(result.profit_musd)}, margin {result.gross_margin}")
+    click.echo(f"ARPU {usd(result.arpu_musd)}, average cost {usd(result.average_cost_musd)}, "
+               f"profitable {result.share_profitable}, at target {result.share_at_target}, "
+               f"pack conversion {result.pack_conversion}")
+    click.echo("Revenue mix: " + ", ".join(f"{k} {v}" for k, v in result.revenue_mix.items()))
+    click.echo("Levels: " + ", ".join(f"{k} {v}" for k, v in result.level_distribution.items()))
+    click.echo("Top intents by LLM cost: " + (", ".join(
+        f"{name} {usd(llm)} ({answers} answers)" for name, llm, answers in result.top_intents)
+        or "none"))
 
 
 @click.group("messages")

@@ -1,0 +1,93 @@
+"""The month's report from the rollups, against numbers computed by hand (exact Decimals)."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from decimal import Decimal
+
+import pytest
+
+from bot.contacts import resolve_contact
+from tokens import costs
+from tokens.catalog import load_catalog
+from tokens.costs import LlmUsage
+from tokens.reports import month_report
+
+NOV = datetime(2026, 11, 15, 12, 0, tzinfo=UTC)
+CATALOG = load_catalog()
+COSTS = CATALOG.costs
+MINI = COSTS.model("gpt-4o-mini")
+
+
+@pytest.fixture
+def month(session):
+    """Ana paid for a pack, Ben used the LLM a lot for free, Cleo subscribed (WhatsApp) and
+    brought an affiliate commission; Dan brought a commission but wrote nothing."""
+    ana = resolve_contact(session, "+15550000001", NOV).account_id
+    ben = resolve_contact(session, "+15550000002", NOV).account_id
+    cleo = resolve_contact(session, "+15550000003", NOV).account_id
+    dan = resolve_contact(session, "+15550000004", NOV).account_id
+    for i in range(2):
+        costs.record_messaging(session, ana, COSTS, "sms", "in", 1, key=f"a-in{i}", now=NOV)
+        costs.record_messaging(session, ana, COSTS, "sms", "out", 1, key=f"a-out{i}", now=NOV)
+        costs.record_platform(session, ana, COSTS, key=f"a-p{i}", now=NOV)
+    costs.record_llm(session, ana, LlmUsage("gpt-4o-mini", 1000, 400), MINI, key="a-llm",
+                     intent="meal_plan", now=NOV)  # 150 + 240 = 390
+    costs.record_revenue(session, ana, "pack", 5_000_000, key="a-rev", now=NOV)
+    costs.record_messaging(session, ben, COSTS, "sms", "in", 1, key="b-in", now=NOV)
+    costs.record_messaging(session, ben, COSTS, "sms", "out", 1, key="b-out", now=NOV)
+    costs.record_platform(session, ben, COSTS, key="b-p", now=NOV)
+    costs.record_llm(session, ben, LlmUsage("gpt-4o-mini", 4_000_000, 0), MINI, key="b-llm",
+                     intent="chat", now=NOV)  # 600,000
+    costs.record_messaging(session, cleo, COSTS, "whatsapp", "in", 1, key="c-in", now=NOV)
+    costs.record_messaging(session, cleo, COSTS, "whatsapp", "out", 1, key="c-out", now=NOV)
+    costs.record_platform(session, cleo, COSTS, key="c-p", now=NOV)
+    costs.record_revenue(session, cleo, "subscription", 5_000_000, key="c-sub", now=NOV)
+    costs.record_revenue(session, cleo, "affiliate", 100_000, key="c-aff", now=NOV)
+    costs.record_revenue(session, dan, "affiliate", 50_000, key="d-aff", now=NOV)
+    session.commit()
+    return {"ana": ana, "ben": ben, "cleo": cleo, "dan": dan}
+
+
+def test_the_months_numbers_by_hand(session, month):
+    report = month_report(session, "2026-11", CATALOG)
+    # Costs: Ana 2x7,900 in + 2x7,900 out + 2x200 + 390 = 32,390; Ben 7,900 + 7,900 + 200 +
+    # 600,000 = 616,000; Cleo 7,500 + 7,500 + 200 = 15,200. Dan wrote nothing: not active.
+    assert [p.account_id for p in report.people] == [month["ana"], month["ben"], month["cleo"]]
+    assert [p.cost_musd for p in report.people] == [32_390, 616_000, 15_200]
+    assert (report.active_people, report.paying_people) == (3, 2)
+    assert report.revenue_musd == 10_100_000 and report.cost_musd == 663_590
+    assert report.profit_musd == 9_436_410
+    assert report.gross_margin == Decimal("0.9343")  # 9,436,410 / 10,100,000
+    assert report.arpu_musd == 3_366_666 and report.average_cost_musd == 221_196
+    assert report.share_profitable == Decimal("0.6667")  # Ana and Cleo
+    assert report.share_at_target == Decimal("0.6667")  # both >= $3.00 profit
+    assert report.pack_conversion == Decimal("0.3333")  # Ana
+    assert report.revenue_mix == {"pack": Decimal("0.4950"), "subscription": Decimal("0.4950"),
+                                  "affiliate": Decimal("0.0099")}
+    # Ben's exposure, $0.616, is past $0.50: REDUCED; the others paid: NORMAL.
+    assert report.level_distribution == {"NORMAL": 2, "REDUCED": 1, "BASIC": 0, "AFFILIATE": 0,
+                                         "PAYMENT_REQUIRED": 0}
+    assert report.top_intents == [("chat", 600_000, 0), ("meal_plan", 390, 0)]
+
+
+def test_the_report_as_json_and_an_empty_month(session, month):
+    data = month_report(session, "2026-11", CATALOG).as_json()
+    assert json.loads(json.dumps(data))["gross_margin"] == "0.9343"
+    assert data["people"][1]["profit_musd"] == -616_000
+    empty = month_report(session, "2026-10", CATALOG)
+    assert (empty.active_people, empty.gross_margin, empty.arpu_musd) == (0, None, 0)
+
+
+def test_the_report_command(runner, session, month):
+    text = runner.invoke(args=["report", "--month", "2026-11"])
+    assert text.exit_code == 0, text.output
+    assert "3 active people, 2 paying" in text.output
+    assert "Revenue $10.100000, COGS $0.663590" in text.output
+    rows = runner.invoke(args=["report", "--month", "2026-11", "--csv"]).output.splitlines()
+    assert rows[0].startswith("phone,account_id,level")
+    assert len(rows) == 4 and "+15550000001" not in "\n".join(rows)
+    assert rows[2].split(",")[2] == "REDUCED"
+    bad = runner.invoke(args=["report", "--month", "November"])
+    assert bad.exit_code != 0 and "YYYY-MM" in bad.output

@@ -1,0 +1,196 @@
+"""The month's profitability report, read from the monthly rollups (economy.md, "Reports").
+
+It reads one `AccountMonth` row per person (and the per-intent rows for the top intents), so
+its time grows with the number of people, not of events. Money is integer µUSD; ratios are
+`Decimal`, rounded to 4 places.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from dataclasses import asdict, dataclass, field
+from decimal import ROUND_HALF_EVEN, Decimal
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from tokens import tiers
+from tokens.catalog import Catalog
+from tokens.costs import AccountMonth, AccountMonthIntent
+
+# economy.md, "Reports": the share of people at or above a $3.00 target (profit per person).
+DEFAULT_TARGET_MUSD = 3_000_000
+RATIO = Decimal("0.0001")
+
+
+@dataclass(frozen=True)
+class PersonRow:
+    """One person's month (µUSD amounts; tokens)."""
+
+    account_id: int
+    level: str
+    messages_in: int
+    messages_out: int
+    tokens_charged: int
+    cost_llm_musd: int
+    cost_messaging_musd: int
+    cost_platform_musd: int
+    revenue_pack_musd: int
+    revenue_subscription_musd: int
+    revenue_affiliate_musd: int
+
+    @property
+    def cost_musd(self) -> int:
+        return self.cost_llm_musd + self.cost_messaging_musd + self.cost_platform_musd
+
+    @property
+    def revenue_musd(self) -> int:
+        return self.revenue_pack_musd + self.revenue_subscription_musd + self.revenue_affiliate_musd
+
+    @property
+    def profit_musd(self) -> int:
+        return self.revenue_musd - self.cost_musd
+
+
+@dataclass(frozen=True)
+class MonthReport:
+    """A month's totals and its people.
+
+    Attributes:
+        month: "YYYY-MM".
+        active_people: people who wrote at least once this month.
+        paying_people: people with revenue this month.
+        revenue_musd, cost_musd, profit_musd: totals, µUSD.
+        gross_margin: profit / revenue (None without revenue).
+        arpu_musd: revenue per active person, µUSD (rounded down).
+        average_cost_musd: cost per active person, µUSD (rounded down).
+        share_profitable: share of active people with profit >= 0.
+        share_at_target: share of active people with profit >= the target.
+        revenue_mix: kind -> share of revenue.
+        level_distribution: level (by this month's exposure) -> active people.
+        top_intents: (intent, LLM µUSD, answers), dearest first, at most 10.
+        pack_conversion: share of active people who bought a pack this month.
+        people: every active person's row, by account id.
+    """
+
+    month: str
+    active_people: int
+    paying_people: int
+    revenue_musd: int
+    cost_musd: int
+    profit_musd: int
+    gross_margin: Decimal | None
+    arpu_musd: int
+    average_cost_musd: int
+    share_profitable: Decimal | None
+    share_at_target: Decimal | None
+    revenue_mix: dict[str, Decimal] = field(default_factory=dict)
+    level_distribution: dict[str, int] = field(default_factory=dict)
+    top_intents: list[tuple[str, int, int]] = field(default_factory=list)
+    pack_conversion: Decimal | None = None
+    people: list[PersonRow] = field(default_factory=list)
+
+    def as_json(self) -> dict[str, Any]:
+        """A JSON-ready dict: Decimals as strings, µUSD as integers."""
+        data = asdict(self)
+        data["people"] = [
+            {**asdict(p), "cost_musd": p.cost_musd, "revenue_musd": p.revenue_musd,
+             "profit_musd": p.profit_musd} for p in self.people
+        ]
+        converted: dict[str, Any] = _decimals_as_strings(data)
+        return converted
+
+
+def month_report(session: Session, label: str, catalog: Catalog,
+                 target_musd: int = DEFAULT_TARGET_MUSD) -> MonthReport:
+    """The report of month `label` ("YYYY-MM")."""
+    rows = session.scalars(
+        select(AccountMonth)
+        .where(AccountMonth.month == label, AccountMonth.messages_in > 0)
+        .order_by(AccountMonth.account_id)
+    ).all()
+    zero = dict.fromkeys(tiers.LEVELS, 0)
+    people = [
+        PersonRow(
+            account_id=r.account_id,
+            level=tiers.decide(r.exposure_musd, zero, catalog, paying=False),
+            messages_in=r.messages_in, messages_out=r.messages_out,
+            tokens_charged=r.tokens_charged, cost_llm_musd=r.cost_llm_musd,
+            cost_messaging_musd=r.cost_messaging_musd, cost_platform_musd=r.cost_platform_musd,
+            revenue_pack_musd=r.revenue_pack_musd,
+            revenue_subscription_musd=r.revenue_subscription_musd,
+            revenue_affiliate_musd=r.revenue_affiliate_musd,
+        )
+        for r in rows
+    ]
+    active = len(people)
+    revenue = sum(p.revenue_musd for p in people)
+    cost = sum(p.cost_musd for p in people)
+    mix = {
+        "pack": sum(p.revenue_pack_musd for p in people),
+        "subscription": sum(p.revenue_subscription_musd for p in people),
+        "affiliate": sum(p.revenue_affiliate_musd for p in people),
+    }
+    levels = dict.fromkeys(tiers.LEVELS, 0)
+    for person in people:
+        levels[person.level] += 1
+    intents = session.execute(
+        select(AccountMonthIntent.intent, func.sum(AccountMonthIntent.cost_llm_musd),
+               func.sum(AccountMonthIntent.answers))
+        .where(AccountMonthIntent.month == label)
+        .group_by(AccountMonthIntent.intent)
+        .order_by(func.sum(AccountMonthIntent.cost_llm_musd).desc(), AccountMonthIntent.intent)
+        .limit(10)
+    ).all()
+    return MonthReport(
+        month=label,
+        active_people=active,
+        paying_people=sum(1 for p in people if p.revenue_musd > 0),
+        revenue_musd=revenue,
+        cost_musd=cost,
+        profit_musd=revenue - cost,
+        gross_margin=_ratio(revenue - cost, revenue),
+        arpu_musd=revenue // active if active else 0,
+        average_cost_musd=cost // active if active else 0,
+        share_profitable=_ratio(sum(1 for p in people if p.profit_musd >= 0), active),
+        share_at_target=_ratio(sum(1 for p in people if p.profit_musd >= target_musd), active),
+        revenue_mix={kind: _ratio(amount, revenue) or Decimal(0) for kind, amount in mix.items()},
+        level_distribution=levels,
+        top_intents=[(name, int(llm or 0), int(answers or 0)) for name, llm, answers in intents],
+        pack_conversion=_ratio(sum(1 for p in people if p.revenue_pack_musd > 0), active),
+        people=people,
+    )
+
+
+CSV_FIELDS = ("account_id", "level", "messages_in", "messages_out", "tokens_charged",
+              "cost_llm_musd", "cost_messaging_musd", "cost_platform_musd", "cost_musd",
+              "revenue_pack_musd", "revenue_subscription_musd", "revenue_affiliate_musd",
+              "revenue_musd", "profit_musd")
+
+
+def people_csv(report: MonthReport) -> str:
+    """The report's people as CSV (one row each, µUSD amounts), with a header."""
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(CSV_FIELDS)
+    for person in report.people:
+        writer.writerow([getattr(person, name) for name in CSV_FIELDS])
+    return out.getvalue()
+
+
+def _ratio(part: int, whole: int) -> Decimal | None:
+    if not whole:
+        return None
+    return (Decimal(part) / Decimal(whole)).quantize(RATIO, rounding=ROUND_HALF_EVEN)
+
+
+def _decimals_as_strings(value: Any) -> Any:
+    if isinstance(value, Decimal):
+        return str(value)
+    if isinstance(value, dict):
+        return {k: _decimals_as_strings(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_decimals_as_strings(v) for v in value]
+    return value
