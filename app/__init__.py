@@ -81,6 +81,7 @@ def create_app(config_class: type[Config] = Config) -> Flask:
 
     app.extensions["payment_provider"] = _payment_provider(app)
 
+    from app.admin import bp as admin_api_bp
     from app.affiliates import bp as affiliates_bp
     from app.cli import register_cli
     from app.health import bp as health_bp
@@ -94,6 +95,7 @@ def create_app(config_class: type[Config] = Config) -> Flask:
     app.register_blueprint(sandbox_bp)
     app.register_blueprint(stripe_bp)
     app.register_blueprint(affiliates_bp)
+    app.register_blueprint(admin_api_bp)
     app.register_blueprint(health_bp)
     register_cli(app)
     return app

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import getpass
 import logging
 import sys
@@ -50,11 +49,9 @@ def report(label: str | None, as_csv: bool, as_json: bool) -> None:
     import json
     import re
 
-    from sqlalchemy import select
-
-    from bot.models import Contact
+    from app.admin import masked_phones
     from tokens.ledger import month_of
-    from tokens.reports import CSV_FIELDS, month_report
+    from tokens.reports import month_report, people_csv
 
     if label is not None and not re.fullmatch(r"\d{4}-(0[1-9]|1[0-2])", label):
         raise click.BadParameter("use YYYY-MM, e.g. 2026-11", param_hint="--month")
@@ -65,12 +62,7 @@ def report(label: str | None, as_csv: bool, as_json: bool) -> None:
         click.echo(json.dumps(result.as_json(), indent=2))
         return
     if as_csv:
-        phones = dict(db.session.execute(select(Contact.account_id, Contact.address)).all())
-        writer = csv.writer(sys.stdout, lineterminator="\n")
-        writer.writerow(("phone", *CSV_FIELDS))
-        for person in result.people:
-            masked = mask_address(phones.get(person.account_id, ""))
-            writer.writerow((masked, *(getattr(person, name) for name in CSV_FIELDS)))
+        click.echo(people_csv(result, masked_phones()), nl=False)
         return
     click.echo(f"Month {result.month}: {result.active_people} active people, "
                f"{result.paying_people} paying")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import io
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from decimal import ROUND_HALF_EVEN, Decimal
 from typing import Any
@@ -170,13 +171,16 @@ CSV_FIELDS = ("account_id", "level", "messages_in", "messages_out", "tokens_char
               "revenue_musd", "profit_musd")
 
 
-def people_csv(report: MonthReport) -> str:
-    """The report's people as CSV (one row each, µUSD amounts), with a header."""
+def people_csv(report: MonthReport, phones: Mapping[int, str] | None = None) -> str:
+    """The report's people as CSV (one row each, µUSD amounts), with a header; with `phones`
+    (account id -> masked phone), a first "phone" column."""
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(CSV_FIELDS)
+    prefix = ("phone",) if phones is not None else ()
+    writer.writerow((*prefix, *CSV_FIELDS))
     for person in report.people:
-        writer.writerow([getattr(person, name) for name in CSV_FIELDS])
+        phone = (phones.get(person.account_id, ""),) if phones is not None else ()
+        writer.writerow((*phone, *(getattr(person, name) for name in CSV_FIELDS)))
     return out.getvalue()
 
 

@@ -22,6 +22,10 @@ MINI = COSTS.model("gpt-4o-mini")
 
 @pytest.fixture
 def month(session):
+    return fill_month(session)
+
+
+def fill_month(session) -> dict[str, int]:
     """Ana paid for a pack, Ben used the LLM a lot for free, Cleo subscribed (WhatsApp) and
     brought an affiliate commission; Dan brought a commission but wrote nothing."""
     ana = resolve_contact(session, "+15550000001", NOV).account_id
@@ -91,3 +95,42 @@ def test_the_report_command(runner, session, month):
     assert rows[2].split(",")[2] == "REDUCED"
     bad = runner.invoke(args=["report", "--month", "November"])
     assert bad.exit_code != 0 and "YYYY-MM" in bad.output
+
+
+@pytest.fixture
+def api(database_url):
+    """The app with the admin API on."""
+    from app import create_app
+    from app.extensions import db
+    from tests.conftest import config_for
+
+    application = create_app(config_for(database_url, ADMIN_API_TOKEN="admin-test-token"))
+    with application.app_context():
+        yield application
+        db.session.remove()
+        db.engine.dispose()
+
+
+def test_the_report_api_needs_the_bearer_token(api):
+    from app.extensions import db
+
+    client = api.test_client()
+    assert client.get("/admin/api/report").status_code == 401
+    wrong = client.get("/admin/api/report", headers={"Authorization": "Bearer nope"})
+    assert wrong.status_code == 401 and "Bearer" in wrong.headers["WWW-Authenticate"]
+    ok = {"Authorization": "Bearer admin-test-token"}
+    assert client.get("/admin/api/report?month=Nov", headers=ok).status_code == 400
+    month_fixture = fill_month(db.session)  # the same hand-computed month
+    data = client.get("/admin/api/report?month=2026-11", headers=ok).get_json()
+    assert data["revenue_musd"] == 10_100_000 and data["gross_margin"] == "0.9343"
+    assert [p["account_id"] for p in data["people"]] == [
+        month_fixture["ana"], month_fixture["ben"], month_fixture["cleo"]]
+    csv_text = client.get("/admin/api/report?month=2026-11&format=csv",
+                          headers=ok).get_data(as_text=True)
+    assert csv_text.startswith("phone,account_id,level")
+    assert "+15550000001" not in csv_text and len(csv_text.splitlines()) == 4
+
+
+def test_without_a_token_setting_the_api_is_off(client):
+    assert client.get("/admin/api/report",
+                      headers={"Authorization": "Bearer anything"}).status_code == 404
