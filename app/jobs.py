@@ -54,15 +54,8 @@ def answer_job(message_sid: str) -> str:
     Raises:
         AccountBusy: the person's lock stayed taken (RQ retries the job).
     """
-    app: Flask = current_app._get_current_object()  # type: ignore[attr-defined]
-    session = db.session
-    try:
+    with _job_session() as (app, session):
         return _answer(app, session, message_sid)
-    except BaseException:
-        session.rollback()
-        raise
-    finally:
-        session.remove()
 
 
 def answer_inline(app: Flask, message_sid: str) -> router.Outcome:
@@ -114,15 +107,8 @@ def _answer(app: Flask, session: Session, message_sid: str) -> str:
 
 def deliver_messages(message_ids: list[int]) -> int:
     """Send stored `pending` messages (notices) by id; returns how many sends were tried."""
-    app: Flask = current_app._get_current_object()  # type: ignore[attr-defined]
-    session = db.session
-    try:
+    with _job_session() as (app, session):
         return send_pending(app, session, message_ids)
-    except BaseException:
-        session.rollback()
-        raise
-    finally:
-        session.remove()
 
 
 def deliver(app: Flask, session: Session, inbound_id: int) -> int:
@@ -163,6 +149,17 @@ def twilio_sender(app: Flask) -> outbound.Sender:
         )
         app.extensions["sender"] = sender
     return sender
+
+
+@contextmanager
+def _job_session() -> Iterator[tuple[Flask, Any]]:
+    """The app and its session for one job; the session is removed afterwards, which rolls
+    back whatever a failing job left uncommitted."""
+    app: Flask = current_app._get_current_object()  # type: ignore[attr-defined]
+    try:
+        yield app, db.session
+    finally:
+        db.session.remove()
 
 
 @contextmanager
