@@ -11,7 +11,7 @@ from dataclasses import replace
 from flask import Flask
 
 from app.config import DEVELOPMENT_TWILIO_AUTH_TOKEN, PROJECT_ROOT, Config, ConfigError
-from app.extensions import configure_sqlite, db, migrate, render_item
+from app.extensions import configure_sqlite, csrf, db, limiter, migrate, render_item
 from bot.llm import AnswerCache, CachedChat, ChatClient, MemoryCache, OpenAIChat, RedisCache
 from bot.outbound import OutboundSettings
 from bot.router import BotSettings
@@ -41,6 +41,7 @@ def create_app(config_class: type[Config] = Config) -> Flask:
 
     # The models must be imported before the metadata is used by Flask-Migrate.
     import bot.models  # noqa: F401
+    import tokens.admin  # noqa: F401
     import tokens.affiliates  # noqa: F401
     import tokens.costs  # noqa: F401
     import tokens.ledger  # noqa: F401
@@ -59,6 +60,14 @@ def create_app(config_class: type[Config] = Config) -> Flask:
     )
     with app.app_context():
         configure_sqlite(db.engine)
+    csrf.init_app(app)
+    limiter.init_app(app)
+    if app.config["TRUSTED_PROXY_HOPS"]:
+        from werkzeug.middleware.proxy_fix import ProxyFix
+
+        hops = app.config["TRUSTED_PROXY_HOPS"]
+        app.wsgi_app = ProxyFix(  # type: ignore[method-assign]
+            app.wsgi_app, x_for=hops, x_proto=hops, x_host=hops)
 
     try:
         catalog = load_catalog(app.config["ECONOMY_FILE"])
@@ -81,7 +90,8 @@ def create_app(config_class: type[Config] = Config) -> Flask:
 
     app.extensions["payment_provider"] = _payment_provider(app)
 
-    from app.admin import bp as admin_api_bp
+    from app.admin import api_bp as admin_api_bp
+    from app.admin import pages_bp as admin_pages_bp
     from app.affiliates import bp as affiliates_bp
     from app.cli import register_cli
     from app.health import bp as health_bp
@@ -96,6 +106,7 @@ def create_app(config_class: type[Config] = Config) -> Flask:
     app.register_blueprint(stripe_bp)
     app.register_blueprint(affiliates_bp)
     app.register_blueprint(admin_api_bp)
+    app.register_blueprint(admin_pages_bp)
     app.register_blueprint(health_bp)
     register_cli(app)
     return app

@@ -10,9 +10,11 @@ credentials nothing can be sent, and the pages themselves say what happened.
 from __future__ import annotations
 
 import logging
+from datetime import datetime
 
 import redis
 from flask import Flask
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from app.extensions import db
@@ -22,7 +24,15 @@ from bot.notify import queue_notice
 from bot.router import BotSettings
 from tokens import payments
 from tokens.base import utcnow
-from tokens.payment_events import EventContext, EventResult, Notice, prefetch, receive_event
+from tokens.payment_events import (
+    EventContext,
+    EventResult,
+    Notice,
+    prefetch,
+    receive_event,
+    record_failure,
+    resolve_failure,
+)
 from tokens.providers import PaymentProvider
 
 log = logging.getLogger(__name__)
@@ -52,20 +62,42 @@ def apply_event(app: Flask, provider: PaymentProvider, event: dict[str, object]
     """
     settings: BotSettings = app.extensions["bot_settings"]
     session = db.session
-    # What the handler needs from the provider, fetched before the transaction: no lock is
-    # held while the provider answers. A failure here is a 500, and the event comes again.
-    fetched = prefetch(event, provider)
-    ctx = EventContext(catalog=settings.catalog, provider=provider.name, now=utcnow(),
-                       fetched=fetched)
+    now = utcnow()
     try:
+        # What the handler needs from the provider, fetched before the transaction: no lock
+        # is held while the provider answers. A failure here is a 500, and the event comes
+        # again.
+        fetched = prefetch(event, provider)
+        ctx = EventContext(catalog=settings.catalog, provider=provider.name, now=now,
+                           fetched=fetched)
         result = receive_event(session, provider.name, event, ctx)
         ids = queue_notices(app, session, result.notices) if result else []
+        resolve_failure(session, str(event.get("id", "")), now)
         session.commit()
+    except Exception as exc:
+        session.rollback()
+        _keep_failure(provider, event, exc, now)
+        raise
     except BaseException:
         session.rollback()
         raise
     deliver_notices(app, ids)
     return result
+
+
+def _keep_failure(provider: PaymentProvider, event: dict[str, object], error: Exception,
+                  now: datetime) -> None:
+    """Note the failed event for the admin inbox, in its own transaction. If even that fails
+    (the database is down), the provider's retry is what is left, so the error is logged and
+    the original one propagates."""
+    session = db.session
+    try:
+        record_failure(session, provider.name, event, error, now)
+        session.commit()
+    except SQLAlchemyError as exc:
+        session.rollback()
+        log.error("could not note a failed payment event",
+                  extra={"error": type(exc).__name__})
 
 
 def queue_notices(app: Flask, session: Session, notices: tuple[Notice, ...]) -> list[int]:

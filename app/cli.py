@@ -32,6 +32,7 @@ def register_cli(app: Flask) -> None:
     app.cli.add_command(worker)
     app.cli.add_command(messages_group)
     app.cli.add_command(report)
+    app.cli.add_command(admin_group)
     from app.affiliates import affiliates_group
 
     app.cli.add_command(affiliates_group)
@@ -49,7 +50,7 @@ def report(label: str | None, as_csv: bool, as_json: bool) -> None:
     import json
     import re
 
-    from app.admin import masked_phones
+    from app.admin.api import masked_phones
     from tokens.ledger import month_of
     from tokens.reports import month_report, people_csv
 
@@ -76,6 +77,45 @@ def report(label: str | None, as_csv: bool, as_json: bool) -> None:
     click.echo("Top intents by LLM cost: " + (", ".join(
         f"{name} {usd(llm)} ({answers} answers)" for name, llm, answers in result.top_intents)
         or "none"))
+
+
+@click.group("admin")
+def admin_group() -> None:
+    """Admin users of the web pages (/admin)."""
+
+
+@admin_group.command("create-user")
+@click.argument("username")
+@click.password_option(help="Asked for twice when not given (at least 12 characters).")
+@with_appcontext
+def admin_create_user(username: str, password: str) -> None:
+    """Add an admin who can log in at /admin (the password is stored as an argon2id hash)."""
+    from tokens.admin import AdminError, create_user
+
+    try:
+        user = create_user(db.session, username, password)
+    except AdminError as exc:
+        db.session.rollback()
+        raise click.ClickException(str(exc)) from None
+    db.session.commit()
+    click.echo(f"created admin {user.username}; log in at /admin/login")
+
+
+@admin_group.command("set-password")
+@click.argument("username")
+@click.password_option(help="Asked for twice when not given (at least 12 characters).")
+@with_appcontext
+def admin_set_password(username: str, password: str) -> None:
+    """Replace an admin's password; their open sessions end."""
+    from tokens.admin import AdminError, set_password
+
+    try:
+        user = set_password(db.session, username, password)
+    except AdminError as exc:
+        db.session.rollback()
+        raise click.ClickException(str(exc)) from None
+    db.session.commit()
+    click.echo(f"password of {user.username} replaced; their sessions have ended")
 
 
 @click.group("messages")

@@ -10,6 +10,7 @@ import math
 import os
 import secrets
 from collections.abc import Callable, Mapping
+from datetime import timedelta
 from pathlib import Path
 
 from dotenv import load_dotenv
@@ -94,6 +95,20 @@ class Config:
         self.OPENAI_TIMEOUT_SECONDS = _seconds(env, "OPENAI_TIMEOUT_SECONDS", 10.0)
         self.ECONOMY_FILE = env("ECONOMY_FILE") or None
         self.ADMIN_API_TOKEN = env("ADMIN_API_TOKEN") or None
+        # Admin pages: a signed session cookie (Secure in production, HttpOnly, SameSite=Lax)
+        # that lapses after 8 hours; CSRF tokens are checked by the admin blueprint itself, so
+        # provider webhooks (signed instead) are not subject to them.
+        self.SESSION_COOKIE_SECURE = self.APP_ENV == "production"
+        self.SESSION_COOKIE_HTTPONLY = True
+        self.SESSION_COOKIE_SAMESITE = "Lax"
+        self.PERMANENT_SESSION_LIFETIME = timedelta(hours=8)
+        self.WTF_CSRF_CHECK_DEFAULT = False
+        # Failed or not, each login attempt counts, per client address (Flask-Limiter; Redis
+        # when configured, so every web process shares the count).
+        self.ADMIN_LOGIN_RATE_LIMIT = env("ADMIN_LOGIN_RATE_LIMIT") or "5 per minute;30 per hour"
+        self.RATELIMIT_STORAGE_URI = self.REDIS_URL or "memory://"
+        self.RATELIMIT_HEADERS_ENABLED = True
+        self.TRUSTED_PROXY_HOPS = _count(env, "TRUSTED_PROXY_HOPS")
         self._check_and_fill()
 
     def _check_and_fill(self) -> None:
@@ -137,6 +152,18 @@ class Config:
             self.SECRET_KEY = secrets.token_hex(32)
         if not self.TWILIO_AUTH_TOKEN:
             self.TWILIO_AUTH_TOKEN = DEVELOPMENT_TWILIO_AUTH_TOKEN
+
+
+def _count(env: Callable[[str], str | None], name: str) -> int:
+    """A whole number >= 0 from the environment (0 when unset).
+
+    Raises:
+        ConfigError: not a whole number >= 0.
+    """
+    raw = env(name) or "0"
+    if not raw.isdigit():
+        raise ConfigError(f"{name} must be a whole number >= 0, not {raw!r}")
+    return int(raw)
 
 
 def _seconds(

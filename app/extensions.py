@@ -4,14 +4,22 @@ from __future__ import annotations
 
 from typing import Any
 
+from flask_limiter import Limiter
+from flask_limiter.util import get_remote_address
 from flask_migrate import Migrate
 from flask_sqlalchemy import SQLAlchemy
+from flask_wtf.csrf import CSRFProtect
 from sqlalchemy import Engine, event
 
 from tokens.base import Base, UTCDateTime
 
 db = SQLAlchemy(metadata=Base.metadata)
 migrate = Migrate()
+# CSRF tokens for the admin forms (checked by the admin blueprint; WTF_CSRF_CHECK_DEFAULT off).
+csrf = CSRFProtect()
+# Rate limits by client address (behind a proxy, set TRUSTED_PROXY_HOPS); no default limits:
+# each limited view says its own.
+limiter = Limiter(key_func=get_remote_address)
 
 
 def configure_sqlite(engine: Engine) -> None:

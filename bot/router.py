@@ -107,10 +107,9 @@ class Outcome:
     """What the router did with one inbound message.
 
     Attributes:
-        kind: "duplicate", "opted_out", "opt_out", "opt_in", "help", "no_text", "balance",
-            "buy", "premium", "more", "insufficient", "refused" (PAYMENT_REQUIRED), "offers"
-            (AFFILIATE), "queued" (the skill runs in a job), "failed" or
-            "answered".
+        kind: "duplicate", "opted_out", "suspended", "opt_out", "opt_in", "help", "no_text",
+            "balance", "buy", "premium", "more", "insufficient", "refused" (PAYMENT_REQUIRED),
+            "offers" (AFFILIATE), "queued" (the skill runs in a job), "failed" or "answered".
         replies: the messages to send back, in order, as sent (an SMS answer cut with
             "Reply MORE", a long WhatsApp answer split); empty: an empty `<Response/>`.
         intent: the classified intent, when the message got that far.
@@ -257,6 +256,14 @@ def silence_opted_out(turn: Turn) -> None:
         raise ReplyNow("opted_out")
 
 
+def silence_suspended(turn: Turn) -> None:
+    """An operator suspended this person (admin pages): no answer and nothing charged, until
+    unsuspended. STOP and HELP, answered above, still work."""
+    account = turn.session.get(ledger.Account, turn.account_id)
+    if account is not None and account.suspended_at is not None:
+        raise ReplyNow("suspended")
+
+
 def monthly_allowance(turn: Turn) -> None:
     """The free monthly allowance, granted lazily on the first message of the month."""
     ledger.grant_monthly_allowance(
@@ -337,7 +344,9 @@ def choose_level(turn: Turn) -> None:
     paying = purchased >= spec.price or payments.has_premium(
         session, turn.account_id, turn.now, catalog.premium.grace_days)
     ceiling = tiers.ceilings(catalog, spec, turn.msg.channel, turn.settings.chat is not None)
-    turn.level = tiers.decide(exposure, ceiling, catalog, paying=paying)
+    # An operator's override (admin pages, with an expiry) replaces the policy's level.
+    turn.level = (tiers.override_of(session, turn.account_id, turn.now)
+                  or tiers.decide(exposure, ceiling, catalog, paying=paying))
     turn.message.level = turn.level
     turn.message.estimate_musd = ceiling[turn.level]
     if turn.level == tiers.PAYMENT_REQUIRED:
@@ -408,6 +417,7 @@ STEPS: tuple[Step, ...] = (
     store_inbound,
     compliance_keywords,
     silence_opted_out,
+    silence_suspended,
     monthly_allowance,
     past_the_cutoff,
     no_text,

@@ -29,7 +29,7 @@ from sqlalchemy.orm import Mapped, Session, mapped_column
 from tokens.base import Base, UTCDateTime, utcnow
 from tokens.catalog import Costs, ModelPrice
 from tokens.errors import InvalidAmount
-from tokens.ledger import month_of
+from tokens.ledger import day_of, month_of
 
 COST_KINDS = ("llm", "messaging", "platform")
 REVENUE_KINDS = ("pack", "subscription", "affiliate")
@@ -134,6 +134,19 @@ class AccountMonthIntent(Base):
     answers: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     tokens_charged: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
     cost_llm_musd: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+
+
+class AccountDay(Base):
+    """One account's day (UTC): its cost and net revenue, µUSD, for the daily chart of the
+    admin overview. Updated with every cost and revenue entry, so the chart reads at most one
+    row per person and day, not every event."""
+
+    __tablename__ = "account_days"
+
+    account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id"), primary_key=True)
+    day: Mapped[str] = mapped_column(String(10), primary_key=True, index=True)
+    cost_musd: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    revenue_musd: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
 
 
 class RevenueEntry(Base):
@@ -393,7 +406,25 @@ def _post(
         if not exists():  # not a concurrent repeat of the key: a real error
             raise
         return False
+    column = "cost_musd" if isinstance(entry, CostEntry) else "revenue_musd"
+    _bump_day(session, account_id, day_of(moment), **{column: entry.amount_musd})
     return True
+
+
+def _bump_day(session: Session, account_id: int, day: str, **increments: int) -> None:
+    """Add `increments` to the account's day row, creating it on first use."""
+    key = (AccountDay.account_id == account_id, AccountDay.day == day)
+    values = {name: getattr(AccountDay, name) + amount for name, amount in increments.items()}
+    statement = (update(AccountDay).where(*key).values(**values)
+                 .execution_options(synchronize_session=False))
+    if session.execute(statement).rowcount == 1:  # type: ignore[attr-defined]
+        return
+    try:
+        with session.begin_nested():
+            session.add(AccountDay(account_id=account_id, day=day, **increments))
+            session.flush()
+    except IntegrityError:
+        session.execute(statement)
 
 
 def _bump(session: Session, account_id: int, label: str, **increments: int) -> None:

@@ -90,7 +90,9 @@ class Account(Base):
 
     `public_id` is the opaque id shown to payment providers (`client_reference_id`); the numeric
     `id` never leaves the database. `balance` caches the posted balance and `held` the pending
-    holds, both in tokens; available = balance - held.
+    holds, both in tokens; available = balance - held. `suspended_at` (with its reason) is set
+    by an operator: a suspended person gets no answers and pays nothing (bot.router); STOP and
+    HELP still work.
     """
 
     __tablename__ = "accounts"
@@ -104,6 +106,8 @@ class Account(Base):
     balance: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
     held: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    suspended_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    suspension_reason: Mapped[str | None] = mapped_column(String(200))
 
 
 class LedgerEntry(Base):
@@ -281,6 +285,14 @@ def month_of(moment: datetime) -> str:
     if moment.tzinfo is not None:
         moment = moment.astimezone(UTC)
     return f"{moment.year:04d}-{moment.month:02d}"
+
+
+def day_of(moment: datetime) -> str:
+    """The calendar day (UTC) of `moment` as "YYYY-MM-DD"; an aware time in another zone is
+    converted to UTC first."""
+    if moment.tzinfo is not None:
+        moment = moment.astimezone(UTC)
+    return f"{moment:%Y-%m-%d}"
 
 
 def next_month_start(moment: datetime) -> datetime:

@@ -37,7 +37,7 @@ from sqlalchemy.orm import Session
 from tokens import costs, ledger
 from tokens.catalog import Catalog
 from tokens.ledger import Account
-from tokens.payments import Checkout, PaymentEvent, Subscription
+from tokens.payments import Checkout, FailedEvent, PaymentEvent, Subscription
 from tokens.providers import PaymentError, PaymentProvider
 
 log = logging.getLogger(__name__)
@@ -159,6 +159,39 @@ def receive_event(
     session.flush()
     log.info("payment event", extra={"type": row.type, "outcome": result.outcome})
     return result
+
+
+def record_failure(session: Session, provider: str, event: dict[str, Any], error: BaseException,
+                   now: datetime) -> None:
+    """Keep (or count again) an event whose handling failed, with the error's type and message
+    (at most 500 characters), for the admin inbox. The caller commits; it runs in a fresh
+    transaction after the failed one was rolled back."""
+    event_id = str(event.get("id", ""))[:255]
+    text = f"{type(error).__name__}: {error}"[:500]
+    row = session.scalars(select(FailedEvent).where(FailedEvent.event_id == event_id)).first()
+    if row is None:
+        try:
+            with session.begin_nested():
+                session.add(FailedEvent(
+                    provider=provider, event_id=event_id, type=str(event.get("type", ""))[:100],
+                    payload=json.dumps(event, separators=(",", ":")), error=text, attempts=1,
+                    first_failed_at=now, last_failed_at=now))
+                session.flush()
+            return
+        except IntegrityError:
+            row = session.scalars(
+                select(FailedEvent).where(FailedEvent.event_id == event_id)).one()
+    row.error, row.last_failed_at, row.resolved_at = text, now, None
+    row.attempts += 1
+    session.flush()
+
+
+def resolve_failure(session: Session, event_id: str, now: datetime) -> None:
+    """Mark a failed event handled (by the provider's retry or an operator's reprocess)."""
+    row = session.scalars(select(FailedEvent).where(FailedEvent.event_id == event_id)).first()
+    if row is not None and row.resolved_at is None:
+        row.resolved_at = now
+        session.flush()
 
 
 # --- checkouts -----------------------------------------------------------------------------

@@ -133,6 +133,28 @@ class PaymentEvent(Base):
     received_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
 
+class FailedEvent(Base):
+    """A provider event whose handling failed (the webhook answered 500), with the error.
+
+    The event itself is not in `PaymentEvent` (its transaction rolled back), so the provider's
+    retry, or an operator's reprocess from the admin inbox, applies it normally; then
+    `resolved_at` is set. `payload` is the verified event as received.
+    """
+
+    __tablename__ = "failed_payment_events"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    provider: Mapped[str] = mapped_column(String(16))
+    event_id: Mapped[str] = mapped_column(String(255), unique=True)
+    type: Mapped[str] = mapped_column(String(100))
+    payload: Mapped[str] = mapped_column(Text)
+    error: Mapped[str] = mapped_column(String(500))
+    attempts: Mapped[int] = mapped_column(Integer, default=1, server_default="1")
+    first_failed_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    last_failed_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    resolved_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), index=True)
+
+
 class Subscription(Base):
     """A person's premium subscription as the provider last reported it.
 

@@ -1,12 +1,15 @@
 """The month's profitability report, read from the monthly rollups (economy.md, "Reports").
 
-It reads one `AccountMonth` row per person (and the per-intent rows for the top intents), so
-its time grows with the number of people, not of events. Money is integer µUSD; ratios are
+It reads one `AccountMonth` row per person, the per-intent rows for the top intents and the
+per-day rows (`AccountDay`) for the daily chart, so its time grows with the number of people
+(and days), not of events. The month's people are everyone with activity in it: a message, a
+cost or revenue (a subscriber who did not write still brings revenue). Money is integer µUSD; ratios are
 `Decimal`, rounded to 4 places.
 """
 
 from __future__ import annotations
 
+import calendar
 import csv
 import io
 from collections.abc import Mapping
@@ -14,12 +17,12 @@ from dataclasses import asdict, dataclass, field
 from decimal import ROUND_HALF_EVEN, Decimal
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session
 
 from tokens import tiers
 from tokens.catalog import Catalog
-from tokens.costs import AccountMonth, AccountMonthIntent
+from tokens.costs import AccountDay, AccountMonth, AccountMonthIntent
 
 # economy.md, "Reports": the share of people at or above a $3.00 target (profit per person).
 DEFAULT_TARGET_MUSD = 3_000_000
@@ -61,7 +64,7 @@ class MonthReport:
 
     Attributes:
         month: "YYYY-MM".
-        active_people: people who wrote at least once this month.
+        active_people: people with activity this month (a message, a cost or revenue).
         paying_people: people with revenue this month.
         revenue_musd, cost_musd, profit_musd: totals, µUSD.
         gross_margin: profit / revenue (None without revenue).
@@ -70,9 +73,11 @@ class MonthReport:
         share_profitable: share of active people with profit >= 0.
         share_at_target: share of active people with profit >= the target.
         revenue_mix: kind -> share of revenue.
+        revenue_by_kind: kind -> revenue, µUSD.
         level_distribution: level (by this month's exposure) -> active people.
         top_intents: (intent, LLM µUSD, answers), dearest first, at most 10.
         pack_conversion: share of active people who bought a pack this month.
+        daily: (UTC day "YYYY-MM-DD", revenue µUSD, cost µUSD) for every day of the month.
         people: every active person's row, by account id.
     """
 
@@ -88,9 +93,11 @@ class MonthReport:
     share_profitable: Decimal | None
     share_at_target: Decimal | None
     revenue_mix: dict[str, Decimal] = field(default_factory=dict)
+    revenue_by_kind: dict[str, int] = field(default_factory=dict)
     level_distribution: dict[str, int] = field(default_factory=dict)
     top_intents: list[tuple[str, int, int]] = field(default_factory=list)
     pack_conversion: Decimal | None = None
+    daily: list[tuple[str, int, int]] = field(default_factory=list)
     people: list[PersonRow] = field(default_factory=list)
 
     def as_json(self) -> dict[str, Any]:
@@ -109,7 +116,11 @@ def month_report(session: Session, label: str, catalog: Catalog,
     """The report of month `label` ("YYYY-MM")."""
     rows = session.scalars(
         select(AccountMonth)
-        .where(AccountMonth.month == label, AccountMonth.messages_in > 0)
+        .where(AccountMonth.month == label, or_(
+            AccountMonth.messages_in > 0, AccountMonth.cost_llm_musd != 0,
+            AccountMonth.cost_messaging_musd != 0, AccountMonth.cost_platform_musd != 0,
+            AccountMonth.revenue_pack_musd != 0, AccountMonth.revenue_subscription_musd != 0,
+            AccountMonth.revenue_affiliate_musd != 0))
         .order_by(AccountMonth.account_id)
     ).all()
     zero = dict.fromkeys(tiers.LEVELS, 0)
@@ -158,11 +169,29 @@ def month_report(session: Session, label: str, catalog: Catalog,
         share_profitable=_ratio(sum(1 for p in people if p.profit_musd >= 0), active),
         share_at_target=_ratio(sum(1 for p in people if p.profit_musd >= target_musd), active),
         revenue_mix={kind: _ratio(amount, revenue) or Decimal(0) for kind, amount in mix.items()},
+        revenue_by_kind=mix,
         level_distribution=levels,
         top_intents=[(name, int(llm or 0), int(answers or 0)) for name, llm, answers in intents],
         pack_conversion=_ratio(sum(1 for p in people if p.revenue_pack_musd > 0), active),
+        daily=daily_totals(session, label),
         people=people,
     )
+
+
+def daily_totals(session: Session, label: str) -> list[tuple[str, int, int]]:
+    """(day "YYYY-MM-DD", revenue µUSD, cost µUSD) for each day of month `label` (UTC), days
+    without activity as zeros, from the per-account daily rollup."""
+    year, month = (int(part) for part in label.split("-"))
+    days = [f"{label}-{day:02d}" for day in range(1, calendar.monthrange(year, month)[1] + 1)]
+    sums = {
+        day: (int(revenue or 0), int(cost or 0))
+        for day, revenue, cost in session.execute(
+            select(AccountDay.day, func.sum(AccountDay.revenue_musd),
+                   func.sum(AccountDay.cost_musd))
+            .where(AccountDay.day >= days[0], AccountDay.day <= days[-1])
+            .group_by(AccountDay.day))
+    }
+    return [(day, *sums.get(day, (0, 0))) for day in days]
 
 
 CSV_FIELDS = ("account_id", "level", "messages_in", "messages_out", "tokens_charged",

@@ -151,6 +151,8 @@ class TierState(Base):
         last_upsell_level: the level that line explained.
         refusal_day: the UTC day ("YYYY-MM-DD") `refusals` counts.
         refusals: refusal replies sent that day (at most `refusals_per_day`, then silence).
+        override_level, override_until: an operator's level for this person until then (UTC),
+            used instead of `decide` (admin pages; the operator owns the cost it allows).
     """
 
     __tablename__ = "tier_states"
@@ -160,6 +162,8 @@ class TierState(Base):
     last_upsell_level: Mapped[str | None] = mapped_column(String(16))
     refusal_day: Mapped[str | None] = mapped_column(String(10))
     refusals: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    override_level: Mapped[str | None] = mapped_column(String(16))
+    override_until: Mapped[datetime | None] = mapped_column(UTCDateTime())
 
 
 @dataclass(frozen=True)
@@ -178,6 +182,15 @@ def state_of(session: Session, account_id: int) -> TierState:
         session.add(state)
         session.flush()
     return state
+
+
+def override_of(session: Session, account_id: int, now: datetime) -> str | None:
+    """The operator's level for this person at `now` (UTC), or None when none is in force."""
+    state = session.get(TierState, account_id)
+    if (state is None or state.override_level is None or state.override_until is None
+            or state.override_until <= now):
+        return None
+    return state.override_level
 
 
 def take_upsell(session: Session, account_id: int, catalog: Catalog, now: datetime,

@@ -1,62 +1,10 @@
-"""Admin surfaces. For now the JSON and CSV report API (`/admin/api/...`), behind the
-`ADMIN_API_TOKEN` bearer token; the login-protected pages come with issue #7."""
+"""Admin surfaces: the login-protected pages (`/admin/...`, `app.admin.web`) and the bearer-token
+API (`/admin/api/...`, `app.admin.api`)."""
 
 from __future__ import annotations
 
-import hmac
-import re
+from app.admin import ops, pages  # noqa: F401  (their routes join `web.bp`)
+from app.admin.api import bp as api_bp
+from app.admin.web import bp as pages_bp
 
-from flask import Blueprint, Response, current_app, jsonify, request
-from flask.typing import ResponseReturnValue
-from sqlalchemy import select
-
-from app.extensions import db
-from bot.contacts import mask_address
-from bot.models import Contact
-from tokens.base import utcnow
-from tokens.ledger import month_of
-from tokens.reports import month_report, people_csv
-
-bp = Blueprint("admin_api", __name__, url_prefix="/admin/api")
-MONTH = re.compile(r"\d{4}-(0[1-9]|1[0-2])")
-
-
-@bp.before_request
-def require_token() -> ResponseReturnValue | None:
-    """Every API call needs `Authorization: Bearer <ADMIN_API_TOKEN>`; without the setting
-    the API is off (404)."""
-    token = current_app.config.get("ADMIN_API_TOKEN")
-    if not token:
-        return Response("the admin API is off: set ADMIN_API_TOKEN\n", status=404,
-                        content_type="text/plain; charset=utf-8")
-    given = request.headers.get("Authorization", "")
-    scheme, _, value = given.partition(" ")
-    if scheme.lower() != "bearer" or not hmac.compare_digest(value.strip().encode(),
-                                                              token.encode()):
-        return Response("a valid bearer token is required\n", status=401,
-                        headers={"WWW-Authenticate": 'Bearer realm="admin"'},
-                        content_type="text/plain; charset=utf-8")
-    return None
-
-
-@bp.get("/report")
-def report() -> ResponseReturnValue:
-    """The month's report as JSON (`?month=YYYY-MM`, default this month), or as CSV with one
-    row per person (`&format=csv`, phones masked). 400 for a malformed month."""
-    label = request.args.get("month") or month_of(utcnow())
-    if not MONTH.fullmatch(label):
-        return jsonify(error="month must be YYYY-MM, e.g. 2026-11"), 400
-    catalog = current_app.extensions["bot_settings"].catalog
-    result = month_report(db.session, label, catalog)
-    if request.args.get("format") == "csv":
-        return Response(people_csv(result, masked_phones()),
-                        content_type="text/csv; charset=utf-8",
-                        headers={"Content-Disposition":
-                                 f'attachment; filename="report-{label}.csv"'})
-    return jsonify(result.as_json())
-
-
-def masked_phones() -> dict[int, str]:
-    """Account id -> the masked phone (or WhatsApp id) of its person, for reports."""
-    rows = db.session.execute(select(Contact.account_id, Contact.address)).all()
-    return {account_id: mask_address(address) for account_id, address in rows}
+__all__ = ["api_bp", "pages_bp"]

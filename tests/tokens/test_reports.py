@@ -57,28 +57,36 @@ def fill_month(session) -> dict[str, int]:
 def test_the_months_numbers_by_hand(session, month):
     report = month_report(session, "2026-11", CATALOG)
     # Costs: Ana 2x7,900 in + 2x7,900 out + 2x200 + 390 = 32,390; Ben 7,900 + 7,900 + 200 +
-    # 600,000 = 616,000; Cleo 7,500 + 7,500 + 200 = 15,200. Dan wrote nothing: not active.
-    assert [p.account_id for p in report.people] == [month["ana"], month["ben"], month["cleo"]]
-    assert [p.cost_musd for p in report.people] == [32_390, 616_000, 15_200]
-    assert (report.active_people, report.paying_people) == (3, 2)
-    assert report.revenue_musd == 10_100_000 and report.cost_musd == 663_590
-    assert report.profit_musd == 9_436_410
-    assert report.gross_margin == Decimal("0.9343")  # 9,436,410 / 10,100,000
-    assert report.arpu_musd == 3_366_666 and report.average_cost_musd == 221_196
-    assert report.share_profitable == Decimal("0.6667")  # Ana and Cleo
-    assert report.share_at_target == Decimal("0.6667")  # both >= $3.00 profit
-    assert report.pack_conversion == Decimal("0.3333")  # Ana
-    assert report.revenue_mix == {"pack": Decimal("0.4950"), "subscription": Decimal("0.4950"),
-                                  "affiliate": Decimal("0.0099")}
+    # 600,000 = 616,000; Cleo 7,500 + 7,500 + 200 = 15,200. Dan wrote nothing but brought
+    # revenue: he is one of the month's people.
+    assert [p.account_id for p in report.people] == [month["ana"], month["ben"], month["cleo"],
+                                                     month["dan"]]
+    assert [p.cost_musd for p in report.people] == [32_390, 616_000, 15_200, 0]
+    assert (report.active_people, report.paying_people) == (4, 3)
+    assert report.revenue_musd == 10_150_000 and report.cost_musd == 663_590
+    assert report.profit_musd == 9_486_410
+    assert report.gross_margin == Decimal("0.9346")  # 9,486,410 / 10,150,000 = 0.93462...
+    assert report.arpu_musd == 2_537_500 and report.average_cost_musd == 165_897
+    assert report.share_profitable == Decimal("0.7500")  # Ana, Cleo and Dan
+    assert report.share_at_target == Decimal("0.5000")  # Ana and Cleo >= $3.00 profit
+    assert report.pack_conversion == Decimal("0.2500")  # Ana
+    # 5,000,000 / 10,150,000 = 0.49261...; 150,000 / 10,150,000 = 0.01477...
+    assert report.revenue_mix == {"pack": Decimal("0.4926"), "subscription": Decimal("0.4926"),
+                                  "affiliate": Decimal("0.0148")}
+    assert report.revenue_by_kind == {"pack": 5_000_000, "subscription": 5_000_000,
+                                      "affiliate": 150_000}
     # Ben's exposure, $0.616, is past $0.50: REDUCED; the others paid: NORMAL.
-    assert report.level_distribution == {"NORMAL": 2, "REDUCED": 1, "BASIC": 0, "AFFILIATE": 0,
+    assert report.level_distribution == {"NORMAL": 3, "REDUCED": 1, "BASIC": 0, "AFFILIATE": 0,
                                          "PAYMENT_REQUIRED": 0}
+    # Everything happened on the 15th; the other 29 days are zeros.
+    assert len(report.daily) == 30 and report.daily[14] == ("2026-11-15", 10_150_000, 663_590)
+    assert sum(revenue for _, revenue, _ in report.daily) == report.revenue_musd
     assert report.top_intents == [("chat", 600_000, 0), ("meal_plan", 390, 0)]
 
 
 def test_the_report_as_json_and_an_empty_month(session, month):
     data = month_report(session, "2026-11", CATALOG).as_json()
-    assert json.loads(json.dumps(data))["gross_margin"] == "0.9343"
+    assert json.loads(json.dumps(data))["gross_margin"] == "0.9346"
     assert data["people"][1]["profit_musd"] == -616_000
     empty = month_report(session, "2026-10", CATALOG)
     assert (empty.active_people, empty.gross_margin, empty.arpu_musd) == (0, None, 0)
@@ -87,11 +95,11 @@ def test_the_report_as_json_and_an_empty_month(session, month):
 def test_the_report_command(runner, session, month):
     text = runner.invoke(args=["report", "--month", "2026-11"])
     assert text.exit_code == 0, text.output
-    assert "3 active people, 2 paying" in text.output
-    assert "Revenue $10.100000, COGS $0.663590" in text.output
+    assert "4 active people, 3 paying" in text.output
+    assert "Revenue $10.150000, COGS $0.663590" in text.output
     rows = runner.invoke(args=["report", "--month", "2026-11", "--csv"]).output.splitlines()
     assert rows[0].startswith("phone,account_id,level")
-    assert len(rows) == 4 and "+15550000001" not in "\n".join(rows)
+    assert len(rows) == 5 and "+15550000001" not in "\n".join(rows)
     assert rows[2].split(",")[2] == "REDUCED"
     bad = runner.invoke(args=["report", "--month", "November"])
     assert bad.exit_code != 0 and "YYYY-MM" in bad.output
@@ -122,13 +130,13 @@ def test_the_report_api_needs_the_bearer_token(api):
     assert client.get("/admin/api/report?month=Nov", headers=ok).status_code == 400
     month_fixture = fill_month(db.session)  # the same hand-computed month
     data = client.get("/admin/api/report?month=2026-11", headers=ok).get_json()
-    assert data["revenue_musd"] == 10_100_000 and data["gross_margin"] == "0.9343"
+    assert data["revenue_musd"] == 10_150_000 and data["gross_margin"] == "0.9346"
     assert [p["account_id"] for p in data["people"]] == [
-        month_fixture["ana"], month_fixture["ben"], month_fixture["cleo"]]
+        month_fixture["ana"], month_fixture["ben"], month_fixture["cleo"], month_fixture["dan"]]
     csv_text = client.get("/admin/api/report?month=2026-11&format=csv",
                           headers=ok).get_data(as_text=True)
     assert csv_text.startswith("phone,account_id,level")
-    assert "+15550000001" not in csv_text and len(csv_text.splitlines()) == 4
+    assert "+15550000001" not in csv_text and len(csv_text.splitlines()) == 5
 
 
 def test_without_a_token_setting_the_api_is_off(client):

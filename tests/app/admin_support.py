@@ -1,0 +1,38 @@
+"""Helpers for the admin pages' tests: an admin user and a logged-in test client."""
+
+from __future__ import annotations
+
+import re
+
+from flask import Flask
+from flask.testing import FlaskClient
+
+from app.extensions import db
+from tokens.admin import create_user
+
+PASSWORD = "correct horse battery staple"
+CSRF = re.compile(r'name="csrf_token" value="([^"]+)"')
+
+
+def make_admin(username: str = "alice", password: str = PASSWORD) -> None:
+    """Create an admin user (committed)."""
+    create_user(db.session, username, password)
+    db.session.commit()
+
+
+def csrf_token(client: FlaskClient, path: str = "/admin/login") -> str:
+    """The CSRF token of the form on `path` (the session's token)."""
+    page = client.get(path)
+    found = CSRF.search(page.get_data(as_text=True))
+    assert found, f"no CSRF token on {path}"
+    return found.group(1)
+
+
+def logged_in(app: Flask, username: str = "alice", password: str = PASSWORD) -> FlaskClient:
+    """A test client logged in as a new admin `username`."""
+    make_admin(username, password)
+    client = app.test_client()
+    response = client.post("/admin/login", data={
+        "username": username, "password": password, "csrf_token": csrf_token(client)})
+    assert response.status_code == 303, response.get_data(as_text=True)
+    return client

@@ -1,0 +1,284 @@
+"""Operators: admin users (argon2id password hashes) and what they do to a person's account.
+
+Every operation here locks the person's account row first (as every path does), writes its
+effect and an `AdminAction` naming the admin in the same transaction, and flushes; the caller
+commits. Token operations go through the ledger with a caller-supplied idempotency key (the
+admin form's nonce), so a double-submitted form changes nothing the second time.
+
+Password hashing is argon2-cffi's `PasswordHasher` with its defaults (argon2id, RFC 9106's
+low-memory profile); a hash made with older parameters is replaced at the next login.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import datetime
+
+from argon2 import PasswordHasher
+from argon2.exceptions import InvalidHashError, VerificationError
+from sqlalchemy import ForeignKey, Integer, String, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Mapped, Session, mapped_column
+
+from tokens import ledger, tiers
+from tokens.base import Base, UTCDateTime, utcnow
+from tokens.errors import TokensError, UnknownAccount
+
+USERNAME = re.compile(r"[a-z0-9][a-z0-9._-]{1,62}")
+MIN_PASSWORD_CHARS = 12  # NIST SP 800-63B asks for at least 8; operators hold money powers.
+ACTIONS = ("grant", "adjust", "suspend", "unsuspend", "override", "reprocess", "requeue")
+_hasher = PasswordHasher()
+# Checked against when the username is unknown, so a login takes as long either way.
+_DUMMY_HASH = _hasher.hash("not a password of anyone")
+
+
+class AdminError(TokensError):
+    """An admin operation was refused (bad username or password, unknown level, ...); the
+    message says why, for the form or the CLI."""
+
+
+class AdminUser(Base):
+    """An operator who can log in to the admin pages.
+
+    Attributes:
+        username: lower-case login name (`USERNAME`).
+        password_hash: the argon2id hash (PHC string).
+        session_epoch: bumped at logout; a session cookie carries the epoch it was issued in,
+            so logging out ends that admin's sessions everywhere.
+        last_login_at: the last successful login (UTC).
+    """
+
+    __tablename__ = "admin_users"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    username: Mapped[str] = mapped_column(String(64), unique=True)
+    password_hash: Mapped[str] = mapped_column(String(255))
+    session_epoch: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    last_login_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+
+class AdminAction(Base):
+    """What an admin did, and to whom: the audit trail of the admin pages.
+
+    Attributes:
+        admin_id: who.
+        account_id: whose account (None for actions on the service, e.g. a reprocessed event).
+        action: one of `ACTIONS`.
+        detail: what exactly, e.g. "+50 tokens: refund for outage" (at most 500 characters).
+    """
+
+    __tablename__ = "admin_actions"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    admin_id: Mapped[int] = mapped_column(ForeignKey("admin_users.id"), index=True)
+    account_id: Mapped[int | None] = mapped_column(ForeignKey("accounts.id"), index=True)
+    action: Mapped[str] = mapped_column(String(32))
+    detail: Mapped[str] = mapped_column(String(500))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+@dataclass(frozen=True)
+class Actor:
+    """The admin acting, as the session knows them."""
+
+    id: int
+    username: str
+
+    @property
+    def label(self) -> str:
+        """The ledger's `actor` field: "admin:<username>"."""
+        return f"admin:{self.username}"
+
+
+def create_user(session: Session, username: str, password: str,
+                now: datetime | None = None) -> AdminUser:
+    """Add an admin user.
+
+    Raises:
+        AdminError: the username is not 2-63 characters of a-z, 0-9, ".", "_", "-" starting
+            with a letter or digit; it is taken; or the password is shorter than
+            `MIN_PASSWORD_CHARS` characters.
+    """
+    name = username.strip().lower()
+    if not USERNAME.fullmatch(name):
+        raise AdminError("a username is 2-63 characters: a-z, 0-9, '.', '_' or '-'")
+    if len(password) < MIN_PASSWORD_CHARS:
+        raise AdminError(f"a password needs at least {MIN_PASSWORD_CHARS} characters")
+    user = AdminUser(username=name, password_hash=_hasher.hash(password),
+                     created_at=now or utcnow(), session_epoch=0)
+    try:
+        with session.begin_nested():
+            session.add(user)
+            session.flush()
+    except IntegrityError:
+        raise AdminError(f"the username {name!r} is taken") from None
+    return user
+
+
+def set_password(session: Session, username: str, password: str) -> AdminUser:
+    """Replace an admin's password and end their sessions.
+
+    Raises:
+        AdminError: no such admin, or the password is too short.
+    """
+    user = session.scalars(select(AdminUser).where(
+        AdminUser.username == username.strip().lower())).first()
+    if user is None:
+        raise AdminError(f"no admin is called {username!r}")
+    if len(password) < MIN_PASSWORD_CHARS:
+        raise AdminError(f"a password needs at least {MIN_PASSWORD_CHARS} characters")
+    user.password_hash = _hasher.hash(password)
+    user.session_epoch += 1
+    session.flush()
+    return user
+
+
+def authenticate(session: Session, username: str, password: str,
+                 now: datetime | None = None) -> AdminUser | None:
+    """The admin whose username and password these are, or None. An unknown username costs the
+    same hash check as a wrong password. Rehashes outdated parameters; records the login."""
+    user = session.scalars(select(AdminUser).where(
+        AdminUser.username == username.strip().lower())).first()
+    try:
+        _hasher.verify(user.password_hash if user else _DUMMY_HASH, password)
+    except (VerificationError, InvalidHashError):
+        return None
+    if user is None:
+        return None
+    if _hasher.check_needs_rehash(user.password_hash):
+        user.password_hash = _hasher.hash(password)
+    user.last_login_at = now or utcnow()
+    session.flush()
+    return user
+
+
+def end_sessions(session: Session, admin_id: int) -> None:
+    """Log an admin out everywhere (their session cookies stop being accepted)."""
+    user = session.get(AdminUser, admin_id)
+    if user is not None:
+        user.session_epoch += 1
+        session.flush()
+
+
+def record(session: Session, actor: Actor, action: str, detail: str,
+           account_id: int | None = None, now: datetime | None = None) -> AdminAction:
+    """Add an entry to the audit trail (`AdminAction`)."""
+    row = AdminAction(admin_id=actor.id, account_id=account_id, action=action,
+                      detail=detail[:500], created_at=now or utcnow())
+    session.add(row)
+    session.flush()
+    return row
+
+
+def grant_tokens(session: Session, actor: Actor, account_id: int, tokens: int, reason: str,
+                 key: str, now: datetime | None = None) -> ledger.Posted:
+    """Give the person `tokens` goodwill tokens (bucket "bonus", no expiry) with a reason.
+
+    Args:
+        key: the form's idempotency key; the same key posts once.
+
+    Raises:
+        AdminError: no reason. `InvalidAmount` (not a positive integer) and
+            `UnknownAccount` come from the ledger.
+    """
+    if not reason.strip():
+        raise AdminError("a grant needs a reason")
+    ledger.lock_account(session, account_id)
+    posted = ledger.grant(session, account_id, tokens, key=f"admin-grant:{key}",
+                          bucket="bonus", memo=reason.strip()[:200], actor=actor.label,
+                          now=now)
+    if not posted.replayed:
+        record(session, actor, "grant", f"+{tokens} tokens: {reason.strip()}", account_id, now)
+    return posted
+
+
+def adjust_tokens(session: Session, actor: Actor, account_id: int, tokens: int, reason: str,
+                  key: str, now: datetime | None = None) -> ledger.Posted:
+    """Correct the balance by `tokens` (signed, non-zero) with a reason (`ledger.adjust`).
+
+    Raises:
+        InvalidAmount: zero, or no reason. InsufficientTokens: taking more than is available.
+        UnknownAccount: no such account.
+    """
+    ledger.lock_account(session, account_id)
+    posted = ledger.adjust(session, account_id, tokens, key=f"admin-adjust:{key}",
+                           reason=reason, actor=actor.label, now=now)
+    if not posted.replayed:
+        record(session, actor, "adjust", f"{tokens:+d} tokens: {reason.strip()}", account_id,
+               now)
+    return posted
+
+
+def suspend(session: Session, actor: Actor, account_id: int, reason: str,
+            now: datetime | None = None) -> None:
+    """Stop answering the person (bot.router `silence_suspended`) until unsuspended.
+
+    Raises:
+        AdminError: no reason. UnknownAccount: no such account.
+    """
+    if not reason.strip():
+        raise AdminError("a suspension needs a reason")
+    account = _locked(session, account_id)
+    if account.suspended_at is not None:
+        return
+    account.suspended_at = now or utcnow()
+    account.suspension_reason = reason.strip()[:200]
+    record(session, actor, "suspend", reason.strip(), account_id, now)
+
+
+def unsuspend(session: Session, actor: Actor, account_id: int,
+              now: datetime | None = None) -> None:
+    """Answer the person again.
+
+    Raises:
+        UnknownAccount: no such account.
+    """
+    account = _locked(session, account_id)
+    if account.suspended_at is None:
+        return
+    account.suspended_at = None
+    account.suspension_reason = None
+    record(session, actor, "unsuspend", "", account_id, now)
+
+
+def override_level(session: Session, actor: Actor, account_id: int, level: str | None,
+                   until: datetime | None, reason: str, now: datetime | None = None) -> None:
+    """Set the person's restriction level until `until` (UTC), or clear it (`level` None).
+
+    The override replaces `tiers.decide` in the router; a better level than the policy's lets
+    the person cost more than the loss ceiling, which the operator accepts by setting it.
+
+    Raises:
+        AdminError: an unknown level, an expiry not in the future, or no reason.
+        UnknownAccount: no such account.
+    """
+    moment = now or utcnow()
+    _locked(session, account_id)
+    state = tiers.state_of(session, account_id)
+    if level is None:
+        if state.override_level is None:
+            return
+        state.override_level = state.override_until = None
+        record(session, actor, "override", f"cleared: {reason.strip()}".rstrip(": "),
+               account_id, now)
+        return
+    if level not in tiers.LEVELS:
+        raise AdminError(f"unknown level {level!r} (one of {', '.join(tiers.LEVELS)})")
+    if until is None or until <= moment:
+        raise AdminError("an override needs an expiry in the future")
+    if not reason.strip():
+        raise AdminError("an override needs a reason")
+    state.override_level, state.override_until = level, until
+    record(session, actor, "override",
+           f"{level} until {until:%Y-%m-%d %H:%M} UTC: {reason.strip()}", account_id, now)
+
+
+def _locked(session: Session, account_id: int) -> ledger.Account:
+    ledger.lock_account(session, account_id)
+    account = session.get(ledger.Account, account_id)
+    if account is None:
+        raise UnknownAccount(f"no account {account_id}")
+    session.refresh(account)
+    return account
