@@ -52,6 +52,9 @@ SECURITY_HEADERS = {
 @bp.before_request
 def require_admin() -> ResponseReturnValue | None:
     """Check the CSRF token of every POST, then the session (except on the login page)."""
+    # Flask-WTF caches the form token in `g`, which outlives a request when an app context was
+    # pushed before it (tests, scripts): the token must come from this request's session.
+    g.pop("csrf_token", None)
     if request.method == "POST":
         csrf.protect()
     g.admin = _session_admin()
@@ -123,6 +126,7 @@ def login() -> ResponseReturnValue:
                                error="Wrong username or password."), 401
     db.session.commit()
     session.clear()  # a new session: nothing from before the login carries over
+    g.pop("csrf_token", None)
     session.permanent = True
     session["admin_id"], session["admin_epoch"] = user.id, user.session_epoch
     log.info("admin logged in", extra={"admin": user.username})
