@@ -3,8 +3,8 @@
 It reads one `AccountMonth` row per person, the per-intent rows for the top intents and the
 per-day rows (`AccountDay`) for the daily chart, so its time grows with the number of people
 (and days), not of events. The month's people are everyone with activity in it: a message, a
-cost or revenue (a subscriber who did not write still brings revenue). Money is integer µUSD; ratios are
-`Decimal`, rounded to 4 places.
+cost or revenue (a subscriber who did not write still brings revenue). Money is integer µUSD;
+ratios are `Decimal`, rounded to 4 places.
 """
 
 from __future__ import annotations
