@@ -52,12 +52,20 @@ SORTS: dict[str, ColumnElement[Any]] = {
 
 
 @bp.app_template_filter("usd")
-def usd(amount_musd: int | None, places: int = 4) -> str:
-    """µUSD as dollars for display, e.g. 15_800 -> "$0.0158" (`places` decimals, rounded half
-    even; a minus sign before the dollar sign)."""
+def usd(amount_musd: int | None, places: int | None = None) -> str:
+    """µUSD as dollars for display, a minus sign before the dollar sign. With `places`,
+    rounded (half even) to that many decimals, e.g. usd(9_486_410, 2) -> "$9.49"; without,
+    exact: all six decimals less trailing zeros, at least two, e.g. 15_800 -> "$0.0158",
+    32 -> "$0.000032", 5_000_000 -> "$5.00"."""
     if amount_musd is None:
         return "-"
-    value = (Decimal(amount_musd) / 1_000_000).quantize(Decimal(1).scaleb(-places))
+    value = Decimal(amount_musd) / 1_000_000
+    if places is not None:
+        value = value.quantize(Decimal(1).scaleb(-places))
+    else:
+        value = value.quantize(Decimal("0.000001")).normalize()
+        if value.as_tuple().exponent > -2:  # type: ignore[operator]
+            value = value.quantize(Decimal("0.01"))
     return f"-${-value:,}" if value < 0 else f"${value:,}"
 
 
