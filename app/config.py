@@ -107,6 +107,10 @@ class Config:
         # when configured, so every web process shares the count).
         self.ADMIN_LOGIN_RATE_LIMIT = env("ADMIN_LOGIN_RATE_LIMIT") or "5 per minute;30 per hour"
         self.RATELIMIT_STORAGE_URI = self.REDIS_URL or "memory://"
+        # Redis down: count in this process instead, so admins can still log in (and see it).
+        self.RATELIMIT_IN_MEMORY_FALLBACK_ENABLED = True
+        # Per-sender limits on inbound messages (messaging.md; bot.ratelimit).
+        self.SENDER_RATE_LIMIT = env("SENDER_RATE_LIMIT") or "10 per minute;100 per hour"
         self.RATELIMIT_HEADERS_ENABLED = True
         self.TRUSTED_PROXY_HOPS = _count(env, "TRUSTED_PROXY_HOPS")
         self._check_and_fill()

@@ -10,6 +10,7 @@ import pytest
 from sqlalchemy import func, select
 
 from app.config import Config
+from app.extensions import db
 from bot.models import Contact
 from tests.app.admin_support import PASSWORD, csrf_token, logged_in, make_admin
 from tests.app.test_twilio_webhook import messages_of
@@ -311,3 +312,20 @@ def test_a_tier_override_applies_until_it_expires(app, client, session):
     assert "meal plan" in messages_of(post_signed(client, sms("meal plan", sid="SM3")))[0].lower()
     details = session.scalars(select(AdminAction.detail)).all()
     assert details and details[0].startswith("PAYMENT_REQUIRED until")
+
+
+def test_admins_can_log_in_while_redis_is_down(database_url, twilio_api):
+    """The login limit counts in memory when Redis is unreachable (the Queues page must stay
+    reachable during the outage it shows)."""
+    from app import create_app
+    from tests.conftest import config_for, queued_environment
+
+    env = queued_environment("redis://127.0.0.1:9/0", twilio_api, None)
+    application = create_app(config_for(database_url, **env))
+    with application.app_context():
+        try:
+            client = logged_in(application)
+            assert client.get("/admin/queues").status_code == 200
+        finally:
+            db.session.remove()
+            db.engine.dispose()
