@@ -14,6 +14,7 @@ from app.config import DEVELOPMENT_TWILIO_AUTH_TOKEN, PROJECT_ROOT, Config, Conf
 from app.extensions import configure_sqlite, csrf, db, limiter, migrate, render_item
 from bot.llm import AnswerCache, CachedChat, ChatClient, MemoryCache, OpenAIChat, RedisCache
 from bot.outbound import OutboundSettings
+from bot.ratelimit import SenderLimits
 from bot.router import BotSettings
 from tokens.catalog import DEFAULT_TIER, Catalog, load_catalog
 from tokens.errors import CatalogError
@@ -74,9 +75,14 @@ def create_app(config_class: type[Config] = Config) -> Flask:
     except CatalogError as exc:
         raise ConfigError(f"ECONOMY_FILE: {exc}") from exc
     catalog = _with_model_override(catalog, app.config["OPENAI_MODEL"])
+    try:
+        sender_limits = SenderLimits.from_settings(app.config["SENDER_RATE_LIMIT"],
+                                                   app.config["REDIS_URL"])
+    except ValueError as exc:
+        raise ConfigError(f"SENDER_RATE_LIMIT: {exc}") from exc
     app.extensions["bot_settings"] = BotSettings(
         catalog=catalog, public_base_url=app.config["PUBLIC_BASE_URL"],
-        chat=_chat_client(app, catalog),
+        chat=_chat_client(app, catalog), sender_limits=sender_limits,
     )
     app.extensions["outbound"] = OutboundSettings(
         status_callback_url=app.config["PUBLIC_BASE_URL"] + "/webhooks/twilio/status",

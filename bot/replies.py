@@ -136,6 +136,8 @@ NO_TEXT = (
 )
 NOTHING_MORE = "There is nothing more to show. Ask me something new, or text HELP."
 SKILL_FAILED = "Sorry, I could not answer that just now. Nothing was charged; please try again."
+THROTTLED = ("You're sending messages faster than I can answer. Please wait a few minutes, "
+             "then try again. Nothing was charged.")
 OFFLINE_FREE = "(A shorter answer, as our assistant is busy. Nothing was charged.)"
 TOOK_TOO_LONG = (
     "Sorry, that took too long to answer. Nothing was charged; please ask again."

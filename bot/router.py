@@ -44,6 +44,7 @@ from bot.intents.llm import LlmSkill
 from bot.llm import ChatClient
 from bot.messages import InboundMessage
 from bot.models import Contact, Message
+from bot.ratelimit import SenderLimits
 from bot.segments import (
     MAX_MESSAGE_CHARS,
     MORE_HINT,
@@ -90,12 +91,14 @@ class BotSettings:
             Twilio answers them itself on SMS (default opt-out handling); on WhatsApp it does
             not, so the app sends the one confirmation.
         chat: the LLM client when one is configured (`OPENAI_API_KEY`); None: offline skills.
+        sender_limits: per-sender rate limits (`bot.ratelimit`); None: no limits (router tests).
     """
 
     catalog: Catalog
     public_base_url: str
     app_confirms_opt_out: frozenset[str] = frozenset({"whatsapp"})
     chat: ChatClient | None = None
+    sender_limits: SenderLimits | None = None
 
     def pay_url(self, token: str) -> str:
         """The public URL of a pay link token."""
@@ -107,9 +110,10 @@ class Outcome:
     """What the router did with one inbound message.
 
     Attributes:
-        kind: "duplicate", "opted_out", "suspended", "opt_out", "opt_in", "help", "no_text",
-            "balance", "buy", "premium", "more", "insufficient", "refused" (PAYMENT_REQUIRED),
-            "offers" (AFFILIATE), "queued" (the skill runs in a job), "failed" or "answered".
+        kind: "duplicate", "opted_out", "suspended", "throttled", "opt_out", "opt_in", "help",
+            "no_text", "balance", "buy", "premium", "more", "insufficient", "refused"
+            (PAYMENT_REQUIRED), "offers" (AFFILIATE), "queued" (the skill runs in a job),
+            "failed" or "answered".
         replies: the messages to send back, in order, as sent (an SMS answer cut with
             "Reply MORE", a long WhatsApp answer split); empty: an empty `<Response/>`.
         intent: the classified intent, when the message got that far.
@@ -262,6 +266,24 @@ def silence_suspended(turn: Turn) -> None:
     account = turn.session.get(ledger.Account, turn.account_id)
     if account is not None and account.suspended_at is not None:
         raise ReplyNow("suspended")
+
+
+def rate_limit(turn: Turn) -> None:
+    """Per-sender rate limits (messaging.md; `bot.ratelimit`), per person: past them, no skill
+    and no charge; one short notice an hour at most, and only within the daily budget of
+    free replies (`tiers.take_refusal`), so that throttling itself cannot cost without limit.
+    STOP, START and HELP were answered above and are never throttled."""
+    limits = turn.settings.sender_limits
+    if limits is None:
+        return
+    verdict = limits.check(f"account:{turn.account_id}", turn.now)
+    if verdict.allowed:
+        return
+    log.info("message throttled", extra={"limit": verdict.limit})
+    if verdict.notify and tiers.take_refusal(turn.session, turn.account_id, turn.catalog,
+                                             turn.now):
+        raise ReplyNow("throttled", replies.THROTTLED)
+    raise ReplyNow("throttled")
 
 
 def monthly_allowance(turn: Turn) -> None:
@@ -418,6 +440,7 @@ STEPS: tuple[Step, ...] = (
     compliance_keywords,
     silence_opted_out,
     silence_suspended,
+    rate_limit,
     monthly_allowance,
     past_the_cutoff,
     no_text,

@@ -51,6 +51,9 @@ def config_for(database_url: str, **overrides: str) -> type[Config]:
         "TWILIO_AUTH_TOKEN": AUTH_TOKEN,
         "PUBLIC_BASE_URL": PUBLIC_BASE_URL,
         "SECRET_KEY": "test-secret",
+        # Many tests send dozens of messages from one number within a second; the rate limit
+        # tests (tests/app/test_rate_limits.py) pass "" for the product's default.
+        "SENDER_RATE_LIMIT": "1000 per minute",
         **overrides,
     }
 
