@@ -5,10 +5,9 @@ This is the only package that imports Flask.
 
 from __future__ import annotations
 
-import logging
 from dataclasses import replace
 
-from flask import Flask
+from flask import Flask, Response
 
 from app.config import DEVELOPMENT_TWILIO_AUTH_TOKEN, PROJECT_ROOT, Config, ConfigError
 from app.extensions import configure_sqlite, csrf, db, limiter, migrate, render_item
@@ -115,7 +114,36 @@ def create_app(config_class: type[Config] = Config) -> Flask:
     app.register_blueprint(admin_pages_bp)
     app.register_blueprint(health_bp)
     register_cli(app)
+    _security_headers(app)
     return app
+
+
+# Every response: no MIME sniffing, no framing, no referrer (pay-link pages carry a token in
+# their URL, which must not leak to Stripe or anyone linked from them), and HTTPS remembered in
+# production. HTML pages also get a CSP; the admin blueprint sets a stricter one of its own.
+SECURITY_HEADERS = {
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",
+    "Referrer-Policy": "no-referrer",
+}
+PAGE_CSP = ("default-src 'self'; script-src 'none'; style-src 'self' 'unsafe-inline'; "
+            "img-src 'self' data:; frame-ancestors 'none'; base-uri 'none'; "
+            "form-action 'self' https:")
+
+
+def _security_headers(app: Flask) -> None:
+    production = app.config["APP_ENV"] == "production"
+
+    @app.after_request
+    def _headers(response: Response) -> Response:
+        for name, value in SECURITY_HEADERS.items():
+            response.headers.setdefault(name, value)
+        if response.mimetype == "text/html":
+            response.headers.setdefault("Content-Security-Policy", PAGE_CSP)
+        if production:
+            response.headers.setdefault("Strict-Transport-Security",
+                                        "max-age=31536000; includeSubDomains")
+        return response
 
 
 def _payment_provider(app: Flask) -> PaymentProvider | None:
@@ -127,6 +155,7 @@ def _payment_provider(app: Flask) -> PaymentProvider | None:
         return StripeProvider(config["STRIPE_SECRET_KEY"], config["STRIPE_WEBHOOK_SECRET"],
                               api_base=config["STRIPE_API_BASE"])
     if config["APP_ENV"] == "production":
+        # Never the sandbox in production: its Pay button credits tokens without money.
         app.logger.warning("STRIPE_SECRET_KEY is not set: payments are off")
         return None
     return SandboxProvider(config["PUBLIC_BASE_URL"])
@@ -167,7 +196,9 @@ def _chat_client(app: Flask, catalog: Catalog) -> ChatClient | None:
 
 
 def _configure_logging(app: Flask) -> None:
-    if app.config["APP_ENV"] != "test" and not logging.getLogger().handlers:
-        logging.basicConfig(
-            level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-        )
+    """Structured logs with request ids (`app.logs`); the test suite keeps pytest's capture."""
+    from app.logs import bind_request_ids, configure
+
+    if app.config["APP_ENV"] != "test":
+        configure(app.config["LOG_FORMAT"], app.config["LOG_LEVEL"])
+    bind_request_ids(app)

@@ -33,6 +33,7 @@ def register_cli(app: Flask) -> None:
     app.cli.add_command(messages_group)
     app.cli.add_command(report)
     app.cli.add_command(admin_group)
+    app.cli.add_command(contacts_group)
     from app.affiliates import affiliates_group
 
     app.cli.add_command(affiliates_group)
@@ -116,6 +117,42 @@ def admin_set_password(username: str, password: str) -> None:
         raise click.ClickException(str(exc)) from None
     db.session.commit()
     click.echo(f"password of {user.username} replaced; their sessions have ended")
+
+
+@click.group("contacts")
+def contacts_group() -> None:
+    """People's contact data."""
+
+
+@contacts_group.command("forget")
+@click.argument("phone")
+@click.option("--whatsapp-id", "is_wa_id", is_flag=True,
+              help="PHONE is a WhatsApp id (WaId) without a phone number.")
+@click.confirmation_option(prompt="Delete this person's messages and contact for good?")
+@with_appcontext
+def contacts_forget(phone: str, is_wa_id: bool) -> None:
+    """Delete the conversation data of the person with PHONE (E.164); their money records stay,
+    detached from the number."""
+    from bot.contacts import forget
+
+    if is_wa_id:
+        address = f"wa:{phone.strip()}"
+    else:
+        e164 = to_e164(phone.strip())
+        if e164 is None:
+            raise click.BadParameter(f"{phone!r} is not a phone number in E.164 form",
+                                     param_hint="PHONE")
+        address = e164
+    done = forget(db.session, address)
+    if done is None:
+        db.session.rollback()
+        raise click.ClickException(f"no contact has the number {mask_address(address)}")
+    db.session.commit()
+    logging.getLogger(__name__).info("contact forgotten", extra={
+        "account": done.account_id, "messages": done.messages})
+    click.echo(f"forgot {mask_address(address)}: {done.messages} messages and "
+               f"{done.status_events} delivery callbacks deleted; account #{done.account_id} "
+               f"keeps its ledger, costs and payments, no longer linked to a number")
 
 
 @click.group("messages")

@@ -95,6 +95,14 @@ class Config:
         self.OPENAI_TIMEOUT_SECONDS = _seconds(env, "OPENAI_TIMEOUT_SECONDS", 10.0)
         self.ECONOMY_FILE = env("ECONOMY_FILE") or None
         self.ADMIN_API_TOKEN = env("ADMIN_API_TOKEN") or None
+        self.LOG_FORMAT = env("LOG_FORMAT") or ("json" if self.APP_ENV == "production"
+                                                else "console")
+        if self.LOG_FORMAT not in ("json", "console"):
+            raise ConfigError(f"LOG_FORMAT must be json or console, not {self.LOG_FORMAT!r}")
+        self.LOG_LEVEL = (env("LOG_LEVEL") or "INFO").upper()
+        if self.LOG_LEVEL not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+            raise ConfigError(f"LOG_LEVEL must be DEBUG, INFO, WARNING or ERROR, not "
+                              f"{self.LOG_LEVEL!r}")
         # Admin pages: a signed session cookie (Secure in production, HttpOnly, SameSite=Lax)
         # that lapses after 8 hours; CSRF tokens are checked by the admin blueprint itself, so
         # provider webhooks (signed instead) are not subject to them.
@@ -146,6 +154,13 @@ class Config:
             ]
             if missing:
                 raise ConfigError(f"production needs {', '.join(missing)} in the environment")
+            if len(self.SECRET_KEY or "") < 32:
+                raise ConfigError("SECRET_KEY must be at least 32 characters in production "
+                                  "(it signs admin sessions and CSRF tokens)")
+            if self.TWILIO_AUTH_TOKEN == DEVELOPMENT_TWILIO_AUTH_TOKEN:
+                raise ConfigError("TWILIO_AUTH_TOKEN is the development token: set the real one")
+            if self.ADMIN_API_TOKEN is not None and len(self.ADMIN_API_TOKEN) < 32:
+                raise ConfigError("ADMIN_API_TOKEN must be at least 32 characters")
             if self.STRIPE_SECRET_KEY and not self.STRIPE_WEBHOOK_SECRET:
                 raise ConfigError("STRIPE_SECRET_KEY needs STRIPE_WEBHOOK_SECRET: Stripe's "
                                   "events must be verified")

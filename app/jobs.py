@@ -155,7 +155,13 @@ def twilio_sender(app: Flask) -> outbound.Sender:
 def _job_session() -> Iterator[tuple[Flask, Any]]:
     """The app and its session for one job; the session is removed afterwards, which rolls
     back whatever a failing job left uncommitted."""
+    from rq import get_current_job
+
+    from app.logs import bind_job_id
+
     app: Flask = current_app._get_current_object()  # type: ignore[attr-defined]
+    job = get_current_job()
+    bind_job_id(job.id if job is not None else None)
     try:
         yield app, db.session
     finally:

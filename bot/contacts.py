@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import hashlib
+from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import select
+from sqlalchemy import delete, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from bot.models import Contact
+from bot.models import Contact, Message, MessageStatusEvent
 from tokens import ledger
 
 
@@ -44,6 +45,51 @@ def resolve_contact(session: Session, address: str, now: datetime) -> Contact:
 def find_contact(session: Session, address: str) -> Contact | None:
     """The contact with this address (E.164 or "wa:<id>"), or None."""
     return session.scalars(select(Contact).where(Contact.address == address)).first()
+
+
+@dataclass(frozen=True)
+class Forgotten:
+    """What `forget` deleted: the account kept, and counts of rows removed."""
+
+    account_id: int
+    messages: int
+    status_events: int
+
+
+def forget(session: Session, address: str) -> Forgotten | None:
+    """Delete a person's conversation data (messaging.md, "Privacy"): their messages (bodies,
+    metadata, delivery callbacks), the unread "MORE" text and the contact row that ties their
+    number to the account. Money records stay: the account, its ledger, holds, costs, revenue,
+    payments and affiliate records keep their ids and are no longer linked to any number.
+
+    A person who writes again later starts as a new contact with a new account.
+
+    Args:
+        session: the caller's session; this function flushes, never commits.
+        address: the sender identity (E.164 or "wa:<id>").
+
+    Returns:
+        The counts, or None when no contact has this address.
+    """
+    contact = find_contact(session, address)
+    if contact is None:
+        return None
+    ledger.lock_account(session, contact.account_id)
+    sids = select(Message.message_sid).where(Message.contact_id == contact.id,
+                                             Message.message_sid.is_not(None))
+    events = session.execute(
+        delete(MessageStatusEvent).where(MessageStatusEvent.message_sid.in_(sids))
+        .execution_options(synchronize_session=False))
+    # Replies point at the message they answer: unlink them first, then delete every row.
+    session.execute(update(Message).where(Message.contact_id == contact.id)
+                    .values(in_reply_to_id=None).execution_options(synchronize_session=False))
+    messages = session.execute(delete(Message).where(Message.contact_id == contact.id)
+                               .execution_options(synchronize_session=False))
+    account_id = contact.account_id
+    session.delete(contact)
+    session.flush()
+    return Forgotten(account_id, int(messages.rowcount),  # type: ignore[attr-defined]
+                     int(events.rowcount))  # type: ignore[attr-defined]
 
 
 def mask_address(address: str) -> str:

@@ -13,8 +13,8 @@ def test_production_refuses_missing_secrets():
     with pytest.raises(ConfigError, match="SECRET_KEY, TWILIO_AUTH_TOKEN"):
         Config(environ={"APP_ENV": "production"})
     with pytest.raises(ConfigError, match="PUBLIC_BASE_URL"):
-        Config(environ={"APP_ENV": "production", "SECRET_KEY": "s", "TWILIO_AUTH_TOKEN": "t"})
-    ok = Config(environ={"APP_ENV": "production", "SECRET_KEY": "s", "TWILIO_AUTH_TOKEN": "t",
+        Config(environ={"APP_ENV": "production", "SECRET_KEY": "s" * 32, "TWILIO_AUTH_TOKEN": "t"})
+    ok = Config(environ={"APP_ENV": "production", "SECRET_KEY": "s" * 32, "TWILIO_AUTH_TOKEN": "t",
                          "PUBLIC_BASE_URL": "https://bot.example.com/"})
     assert ok.PUBLIC_BASE_URL == "https://bot.example.com"
 
@@ -46,3 +46,39 @@ def test_a_broken_economy_file_stops_the_app_at_start(tmp_path):
     bad.write_text("intents: [")
     with pytest.raises(ConfigError, match="ECONOMY_FILE"):
         create_app(config_for(f"sqlite:///{tmp_path / 'x.db'}", ECONOMY_FILE=str(bad)))
+
+
+PRODUCTION = {"APP_ENV": "production", "SECRET_KEY": "s" * 32, "TWILIO_AUTH_TOKEN": "t",
+              "PUBLIC_BASE_URL": "https://bot.example.com"}
+
+
+@pytest.mark.parametrize("change, reason", [
+    ({"SECRET_KEY": "short"}, "at least 32 characters"),
+    ({"TWILIO_AUTH_TOKEN": "development-only-twilio-auth-token"}, "development token"),
+    ({"ADMIN_API_TOKEN": "guessable"}, "ADMIN_API_TOKEN"),
+    ({"STRIPE_SECRET_KEY": "sk_live_x"}, "STRIPE_WEBHOOK_SECRET"),
+    ({"LOG_FORMAT": "xml"}, "LOG_FORMAT"),
+])
+def test_production_refuses_weak_or_missing_secrets(change, reason):
+    with pytest.raises(ConfigError, match=reason):
+        Config(environ={**PRODUCTION, **change})
+
+
+def test_production_never_uses_the_sandbox_payment_provider(tmp_path):
+    app = create_app(config_for(f"sqlite:///{tmp_path / 'x.db'}", **PRODUCTION))
+    assert app.extensions["payment_provider"] is None
+    client = app.test_client()
+    assert client.get("/sandbox/checkout/cs_test_1").status_code == 404
+
+
+def test_web_pages_carry_security_headers(client):
+    page = client.get("/pay/not-a-token")
+    assert page.status_code == 404
+    assert page.headers["Referrer-Policy"] == "no-referrer"
+    assert page.headers["X-Content-Type-Options"] == "nosniff"
+    assert "script-src 'none'" in page.headers["Content-Security-Policy"]
+    assert len(page.headers["X-Request-Id"]) == 16
+    given = client.get("/healthz", headers={"X-Request-Id": "abc-123"})
+    assert given.headers["X-Request-Id"] == "abc-123"
+    forged = client.get("/healthz", headers={"X-Request-Id": "<script>"})
+    assert forged.headers["X-Request-Id"] != "<script>"

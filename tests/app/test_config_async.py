@@ -112,7 +112,7 @@ def test_redis_url_needs_a_real_auth_token():
 
 
 def test_the_redis_rule_applies_in_production_too():
-    production = {"APP_ENV": "production", "SECRET_KEY": "s", "TWILIO_AUTH_TOKEN": "t",
+    production = {"APP_ENV": "production", "SECRET_KEY": "s" * 32, "TWILIO_AUTH_TOKEN": "t",
                   "PUBLIC_BASE_URL": "https://bot.example.com", "REDIS_URL": "redis://r:6379"}
     with pytest.raises(ConfigError, match="TWILIO_ACCOUNT_SID"):
         Config(environ=production)

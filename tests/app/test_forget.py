@@ -1,0 +1,53 @@
+"""`flask --app wsgi contacts forget PHONE`: conversation data goes, money records stay,
+detached from the number (messaging.md, "Privacy")."""
+
+from __future__ import annotations
+
+from sqlalchemy import func, select
+
+from bot.models import Contact, Message, MessageStatusEvent
+from tests.conftest import post_signed, sms
+from tokens import costs, ledger
+from tokens.ledger import LedgerEntry
+
+PHONE = "+16505558893"
+
+
+def count(session, model, *where) -> int:
+    return session.scalar(select(func.count()).select_from(model).where(*where))
+
+
+def test_forget_deletes_messages_and_the_contact_and_keeps_the_ledger(client, runner, session):
+    post_signed(client, sms("meal plan", sid="SM" + "1" * 32))
+    post_signed(client, sms("BALANCE", sid="SM" + "2" * 32))
+    post_signed(client, sms("hello", sid="SM" + "3" * 32, sender="+15550009999"))
+    session.add(MessageStatusEvent(message_sid="SM" + "1" * 32, status="received"))
+    session.commit()
+    account_id = session.scalars(select(Contact.account_id).where(
+        Contact.address == PHONE)).one()
+    entries = count(session, LedgerEntry, LedgerEntry.account_id == account_id)
+    cost = costs.month(session, account_id).cost_musd
+    assert entries >= 2 and cost > 0
+
+    refused = runner.invoke(args=["contacts", "forget", PHONE], input="n\n")
+    assert refused.exit_code != 0 and count(session, Contact) == 2
+    done = runner.invoke(args=["contacts", "forget", PHONE, "--yes"])
+    assert done.exit_code == 0, done.output
+    assert "4 messages" in done.output and PHONE not in done.output
+    session.expire_all()
+    assert count(session, Contact, Contact.address == PHONE) == 0
+    assert count(session, Message) == 2  # the other person's message and its reply
+    assert count(session, MessageStatusEvent) == 0
+    assert count(session, LedgerEntry, LedgerEntry.account_id == account_id) == entries
+    assert costs.month(session, account_id).cost_musd == cost
+    assert ledger.balance(session, account_id).posted > 0
+
+    again = runner.invoke(args=["contacts", "forget", PHONE, "--yes"])
+    assert again.exit_code != 0 and "no contact" in again.output
+    bad = runner.invoke(args=["contacts", "forget", "not-a-number", "--yes"])
+    assert bad.exit_code != 0 and "E.164" in bad.output
+    # Writing again starts afresh, with a new account.
+    post_signed(client, sms("BALANCE", sid="SM" + "4" * 32))
+    new_account = session.scalars(select(Contact.account_id).where(
+        Contact.address == PHONE)).one()
+    assert new_account != account_id
