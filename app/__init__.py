@@ -115,7 +115,28 @@ def create_app(config_class: type[Config] = Config) -> Flask:
     app.register_blueprint(health_bp)
     register_cli(app)
     _security_headers(app)
+    _database_errors(app)
     return app
+
+
+def _database_errors(app: Flask) -> None:
+    """The database cannot be reached (or SQLite stayed locked): 503 with Retry-After, so
+    Twilio and Stripe deliver the webhook again later. The transaction was rolled back whole,
+    so nothing is half written, and a retry is deduped by its MessageSid or event id."""
+    from sqlalchemy.exc import InterfaceError, OperationalError
+
+    @app.errorhandler(OperationalError)
+    @app.errorhandler(InterfaceError)
+    def _unavailable(exc: Exception) -> Response:
+        try:
+            db.session.rollback()
+        except (OperationalError, InterfaceError):
+            db.session.invalidate()
+        orig = getattr(exc, "orig", None)
+        app.logger.error("database unavailable: answered 503",
+                         extra={"error": type(orig or exc).__name__})
+        return Response("The database is unavailable; try again shortly.\n", status=503,
+                        headers={"Retry-After": "30"}, content_type="text/plain; charset=utf-8")
 
 
 # Every response: no MIME sniffing, no framing, no referrer (pay-link pages carry a token in
