@@ -55,7 +55,7 @@ def report(label: str | None, as_csv: bool, as_json: bool) -> None:
     from tokens.ledger import month_of
     from tokens.reports import month_report, people_csv
 
-    if label is not None and not re.fullmatch(r"\d{4}-(0[1-9]|1[0-2])", label):
+    if label is not None and not re.fullmatch(r"[0-9]{4}-(0[1-9]|1[0-2])", label):
         raise click.BadParameter("use YYYY-MM, e.g. 2026-11", param_hint="--month")
     label = label or month_of(datetime.now(UTC))
     catalog = current_app.extensions["bot_settings"].catalog

@@ -15,6 +15,7 @@ from sqlalchemy.orm import Session
 from bot.models import Contact, Message
 from bot.router import billed_units
 from bot.segments import normalise_for_gsm, split_message
+from tokens import ledger
 from tokens.base import utcnow
 
 
@@ -22,8 +23,12 @@ def queue_notice(
     session: Session, account_id: int, text: str, now: datetime | None = None
 ) -> list[int]:
     """Store `text` as pending outbound messages to the account's person; returns their ids
-    (none when the person has no contact or opted out on their last channel). Flushes."""
+    (none when the person has no contact, opted out on their last channel, or is suspended).
+    Flushes."""
     now = now or utcnow()
+    account = session.get(ledger.Account, account_id)
+    if account is not None and account.suspended_at is not None:
+        return []
     contact = session.scalar(
         select(Contact).where(Contact.account_id == account_id)
         .order_by(Contact.last_inbound_at.desc().nulls_last(), Contact.id.desc()).limit(1)

@@ -167,6 +167,8 @@ def record_failure(session: Session, provider: str, event: dict[str, Any], error
     (at most 500 characters), for the admin inbox. The caller commits; it runs in a fresh
     transaction after the failed one was rolled back."""
     event_id = str(event.get("id", ""))[:255]
+    if session.scalar(select(PaymentEvent.id).where(PaymentEvent.event_id == event_id)):
+        return  # applied since (a reprocess or an earlier retry): a late failure changes nothing
     text = f"{type(error).__name__}: {error}"[:500]
     row = session.scalars(select(FailedEvent).where(FailedEvent.event_id == event_id)).first()
     if row is None:

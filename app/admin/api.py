@@ -18,7 +18,7 @@ from tokens.ledger import month_of
 from tokens.reports import month_report, people_csv
 
 bp = Blueprint("admin_api", __name__, url_prefix="/admin/api")
-MONTH = re.compile(r"\d{4}-(0[1-9]|1[0-2])")
+MONTH = re.compile(r"[0-9]{4}-(0[1-9]|1[0-2])")
 
 
 @bp.before_request
@@ -37,6 +37,13 @@ def require_token() -> ResponseReturnValue | None:
                         headers={"WWW-Authenticate": 'Bearer realm="admin"'},
                         content_type="text/plain; charset=utf-8")
     return None
+
+
+@bp.after_request
+def no_store(response: Response) -> Response:
+    """Financial data: never cached by a browser or proxy."""
+    response.headers["Cache-Control"] = "no-store"
+    return response
 
 
 @bp.get("/report")

@@ -423,6 +423,9 @@ def reprocess(failed_id: int) -> ResponseReturnValue:
     if not isinstance(event, dict):
         flash(f"{kind} {event_id}: the stored event is not a JSON object.", "error")
         return _to_inbox()
+    # End this request's read transaction first: on SQLite it holds the write lock
+    # (BEGIN IMMEDIATE), and apply_event calls the provider before it writes anything.
+    db.session.commit()
     try:
         result = apply_event(app, provider, event)
     except Exception as exc:

@@ -31,7 +31,7 @@ from tokens.costs import AccountMonth
 from tokens.errors import TokensError
 from tokens.reports import month_report, people_csv
 
-MONTH = re.compile(r"\d{4}-(0[1-9]|1[0-2])")
+MONTH = re.compile(r"[0-9]{4}-(0[1-9]|1[0-2])")
 PAGE_SIZE = 50
 LEDGER_ROWS = 200
 MESSAGE_ROWS = 50
@@ -66,7 +66,7 @@ def usd(amount_musd: int | None, places: int | None = None) -> str:
         value = value.quantize(Decimal("0.000001")).normalize()
         if value.as_tuple().exponent > -2:  # type: ignore[operator]
             value = value.quantize(Decimal("0.01"))
-    return f"-${-value:,}" if value < 0 else f"${value:,}"
+    return f"-${abs(value):,}" if amount_musd < 0 else f"${abs(value):,}"
 
 
 @bp.app_template_filter("cents")
@@ -185,7 +185,6 @@ def people() -> ResponseReturnValue:
     if sort not in SORTS:
         sort = "profit"
     direction = "asc" if request.args.get("dir") == "asc" else "desc"
-    page = max(1, request.args.get("page", 1, type=int) or 1)
     query = request.args.get("q", "")
     statement = (
         select(AccountMonth, ledger.Account.balance, ledger.Account.held,
@@ -198,6 +197,8 @@ def people() -> ResponseReturnValue:
     if found is not None:
         statement = statement.where(found)
     total = db.session.scalar(select(func.count()).select_from(statement.subquery())) or 0
+    pages = max(1, -(-total // PAGE_SIZE))
+    page = min(max(1, request.args.get("page", 1, type=int) or 1), pages)
     order = SORTS[sort].asc() if direction == "asc" else SORTS[sort].desc()
     rows = db.session.execute(statement.order_by(order, AccountMonth.account_id)
                               .offset((page - 1) * PAGE_SIZE).limit(PAGE_SIZE)).all()
@@ -213,9 +214,27 @@ def people() -> ResponseReturnValue:
             tokens_charged=month.tokens_charged, suspended=suspended is not None)
         for month, balance, held, suspended in rows
     ]
-    pages = max(1, -(-total // PAGE_SIZE))
     return render_template("admin/people.html", lines=lines, month=label, sort=sort,
                            direction=direction, page=page, pages=pages, total=total, q=query)
+
+
+SEARCH_DIGITS = 6
+
+
+@bp.post("/people/search")
+def people_search() -> ResponseReturnValue:
+    """The search form posts here, so a full phone number typed into it never lands in a URL
+    (browser history, proxy logs): a number is cut to its last `SEARCH_DIGITS` digits, then
+    303 to the people table."""
+    query = request.form.get("q", "").strip()
+    digits = re.sub(r"[\s().+-]", "", query)
+    if digits.isdigit():
+        query = digits[-SEARCH_DIGITS:]
+    month = request.form.get("month", "")
+    return redirect(url_for(
+        "admin.people", month=month if MONTH.fullmatch(month) else None, q=query or None,
+        sort=request.form.get("sort") if request.form.get("sort") in SORTS else None,
+        dir="asc" if request.form.get("dir") == "asc" else None), code=303)
 
 
 def _phones(session: Session, account_ids: list[int]) -> dict[int, str]:

@@ -7,7 +7,10 @@
   issued before stops working, wherever it is.
 - Every POST is checked for the form's CSRF token (Flask-WTF's `CSRFProtect.protect`); a
   missing or wrong token is a 400 that changes nothing.
-- POST /admin/login is rate limited per client address (`ADMIN_LOGIN_RATE_LIMIT`, Flask-Limiter).
+- POST /admin/login is rate limited per client address and per username
+  (`ADMIN_LOGIN_RATE_LIMIT` each, Flask-Limiter), so guesses spread over many addresses
+  are limited too.
+- A session lasts `PERMANENT_SESSION_LIFETIME` (8 h) from the login, not from the last page.
 - Pages are `no-store` and carry a CSP that allows no script at all (the charts are SVG made on
   the server).
 """
@@ -15,6 +18,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from urllib.parse import urlsplit
 
 from flask import (
@@ -86,7 +90,12 @@ def actor() -> Actor:
 
 def _session_admin() -> Actor | None:
     admin_id, epoch = session.get("admin_id"), session.get("admin_epoch")
-    if not isinstance(admin_id, int) or not isinstance(epoch, int):
+    since = session.get("admin_since")
+    if not isinstance(admin_id, int) or not isinstance(epoch, int) or not isinstance(since, int):
+        return None
+    # The lifetime counts from the login, however often the cookie is re-issued.
+    lifetime = current_app.permanent_session_lifetime.total_seconds()
+    if time.time() - since > lifetime:
         return None
     user = db.session.get(AdminUser, admin_id)
     if user is None or user.session_epoch != epoch:
@@ -107,6 +116,9 @@ def _safe_next(target: str | None) -> str:
 
 @bp.route("/login", methods=["GET", "POST"])
 @limiter.limit(lambda: str(current_app.config["ADMIN_LOGIN_RATE_LIMIT"]), methods=["POST"])
+@limiter.limit(lambda: str(current_app.config["ADMIN_LOGIN_RATE_LIMIT"]), methods=["POST"],
+               key_func=lambda: "admin-user:" + request.form.get("username", "").strip().lower(),
+               scope="admin-login-username")
 def login() -> ResponseReturnValue:
     """The login form; POST checks the username and password (argon2) and starts a session.
 
@@ -129,6 +141,7 @@ def login() -> ResponseReturnValue:
     g.pop("csrf_token", None)
     session.permanent = True
     session["admin_id"], session["admin_epoch"] = user.id, user.session_epoch
+    session["admin_since"] = int(time.time())
     log.info("admin logged in", extra={"admin": user.username})
     return redirect(next_url, code=303)
 

@@ -40,8 +40,9 @@ def pay_link(token: str) -> ResponseReturnValue:
     """The page behind a pay link: 303 to the checkout (or the billing portal).
 
     Returns:
-        303 to the provider; 404 unknown link; 410 expired link; 503 when this server takes no
-        payments; 502 when the provider refused (nothing charged).
+        303 to the provider; 404 unknown link; 410 expired link; 403 when an operator suspended
+        the account; 503 when this server takes no payments; 502 when the provider refused
+        (nothing charged).
     """
     app: Flask = current_app._get_current_object()  # type: ignore[attr-defined]
     try:
@@ -50,6 +51,9 @@ def pay_link(token: str) -> ResponseReturnValue:
         return _unavailable("unknown", 404)
     except PayLinkExpired:
         return _unavailable("expired", 410)
+    account = db.session.get(Account, link.account_id)
+    if account is not None and account.suspended_at is not None:
+        return _unavailable("suspended", 403)
     provider = payment_provider(app)
     if provider is None:
         return _unavailable("disabled", 503)

@@ -329,3 +329,69 @@ def test_admins_can_log_in_while_redis_is_down(database_url, twilio_api):
         finally:
             db.session.remove()
             db.engine.dispose()
+
+
+def test_search_by_full_number_keeps_it_out_of_the_url(app, session):
+    month = fill_month(session)
+    client = logged_in(app)
+    token = csrf_token(client, "/admin/people?month=2026-11")
+    moved = client.post("/admin/people/search", data={
+        "csrf_token": token, "q": "+1 555 000 0003", "month": "2026-11", "sort": "cost"})
+    assert moved.status_code == 303
+    assert "5550000003" not in moved.headers["Location"] and "000003" in moved.headers["Location"]
+    found = client.get(moved.headers["Location"]).text
+    assert re.findall(r'/admin/people/(\d+)">#', found) == [str(month["cleo"])]
+
+
+def test_absurd_pages_and_months_are_handled(app, session):
+    fill_month(session)
+    client = logged_in(app)
+    page = client.get("/admin/people?month=2026-11&page=99999999999999999999")
+    assert page.status_code == 200 and "page 1 of 1" in page.text
+    assert client.get("/admin/people?month=٢٠٢٦-11").status_code == 400
+
+
+def test_money_is_shown_exactly_with_the_sign_first():
+    from app.admin.pages import usd
+
+    assert [usd(15_800), usd(32), usd(5_000_000), usd(-616_000), usd(-4_000, 2)] == [
+        "$0.0158", "$0.000032", "$5.00", "-$0.616", "-$0.00"]
+
+
+def test_a_suspended_person_cannot_pay_and_gets_no_notices(app, client, session):
+    from bot.notify import queue_notice
+    from tokens import admin as operations
+    from tokens.payments import PayLink
+
+    post_signed(client, sms("BUY", sid="SM1"))
+    account_id = person_of(session)
+    link = session.scalars(select(PayLink)).one()
+    make_admin()
+    actor = operations.Actor(session.scalars(select(AdminUser.id)).one(), "alice")
+    operations.suspend(session, actor, account_id, "fraud")
+    session.commit()
+    page = client.get(f"/pay/{link.token}")
+    assert page.status_code == 403 and "suspended" in page.text
+    assert queue_notice(session, account_id, "Thank you! 120 tokens were added.") == []
+
+
+def test_the_login_is_also_limited_per_username(app):
+    make_admin()
+    codes = []
+    for i in range(6):
+        client = app.test_client()  # a new address would be a new client; the name is shared
+        codes.append(client.post("/admin/login", data={
+            "username": "alice", "password": f"guess-{i}-guess",
+            "csrf_token": csrf_token(client)},
+            environ_base={"REMOTE_ADDR": f"10.0.0.{i + 1}"}).status_code)
+    assert codes == [401] * 5 + [429]
+
+
+def test_a_session_ends_eight_hours_after_the_login(app, monkeypatch):
+    import time as clock
+
+    client = logged_in(app)
+    assert client.get("/admin/").status_code == 200
+    later = clock.time() + 8 * 3600 + 1
+    monkeypatch.setattr("app.admin.web.time.time", lambda: later)
+    assert client.get("/admin/").status_code == 302
