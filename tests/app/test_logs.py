@@ -18,10 +18,15 @@ def json_logs(capsys):
     in the test body (`json_logs.start()`), after the database fixtures, whose migrations
     replace the root logger's handlers (alembic's `fileConfig`)."""
 
+    packages = [logging.getLogger(name) for name in ("app", "bot", "tokens")]
+    levels = [logger.level for logger in packages]
+
     class Logs:
         @staticmethod
         def start() -> None:
             configure("json", "INFO")
+            for logger in packages:  # `flask chat` (tested elsewhere) quiets "bot"
+                logger.setLevel(logging.NOTSET)
 
         @staticmethod
         def records() -> list[dict]:
@@ -29,6 +34,8 @@ def json_logs(capsys):
             return [json.loads(line) for line in err.splitlines() if line.startswith("{")]
 
     yield Logs
+    for logger, level in zip(packages, levels, strict=True):
+        logger.setLevel(level)
     root = logging.getLogger()
     for handler in list(root.handlers):
         if handler.get_name() == "structlog":

@@ -100,7 +100,8 @@ def test_the_sandbox_is_refused_in_production(database_url):
     from app.extensions import db
     from tests.conftest import config_for
 
-    application = create_app(config_for(database_url, APP_ENV="production"))
+    application = create_app(config_for(database_url, APP_ENV="production",
+                                        SECRET_KEY="production-secret-" + "x" * 32))
     with application.app_context():
         client = application.test_client()
         assert client.get("/sandbox/checkout/cs_sandbox_x").status_code == 404
