@@ -172,6 +172,8 @@ def messages_sweep(queued_minutes: int, unconfirmed_minutes: int) -> None:
     was never confirmed. Safe to run any time; run it from cron every few minutes."""
     from datetime import timedelta
 
+    import redis
+
     from app.queue import enqueue_answer
     from bot import outbound, router
 
@@ -181,7 +183,13 @@ def messages_sweep(queued_minutes: int, unconfirmed_minutes: int) -> None:
     db.session.commit()
     waiting = router.waiting_answers(db.session, timedelta(minutes=queued_minutes))
     db.session.commit()
-    requeued = sum(1 for sid in waiting if enqueue_answer(app, sid))
+    try:
+        requeued = sum(1 for sid in waiting if enqueue_answer(app, sid))
+    except redis.RedisError as exc:
+        raise click.ClickException(
+            f"expired {expired} holds and failed {failed} unconfirmed replies, but Redis "
+            f"cannot be reached ({type(exc).__name__}): {len(waiting)} waiting answers were "
+            f"not re-enqueued; run the sweep again once Redis is back") from None
     click.echo(f"expired {expired} holds, failed {failed} unconfirmed replies, "
                f"re-enqueued {requeued} of {len(waiting)} waiting answers")
 

@@ -71,6 +71,8 @@ def answer_inline(app: Flask, message_sid: str) -> router.Outcome:
     if pending is None:
         return router.Outcome(kind="duplicate")
     result = router.run_skill(settings, pending)
+    router.record_llm_cost(session, pending, result, settings)
+    session.commit()
     outcome = router.settle(session, pending, result, settings, transport="twiml",
                             now=utcnow())
     session.commit()
@@ -95,6 +97,8 @@ def _answer(app: Flask, session: Session, message_sid: str) -> str:
         kind = "resent"
         if pending is not None:
             result = router.run_skill(settings, pending)
+            router.record_llm_cost(session, pending, result, settings)
+            session.commit()
             outcome = router.settle(session, pending, result, settings, transport="rest",
                                     now=utcnow())
             session.commit()

@@ -13,7 +13,8 @@ from contextlib import suppress
 import redis
 from flask import Flask
 from rq import Queue, Retry
-from rq.exceptions import DuplicateJobError
+from rq.exceptions import DuplicateJobError, NoSuchJobError
+from rq.job import Job, JobStatus
 
 QUEUE_NAME = "answers"
 # Seconds a job may run: the LLM timeout and send retries fit well within it.
@@ -21,6 +22,12 @@ JOB_TIMEOUT_SECONDS = 180
 # RQ retries a job that raised (e.g. the person's lock stayed busy, or the database was down):
 # the job is idempotent, so a retry resumes where it stopped.
 RETRY = Retry(max=3, interval=[5, 30, 120])
+# Redis answers in microseconds; a Redis that accepts connections but stalls must not hold a
+# webhook past Twilio's 15 s (each request makes at most four Redis calls). RQ's worker raises
+# the read timeout of its own connection for its blocking dequeue.
+REDIS_TIMEOUT_SECONDS = 1.0
+# States of a job that will not run again by itself: a message still waiting needs a new one.
+_DONE = frozenset({JobStatus.FAILED, JobStatus.FINISHED, JobStatus.STOPPED, JobStatus.CANCELED})
 _JOB_ID_UNSAFE = re.compile(r"[^A-Za-z0-9_-]")
 
 
@@ -31,7 +38,8 @@ def redis_connection(app: Flask) -> redis.Redis | None:
         return None
     connection = app.extensions.get("redis")
     if connection is None:
-        connection = redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=2,
+        connection = redis.Redis.from_url(url, socket_timeout=REDIS_TIMEOUT_SECONDS,
+                                          socket_connect_timeout=REDIS_TIMEOUT_SECONDS,
                                           health_check_interval=30)
         app.extensions["redis"] = connection
     return connection
@@ -53,7 +61,10 @@ def job_id_for(message_sid: str) -> str:
 def enqueue_answer(app: Flask, message_sid: str) -> bool:
     """Enqueue the job that answers `message_sid`; True when it is (or already was) queued.
 
-    Call it after the commit that stored the message and its hold, so the job finds them.
+    Call it after the commit that stored the message and its hold, so the job finds them. A
+    job of that id still waiting or running makes this a no-op; one that failed for good (its
+    retries spent, e.g. while the database was down) or finished is replaced, so the sweep and
+    Twilio's repeat delivery can get a waiting message answered.
 
     Raises:
         redis.RedisError: Redis cannot be reached (the caller answers inline instead).
@@ -61,13 +72,28 @@ def enqueue_answer(app: Flask, message_sid: str) -> bool:
     queue = answers_queue(app)
     if queue is None:
         return False
-    # DuplicateJobError: queued already, so a duplicate enqueue is a no-op.
-    with suppress(DuplicateJobError):
+    job_id = job_id_for(message_sid)
+
+    def enqueue() -> None:
         queue.enqueue(
             "app.jobs.answer_job", message_sid,
-            job_id=job_id_for(message_sid), unique=True, retry=RETRY,
+            job_id=job_id, unique=True, retry=RETRY,
             job_timeout=JOB_TIMEOUT_SECONDS, result_ttl=3600, failure_ttl=7 * 24 * 3600,
         )
+
+    try:
+        enqueue()
+    except DuplicateJobError:
+        try:
+            job = Job.fetch(job_id, connection=queue.connection)
+        except NoSuchJobError:  # it ended and expired meanwhile
+            job = None
+        if job is not None and job.get_status(refresh=True) not in _DONE:
+            return True  # waiting, scheduled or running: nothing to do
+        if job is not None:
+            job.delete()
+        with suppress(DuplicateJobError):  # another process re-enqueued it first
+            enqueue()
     return True
 
 

@@ -24,6 +24,8 @@ from redis import RedisError
 
 log = logging.getLogger(__name__)
 DEFAULT_LIMITS = "10 per minute;100 per hour"
+# A stalled Redis must not hold the webhook (and the account's row lock) for long.
+REDIS_TIMEOUT_SECONDS = 1.0
 NOTICE_EVERY_SECONDS = 3600  # at most one "slow down" notice per sender per clock hour
 
 
@@ -68,7 +70,10 @@ class SenderLimits:
         Raises:
             ValueError: the spec does not parse.
         """
-        storage = storage_from_string(storage_uri or "memory://")
+        options = ({"socket_timeout": REDIS_TIMEOUT_SECONDS,
+                    "socket_connect_timeout": REDIS_TIMEOUT_SECONDS}
+                   if storage_uri and storage_uri.startswith(("redis://", "rediss://")) else {})
+        storage = storage_from_string(storage_uri or "memory://", **options)
         if not isinstance(storage, Storage):  # an async storage URI ("async+redis://")
             raise ValueError(f"not a synchronous storage: {storage_uri!r}")
         return cls(parse_many(spec or DEFAULT_LIMITS), storage)

@@ -764,6 +764,33 @@ def billed_units(channel: str, text: str) -> int:
     return 1
 
 
+def record_llm_cost(session: Session, pending: PendingAnswer, result: SkillResult,
+                    settings: BotSettings, now: datetime | None = None) -> None:
+    """Record what the skill's LLM call cost (keyed `llm:<MessageSid>`, so once), under the
+    account's lock. Callers commit it right after the call, in its own short transaction, so
+    a call the provider billed stays costed even if settling the answer then fails (a retry
+    answered from the cache would not see the usage again). `settle` records it too, a no-op
+    after this."""
+    if result.usage is None and not result.unbilled_call:
+        return
+    ledger.lock_account(session, pending.account_id)
+    _record_llm(session, pending, result, settings, now or utcnow())
+
+
+def _record_llm(session: Session, pending: PendingAnswer, result: SkillResult,
+                settings: BotSettings, now: datetime) -> None:
+    if result.usage is not None:
+        price = settings.catalog.costs.model(result.usage.model)
+        costs.record_llm(session, pending.account_id, result.usage, price,
+                         key=f"llm:{pending.message_sid}", intent=pending.intent.name, now=now)
+    elif result.unbilled_call:
+        catalog = settings.catalog
+        tier = catalog.llm.tier(tiers.LLM_TIER_OF.get(pending.level, "normal"))
+        costs.record_llm_estimate(
+            session, pending.account_id, tiers.llm_ceiling_musd(catalog, tier, pending.intent),
+            tier.model, key=f"llm:{pending.message_sid}", intent=pending.intent.name, now=now)
+
+
 def _settle_ledger(
     session: Session,
     pending: PendingAnswer,
@@ -775,16 +802,7 @@ def _settle_ledger(
 
     The caller holds the account's row lock (taken before any other row, so no deadlock).
     """
-    if result.usage is not None:
-        price = settings.catalog.costs.model(result.usage.model)
-        costs.record_llm(session, pending.account_id, result.usage, price,
-                         key=f"llm:{pending.message_sid}", intent=pending.intent.name, now=now)
-    elif result.unbilled_call:
-        catalog = settings.catalog
-        tier = catalog.llm.tier(tiers.LLM_TIER_OF.get(pending.level, "normal"))
-        costs.record_llm_estimate(
-            session, pending.account_id, tiers.llm_ceiling_musd(catalog, tier, pending.intent),
-            tier.model, key=f"llm:{pending.message_sid}", intent=pending.intent.name, now=now)
+    _record_llm(session, pending, result, settings, now)
     if result.answer is None:
         try:
             ledger.void(session, pending.hold_id, now=now)  # a lapsed hold: a no-op

@@ -23,7 +23,7 @@ from bot.channels.twilio import TwilioAdapter
 from bot.errors import InvalidInbound
 from bot.models import Message
 from bot.outbound import apply_status
-from bot.router import BotSettings, handle_inbound
+from bot.router import BotSettings, Outcome, handle_inbound
 
 bp = Blueprint("twilio", __name__)
 log = logging.getLogger(__name__)
@@ -101,6 +101,8 @@ def inbound_message() -> Response:
             outcome = answer_inline(app, message.message_sid)
     elif outcome.kind == "duplicate" and queued:
         _enqueue_if_waiting(app, message.message_sid)
+    elif outcome.kind == "duplicate" and settings.chat is not None:
+        outcome = _answer_if_abandoned(app, message.message_sid)
     return twiml(adapter.render_reply(list(outcome.replies)))
 
 
@@ -111,6 +113,22 @@ def _enqueue(app: Flask, message_sid: str) -> bool:
     except redis.RedisError as exc:
         log.error("enqueue failed, answering inline", extra={"error": type(exc).__name__})
         return False
+
+
+def _answer_if_abandoned(app: Flask, message_sid: str) -> Outcome:
+    """Inline LLM answers, no queue: a repeat delivery of a message still "queued" means the
+    first attempt died between its two commits (say the database dropped and it answered
+    503): answer it now. Twilio repeats a delivery only after an error or its 15 s timeout,
+    and the first attempt's LLM call ends within `OPENAI_TIMEOUT_SECONDS` (10 s), so the two
+    rarely overlap; if they do, `settle` re-checks the mark under the account lock, so the
+    person is charged once (the LLM may be paid twice)."""
+    waiting = db.session.scalar(
+        select(Message.id).where(Message.message_sid == message_sid,
+                                 Message.outcome == "queued"))
+    db.session.commit()
+    if waiting is None:
+        return Outcome(kind="duplicate")
+    return answer_inline(app, message_sid)
 
 
 def _enqueue_if_waiting(app: Flask, message_sid: str) -> None:
