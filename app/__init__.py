@@ -218,8 +218,13 @@ def _chat_client(app: Flask, catalog: Catalog) -> ChatClient | None:
 
 def _configure_logging(app: Flask) -> None:
     """Structured logs with request ids (`app.logs`); the test suite keeps pytest's capture."""
+    import logging
+
     from app.logs import bind_request_ids, configure
 
     if app.config["APP_ENV"] != "test":
         configure(app.config["LOG_FORMAT"], app.config["LOG_LEVEL"])
+    # The Twilio library logs every REST request's URL and headers at INFO (11 lines per
+    # answer in the worker's profile): noise at best, and not ours to vet for privacy.
+    logging.getLogger("twilio.http_client").setLevel(logging.WARNING)
     bind_request_ids(app)

@@ -40,13 +40,42 @@ class Row:
     p50_ms: float
     p95_ms: float
     p99_ms: float
+    cpu_ms: float = 0.0  # this process's CPU time per message (steadier than wall time)
+    statements: float = 0.0  # SQL statements per message
 
 
-def _row(mode: str, latencies: list[float], seconds: float) -> Row:
+def _row(mode: str, latencies: list[float], seconds: float, cpu: float = 0.0,
+         statements: int = 0) -> Row:
     ordered = sorted(latencies)
     q = statistics.quantiles(ordered, n=100) if len(ordered) > 1 else ordered * 99
-    return Row(mode, len(latencies), round(seconds, 3), round(len(latencies) / seconds, 1),
-               round(q[49] * 1000, 2), round(q[94] * 1000, 2), round(q[98] * 1000, 2))
+    n = len(latencies)
+    return Row(mode, n, round(seconds, 3), round(n / seconds, 1),
+               round(q[49] * 1000, 2), round(q[94] * 1000, 2), round(q[98] * 1000, 2),
+               round(cpu * 1000 / n, 2), round(statements / n, 1))
+
+
+class Meter:
+    """CPU time of this process and SQL statements sent, over a `with` block."""
+
+    def __enter__(self) -> Meter:
+        from sqlalchemy import event
+
+        from app.extensions import db
+
+        self.statements = 0
+        self._engine = db.engine
+        event.listen(self._engine, "before_cursor_execute", self._count)
+        self._cpu = time.process_time()
+        return self
+
+    def _count(self, *_args: object) -> None:
+        self.statements += 1
+
+    def __exit__(self, *_exc: object) -> None:
+        from sqlalchemy import event
+
+        self.cpu = time.process_time() - self._cpu
+        event.remove(self._engine, "before_cursor_execute", self._count)
 
 
 def post_all(app: Flask, n: int, prefix: str) -> tuple[list[float], float]:
@@ -80,22 +109,28 @@ def run(messages: int) -> list[Row]:
             OpenAIStandIn() as llm:
         inline = create_app(config_for(url))
         with inline.app_context():
-            latencies, seconds = post_all(inline, messages, "inline")
-            rows.append(_row("inline (offline skill, TwiML)", latencies, seconds))
+            with Meter() as meter:
+                latencies, seconds = post_all(inline, messages, "inline")
+            rows.append(_row("inline (offline skill, TwiML)", latencies, seconds, meter.cpu,
+                             meter.statements))
             db.session.remove()
             db.engine.dispose()
 
         redis.Redis.from_url(server.url).flushdb()
         queued = create_app(config_for(url, **queued_environment(server.url, twilio, llm)))
         with queued.app_context():
-            latencies, seconds = post_all(queued, messages, "queued")
-            rows.append(_row("queued (<Response/>)", latencies, seconds))
+            with Meter() as meter:
+                latencies, seconds = post_all(queued, messages, "queued")
+            rows.append(_row("queued (<Response/>)", latencies, seconds, meter.cpu,
+                             meter.statements))
             started = time.perf_counter()
-            done = run_worker(queued)
+            with Meter() as meter:
+                done = run_worker(queued)
             seconds = time.perf_counter() - started
             assert done == messages and len(twilio.accepted) == messages, (done, len(twilio.sent))
             per_job = [seconds / messages] * messages
-            rows.append(_row("worker (LLM + REST send)", per_job, seconds))
+            rows.append(_row("worker (LLM + REST send)", per_job, seconds, meter.cpu,
+                             meter.statements))
             db.session.remove()
             db.engine.dispose()
     return rows
@@ -107,10 +142,11 @@ def main() -> None:
     parser.add_argument("--json", type=Path, default=None, help="also write the rows here")
     args = parser.parse_args()
     rows = run(args.messages)
-    print(f"{'mode':<32} {'msgs':>5} {'msg/s':>7} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8}")
+    print(f"{'mode':<32} {'msgs':>5} {'msg/s':>7} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} "
+          f"{'CPU ms':>7} {'SQL':>5}")
     for row in rows:
         print(f"{row.mode:<32} {row.messages:>5} {row.per_second:>7} {row.p50_ms:>8} "
-              f"{row.p95_ms:>8} {row.p99_ms:>8}")
+              f"{row.p95_ms:>8} {row.p99_ms:>8} {row.cpu_ms:>7} {row.statements:>5}")
     if args.json:
         args.json.write_text(json.dumps([asdict(r) for r in rows], indent=2))
 

@@ -213,12 +213,9 @@ def store_inbound(turn: Turn) -> None:
     turn.contact.last_inbound_at = turn.now
     if msg.channel == "whatsapp":
         turn.contact.whatsapp_last_inbound_at = turn.now
-    catalog_costs = turn.catalog.costs
-    costs.record_messaging(turn.session, turn.account_id, catalog_costs, msg.channel, "in",
-                           billed_units(msg.channel, msg.text), key=f"msg:in:{msg.message_sid}",
-                           now=turn.now)
-    costs.record_platform(turn.session, turn.account_id, catalog_costs,
-                          key=f"platform:{msg.message_sid}", now=turn.now)
+    costs.record_inbound(turn.session, turn.account_id, turn.catalog.costs, msg.channel,
+                         billed_units(msg.channel, msg.text), message_sid=msg.message_sid,
+                         now=turn.now)
 
 
 def compliance_keywords(turn: Turn) -> None:

@@ -96,12 +96,31 @@ def _with_diets(items: list[Meal], diets: frozenset[str]) -> list[Meal]:
     return [m for m in items if len(diets & m.tags) == best]
 
 
+# Plans already worked out, by (knowledge, diets, kcal target, days): the search is pure and
+# people ask the same few things ("meal plan", "vegan meal plan for 3 days"), so a worker
+# computes each once. Bounded: cleared when it reaches `_PLAN_CACHE_SIZE` entries.
+_PLAN_CACHE: dict[tuple[int, frozenset[str], int, int], tuple[DayPlan, ...]] = {}
+_PLAN_CACHE_SIZE = 1024
+
+
 def plan_days(knowledge: Knowledge, diets: frozenset[str], target: int, days: int) -> list[DayPlan]:
     """Day plans close to `target` kcal using meals that fit `diets`, varied across days.
 
     For each day every breakfast x lunch x dinner is scored by its distance from the target
-    after the best 0-2 snacks, plus `REPEAT_PENALTY_KCAL` per meal already used.
+    after the best 0-2 snacks, plus `REPEAT_PENALTY_KCAL` per meal already used. The result
+    is remembered per process (`_PLAN_CACHE`).
     """
+    key = (id(knowledge), diets, target, days)
+    cached = _PLAN_CACHE.get(key)
+    if cached is None:
+        if len(_PLAN_CACHE) >= _PLAN_CACHE_SIZE:
+            _PLAN_CACHE.clear()
+        cached = _PLAN_CACHE[key] = tuple(_search_plans(knowledge, diets, target, days))
+    return list(cached)
+
+
+def _search_plans(knowledge: Knowledge, diets: frozenset[str], target: int, days: int
+                  ) -> list[DayPlan]:
     by_slot = {
         slot: _with_diets([m for m in knowledge.meals if m.slot == slot], diets)
         for slot in ("breakfast", "lunch", "dinner", "snack")
@@ -113,15 +132,18 @@ def plan_days(knowledge: Knowledge, diets: frozenset[str], target: int, days: in
     snack_sets.sort(key=lambda pair: pair[0])
     snack_kcal = [kcal for kcal, _ in snack_sets]
 
+    # Each trio's best snacks and distance from the target do not change from day to day.
+    scored = []
+    for trio in itertools.product(by_slot["breakfast"], by_slot["lunch"], by_slot["dinner"]):
+        base = sum(m.kcal for m in trio)
+        snacks = _closest(snack_sets, snack_kcal, target - base)
+        scored.append((abs(target - base - sum(m.kcal for m in snacks)), trio, snacks))
     used: Counter[str] = Counter()
     plans = []
     for _ in range(days):
         best: tuple[int, tuple[Meal, ...]] | None = None
-        for trio in itertools.product(by_slot["breakfast"], by_slot["lunch"], by_slot["dinner"]):
-            base = sum(m.kcal for m in trio)
-            snacks = _closest(snack_sets, snack_kcal, target - base)
-            total = base + sum(m.kcal for m in snacks)
-            score = abs(target - total) + REPEAT_PENALTY_KCAL * sum(used[m.name] for m in trio)
+        for distance, trio, snacks in scored:
+            score = distance + REPEAT_PENALTY_KCAL * sum(used[m.name] for m in trio)
             if best is None or score < best[0]:
                 best = (score, trio + snacks)
         assert best is not None

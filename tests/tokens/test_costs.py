@@ -439,3 +439,25 @@ def test_concurrent_repeats_of_one_key_record_it_once(app, account):
     with Session(engine) as check:
         assert rollup(check, account)["cost_platform_musd"] == 200
         assert len(costs.entries(check, account, "2026-11")) == 1
+
+
+def test_record_inbound_equals_messaging_plus_platform_once(session, account):
+    """The inbound path's combined recording posts what the two separate calls post."""
+    other = ledger.open_account(session).id
+    moment = datetime(2026, 11, 21, 10, tzinfo=UTC)
+    combined = costs.record_inbound(session, account, COSTS, "sms", 2, message_sid="SMx",
+                                    now=moment)
+    separate = (costs.record_messaging(session, other, COSTS, "sms", "in", 2, key="msg:in:SMy",
+                                       now=moment)
+                + costs.record_platform(session, other, COSTS, key="platform:SMy", now=moment))
+    assert combined == separate == 2 * COSTS.messaging["sms"].inbound_musd + COSTS.platform_musd
+    assert costs.record_inbound(session, account, COSTS, "sms", 2, message_sid="SMx",
+                                now=moment) == 0  # a repeat
+    session.commit()
+    columns = ("cost_messaging_musd", "cost_platform_musd", "messages_in", "units_in")
+    mine, theirs = costs.month(session, account, moment), costs.month(session, other, moment)
+    assert [getattr(mine, c) for c in columns] == [getattr(theirs, c) for c in columns]
+    days = session.execute(select(costs.AccountDay.account_id, costs.AccountDay.cost_musd)
+                           .order_by(costs.AccountDay.account_id)).all()
+    assert [amount for _, amount in days] == [combined, separate]
+    assert session.scalar(select(func.count()).select_from(CostEntry)) == 4
