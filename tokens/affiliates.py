@@ -432,12 +432,16 @@ def record_conversion(
     conversion_id = conversion_id.strip()
     if len(conversion_id) > CONVERSION_ID_MAX:
         raise InvalidConversion(f"conversion_id: at most {CONVERSION_ID_MAX} characters")
+    if not _storable(conversion_id):
+        raise InvalidConversion("conversion_id: NUL or unpaired surrogate characters")
     for name, amount in (("sale_amount", sale_amount_cents), ("commission", commission_cents)):
         if type(amount) is not int or amount < 0:
             raise InvalidConversion(f"{name}: a non-negative whole number of cents is required")
     if click_id is not None and not isinstance(click_id, str):
         raise InvalidConversion("click_id: a string or null is required")
     click_id = (click_id or "").strip() or None
+    if click_id is not None and not _storable(click_id):
+        raise InvalidConversion("click_id: NUL or unpaired surrogate characters")
     if click_id is not None and len(click_id) > CLICK_ID_MAX:
         click_id = None  # not one of ours: keep the conversion, unattributed
 
@@ -548,3 +552,15 @@ def import_csv(session: Session, network: str, text: str,
         else:
             repeated += 1
     return ImportResult(added=added, repeated=repeated, errors=errors)
+
+
+def _storable(text: str) -> bool:
+    """Whether a database can store `text`: no NUL (PostgreSQL refuses it) and valid UTF-8
+    (no unpaired surrogate from a JSON escape)."""
+    if "\x00" in text:
+        return False
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True

@@ -99,7 +99,7 @@ def prefetch(event: dict[str, Any], provider: PaymentProvider) -> dict[str, dict
     kind = str(event.get("type") or "")
     wanted: list[tuple[str, str]] = []
     if kind.startswith("customer.subscription."):
-        wanted.append(("subscription", str(obj.get("id") or "")))
+        wanted.append(("subscription", _id(obj.get("id")) or ""))
     elif kind.startswith("checkout.session.") and obj.get("mode") == "subscription":
         wanted.append(("subscription", _id(obj.get("subscription")) or ""))
     elif kind.startswith("invoice."):
@@ -289,14 +289,16 @@ def charge_refunded(session: Session, event: dict[str, Any], ctx: EventContext
     the refunded money in full. `amount_refunded` is cumulative, so a repeat or an older event
     does nothing."""
     obj = _object(event)
-    charge_id = str(obj.get("id") or "")
+    charge_id = _id(obj.get("id"))
+    if charge_id is None:
+        return EventResult("ignored: a charge without a usable id")
     checkout = _checkout_of_charge(session, obj, ctx)
     if checkout is None:
         return EventResult("ignored: no checkout of ours for this charge")
     ledger.lock_account(session, checkout.account_id)
     session.refresh(checkout)
     checkout.charge_id = checkout.charge_id or charge_id
-    refunded = min(int(obj.get("amount_refunded") or 0), checkout.amount_cents)
+    refunded = min(_cents(obj.get("amount_refunded")) or 0, checkout.amount_cents)
     if refunded <= checkout.refunded_cents:
         return EventResult("already processed")
     taken = 0
@@ -320,7 +322,9 @@ def dispute_created(session: Session, event: dict[str, Any], ctx: EventContext
     """Freeze the pack's unspent tokens with a hold until the dispute closes. An inquiry
     (`warning_needs_response`) moves no money and freezes nothing."""
     obj = _object(event)
-    dispute_id = str(obj.get("id") or "")
+    dispute_id = _id(obj.get("id"))
+    if dispute_id is None:
+        return EventResult("ignored: a dispute without a usable id")
     if str(obj.get("status") or "").startswith("warning_"):
         return EventResult("inquiry: nothing frozen")
     checkout = _checkout_of_dispute(session, obj, ctx)
@@ -349,7 +353,9 @@ def dispute_closed(session: Session, event: dict[str, Any], ctx: EventContext) -
     """Won (or an inquiry closed): release the freeze. Lost: release it, claw back what is
     left of the pack, and reverse the disputed money."""
     obj = _object(event)
-    dispute_id = str(obj.get("id") or "")
+    dispute_id = _id(obj.get("id"))
+    if dispute_id is None:
+        return EventResult("ignored: a dispute without a usable id")
     checkout = _checkout_of_dispute(session, obj, ctx)
     if checkout is None:
         return EventResult("ignored: no checkout of ours for this dispute")
@@ -366,7 +372,7 @@ def dispute_closed(session: Session, event: dict[str, Any], ctx: EventContext) -
     if checkout.status == "completed":
         taken = _claw_pack(session, checkout, checkout.tokens + checkout.bonus_tokens,
                            f"dispute:{dispute_id}:lost", "dispute lost", ctx)
-    disputed = min(int(obj.get("amount") or checkout.amount_cents),
+    disputed = min(_cents(obj.get("amount")) or checkout.amount_cents,
                    checkout.amount_cents - checkout.refunded_cents)
     if disputed > 0 and checkout.status == "completed":
         costs.record_revenue(session, checkout.account_id, "pack",
@@ -386,7 +392,9 @@ def subscription_changed(session: Session, event: dict[str, Any], ctx: EventCont
     """Store the subscription as the provider has it now (fetched before the transaction):
     events arrive out of order, the present state does not."""
     obj = _object(event)
-    external_id = str(obj.get("id") or "")
+    external_id = _id(obj.get("id"))
+    if external_id is None:  # nothing to look up at the provider: the body is not trusted
+        return EventResult("ignored: a subscription without an id")
     fresh = ctx.fetched.get(external_id) if external_id in ctx.fetched else obj
     if fresh is None:
         return EventResult("ignored: the provider has no such subscription")
@@ -405,8 +413,10 @@ def invoice_paid(session: Session, event: dict[str, Any], ctx: EventContext) -> 
     if account_id is None:
         return EventResult("ignored: not a subscription of ours")
     ledger.lock_account(session, account_id)
-    invoice_id = str(obj.get("id") or "")
-    paid = int(obj.get("amount_paid") or 0)
+    invoice_id = _id(obj.get("id"))
+    if invoice_id is None:
+        return EventResult("ignored: a invoice without a usable id")
+    paid = _cents(obj.get("amount_paid")) or 0
     if paid <= 0 or obj.get("billing_reason") not in GRANTING_REASONS:
         return EventResult("no tokens: not a paid subscription month")
     plan = ctx.catalog.premium
@@ -454,7 +464,9 @@ def _store_subscription(session: Session, fresh: dict[str, Any], ctx: EventConte
                         *, account_id: int | None) -> EventResult:
     """Select or insert the subscription's row and store its state, the person's account
     locked first (as everywhere) when it is known."""
-    external_id = str(fresh.get("id") or "")
+    external_id = _id(fresh.get("id"))
+    if external_id is None:
+        return EventResult("ignored: a subscription without a usable id")
     existing = session.scalar(select(Subscription.account_id).where(
         Subscription.external_id == external_id))
     account_id = account_id or existing or _account_of_metadata(session, fresh)
@@ -477,7 +489,7 @@ def _store_subscription(session: Session, fresh: dict[str, Any], ctx: EventConte
     row.account_id = row.account_id or account_id
     grace = ctx.catalog.premium.grace_days
     was_premium = row.premium(ctx.now, grace) if row.account_id else False
-    status = str(fresh.get("status") or row.status)
+    status = str(fresh.get("status") or row.status)[:32]
     row.past_due_since = (row.past_due_since or ctx.now) if status == "past_due" else None
     row.status = status
     row.customer_id = _id(fresh.get("customer")) or row.customer_id
@@ -505,11 +517,17 @@ def _object(event: dict[str, Any]) -> dict[str, Any]:
     return obj if isinstance(obj, dict) else {}
 
 
+MAX_ID_CHARS = 150  # Stripe ids are far shorter; keys built on them must fit 200 characters
+
+
 def _id(value: Any) -> str | None:
-    """An id that may be a string or an expanded object."""
+    """An id that may be a string or an expanded object; None when absent or not a plausible
+    id (not a string, or longer than `MAX_ID_CHARS`)."""
     if isinstance(value, dict):
         value = value.get("id")
-    return str(value) if value else None
+    if not isinstance(value, str) or not value or len(value) > MAX_ID_CHARS:
+        return None
+    return value
 
 
 def _checkout(session: Session, external_id: Any) -> Checkout | None:
@@ -585,17 +603,30 @@ def _period_end(obj: dict[str, Any]) -> datetime | None:
     """When the period an invoice or a subscription covers ends: `current_period_end`
     (older shapes), the first item's (current shape), or an invoice line's period."""
     stamp = obj.get("current_period_end")
-    items = obj.get("items")
-    if not stamp and isinstance(items, dict) and items.get("data"):
-        stamp = (items["data"][0] or {}).get("current_period_end")
-    lines = obj.get("lines")
-    if not stamp and isinstance(lines, dict) and lines.get("data"):
-        period = (lines["data"][0] or {}).get("period") or {}
-        stamp = period.get("end")
-    try:
-        return datetime.fromtimestamp(int(stamp), UTC) if stamp else None
-    except (TypeError, ValueError, OverflowError):
+    if not stamp:
+        stamp = _first(obj.get("items")).get("current_period_end")
+    if not stamp:
+        period = _first(obj.get("lines")).get("period")
+        stamp = period.get("end") if isinstance(period, dict) else None
+    # Unix seconds within years 1970-9999; anything else is not a date.
+    if type(stamp) is not int or not 0 < stamp < 253_402_300_800:
         return None
+    return datetime.fromtimestamp(stamp, UTC)
+
+
+def _first(listing: Any) -> dict[str, Any]:
+    """The first object of a Stripe list (`{"data": [...]}`), or {} for any other shape."""
+    data = listing.get("data") if isinstance(listing, dict) else None
+    first = data[0] if isinstance(data, list) and data else None
+    return first if isinstance(first, dict) else {}
+
+
+def _cents(value: Any) -> int | None:
+    """A Stripe amount in cents: a whole number from 0 to 10^9; None for anything else
+    (a malformed event must not reach the ledger or the revenue rollups)."""
+    if type(value) is not int or not 0 <= value <= 1_000_000_000:
+        return None
+    return value
 
 
 def _claw_pack(session: Session, checkout: Checkout, target: int, key: str, memo: str,

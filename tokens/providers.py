@@ -264,4 +264,37 @@ def _event_dict(payload: bytes) -> dict[str, Any]:
     if not isinstance(event, dict) or event.get("object") != "event" or not event.get("id") \
             or not isinstance(event.get("data"), dict):
         raise InvalidWebhook("the body is not a Stripe event (object, id and data required)")
+    if not isinstance(event["id"], str) or len(event["id"]) > 255 \
+            or not isinstance(event.get("type"), str) or len(event["type"]) > 100:
+        raise InvalidWebhook("the event's id and type must be strings (at most 255 and 100 "
+                             "characters)")
+    bad = _unstorable_text(event)
+    if bad is not None:
+        raise InvalidWebhook(f"the event holds text no database can store: {bad}")
     return event
+
+
+def _unstorable_text(value: Any, depth: int = 0) -> str | None:
+    """Why some string in `value` (keys too) cannot be stored: a NUL (PostgreSQL text refuses
+    it) or a lone surrogate (not UTF-8); None when all are fine."""
+    if depth > 64:
+        return "nested too deeply"
+    if isinstance(value, str):
+        if "\x00" in value:
+            return "a NUL character"
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return "an unpaired surrogate"
+        return None
+    if isinstance(value, dict):
+        items: list[Any] = [*value.keys(), *value.values()]
+    elif isinstance(value, list):
+        items = value
+    else:
+        return None
+    for item in items:
+        reason = _unstorable_text(item, depth + 1)
+        if reason is not None:
+            return reason
+    return None

@@ -6,6 +6,7 @@ POST parameter), Twilio "Messaging webhook request" (field names), shared/design
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -129,8 +130,8 @@ class TwilioAdapter:
         if not status or len(status) > 32:
             raise InvalidInbound("MessageStatus is missing or too long")
         raw_code = (form.get("ErrorCode") or "").strip()
-        if raw_code and not raw_code.isdigit():
-            raise InvalidInbound("ErrorCode is not a number")
+        if raw_code and not re.fullmatch(r"[0-9]{1,9}", raw_code):  # Twilio's are 5 digits
+            raise InvalidInbound("ErrorCode is not a number of at most 9 digits")
         to = _clean(form.get("To") or "").strip() or None
         return StatusUpdate(message_sid=sid, status=status,
                             error_code=int(raw_code) if raw_code else None, to=to)
@@ -190,8 +191,8 @@ def _clean(value: str) -> str:
 
 def _media(form: Mapping[str, str]) -> tuple[Media, ...]:
     raw = (form.get("NumMedia") or "0").strip()
-    if not raw.isdigit():
-        raise InvalidInbound("NumMedia is not a whole number")
+    if not re.fullmatch(r"[0-9]{1,4}", raw):  # ASCII digits: str.isdigit accepts "²"
+        raise InvalidInbound("NumMedia is not a whole number below 10000")
     count = min(int(raw), MAX_MEDIA)
     items = []
     for i in range(count):
