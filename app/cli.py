@@ -34,6 +34,9 @@ def register_cli(app: Flask) -> None:
     app.cli.add_command(report)
     app.cli.add_command(admin_group)
     app.cli.add_command(contacts_group)
+    from app.simulate import simulate
+
+    app.cli.add_command(simulate)
     from app.affiliates import affiliates_group
 
     app.cli.add_command(affiliates_group)
