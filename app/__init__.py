@@ -133,8 +133,11 @@ def _database_errors(app: Flask) -> None:
         except (OperationalError, InterfaceError):
             db.session.invalidate()
         orig = getattr(exc, "orig", None)
+        # The driver's message says which it is (down, deadlock, a missing table after a
+        # skipped migration); the engine hides statement parameters, so no personal data.
         app.logger.error("database unavailable: answered 503",
-                         extra={"error": type(orig or exc).__name__})
+                         extra={"error": type(orig or exc).__name__,
+                                "detail": str(orig or exc)[:300]})
         return Response("The database is unavailable; try again shortly.\n", status=503,
                         headers={"Retry-After": "30"}, content_type="text/plain; charset=utf-8")
 

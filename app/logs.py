@@ -65,8 +65,8 @@ def configure(log_format: str, level: str = "INFO") -> None:
         structlog.stdlib.ExtraAdder(),
         drop_message,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
+        structlog.processors.format_exc_info,  # before redaction: tracebacks are masked too
         redact_phones,
-        structlog.processors.format_exc_info,
     ]
     renderer: Any = (structlog.processors.JSONRenderer() if log_format == "json"
                      else structlog.processors.LogfmtRenderer(

@@ -13,7 +13,7 @@ from contextlib import suppress
 import redis
 from flask import Flask
 from rq import Queue, Retry
-from rq.exceptions import DuplicateJobError, NoSuchJobError
+from rq.exceptions import DuplicateJobError, InvalidJobOperation, NoSuchJobError
 from rq.job import Job, JobStatus
 
 QUEUE_NAME = "answers"
@@ -88,8 +88,15 @@ def enqueue_answer(app: Flask, message_sid: str) -> bool:
             job = Job.fetch(job_id, connection=queue.connection)
         except NoSuchJobError:  # it ended and expired meanwhile
             job = None
-        if job is not None and job.get_status(refresh=True) not in _DONE:
+        status = job.get_status(refresh=True) if job is not None else None
+        if job is not None and status not in _DONE:
             return True  # waiting, scheduled or running: nothing to do
+        if job is not None and status == JobStatus.FAILED:
+            # RQ moves it back to the queue in one step; a concurrent caller that got there
+            # first leaves it no longer failed, which is just as good.
+            with suppress(InvalidJobOperation, NoSuchJobError):
+                queue.failed_job_registry.requeue(job)
+            return True
         if job is not None:
             job.delete()
         with suppress(DuplicateJobError):  # another process re-enqueued it first

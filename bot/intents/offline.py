@@ -99,7 +99,7 @@ def _with_diets(items: list[Meal], diets: frozenset[str]) -> list[Meal]:
 # Plans already worked out, by (knowledge, diets, kcal target, days): the search is pure and
 # people ask the same few things ("meal plan", "vegan meal plan for 3 days"), so a worker
 # computes each once. Bounded: cleared when it reaches `_PLAN_CACHE_SIZE` entries.
-_PLAN_CACHE: dict[tuple[int, frozenset[str], int, int], tuple[DayPlan, ...]] = {}
+_PLAN_CACHE: dict[tuple[int, frozenset[str], int, int], tuple[Knowledge, tuple[DayPlan, ...]]] = {}
 _PLAN_CACHE_SIZE = 1024
 
 
@@ -112,11 +112,13 @@ def plan_days(knowledge: Knowledge, diets: frozenset[str], target: int, days: in
     """
     key = (id(knowledge), diets, target, days)
     cached = _PLAN_CACHE.get(key)
-    if cached is None:
+    # The entry holds the knowledge it was made from, so that id cannot be reused meanwhile.
+    if cached is None or cached[0] is not knowledge:
         if len(_PLAN_CACHE) >= _PLAN_CACHE_SIZE:
             _PLAN_CACHE.clear()
-        cached = _PLAN_CACHE[key] = tuple(_search_plans(knowledge, diets, target, days))
-    return list(cached)
+        cached = _PLAN_CACHE[key] = (knowledge,
+                                     tuple(_search_plans(knowledge, diets, target, days)))
+    return list(cached[1])
 
 
 def _search_plans(knowledge: Knowledge, diets: frozenset[str], target: int, days: int

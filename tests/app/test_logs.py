@@ -75,3 +75,13 @@ def test_job_lines_carry_the_job_id(json_logs):
     structlog.contextvars.clear_contextvars()
     (record,) = [r for r in json_logs.records() if r["event"] == "answer settled"]
     assert record["job_id"] == "answer-SM1" and record["outcome"] == "answered"
+
+
+def test_tracebacks_are_masked_too(json_logs):
+    json_logs.start()
+    try:
+        raise ValueError("could not store whatsapp:+15551234567")
+    except ValueError:
+        logging.getLogger("app.jobs").exception("job failed")
+    (record,) = [r for r in json_logs.records() if r["event"] == "job failed"]
+    assert "ValueError" in record["exception"] and "15551234567" not in record["exception"]
