@@ -191,6 +191,26 @@ def test_openai_counts_concurrent_requests(
     assert openai_standin.requests == []
 
 
+def test_a_request_still_sleeping_at_reset_leaves_the_next_tests_failures_alone(
+    llm: openai.OpenAI, openai_standin: OpenAIStandIn
+) -> None:
+    """The CI flake of `test_library_retries_are_used_when_asked`: a timed-out request from the
+    test before woke after the reset and took one of the failures queued for the next test."""
+    openai_standin.delay_seconds = 30.0
+    late = threading.Thread(target=ask, args=(llm.with_options(timeout=60.0), "late"))
+    late.start()
+    while not openai_standin.requests:
+        threading.Event().wait(0.01)
+    openai_standin.reset()
+    openai_standin.fail_next(503, times=2)
+    late.join(timeout=5)
+    assert not late.is_alive()
+    for _ in range(2):
+        with pytest.raises(openai.InternalServerError):
+            ask(llm, "now")
+    assert ask(llm, "now").choices[0].message.content
+
+
 # -- twilio ---------------------------------------------------------------------------------
 
 

@@ -64,7 +64,7 @@ def month(tmp_path_factory: pytest.TempPathFactory) -> tuple[Result, Path]:
     return result, out
 
 
-def test_the_command_exits_0_and_writes_its_outputs(month):
+def test_the_command_exits_0_and_writes_its_outputs(month: tuple[Result, Path]) -> None:
     result, out = month
     assert result.exit_code == 0, result.output
     for name in CHARTS:
@@ -77,7 +77,7 @@ def test_the_command_exits_0_and_writes_its_outputs(month):
     assert "Revenue $" in result.output and "messages/s" in result.output
 
 
-def test_everyone_stays_within_the_loss_ceiling(month):
+def test_everyone_stays_within_the_loss_ceiling(month: tuple[Result, Path]) -> None:
     _, out = month
     ceiling = read(out, "summary.json")["within_ceiling"]
     assert ceiling["people"] == ceiling["of"] > 0
@@ -87,7 +87,7 @@ def test_everyone_stays_within_the_loss_ceiling(month):
     assert ceiling["ceiling_musd"] == monthly_loss_ceiling_musd(catalog, 30)
 
 
-def test_every_persona_appears_and_the_totals_add_up(month):
+def test_every_persona_appears_and_the_totals_add_up(month: tuple[Result, Path]) -> None:
     _, out = month
     summary, report = read(out, "summary.json"), read(out, "report.json")
     personas = summary["personas"]
@@ -98,7 +98,7 @@ def test_every_persona_appears_and_the_totals_add_up(month):
     assert sum(row["messages_in"] for row in personas.values()) == summary["messages"]
 
 
-def test_abusive_people_pay_nothing_and_end_restricted(month):
+def test_abusive_people_pay_nothing_and_end_restricted(month: tuple[Result, Path]) -> None:
     _, out = month
     abusive = read(out, "summary.json")["personas"]["abusive"]
     assert abusive["revenue_musd"] == 0 and abusive["paying"] == 0
@@ -112,7 +112,7 @@ def test_abusive_people_pay_nothing_and_end_restricted(month):
     assert all(p["tokens_charged"] <= catalog.free_monthly_allowance for p in abusers)
 
 
-def test_the_ledger_of_every_simulated_person_is_consistent(month):
+def test_the_ledger_of_every_simulated_person_is_consistent(month: tuple[Result, Path]) -> None:
     _, out = month
     engine = create_engine(f"sqlite:///{out / 'simulation.db'}")
     try:
@@ -129,7 +129,7 @@ def test_the_ledger_of_every_simulated_person_is_consistent(month):
         engine.dispose()
 
 
-def test_a_seed_gives_the_same_month(tmp_path):
+def test_a_seed_gives_the_same_month(tmp_path: Path) -> None:
     args = ("--people", "12", "--days", "2", "--seed", "3", "--no-charts",
             "--mix", "casual=0.5,active=0.3,power=0.2")
     first = invoke(tmp_path, *args, "--out", str(tmp_path / "a"))
@@ -144,7 +144,7 @@ def test_a_seed_gives_the_same_month(tmp_path):
 
 
 @pytest.mark.backends("postgresql")
-def test_it_simulates_into_a_postgresql_database(database_url, tmp_path):
+def test_it_simulates_into_a_postgresql_database(database_url: str, tmp_path: Path) -> None:
     result = invoke(tmp_path, "--people", "6", "--days", "2", "--mix", "casual=0.5,power=0.5",
                     "--no-charts", "--database", database_url, "--out", str(tmp_path / "pg"))
     assert result.exit_code == 0, result.output
@@ -155,7 +155,7 @@ def test_it_simulates_into_a_postgresql_database(database_url, tmp_path):
     assert again.exit_code != 0 and "already has accounts" in again.output
 
 
-def test_options_are_checked(tmp_path):
+def test_options_are_checked(tmp_path: Path) -> None:
     bad_mix = invoke(tmp_path, "--mix", "casual=1,trolls=2")
     assert bad_mix.exit_code == 2 and "--mix" in bad_mix.output
     bad_month = invoke(tmp_path, "--people", "1", "--month", "2026-13")
@@ -164,7 +164,7 @@ def test_options_are_checked(tmp_path):
     assert bad_buy.exit_code == 2 and "--buy-propensity" in bad_buy.output
 
 
-def test_helpers():
+def test_helpers() -> None:
     assert persona_counts(10, parse_mix("casual=0.6,active=0.25,power=0.1,abusive=0.05")) == {
         "casual": 6, "active": 3, "power": 1, "abusive": 0}
     assert sum(persona_counts(10_000, parse_mix("casual=1,abusive=2")).values()) == 10_000
@@ -173,7 +173,7 @@ def test_helpers():
     check_texts(load_catalog())  # every text classifies as the intent it stands for
 
 
-def test_rate_limit_counters_expire_on_the_simulated_clock():
+def test_rate_limit_counters_expire_on_the_simulated_clock() -> None:
     clock = SimulatedClockStorage()
     clock.now = 1_000.0
     assert clock.incr("a", 60) == 1 and clock.incr("a", 60) == 2

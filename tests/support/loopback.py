@@ -77,6 +77,10 @@ def json_response(
     return response
 
 
+class Superseded(Exception):
+    """Raised in a request that was sleeping in `_pause` when the test reset the stand-in."""
+
+
 class LoopbackServer:
     """A threaded loopback HTTP server; subclasses answer requests in `_handle`.
 
@@ -89,6 +93,8 @@ class LoopbackServer:
     def __init__(self, delay_seconds: float = 0.0) -> None:
         self._lock = threading.Lock()
         self._closing = threading.Event()
+        # Set to wake requests sleeping in `_pause`; replaced by `_supersede_delayed`.
+        self._wake = threading.Event()
         self._delay_seconds = delay_seconds
         self._server: BaseWSGIServer | None = None
         self._thread: threading.Thread | None = None
@@ -100,6 +106,8 @@ class LoopbackServer:
         if self._server is not None:
             raise RuntimeError(f"{type(self).__name__} is already running")
         self._closing.clear()
+        with self._lock:
+            self._wake = threading.Event()
         self._server = make_server(
             HOST, 0, self._wsgi_app, threaded=True, request_handler=QuietHandler
         )
@@ -118,6 +126,8 @@ class LoopbackServer:
         if server is None:
             return
         self._closing.set()
+        with self._lock:
+            self._wake.set()
         server.shutdown()
         server.server_close()
         if thread is not None:
@@ -162,15 +172,40 @@ class LoopbackServer:
             self._delay_seconds = value
 
     def _pause(self) -> None:
-        """Wait `delay_seconds`, or until `stop()` is called."""
+        """Wait `delay_seconds`, or until `stop()` is called.
+
+        Raises:
+            Superseded: the test reset the stand-in meanwhile (`_supersede_delayed`). The
+                request then ends with a 503 and must not touch state: a late request from
+                an earlier test would otherwise consume the next test's queued failures.
+        """
         delay = self.delay_seconds
-        if delay > 0:
-            self._closing.wait(delay)
+        if delay <= 0:
+            return
+        with self._lock:
+            wake = self._wake
+        wake.wait(delay)
+        with self._lock:
+            superseded = wake is not self._wake
+        if superseded:
+            raise Superseded
+
+    def _supersede_delayed(self) -> None:
+        """End every request sleeping in `_pause` with a 503 that changes nothing.
+
+        Subclasses call this from `reset()`, before clearing their state.
+        """
+        with self._lock:
+            old, self._wake = self._wake, threading.Event()
+        old.set()
 
     # -- the server ------------------------------------------------------------------------
 
     def _wsgi_app(self, environ: dict[str, Any], start_response: Any) -> Any:
-        response = self._handle(Request(environ))
+        try:
+            response = self._handle(Request(environ))
+        except Superseded:
+            response = json_response(503, {"error": "superseded by a reset of the stand-in"})
         return response(environ, start_response)
 
     def _handle(self, request: Request) -> Response:

@@ -205,6 +205,7 @@ class OpenAIStandIn(LoopbackServer):
 
     def reset(self) -> None:
         """Forget requests and pending failures; back to the default reply and no delay."""
+        self._supersede_delayed()
         self._failures.clear()
         with self._lock:
             self._reply = None

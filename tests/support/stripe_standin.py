@@ -329,6 +329,7 @@ class StripeStandIn(LoopbackServer):
     def reset(self) -> None:
         """Forget requests, created and registered objects, idempotency keys, pending failures;
         no delay. The dicts are cleared in place, so references to them stay valid."""
+        self._supersede_delayed()
         self._failures.clear()
         with self._lock:
             self._delay_seconds = 0.0

@@ -167,6 +167,7 @@ class TwilioStandIn(LoopbackServer):
 
     def reset(self) -> None:
         """Forget sent messages and pending failures; no delay."""
+        self._supersede_delayed()
         self._failures.clear()
         with self._lock:
             self._delay_seconds = 0.0
