@@ -8,6 +8,7 @@ database, and every test gets a fresh copy of it. SQLite tests get a copy of a m
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import uuid
 from collections.abc import Iterator
@@ -18,6 +19,7 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient, FlaskCliRunner
 from flask_migrate import upgrade
+from hypothesis import HealthCheck, settings
 from pytest_postgresql.executors import PostgreSQLExecutor
 from pytest_postgresql.janitor import DatabaseJanitor
 from sqlalchemy.orm import Session
@@ -31,6 +33,15 @@ from tests.support.postgres import PG_USER, postgres_server
 from tests.support.postgres import url as postgres_url
 from tests.support.redis_server import RedisServer, redis_server
 from tests.support.twilio_standin import TwilioStandIn
+
+# In CI the property tests draw the same examples on every run, so a release never waits on a
+# rare example; locally they stay random (and remember failures in .hypothesis/).
+settings.register_profile(
+    "ci", derandomize=True, database=None, deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+if os.environ.get("CI"):
+    settings.load_profile("ci")
 
 TESTS = Path(__file__).resolve().parent
 FIXTURES = TESTS / "fixtures"

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -27,6 +28,9 @@ from tests.support.twilio_standin import TwilioStandIn
 
 ACCOUNT_SID = "AC" + "0123456789abcdef" * 2
 AUTH_TOKEN = "standin-auth-token"
+# Requests meant to succeed get a timeout no loaded machine reaches; the timeout tests
+# shorten it to SHORT_TIMEOUT against a SLOW stand-in.
+TIMEOUT = 10.0
 SHORT_TIMEOUT = 0.3
 SLOW = 1.0
 
@@ -46,7 +50,7 @@ def openai_standin() -> Iterator[OpenAIStandIn]:
 @pytest.fixture()
 def llm(openai_standin: OpenAIStandIn) -> openai.OpenAI:
     return openai.OpenAI(
-        api_key="sk-test", base_url=openai_standin.base_url, timeout=SHORT_TIMEOUT, max_retries=0
+        api_key="sk-test", base_url=openai_standin.base_url, timeout=TIMEOUT, max_retries=0
     )
 
 
@@ -58,7 +62,7 @@ def twilio_standin() -> Iterator[TwilioStandIn]:
 
 @pytest.fixture()
 def twilio(twilio_standin: TwilioStandIn) -> TwilioClient:
-    http_client = BaseUrlHttpClient(twilio_standin.base_url, timeout=SHORT_TIMEOUT)
+    http_client = BaseUrlHttpClient(twilio_standin.base_url, timeout=TIMEOUT)
     return TwilioClient(ACCOUNT_SID, AUTH_TOKEN, http_client=http_client)
 
 
@@ -160,7 +164,7 @@ def test_openai_errors_map_to_the_client_exceptions(
 def test_openai_slow_answer_times_out(llm: openai.OpenAI, openai_standin: OpenAIStandIn) -> None:
     openai_standin.delay_seconds = SLOW
     with pytest.raises(openai.APITimeoutError):
-        ask(llm, "hi")
+        ask(llm.with_options(timeout=SHORT_TIMEOUT), "hi")
 
 
 def test_openai_requires_a_bearer_key(openai_standin: OpenAIStandIn) -> None:
@@ -179,14 +183,31 @@ def test_openai_requires_a_bearer_key(openai_standin: OpenAIStandIn) -> None:
 def test_openai_counts_concurrent_requests(
     llm: openai.OpenAI, openai_standin: OpenAIStandIn
 ) -> None:
-    openai_standin.delay_seconds = 0.15
-    threads = [threading.Thread(target=ask, args=(llm, f"question {i}")) for i in range(3)]
+    # The requests sleep until the reset below ends them, so a slow thread cannot miss the
+    # overlap on a loaded machine.
+    openai_standin.delay_seconds = 30.0
+    patient = llm.with_options(timeout=60.0)
+    ended: list[BaseException] = []
+
+    def ask_until_reset(text: str) -> None:
+        try:
+            ask(patient, text)
+        except openai.InternalServerError as error:  # the 503 of a superseded request
+            ended.append(error)
+
+    threads = [threading.Thread(target=ask_until_reset, args=(f"question {i}",))
+               for i in range(3)]
     for thread in threads:
         thread.start()
-    for thread in threads:
-        thread.join()
+    deadline = time.monotonic() + 30
+    while len(openai_standin.requests) < 3 and time.monotonic() < deadline:
+        time.sleep(0.01)
     assert openai_standin.max_concurrent == 3
     openai_standin.reset()
+    for thread in threads:
+        thread.join(timeout=10)
+    assert len(ended) == 3
+    openai_standin.reset()  # with nothing in flight now, the count starts again from 0
     assert openai_standin.max_concurrent == 0
     assert openai_standin.requests == []
 
@@ -199,8 +220,9 @@ def test_a_request_still_sleeping_at_reset_leaves_the_next_tests_failures_alone(
     openai_standin.delay_seconds = 30.0
     late = threading.Thread(target=ask, args=(llm.with_options(timeout=60.0), "late"))
     late.start()
-    while not openai_standin.requests:
-        threading.Event().wait(0.01)
+    deadline = time.monotonic() + 30
+    while not openai_standin.requests and time.monotonic() < deadline:
+        time.sleep(0.01)
     openai_standin.reset()
     openai_standin.fail_next(503, times=2)
     late.join(timeout=5)
@@ -272,9 +294,9 @@ def test_twilio_rejects_wrong_credentials(twilio_standin: TwilioStandIn) -> None
     assert twilio_standin.sent == []
 
 
-def test_twilio_slow_answer_raises_read_timeout(
-    twilio: TwilioClient, twilio_standin: TwilioStandIn
-) -> None:
+def test_twilio_slow_answer_raises_read_timeout(twilio_standin: TwilioStandIn) -> None:
     twilio_standin.delay_seconds = SLOW
+    http_client = BaseUrlHttpClient(twilio_standin.base_url, timeout=SHORT_TIMEOUT)
+    impatient = TwilioClient(ACCOUNT_SID, AUTH_TOKEN, http_client=http_client)
     with pytest.raises(requests.exceptions.ReadTimeout):
-        twilio.messages.create(to="+15551230001", from_="+15559870002", body="hi")
+        impatient.messages.create(to="+15551230001", from_="+15559870002", body="hi")

@@ -52,7 +52,7 @@ def test_the_eleventh_message_in_a_minute_is_throttled_once_with_one_notice(limi
     assert kinds[10:] == ["throttled"] * 3
     account_id = db.session.scalars(select(Contact.account_id)).one()
     charged = db.session.scalar(select(func.sum(Message.tokens_charged))) or 0
-    balance = ledger.balance(db.session, account_id)
+    balance = ledger.balance(db.session, account_id, T0)
     assert balance.held == 0 and balance.available == 100 - charged
     assert charged == 10 * limited.extensions["bot_settings"].catalog.intent(
         "nutrition_analysis").price

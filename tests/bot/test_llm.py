@@ -199,13 +199,15 @@ def test_an_http_error_is_an_llm_error_without_the_prompt(standin, chat, status,
     assert len(standin.bodies) == 1  # no library retries by default
 
 
-def test_a_slow_api_is_a_timeout(standin):
-    standin.delay_seconds = 1.0
-    chat = OpenAIChat("sk-test", base_url=standin.base_url, timeout_seconds=0.3)
+def test_a_slow_api_is_a_timeout(openai_api):
+    # A stand-in of its own (stopped after the test), so the request it is still sleeping on
+    # cannot reach the shared one's next test.
+    openai_api.delay_seconds = 5.0
+    chat = OpenAIChat("sk-test", base_url=openai_api.base_url, timeout_seconds=0.3)
     started = time.monotonic()
     with pytest.raises(LlmError, match="^timeout$") as error:
         chat.complete(request_for())
-    assert time.monotonic() - started < 0.9
+    assert time.monotonic() - started < 3.0
     assert error.value.usage is None
 
 
@@ -437,9 +439,9 @@ def test_on_an_llm_error_the_skill_fails_with_the_offline_answer_marked_free(
     assert f"HTTP {status}" in str(error.value)
 
 
-def test_on_a_timeout_the_skill_falls_back_too(standin):
-    standin.delay_seconds = 1.0
-    slow = OpenAIChat("sk-test", base_url=standin.base_url, timeout_seconds=0.3)
+def test_on_a_timeout_the_skill_falls_back_too(openai_api):
+    openai_api.delay_seconds = 5.0
+    slow = OpenAIChat("sk-test", base_url=openai_api.base_url, timeout_seconds=0.3)
     with pytest.raises(SkillFailed) as error:
         skill(slow).answer(skill_request())
     assert error.value.reply is not None and replies.OFFLINE_FREE in error.value.reply

@@ -155,7 +155,7 @@ def test_an_inline_llm_failure_gives_the_offline_answer_free(llm_app, openai_api
     outcome = route(llm_app, "meal plan")
     assert outcome.kind == "failed" and outcome.tokens_charged == 0
     assert "Nothing was charged" in outcome.replies[0] and "Breakfast" in outcome.replies[0]
-    assert ledger.balance(session, account(session)).available == 100
+    assert ledger.balance(session, account(session), NOV).available == 100
 
 
 def test_an_identical_request_is_answered_from_the_cache(llm_app, openai_api):
@@ -165,4 +165,4 @@ def test_an_identical_request_is_answered_from_the_cache(llm_app, openai_api):
     assert len(openai_api.requests) == 1  # the second came from the cache, at no LLM cost
     second = account(session, "+15550000002")
     assert costs.month(session, second, NOV).cost_llm_musd == 0
-    assert ledger.balance(session, second).available == 97  # still a paid answer
+    assert ledger.balance(session, second, NOV).available == 97  # still a paid answer

@@ -25,15 +25,26 @@ NOW = datetime(2026, 11, 10, 9, 0, tzinfo=UTC)
 ANA = "+15551234567"
 
 
-@pytest.fixture
-def llm_app(database_url: str, openai_api: OpenAIStandIn) -> Iterator[Flask]:
+def app_with_llm(database_url: str, openai_api: OpenAIStandIn, timeout: str) -> Iterator[Flask]:
     application = create_app(config_for(database_url, OPENAI_API_KEY="sk-test",
                                          OPENAI_BASE_URL=openai_api.base_url,
-                                         OPENAI_TIMEOUT_SECONDS="0.3"))
+                                         OPENAI_TIMEOUT_SECONDS=timeout))
     with application.app_context():
         yield application
         db.session.remove()
         db.engine.dispose()
+
+
+@pytest.fixture
+def llm_app(database_url: str, openai_api: OpenAIStandIn) -> Iterator[Flask]:
+    """The app on the OpenAI stand-in, with a timeout no loaded machine reaches."""
+    yield from app_with_llm(database_url, openai_api, "10")
+
+
+@pytest.fixture
+def impatient_app(database_url: str, openai_api: OpenAIStandIn) -> Iterator[Flask]:
+    """The app on the OpenAI stand-in with a 0.3 s timeout, for a stand-in made slow."""
+    yield from app_with_llm(database_url, openai_api, "0.3")
 
 
 def say(app: Flask, text: str, now: datetime) -> Outcome:
@@ -106,11 +117,11 @@ def test_replies_on_their_way_count_as_exposure(llm_app):
     assert level == tiers.REDUCED  # 6 segments on their way (47,400 µUSD) tipped it over
 
 
-def test_an_llm_call_that_timed_out_is_costed_at_its_ceiling(llm_app, openai_api):
+def test_an_llm_call_that_timed_out_is_costed_at_its_ceiling(impatient_app, openai_api):
     """The provider may bill a call whose answer never came back: its ceiling is recorded."""
-    catalog = llm_app.extensions["bot_settings"].catalog
-    openai_api.delay_seconds = 1.0
-    outcome = say(llm_app, "meal plan", NOW)
+    catalog = impatient_app.extensions["bot_settings"].catalog
+    openai_api.delay_seconds = 5.0
+    outcome = say(impatient_app, "meal plan", NOW)
     assert outcome.kind == "failed" and outcome.tokens_charged == 0
     account = db.session.scalar(select(Contact.account_id).where(Contact.address == ANA))
     [entry] = db.session.scalars(select(CostEntry).where(
