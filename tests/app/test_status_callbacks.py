@@ -13,6 +13,7 @@ from bot.models import Contact, Message, MessageStatusEvent
 from tests.conftest import post_signed, sms, twilio_fields, whatsapp
 from tests.tokens.ledger_checks import assert_consistent
 from tokens import costs, ledger
+from tokens.base import utcnow
 
 STATUS_PATH = "/webhooks/twilio/status"
 DELIVERED_SMS = "sms_status_delivered__vendor_doc_sample.json"
@@ -152,14 +153,17 @@ def test_the_whatsapp_24_hour_window(client, session, app, hours_since_inbound, 
     post_signed(client, whatsapp("meal plan"))
     reply = session.scalar(select(Message).where(Message.direction == "out"))
     reply.status = "pending"
-    session.commit()
     contact = session.get(Contact, reply.contact_id)
-    later = contact.whatsapp_last_inbound_at + timedelta(hours=hours_since_inbound)
+    # The last message is moved back rather than the send forward: a send 25 h later would
+    # fall in the next month on a month's last day, past the free tokens' expiry.
+    now = utcnow()
+    contact.whatsapp_last_inbound_at = now - timedelta(hours=hours_since_inbound)
+    session.commit()
     options = outbound.OutboundSettings(whatsapp_template_sid=template)
     catalog = app.extensions["bot_settings"].catalog
-    plan = outbound.plan_send(session, reply.id, options, catalog, now=later)
+    plan = outbound.plan_send(session, reply.id, options, catalog, now=now)
     session.commit()
-    balance = ledger.balance(session, contact.account_id).available
+    balance = ledger.balance(session, contact.account_id, now).available
     if expected == "send":
         assert plan is not None and plan.body == reply.body and not plan.is_template
         assert balance == 95
