@@ -37,7 +37,6 @@ at the pipeline's pace, about 50 SQL statements per message: see the run's messa
 from __future__ import annotations
 
 import calendar
-import hashlib
 import heapq
 import json
 import logging
@@ -63,6 +62,8 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, aliased
 
 from app.config import Config
+from app.pay import checkout_request
+from app.sandbox import payment_events
 from bot.contacts import mask_address
 from bot.intents.classifier import classify
 from bot.llm import CachedChat, ChatClient, ChatReply, ChatRequest, LlmError, MemoryCache
@@ -76,7 +77,7 @@ from tokens.costs import CostEntry, LlmUsage
 from tokens.errors import PayLinkExpired, PayLinkNotFound
 from tokens.ledger import Account
 from tokens.payment_events import EventContext, prefetch, receive_event
-from tokens.providers import CheckoutRequest, SandboxProvider
+from tokens.providers import SandboxProvider
 from tokens.reports import MonthReport, month_report, people_csv
 
 log = logging.getLogger(__name__)
@@ -718,57 +719,29 @@ class Simulation:
             return
         public_id = str(session.scalar(select(Account.public_id)
                                        .where(Account.id == link.account_id)))
-        base = self.settings.public_base_url.rstrip("/")
-        if link.purpose == "premium":
-            plan = catalog.premium
-            mode, code, name = "subscription", plan.code, f"{catalog.bot_name} {plan.name}"
-            amount, currency, tokens_, bonus = plan.price_cents, plan.currency, 0, 0
-        else:
-            pack = catalog.pack(link.pack_code)
-            mode, code = "payment", pack.code
-            name = f"{catalog.bot_name} {pack.name}: {pack.total_tokens} tokens"
-            amount, currency, tokens_, bonus = (pack.price_cents, pack.currency, pack.tokens,
-                                                pack.bonus_tokens)
-        digest = hashlib.sha256(token.encode()).hexdigest()[:32]
-        created = self.provider.create_checkout(CheckoutRequest(
-            mode=mode, account_public_id=public_id, item_code=code, name=name,
-            amount_cents=amount, currency=currency, tokens=tokens_, bonus_tokens=bonus,
-            success_url=f"{base}/pay/{token}/done", cancel_url=f"{base}/pay/{token}",
-            idempotency_key=f"paylink-{digest}-{moment}"))
+        request = checkout_request(catalog, link, public_id, self.settings.public_base_url,
+                                   moment)
+        created = self.provider.create_checkout(request)
         session_id = created.external_id
         session.add(payments.Checkout(
             pay_link_id=link.id, account_id=link.account_id, provider=self.provider.name,
-            mode=mode, item_code=code, amount_cents=amount, currency=currency, tokens=tokens_,
-            bonus_tokens=bonus, external_id=session_id, url=created.url, status="open",
-            created_at=now, expires_at=now + timedelta(hours=24)))
+            mode=request.mode, item_code=request.item_code, amount_cents=request.amount_cents,
+            currency=request.currency, tokens=request.tokens,
+            bonus_tokens=request.bonus_tokens, external_id=session_id, url=created.url,
+            status="open", created_at=now, expires_at=now + timedelta(hours=24)))
         session.commit()
-        customer = f"cus_sandbox_{public_id}"
-        subscription = f"sub_sandbox_{session_id}" if mode == "subscription" else None
+        events = payment_events(session_id, request.mode, request.amount_cents,
+                                request.currency, public_id, request.item_code)
+        subscription = events[0]["data"]["object"]["subscription"]
         if subscription is not None:  # the sandbox's subscription, on the simulated clock
             self.provider.subscriptions[subscription] = {
                 "id": subscription, "object": "subscription", "status": "active",
-                "customer": customer, "cancel_at_period_end": False,
+                "customer": f"cus_sandbox_{public_id}", "cancel_at_period_end": False,
                 "current_period_end": int((now + timedelta(days=30)).timestamp()),
                 "metadata": {"account": public_id, "sandbox_checkout": session_id}}
-        completed = {
-            "id": session_id, "object": "checkout.session", "mode": mode,
-            "payment_status": "paid", "status": "complete", "amount_total": amount,
-            "currency": currency, "client_reference_id": public_id, "customer": customer,
-            "payment_intent": None if subscription else f"pi_sandbox_{session_id}",
-            "subscription": subscription,
-            "metadata": {"account": public_id, "item": code},
-        }
-        self._apply(_event(f"evt_sandbox_{session_id}", "checkout.session.completed",
-                           completed), now)
+        for event in events:
+            self._apply(event, now)
         if subscription is not None:
-            invoice = {
-                "id": f"in_sandbox_{session_id}", "object": "invoice", "status": "paid",
-                "amount_paid": amount, "currency": currency, "customer": customer,
-                "billing_reason": "subscription_create",
-                "parent": {"type": "subscription_details",
-                           "subscription_details": {"subscription": subscription}},
-            }
-            self._apply(_event(f"evt_sandbox_in_{session_id}", "invoice.paid", invoice), now)
             person.premium = True
             person.subscriptions += 1
             self.stats.payments["premium"] += 1
@@ -813,11 +786,6 @@ class Simulation:
         self.session.commit()
         person.conversions += 1
         self.stats.conversions += 1
-
-
-def _event(event_id: str, kind: str, obj: dict[str, Any]) -> dict[str, Any]:
-    return {"id": event_id, "object": "event", "type": kind, "livemode": False,
-            "data": {"object": obj}}
 
 
 def _unwrap(chat: ChatClient | None) -> SimulatedChat | None:

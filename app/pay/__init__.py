@@ -20,6 +20,7 @@ from sqlalchemy.exc import IntegrityError
 from app.billing import payment_provider
 from app.extensions import db
 from bot.router import BotSettings
+from tokens.catalog import Catalog
 from tokens.errors import CatalogError, PayLinkExpired, PayLinkNotFound
 from tokens.ledger import Account
 from tokens.payments import Checkout, PayLink, Subscription, find_pay_link, open_checkout_for
@@ -86,6 +87,36 @@ def pay_done(token: str) -> ResponseReturnValue:
                            else "the payment")
 
 
+
+def checkout_request(catalog: Catalog, link: PayLink, public_id: str, base_url: str,
+                     attempt: int) -> CheckoutRequest:
+    """The checkout to open for `link`: the premium plan or the link's pack, priced from the
+    catalog (cents), with return URLs under `base_url` and the idempotency key
+    `paylink-<sha256(token)[:32]>-<attempt>` (a new attempt after each provider failure, as
+    Stripe keeps a key's result for 24 h, failures included).
+
+    Raises:
+        CatalogError: the link's pack is no longer in the catalog.
+    """
+    if link.purpose == "premium":
+        plan = catalog.premium
+        mode, code, name = "subscription", plan.code, f"{catalog.bot_name} {plan.name}"
+        amount, currency, tokens, bonus = plan.price_cents, plan.currency, 0, 0
+    else:
+        pack = catalog.pack(link.pack_code)
+        mode, code = "payment", pack.code
+        name = f"{catalog.bot_name} {pack.name}: {pack.total_tokens} tokens"
+        amount, currency, tokens, bonus = (pack.price_cents, pack.currency, pack.tokens,
+                                           pack.bonus_tokens)
+    base = base_url.rstrip("/")
+    digest = hashlib.sha256(link.token.encode()).hexdigest()[:32]
+    return CheckoutRequest(
+        mode=mode, account_public_id=public_id, item_code=code, name=name,
+        amount_cents=amount, currency=currency, tokens=tokens, bonus_tokens=bonus,
+        success_url=f"{base}/pay/{link.token}/done", cancel_url=f"{base}/pay/{link.token}",
+        idempotency_key=f"paylink-{digest}-{attempt}",
+    )
+
 def _checkout(app: Flask, provider: PaymentProvider, link: PayLink) -> str:
     """The URL of the open checkout for `link`, creating it with the provider if needed."""
     settings: BotSettings = app.extensions["bot_settings"]
@@ -98,24 +129,8 @@ def _checkout(app: Flask, provider: PaymentProvider, link: PayLink) -> str:
     # Stripe keeps a key's result for 24 h, failures included: a new key after each failure.
     attempt = 1 + link.failed_attempts + (session.scalar(
         select(func.count()).select_from(Checkout).where(Checkout.pay_link_id == link.id)) or 0)
-    base = app.config["PUBLIC_BASE_URL"]
-    digest = hashlib.sha256(link.token.encode()).hexdigest()[:32]
-    if link.purpose == "premium":
-        plan = catalog.premium
-        mode, code, name = "subscription", plan.code, f"{catalog.bot_name} {plan.name}"
-        amount, currency, tokens, bonus = plan.price_cents, plan.currency, 0, 0
-    else:
-        pack = catalog.pack(link.pack_code)
-        mode, code = "payment", pack.code
-        name = f"{catalog.bot_name} {pack.name}: {pack.total_tokens} tokens"
-        amount, currency, tokens, bonus = (pack.price_cents, pack.currency, pack.tokens,
-                                           pack.bonus_tokens)
-    request = CheckoutRequest(
-        mode=mode, account_public_id=str(public_id), item_code=code, name=name,
-        amount_cents=amount, currency=currency, tokens=tokens, bonus_tokens=bonus,
-        success_url=f"{base}/pay/{link.token}/done", cancel_url=f"{base}/pay/{link.token}",
-        idempotency_key=f"paylink-{digest}-{attempt}",
-    )
+    request = checkout_request(catalog, link, str(public_id), app.config["PUBLIC_BASE_URL"],
+                               attempt)
     link_id = link.id
     session.commit()  # no transaction stays open while the provider answers
     try:
@@ -126,10 +141,11 @@ def _checkout(app: Flask, provider: PaymentProvider, link: PayLink) -> str:
         session.commit()
         raise
     checkout = Checkout(
-        pay_link_id=link.id, account_id=link.account_id, provider=provider.name, mode=mode,
-        item_code=code, amount_cents=amount, currency=currency, tokens=tokens,
-        bonus_tokens=bonus, external_id=created.external_id, url=created.url,
-        status="open", expires_at=created.expires_at,
+        pay_link_id=link.id, account_id=link.account_id, provider=provider.name,
+        mode=request.mode, item_code=request.item_code, amount_cents=request.amount_cents,
+        currency=request.currency, tokens=request.tokens, bonus_tokens=request.bonus_tokens,
+        external_id=created.external_id, url=created.url, status="open",
+        expires_at=created.expires_at,
     )
     try:
         with session.begin_nested():

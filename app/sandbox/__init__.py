@@ -8,6 +8,8 @@ answers 404 unless the sandbox is the configured provider, which it never is in 
 
 from __future__ import annotations
 
+from typing import Any
+
 from flask import Blueprint, Flask, abort, current_app, redirect, render_template, url_for
 from flask.typing import ResponseReturnValue
 from sqlalchemy import select
@@ -66,34 +68,45 @@ def pay(session_id: str) -> ResponseReturnValue:
     public_id = db.session.scalar(select(Account.public_id).where(
         Account.id == checkout.account_id))
     token = db.session.scalar(select(PayLink.token).where(PayLink.id == checkout.pay_link_id))
-    customer = f"cus_sandbox_{public_id}"
-    subscription = f"sub_sandbox_{session_id}" if mode == "subscription" else None
-    completed = {
-        "id": session_id, "object": "checkout.session", "mode": mode,
-        "payment_status": "paid", "status": "complete", "amount_total": amount,
-        "currency": currency, "client_reference_id": public_id, "customer": customer,
-        "payment_intent": None if subscription else f"pi_sandbox_{session_id}",
-        "subscription": subscription,
-        "metadata": {"account": public_id, "item": checkout.item_code},
-    }
+    events = payment_events(session_id, mode, amount, currency, str(public_id),
+                            checkout.item_code)
     db.session.commit()
-    apply_event(app, provider, _event(f"evt_sandbox_{session_id}",
-                                      "checkout.session.completed", completed))
-    if subscription is not None:
-        invoice = {
-            "id": f"in_sandbox_{session_id}", "object": "invoice", "status": "paid",
-            "amount_paid": amount, "currency": currency,
-            "customer": customer, "billing_reason": "subscription_create",
-            "parent": {"type": "subscription_details",
-                       "subscription_details": {"subscription": subscription}},
-        }
-        apply_event(app, provider, _event(f"evt_sandbox_in_{session_id}", "invoice.paid",
-                                          invoice))
+    for event in events:
+        apply_event(app, provider, event)
     if token is None:
         return redirect(url_for("sandbox.checkout_page", session_id=session_id), code=303)
     return redirect(url_for("pay.pay_done", token=token), code=303)
 
 
-def _event(event_id: str, kind: str, obj: dict[str, object]) -> dict[str, object]:
+def payment_events(session_id: str, mode: str, amount_cents: int, currency: str,
+                   public_id: str, item_code: str) -> list[dict[str, Any]]:
+    """The events Stripe sends when the checkout `session_id` is paid, shaped as Stripe's:
+    `checkout.session.completed`, and for a subscription also `invoice.paid` (first invoice,
+    `subscription_create`). Ids are derived from `session_id`, so paying twice gives the same
+    event ids (a repeat delivery). Used by the Pay button and by `flask simulate`."""
+    customer = f"cus_sandbox_{public_id}"
+    subscription = f"sub_sandbox_{session_id}" if mode == "subscription" else None
+    completed = {
+        "id": session_id, "object": "checkout.session", "mode": mode,
+        "payment_status": "paid", "status": "complete", "amount_total": amount_cents,
+        "currency": currency, "client_reference_id": public_id, "customer": customer,
+        "payment_intent": None if subscription else f"pi_sandbox_{session_id}",
+        "subscription": subscription,
+        "metadata": {"account": public_id, "item": item_code},
+    }
+    events = [_event(f"evt_sandbox_{session_id}", "checkout.session.completed", completed)]
+    if subscription is not None:
+        invoice = {
+            "id": f"in_sandbox_{session_id}", "object": "invoice", "status": "paid",
+            "amount_paid": amount_cents, "currency": currency,
+            "customer": customer, "billing_reason": "subscription_create",
+            "parent": {"type": "subscription_details",
+                       "subscription_details": {"subscription": subscription}},
+        }
+        events.append(_event(f"evt_sandbox_in_{session_id}", "invoice.paid", invoice))
+    return events
+
+
+def _event(event_id: str, kind: str, obj: dict[str, Any]) -> dict[str, Any]:
     return {"id": event_id, "object": "event", "type": kind, "livemode": False,
             "data": {"object": obj}}
