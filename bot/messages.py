@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import json
+from dataclasses import asdict, dataclass
 
 CHANNELS = ("sms", "whatsapp")
 
@@ -58,3 +59,26 @@ class InboundMessage:
     button_payload: str | None = None
     opt_out_type: str | None = None
     idempotency_token: str | None = None
+
+
+def to_payload(msg: InboundMessage) -> str:
+    """`msg` as a JSON object (what the inbox stores; `from_payload` reads it back exactly)."""
+    return json.dumps(asdict(msg), ensure_ascii=False, separators=(",", ":"))
+
+
+def from_payload(payload: str) -> InboundMessage:
+    """The `InboundMessage` that `to_payload` wrote.
+
+    Raises:
+        ValueError: `payload` is not such an object (a row written by another version).
+    """
+    data = json.loads(payload)
+    if not isinstance(data, dict):
+        raise ValueError("an inbox payload is a JSON object")
+    media = tuple(Media(**item) for item in data.pop("media", ()))
+    location = data.pop("location", None)
+    try:
+        return InboundMessage(**data, media=media,
+                              location=Location(**location) if location else None)
+    except TypeError as exc:
+        raise ValueError(f"not an inbox payload: {exc}") from None

@@ -8,6 +8,7 @@ from sqlalchemy import (
     BigInteger,
     CheckConstraint,
     ForeignKey,
+    Index,
     Integer,
     String,
     Text,
@@ -128,3 +129,32 @@ class MessageStatusEvent(Base):
     status: Mapped[str] = mapped_column(String(32))
     error_code: Mapped[int | None] = mapped_column(Integer)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+class InboxMessage(Base):
+    """An inbound message the webhook acknowledged and no worker has routed yet (the inbox).
+
+    With Redis configured the webhook only checks the signature, parses the form and inserts
+    this row (`INSERT ... ON CONFLICT (message_sid) DO NOTHING`, so a repeat delivery is a
+    no-op), then enqueues the answer job. The worker routes the person's rows oldest first
+    (`bot.router.answer.drain_person`) and deletes each row in the transaction that stores the
+    routed `Message`, so the table holds only the backlog. docs/pipeline.md has the design.
+
+    Attributes:
+        sender: the person's identity (`InboundMessage.sender`: E.164 or "wa:<id>"); the
+            key of per-person order.
+        payload: the parsed `InboundMessage` as JSON (`bot.messages.to_payload`).
+    """
+
+    __tablename__ = "inbox"
+    __table_args__ = (
+        CheckConstraint(CHANNEL_CHECK, name="channel_known"),
+        Index("ix_inbox_sender_id", "sender", "id"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    message_sid: Mapped[str] = mapped_column(String(64), unique=True)
+    sender: Mapped[str] = mapped_column(String(64))
+    channel: Mapped[str] = mapped_column(String(16))
+    payload: Mapped[str] = mapped_column(Text)
+    received_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)

@@ -1,0 +1,386 @@
+"""The answer half: a held message's skill, its settlement and its stored replies.
+
+`pending_answer` reads what a deferred answer needs, `run_skill` runs the skill (no database),
+`settle` captures or voids the hold, records the LLM cost and stores the replies; all under
+the account's row lock. `bot.router.pipeline.answer_message` calls them in order.
+
+Costs (docs/economy.md) are recorded as they happen: the LLM call when the skill ran, and each
+reply when it is given (TwiML) or accepted by Twilio (REST, in `bot.outbound`).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from bot import replies
+from bot.errors import SkillFailed
+from bot.intents import Skill, SkillAnswer, SkillRequest, UnknownIntent, skill_for
+from bot.intents.llm import LlmSkill
+from bot.models import Contact, Message
+from bot.router.turn import ANSWER_OUTCOMES, CONTENT_OUTCOMES, BotSettings, Outcome
+from bot.segments import (
+    MAX_MESSAGE_CHARS,
+    MORE_HINT,
+    cap_sms,
+    count_segments,
+    normalise_for_gsm,
+    split_message,
+)
+from tokens import costs, ledger, tiers
+from tokens.base import utcnow
+from tokens.catalog import IntentSpec
+from tokens.costs import LlmUsage
+from tokens.errors import HoldNotPending
+
+log = logging.getLogger(__name__)
+
+
+
+@dataclass(frozen=True)
+class PendingAnswer:
+    """A priced message whose hold is placed and whose skill has not run yet.
+
+    Attributes:
+        message_id: the inbound `Message` row.
+        message_sid: its MessageSid (the hold is `hold:<sid>`, the debit `debit:<sid>`).
+        account_id: the person's account.
+        channel: "sms" or "whatsapp".
+        intent: the classified intent.
+        hold_id: the pending hold of the intent's price.
+        request: what the skill gets (text, channel, conversation context, tier).
+        hold_live: the hold is still pending and within its TTL. A job that comes too late
+            (a worker outage) finds it expired: the person is told, and nothing is charged.
+        opted_out: the person sent STOP on this channel since asking: no skill, no reply.
+        level: the restriction level decided when the message came in (`choose_level`).
+    """
+
+    message_id: int
+    message_sid: str
+    account_id: int
+    channel: str
+    intent: IntentSpec
+    hold_id: int
+    request: SkillRequest
+    hold_live: bool = True
+    opted_out: bool = False
+    level: str = tiers.NORMAL
+
+
+@dataclass(frozen=True)
+class SkillResult:
+    """What running a skill gave: an answer, or the reply for a failure (nothing charged).
+
+    Attributes:
+        answer: the skill's answer; None when it failed.
+        failure_reply: what the person gets when it failed (apology or offline answer).
+        usage: the LLM usage to record as cost, if a call was made.
+        unbilled_call: an LLM call that reported no usage (a timeout, a dropped connection):
+            the provider may still bill it, so its ceiling is recorded as its cost.
+    """
+
+    answer: SkillAnswer | None
+    failure_reply: str = ""
+    usage: LlmUsage | None = None
+    unbilled_call: bool = False
+
+
+def pending_answer(
+    session: Session, message_sid: str, settings: BotSettings, now: datetime | None = None
+) -> PendingAnswer | None:
+    """The deferred answer of `message_sid`, or None when there is none to give: no such
+    message, or it is no longer "queued" (it was answered already).
+
+    Only reads; a job calls it, commits, and then runs the skill with no transaction open.
+    `settle` checks the "queued" mark again under the account's lock, so two runs of one job
+    cannot both answer.
+    """
+    now = now or utcnow()
+    message = session.scalar(select(Message).where(Message.message_sid == message_sid))
+    if message is None or message.intent is None or message.outcome != "queued":
+        return None
+    hold = session.scalar(
+        select(ledger.Hold).where(ledger.Hold.idempotency_key == f"hold:{message_sid}")
+    )
+    contact = session.get(Contact, message.contact_id)
+    if hold is None or contact is None:
+        return None
+    spec = settings.catalog.intent(message.intent)
+    return PendingAnswer(
+        message_id=message.id,
+        message_sid=message_sid,
+        account_id=hold.account_id,
+        channel=message.channel,
+        intent=spec,
+        hold_id=hold.id,
+        request=_skill_request(session, settings, spec, message, message.level),
+        hold_live=hold.status == "pending" and hold.expires_at > now,
+        level=message.level or tiers.NORMAL,
+        opted_out=contact.opted_out_at(message.channel) is not None,
+    )
+
+
+def waiting_answers(session: Session, older_than: timedelta, now: datetime | None = None
+                    ) -> list[str]:
+    """MessageSids of priced messages still "queued" after `older_than`: their job was lost
+    (Redis flushed, a crash between the commit and the enqueue). Oldest first."""
+    now = now or utcnow()
+    return list(session.scalars(
+        select(Message.message_sid)
+        .where(Message.outcome == "queued", Message.direction == "in",
+               Message.created_at <= now - older_than)
+        .order_by(Message.id)
+    ))
+
+
+def skill(settings: BotSettings, spec: IntentSpec, level: str = tiers.NORMAL) -> Skill:
+    """The skill that answers `spec` at `level`: the LLM (with the offline skill as fallback)
+    when a client is configured and the level allows it (NORMAL, REDUCED), else the offline
+    skill (templates: no LLM cost)."""
+    use_llm = settings.chat is not None and level in tiers.LLM_TIER_OF
+    try:
+        offline: Skill | None = skill_for(spec.name)
+    except UnknownIntent:
+        if not use_llm:
+            raise
+        offline = None
+    if not use_llm or settings.chat is None:
+        assert offline is not None
+        return offline
+    return LlmSkill(spec, settings.catalog.llm, settings.chat, offline)
+
+
+def run_skill(settings: BotSettings, pending: PendingAnswer) -> SkillResult:
+    """Run the intent's skill. Touches no database, so a job holds no transaction while an
+    LLM answers. Never raises for a skill's failure: that is a `SkillResult` without answer.
+
+    No skill runs for a person who opted out since asking (no reply at all), or when the hold
+    lapsed before the job ran (an apology; nothing charged)."""
+    spec = pending.intent
+    if pending.opted_out:
+        return SkillResult(None, "")
+    if not pending.hold_live:
+        return SkillResult(None, replies.TOOK_TOO_LONG)
+    try:
+        answer = skill(settings, spec, pending.level).answer(pending.request)
+    except SkillFailed as exc:
+        log.warning("skill failed", extra={"intent": spec.name, "reason": str(exc)})
+        unbilled = str(exc) in ("llm: timeout", "llm: connection failed") and exc.usage is None
+        return SkillResult(None, exc.reply or replies.SKILL_FAILED, exc.usage,
+                           unbilled_call=unbilled)
+    except Exception:
+        # A bug in one skill must not cost the person tokens or lose their message.
+        log.exception("skill raised", extra={"intent": spec.name})
+        return SkillResult(None, replies.SKILL_FAILED)
+    return SkillResult(answer, usage=answer.usage)
+
+
+def settle(
+    session: Session,
+    pending: PendingAnswer,
+    result: SkillResult,
+    settings: BotSettings,
+    *,
+    transport: str,
+    now: datetime | None = None,
+) -> Outcome:
+    """Capture (answered) or void (failed) the hold, record the LLM cost, and store the
+    replies; the job's half of `defer_or_answer`.
+
+    Args:
+        transport: "rest": the replies are stored `pending` for `bot.outbound` to send;
+            "twiml": they were given in the webhook's answer.
+
+    Returns:
+        The `Outcome` with the replies as they will be sent; kind "duplicate" (nothing done)
+        when the message was settled already.
+    """
+    now = now or utcnow()
+    # The account row first, as everywhere, then re-read the message under that lock: only
+    # the first of two runs of one job finds it still "queued".
+    ledger.lock_account(session, pending.account_id)
+    message = session.get(Message, pending.message_id, populate_existing=True)
+    assert message is not None
+    if message.outcome != "queued":
+        log.info("answer already settled", extra={"message_sid": pending.message_sid})
+        return Outcome(kind="duplicate", intent=pending.intent.name)
+    contact = session.get(Contact, message.contact_id)
+    assert contact is not None
+    kind, texts, charged = _settle_ledger(session, pending, result, settings, now)
+    message.outcome = kind
+    message.tokens_charged = charged
+    sent = store_replies(session, contact, message, kind, texts, settings,
+                         transport=transport, now=now)
+    return Outcome(kind=kind, replies=sent, intent=pending.intent.name, tokens_charged=charged)
+
+
+def store_replies(
+    session: Session,
+    contact: Contact,
+    inbound: Message,
+    kind: str,
+    texts: tuple[str, ...],
+    settings: BotSettings,
+    *,
+    transport: str,
+    now: datetime,
+) -> tuple[str, ...]:
+    """Shape the reply texts for the channel and store one outbound row per message.
+
+    SMS: typographic characters become GSM-7 ones, and a content reply longer than the
+    catalog's `sms_max_segments` is cut with "Reply MORE" (the rest waits on the contact for
+    the free MORE command). Every message stays within 1,600 characters; a long WhatsApp reply
+    is split on sentence boundaries, and cut the same way after `whatsapp_max_messages`
+    (messaging.md, "Length and segments"). The caps bound what one reply can cost
+    (`tokens.tiers.reply_ceiling_musd`).
+
+    TwiML replies are costed now (they are sent with the webhook's answer); REST replies are
+    stored `pending` and costed when Twilio accepts them.
+
+    Returns:
+        The messages, in order, as they will be sent.
+    """
+    channel = inbound.channel
+    catalog = settings.catalog
+    parts: list[str] = []
+    for text in texts:
+        if channel == "sms":
+            text = normalise_for_gsm(text)
+        rest = ""
+        if channel == "sms" and kind in CONTENT_OUTCOMES:
+            head, rest = cap_sms(text, catalog.sms_max_segments)
+            parts.extend(split_message(head))
+        elif kind in CONTENT_OUTCOMES:
+            pieces = split_message(text)
+            cap = catalog.whatsapp_max_messages
+            if len(pieces) > cap:  # cut, leaving room for the hint in the last message kept
+                pieces = split_message(text, MAX_MESSAGE_CHARS - len(MORE_HINT))
+                rest = " ".join(pieces[cap:])
+                pieces = [*pieces[: cap - 1], pieces[cap - 1] + MORE_HINT]
+            parts.extend(pieces)
+        else:
+            parts.extend(split_message(text))
+        if kind in ANSWER_OUTCOMES:
+            contact.more_text = rest or None  # a new answer replaces the continuation
+        elif rest:
+            contact.more_text = rest
+    for part in parts:
+        row = Message(
+            contact_id=contact.id,
+            direction="out",
+            channel=channel,
+            body=part,
+            in_reply_to_id=inbound.id,
+            units=billed_units(channel, part),
+            status="pending" if transport == "rest" else None,
+            created_at=now,
+        )
+        session.add(row)
+        session.flush()
+        if transport == "twiml":
+            costs.record_messaging(session, contact.account_id, catalog.costs, channel, "out",
+                                   row.units, key=f"msg:out:{row.id}", now=now)
+    return tuple(parts)
+
+
+def billed_units(channel: str, text: str) -> int:
+    """What a message is billed in: SMS segments (GSM-7 or UCS-2), or 1 WhatsApp message."""
+    if channel == "sms":
+        return max(count_segments(text).segments, 1)
+    return 1
+
+
+def record_llm_cost(session: Session, pending: PendingAnswer, result: SkillResult,
+                    settings: BotSettings, now: datetime | None = None) -> None:
+    """Record what the skill's LLM call cost (keyed `llm:<MessageSid>`, so once), under the
+    account's lock. Callers commit it right after the call, in its own short transaction, so
+    a call the provider billed stays costed even if settling the answer then fails (a retry
+    answered from the cache would not see the usage again). `settle` records it too, a no-op
+    after this."""
+    if result.usage is None and not result.unbilled_call:
+        return
+    ledger.lock_account(session, pending.account_id)
+    _record_llm(session, pending, result, settings, now or utcnow())
+
+
+def _record_llm(session: Session, pending: PendingAnswer, result: SkillResult,
+                settings: BotSettings, now: datetime) -> None:
+    if result.usage is not None:
+        price = settings.catalog.costs.model(result.usage.model)
+        costs.record_llm(session, pending.account_id, result.usage, price,
+                         key=f"llm:{pending.message_sid}", intent=pending.intent.name, now=now)
+    elif result.unbilled_call:
+        catalog = settings.catalog
+        tier = catalog.llm.tier(tiers.LLM_TIER_OF.get(pending.level, "normal"))
+        costs.record_llm_estimate(
+            session, pending.account_id, tiers.llm_ceiling_musd(catalog, tier, pending.intent),
+            tier.model, key=f"llm:{pending.message_sid}", intent=pending.intent.name, now=now)
+
+
+def _settle_ledger(
+    session: Session,
+    pending: PendingAnswer,
+    result: SkillResult,
+    settings: BotSettings,
+    now: datetime,
+) -> tuple[str, tuple[str, ...], int]:
+    """Capture or void the hold and record the LLM cost: (outcome kind, texts, tokens).
+
+    The caller holds the account's row lock (taken before any other row, so no deadlock).
+    """
+    _record_llm(session, pending, result, settings, now)
+    if result.answer is None:
+        try:
+            ledger.void(session, pending.hold_id, now=now)  # a lapsed hold: a no-op
+        except HoldNotPending:
+            log.error("a failed answer's hold was captured", extra={"hold": pending.hold_id})
+        return "failed", (result.failure_reply,) if result.failure_reply else (), 0
+    try:
+        captured = ledger.capture(session, pending.hold_id,
+                                  key=f"debit:{pending.message_sid}", now=now)
+    except HoldNotPending:
+        # The hold lapsed while the skill ran (a stalled job): the answer goes out free.
+        log.warning("hold lapsed before capture; answer given free",
+                    extra={"hold": pending.hold_id, "message_sid": pending.message_sid})
+        return "answered", (result.answer.text,), 0
+    if not captured.posted.replayed:
+        costs.note_tokens_charged(session, pending.account_id,
+                                  [(b, -n) for b, n in captured.posted.by_bucket], now,
+                                  intent=pending.intent.name)
+    text = result.answer.text
+    if pending.level != tiers.NORMAL and tiers.take_upsell(
+            session, pending.account_id, settings.catalog, now, pending.level):
+        available = ledger.balance(session, pending.account_id, now).available
+        text = f"{replies.level_notice(settings.catalog, pending.level, available)}\n{text}"
+    return "answered", (text,), captured.posted.amount
+
+
+def _skill_request(
+    session: Session, settings: BotSettings, spec: IntentSpec, message: Message,
+    level: str | None = None,
+) -> SkillRequest:
+    """The skill's input: the text, the channel, the conversation before this message, and
+    the LLM tier of the level."""
+    history: tuple[tuple[str, str], ...] = ()
+    limit = settings.catalog.llm.history_messages
+    if settings.chat is not None and limit:
+        rows = session.execute(
+            select(Message.direction, Message.body)
+            .where(Message.contact_id == message.contact_id, Message.id < message.id,
+                   Message.body != "")
+            .order_by(Message.id.desc())
+            .limit(limit)
+        ).all()
+        history = tuple(
+            ("user" if direction == "in" else "assistant", body)
+            for direction, body in reversed(rows)
+        )
+    return SkillRequest(intent=spec.name, text=message.body, channel=message.channel,
+                        history=history,
+                        tier=tiers.LLM_TIER_OF.get(level or tiers.NORMAL, "normal"))
+
+

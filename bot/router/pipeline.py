@@ -1,0 +1,206 @@
+"""The one orchestrator of "answer a message", and one person's inbox answered in order.
+
+`answer_message` owns the second half of every turn and its transaction boundaries:
+
+    route (`handle_inbound`: store, keywords, level, hold) -> commit
+    -> [deferred: read the pending answer -> commit -> skill, no transaction open
+        -> LLM cost -> commit -> capture or void + replies -> commit]
+    -> send the stored replies (REST), each send committed before and after the provider call
+
+The Twilio webhook without a queue (TwiML), the worker (REST), the inline fallback when Redis
+is down, `flask chat` and the simulator all call it; nothing else orders those commits.
+
+`drain_person` answers the unrouted inbox rows of one person oldest first; the worker calls it
+while it holds the person's turn (`app.turns`), so one person's messages are answered, and
+their replies sent, in the order they arrived (docs/pipeline.md, "Per-person order").
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from datetime import datetime
+
+from sqlalchemy import delete, select
+from sqlalchemy.orm import Session
+
+from bot.messages import InboundMessage, from_payload
+from bot.models import InboxMessage, Message
+from bot.router.answer import pending_answer, record_llm_cost, run_skill, settle
+from bot.router.steps import handle_inbound
+from bot.router.turn import BotSettings, Outcome
+from tokens.base import utcnow
+
+log = logging.getLogger(__name__)
+
+# Sends the stored `pending` replies to one inbound message (by the inbound row's id) through
+# the provider, committing around each call; returns how many sends were tried.
+Deliver = Callable[[Session, int], int]
+
+
+def answer_message(
+    session: Session,
+    msg: InboundMessage,
+    settings: BotSettings,
+    *,
+    transport: str,
+    deliver: Deliver | None = None,
+    inbox_id: int | None = None,
+    now: datetime | None = None,
+    clock: Callable[[], datetime] = utcnow,
+) -> Outcome:
+    """Answer one inbound message from end to end, committing at each boundary.
+
+    Args:
+        session: the caller's session, with no transaction of the caller's open; this function
+            commits (and rolls back what a failing step left half done before re-raising).
+        msg: the normalised inbound message.
+        settings: the router's settings.
+        transport: "twiml": the replies go back in the webhook's answer (costed now); "rest":
+            they are stored `pending` and `deliver` sends them.
+        deliver: sends the stored replies (REST); None: the caller sends them later.
+        inbox_id: the inbox row `msg` came from; it is deleted in the transaction that stores
+            the routed message, so a crash leaves either the inbox row or the message.
+        now: the time the message is routed at (UTC); the simulator's clock. Later phases use
+            `clock()` unless `now` is given, in which case they use `now` too.
+        clock: the current time for the phases after the skill.
+
+    Returns:
+        The `Outcome`: the replies as they are (or will be) sent, the intent and the tokens
+        charged. Kind "duplicate" when the MessageSid was routed before; then a deferred answer
+        that an earlier attempt left unsettled is settled now, and replies stored but never
+        accepted by the provider are sent (`resume_answer`).
+
+    Raises:
+        sqlalchemy.exc.SQLAlchemyError: the database failed; what was committed stays, and a
+            repeat of the same call resumes from there.
+    """
+    later = (lambda: now) if now is not None else clock
+    try:
+        outcome = handle_inbound(session, msg, settings, now,
+                                 defer=settings.chat is not None, transport=transport)
+        if inbox_id is not None:
+            session.execute(delete(InboxMessage).where(InboxMessage.id == inbox_id))
+        session.commit()
+    except Exception:
+        session.rollback()
+        raise
+    if outcome.kind == "duplicate":
+        return resume_answer(session, msg.message_sid, settings, transport=transport,
+                             deliver=deliver, clock=later)
+    if outcome.kind == "queued":
+        outcome = _answer_deferred(session, msg.message_sid, settings, transport, later)
+    if deliver is not None:
+        _deliver(session, msg.message_sid, deliver)
+    return outcome
+
+
+def resume_answer(
+    session: Session,
+    message_sid: str,
+    settings: BotSettings,
+    *,
+    transport: str,
+    deliver: Deliver | None = None,
+    clock: Callable[[], datetime] = utcnow,
+) -> Outcome:
+    """A message routed before: settle its deferred answer if an earlier attempt died before
+    settling it (its outcome still "queued"), then send its replies still `pending`.
+
+    A settled message's replies that the provider accepted, or whose send may have reached it
+    ("unknown"), are never sent again; nothing is charged twice (`settle` checks the "queued"
+    mark under the account's lock).
+
+    Returns:
+        The settled `Outcome`, or kind "duplicate" when there was nothing to settle.
+    """
+    outcome = Outcome(kind="duplicate")
+    queued = session.scalar(select(Message.id).where(Message.message_sid == message_sid,
+                                                     Message.outcome == "queued"))
+    session.commit()
+    if queued is not None:
+        outcome = _answer_deferred(session, message_sid, settings, transport, clock)
+    if deliver is not None:
+        _deliver(session, message_sid, deliver)
+    return outcome
+
+
+def drain_person(
+    session: Session,
+    sender: str,
+    settings: BotSettings,
+    *,
+    deliver: Deliver,
+    keep_going: Callable[[], bool] = lambda: True,
+    clock: Callable[[], datetime] = utcnow,
+) -> int:
+    """Answer `sender`'s inbox rows oldest first, each fully (routed, answered, its replies
+    sent) before the next is read; returns how many were answered.
+
+    The caller holds the person's turn, so no other process answers this person meanwhile.
+
+    Args:
+        keep_going: asked before each row; False stops early (the worker's time budget), and
+            the caller hands the rest to a new job.
+
+    Raises:
+        sqlalchemy.exc.SQLAlchemyError: the database failed; the row stays in the inbox.
+    """
+    answered = 0
+    while keep_going():
+        row = session.execute(
+            select(InboxMessage.id, InboxMessage.payload)
+            .where(InboxMessage.sender == sender)
+            .order_by(InboxMessage.id)
+            .limit(1)
+        ).first()
+        session.commit()
+        if row is None:
+            break
+        inbox_id, payload = row
+        try:
+            msg = from_payload(payload)
+        except ValueError as exc:
+            # Written by another version of the app: nothing can answer it; keep no poison.
+            log.error("inbox row unreadable, dropped", extra={"inbox_id": inbox_id,
+                                                              "error": str(exc)})
+            session.execute(delete(InboxMessage).where(InboxMessage.id == inbox_id))
+            session.commit()
+            continue
+        started = time.perf_counter()
+        outcome = answer_message(session, msg, settings, transport="rest", deliver=deliver,
+                                 inbox_id=inbox_id, clock=clock)
+        answered += 1
+        log.info("answer given", extra={"message_sid": msg.message_sid,
+                                        "outcome": outcome.kind,
+                                        "tokens": outcome.tokens_charged,
+                                        "seconds": round(time.perf_counter() - started, 3)})
+    return answered
+
+
+def _answer_deferred(session: Session, message_sid: str, settings: BotSettings,
+                     transport: str, clock: Callable[[], datetime]) -> Outcome:
+    """Read the pending answer, run the skill with no transaction open, record the LLM cost
+    (its own commit: a billed call stays costed), then settle."""
+    pending = pending_answer(session, message_sid, settings, clock())
+    session.commit()
+    if pending is None:
+        return Outcome(kind="duplicate")
+    result = run_skill(settings, pending)
+    try:
+        record_llm_cost(session, pending, result, settings, clock())
+        session.commit()
+        outcome = settle(session, pending, result, settings, transport=transport, now=clock())
+        session.commit()
+    except Exception:
+        session.rollback()
+        raise
+    return outcome
+
+
+def _deliver(session: Session, message_sid: str, deliver: Deliver) -> None:
+    inbound_id = session.scalar(select(Message.id).where(Message.message_sid == message_sid))
+    session.commit()
+    if inbound_id is not None:
+        deliver(session, inbound_id)

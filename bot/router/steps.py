@@ -1,0 +1,476 @@
+"""The ordered steps that route one inbound message (`STEPS`, run by `handle_inbound`).
+
+    dedupe -> contact -> lock the account -> store -> compliance keywords -> opted-out silence
+    -> suspended silence -> rate limit -> monthly allowance -> past the cutoff -> no text
+    -> free commands -> intent -> level -> hold -> [defer] -> skill -> capture (or void)
+
+Compliance keywords come first and are free; after STOP nothing is charged or sent. Free
+commands (BALANCE, BUY, MORE) never reach pricing. The level (`tokens.tiers`) decides what the
+answer may cost: a cheaper LLM tier, templates, partner offers, or a pay link instead. The
+price is held before the skill runs (`hold:<MessageSid>`) and captured (`debit:<MessageSid>`)
+only when the skill answered; a skill that fails voids the hold, so a repeat delivery or a
+failed skill charges nothing. Every turn locks the person's account row first.
+
+With `defer=True` the steps stop after the hold with the outcome "queued", and
+`bot.router.pipeline.answer_message` runs the skill with no transaction open and settles.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime
+
+from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from bot import replies
+from bot.contacts import mask_address, resolve_contact
+from bot.intents.classifier import classify
+from bot.messages import InboundMessage
+from bot.models import Contact, Message
+from bot.router.answer import (
+    PendingAnswer,
+    _settle_ledger,
+    _skill_request,
+    billed_units,
+    run_skill,
+    store_replies,
+)
+from bot.router.turn import (
+    HELP,
+    OPT_IN,
+    OPT_OUT,
+    BotSettings,
+    Outcome,
+    ReplyNow,
+    Step,
+    Turn,
+)
+from tokens import costs, ledger, payments, tiers
+from tokens.base import utcnow
+from tokens.catalog import normalise_command
+from tokens.errors import InsufficientTokens
+
+log = logging.getLogger(__name__)
+
+
+
+def dedupe(turn: Turn) -> None:
+    """A MessageSid seen before is a repeat delivery: answer nothing, change nothing."""
+    seen = turn.session.scalar(
+        select(Message.id).where(Message.message_sid == turn.msg.message_sid)
+    )
+    if seen is not None:
+        raise ReplyNow("duplicate")
+
+
+def find_contact(turn: Turn) -> None:
+    """The person behind the sender, created with an account on first contact."""
+    turn.contact = resolve_contact(turn.session, turn.msg.sender, turn.now)
+
+
+def serialise(turn: Turn) -> None:
+    """Lock the person's account row for the rest of the turn: two quick messages from one
+    person are handled one after the other, never racing on the balance or the conversation
+    (messaging.md, "Per-person order")."""
+    ledger.lock_account(turn.session, turn.account_id)
+
+
+def store_inbound(turn: Turn) -> None:
+    """Store the message before acting; `UNIQUE(message_sid)` settles concurrent repeats.
+
+    Records what receiving it cost (messaging units in, and the platform's per-interaction
+    cost), once per MessageSid.
+    """
+    assert turn.contact is not None
+    msg = turn.msg
+    message = Message(
+        contact_id=turn.contact.id,
+        direction="in",
+        channel=msg.channel,
+        message_sid=msg.message_sid,
+        body=msg.text,
+        num_media=len(msg.media),
+        created_at=turn.now,
+    )
+    try:
+        with turn.session.begin_nested():
+            turn.session.add(message)
+            turn.session.flush()
+    except IntegrityError:
+        raise ReplyNow("duplicate") from None
+    turn.message = message
+    turn.contact.last_channel = msg.channel
+    turn.contact.last_inbound_at = turn.now
+    if msg.channel == "whatsapp":
+        turn.contact.whatsapp_last_inbound_at = turn.now
+    costs.record_inbound(turn.session, turn.account_id, turn.catalog.costs, msg.channel,
+                         billed_units(msg.channel, msg.text), message_sid=msg.message_sid,
+                         now=turn.now)
+
+
+def compliance_keywords(turn: Turn) -> None:
+    """STOP, START and HELP families, before anything else and free (messaging.md, step 4).
+
+    Twilio Advanced Opt-Out's `OptOutType` is authoritative when present.
+    """
+    assert turn.contact is not None
+    family = _keyword_family(turn.msg)
+    if family is None:
+        return
+    contact = turn.contact
+    channel = turn.msg.channel
+    confirms = channel in turn.settings.app_confirms_opt_out
+    if family == "STOP":
+        first_time = contact.opted_out_at(channel) is None
+        if first_time:
+            source = "twilio_opt_out_type" if turn.msg.opt_out_type else "keyword"
+            contact.set_opted_out(channel, turn.now, f"{source}:{channel}")
+        log.info("contact opted out", extra={"contact": mask_address(contact.address),
+                                             "channel": channel})
+        if confirms and first_time:
+            raise ReplyNow("opt_out", replies.stop_text(turn.catalog))
+        raise ReplyNow("opt_out")
+    if family == "START":
+        contact.set_opted_out(channel, None, None)
+        if confirms:
+            raise ReplyNow("opt_in", replies.start_text(turn.catalog))
+        raise ReplyNow("opt_in")
+    if contact.opted_out_at(channel) is not None:
+        raise ReplyNow("opted_out")
+    raise ReplyNow("help", replies.help_text(turn.catalog, turn.now))
+
+
+def silence_opted_out(turn: Turn) -> None:
+    """After STOP on this channel nothing is charged or sent on it until START."""
+    assert turn.contact is not None
+    if turn.contact.opted_out_at(turn.msg.channel) is not None:
+        raise ReplyNow("opted_out")
+
+
+def silence_suspended(turn: Turn) -> None:
+    """An operator suspended this person (admin pages): no answer and nothing charged, until
+    unsuspended. STOP and HELP, answered above, still work."""
+    account = turn.session.get(ledger.Account, turn.account_id)
+    if account is not None and account.suspended_at is not None:
+        raise ReplyNow("suspended")
+
+
+def rate_limit(turn: Turn) -> None:
+    """Per-sender rate limits (messaging.md; `bot.ratelimit`), per person: past them, no skill
+    and no charge; one short notice an hour at most, and only within the daily budget of
+    free replies (`tiers.take_refusal`), so that throttling itself cannot cost without limit.
+    STOP, START and HELP were answered above and are never throttled."""
+    limits = turn.settings.sender_limits
+    if limits is None:
+        return
+    verdict = limits.check(f"account:{turn.account_id}", turn.now)
+    if verdict.allowed:
+        return
+    log.info("message throttled", extra={"limit": verdict.limit})
+    if verdict.notify and tiers.take_refusal(turn.session, turn.account_id, turn.catalog,
+                                             turn.now):
+        raise ReplyNow("throttled", replies.THROTTLED)
+    raise ReplyNow("throttled")
+
+
+def monthly_allowance(turn: Turn) -> None:
+    """The free monthly allowance, granted lazily on the first message of the month."""
+    ledger.grant_monthly_allowance(
+        turn.session, turn.account_id, turn.catalog.free_monthly_allowance, turn.now
+    )
+
+
+def past_the_cutoff(turn: Turn) -> None:
+    """Past the cutoff (economy.md, rule 1), the bot's free replies (BALANCE, BUY, MORE, "tell
+    me in words") share the daily refusal budget, then stop: what a non-paying person costs
+    stays bounded. Priced requests are decided in `choose_level`; HELP and STOP, which the
+    carriers require, are answered before this step."""
+    catalog = turn.catalog
+    words = frozenset().union(*catalog.commands.values())
+    if turn.msg.text.strip() and normalise_command(turn.msg.text) not in words:
+        return  # a priced request: `choose_level` decides
+    ceiling = tiers.reply_ceiling_musd(catalog, turn.msg.channel)
+    if _exposure(turn) + ceiling < catalog.tiers.payment_required_musd:
+        return
+    if payments.has_premium(turn.session, turn.account_id, turn.now,
+                            catalog.premium.grace_days):
+        return
+    if not tiers.take_refusal(turn.session, turn.account_id, catalog, turn.now):
+        raise ReplyNow("refused")
+
+
+def no_text(turn: Turn) -> None:
+    """A photo or a location without words cannot be priced or answered yet: say so, free."""
+    if not turn.msg.text.strip():
+        raise ReplyNow("no_text", replies.NO_TEXT)
+
+
+def free_commands(turn: Turn) -> None:
+    """BALANCE, BUY, BUY PREMIUM and MORE (and their Spanish forms): whole-message matches,
+    free."""
+    command = normalise_command(turn.msg.text)
+    commands = turn.catalog.commands
+    if command in commands["balance"]:
+        available = ledger.balance(turn.session, turn.account_id, turn.now).available
+        raise ReplyNow("balance", replies.balance_text(turn.catalog, available, turn.now))
+    if command in commands["buy"]:
+        raise ReplyNow("buy", replies.buy_text(turn.catalog.pack(), _pay_url(turn)))
+    if command in commands["premium"]:
+        plan = turn.catalog.premium
+        if payments.has_premium(turn.session, turn.account_id, turn.now, plan.grace_days):
+            url = _pay_url(turn, "", purpose="portal")
+            raise ReplyNow("premium", replies.premium_manage_text(plan, url))
+        url = _pay_url(turn, plan.code, purpose="premium")
+        raise ReplyNow("premium", replies.premium_text(plan, url))
+    if command in commands["more"]:
+        assert turn.contact is not None
+        if turn.contact.more_text:
+            raise ReplyNow("more", turn.contact.more_text)
+        raise ReplyNow("more", replies.NOTHING_MORE)
+
+
+def classify_intent(turn: Turn) -> None:
+    """The intent, and so the price, from the catalog's patterns."""
+    turn.intent = classify(turn.msg.text, turn.catalog)
+
+
+def choose_level(turn: Turn) -> None:
+    """The restriction level of this answer (economy.md, "Tiers"; `tokens.tiers.decide`), on
+    the exposure including answers still queued, under the account's lock.
+
+    PAYMENT_REQUIRED: a pay link and nothing charged (at most `refusals_per_day` replies a day,
+    then silence). AFFILIATE, for a costly intent: partner offers, nothing charged. Otherwise
+    the answer goes ahead at this level (`run_skill`).
+    """
+    assert turn.intent is not None and turn.message is not None
+    spec, catalog, session = turn.intent, turn.catalog, turn.session
+    exposure = _exposure(turn)
+    balance = ledger.balance(session, turn.account_id, turn.now)
+    # Paying: purchased tokens cover the price, or premium. Their tokens are honoured even
+    # while free tokens (spent first) remain, so a paying person is never refused; the cost
+    # of that is bounded by the free allowance (`tiers.monthly_loss_ceiling_musd`).
+    purchased = sum(n for bucket, n in balance.by_bucket.items() if bucket != "free")
+    paying = purchased >= spec.price or payments.has_premium(
+        session, turn.account_id, turn.now, catalog.premium.grace_days)
+    ceiling = tiers.ceilings(catalog, spec, turn.msg.channel, turn.settings.chat is not None)
+    # An operator's override (admin pages, with an expiry) replaces the policy's level.
+    turn.level = (tiers.override_of(session, turn.account_id, turn.now)
+                  or tiers.decide(exposure, ceiling, catalog, paying=paying))
+    turn.message.level = turn.level
+    turn.message.estimate_musd = ceiling[turn.level]
+    if turn.level == tiers.PAYMENT_REQUIRED:
+        if not tiers.take_refusal(session, turn.account_id, catalog, turn.now):
+            raise ReplyNow("refused")  # silence until they pay or the month turns
+        raise ReplyNow("refused", replies.payment_required_text(
+            catalog, balance.available, _pay_url(turn), turn.now))
+    if turn.level == tiers.AFFILIATE and spec.price >= catalog.tiers.affiliate_min_price:
+        if _unlocked_by_click(turn, exposure, ceiling):
+            turn.level = turn.message.level = tiers.NORMAL
+            turn.message.estimate_musd = ceiling[tiers.NORMAL]
+            return
+        offers = _offers(turn)
+        if offers:
+            raise ReplyNow("offers", replies.offers_text(catalog, spec, balance.available,
+                                                         offers, turn.now))
+
+
+def reserve(turn: Turn) -> None:
+    """Hold the price before the skill runs; below the price: a pay link and the cheaper
+    options, nothing charged, at most `refusals_per_day` such replies a day (economy.md,
+    Ledger: the check and the hold are one step)."""
+    assert turn.intent is not None
+    try:
+        placed = ledger.hold(
+            turn.session, turn.account_id, turn.intent.price,
+            key=f"hold:{turn.msg.message_sid}", ttl_seconds=turn.catalog.hold_ttl_seconds,
+            memo=turn.intent.name, now=turn.now,
+        )
+    except InsufficientTokens as refused:
+        # Throttled like refusals (at most `refusals_per_day`, then silence): replies that
+        # charge nothing must not cost without limit.
+        if not tiers.take_refusal(turn.session, turn.account_id, turn.catalog, turn.now):
+            raise ReplyNow("insufficient") from None
+        raise ReplyNow("insufficient", _insufficient(turn, refused.available)) from None
+    turn.hold_id = placed.hold_id
+
+
+def defer_or_answer(turn: Turn) -> None:
+    """Stop here when deferring: the hold is placed, and the skill runs after the commit, in
+    a job or in the caller with no transaction open ("queued"). Otherwise (the fast offline
+    skills) run the skill now and capture or void."""
+    assert turn.intent is not None and turn.hold_id is not None
+    assert turn.message is not None and turn.contact is not None
+    if turn.defer:
+        raise ReplyNow("queued")
+    pending = PendingAnswer(
+        message_id=turn.message.id,
+        message_sid=turn.msg.message_sid,
+        account_id=turn.account_id,
+        channel=turn.msg.channel,
+        intent=turn.intent,
+        hold_id=turn.hold_id,
+        request=_skill_request(turn.session, turn.settings, turn.intent, turn.message,
+                               turn.level),
+        level=turn.level,
+    )
+    result = run_skill(turn.settings, pending)
+    kind, texts, charged = _settle_ledger(turn.session, pending, result, turn.settings, turn.now)
+    turn.charged = charged
+    raise ReplyNow(kind, *texts)
+
+
+STEPS: tuple[Step, ...] = (
+    dedupe,
+    find_contact,
+    serialise,
+    store_inbound,
+    compliance_keywords,
+    silence_opted_out,
+    silence_suspended,
+    rate_limit,
+    monthly_allowance,
+    past_the_cutoff,
+    no_text,
+    free_commands,
+    classify_intent,
+    choose_level,
+    reserve,
+    defer_or_answer,
+)
+
+
+def handle_inbound(
+    session: Session,
+    msg: InboundMessage,
+    settings: BotSettings,
+    now: datetime | None = None,
+    *,
+    defer: bool = False,
+    transport: str = "twiml",
+) -> Outcome:
+    """Route one inbound message through `STEPS` and record what happened.
+
+    Args:
+        session: the caller's session; this function flushes, never commits. The caller
+            commits after it returns (and rolls back if it raises).
+        msg: the normalised inbound message.
+        settings: catalog, public URL and LLM client.
+        now: the current time (UTC); tests freeze it.
+        defer: stop after the hold with outcome "queued"; the caller commits, then answers
+            with no transaction open (`bot.router.pipeline.answer_message` does all this).
+        transport: "twiml": the replies go back in the webhook's answer and are costed now;
+            "rest": they are stored `pending` for `bot.outbound` to send.
+
+    Returns:
+        The `Outcome`: what to reply (as TwiML), the intent, and the tokens charged.
+    """
+    turn = Turn(session=session, msg=msg, settings=settings, now=now or utcnow(), defer=defer)
+    try:
+        for step in STEPS:
+            step(turn)
+        raise AssertionError("the last step always replies")  # pragma: no cover
+    except ReplyNow as done:
+        kind, texts = done.kind, done.texts
+    sent: tuple[str, ...] = ()
+    if turn.message is not None and turn.contact is not None:  # not a duplicate
+        turn.message.intent = turn.intent.name if turn.intent else None
+        turn.message.outcome = kind
+        turn.message.tokens_charged = turn.charged
+        sent = store_replies(session, turn.contact, turn.message, kind, texts, settings,
+                             transport=transport, now=turn.now)
+    outcome = Outcome(
+        kind=kind,
+        replies=sent,
+        intent=turn.intent.name if turn.intent else None,
+        tokens_charged=turn.charged,
+    )
+    log.info(
+        "inbound routed",
+        extra={
+            "message_sid": msg.message_sid,
+            "channel": msg.channel,
+            "sender": mask_address(msg.sender),
+            "outcome": outcome.kind,
+            "intent": outcome.intent,
+            "tokens": outcome.tokens_charged,
+        },
+    )
+    return outcome
+
+
+def _keyword_family(msg: InboundMessage) -> str | None:
+    if msg.opt_out_type in ("STOP", "START", "HELP"):
+        return msg.opt_out_type
+    word = normalise_command(msg.text)
+    if word in OPT_OUT:
+        return "STOP"
+    if word in OPT_IN:
+        return "START"
+    if word in HELP:
+        return "HELP"
+    return None
+
+
+def _exposure(turn: Turn) -> int:
+    """The person's exposure for a decision, µUSD: this month's cost - revenue, plus what is
+    on its way and not yet costed: the ceilings of answers still queued, and the replies
+    stored or being sent but not yet accepted by Twilio (rule 1, also under concurrency)."""
+    session, account_id = turn.session, turn.account_id
+    month = costs.month(session, account_id, turn.now)
+    current = turn.message.id if turn.message is not None else -1
+    queued = session.scalar(
+        select(func.coalesce(func.sum(Message.estimate_musd), 0))
+        .join(Contact, Contact.id == Message.contact_id)
+        .where(Contact.account_id == account_id, Message.outcome == "queued",
+               Message.id != current)
+    )
+    in_flight = session.execute(
+        select(Message.channel, func.coalesce(func.sum(Message.units), 0))
+        .join(Contact, Contact.id == Message.contact_id)
+        .where(Contact.account_id == account_id,
+               Message.status.in_(("pending", "submitting", "unknown")))
+        .group_by(Message.channel)
+    ).all()
+    rates = turn.catalog.costs.messaging
+    sending = sum(int(units) * rates[channel].outbound_musd for channel, units in in_flight)
+    return month.exposure_musd + int(queued or 0) + sending
+
+
+def _unlocked_by_click(turn: Turn, exposure: int, ceiling: dict[str, int]) -> bool:
+    """Mode `click_to_unlock` (off by default; economy.md): a partner click in the last 24 h
+    unlocks one full answer, if that answer still fits under the cutoff."""
+    from tokens import affiliates
+
+    catalog = turn.catalog
+    if catalog.affiliates.mode != "click_to_unlock":
+        return False
+    if exposure + ceiling[tiers.NORMAL] >= catalog.tiers.payment_required_musd:
+        return False
+    return affiliates.use_unlock(turn.session, turn.account_id, turn.now)
+
+
+def _offers(turn: Turn) -> list[tuple[str, str]]:
+    """(partner name, our redirect URL) for the request's intent, 1-3 of them."""
+    from tokens import affiliates
+
+    assert turn.intent is not None
+    links = affiliates.issue_offer_links(turn.session, turn.account_id, turn.intent.name,
+                                         turn.catalog, turn.now)
+    base = turn.settings.public_base_url.rstrip("/")
+    return [(partner.name, f"{base}/r/{link.token}") for partner, link in links]
+
+
+def _pay_url(turn: Turn, code: str | None = None, purpose: str = "pack") -> str:
+    link = payments.issue_pay_link(
+        turn.session, turn.account_id, code or turn.catalog.default_pack,
+        ttl_seconds=turn.catalog.pay_link_ttl_seconds, purpose=purpose, now=turn.now,
+    )
+    return turn.settings.pay_url(link.token)
+
+
+def _insufficient(turn: Turn, available: int) -> str:
+    assert turn.intent is not None
+    return replies.insufficient_text(turn.catalog, turn.intent, available, _pay_url(turn), turn.now)
+

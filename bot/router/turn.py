@@ -1,0 +1,125 @@
+"""The turn: what the router's steps share while one message is routed, and what it did.
+
+`BotSettings` (configuration), `Outcome` (what happened to one inbound message), `ReplyNow`
+(a step's final answer) and `Turn` (the shared context); the compliance keyword families and
+the outcome kinds whose replies are capped. docs/pipeline.md explains the whole flow.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy.orm import Session
+
+from bot.llm import ChatClient
+from bot.messages import InboundMessage
+from bot.models import Contact, Message
+from bot.ratelimit import SenderLimits
+from tokens import tiers
+from tokens.catalog import Catalog, IntentSpec
+
+# Compliance keyword families (Twilio's default opt-out keywords, messaging.md), plus Spanish forms.
+OPT_OUT = frozenset(
+    {"STOP", "STOPALL", "UNSUBSCRIBE", "CANCEL", "END", "QUIT", "REVOKE", "OPTOUT",
+     "PARAR", "BAJA", "CANCELAR"}
+)
+OPT_IN = frozenset({"START", "UNSTOP", "YES", "ALTA", "INICIAR"})
+HELP = frozenset({"HELP", "INFO", "AYUDA"})
+# Outcomes whose reply is cut at the channel's cap (SMS segments, WhatsApp messages) with a
+# free "Reply MORE" for the rest: answers, their fallbacks and continuations. The bot's own
+# notices (HELP, BALANCE, confirmations) are written short and sent whole.
+# Refusals, offers and "not enough tokens" replies are capped the same way (their texts are
+# written to fit): what one reply can cost is then bounded by the channel's cap
+# (`tokens.tiers.reply_ceiling_musd`). Only answers and their continuations replace a pending
+# MORE.
+CONTENT_OUTCOMES = frozenset({"answered", "failed", "more", "refused", "offers",
+                              "insufficient"})
+ANSWER_OUTCOMES = frozenset({"answered", "failed", "more"})
+
+
+@dataclass(frozen=True)
+class BotSettings:
+    """What the router needs from configuration.
+
+    Attributes:
+        catalog: the economy catalog.
+        public_base_url: where people reach the app, for pay links (no trailing slash needed).
+        app_confirms_opt_out: channels on which the app, not Twilio, answers STOP and START.
+            Twilio answers them itself on SMS (default opt-out handling); on WhatsApp it does
+            not, so the app sends the one confirmation.
+        chat: the LLM client when one is configured (`OPENAI_API_KEY`); None: offline skills.
+        sender_limits: per-sender rate limits (`bot.ratelimit`); None: no limits (router tests).
+    """
+
+    catalog: Catalog
+    public_base_url: str
+    app_confirms_opt_out: frozenset[str] = frozenset({"whatsapp"})
+    chat: ChatClient | None = None
+    sender_limits: SenderLimits | None = None
+
+    def pay_url(self, token: str) -> str:
+        """The public URL of a pay link token."""
+        return f"{self.public_base_url.rstrip('/')}/pay/{token}"
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What the router did with one inbound message.
+
+    Attributes:
+        kind: "duplicate", "opted_out", "suspended", "throttled", "opt_out", "opt_in", "help",
+            "no_text", "balance", "buy", "premium", "more", "insufficient", "refused"
+            (PAYMENT_REQUIRED), "offers" (AFFILIATE), "queued" (the skill runs in a job),
+            "failed" or "answered".
+        replies: the messages to send back, in order, as sent (an SMS answer cut with
+            "Reply MORE", a long WhatsApp answer split); empty: an empty `<Response/>`.
+        intent: the classified intent, when the message got that far.
+        tokens_charged: tokens debited for this message (0 unless kind is "answered").
+    """
+
+    kind: str
+    replies: tuple[str, ...] = ()
+    intent: str | None = None
+    tokens_charged: int = 0
+
+
+class ReplyNow(Exception):  # noqa: N818  (control flow, not an error)
+    """Raised by a step that has the final answer; carries the outcome kind and reply texts."""
+
+    def __init__(self, kind: str, *texts: str) -> None:
+        super().__init__(kind)
+        self.kind = kind
+        self.texts = texts
+
+
+@dataclass
+class Turn:
+    """The context the steps share while one message is routed."""
+
+    session: Session
+    msg: InboundMessage
+    settings: BotSettings
+    now: datetime
+    defer: bool = False
+    contact: Contact | None = None
+    message: Message | None = None
+    intent: IntentSpec | None = None
+    hold_id: int | None = None
+    charged: int = 0
+    level: str = tiers.NORMAL
+
+    @property
+    def catalog(self) -> Catalog:
+        return self.settings.catalog
+
+    @property
+    def account_id(self) -> int:
+        assert self.contact is not None, "the contact step runs first"
+        return self.contact.account_id
+
+
+
+
+Step = Callable[[Turn], None]
