@@ -14,13 +14,12 @@ from flask import Flask, current_app
 from flask.cli import with_appcontext
 
 from app.extensions import db
-from app.jobs import answer_inline
 from bot.channels import get_adapter
 from bot.channels.console import ConsoleAdapter
 from bot.channels.twilio import to_e164
 from bot.contacts import find_contact, mask_address
 from bot.errors import InvalidSender
-from bot.router import BotSettings, handle_inbound
+from bot.router import BotSettings, answer_message
 from tokens import costs, ledger
 from tokens.errors import InsufficientTokens, InvalidAmount
 
@@ -199,17 +198,19 @@ def messages_sweep(queued_minutes: int, unconfirmed_minutes: int) -> None:
 
 @click.command("worker")
 @click.option("--burst", is_flag=True, help="Exit once the queue is empty.")
+@click.option("--concurrency", type=click.IntRange(min=1), default=None,
+              help="Jobs in flight at once (default: WORKER_CONCURRENCY, else 128).")
 @with_appcontext
-def worker(burst: bool) -> None:
-    """Run an RQ worker for the answers queue, inside the app context (needs REDIS_URL).
+def worker(burst: bool, concurrency: int | None) -> None:
+    """Run a worker for the answers queue, inside the app context (needs REDIS_URL).
 
-    Jobs run in this process (RQ's SimpleWorker), so the app, its database pool and its
-    HTTP clients are shared by every job; run more workers for more throughput. The RQ
+    One process keeps many answers in flight (`app.worker.ThreadedWorker`: RQ's worker loop
+    with jobs on a thread pool), so the LLM's seconds hold a thread, not the process. One
+    person's messages are still answered one at a time, in order (`app.turns`). The RQ
     scheduler runs too, for the delayed retries of failed jobs.
     """
-    from rq import SimpleWorker
-
     from app.queue import answers_queue, redis_connection
+    from app.worker import ThreadedWorker
 
     app = current_app._get_current_object()  # type: ignore[attr-defined]
     connection = redis_connection(app)
@@ -217,7 +218,9 @@ def worker(burst: bool) -> None:
     if connection is None or queue is None:
         raise click.ClickException("REDIS_URL is not set: without Redis, answers are given "
                                    "inline by the web process and no worker is needed")
-    SimpleWorker([queue], connection=connection).work(burst=burst, with_scheduler=True)
+    slots = concurrency or app.config["WORKER_CONCURRENCY"]
+    ThreadedWorker([queue], connection=connection, app=app, concurrency=slots).work(
+        burst=burst, with_scheduler=True)
 
 
 @click.command("chat")
@@ -255,11 +258,7 @@ def chat(sender: str, channel: str) -> None:
         if not line.strip():
             continue
         message = adapter.parse_line(sender, line, channel)
-        outcome = handle_inbound(db.session, message, settings, defer=settings.chat is not None)
-        db.session.commit()
-        if outcome.kind == "queued":  # an LLM answer, given with no transaction open
-            outcome = answer_inline(current_app._get_current_object(),  # type: ignore[attr-defined]
-                                    message.message_sid)
+        outcome = answer_message(db.session, message, settings, transport="twiml")
         reply = adapter.render_reply(list(outcome.replies)) or "(no reply)"
         charged = outcome.tokens_charged
         cost = "free" if not charged else f"{charged} token{'s' if charged > 1 else ''}"

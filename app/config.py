@@ -121,6 +121,8 @@ class Config:
         self.SENDER_RATE_LIMIT = env("SENDER_RATE_LIMIT") or "10 per minute;100 per hour"
         self.RATELIMIT_HEADERS_ENABLED = True
         self.TRUSTED_PROXY_HOPS = _count(env, "TRUSTED_PROXY_HOPS")
+        # Jobs one `flask worker` process keeps in flight (app.worker); unset or 0: 128.
+        self.WORKER_CONCURRENCY = _count(env, "WORKER_CONCURRENCY") or 128
         self._check_and_fill()
 
     def _check_and_fill(self) -> None:

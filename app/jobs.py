@@ -1,112 +1,142 @@
 """RQ jobs, run by `flask --app wsgi worker` inside the app context.
 
-`answer_job` answers one priced message whose hold the webhook placed:
+`answer_job` answers the person behind one inbound message (docs/pipeline.md):
 
-1. Under the person's lock (Redis), read the pending answer and commit: no transaction stays
-   open while the LLM thinks.
-2. Run the skill (LLM or offline), then in one transaction capture or void the hold, record
-   the LLM cost and store the replies as `pending` outbound rows.
-3. Send each pending reply through the Twilio REST API (`bot.outbound`), committing the row
-   before and the result after each call.
+1. It knocks on the person's turn (`app.turns`). If another job holds it, that job will
+   answer this message too, and this one ends.
+2. Holding the turn, it answers the person's inbox oldest first (`router.drain_person`):
+   each message is routed, its skill run with no transaction open, its hold captured or
+   voided, and its replies sent through the Twilio REST API (`bot.outbound`, committing the
+   row before and the result after each call) before the next message is read.
+3. It settles and sends what repeat deliveries asked for (`router.resume_answer`: a message
+   whose answer an earlier attempt left unsettled, replies stored but never accepted), then
+   gives the turn back, or goes round again if someone knocked meanwhile.
 
 An RQ retry or a duplicate job resumes where the last one stopped: `settle` answers only a
 message still marked "queued" (checked under the account's lock), and only `pending` reply rows
 are sent; a row whose send may have reached Twilio is never sent again.
 
-`answer_inline` is the same answer given by the web process itself, as TwiML: when an LLM is
-configured but no queue (so the webhook's transaction is not held open while it answers), and
-when Redis cannot be reached.
+`answer_inline` is the same answer given by the web process itself, as TwiML, when Redis
+cannot be reached.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-import redis
 from flask import Flask, current_app
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from app.extensions import db
-from app.queue import JOB_TIMEOUT_SECONDS, redis_connection
+from app.queue import JOB_TIMEOUT_SECONDS, enqueue_answer, redis_connection
+from app.turns import PersonTurn
 from bot import outbound, router
 from bot.channels.twilio import TwilioRestSender
-from bot.models import Contact, Message
+from bot.messages import InboundMessage
+from bot.models import Contact, InboxMessage, Message
 from bot.router import BotSettings
-from tokens.base import utcnow
 
 log = logging.getLogger(__name__)
-# How long a job waits for another job of the same person before RQ retries it later.
-LOCK_WAIT_SECONDS = 30
-
-
-class AccountBusy(RuntimeError):
-    """Another job holds the person's lock for longer than `LOCK_WAIT_SECONDS`; RQ retries."""
+# A job stops taking the next message of its person after this long and hands the rest to a
+# new job, so it ends well within RQ's job timeout.
+DRAIN_BUDGET_SECONDS = JOB_TIMEOUT_SECONDS / 2
 
 
 def answer_job(message_sid: str) -> str:
-    """Answer the priced message `message_sid` and send the reply; returns what happened
-    ("answered", "failed", "resent", "nothing to do").
+    """Answer the person who sent `message_sid`, all their waiting messages in order; returns
+    what happened: "answered N", "handed over" (another job holds the person's turn and
+    will answer it) or "nothing to do".
 
     Raises:
-        AccountBusy: the person's lock stayed taken (RQ retries the job).
+        app.turns.TurnLost: the turn expired while held (RQ retries the job).
+        sqlalchemy.exc.SQLAlchemyError: the database failed (RQ retries the job).
     """
     with _job_session() as (app, session):
-        return _answer(app, session, message_sid)
+        return _answer_person(app, session, message_sid)
 
 
-def answer_inline(app: Flask, message_sid: str) -> router.Outcome:
-    """Answer a "queued" message in this process and return the replies for TwiML.
+def answer_inline(app: Flask, msg: InboundMessage, inbox_id: int | None = None
+                  ) -> router.Outcome:
+    """Answer `msg` in this process and return the outcome with the replies for TwiML (no
+    queue, or Redis unreachable); the skill runs with no transaction open.
 
-    The skill runs between two transactions (none open while an LLM answers); the caller has
-    committed the message and its hold.
+    Args:
+        inbox_id: the inbox row `msg` was stored in, taken by this answer.
     """
     settings: BotSettings = app.extensions["bot_settings"]
-    session = db.session
-    pending = router.pending_answer(session, message_sid, settings)
-    session.commit()
-    if pending is None:
-        return router.Outcome(kind="duplicate")
-    result = router.run_skill(settings, pending)
-    router.record_llm_cost(session, pending, result, settings)
-    session.commit()
-    outcome = router.settle(session, pending, result, settings, transport="twiml",
-                            now=utcnow())
-    session.commit()
-    return outcome
+    return router.answer_message(db.session, msg, settings, transport="twiml",
+                                 inbox_id=inbox_id)
 
 
-def _answer(app: Flask, session: Session, message_sid: str) -> str:
+def sender_of(session: Session, message_sid: str) -> str | None:
+    """The person (`InboundMessage.sender`) who sent `message_sid`: from the inbox while it
+    waits there, else from the routed message's contact; None when neither has it."""
+    sender = session.scalar(
+        select(InboxMessage.sender).where(InboxMessage.message_sid == message_sid))
+    if sender is None:
+        sender = session.scalar(
+            select(Contact.address).join(Message, Message.contact_id == Contact.id)
+            .where(Message.message_sid == message_sid))
+    session.commit()
+    return sender
+
+
+def _answer_person(app: Flask, session: Session, message_sid: str) -> str:
     settings: BotSettings = app.extensions["bot_settings"]
-    row = session.execute(
-        select(Message.id, Contact.account_id)
-        .join(Contact, Contact.id == Message.contact_id)
-        .where(Message.message_sid == message_sid)
-    ).first()
-    session.commit()
-    if row is None:
+    sender = sender_of(session, message_sid)
+    if sender is None:
         log.warning("answer job for an unknown message", extra={"message_sid": message_sid})
         return "nothing to do"
-    inbound_id, account_id = row
-    with account_lock(app, account_id):
-        pending = router.pending_answer(session, message_sid, settings)
-        session.commit()
-        kind = "resent"
-        if pending is not None:
-            result = router.run_skill(settings, pending)
-            router.record_llm_cost(session, pending, result, settings)
-            session.commit()
-            outcome = router.settle(session, pending, result, settings, transport="rest",
-                                    now=utcnow())
-            session.commit()
-            kind = outcome.kind
-            log.info("answer settled", extra={"message_sid": message_sid, "outcome": kind,
-                                              "tokens": outcome.tokens_charged})
-        sent = deliver(app, session, inbound_id)
-    return kind if sent or kind != "resent" else "nothing to do"
+    connection = redis_connection(app)
+    assert connection is not None, "jobs run only with Redis"
+    turn = PersonTurn(connection, sender)
+    if not turn.knock(message_sid):
+        return "handed over"
+    deadline = time.monotonic() + DRAIN_BUDGET_SECONDS
+
+    def keep_going() -> bool:
+        return time.monotonic() < deadline and turn.refresh()
+
+    def send(db_session: Session, inbound_id: int) -> int:
+        return deliver(app, db_session, inbound_id)
+
+    answered: list[str] = []
+    waiting: list[str] = []
+    try:
+        while True:
+            waiting = turn.take_waiting()
+            done = router.drain_person(session, sender, settings, deliver=send,
+                                       keep_going=keep_going)
+            answered.extend(done)
+            for sid in set(waiting) - set(done):
+                # repeat deliveries: settle or send what an earlier attempt left
+                router.resume_answer(session, sid, settings, transport="rest", deliver=send)
+            waiting = []
+            if time.monotonic() >= deadline:
+                _hand_over(app, session, sender, turn)
+                break
+            if turn.leave():
+                break
+    except BaseException:
+        turn.give_up(waiting)
+        raise
+    return f"answered {len(answered)}"
+
+
+def _hand_over(app: Flask, session: Session, sender: str, turn: PersonTurn) -> None:
+    """Out of time with messages left: give the turn back and enqueue a job for the oldest."""
+    turn.give_up([])
+    next_sid = session.scalar(select(InboxMessage.message_sid)
+                              .where(InboxMessage.sender == sender)
+                              .order_by(InboxMessage.id).limit(1))
+    session.commit()
+    if next_sid is not None:
+        enqueue_answer(app, next_sid)
 
 
 def deliver_messages(message_ids: list[int]) -> int:
@@ -170,31 +200,3 @@ def _job_session() -> Iterator[tuple[Flask, Any]]:
         yield app, db.session
     finally:
         db.session.remove()
-
-
-@contextmanager
-def account_lock(app: Flask, account_id: int) -> Iterator[Any]:
-    """One job at a time per person (messaging.md, "Per-person order"): a Redis lock that
-    expires on its own if a worker dies while holding it.
-
-    Without Redis the database row lock of each transaction serialises.
-
-    Raises:
-        AccountBusy: not acquired within `LOCK_WAIT_SECONDS`.
-    """
-    connection = redis_connection(app)
-    if connection is None:
-        yield None
-        return
-    lock = connection.lock(f"bot:lock:account:{account_id}", timeout=JOB_TIMEOUT_SECONDS + 60,
-                           blocking_timeout=LOCK_WAIT_SECONDS)
-    if not lock.acquire():
-        raise AccountBusy(f"account {account_id} is busy with another job")
-    try:
-        yield lock
-    finally:
-        try:
-            lock.release()
-        except redis.exceptions.LockError:
-            # It expired while the job ran (far past the job timeout); nothing to release.
-            log.warning("account lock expired before release", extra={"account": account_id})

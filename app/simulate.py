@@ -5,7 +5,7 @@ simulated month through the real pipeline, in this process, with simulated time:
 
 - Every person's messages are generated first (how many a day, when, which intent, on which
   channel: the persona table `PERSONAS`), then replayed in time order through
-  `bot.router.handle_inbound(..., now=<simulated time>)`, one commit per message as the Twilio
+  `bot.router.answer_message(..., now=<simulated time>)`, committed per message as the Twilio
   webhook does, each with a unique MessageSid.
 - What the router answers drives what people do next: a refusal or "not enough tokens" with a
   pay link may lead to a purchase (the pay link's checkout is opened with the sandbox provider
@@ -70,7 +70,7 @@ from bot.llm import CachedChat, ChatClient, ChatReply, ChatRequest, LlmError, Me
 from bot.messages import InboundMessage
 from bot.models import Contact, Message
 from bot.ratelimit import SenderLimits
-from bot.router import BotSettings, Outcome, handle_inbound
+from bot.router import BotSettings, Outcome, answer_message
 from tokens import affiliates, payments, tiers
 from tokens.catalog import Catalog
 from tokens.costs import CostEntry, LlmUsage
@@ -653,8 +653,7 @@ class Simulation:
                              to=BOT_NUMBER if channel == "sms" else f"whatsapp:{BOT_NUMBER}")
         if self.clock is not None:
             self.clock.now = now.timestamp()
-        outcome = handle_inbound(self.session, msg, self.settings, now=now)
-        self.session.commit()
+        outcome = answer_message(self.session, msg, self.settings, transport="twiml", now=now)
         self.stats.outcomes[outcome.kind] += 1
         self.react(person, persona, outcome, moment)
 

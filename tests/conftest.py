@@ -223,17 +223,20 @@ def queued_app(
         db.engine.dispose()
 
 
-def run_worker(application: Flask) -> int:
-    """Run a real RQ worker (burst mode, in this process) until the queue is empty; returns
-    the number of jobs it finished."""
-    from rq import SimpleWorker
-
+def run_worker(application: Flask, concurrency: int = 4) -> int:
+    """Run the real worker (`app.worker.ThreadedWorker`, burst mode, in this process) until
+    the queue is empty and no job is in flight; returns the number of jobs it finished."""
     from app.queue import answers_queue, redis_connection
+    from app.worker import ThreadedWorker
 
+    from app.extensions import db
+
+    db.session.commit()  # the test's own transaction must not hold SQLite's write lock
     queue = answers_queue(application)
     assert queue is not None
     finished = queue.finished_job_registry.count
-    SimpleWorker([queue], connection=redis_connection(application)).work(burst=True)
+    ThreadedWorker([queue], connection=redis_connection(application), app=application,
+                   concurrency=concurrency).work(burst=True)
     return int(queue.finished_job_registry.count - finished)
 
 

@@ -2,9 +2,9 @@
 `POST /webhooks/twilio/status` (delivery status callbacks).
 
 The controllers stay thin: check the signature, let the channel adapter normalise the form,
-hand it to the domain (`router.handle_inbound`, `outbound.apply_status`), commit, answer.
-With Redis configured, a priced message is answered by an RQ job enqueued after the commit,
-and the webhook answers an empty `<Response/>` at once.
+hand it to the domain (`router.answer_message`, `bot.inbox.store_in_inbox`,
+`outbound.apply_status`), commit, answer. With Redis configured, every message is answered by
+an RQ job enqueued after the commit, and the webhook answers an empty `<Response/>` at once.
 """
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ import logging
 
 import redis
 from flask import Blueprint, Flask, Response, current_app, request
-from sqlalchemy import select
 
 from app.extensions import db
 from app.jobs import answer_inline
@@ -21,9 +20,9 @@ from app.queue import answers_queue, enqueue_answer
 from bot.channels import get_adapter
 from bot.channels.twilio import TwilioAdapter
 from bot.errors import InvalidInbound
-from bot.models import Message
+from bot.inbox import store_in_inbox
 from bot.outbound import apply_status
-from bot.router import BotSettings, Outcome, handle_inbound
+from bot.router import BotSettings
 
 bp = Blueprint("twilio", __name__)
 log = logging.getLogger(__name__)
@@ -38,6 +37,9 @@ def public_url() -> str:
     if request.query_string:
         url += "?" + request.query_string.decode("latin-1")
     return url
+
+
+EMPTY_TWIML = '<?xml version="1.0" encoding="UTF-8"?><Response />'
 
 
 def twiml(body: str, status: int = 200) -> Response:
@@ -74,10 +76,15 @@ def _signature_refused() -> Response | None:
 def inbound_message() -> Response:
     """Inbound SMS or WhatsApp message ("A message comes in").
 
+    With Redis configured the webhook only acknowledges: it stores the message in the inbox
+    (one `INSERT ... ON CONFLICT DO NOTHING`; a repeat delivery changes nothing), enqueues the
+    answer job and answers an empty `<Response/>`; the worker routes, answers and sends by
+    REST. Without Redis the whole answer runs here (`router.answer_message`) as TwiML.
+
     Returns:
-        200 TwiML with the reply, or an empty `<Response/>` (a repeat delivery, or a priced
-        message whose answer a job sends); 403 when `X-Twilio-Signature` is missing or wrong
-        (nothing stored); 400 with the reason when the form is unusable.
+        200 TwiML with the reply, or an empty `<Response/>` (queued, or a repeat delivery);
+        403 when `X-Twilio-Signature` is missing or wrong (nothing stored); 400 with the
+        reason when the form is unusable.
     """
     refused = _signature_refused()
     if refused is not None:
@@ -89,20 +96,17 @@ def inbound_message() -> Response:
         return Response(f"{exc}\n", status=400, content_type="text/plain; charset=utf-8")
 
     app = current_app._get_current_object()  # type: ignore[attr-defined]
-    settings: BotSettings = app.extensions["bot_settings"]
-    queued = answers_queue(app) is not None
-    # An LLM answer never runs inside this transaction: with a queue a job gives it, without
-    # one this process does after the commit.
-    outcome = handle_inbound(db.session, message, settings,
-                             defer=queued or settings.chat is not None)
+    if answers_queue(app) is None:
+        # No queue (the embedded default): the whole answer, as TwiML, in this request.
+        outcome = answer_inline(app, message)
+        return twiml(adapter.render_reply(list(outcome.replies)))
+    # With a queue the webhook only acknowledges: store, enqueue, an empty <Response/>.
+    inbox_id = store_in_inbox(db.session, message)
     db.session.commit()
-    if outcome.kind == "queued":
-        if not (queued and _enqueue(app, message.message_sid)):
-            outcome = answer_inline(app, message.message_sid)
-    elif outcome.kind == "duplicate" and queued:
-        _enqueue_if_waiting(app, message.message_sid)
-    elif outcome.kind == "duplicate" and settings.chat is not None:
-        outcome = _answer_if_abandoned(app, message.message_sid)
+    if _enqueue(app, message.message_sid):
+        return twiml(EMPTY_TWIML)
+    # Redis cannot be reached: answer here, as TwiML, taking the row from the inbox.
+    outcome = answer_inline(app, message, inbox_id)
     return twiml(adapter.render_reply(list(outcome.replies)))
 
 
@@ -113,34 +117,6 @@ def _enqueue(app: Flask, message_sid: str) -> bool:
     except redis.RedisError as exc:
         log.error("enqueue failed, answering inline", extra={"error": type(exc).__name__})
         return False
-
-
-def _answer_if_abandoned(app: Flask, message_sid: str) -> Outcome:
-    """Inline LLM answers, no queue: a repeat delivery of a message still "queued" means the
-    first attempt died between its two commits (say the database dropped and it answered
-    503): answer it now. Twilio repeats a delivery only after an error or its 15 s timeout,
-    and the first attempt's LLM call ends within `OPENAI_TIMEOUT_SECONDS` (10 s), so the two
-    rarely overlap; if they do, `settle` re-checks the mark under the account lock, so the
-    person is charged once (the LLM may be paid twice)."""
-    waiting = db.session.scalar(
-        select(Message.id).where(Message.message_sid == message_sid,
-                                 Message.outcome == "queued"))
-    db.session.commit()
-    if waiting is None:
-        return Outcome(kind="duplicate")
-    return answer_inline(app, message_sid)
-
-
-def _enqueue_if_waiting(app: Flask, message_sid: str) -> None:
-    """A repeat delivery of a message still waiting for its answer (say the process died
-    between the commit and the enqueue): enqueue again; a no-op if the job exists."""
-    waiting = db.session.scalar(
-        select(Message.id).where(Message.message_sid == message_sid,
-                                 Message.outcome == "queued")
-    )
-    db.session.commit()
-    if waiting is not None:
-        _enqueue(app, message_sid)
 
 
 @bp.post("/webhooks/twilio/status")

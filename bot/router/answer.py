@@ -21,7 +21,7 @@ from bot import replies
 from bot.errors import SkillFailed
 from bot.intents import Skill, SkillAnswer, SkillRequest, UnknownIntent, skill_for
 from bot.intents.llm import LlmSkill
-from bot.models import Contact, Message
+from bot.models import Contact, InboxMessage, Message
 from bot.router.turn import ANSWER_OUTCOMES, CONTENT_OUTCOMES, BotSettings, Outcome
 from bot.segments import (
     MAX_MESSAGE_CHARS,
@@ -126,15 +126,21 @@ def pending_answer(
 
 def waiting_answers(session: Session, older_than: timedelta, now: datetime | None = None
                     ) -> list[str]:
-    """MessageSids of priced messages still "queued" after `older_than`: their job was lost
-    (Redis flushed, a crash between the commit and the enqueue). Oldest first."""
+    """MessageSids whose answer job was lost (Redis flushed, a crash between the commit and
+    the enqueue, a worker that died holding the person's turn): inbox rows not routed, and
+    priced messages still "queued", after `older_than`. Oldest first, inbox first."""
     now = now or utcnow()
-    return list(session.scalars(
+    cutoff = now - older_than
+    inbox = session.scalars(
+        select(InboxMessage.message_sid).where(InboxMessage.received_at <= cutoff)
+        .order_by(InboxMessage.id))
+    queued = session.scalars(
         select(Message.message_sid)
         .where(Message.outcome == "queued", Message.direction == "in",
-               Message.created_at <= now - older_than)
+               Message.created_at <= cutoff)
         .order_by(Message.id)
-    ))
+    )
+    return [sid for sid in [*inbox, *queued] if sid is not None]
 
 
 def skill(settings: BotSettings, spec: IntentSpec, level: str = tiers.NORMAL) -> Skill:

@@ -12,7 +12,9 @@ is down, `flask chat` and the simulator all call it; nothing else orders those c
 
 `drain_person` answers the unrouted inbox rows of one person oldest first; the worker calls it
 while it holds the person's turn (`app.turns`), so one person's messages are answered, and
-their replies sent, in the order they arrived (docs/pipeline.md, "Per-person order").
+their replies sent, in the order they arrived (docs/pipeline.md, "Per-person order"). The one
+exception is STOP, which overtakes the person's earlier messages still waiting on its
+channel: once someone has said STOP, nothing more is sent to them there.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from sqlalchemy.orm import Session
 from bot.messages import InboundMessage, from_payload
 from bot.models import InboxMessage, Message
 from bot.router.answer import pending_answer, record_llm_cost, run_skill, settle
-from bot.router.steps import handle_inbound
+from bot.router.steps import handle_inbound, keyword_family
 from bot.router.turn import BotSettings, Outcome
 from tokens.base import utcnow
 
@@ -37,6 +39,9 @@ log = logging.getLogger(__name__)
 # Sends the stored `pending` replies to one inbound message (by the inbound row's id) through
 # the provider, committing around each call; returns how many sends were tried.
 Deliver = Callable[[Session, int], int]
+# How many of a person's waiting messages `drain_person` reads at once, to let a STOP among
+# them overtake the ones before it.
+LOOK_AHEAD = 20
 
 
 def answer_message(
@@ -134,9 +139,9 @@ def drain_person(
     deliver: Deliver,
     keep_going: Callable[[], bool] = lambda: True,
     clock: Callable[[], datetime] = utcnow,
-) -> int:
+) -> list[str]:
     """Answer `sender`'s inbox rows oldest first, each fully (routed, answered, its replies
-    sent) before the next is read; returns how many were answered.
+    sent) before the next is read; returns their MessageSids, in the order answered.
 
     The caller holds the person's turn, so no other process answers this person meanwhile.
 
@@ -147,36 +152,51 @@ def drain_person(
     Raises:
         sqlalchemy.exc.SQLAlchemyError: the database failed; the row stays in the inbox.
     """
-    answered = 0
+    answered: list[str] = []
     while keep_going():
-        row = session.execute(
+        rows = session.execute(
             select(InboxMessage.id, InboxMessage.payload)
             .where(InboxMessage.sender == sender)
             .order_by(InboxMessage.id)
-            .limit(1)
-        ).first()
+            .limit(LOOK_AHEAD)
+        ).all()
         session.commit()
-        if row is None:
+        if not rows:
             break
-        inbox_id, payload = row
-        try:
-            msg = from_payload(payload)
-        except ValueError as exc:
-            # Written by another version of the app: nothing can answer it; keep no poison.
-            log.error("inbox row unreadable, dropped", extra={"inbox_id": inbox_id,
-                                                              "error": str(exc)})
-            session.execute(delete(InboxMessage).where(InboxMessage.id == inbox_id))
-            session.commit()
+        waiting: list[tuple[int, InboundMessage]] = []
+        for inbox_id, payload in rows:
+            try:
+                waiting.append((inbox_id, from_payload(payload)))
+            except ValueError as exc:
+                # Written by another version of the app: nothing can answer it; keep no
+                # poison in the inbox.
+                log.error("inbox row unreadable, dropped", extra={"inbox_id": inbox_id,
+                                                                  "error": str(exc)})
+                session.execute(delete(InboxMessage).where(InboxMessage.id == inbox_id))
+                session.commit()
+        if not waiting:
             continue
+        inbox_id, msg = _next_in_turn(waiting)
         started = time.perf_counter()
         outcome = answer_message(session, msg, settings, transport="rest", deliver=deliver,
                                  inbox_id=inbox_id, clock=clock)
-        answered += 1
+        answered.append(msg.message_sid)
         log.info("answer given", extra={"message_sid": msg.message_sid,
                                         "outcome": outcome.kind,
                                         "tokens": outcome.tokens_charged,
                                         "seconds": round(time.perf_counter() - started, 3)})
     return answered
+
+
+def _next_in_turn(waiting: list[tuple[int, InboundMessage]]) -> tuple[int, InboundMessage]:
+    """The oldest waiting message, except that a STOP overtakes the messages sent before it
+    on its channel: after STOP nothing more is sent or charged on that channel (carrier
+    rules), so those earlier messages then meet the opted-out silence."""
+    first = waiting[0]
+    for inbox_id, msg in waiting[1:]:
+        if msg.channel == first[1].channel and keyword_family(msg) == "STOP":
+            return inbox_id, msg
+    return first
 
 
 def _answer_deferred(session: Session, message_sid: str, settings: BotSettings,

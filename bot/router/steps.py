@@ -116,7 +116,7 @@ def compliance_keywords(turn: Turn) -> None:
     Twilio Advanced Opt-Out's `OptOutType` is authoritative when present.
     """
     assert turn.contact is not None
-    family = _keyword_family(turn.msg)
+    family = keyword_family(turn.msg)
     if family is None:
         return
     contact = turn.contact
@@ -400,7 +400,9 @@ def handle_inbound(
     return outcome
 
 
-def _keyword_family(msg: InboundMessage) -> str | None:
+def keyword_family(msg: InboundMessage) -> str | None:
+    """The compliance keyword family of `msg`: "STOP", "START", "HELP" or None. Twilio
+    Advanced Opt-Out's `OptOutType` wins over the text."""
     if msg.opt_out_type in ("STOP", "START", "HELP"):
         return msg.opt_out_type
     word = normalise_command(msg.text)

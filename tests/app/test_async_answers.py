@@ -1,8 +1,9 @@
 """Queued answers: Redis + RQ, OpenAI, the Twilio REST API (all real or local stand-ins).
 
-Issue #4's "done": with Redis and a worker, a signed "meal plan" gets `<Response/>` at once, the
-worker sends the answer through the (stand-in) Twilio API, the hold is captured, and the LLM
-cost shows on the person's month; an LLM failure charges nothing.
+With Redis the webhook only acknowledges: a signed "meal plan" is stored in the inbox and gets
+`<Response/>` at once; the worker routes it, places and captures the hold, sends the answer
+through the (stand-in) Twilio API, and the LLM cost shows on the person's month; an LLM
+failure charges nothing.
 """
 
 from __future__ import annotations
@@ -21,7 +22,9 @@ from sqlalchemy import select
 from app.jobs import answer_job
 from app.queue import QUEUE_NAME, enqueue_answer, job_id_for, redis_connection
 from bot import replies
-from bot.models import Contact, Message
+from bot.messages import from_payload
+from bot.models import Contact, InboxMessage, Message
+from bot.router import handle_inbound
 from tests.conftest import (
     PUBLIC_BASE_URL,
     SMS_FROM,
@@ -60,6 +63,20 @@ def hold_of(session, sid: str) -> Hold:
     return hold
 
 
+def routed_not_answered(app: Flask, session, fields: dict[str, str]) -> None:
+    """A message the webhook stored and a worker routed (stored, held), which then died
+    before answering it: its job is gone, its message waits "queued"."""
+    post_signed(app.test_client(), fields)
+    redis_connection(app).flushdb()
+    row = session.scalar(select(InboxMessage).where(
+        InboxMessage.message_sid == fields["MessageSid"]))
+    outcome = handle_inbound(session, from_payload(row.payload), app.extensions["bot_settings"],
+                             defer=True, transport="rest")
+    assert outcome.kind == "queued"
+    session.delete(row)
+    session.commit()
+
+
 def test_meal_plan_is_queued_then_answered_by_the_worker(queued_app: Flask, session, twilio_api,
                                                          openai_api):
     client = queued_app.test_client()
@@ -69,14 +86,17 @@ def test_meal_plan_is_queued_then_answered_by_the_worker(queued_app: Flask, sess
     # The webhook answers at once, with nothing: the answer comes later by REST.
     assert response.status_code == 200
     assert response.get_data(as_text=True) == EMPTY
-    account = account_of(session)
-    assert hold_of(session, "SMqueued1").status == "pending"
-    assert ledger.balance(session, account).available == 95  # 100 free, 5 held
+    # It is stored in the inbox only: no contact, no hold yet; one job waits.
+    [row] = session.scalars(select(InboxMessage)).all()
+    assert (row.message_sid, row.sender, row.channel) == ("SMqueued1", PHONE, "sms")
+    assert session.scalar(select(Contact)) is None
     queue = Queue(QUEUE_NAME, connection=redis_connection(queued_app))
     assert queue.job_ids == [job_id_for("SMqueued1")]
     assert twilio_api.sent == [] and openai_api.requests == []
 
     assert run_worker(queued_app) == 1
+    account = account_of(session)
+    assert session.scalar(select(InboxMessage)) is None  # routed, so taken from the inbox
 
     [send] = twilio_api.accepted
     assert send["To"] == PHONE and send["From"] == SMS_FROM
@@ -151,16 +171,19 @@ def test_a_repeated_delivery_or_enqueue_makes_one_job_and_one_send(queued_app, s
     assert queue.count == 1
     run_worker(queued_app)
     # A job run again (an RQ retry) finds nothing left to answer or send.
-    assert answer_job("SMtwice1") == "nothing to do"
+    assert answer_job("SMtwice1") == "answered 0"
     assert len(twilio_api.sent) == 1
     session.expire_all()
     assert ledger.balance(session, account_of(session)).available == 98
 
 
-def test_free_commands_still_answer_inline_with_redis(queued_app, twilio_api):
+def test_free_commands_answer_by_rest_with_redis(queued_app, twilio_api):
     response = post_signed(queued_app.test_client(), sms("BALANCE"))
-    assert "You have 100 tokens" in response.get_data(as_text=True)
+    assert response.get_data(as_text=True) == EMPTY
     assert twilio_api.sent == []
+    run_worker(queued_app)
+    [send] = twilio_api.accepted
+    assert "You have 100 tokens" in send["Body"]
 
 
 def test_twilio_429_is_retried_with_backoff(queued_app, session, twilio_api):
@@ -245,7 +268,7 @@ def test_a_send_that_times_out_is_unknown_and_never_resent(queued_app, session, 
     reply = session.scalar(select(Message).where(Message.direction == "out"))
     assert reply.status == "unknown" and reply.message_sid is None
     reply_id = reply.id
-    assert answer_job("SMtimeout") == "nothing to do"  # a retry does not resend
+    assert answer_job("SMtimeout") == "answered 0"  # a retry does not resend
     assert len(twilio_api.sent) == 1
     # Its status callback arrives after all: the row adopts the sid and moves on.
     sid = twilio_api.sent[0]["sid"]
@@ -275,14 +298,15 @@ def test_redis_down_answers_inline_as_twiml(database_url, twilio_api, openai_api
         assert ledger.balance(db.session, account).available == 95
         assert db.session.scalar(
             select(Message.outcome).where(Message.message_sid == "SMnoredis")) == "answered"
+        assert db.session.scalar(select(InboxMessage)) is None
         db.session.remove()
         db.engine.dispose()
 
 
 @pytest.mark.backends("postgresql")
 def test_one_persons_jobs_run_one_at_a_time(queued_app, session, openai_api, twilio_api):
-    """Two quick messages from one person never race: their jobs take turns (Redis lock);
-    two different people's jobs run side by side."""
+    """Two quick messages from one person never race: one job holds the person's turn and
+    answers both, in order; two different people's jobs run side by side."""
     client = queued_app.test_client()
     post_signed(client, sms("meal plan", sid="SMa1"))
     post_signed(client, sms("recipe for soup", sid="SMa2"))
@@ -308,6 +332,8 @@ def test_one_persons_jobs_run_one_at_a_time(queued_app, session, openai_api, twi
 
     run(["SMa1", "SMa2"])
     assert openai_api.max_concurrent == 1
+    bodies = [body["messages"][-1]["content"] for body in openai_api.bodies]
+    assert bodies == ["meal plan", "recipe for soup"]
     openai_api.reset()
     # Both calls overlap even if one thread starts late on a loaded machine (the suite's
     # OpenAI timeout is 2 s).
@@ -337,12 +363,12 @@ def test_worker_command_runs_queued_jobs(queued_app, twilio_api):
     assert len(twilio_api.accepted) == 1
 
 
-def test_lock_is_released_after_a_job(queued_app):
+def test_the_turn_is_given_back_after_a_job(queued_app):
     post_signed(queued_app.test_client(), sms("meal plan", sid="SMlock"))
     run_worker(queued_app)
     connection = redis_connection(queued_app)
     assert isinstance(connection, redis.Redis)
-    assert connection.keys("bot:lock:*") == []
+    assert connection.keys("bot:turn:*") == []
 
 
 def test_readyz_checks_redis_when_configured(queued_app, database_url, twilio_api):
@@ -363,7 +389,7 @@ def test_two_runs_of_one_answer_settle_once(queued_app, session, twilio_api, ope
     account's lock), so one charge and one reply."""
     from bot import router
 
-    post_signed(queued_app.test_client(), sms("meal plan", sid="SMrace"))
+    routed_not_answered(queued_app, session, sms("meal plan", sid="SMrace"))
     settings = queued_app.extensions["bot_settings"]
     first = router.pending_answer(session, "SMrace", settings)
     second = router.pending_answer(session, "SMrace", settings)
@@ -381,12 +407,13 @@ def test_two_runs_of_one_answer_settle_once(queued_app, session, twilio_api, ope
 
 def test_a_job_that_comes_after_the_hold_lapsed_apologises_free(queued_app, session,
                                                                 twilio_api, openai_api):
-    post_signed(queued_app.test_client(), sms("meal plan", sid="SMlate"))
+    routed_not_answered(queued_app, session, sms("meal plan", sid="SMlate"))
     account = account_of(session)
     # The worker was down longer than the hold's TTL; a sweep expired the hold.
     later = hold_of(session, "SMlate").expires_at
     assert ledger.expire_holds(session, later) == 1
     session.commit()
+    enqueue_answer(queued_app, "SMlate")  # the sweep, or Twilio's repeat delivery
     run_worker(queued_app)
     [send] = twilio_api.accepted
     assert send["Body"] == replies.TOOK_TOO_LONG
@@ -403,9 +430,13 @@ def test_stop_between_asking_and_answering_gets_no_answer(queued_app, session, t
     post_signed(client, sms("meal plan", sid="SMask"))
     post_signed(client, sms("STOP", sid="SMstop"))
     run_worker(queued_app)
+    # The STOP overtakes the meal plan still waiting: no LLM call, no send, no hold.
     assert twilio_api.sent == [] and openai_api.requests == []
     session.expire_all()
-    assert ledger.balance(session, account_of(session)).available == 100
+    assert session.scalars(select(Hold)).all() == []
+    assert costs.month(session, account_of(session)).tokens_charged == 0
+    outcomes = dict(session.execute(select(Message.message_sid, Message.outcome)).all())
+    assert outcomes == {"SMstop": "opt_out", "SMask": "opted_out"}
 
 
 def test_a_repeat_delivery_re_enqueues_a_lost_job(queued_app, session, twilio_api):
@@ -420,15 +451,19 @@ def test_a_repeat_delivery_re_enqueues_a_lost_job(queued_app, session, twilio_ap
 
 def test_the_sweep_re_enqueues_waiting_answers(queued_app, session, twilio_api):
     post_signed(queued_app.test_client(), sms("meal plan", sid="SMswept"))
+    routed_not_answered(queued_app, session, sms("recipe for soup", sid="SMswept2"))
     redis_connection(queued_app).flushdb()
-    inbound = session.scalar(select(Message).where(Message.message_sid == "SMswept"))
+    # One message waits in the inbox, one was routed and waits "queued"; both jobs are lost.
+    inbox = session.scalar(select(InboxMessage).where(InboxMessage.message_sid == "SMswept"))
+    inbox.received_at = inbox.received_at - timedelta(days=365)
+    inbound = session.scalar(select(Message).where(Message.message_sid == "SMswept2"))
     inbound.created_at = inbound.created_at - timedelta(days=365)
     session.commit()
     result = queued_app.test_cli_runner().invoke(args=["messages", "sweep"])
     assert result.exit_code == 0, result.output
-    assert "re-enqueued 1 of 1 waiting answers" in result.output
+    assert "re-enqueued 2 of 2 waiting answers" in result.output
     run_worker(queued_app)
-    assert len(twilio_api.accepted) == 1
+    assert len(twilio_api.accepted) == 2
 
 
 def test_a_split_whatsapp_answer_outside_the_window_sends_one_template(
@@ -442,10 +477,11 @@ def test_a_split_whatsapp_answer_outside_the_window_sends_one_template(
     queued_app.extensions["bot_settings"] = replace(
         settings, catalog=replace(settings.catalog, llm=longer))
     openai_api.reply = " ".join(f"Sentence number {i} about lentils." for i in range(100))
-    post_signed(queued_app.test_client(), whatsapp("meal plan", sid="SMsplit"))
+    routed_not_answered(queued_app, session, whatsapp("meal plan", sid="SMsplit"))
     contact = session.scalar(select(Contact).where(Contact.address == PHONE))
     contact.whatsapp_last_inbound_at -= timedelta(days=365)
     session.commit()
+    enqueue_answer(queued_app, "SMsplit")
     run_worker(queued_app)
     [send] = twilio_api.sent
     assert send["ContentSid"] == "HX" + "c" * 32

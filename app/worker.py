@@ -1,0 +1,132 @@
+"""The worker: RQ's own worker loop, with many jobs in flight in one process.
+
+RQ runs one job at a time per worker process (`Worker` forks a horse per job, `SimpleWorker`
+runs it inline), so with an LLM that takes seconds a process would answer under one message a
+second. RQ ships no threaded worker, and the LLM and Twilio waits are I/O, so threads serve
+them well. `ThreadedWorker` is the smallest change to RQ that runs jobs concurrently: it is
+RQ's `SimpleWorker` (RQ's dequeue, registries, retries, heartbeats, failure handling and the
+admin queue page all stay as they are) whose `execute_job` hands each job to a thread pool,
+taking a slot before it dequeues the next job, so at most `concurrency` jobs are taken from
+Redis at once and the rest stay queued for other workers. What RQ keeps per running job on
+the worker (`execution`) is kept per thread, and job timeouts use RQ's `TimerDeathPenalty`
+(the default, SIGALRM, works only in the main thread).
+
+Each job runs in its own Flask app context, so it gets its own database session; a session
+holds a pooled connection only inside a transaction, and no transaction stays open while an
+LLM or Twilio answers (`bot.router.pipeline`).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from flask import Flask
+from rq import SimpleWorker
+from rq.job import Job
+from rq.queue import Queue
+from rq.timeouts import TimerDeathPenalty
+
+log = logging.getLogger(__name__)
+
+# Jobs one worker process keeps in flight (`WORKER_CONCURRENCY`): each waits on the LLM or
+# Twilio most of its time, so well over 100 fit one process on one core.
+DEFAULT_CONCURRENCY = 128
+
+
+class ThreadedWorker(SimpleWorker):
+    """An RQ worker that runs up to `concurrency` jobs at once, each on its own thread.
+
+    Args:
+        queues, connection, ...: as RQ's `SimpleWorker`.
+        app: the Flask app; each job runs inside its own app context.
+        concurrency: jobs in flight at most (>= 1).
+
+    Raises:
+        ValueError: `concurrency` is below 1.
+    """
+
+    death_penalty_class = TimerDeathPenalty
+
+    def __init__(self, *args: Any, app: Flask, concurrency: int = DEFAULT_CONCURRENCY,
+                 **kwargs: Any) -> None:
+        if concurrency < 1:
+            raise ValueError("a worker needs at least one slot")
+        self._local = threading.local()
+        super().__init__(*args, **kwargs)
+        self._app = app
+        self.concurrency = concurrency
+        self._slots = threading.BoundedSemaphore(concurrency)
+        self._idle = threading.Condition()
+        self._running = 0
+        self._pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="job")
+
+    # RQ keeps the running job's Execution on the worker; with many jobs at once, each thread
+    # keeps its own.
+    @property  # type: ignore[override]
+    def execution(self) -> Any:
+        return getattr(self._local, "execution", None)
+
+    @execution.setter
+    def execution(self, value: Any) -> None:
+        self._local.execution = value
+
+    @property
+    def running(self) -> int:
+        """Jobs in flight now."""
+        return self._running
+
+    def dequeue_job_and_maintain_ttl(self, timeout: int | None,
+                                     max_idle_time: int | None = None) -> Any:
+        """RQ's dequeue, after taking a free slot (waiting for one). In burst mode (`timeout`
+        None) an empty queue ends the work only once the jobs in flight are done and
+        queued nothing new."""
+        while True:
+            self._slots.acquire()
+            result = super().dequeue_job_and_maintain_ttl(timeout, max_idle_time)
+            if result is not None:
+                return result  # the slot goes with the job
+            self._slots.release()
+            if timeout is not None or not self._wait_until_idle():
+                return None
+
+    def execute_job(self, job: Job, queue: Queue) -> None:
+        """Run `job` on a pool thread; returns at once (the slot was taken at dequeue)."""
+        with self._idle:
+            self._running += 1
+        try:
+            self._pool.submit(self._run, job, queue)
+        except RuntimeError:  # the pool is shut down: leave the job to RQ's clean-up
+            self._finished()
+            raise
+
+    def teardown(self) -> None:
+        """Wait for the jobs in flight (a warm shutdown finishes them), then RQ's teardown."""
+        self._pool.shutdown(wait=True)
+        super().teardown()
+
+    def _run(self, job: Job, queue: Queue) -> None:
+        try:
+            with self._app.app_context():
+                self.prepare_execution(job)
+                self.perform_job(job, queue)
+        except BaseException:  # perform_job handles job errors; this is RQ's own failing
+            log.exception("worker failed around a job", extra={"job_id": job.id})
+        finally:
+            self._finished()
+
+    def _finished(self) -> None:
+        with self._idle:
+            self._running -= 1
+            self._idle.notify_all()
+        self._slots.release()
+
+    def _wait_until_idle(self) -> bool:
+        """Wait for every job in flight; True when there were some (look at the queue again)."""
+        with self._idle:
+            if self._running == 0:
+                return False
+            self._idle.wait_for(lambda: self._running == 0)
+            return True
