@@ -61,6 +61,7 @@ class ThreadedWorker(SimpleWorker):
         self._slots = threading.BoundedSemaphore(concurrency)
         self._idle = threading.Condition()
         self._running = 0
+        self._finished_count = 0
         self._pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="job")
 
     # RQ keeps the running job's Execution on the worker; with many jobs at once, each thread
@@ -85,11 +86,16 @@ class ThreadedWorker(SimpleWorker):
         queued nothing new."""
         while True:
             self._slots.acquire()
+            finished_before = self._finished_count
             result = super().dequeue_job_and_maintain_ttl(timeout, max_idle_time)
             if result is not None:
                 return result  # the slot goes with the job
             self._slots.release()
-            if timeout is not None or not self._wait_until_idle():
+            if timeout is not None:
+                return None
+            # Burst: a job in flight, or one that ended since the dequeue, may have queued
+            # more (its retry, a hand-over): look again once it is done.
+            if not self._wait_until_idle() and self._finished_count == finished_before:
                 return None
 
     def execute_job(self, job: Job, queue: Queue) -> None:
@@ -120,6 +126,7 @@ class ThreadedWorker(SimpleWorker):
     def _finished(self) -> None:
         with self._idle:
             self._running -= 1
+            self._finished_count += 1
             self._idle.notify_all()
         self._slots.release()
 

@@ -226,10 +226,9 @@ def queued_app(
 def run_worker(application: Flask, concurrency: int = 4) -> int:
     """Run the real worker (`app.worker.ThreadedWorker`, burst mode, in this process) until
     the queue is empty and no job is in flight; returns the number of jobs it finished."""
+    from app.extensions import db
     from app.queue import answers_queue, redis_connection
     from app.worker import ThreadedWorker
-
-    from app.extensions import db
 
     db.session.commit()  # the test's own transaction must not hold SQLite's write lock
     queue = answers_queue(application)
@@ -238,6 +237,29 @@ def run_worker(application: Flask, concurrency: int = 4) -> int:
     ThreadedWorker([queue], connection=redis_connection(application), app=application,
                    concurrency=concurrency).work(burst=True)
     return int(queue.finished_job_registry.count - finished)
+
+
+def routed_not_answered(app: Flask, session: Any, fields: dict[str, str]) -> None:
+    """A message the webhook stored and a worker routed (stored, held), which then died
+    before answering it: its job is gone, its message waits "queued"."""
+    from sqlalchemy import select
+
+    from app.queue import redis_connection
+    from bot.messages import from_payload
+    from bot.models import InboxMessage
+    from bot.router import handle_inbound
+
+    post_signed(app.test_client(), fields)
+    connection = redis_connection(app)
+    assert connection is not None
+    connection.flushdb()
+    row = session.scalar(select(InboxMessage).where(
+        InboxMessage.message_sid == fields["MessageSid"]))
+    outcome = handle_inbound(session, from_payload(row.payload), app.extensions["bot_settings"],
+                             defer=True, transport="rest")
+    assert outcome.kind == "queued"
+    session.delete(row)
+    session.commit()
 
 
 @pytest.fixture

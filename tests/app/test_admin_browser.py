@@ -31,7 +31,14 @@ from app.extensions import db
 from bot.contacts import mask_address
 from bot.models import Contact, Message
 from tests.app.admin_support import PASSWORD, make_admin
-from tests.conftest import config_for, post_signed, queued_environment, run_worker, sms
+from tests.conftest import (
+    config_for,
+    post_signed,
+    queued_environment,
+    routed_not_answered,
+    run_worker,
+    sms,
+)
 from tests.support.browser import CHROMIUM_ARGS, LiveServer, chromium_executable
 from tests.support.openai_standin import OpenAIStandIn
 from tests.support.redis_server import RedisServer
@@ -110,7 +117,7 @@ def seeded(
         client = application.test_client()
         assert post_signed(client, sms(CAPTURED_BODY, sender=PHONE)).status_code == 200
         assert run_worker(application) == 1  # answered: the hold is captured
-        assert post_signed(client, sms(PENDING_BODY, sender=PHONE)).status_code == 200
+        routed_not_answered(application, db.session, sms(PENDING_BODY, sender=PHONE))
         account_id = db.session.scalars(
             select(Contact.account_id).where(Contact.address == PHONE)).one()
         ledger.grant(db.session, account_id, GOODWILL, key=f"grant:goodwill:{account_id}",

@@ -22,14 +22,13 @@ from sqlalchemy import select
 from app.jobs import answer_job
 from app.queue import QUEUE_NAME, enqueue_answer, job_id_for, redis_connection
 from bot import replies
-from bot.messages import from_payload
 from bot.models import Contact, InboxMessage, Message
-from bot.router import handle_inbound
 from tests.conftest import (
     PUBLIC_BASE_URL,
     SMS_FROM,
     WHATSAPP_FROM,
     post_signed,
+    routed_not_answered,
     run_worker,
     sms,
     whatsapp,
@@ -61,20 +60,6 @@ def hold_of(session, sid: str) -> Hold:
     assert hold is not None
     session.refresh(hold)
     return hold
-
-
-def routed_not_answered(app: Flask, session, fields: dict[str, str]) -> None:
-    """A message the webhook stored and a worker routed (stored, held), which then died
-    before answering it: its job is gone, its message waits "queued"."""
-    post_signed(app.test_client(), fields)
-    redis_connection(app).flushdb()
-    row = session.scalar(select(InboxMessage).where(
-        InboxMessage.message_sid == fields["MessageSid"]))
-    outcome = handle_inbound(session, from_payload(row.payload), app.extensions["bot_settings"],
-                             defer=True, transport="rest")
-    assert outcome.kind == "queued"
-    session.delete(row)
-    session.commit()
 
 
 def test_meal_plan_is_queued_then_answered_by_the_worker(queued_app: Flask, session, twilio_api,

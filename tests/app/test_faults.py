@@ -56,8 +56,9 @@ from app.config import PROJECT_ROOT
 from app.extensions import db
 from app.jobs import answer_job
 from app.queue import QUEUE_NAME, job_id_for, redis_connection
+from app.turns import turn_key
 from bot import replies
-from bot.models import Contact, Message
+from bot.models import Contact, InboxMessage, Message
 from tests.conftest import (
     ACCOUNT_SID,
     AUTH_TOKEN,
@@ -66,6 +67,7 @@ from tests.conftest import (
     config_for,
     post_signed,
     queued_environment,
+    routed_not_answered,
     run_worker,
     sms,
 )
@@ -185,9 +187,14 @@ def row_counts() -> dict[str, int]:
 
 
 def age(sid: str, **delta: float) -> None:
-    """Move a message's `created_at` back (the sweep waits before re-enqueueing)."""
-    row = inbound(sid)
-    row.created_at -= timedelta(**delta)
+    """Move a message's `created_at` back, or its inbox row's `received_at` while it waits
+    there unrouted (the sweep waits before re-enqueueing)."""
+    waiting = db.session.scalar(select(InboxMessage).where(InboxMessage.message_sid == sid))
+    if waiting is not None:
+        waiting.received_at -= timedelta(**delta)
+    else:
+        row = inbound(sid)
+        row.created_at -= timedelta(**delta)
     db.session.commit()
 
 
@@ -405,7 +412,7 @@ def test_redis_stopped_then_back_nothing_is_lost_and_each_message_is_answered_on
         assert (retry.status_code, retry.get_data(as_text=True)) == (200, EMPTY)
         account = account_of()
         assert (inbound("SMduring").outcome, inbound("SMduring").tokens_charged) == ("answered", 2)
-        assert balance(account).available == 100 - 5 - 2  # 5 still held for SMbefore
+        assert balance(account).available == 100 - 2  # SMbefore waits in the inbox, unrouted
 
         age("SMbefore", minutes=3)
         result = sweep(application)
@@ -555,7 +562,6 @@ def test_an_answer_whose_job_failed_for_good_is_given_after_the_database_is_back
         database_url, redis_url, twilio_api, openai_api, no_retry_delay):
     with running(database_url, **queued(redis_url, twilio_api, openai_api)) as application:
         post_signed(application.test_client(), sms("meal plan", sid="SMgone"))
-        account = account_of()
         with DatabaseOutage(database_url) as outage:
             outage.down()
             run_worker(application)  # the job and its 3 retries fail
@@ -568,7 +574,7 @@ def test_an_answer_whose_job_failed_for_good_is_given_after_the_database_is_back
         run_worker(application)
         assert inbound("SMgone").outcome != "queued", "nothing answered the message"
         assert len(twilio_api.accepted) == 1
-        assert balance(account).available in (95, 100)
+        assert balance(account_of()).available in (95, 100)
 
 
 def test_inline_llm_connection_lost_before_the_capture_the_retry_is_answered(
@@ -696,7 +702,7 @@ def test_twilio_failing_every_attempt_fails_the_reply_and_refunds_once(
         [reply] = replies_to("SMdown")
         assert reply.status == "failed"
         assert reply.error_code == (20503 if fault == "503 every time" else None)
-        assert answer_job("SMdown") == "nothing to do"  # an RQ retry sends nothing more
+        assert answer_job("SMdown") == "answered 0"  # an RQ retry sends nothing more
         assert len(twilio_api.sent) == tried
         account = account_of()
         after = balance(account)
@@ -719,7 +725,7 @@ def test_twilio_timeout_is_unknown_never_resent_and_the_sweep_gives_it_up_and_re
         while not twilio_api.sent and time.monotonic() < deadline:
             time.sleep(0.05)  # the stand-in records the send once its delay is over
         assert [(r.status, r.message_sid) for r in replies_to("SMslowtw")] == [("unknown", None)]
-        assert answer_job("SMslowtw") == "nothing to do"
+        assert answer_job("SMslowtw") == "answered 0"
         [reply] = replies_to("SMslowtw")
         account = account_of()
         assert balance(account).available == 95  # charged until we know
@@ -887,7 +893,6 @@ def test_worker_killed_between_hold_and_capture_the_hold_expires_and_nothing_is_
     env = queued(redis_url, twilio_api, openai_api)
     with running(database_url, **env) as application:
         post_signed(application.test_client(), sms("meal plan", sid="SMkill"))
-        account = account_of()
         db.session.commit()
         openai_api.delay_seconds = 60  # the worker waits for the LLM ...
         # ... longer than this test can be stalled on a loaded machine before the kill.
@@ -902,10 +907,11 @@ def test_worker_killed_between_hold_and_capture_the_hold_expires_and_nothing_is_
             worker.wait()
         openai_api.delay_seconds = 0
 
+        account = account_of()
         assert (inbound("SMkill").outcome, hold_of("SMkill").status) == ("queued", "pending")
         assert replies_to("SMkill") == [] and twilio_api.sent == []
         connection = redis_connection(application)
-        assert connection.exists(f"bot:lock:account:{account}")  # expires on its own
+        assert connection.exists(turn_key(PHONE))  # the dead worker's turn expires on its own
         held = balance(account)
         assert (held.posted, held.held, held.available) == (100, 5, 95)
 
@@ -916,9 +922,9 @@ def test_worker_killed_between_hold_and_capture_the_hold_expires_and_nothing_is_
         assert (after.posted, after.held, after.available) == (100, 0, 100)
         assert_consistent(db.session, account)
 
-        # Later the dead worker's lock lapses and RQ finds the abandoned job and retries it:
+        # Later the dead worker's turn lapses and RQ finds the abandoned job and retries it:
         # too late for the hold, so the person is told, free, and no LLM call is made.
-        connection.delete(f"bot:lock:account:{account}")
+        connection.delete(turn_key(PHONE))
         queue = Queue(QUEUE_NAME, connection=connection)
         queue.started_job_registry.cleanup(timestamp=time.time() + 24 * 3600)
         requests_before = len(openai_api.requests)
@@ -935,25 +941,26 @@ def test_worker_killed_between_hold_and_capture_the_hold_expires_and_nothing_is_
 def test_a_job_that_never_ran_its_hold_is_released_by_the_persons_next_message(
         rest_app, twilio_api, openai_api):
     client = rest_app.test_client()
-    post_signed(client, sms("meal plan", sid="SMnever"))
-    redis_connection(rest_app).flushdb()  # the job is lost; no worker ever runs it
+    # A worker routed it (the hold is placed) and died; the job is lost, none runs it.
+    routed_not_answered(rest_app, db.session, sms("meal plan", sid="SMnever"))
     account = account_of()
     assert balance(account).available == 95
     lapse_hold("SMnever")
 
-    post_signed(client, sms("BALANCE"))  # a free command places no hold: nothing changes yet
+    post_signed(client, sms("BALANCE"))  # a free command places no hold
     post_signed(client, sms("recipe for soup", sid="SMnext"))
-    assert hold_of("SMnever").status == "expired"
+    assert run_worker(rest_app) == 2
+    assert hold_of("SMnever").status == "expired"  # the next hold's sweep released it
     after = balance(account)
-    assert (after.posted, after.held, after.available) == (100, 2, 98)
+    assert (after.posted, after.held, after.available) == (98, 0, 98)
     assert_consistent(db.session, account)
 
     # The waiting message is then answered by the sweep's job: an apology, free.
     age("SMnever", minutes=3)
     assert "re-enqueued 1 of 1" in sweep(rest_app).output
-    assert run_worker(rest_app) == 2
-    bodies = sorted(s["Body"] for s in twilio_api.accepted)
-    assert bodies == sorted([replies.TOOK_TOO_LONG, "Here is your answer about: recipe for soup"])
+    assert run_worker(rest_app) == 1
+    bodies = [s["Body"] for s in twilio_api.accepted]
+    assert bodies[1:] == ["Here is your answer about: recipe for soup", replies.TOOK_TOO_LONG]
     assert (inbound("SMnever").outcome, inbound("SMnever").tokens_charged) == ("failed", 0)
     after = balance(account)
     assert (after.posted, after.held, after.available) == (98, 0, 98)
