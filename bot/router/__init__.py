@@ -1,6 +1,6 @@
 """The router: one inbound message in, the replies out, the ledger moved exactly once.
 
-The package has three parts (docs/pipeline.md tells the whole flow):
+The package has four parts (docs/pipeline.md tells the whole flow):
 
 - `bot.router.turn`: the turn context and the outcome kinds (`BotSettings`, `Outcome`,
   `ReplyNow`, `Turn`);

@@ -4,7 +4,7 @@
 `settle` captures or voids the hold, records the LLM cost and stores the replies; all under
 the account's row lock. `bot.router.pipeline.answer_message` calls them in order.
 
-Costs (docs/economy.md) are recorded as they happen: the LLM call when the skill ran, and each
+Costs (`tokens.costs`) are recorded as they happen: the LLM call when the skill ran, and each
 reply when it is given (TwiML) or accepted by Twilio (REST, in `bot.outbound`).
 """
 

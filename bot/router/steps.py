@@ -71,9 +71,10 @@ def find_contact(turn: Turn) -> None:
 
 
 def serialise(turn: Turn) -> None:
-    """Lock the person's account row for the rest of the turn: two quick messages from one
-    person are handled one after the other, never racing on the balance or the conversation
-    (messaging.md, "Per-person order")."""
+    """Lock the person's account row for the rest of the turn, so nothing else (a payment,
+    an operator, a second inline delivery) races on the balance or the conversation. The
+    order of one person's messages is kept by the worker's turn (docs/pipeline.md,
+    "Per-person order")."""
     ledger.lock_account(turn.session, turn.account_id)
 
 

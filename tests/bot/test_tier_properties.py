@@ -157,6 +157,7 @@ def test_concurrent_messages_cannot_cross_the_cutoff(queued_app, openai_api):
     sender = "+16505551234"
     client = queued_app.test_client()
     post_signed(client, sms("BALANCE", sender=sender))
+    run_worker(queued_app)  # the worker routes it: the contact and account now exist
     account = db.session.scalar(select(Contact.account_id).where(Contact.address == sender))
     spec = catalog.intent("chat")
     ceiling = tiers.ceilings(catalog, spec, "sms", llm_enabled=True)
