@@ -5,8 +5,11 @@ fraction of a second. This measures, on a throwaway PostgreSQL server and a real
 with the local OpenAI and Twilio stand-ins of the test suite:
 
 - inline:  no Redis; the webhook runs the offline skill and answers TwiML (the embedded shape);
-- queued:  Redis; the webhook stores, holds, commits, enqueues and answers `<Response/>`;
-- worker:  one RQ SimpleWorker answering the queued messages (LLM stand-in + REST stand-in).
+- queued:  Redis; the webhook only acknowledges: it stores the message in the inbox, commits,
+  enqueues and answers `<Response/>`;
+- worker:  the worker (`app.worker.ThreadedWorker`, 4 threads) routing, answering and
+  sending the queued messages, with offline skills, then with the LLM stand-in;
+- status:  a signed "delivered" callback for every reply sent.
 
 Each message comes from its own sender, signed as Twilio signs it, through Flask's test client
 (no HTTP server: this is the app's own time). One process, so the numbers are per core.
@@ -96,10 +99,53 @@ def post_all(app: Flask, n: int, prefix: str) -> tuple[list[float], float]:
     return latencies, time.perf_counter() - started
 
 
+def post_callbacks(app: Flask, sends: list[dict[str, str]]) -> tuple[list[float], float]:
+    """POST a signed "delivered" status callback for each accepted send."""
+    from tests.conftest import post_signed
+
+    client = app.test_client()
+    latencies = []
+    started = time.perf_counter()
+    for send in sends:
+        fields = {"MessageSid": send["sid"], "MessageStatus": "delivered", "To": send["To"],
+                  "AccountSid": send["account_sid"]}
+        t0 = time.perf_counter()
+        response = post_signed(client, fields, path="/webhooks/twilio/status")
+        latencies.append(time.perf_counter() - t0)
+        assert response.status_code == 204, response.get_data(as_text=True)
+    return latencies, time.perf_counter() - started
+
+
+def queued_rows(app: Flask, messages: int, prefix: str, skills: str,
+                twilio: object) -> list[Row]:
+    """The webhook's acknowledgement, then the worker, then the status callbacks."""
+    from tests.conftest import run_worker
+
+    rows = []
+    with Meter() as meter:
+        latencies, seconds = post_all(app, messages, prefix)
+    rows.append(_row(f"queued (<Response/>), {skills}", latencies, seconds, meter.cpu,
+                     meter.statements))
+    started = time.perf_counter()
+    with Meter() as meter:
+        done = run_worker(app)
+    seconds = time.perf_counter() - started
+    accepted = twilio.accepted  # type: ignore[attr-defined]
+    assert done == messages and len(accepted) == messages, (done, len(accepted))
+    rows.append(_row(f"worker ({skills} + REST send)", [seconds / messages] * messages,
+                     seconds, meter.cpu, meter.statements))
+    with Meter() as meter:
+        latencies, seconds = post_callbacks(app, accepted)
+    rows.append(_row("status callback (delivered)", latencies, seconds, meter.cpu,
+                     meter.statements))
+    twilio.reset()  # type: ignore[attr-defined]
+    return rows
+
+
 def run(messages: int) -> list[Row]:
     from app import create_app
     from app.extensions import db
-    from tests.conftest import config_for, queued_environment, run_worker
+    from tests.conftest import config_for, queued_environment
     from tests.support.openai_standin import OpenAIStandIn
     from tests.support.redis_server import redis_server
     from tests.support.twilio_standin import TwilioStandIn
@@ -116,23 +162,14 @@ def run(messages: int) -> list[Row]:
             db.session.remove()
             db.engine.dispose()
 
-        redis.Redis.from_url(server.url).flushdb()
-        queued = create_app(config_for(url, **queued_environment(server.url, twilio, llm)))
-        with queued.app_context():
-            with Meter() as meter:
-                latencies, seconds = post_all(queued, messages, "queued")
-            rows.append(_row("queued (<Response/>)", latencies, seconds, meter.cpu,
-                             meter.statements))
-            started = time.perf_counter()
-            with Meter() as meter:
-                done = run_worker(queued)
-            seconds = time.perf_counter() - started
-            assert done == messages and len(twilio.accepted) == messages, (done, len(twilio.sent))
-            per_job = [seconds / messages] * messages
-            rows.append(_row("worker (LLM + REST send)", per_job, seconds, meter.cpu,
-                             meter.statements))
-            db.session.remove()
-            db.engine.dispose()
+        for skills, openai in (("offline", None), ("LLM", llm)):
+            redis.Redis.from_url(server.url).flushdb()
+            queued = create_app(config_for(url, **queued_environment(server.url, twilio,
+                                                                     openai)))
+            with queued.app_context():
+                rows += queued_rows(queued, messages, f"q{skills}", skills, twilio)
+                db.session.remove()
+                db.engine.dispose()
     return rows
 
 
