@@ -11,7 +11,7 @@ from flask import Flask, Response
 
 from app.config import DEVELOPMENT_TWILIO_AUTH_TOKEN, PROJECT_ROOT, Config, ConfigError
 from app.extensions import configure_sqlite, csrf, db, limiter, migrate, render_item
-from bot.llm import AnswerCache, CachedChat, ChatClient, MemoryCache, OpenAIChat, RedisCache
+from bot.llm import AnswerCache, CachedChat, ChatClient, MemoryCache, RedisCache
 from bot.outbound import OutboundSettings
 from bot.ratelimit import SenderLimits
 from bot.router import BotSettings
@@ -100,6 +100,8 @@ def create_app(config_class: type[Config] = Config) -> Flask:
     from app.affiliates import bp as affiliates_bp
     from app.cli import register_cli
     from app.health import bp as health_bp
+    from app.metrics import bp as metrics_bp
+    from app.metrics import watch_rows
     from app.pay import bp as pay_bp
     from app.sandbox import bp as sandbox_bp
     from app.stripe import bp as stripe_bp
@@ -113,6 +115,8 @@ def create_app(config_class: type[Config] = Config) -> Flask:
     app.register_blueprint(admin_api_bp)
     app.register_blueprint(admin_pages_bp)
     app.register_blueprint(health_bp)
+    app.register_blueprint(metrics_bp)
+    watch_rows()
     register_cli(app)
     _security_headers(app)
     _database_errors(app)
@@ -206,12 +210,13 @@ def _chat_client(app: Flask, catalog: Catalog) -> ChatClient | None:
     key = app.config["OPENAI_API_KEY"]
     if not key:
         return None
+    from app.metrics import MeteredOpenAIChat
     from app.queue import redis_connection
 
     connection = redis_connection(app)
     # No library retries: one answer is one call, so its cost stays within the ceiling the
     # tier policy counted (tokens.tiers.llm_ceiling_musd); a failed call falls back offline.
-    client = OpenAIChat(
+    client = MeteredOpenAIChat(
         key, base_url=app.config["OPENAI_BASE_URL"],
         timeout_seconds=app.config["OPENAI_TIMEOUT_SECONDS"], max_retries=0,
     )

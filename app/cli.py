@@ -210,7 +210,7 @@ def worker(burst: bool, concurrency: int | None) -> None:
     scheduler runs too, for the delayed retries of failed jobs.
     """
     from app.queue import answers_queue, redis_connection
-    from app.worker import ThreadedWorker
+    from app.worker import ThreadedWorker, lower_priority
 
     app = current_app._get_current_object()  # type: ignore[attr-defined]
     connection = redis_connection(app)
@@ -219,6 +219,10 @@ def worker(burst: bool, concurrency: int | None) -> None:
         raise click.ClickException("REDIS_URL is not set: without Redis, answers are given "
                                    "inline by the web process and no worker is needed")
     slots = concurrency or app.config["WORKER_CONCURRENCY"]
+    if app.config["WORKER_NICE"]:
+        # Below the web processes: with a backlog the workers would take every core, and
+        # Twilio's webhooks (which only acknowledge) must keep answering within milliseconds.
+        lower_priority(app.config["WORKER_NICE"])
     ThreadedWorker([queue], connection=connection, app=app, concurrency=slots).work(
         burst=burst, with_scheduler=True)
 

@@ -95,6 +95,8 @@ class Config:
         self.OPENAI_TIMEOUT_SECONDS = _seconds(env, "OPENAI_TIMEOUT_SECONDS", 10.0)
         self.ECONOMY_FILE = env("ECONOMY_FILE") or None
         self.ADMIN_API_TOKEN = env("ADMIN_API_TOKEN") or None
+        # Bearer token of GET /metrics; production serves no metrics without it.
+        self.METRICS_TOKEN = env("METRICS_TOKEN") or None
         self.LOG_FORMAT = env("LOG_FORMAT") or ("json" if self.APP_ENV == "production"
                                                 else "console")
         if self.LOG_FORMAT not in ("json", "console"):
@@ -123,6 +125,8 @@ class Config:
         self.TRUSTED_PROXY_HOPS = _count(env, "TRUSTED_PROXY_HOPS")
         # Jobs one `flask worker` process keeps in flight (app.worker); unset or 0: 128.
         self.WORKER_CONCURRENCY = _count(env, "WORKER_CONCURRENCY") or 128
+        # How much lower than the web processes a worker runs (os.nice); 0 keeps its priority.
+        self.WORKER_NICE = _count(env, "WORKER_NICE") if env("WORKER_NICE") else 10
         self._check_and_fill()
 
     def _check_and_fill(self) -> None:

@@ -32,6 +32,7 @@ from flask import Flask, current_app
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from app import metrics
 from app.extensions import db
 from app.queue import JOB_TIMEOUT_SECONDS, enqueue_answer, redis_connection
 from app.turns import PersonTurn
@@ -111,7 +112,7 @@ def _answer_person(app: Flask, session: Session, message_sid: str) -> str:
         while True:
             waiting = turn.take_waiting()
             done = router.drain_person(session, sender, settings, deliver=send,
-                                       keep_going=keep_going)
+                                       keep_going=keep_going, answered_hook=_measured)
             answered.extend(done)
             for sid in set(waiting) - set(done):
                 # repeat deliveries: settle or send what an earlier attempt left
@@ -126,6 +127,10 @@ def _answer_person(app: Flask, session: Session, message_sid: str) -> str:
         turn.give_up(waiting)
         raise
     return f"answered {len(answered)}"
+
+
+def _measured(outcome: router.Outcome, seconds: float) -> None:
+    metrics.answered(outcome.kind, seconds)
 
 
 def _hand_over(app: Flask, session: Session, sender: str, turn: PersonTurn) -> None:

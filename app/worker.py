@@ -19,8 +19,10 @@ LLM or Twilio answers (`bot.router.pipeline`).
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 from flask import Flask
@@ -29,11 +31,32 @@ from rq.job import Job
 from rq.queue import Queue
 from rq.timeouts import TimerDeathPenalty
 
+from app.metrics import IN_FLIGHT
+
 log = logging.getLogger(__name__)
 
 # Jobs one worker process keeps in flight (`WORKER_CONCURRENCY`): each waits on the LLM or
 # Twilio most of its time, so well over 100 fit one process on one core.
 DEFAULT_CONCURRENCY = 128
+
+
+def lower_priority(nice: int) -> None:
+    """Run this process `nice` steps below normal CPU priority (the web's acknowledgements
+    come first). Linux's autogroup scheduling shares the CPU between sessions before it looks
+    at nice values, so a worker that leads its own session (a service manager, `setsid`)
+    lowers its session's group too (`/proc/self/autogroup`); a worker that shares a session
+    with other processes leaves the group alone.
+
+    Raises:
+        OSError: the process may not change its priority.
+    """
+    os.nice(nice)
+    autogroup = Path("/proc/self/autogroup")
+    if os.getsid(0) == os.getpid() and autogroup.exists():
+        try:
+            autogroup.write_text(str(nice))
+        except OSError as exc:  # a kernel or container that refuses: os.nice still applies
+            log.warning("autogroup priority unchanged", extra={"error": str(exc)})
 
 
 class ThreadedWorker(SimpleWorker):
@@ -114,6 +137,7 @@ class ThreadedWorker(SimpleWorker):
         super().teardown()
 
     def _run(self, job: Job, queue: Queue) -> None:
+        IN_FLIGHT.inc()
         try:
             with self._app.app_context():
                 self.prepare_execution(job)
@@ -121,6 +145,7 @@ class ThreadedWorker(SimpleWorker):
         except BaseException:  # perform_job handles job errors; this is RQ's own failing
             log.exception("worker failed around a job", extra={"job_id": job.id})
         finally:
+            IN_FLIGHT.dec()
             self._finished()
 
     def _finished(self) -> None:

@@ -10,12 +10,14 @@ an RQ job enqueued after the commit, and the webhook answers an empty `<Response
 from __future__ import annotations
 
 import logging
+import time
 
 import redis
 from flask import Blueprint, Flask, Response, current_app, request
 
 from app.extensions import db
 from app.jobs import answer_inline
+from app.metrics import acknowledged
 from app.queue import answers_queue, enqueue_answer
 from bot.channels import get_adapter
 from bot.channels.twilio import TwilioAdapter
@@ -86,28 +88,38 @@ def inbound_message() -> Response:
         403 when `X-Twilio-Signature` is missing or wrong (nothing stored); 400 with the
         reason when the form is unusable.
     """
+    started = time.perf_counter()
+    response, result = _acknowledge()
+    acknowledged(result, time.perf_counter() - started)
+    return response
+
+
+def _acknowledge() -> tuple[Response, str]:
+    """The inbound webhook's work: (the response, what it did for `bot_webhook_acks_total`:
+    "queued", "inline", "refused" or "invalid")."""
     refused = _signature_refused()
     if refused is not None:
-        return refused
+        return refused, "refused"
     adapter = _adapter()
     try:
         message = adapter.parse_inbound(request.form, request.headers)
     except InvalidInbound as exc:
-        return Response(f"{exc}\n", status=400, content_type="text/plain; charset=utf-8")
+        return Response(f"{exc}\n", status=400,
+                        content_type="text/plain; charset=utf-8"), "invalid"
 
     app = current_app._get_current_object()  # type: ignore[attr-defined]
     if answers_queue(app) is None:
         # No queue (the embedded default): the whole answer, as TwiML, in this request.
         outcome = answer_inline(app, message)
-        return twiml(adapter.render_reply(list(outcome.replies)))
+        return twiml(adapter.render_reply(list(outcome.replies))), "inline"
     # With a queue the webhook only acknowledges: store, enqueue, an empty <Response/>.
     inbox_id = store_in_inbox(db.session, message)
     db.session.commit()
     if _enqueue(app, message.message_sid):
-        return twiml(EMPTY_TWIML)
+        return twiml(EMPTY_TWIML), "queued"
     # Redis cannot be reached: answer here, as TwiML, taking the row from the inbox.
     outcome = answer_inline(app, message, inbox_id)
-    return twiml(adapter.render_reply(list(outcome.replies)))
+    return twiml(adapter.render_reply(list(outcome.replies))), "inline"
 
 
 def _enqueue(app: Flask, message_sid: str) -> bool:

@@ -139,6 +139,7 @@ def drain_person(
     deliver: Deliver,
     keep_going: Callable[[], bool] = lambda: True,
     clock: Callable[[], datetime] = utcnow,
+    answered_hook: Callable[[Outcome, float], None] | None = None,
 ) -> list[str]:
     """Answer `sender`'s inbox rows oldest first, each fully (routed, answered, its replies
     sent) before the next is read; returns their MessageSids, in the order answered.
@@ -148,6 +149,8 @@ def drain_person(
     Args:
         keep_going: asked before each row; False stops early (the worker's time budget), and
             the caller hands the rest to a new job.
+        answered_hook: called after each answer with its outcome and the seconds since the
+            message was acknowledged (the worker's metrics).
 
     Raises:
         sqlalchemy.exc.SQLAlchemyError: the database failed; the row stays in the inbox.
@@ -155,7 +158,7 @@ def drain_person(
     answered: list[str] = []
     while keep_going():
         rows = session.execute(
-            select(InboxMessage.id, InboxMessage.payload)
+            select(InboxMessage.id, InboxMessage.payload, InboxMessage.received_at)
             .where(InboxMessage.sender == sender)
             .order_by(InboxMessage.id)
             .limit(LOOK_AHEAD)
@@ -164,7 +167,8 @@ def drain_person(
         if not rows:
             break
         waiting: list[tuple[int, InboundMessage]] = []
-        for inbox_id, payload in rows:
+        received = {inbox_id: at for inbox_id, _, at in rows}
+        for inbox_id, payload, _ in rows:
             try:
                 waiting.append((inbox_id, from_payload(payload)))
             except ValueError as exc:
@@ -181,6 +185,8 @@ def drain_person(
         outcome = answer_message(session, msg, settings, transport="rest", deliver=deliver,
                                  inbox_id=inbox_id, clock=clock)
         answered.append(msg.message_sid)
+        if answered_hook is not None:
+            answered_hook(outcome, (clock() - received[inbox_id]).total_seconds())
         log.info("answer given", extra={"message_sid": msg.message_sid,
                                         "outcome": outcome.kind,
                                         "tokens": outcome.tokens_charged,

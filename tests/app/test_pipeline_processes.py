@@ -22,6 +22,7 @@ from urllib.parse import urlencode
 
 import pytest
 import redis
+from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import select
 
 from app.config import PROJECT_ROOT
@@ -64,6 +65,9 @@ def deployment(database_url: str, redis_srv: RedisServer, twilio_api: TwilioStan
     """gunicorn (2 workers) and 2 `flask worker` processes; yields the web port."""
     redis.Redis.from_url(redis_srv.url).flushdb()
     env = _environment(database_url, redis_srv.url, twilio_api, openai_api)
+    metrics_dir = tmp_path / "metrics"
+    metrics_dir.mkdir()
+    env["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)  # /metrics sums all four processes
     port = free_port()
     commands = {
         "web": [sys.executable, "-m", "gunicorn", "--workers", "2", "--bind",
@@ -183,3 +187,16 @@ def test_two_web_and_two_worker_processes_answer_everyone_once_in_order(
         assert len(twilio_api.sent) == len(twilio_api.accepted)  # no send refused or resent
         db.session.remove()
         db.engine.dispose()
+
+    # The metrics of the two web and the two worker processes, summed by one scrape.
+    with urllib.request.urlopen(f"http://{HOST}:{deployment}/metrics", timeout=10) as answer:
+        text = answer.read().decode()
+    totals: dict[str, float] = defaultdict(float)
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == "bot_webhook_acks_total":
+                totals["acks:" + sample.labels["result"]] += sample.value
+            elif sample.name == "bot_answers_total":
+                totals["answers"] += sample.value
+    assert totals["acks:queued"] == PEOPLE * len(SCRIPT)
+    assert totals["answers"] == PEOPLE * len(SCRIPT)
