@@ -8,8 +8,9 @@ What is counted, and where:
 - `bot_answers_total{outcome}` and `bot_reply_seconds`: messages a worker answered, and the
   time from the webhook's acknowledgement to the replies handed to Twilio;
 - `bot_llm_seconds` and `bot_llm_errors_total{reason}`: LLM calls (cache hits excluded);
-- `bot_ledger_entries_total{kind}` and `bot_ledger_holds_total{status}`: ledger operations
-  (entries by kind; holds placed, captured, voided, expired);
+- `bot_ledger_entries_total{kind}` and `bot_ledger_holds_placed_total`: ledger operations
+  (entries by kind, a capture being a `debit`; holds placed). Voids and expiries write no
+  entry and are settled by bulk UPDATEs, which these row events do not see;
 - `bot_cogs_musd_total{channel,kind}`: cost of goods recorded, in µUSD, by channel;
 - `bot_queue_depth` (RQ jobs waiting) and `bot_inbox_backlog` (messages acknowledged, not yet
   routed), read at each scrape.
@@ -25,7 +26,6 @@ In production the endpoint needs `Authorization: Bearer $METRICS_TOKEN` (404 whi
 
 from __future__ import annotations
 
-import hmac
 import logging
 import os
 import time
@@ -33,7 +33,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import redis
-from flask import Blueprint, Flask, Response, current_app, request
+from flask import Blueprint, Flask, Response, current_app
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     REGISTRY,
@@ -44,8 +44,9 @@ from prometheus_client import (
     generate_latest,
 )
 from prometheus_client.core import GaugeMetricFamily
-from sqlalchemy import event, func, inspect, select
+from sqlalchemy import event, func, select
 
+from app.bearer import bearer_refused
 from bot.llm import ChatReply, ChatRequest, LlmError, OpenAIChat
 
 bp = Blueprint("metrics", __name__)
@@ -69,7 +70,7 @@ LLM_SECONDS = Histogram("bot_llm_seconds", "LLM call latency (cache hits exclude
                         buckets=_SLOW)
 LLM_ERRORS = Counter("bot_llm_errors", "LLM calls that failed, by reason", ["reason"])
 LEDGER_ENTRIES = Counter("bot_ledger_entries", "Ledger entries written, by kind", ["kind"])
-LEDGER_HOLDS = Counter("bot_ledger_holds", "Holds placed and settled, by status", ["status"])
+LEDGER_HOLDS = Counter("bot_ledger_holds_placed", "Holds placed")
 COGS = Counter("bot_cogs_musd", "Cost of goods recorded, µUSD", ["channel", "kind"])
 
 
@@ -110,7 +111,6 @@ def watch_rows() -> None:
     event.listen(CostEntry, "after_insert", _cost_inserted)
     event.listen(LedgerEntry, "after_insert", _entry_inserted)
     event.listen(Hold, "after_insert", _hold_inserted)
-    event.listen(Hold, "after_update", _hold_updated)
 
 
 def _cost_inserted(_mapper: Any, _connection: Any, target: Any) -> None:
@@ -121,14 +121,8 @@ def _entry_inserted(_mapper: Any, _connection: Any, target: Any) -> None:
     LEDGER_ENTRIES.labels(target.kind).inc()
 
 
-def _hold_inserted(_mapper: Any, _connection: Any, target: Any) -> None:
-    LEDGER_HOLDS.labels("placed").inc()
-
-
-def _hold_updated(_mapper: Any, _connection: Any, target: Any) -> None:
-    history = inspect(target).attrs.status.history
-    if history.has_changes() and target.status != "pending":
-        LEDGER_HOLDS.labels(target.status).inc()
+def _hold_inserted(_mapper: Any, _connection: Any, _target: Any) -> None:
+    LEDGER_HOLDS.inc()
 
 
 class _Backlog:
@@ -170,11 +164,11 @@ def metrics() -> Response:
     token = app.config.get("METRICS_TOKEN")
     if app.config["APP_ENV"] == "production" or token:
         if not token:
-            return Response("not found\n", status=404, content_type="text/plain")
-        given = request.headers.get("Authorization", "").removeprefix("Bearer ")
-        if not hmac.compare_digest(given.encode(), token.encode()):
-            return Response("a bearer token is needed\n", status=401,
-                            content_type="text/plain")
+            return Response("metrics are off: set METRICS_TOKEN\n", status=404,
+                            content_type="text/plain; charset=utf-8")
+        refused = bearer_refused(token, "metrics")
+        if refused is not None:
+            return refused
     registry: Any = REGISTRY
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         from prometheus_client import multiprocess

@@ -65,6 +65,8 @@ def config_for(database_url: str, **overrides: str) -> type[Config]:
         # Many tests send dozens of messages from one number within a second; the rate limit
         # tests (tests/app/test_rate_limits.py) pass "" for the product's default.
         "SENDER_RATE_LIMIT": "1000 per minute",
+        # `flask worker` run in the test process must not lower the whole suite's priority.
+        "WORKER_NICE": "0",
         **overrides,
     }
 

@@ -3,13 +3,13 @@
 
 from __future__ import annotations
 
-import hmac
 import re
 
 from flask import Blueprint, Response, current_app, jsonify, request
 from flask.typing import ResponseReturnValue
 from sqlalchemy import select
 
+from app.bearer import bearer_refused
 from app.extensions import db
 from bot.contacts import mask_address
 from bot.models import Contact
@@ -29,14 +29,7 @@ def require_token() -> ResponseReturnValue | None:
     if not token:
         return Response("the admin API is off: set ADMIN_API_TOKEN\n", status=404,
                         content_type="text/plain; charset=utf-8")
-    given = request.headers.get("Authorization", "")
-    scheme, _, value = given.partition(" ")
-    if scheme.lower() != "bearer" or not hmac.compare_digest(value.strip().encode(),
-                                                              token.encode()):
-        return Response("a valid bearer token is required\n", status=401,
-                        headers={"WWW-Authenticate": 'Bearer realm="admin"'},
-                        content_type="text/plain; charset=utf-8")
-    return None
+    return bearer_refused(token, "admin")
 
 
 @bp.after_request
