@@ -26,6 +26,8 @@ RETRY = Retry(max=3, interval=[5, 30, 120])
 # webhook past Twilio's 15 s (each request makes at most four Redis calls). RQ's worker raises
 # the read timeout of its own connection for its blocking dequeue.
 REDIS_TIMEOUT_SECONDS = 1.0
+# Connections one process keeps to Redis at most (at least twice a worker's threads).
+REDIS_MAX_CONNECTIONS = 256
 # States of a job that will not run again by itself: a message still waiting needs a new one.
 _DONE = frozenset({JobStatus.FAILED, JobStatus.FINISHED, JobStatus.STOPPED, JobStatus.CANCELED})
 _JOB_ID_UNSAFE = re.compile(r"[^A-Za-z0-9_-]")
@@ -38,9 +40,14 @@ def redis_connection(app: Flask) -> redis.Redis | None:
         return None
     connection = app.extensions.get("redis")
     if connection is None:
-        connection = redis.Redis.from_url(url, socket_timeout=REDIS_TIMEOUT_SECONDS,
-                                          socket_connect_timeout=REDIS_TIMEOUT_SECONDS,
-                                          health_check_interval=30)
+        # A worker's threads share this client (app.worker): a blocking pool waits (up to the
+        # timeout) for a free connection instead of failing with "Too many connections".
+        pool = redis.BlockingConnectionPool.from_url(
+            url, max_connections=max(REDIS_MAX_CONNECTIONS,
+                                     2 * int(app.config.get("WORKER_CONCURRENCY") or 0)),
+            timeout=REDIS_TIMEOUT_SECONDS, socket_timeout=REDIS_TIMEOUT_SECONDS,
+            socket_connect_timeout=REDIS_TIMEOUT_SECONDS, health_check_interval=30)
+        connection = redis.Redis(connection_pool=pool)
         app.extensions["redis"] = connection
     return connection
 

@@ -70,8 +70,10 @@ class SenderLimits:
         Raises:
             ValueError: the spec does not parse.
         """
+        # max_connections: a worker's many threads check limits at once (app.worker).
         options = ({"socket_timeout": REDIS_TIMEOUT_SECONDS,
-                    "socket_connect_timeout": REDIS_TIMEOUT_SECONDS}
+                    "socket_connect_timeout": REDIS_TIMEOUT_SECONDS,
+                    "max_connections": 512}
                    if storage_uri and storage_uri.startswith(("redis://", "rediss://")) else {})
         storage = storage_from_string(storage_uri or "memory://", **options)
         if not isinstance(storage, Storage):  # an async storage URI ("async+redis://")

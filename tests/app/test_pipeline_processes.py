@@ -150,10 +150,13 @@ def test_two_web_and_two_worker_processes_answer_everyone_once_in_order(
             waiting = session.scalar(select(db.func.count()).select_from(InboxMessage))
             sending = session.scalar(select(db.func.count()).select_from(Message).where(
                 Message.status.in_(("pending", "submitting"))))
+            answering = session.scalar(select(db.func.count()).select_from(Message).where(
+                Message.outcome == "queued"))
             session.commit()
-            if routed == PEOPLE * len(SCRIPT) and not waiting and not sending:
+            if (routed == PEOPLE * len(SCRIPT) and not waiting and not sending
+                    and not answering):
                 break
-            assert time.monotonic() < deadline, (routed, waiting, sending)
+            assert time.monotonic() < deadline, (routed, waiting, sending, answering)
             time.sleep(0.2)
 
         inbound = {m.message_sid: m for m in session.scalars(

@@ -73,9 +73,13 @@ def test_a_lapsed_turn_is_lost_and_give_up_puts_the_waiting_back(connection):
     assert sorted(next_job.take_waiting()) == ["SM1", "SM2", "SM3"]
 
 
-def test_under_contention_every_knock_is_answered_by_exactly_one_holder(connection):
+def test_under_contention_every_knock_is_answered_by_exactly_one_holder(connection, redis_srv):
     """Many jobs of one person knock at once, over and over: at most one holds the turn at any
     moment, and every MessageSid is taken by a holder exactly once."""
+    # One client shared by every thread, as a worker's threads share the app's (a blocking
+    # pool, as app.queue.redis_connection builds it).
+    shared = redis.Redis(connection_pool=redis.BlockingConnectionPool.from_url(
+        redis_srv.url, max_connections=64, timeout=10))
     sids = [f"SM{i:04d}" for i in range(400)]
     taken: list[str] = []
     holders = 0
@@ -84,7 +88,7 @@ def test_under_contention_every_knock_is_answered_by_exactly_one_holder(connecti
 
     def job(sid: str) -> None:
         nonlocal holders, most
-        turn = PersonTurn(connection, PHONE)
+        turn = PersonTurn(shared, PHONE)
         if not turn.knock(sid):
             return
         with lock:
@@ -107,5 +111,6 @@ def test_under_contention_every_knock_is_answered_by_exactly_one_holder(connecti
         thread.start()
     for thread in threads:
         thread.join(30)
+    assert not any(thread.is_alive() for thread in threads)
     assert most == 1
     assert sorted(taken) == sids
