@@ -147,8 +147,9 @@ def contacts_forget(phone: str, is_wa_id: bool) -> None:
         address = e164
     done = forget(db.session, address)
     if done is None:
-        db.session.rollback()
-        raise click.ClickException(f"no contact has the number {mask_address(address)}")
+        db.session.commit()  # its messages still waiting in the inbox, if any, are gone
+        raise click.ClickException(f"no contact has the number {mask_address(address)} "
+                                   "(any messages of it still waiting were deleted)")
     db.session.commit()
     logging.getLogger(__name__).info("contact forgotten", extra={
         "account": done.account_id, "messages": done.messages})

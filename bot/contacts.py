@@ -10,7 +10,7 @@ from sqlalchemy import delete, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from bot.models import Contact, Message, MessageStatusEvent
+from bot.models import Contact, InboxMessage, Message, MessageStatusEvent
 from tokens import ledger
 
 
@@ -58,9 +58,10 @@ class Forgotten:
 
 def forget(session: Session, address: str) -> Forgotten | None:
     """Delete a person's conversation data (messaging.md, "Privacy"): their messages (bodies,
-    metadata, delivery callbacks), the unread "MORE" text and the contact row that ties their
-    number to the account. Money records stay: the account, its ledger, holds, costs, revenue,
-    payments and affiliate records keep their ids and are no longer linked to any number.
+    metadata, delivery callbacks, and any still waiting in the inbox), the unread "MORE" text
+    and the contact row that ties their number to the account. Money records stay: the
+    account, its ledger, holds, costs, revenue, payments and affiliate records keep their ids
+    and are no longer linked to any number.
 
     A person who writes again later starts as a new contact with a new account.
 
@@ -69,8 +70,12 @@ def forget(session: Session, address: str) -> Forgotten | None:
         address: the sender identity (E.164 or "wa:<id>").
 
     Returns:
-        The counts, or None when no contact has this address.
+        The counts, or None when no contact has this address (its messages still waiting in
+        the inbox, if any, are deleted all the same).
     """
+    # Messages acknowledged and not yet routed go too: nothing will answer them.
+    waiting = session.execute(delete(InboxMessage).where(InboxMessage.sender == address)
+                              .execution_options(synchronize_session=False))
     contact = find_contact(session, address)
     if contact is None:
         return None
@@ -88,8 +93,8 @@ def forget(session: Session, address: str) -> Forgotten | None:
     account_id = contact.account_id
     session.delete(contact)
     session.flush()
-    return Forgotten(account_id, int(messages.rowcount),  # type: ignore[attr-defined]
-                     int(events.rowcount))  # type: ignore[attr-defined]
+    deleted = int(messages.rowcount) + int(waiting.rowcount)  # type: ignore[attr-defined]
+    return Forgotten(account_id, deleted, int(events.rowcount))  # type: ignore[attr-defined]
 
 
 def mask_address(address: str) -> str:

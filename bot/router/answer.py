@@ -117,7 +117,7 @@ def pending_answer(
         channel=message.channel,
         intent=spec,
         hold_id=hold.id,
-        request=_skill_request(session, settings, spec, message, message.level),
+        request=skill_request(session, settings, spec, message, message.level),
         hold_live=hold.status == "pending" and hold.expires_at > now,
         level=message.level or tiers.NORMAL,
         opted_out=contact.opted_out_at(message.channel) is not None,
@@ -216,7 +216,7 @@ def settle(
         return Outcome(kind="duplicate", intent=pending.intent.name)
     contact = session.get(Contact, message.contact_id)
     assert contact is not None
-    kind, texts, charged = _settle_ledger(session, pending, result, settings, now)
+    kind, texts, charged = settle_ledger(session, pending, result, settings, now)
     message.outcome = kind
     message.tokens_charged = charged
     sent = store_replies(session, contact, message, kind, texts, settings,
@@ -327,7 +327,7 @@ def _record_llm(session: Session, pending: PendingAnswer, result: SkillResult,
             tier.model, key=f"llm:{pending.message_sid}", intent=pending.intent.name, now=now)
 
 
-def _settle_ledger(
+def settle_ledger(
     session: Session,
     pending: PendingAnswer,
     result: SkillResult,
@@ -365,7 +365,7 @@ def _settle_ledger(
     return "answered", (text,), captured.posted.amount
 
 
-def _skill_request(
+def skill_request(
     session: Session, settings: BotSettings, spec: IntentSpec, message: Message,
     level: str | None = None,
 ) -> SkillRequest:

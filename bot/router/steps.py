@@ -31,10 +31,10 @@ from bot.messages import InboundMessage
 from bot.models import Contact, Message
 from bot.router.answer import (
     PendingAnswer,
-    _settle_ledger,
-    _skill_request,
     billed_units,
     run_skill,
+    settle_ledger,
+    skill_request,
     store_replies,
 )
 from bot.router.turn import (
@@ -53,7 +53,6 @@ from tokens.catalog import normalise_command
 from tokens.errors import InsufficientTokens
 
 log = logging.getLogger(__name__)
-
 
 
 def dedupe(turn: Turn) -> None:
@@ -312,12 +311,12 @@ def defer_or_answer(turn: Turn) -> None:
         channel=turn.msg.channel,
         intent=turn.intent,
         hold_id=turn.hold_id,
-        request=_skill_request(turn.session, turn.settings, turn.intent, turn.message,
+        request=skill_request(turn.session, turn.settings, turn.intent, turn.message,
                                turn.level),
         level=turn.level,
     )
     result = run_skill(turn.settings, pending)
-    kind, texts, charged = _settle_ledger(turn.session, pending, result, turn.settings, turn.now)
+    kind, texts, charged = settle_ledger(turn.session, pending, result, turn.settings, turn.now)
     turn.charged = charged
     raise ReplyNow(kind, *texts)
 

@@ -51,3 +51,28 @@ def test_forget_deletes_messages_and_the_contact_and_keeps_the_ledger(client, ru
     new_account = session.scalars(select(Contact.account_id).where(
         Contact.address == PHONE)).one()
     assert new_account != account_id
+
+
+def test_forget_also_deletes_messages_still_waiting_in_the_inbox(queued_app, twilio_api):
+    """With a queue, a message waits in the inbox (body included) until a worker routes it;
+    erasure takes it too, for a person the bot has answered before or never yet."""
+    from app.extensions import db
+    from bot.models import InboxMessage
+    from tests.conftest import run_worker
+
+    client = queued_app.test_client()
+    post_signed(client, sms("meal plan", sid="SMforget1"))
+    run_worker(queued_app)
+    post_signed(client, sms("recipe for soup", sid="SMforget2"))  # waits in the inbox
+    post_signed(client, sms("hi", sid="SMforget3", sender="+15550008888"))  # never routed
+    runner = queued_app.test_cli_runner()
+    done = runner.invoke(args=["contacts", "forget", PHONE, "--yes"])
+    assert done.exit_code == 0, done.output
+    assert "3 messages" in done.output  # the inbound, its reply, and the waiting one
+    never = runner.invoke(args=["contacts", "forget", "+15550008888", "--yes"])
+    assert never.exit_code != 0  # no contact yet ...
+    session = db.session
+    session.expire_all()
+    assert count(session, InboxMessage) == 0  # ... but nothing of theirs is left waiting
+    assert run_worker(queued_app) == 2
+    assert len(twilio_api.accepted) == 1  # only the first answer was ever sent
