@@ -29,9 +29,12 @@ def store_in_inbox(session: Session, msg: InboundMessage) -> int | None:
     """
     values = {"message_sid": msg.message_sid, "sender": msg.sender, "channel": msg.channel,
               "payload": to_payload(msg), "received_at": utcnow()}
-    dialect = session.get_bind().dialect.name
-    module = postgresql if dialect == "postgresql" else sqlite
-    statement: Insert = module.insert(InboxMessage).values(**values)
+    # Core on the session's connection (the session still owns the transaction): the ORM's
+    # bulk-insert layer costs more than this one statement.
+    connection = session.connection()
+    module = postgresql if connection.dialect.name == "postgresql" else sqlite
+    table = InboxMessage.__table__
+    statement: Insert = module.insert(table).values(**values)
     statement = statement.on_conflict_do_nothing(  # type: ignore[attr-defined]
-        index_elements=["message_sid"]).returning(InboxMessage.id)
-    return session.execute(statement).scalar()
+        index_elements=["message_sid"]).returning(table.c.id)
+    return connection.execute(statement).scalar()
