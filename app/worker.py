@@ -35,8 +35,10 @@ from app.metrics import IN_FLIGHT
 
 log = logging.getLogger(__name__)
 
-# Jobs one worker process keeps in flight (`WORKER_CONCURRENCY`): each waits on the LLM or
-# Twilio most of its time, so well over 100 fit one process on one core.
+# Jobs one worker process keeps in flight at most (`WORKER_CONCURRENCY`): an answer waits on
+# the LLM or Twilio most of its time. How many are in flight at once is also bounded by the
+# CPU each one needs before its LLM call (routing, under the GIL): about the LLM's latency
+# divided by that CPU time (docs/pipeline.md, "Many answers in flight").
 DEFAULT_CONCURRENCY = 128
 
 
