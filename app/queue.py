@@ -19,7 +19,7 @@ from rq.job import Job, JobStatus
 QUEUE_NAME = "answers"
 # Seconds a job may run: the LLM timeout and send retries fit well within it.
 JOB_TIMEOUT_SECONDS = 180
-# RQ retries a job that raised (e.g. the person's lock stayed busy, or the database was down):
+# RQ retries a job that raised (the person's turn expired while held, the database was down):
 # the job is idempotent, so a retry resumes where it stopped.
 RETRY = Retry(max=3, interval=[5, 30, 120])
 # Redis answers in microseconds; a Redis that accepts connections but stalls must not hold a
