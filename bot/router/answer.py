@@ -213,7 +213,8 @@ def settle(
     assert message is not None
     if message.outcome != "queued":
         log.info("answer already settled", extra={"message_sid": pending.message_sid})
-        return Outcome(kind="duplicate", intent=pending.intent.name)
+        return Outcome(kind="duplicate", intent=pending.intent.name,
+                       message_id=pending.message_id)
     contact = session.get(Contact, message.contact_id)
     assert contact is not None
     kind, texts, charged = settle_ledger(session, pending, result, settings, now)
@@ -221,7 +222,8 @@ def settle(
     message.tokens_charged = charged
     sent = store_replies(session, contact, message, kind, texts, settings,
                          transport=transport, now=now)
-    return Outcome(kind=kind, replies=sent, intent=pending.intent.name, tokens_charged=charged)
+    return Outcome(kind=kind, replies=sent, intent=pending.intent.name, tokens_charged=charged,
+                   message_id=pending.message_id)
 
 
 def store_replies(

@@ -94,10 +94,11 @@ def answer_message(
     if outcome.kind == "duplicate":
         return resume_answer(session, msg.message_sid, settings, transport=transport,
                              deliver=deliver, clock=later)
+    message_id = outcome.message_id
     if outcome.kind == "queued":
         outcome = _answer_deferred(session, msg.message_sid, settings, transport, later)
-    if deliver is not None:
-        _deliver(session, msg.message_sid, deliver)
+    if deliver is not None and message_id is not None:
+        deliver(session, message_id)
     return outcome
 
 
@@ -121,13 +122,16 @@ def resume_answer(
         The settled `Outcome`, or kind "duplicate" when there was nothing to settle.
     """
     outcome = Outcome(kind="duplicate")
-    queued = session.scalar(select(Message.id).where(Message.message_sid == message_sid,
-                                                     Message.outcome == "queued"))
+    routed = session.execute(select(Message.id, Message.outcome)
+                             .where(Message.message_sid == message_sid)).first()
     session.commit()
-    if queued is not None:
+    if routed is None:
+        return outcome
+    message_id, state = routed
+    if state == "queued":
         outcome = _answer_deferred(session, message_sid, settings, transport, clock)
     if deliver is not None:
-        _deliver(session, message_sid, deliver)
+        deliver(session, message_id)
     return outcome
 
 
@@ -223,10 +227,3 @@ def _answer_deferred(session: Session, message_sid: str, settings: BotSettings,
         session.rollback()
         raise
     return outcome
-
-
-def _deliver(session: Session, message_sid: str, deliver: Deliver) -> None:
-    inbound_id = session.scalar(select(Message.id).where(Message.message_sid == message_sid))
-    session.commit()
-    if inbound_id is not None:
-        deliver(session, inbound_id)

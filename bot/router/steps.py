@@ -385,6 +385,7 @@ def handle_inbound(
         replies=sent,
         intent=turn.intent.name if turn.intent else None,
         tokens_charged=turn.charged,
+        message_id=turn.message.id if turn.message is not None else None,
     )
     log.info(
         "inbound routed",

@@ -77,12 +77,14 @@ class Outcome:
             "Reply MORE", a long WhatsApp answer split); empty: an empty `<Response/>`.
         intent: the classified intent, when the message got that far.
         tokens_charged: tokens debited for this message (0 unless kind is "answered").
+        message_id: the inbound `Message` row; None for a repeat delivery that stored none.
     """
 
     kind: str
     replies: tuple[str, ...] = ()
     intent: str | None = None
     tokens_charged: int = 0
+    message_id: int | None = None
 
 
 class ReplyNow(Exception):  # noqa: N818  (control flow, not an error)
