@@ -82,7 +82,6 @@ class ThreadedWorker(SimpleWorker):
         self._local = threading.local()
         super().__init__(*args, **kwargs)
         self._app = app
-        self.concurrency = concurrency
         self._slots = threading.BoundedSemaphore(concurrency)
         self._idle = threading.Condition()
         self._running = 0
@@ -98,11 +97,6 @@ class ThreadedWorker(SimpleWorker):
     @execution.setter
     def execution(self, value: Any) -> None:
         self._local.execution = value
-
-    @property
-    def running(self) -> int:
-        """Jobs in flight now."""
-        return self._running
 
     def dequeue_job_and_maintain_ttl(self, timeout: int | None,
                                      max_idle_time: int | None = None) -> Any:

@@ -243,7 +243,7 @@ def store_replies(
     catalog's `sms_max_segments` is cut with "Reply MORE" (the rest waits on the contact for
     the free MORE command). Every message stays within 1,600 characters; a long WhatsApp reply
     is split on sentence boundaries, and cut the same way after `whatsapp_max_messages`
-    (messaging.md, "Length and segments"). The caps bound what one reply can cost
+    (`bot.segments`). The caps bound what one reply can cost
     (`tokens.tiers.reply_ceiling_musd`).
 
     TwiML replies are costed now (they are sent with the webhook's answer); REST replies are

@@ -111,7 +111,7 @@ def store_inbound(turn: Turn) -> None:
 
 
 def compliance_keywords(turn: Turn) -> None:
-    """STOP, START and HELP families, before anything else and free (messaging.md, step 4).
+    """STOP, START and HELP families, before anything else and free (docs/pipeline.md).
 
     Twilio Advanced Opt-Out's `OptOutType` is authoritative when present.
     """
@@ -158,7 +158,7 @@ def silence_suspended(turn: Turn) -> None:
 
 
 def rate_limit(turn: Turn) -> None:
-    """Per-sender rate limits (messaging.md; `bot.ratelimit`), per person: past them, no skill
+    """Per-sender rate limits (`bot.ratelimit`), per person: past them, no skill
     and no charge; one short notice an hour at most, and only within the daily budget of
     free replies (`tiers.take_refusal`), so that throttling itself cannot cost without limit.
     STOP, START and HELP were answered above and are never throttled."""
@@ -183,10 +183,10 @@ def monthly_allowance(turn: Turn) -> None:
 
 
 def past_the_cutoff(turn: Turn) -> None:
-    """Past the cutoff (economy.md, rule 1), the bot's free replies (BALANCE, BUY, MORE, "tell
-    me in words") share the daily refusal budget, then stop: what a non-paying person costs
-    stays bounded. Priced requests are decided in `choose_level`; HELP and STOP, which the
-    carriers require, are answered before this step."""
+    """Past the cutoff (README, "How service steps down"), the bot's free replies (BALANCE,
+    BUY, MORE, "tell me in words") share the daily refusal budget, then stop: what a
+    non-paying person costs stays bounded. Priced requests are decided in `choose_level`;
+    HELP and STOP, which the carriers require, are answered before this step."""
     catalog = turn.catalog
     words = frozenset().union(*catalog.commands.values())
     if turn.msg.text.strip() and normalise_command(turn.msg.text) not in words:
@@ -237,8 +237,9 @@ def classify_intent(turn: Turn) -> None:
 
 
 def choose_level(turn: Turn) -> None:
-    """The restriction level of this answer (economy.md, "Tiers"; `tokens.tiers.decide`), on
-    the exposure including answers still queued, under the account's lock.
+    """The restriction level of this answer (README, "How service steps down";
+    `tokens.tiers.decide`), on the exposure including answers still queued, under the
+    account's lock.
 
     PAYMENT_REQUIRED: a pay link and nothing charged (at most `refusals_per_day` replies a day,
     then silence). AFFILIATE, for a costly intent: partner offers, nothing charged. Otherwise
@@ -278,8 +279,8 @@ def choose_level(turn: Turn) -> None:
 
 def reserve(turn: Turn) -> None:
     """Hold the price before the skill runs; below the price: a pay link and the cheaper
-    options, nothing charged, at most `refusals_per_day` such replies a day (economy.md,
-    Ledger: the check and the hold are one step)."""
+    options, nothing charged, at most `refusals_per_day` such replies a day (the check and
+    the hold are one step: `tokens.ledger.hold`)."""
     assert turn.intent is not None
     try:
         placed = ledger.hold(
@@ -442,8 +443,9 @@ def _exposure(turn: Turn) -> int:
 
 
 def _unlocked_by_click(turn: Turn, exposure: int, ceiling: dict[str, int]) -> bool:
-    """Mode `click_to_unlock` (off by default; economy.md): a partner click in the last 24 h
-    unlocks one full answer, if that answer still fits under the cutoff."""
+    """Mode `click_to_unlock` (off by default; README, "How service steps down"): a partner
+    click in the last 24 h unlocks one full answer, if that answer still fits under the
+    cutoff."""
     from tokens import affiliates
 
     catalog = turn.catalog

@@ -20,7 +20,7 @@ from bot.ratelimit import SenderLimits
 from tokens import tiers
 from tokens.catalog import Catalog, IntentSpec
 
-# Compliance keyword families (Twilio's default opt-out keywords, messaging.md), plus Spanish forms.
+# Compliance keyword families (Twilio's default opt-out keywords), plus Spanish forms.
 OPT_OUT = frozenset(
     {"STOP", "STOPALL", "UNSUBSCRIBE", "CANCEL", "END", "QUIT", "REVOKE", "OPTOUT",
      "PARAR", "BAJA", "CANCELAR"}
