@@ -69,6 +69,11 @@ def create_app(config_class: type[Config] = Config) -> Flask:
         app.wsgi_app = ProxyFix(  # type: ignore[method-assign]
             app.wsgi_app, x_for=hops, x_proto=hops, x_host=hops)
 
+    from app.logs import mask_bearer_paths
+
+    mask_bearer_paths(app)
+    _body_limits(app)
+
     try:
         catalog = load_catalog(app.config["ECONOMY_FILE"])
     except CatalogError as exc:
@@ -121,6 +126,10 @@ def create_app(config_class: type[Config] = Config) -> Flask:
     _security_headers(app)
     _database_errors(app)
     return app
+
+
+def _body_limits(app: Flask) -> None:
+    """Placeholder: the per-surface request body limits."""
 
 
 def _database_errors(app: Flask) -> None:

@@ -75,6 +75,63 @@ class Contact(Base):
         self.opt_out_source = source
 
 
+# Consent actions (docs/SECURITY.md, "Consent log"): an opt-out (STOP family or Twilio's
+# OptOutType=STOP) and an opt-in (START family on a channel the person had opted out of).
+CONSENT_ACTIONS = ("opt_out", "opt_in")
+
+
+class ConsentEvent(Base):
+    """One opt-in or opt-out, appended and never changed: the consent history the carrier
+    rules ask for (who, which channel, what word or `OptOutType`, from where, when).
+
+    Attributes:
+        contact_id: whose consent; the rows go with the contact when it is forgotten.
+        channel: "sms" or "whatsapp".
+        action: one of `CONSENT_ACTIONS`.
+        keyword: the word the person sent, upper-cased (at most 32 characters), or the
+            provider's `OptOutType` when it sent one ("STOP", "START").
+        source: how it arrived: "keyword" (our keyword list), "twilio" (Twilio's OptOutType on
+            the webhook) or "admin".
+        at: when (UTC).
+    """
+
+    __tablename__ = "consent_events"
+    __table_args__ = (
+        CheckConstraint(CHANNEL_CHECK, name="channel_known"),
+        CheckConstraint("action IN ('opt_out', 'opt_in')", name="action_known"),
+        Index("ix_consent_events_contact_id_at", "contact_id", "at"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    contact_id: Mapped[int] = mapped_column(ForeignKey("contacts.id", ondelete="CASCADE"))
+    channel: Mapped[str] = mapped_column(String(16))
+    action: Mapped[str] = mapped_column(String(8))
+    keyword: Mapped[str] = mapped_column(String(32))
+    source: Mapped[str] = mapped_column(String(16))
+    at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class ErasedContact(Base):
+    """A forgotten number's keyed hash, tied to the account it had (`contacts forget`).
+
+    The number itself is gone; `address_hmac` is HMAC-SHA256 of it under a key derived from
+    the app's `SECRET_KEY`, so only this deployment can match it, and only when the same number
+    writes again. That person is then given back the same account: no second free allowance
+    this month, the same level and exposure, the same balance (bot.contacts.resolve_contact).
+
+    Attributes:
+        address_hmac: hex HMAC-SHA256 of the address (E.164 or "wa:<id>"), 64 characters.
+        account_id: the account the number had.
+        erased_at: when it was forgotten (UTC).
+    """
+
+    __tablename__ = "erased_contacts"
+
+    address_hmac: Mapped[str] = mapped_column(String(64), primary_key=True)
+    account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id"), index=True)
+    erased_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
 class Message(Base):
     """One message in or out. Inbound rows carry the provider's unique `message_sid`.
 

@@ -47,6 +47,9 @@ class AdminUser(Base):
         session_epoch: bumped at logout; a session cookie carries the epoch it was issued in,
             so logging out ends that admin's sessions everywhere.
         last_login_at: the last successful login (UTC).
+        failed_logins: wrong passwords since the last successful login (or `admin unlock`);
+            each one past the free few makes the next attempt wait longer.
+        last_failed_at: the last wrong password (UTC).
     """
 
     __tablename__ = "admin_users"
@@ -57,6 +60,8 @@ class AdminUser(Base):
     session_epoch: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     last_login_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    failed_logins: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    last_failed_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
 
 
 class AdminAction(Base):
