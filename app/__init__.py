@@ -128,8 +128,45 @@ def create_app(config_class: type[Config] = Config) -> Flask:
     return app
 
 
+# The largest request body each surface takes, bytes, by blueprint (docs/SECURITY.md, "Request
+# bodies"). Twilio: a message body is at most 1,600 characters (4 bytes each in UTF-8, tripled by
+# percent-encoding: about 19 KB) plus at most 10 media URLs and some 40 short fields, so 64 KiB
+# leaves ample headroom. Stripe: an event is one API object; Stripe caps metadata at 50 keys of
+# 500 characters and includes at most 10 items of a list, and real events are a few KB to some
+# tens of KB, so 1 MiB is far above any real one. Affiliate postbacks keep their own 16 KiB
+# check; admin forms and everything else are small forms.
+BODY_LIMITS = {"twilio": 64 * 1024, "stripe": 1024 * 1024}
+DEFAULT_BODY_LIMIT = 16 * 1024
+
+
 def _body_limits(app: Flask) -> None:
-    """Placeholder: the per-surface request body limits."""
+    """Refuse a request body over its surface's limit (`BODY_LIMITS`) with 413 and a reason,
+    before any of it is read: by its Content-Length before the view runs (so an unsigned
+    100 MB POST costs no memory), and, for a body without a length (chunked), when reading
+    passes the limit (Werkzeug's `max_content_length`)."""
+    from flask import request
+    from werkzeug.exceptions import RequestEntityTooLarge
+
+    app.config["MAX_CONTENT_LENGTH"] = max(BODY_LIMITS.values())
+
+    @app.before_request
+    def _limit() -> Response | None:
+        limit = BODY_LIMITS.get(request.blueprint or "", DEFAULT_BODY_LIMIT)
+        request.max_content_length = limit
+        if (request.content_length or 0) > limit:
+            return _too_large(limit)
+        return None
+
+    @app.errorhandler(RequestEntityTooLarge)
+    def _too_large_error(_exc: RequestEntityTooLarge) -> Response:
+        return _too_large(request.max_content_length or DEFAULT_BODY_LIMIT)
+
+    def _too_large(limit: int) -> Response:
+        response = Response(f"request body too large: at most {limit} bytes here\n",
+                            status=413, content_type="text/plain; charset=utf-8")
+        # the unread body must not be taken as the next request on a kept-alive connection
+        response.headers["Connection"] = "close"
+        return response
 
 
 def _database_errors(app: Flask) -> None:

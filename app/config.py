@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import math
 import os
@@ -12,6 +13,7 @@ import secrets
 from collections.abc import Callable, Mapping
 from datetime import timedelta
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from dotenv import load_dotenv
 
@@ -66,7 +68,9 @@ class Config:
                 load_dotenv(PROJECT_ROOT / ".env", override=False)
             environ = os.environ
         env = environ.get
-        self.APP_ENV = env("APP_ENV", "development")
+        self.APP_ENV = env("APP_ENV") or "development"
+        # Set on purpose (the environment or .env), not the default: see `_check_and_fill`.
+        self.APP_ENV_EXPLICIT = bool(env("APP_ENV"))
         if self.APP_ENV not in APP_ENVS:
             raise ConfigError(f"APP_ENV must be one of {', '.join(APP_ENVS)}, not {self.APP_ENV!r}")
         self.SECRET_KEY = env("SECRET_KEY") or None
@@ -173,10 +177,42 @@ class Config:
             if self.PUBLIC_BASE_URL == DEFAULT_PUBLIC_BASE_URL:
                 raise ConfigError("production needs PUBLIC_BASE_URL: the URL Twilio calls")
             return
+        if not (self.APP_ENV_EXPLICIT or is_loopback_url(self.PUBLIC_BASE_URL)):
+            # APP_ENV unset on a public URL: most likely a deployment that forgot a variable.
+            # The development defaults (a generated SECRET_KEY, the public development Twilio
+            # token, the sandbox checkout whose Pay button credits tokens for nothing) would
+            # run an open system there, so refuse to start (fail closed).
+            unsafe = []
+            if not self.SECRET_KEY:
+                unsafe.append("SECRET_KEY (or a generated one would be used)")
+            if self.TWILIO_AUTH_TOKEN in (None, DEVELOPMENT_TWILIO_AUTH_TOKEN):
+                unsafe.append("TWILIO_AUTH_TOKEN (or the public development token would "
+                              "check webhooks)")
+            if not self.STRIPE_SECRET_KEY:
+                unsafe.append("STRIPE_SECRET_KEY (or the sandbox checkout would credit "
+                              "tokens without payment)")
+            if unsafe:
+                raise ConfigError(
+                    f"PUBLIC_BASE_URL {self.PUBLIC_BASE_URL} is not a loopback address and "
+                    f"APP_ENV is not set: set APP_ENV=production (or development, on "
+                    f"purpose), and set {'; '.join(unsafe)}")
         if not self.SECRET_KEY:
             self.SECRET_KEY = secrets.token_hex(32)
         if not self.TWILIO_AUTH_TOKEN:
             self.TWILIO_AUTH_TOKEN = DEVELOPMENT_TWILIO_AUTH_TOKEN
+
+
+def is_loopback_url(url: str) -> bool:
+    """True when `url`'s host is this machine: "localhost" (or a name under it), an address in
+    127.0.0.0/8, or ::1. Such a URL is unreachable from Twilio or Stripe, so the development
+    defaults are safe behind it."""
+    host = (urlsplit(url).hostname or "").lower()
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _count(env: Callable[[str], str | None], name: str) -> int:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import secrets
+import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
@@ -118,6 +119,16 @@ class PaymentProvider(Protocol):
         ...
 
 
+def _signature_timestamp(header: str) -> int | None:
+    """The `t=` of a Stripe-Signature header (Unix seconds), or None when absent or not a
+    number (construct_event has refused such a header already)."""
+    for part in header.split(","):
+        key, _, value = part.strip().partition("=")
+        if key == "t" and value.isdigit():
+            return int(value)
+    return None
+
+
 class StripeProvider:
     """Stripe through the official `stripe` library (`StripeClient`).
 
@@ -195,6 +206,12 @@ class StripeProvider:
                                  ) from None
         except ValueError as exc:
             raise InvalidWebhook(f"not a Stripe event: {exc}") from None
+        # stripe-python refuses a timestamp older than the tolerance but not one in the future;
+        # a signature dated ahead would stay replayable for as long, so refuse that side too.
+        stamp = _signature_timestamp(signature)
+        if stamp is not None and stamp > time.time() + self.tolerance_seconds:
+            raise InvalidWebhook("Stripe-Signature timestamp is in the future beyond the "
+                                 f"{self.tolerance_seconds} s tolerance")
         # The verified bytes, as plain dicts (the library's objects are not dicts).
         return _event_dict(payload)
 

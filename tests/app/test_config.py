@@ -82,3 +82,31 @@ def test_web_pages_carry_security_headers(client):
     assert given.headers["X-Request-Id"] == "abc-123"
     forged = client.get("/healthz", headers={"X-Request-Id": "<script>"})
     assert forged.headers["X-Request-Id"] != "<script>"
+
+
+@pytest.mark.parametrize("url", ["https://bot.example.com", "http://10.0.0.5:5000",
+                                 "http://0.0.0.0:5000"])
+def test_unset_app_env_on_a_public_url_refuses_the_development_defaults(url):
+    with pytest.raises(ConfigError) as refused:
+        Config(environ={"PUBLIC_BASE_URL": url})
+    reason = str(refused.value)
+    for name in ("APP_ENV", "SECRET_KEY", "TWILIO_AUTH_TOKEN", "STRIPE_SECRET_KEY"):
+        assert name in reason
+    # the development token set by hand is the same open door
+    with pytest.raises(ConfigError, match="TWILIO_AUTH_TOKEN"):
+        Config(environ={"PUBLIC_BASE_URL": url, "SECRET_KEY": "s" * 32,
+                        "STRIPE_SECRET_KEY": "sk_test_x", "STRIPE_WEBHOOK_SECRET": "whsec_x",
+                        "TWILIO_AUTH_TOKEN": "development-only-twilio-auth-token"})
+    # every secret set: no development default is used, so it starts
+    Config(environ={"PUBLIC_BASE_URL": url, "SECRET_KEY": "s" * 32, "TWILIO_AUTH_TOKEN": "t",
+                    "STRIPE_SECRET_KEY": "sk_test_x", "STRIPE_WEBHOOK_SECRET": "whsec_x"})
+
+
+@pytest.mark.parametrize("url", ["http://localhost:5000", "http://127.0.0.1:8000",
+                                 "http://[::1]:5000", "http://bot.localhost"])
+def test_development_defaults_on_loopback_or_on_purpose(url):
+    config = Config(environ={"PUBLIC_BASE_URL": url})
+    assert config.SECRET_KEY and config.TWILIO_AUTH_TOKEN
+    explicit = Config(environ={"APP_ENV": "development",
+                               "PUBLIC_BASE_URL": "https://abc.ngrok.example"})
+    assert explicit.TWILIO_AUTH_TOKEN == "development-only-twilio-auth-token"

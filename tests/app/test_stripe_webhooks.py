@@ -251,7 +251,7 @@ def test_a_session_that_is_not_ours_is_ignored(client, session):
 # --- signatures ------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("problem", ["tampered", "stale", "missing", "wrong secret"])
+@pytest.mark.parametrize("problem", ["tampered", "stale", "future", "missing", "wrong secret"])
 def test_a_bad_signature_is_a_400_that_changes_nothing(client, session, problem):
     session_id, account = buy(client, session)
     body = json.dumps(completed(session_id)).encode()
@@ -260,6 +260,8 @@ def test_a_bad_signature_is_a_400_that_changes_nothing(client, session, problem)
         body = body.replace(b'"amount_total": 500', b'"amount_total": 501')
     elif problem == "stale":
         header = sign_event(body, SECRET, timestamp=int(time.time()) - 301)
+    elif problem == "future":  # an hour ahead: replayable for an hour more than allowed
+        header = sign_event(body, SECRET, timestamp=int(time.time()) + 3600)
     elif problem == "missing":
         header = ""
     else:
