@@ -11,6 +11,7 @@ from flask import Flask, Response
 
 from app.config import DEVELOPMENT_TWILIO_AUTH_TOKEN, PROJECT_ROOT, Config, ConfigError
 from app.extensions import configure_sqlite, csrf, db, limiter, migrate, render_item
+from bot.contacts import erasure_key
 from bot.llm import AnswerCache, CachedChat, ChatClient, MemoryCache, RedisCache
 from bot.outbound import OutboundSettings
 from bot.ratelimit import SenderLimits
@@ -87,6 +88,7 @@ def create_app(config_class: type[Config] = Config) -> Flask:
     app.extensions["bot_settings"] = BotSettings(
         catalog=catalog, public_base_url=app.config["PUBLIC_BASE_URL"],
         chat=_chat_client(app, catalog), sender_limits=sender_limits,
+        erased_key=erasure_key(app.config["SECRET_KEY"]),
     )
     app.extensions["outbound"] = OutboundSettings(
         status_callback_url=app.config["PUBLIC_BASE_URL"] + "/webhooks/twilio/status",

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import functools
 import getpass
 import logging
 import sys
 import uuid
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from decimal import Decimal
+from typing import Any
 
 import click
 from flask import Flask, current_app
-from flask.cli import with_appcontext
+from flask.cli import ScriptInfo, with_appcontext
 
 from app.extensions import db
 from bot.channels import get_adapter
@@ -25,7 +28,9 @@ from tokens.errors import InsufficientTokens, InvalidAmount
 
 
 def register_cli(app: Flask) -> None:
-    """Add this project's commands to `app.cli`."""
+    """Add this project's commands to `app.cli`. Each of them (and each added here later)
+    first checks the database's schema (`require_schema`), except those in `OWN_DATABASE`."""
+    before = set(app.cli.commands)  # Flask-Migrate's `db` is there already, and stays as is
     app.cli.add_command(chat)
     app.cli.add_command(tokens_group)
     app.cli.add_command(worker)
@@ -39,6 +44,74 @@ def register_cli(app: Flask) -> None:
     from app.affiliates import affiliates_group
 
     app.cli.add_command(affiliates_group)
+    require_schema(command for name, command in app.cli.commands.items()
+                   if name not in before and name not in OWN_DATABASE)
+
+
+# Commands that work on a database of their own (`simulate` migrates a fresh one).
+OWN_DATABASE = frozenset({"simulate"})
+_SCHEMA_CHECKED = "_checks_schema"
+
+
+def require_schema(commands: Iterable[click.Command]) -> None:
+    """Make each command, and every subcommand of a group (recursively), check the database
+    first (`check_schema`). Each command object is wrapped once: calling this again (one call
+    per app built) changes nothing."""
+    for command in commands:
+        if isinstance(command, click.Group):
+            require_schema(command.commands.values())
+        elif command.callback is not None and not getattr(command.callback, _SCHEMA_CHECKED,
+                                                          False):
+            command.callback = _schema_checked(command.callback)
+
+
+def _schema_checked(callback: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(callback)
+    def run(*args: Any, **kwargs: Any) -> Any:
+        check_schema()
+        return callback(*args, **kwargs)
+
+    setattr(run, _SCHEMA_CHECKED, True)
+    return run
+
+
+def check_schema() -> None:
+    """Refuse to go on unless the app's database is at the migrations' head (`app.schema`).
+
+    Reads on the app's session (in its transaction when one is open, else in a new one that
+    is rolled back). A database that cannot be reached is left to the command itself, which
+    reports it (or, for the worker, retries its jobs) as it always did.
+
+    Raises:
+        click.ClickException: the schema is missing, behind or unknown; click prints the one
+            line, e.g. "Error: the database has no schema yet: run `flask --app wsgi db
+            upgrade`", and exits with status 1.
+    """
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from app.schema import schema_state
+
+    if not current_app:
+        app = click.get_current_context().ensure_object(ScriptInfo).load_app()
+        with app.app_context():
+            check_schema()
+        return
+    session = db.session()  # the scoped session's own Session
+    began = not session.in_transaction()
+    try:
+        state = schema_state(session.connection(), current_app.extensions["migrate"].directory)
+    except SQLAlchemyError as exc:
+        logging.getLogger(__name__).debug("schema not checked: database unreachable (%s)",
+                                          type(exc).__name__)
+        return
+    except ValueError as exc:  # no migrations folder: a broken install
+        raise click.ClickException(str(exc)) from None
+    finally:
+        if began:
+            session.rollback()
+    problem = state.problem()
+    if problem is not None:
+        raise click.ClickException(problem)
 
 
 @click.command("report")
@@ -121,6 +194,24 @@ def admin_set_password(username: str, password: str) -> None:
     click.echo(f"password of {user.username} replaced; their sessions have ended")
 
 
+@admin_group.command("unlock")
+@click.argument("username")
+@with_appcontext
+def admin_unlock(username: str) -> None:
+    """Forget an admin's wrong passwords, so their next login at /admin need not wait
+    (the growing delay of `tokens.admin.login_wait_seconds`). Unknown admin: an error, exit 1."""
+    from tokens.admin import AdminError, unlock
+
+    try:
+        user = unlock(db.session, username)
+    except AdminError as exc:
+        db.session.rollback()
+        raise click.ClickException(str(exc)) from None
+    db.session.commit()
+    click.echo(f"unlocked {user.username}: wrong passwords forgotten, the next login need not "
+               "wait")
+
+
 @click.group("contacts")
 def contacts_group() -> None:
     """People's contact data."""
@@ -135,7 +226,7 @@ def contacts_group() -> None:
 def contacts_forget(phone: str, is_wa_id: bool) -> None:
     """Delete the conversation data of the person with PHONE (E.164); their money records stay,
     detached from the number."""
-    from bot.contacts import forget
+    from bot.contacts import erasure_key, forget
 
     if is_wa_id:
         address = f"wa:{phone.strip()}"
@@ -145,7 +236,7 @@ def contacts_forget(phone: str, is_wa_id: bool) -> None:
             raise click.BadParameter(f"{phone!r} is not a phone number in E.164 form",
                                      param_hint="PHONE")
         address = e164
-    done = forget(db.session, address)
+    done = forget(db.session, address, erasure_key(current_app.config["SECRET_KEY"]))
     if done is None:
         db.session.commit()  # its messages still waiting in the inbox, if any, are gone
         raise click.ClickException(f"no contact has the number {mask_address(address)} "
@@ -155,7 +246,8 @@ def contacts_forget(phone: str, is_wa_id: bool) -> None:
         "account": done.account_id, "messages": done.messages})
     click.echo(f"forgot {mask_address(address)}: {done.messages} messages and "
                f"{done.status_events} delivery callbacks deleted; account #{done.account_id} "
-               f"keeps its ledger, costs and payments, no longer linked to a number")
+               f"keeps its ledger, costs and payments, linked only to a keyed hash of the "
+               f"number (if it writes again it gets this account back, not a new allowance)")
 
 
 @click.group("messages")

@@ -197,9 +197,27 @@ class Config:
                     f"APP_ENV is not set: set APP_ENV=production (or development, on "
                     f"purpose), and set {'; '.join(unsafe)}")
         if not self.SECRET_KEY:
-            self.SECRET_KEY = secrets.token_hex(32)
+            self.SECRET_KEY = development_secret_key()
         if not self.TWILIO_AUTH_TOKEN:
             self.TWILIO_AUTH_TOKEN = DEVELOPMENT_TWILIO_AUTH_TOKEN
+
+
+def development_secret_key() -> str:
+    """Development without SECRET_KEY: a generated key, kept in `instance/secret_key` (mode
+    0600) so that the web process and the CLI share it across restarts (admin sessions
+    survive a restart, and `contacts forget` and the web hash forgotten numbers alike)."""
+    path = PROJECT_ROOT / "instance" / "secret_key"
+    try:
+        key = path.read_text().strip()
+    except FileNotFoundError:
+        key = ""
+    if len(key) < 32:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        key = secrets.token_hex(32)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as out:
+            out.write(key + "\n")
+    return key
 
 
 def is_loopback_url(url: str) -> bool:

@@ -11,9 +11,10 @@ low-memory profile); a hash made with older parameters is replaced at the next l
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
@@ -31,6 +32,12 @@ ACTIONS = ("grant", "adjust", "suspend", "unsuspend", "override", "reprocess", "
 _hasher = PasswordHasher()
 # Checked against when the username is unknown, so a login takes as long either way.
 _DUMMY_HASH = _hasher.hash("not a password of anyone")
+# Login throttling per username (`login_wait_seconds`): wrong passwords that cost nothing, the
+# longest wait, and how long a username's failures are remembered without a new one.
+FREE_FAILED_LOGINS = 3
+MAX_LOGIN_WAIT_SECONDS = 15 * 60
+FAILED_LOGINS_FORGOTTEN_AFTER = timedelta(days=1)
+_MAX_COUNTED_FAILURES = 10_000  # far past the cap; keeps the column's integer small
 
 
 class AdminError(TokensError):
@@ -48,7 +55,9 @@ class AdminUser(Base):
             so logging out ends that admin's sessions everywhere.
         last_login_at: the last successful login (UTC).
         failed_logins: wrong passwords since the last successful login (or `admin unlock`);
-            each one past the free few makes the next attempt wait longer.
+            each one past the free few makes the next attempt wait longer
+            (`login_wait_seconds`). Wrong passwords from a trusted device (app.admin.guard)
+            are not counted here.
         last_failed_at: the last wrong password (UTC).
     """
 
@@ -140,21 +149,113 @@ def set_password(session: Session, username: str, password: str) -> AdminUser:
     return user
 
 
+def find_user(session: Session, username: str, lock: bool = False) -> AdminUser | None:
+    """The admin called `username` (compared trimmed and lower-cased), or None.
+
+    Args:
+        lock: lock the row until the transaction ends (`SELECT ... FOR UPDATE`), so that
+            concurrent logins for one username see each other's failures.
+    """
+    statement = select(AdminUser).where(AdminUser.username == username.strip().lower())
+    if lock:
+        statement = statement.with_for_update()
+    return session.scalars(statement).first()
+
+
 def authenticate(session: Session, username: str, password: str,
                  now: datetime | None = None) -> AdminUser | None:
     """The admin whose username and password these are, or None. An unknown username costs the
-    same hash check as a wrong password. Rehashes outdated parameters; records the login."""
-    user = session.scalars(select(AdminUser).where(
-        AdminUser.username == username.strip().lower())).first()
+    same hash check as a wrong password. See `verify_login` for what a success records; a
+    failure records nothing (the login page calls `record_failed_login`)."""
+    user = find_user(session, username)
+    return user if verify_login(session, user, password, now) else None
+
+
+def verify_login(session: Session, user: AdminUser | None, password: str,
+                 now: datetime | None = None) -> bool:
+    """Whether `password` is `user`'s. With `user` None the check runs against a dummy hash,
+    so it takes as long, and is False.
+
+    On success: an outdated hash is replaced, `last_login_at` is set, `failed_logins` goes
+    back to 0 and `last_failed_at` to None (flushed; the caller commits). A wrong password
+    changes nothing here.
+    """
     try:
         _hasher.verify(user.password_hash if user else _DUMMY_HASH, password)
     except (VerificationError, InvalidHashError):
-        return None
+        return False
     if user is None:
-        return None
+        return False
     if _hasher.check_needs_rehash(user.password_hash):
         user.password_hash = _hasher.hash(password)
     user.last_login_at = now or utcnow()
+    user.failed_logins, user.last_failed_at = 0, None
+    session.flush()
+    return True
+
+
+def login_wait_seconds(failed_logins: int, last_failed_at: datetime | None,
+                       now: datetime) -> int:
+    """How many more seconds a username's next login attempt must wait (0: check it now).
+
+    The policy of the OWASP Authentication Cheat Sheet ("Login Throttling"; OWASP's "Slow
+    down online guessing attacks with device cookies"): throttle by username with growing
+    delays instead of a hard lockout, which anyone who knows an admin's name could trigger
+    to lock them out. The first `FREE_FAILED_LOGINS` (3) wrong passwords cost nothing; after
+    the n-th (n >= 3) the next attempt waits 2**(n - 3) seconds from the last one (1, 2, 4,
+    8 s, ...), at most `MAX_LOGIN_WAIT_SECONDS` (900 s, 15 minutes). Failures whose last one
+    is `FAILED_LOGINS_FORGOTTEN_AFTER` (1 day) old no longer count. A pure function: no
+    database, no clock.
+
+    Args:
+        failed_logins: wrong passwords so far (`AdminUser.failed_logins`), >= 0.
+        last_failed_at: the latest one (UTC, timezone-aware), None when there is none.
+        now: the attempt's time (UTC, timezone-aware). A `last_failed_at` after `now` (clock
+            skew between servers) counts as `now`, so the wait never exceeds the full delay.
+
+    Returns:
+        Whole seconds, rounded up: 0 to `MAX_LOGIN_WAIT_SECONDS`.
+    """
+    if failed_logins < FREE_FAILED_LOGINS or last_failed_at is None:
+        return 0
+    elapsed = max((now - last_failed_at).total_seconds(), 0.0)
+    if elapsed >= FAILED_LOGINS_FORGOTTEN_AFTER.total_seconds():
+        return 0
+    doublings = min(failed_logins - FREE_FAILED_LOGINS, 30)  # 2**30 s is far past the cap
+    delay = min(1 << doublings, MAX_LOGIN_WAIT_SECONDS)
+    return max(0, math.ceil(delay - elapsed))
+
+
+def failed_logins_after(failed_logins: int, last_failed_at: datetime | None,
+                        now: datetime) -> int:
+    """The count of wrong passwords to store after one more at `now`: one more than before,
+    or 1 when the earlier ones are forgotten (`login_wait_seconds`). A pure function."""
+    if last_failed_at is None or (
+            now - last_failed_at >= FAILED_LOGINS_FORGOTTEN_AFTER):
+        return 1
+    return min(max(failed_logins, 0) + 1, _MAX_COUNTED_FAILURES)
+
+
+def record_failed_login(session: Session, user: AdminUser, now: datetime | None = None) -> int:
+    """Count a wrong password for `user` (`failed_logins`, `last_failed_at`; flushed, the
+    caller commits, even though the login failed). Returns the new count."""
+    moment = now or utcnow()
+    user.failed_logins = failed_logins_after(user.failed_logins, user.last_failed_at, moment)
+    user.last_failed_at = moment
+    session.flush()
+    return user.failed_logins
+
+
+def unlock(session: Session, username: str) -> AdminUser:
+    """Forget an admin's wrong passwords, so their next login need not wait (flushed).
+
+    Raises:
+        AdminError: no such admin.
+    """
+    user = find_user(session, username)
+    if user is None:
+        raise AdminError(f"no admin is called {username!r}")
+    user.failed_logins, user.last_failed_at = 0, None
     session.flush()
     return user
 

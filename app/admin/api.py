@@ -11,6 +11,7 @@ from sqlalchemy import select
 
 from app.bearer import bearer_refused
 from app.extensions import db
+from app.ids import use_id_converter
 from bot.contacts import mask_address
 from bot.models import Contact
 from tokens.base import utcnow
@@ -18,6 +19,7 @@ from tokens.ledger import month_of
 from tokens.reports import month_report, people_csv
 
 bp = Blueprint("admin_api", __name__, url_prefix="/admin/api")
+use_id_converter(bp)  # ids in paths are `<id:...>`: 404 when out of range (app.ids)
 MONTH = re.compile(r"[0-9]{4}-(0[1-9]|1[0-2])")
 
 

@@ -390,7 +390,7 @@ def _to_inbox() -> ResponseReturnValue:
     return redirect(url_for("admin.webhooks"), code=303)
 
 
-@bp.post("/webhooks/<int:failed_id>/reprocess")
+@bp.post("/webhooks/<id:failed_id>/reprocess")
 def reprocess(failed_id: int) -> ResponseReturnValue:
     """Apply a failed payment event again through `app.billing.apply_event`.
 

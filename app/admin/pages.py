@@ -8,6 +8,8 @@ message body is shown anywhere.
 
 from __future__ import annotations
 
+import csv
+import io
 import re
 import uuid
 from dataclasses import dataclass
@@ -23,7 +25,7 @@ from sqlalchemy.orm import Session
 from app.admin import charts
 from app.admin.web import actor, bp
 from app.extensions import db
-from bot.contacts import mask_address
+from bot.contacts import consent_log, mask_address
 from bot.models import Contact, Message
 from tokens import admin, costs, ledger, payments, tiers
 from tokens.base import utcnow
@@ -35,6 +37,7 @@ MONTH = re.compile(r"[0-9]{4}-(0[1-9]|1[0-2])")
 PAGE_SIZE = 50
 LEDGER_ROWS = 200
 MESSAGE_ROWS = 50
+CONSENT_ROWS = 100
 COST = AccountMonth.cost_llm_musd + AccountMonth.cost_messaging_musd + \
     AccountMonth.cost_platform_musd
 REVENUE = AccountMonth.revenue_pack_musd + AccountMonth.revenue_subscription_musd + \
@@ -126,6 +129,28 @@ def overview() -> ResponseReturnValue:
     before, after = _neighbours(label)
     return render_template("admin/overview.html", report=report, charts=drawn,
                            before=before, after=after)
+
+
+@bp.get("/consent.csv")
+def consent_csv() -> ResponseReturnValue:
+    """The consent log as CSV, newest first: everyone's, or one account's with `?account=N`
+    (masked numbers; 400 for an account that is not a whole number)."""
+    raw = request.args.get("account")
+    account_id = None
+    if raw is not None:
+        if not raw.isdigit() or len(raw) > 18:
+            return Response("account must be a whole number\n", status=400,
+                            content_type="text/plain; charset=utf-8")
+        account_id = int(raw)
+    out = io.StringIO()
+    writer = csv.writer(out)
+    writer.writerow(["at", "account_id", "contact", "channel", "action", "keyword", "source"])
+    for line in consent_log(db.session, account_id):
+        writer.writerow([line.at.isoformat(), line.account_id, line.contact, line.channel,
+                         line.action, line.keyword, line.source])
+    name = f"consent-{account_id}.csv" if account_id is not None else "consent.csv"
+    return Response(out.getvalue(), content_type="text/csv; charset=utf-8",
+                    headers={"Content-Disposition": f'attachment; filename="{name}"'})
 
 
 @bp.get("/report.csv")
@@ -249,7 +274,7 @@ def _phones(session: Session, account_ids: list[int]) -> dict[int, str]:
     return found
 
 
-@bp.get("/people/<int:account_id>")
+@bp.get("/people/<id:account_id>")
 def person(account_id: int) -> ResponseReturnValue:
     """One person: contacts (masked) and opt-out state, balance by bucket, this month's cost
     and revenue, the ledger with a running balance (latest `LEDGER_ROWS`, or `?entries=all`),
@@ -303,6 +328,7 @@ def _person_page(account_id: int, error: str | None = None, status: int = 200
             .join(admin.AdminUser, admin.AdminUser.id == admin.AdminAction.admin_id)
             .where(admin.AdminAction.account_id == account_id)
             .order_by(admin.AdminAction.id.desc()).limit(50))),
+        "consent": consent_log(session, account_id, limit=CONSENT_ROWS),
         "levels": tiers.LEVELS,
         "form_key": uuid.uuid4().hex,
         "error": error,
@@ -341,7 +367,7 @@ def _key() -> str:
     return raw
 
 
-@bp.post("/people/<int:account_id>/grant")
+@bp.post("/people/<id:account_id>/grant")
 def grant(account_id: int) -> ResponseReturnValue:
     """Grant goodwill tokens (bucket "bonus") with a reason; once per form."""
     def run() -> None:
@@ -351,7 +377,7 @@ def grant(account_id: int) -> ResponseReturnValue:
     return _act(account_id, "Tokens granted.", run)
 
 
-@bp.post("/people/<int:account_id>/adjust")
+@bp.post("/people/<id:account_id>/adjust")
 def adjust(account_id: int) -> ResponseReturnValue:
     """Correct the balance by a signed number of tokens with a reason; once per form."""
     def run() -> None:
@@ -361,21 +387,21 @@ def adjust(account_id: int) -> ResponseReturnValue:
     return _act(account_id, "Balance adjusted.", run)
 
 
-@bp.post("/people/<int:account_id>/suspend")
+@bp.post("/people/<id:account_id>/suspend")
 def suspend(account_id: int) -> ResponseReturnValue:
     """Suspend the person (no answers, nothing charged) with a reason."""
     return _act(account_id, "Suspended.", lambda: admin.suspend(
         db.session, actor(), account_id, request.form.get("reason", "")))
 
 
-@bp.post("/people/<int:account_id>/unsuspend")
+@bp.post("/people/<id:account_id>/unsuspend")
 def unsuspend(account_id: int) -> ResponseReturnValue:
     """Lift a suspension."""
     return _act(account_id, "Suspension lifted.",
                 lambda: admin.unsuspend(db.session, actor(), account_id))
 
 
-@bp.post("/people/<int:account_id>/override")
+@bp.post("/people/<id:account_id>/override")
 def override(account_id: int) -> ResponseReturnValue:
     """Set (`level`, `until` as "YYYY-MM-DDTHH:MM" UTC, `reason`) or clear (`level` empty)
     the person's tier override."""

@@ -28,7 +28,7 @@ from bot import replies
 from bot.contacts import mask_address, resolve_contact
 from bot.intents.classifier import classify
 from bot.messages import InboundMessage
-from bot.models import Contact, Message
+from bot.models import ConsentEvent, Contact, Message
 from bot.router.answer import (
     PendingAnswer,
     billed_units,
@@ -66,7 +66,8 @@ def dedupe(turn: Turn) -> None:
 
 def find_contact(turn: Turn) -> None:
     """The person behind the sender, created with an account on first contact."""
-    turn.contact = resolve_contact(turn.session, turn.msg.sender, turn.now)
+    turn.contact = resolve_contact(turn.session, turn.msg.sender, turn.now,
+                                   turn.settings.erased_key)
 
 
 def serialise(turn: Turn) -> None:
@@ -113,7 +114,10 @@ def store_inbound(turn: Turn) -> None:
 def compliance_keywords(turn: Turn) -> None:
     """STOP, START and HELP families, before anything else and free (docs/pipeline.md).
 
-    Twilio Advanced Opt-Out's `OptOutType` is authoritative when present.
+    Twilio Advanced Opt-Out's `OptOutType` is authoritative when present. The START family
+    ("start", "yes", "unstop" ...) means START only for someone opted out on this channel;
+    from anyone else it is ordinary text. Every opt-out and opt-in is appended to the
+    person's consent log (`ConsentEvent`).
     """
     assert turn.contact is not None
     family = keyword_family(turn.msg)
@@ -122,6 +126,13 @@ def compliance_keywords(turn: Turn) -> None:
     contact = turn.contact
     channel = turn.msg.channel
     confirms = channel in turn.settings.app_confirms_opt_out
+    if family == "START" and contact.opted_out_at(channel) is None:
+        if turn.msg.opt_out_type == "START":
+            # Twilio's own opt-in handling has answered it (SMS); there is nothing to undo.
+            raise ReplyNow("opt_in")
+        return  # "yes", "start" from someone not opted out here: ordinary text
+    if family in ("STOP", "START"):
+        _log_consent(turn, "opt_out" if family == "STOP" else "opt_in")
     if family == "STOP":
         first_time = contact.opted_out_at(channel) is None
         if first_time:
@@ -140,6 +151,18 @@ def compliance_keywords(turn: Turn) -> None:
     if contact.opted_out_at(channel) is not None:
         raise ReplyNow("opted_out")
     raise ReplyNow("help", replies.help_text(turn.catalog, turn.now))
+
+
+def _log_consent(turn: Turn, action: str) -> None:
+    """Append the opt-out or opt-in to the person's consent log (`ConsentEvent`): the word
+    they sent, or Twilio's `OptOutType` when it sent one."""
+    assert turn.contact is not None
+    msg = turn.msg
+    keyword = msg.opt_out_type or normalise_command(msg.text).upper()
+    turn.session.add(ConsentEvent(
+        contact_id=turn.contact.id, channel=msg.channel, action=action,
+        keyword=keyword[:32] or "-", source="twilio" if msg.opt_out_type else "keyword",
+        at=turn.now))
 
 
 def silence_opted_out(turn: Turn) -> None:

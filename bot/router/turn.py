@@ -51,6 +51,8 @@ class BotSettings:
             not, so the app sends the one confirmation.
         chat: the LLM client when one is configured (`OPENAI_API_KEY`); None: offline skills.
         sender_limits: per-sender rate limits (`bot.ratelimit`); None: no limits (router tests).
+        erased_key: the HMAC key of forgotten numbers (`bot.contacts.erasure_key`), so a
+            forgotten number that writes again gets its old account back; None: not looked up.
     """
 
     catalog: Catalog
@@ -58,6 +60,7 @@ class BotSettings:
     app_confirms_opt_out: frozenset[str] = frozenset({"whatsapp"})
     chat: ChatClient | None = None
     sender_limits: SenderLimits | None = None
+    erased_key: bytes | None = None
 
     def pay_url(self, token: str) -> str:
         """The public URL of a pay link token."""

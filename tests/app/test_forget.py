@@ -1,11 +1,12 @@
 """`flask --app wsgi contacts forget PHONE`: conversation data goes, money records stay,
-detached from the number (messaging.md, "Privacy")."""
+tied only to a keyed hash of the number (docs/SECURITY.md, "Erasure")."""
 
 from __future__ import annotations
 
 from sqlalchemy import func, select
 
-from bot.models import Contact, Message, MessageStatusEvent
+from bot.contacts import address_hmac, erasure_key
+from bot.models import Contact, ErasedContact, Message, MessageStatusEvent
 from tests.conftest import post_signed, sms
 from tokens import costs, ledger
 from tokens.ledger import LedgerEntry
@@ -46,11 +47,40 @@ def test_forget_deletes_messages_and_the_contact_and_keeps_the_ledger(client, ru
     assert again.exit_code != 0 and "no contact" in again.output
     bad = runner.invoke(args=["contacts", "forget", "not-a-number", "--yes"])
     assert bad.exit_code != 0 and "E.164" in bad.output
-    # Writing again starts afresh, with a new account.
-    post_signed(client, sms("BALANCE", sid="SM" + "4" * 32))
-    new_account = session.scalars(select(Contact.account_id).where(
+    # What is kept of the number: a keyed hash, never the number itself.
+    erased = session.scalars(select(ErasedContact)).one()
+    assert erased.account_id == account_id and len(erased.address_hmac) == 64
+    assert PHONE not in erased.address_hmac and PHONE.lstrip("+") not in erased.address_hmac
+    balance_before = ledger.balance(session, account_id).available
+    # Writing again gives the same account back: no second free allowance this month, the
+    # same exposure (so the same level), the same balance.
+    reply = post_signed(client, sms("BALANCE", sid="SM" + "4" * 32)).get_data(as_text=True)
+    session.expire_all()
+    again_account = session.scalars(select(Contact.account_id).where(
         Contact.address == PHONE)).one()
-    assert new_account != account_id
+    assert again_account == account_id
+    assert count(session, LedgerEntry, LedgerEntry.account_id == account_id,
+                 LedgerEntry.kind == "grant") == 1
+    assert ledger.balance(session, account_id).available == balance_before
+    assert str(balance_before) in reply
+    assert costs.month(session, account_id).cost_musd >= cost
+    assert count(session, ErasedContact) == 0  # the contact row ties them again
+
+
+def test_a_forgotten_number_is_matched_only_with_this_deployments_key(app, client, runner,
+                                                                       session):
+    post_signed(client, sms("hello", sid="SM" + "5" * 32))
+    account_id = session.scalars(select(Contact.account_id)).one()
+    assert runner.invoke(args=["contacts", "forget", PHONE, "--yes"]).exit_code == 0
+    stored = session.scalars(select(ErasedContact.address_hmac)).one()
+    assert stored == address_hmac(erasure_key(app.config["SECRET_KEY"]), PHONE)
+    assert stored != address_hmac(erasure_key("another deployment's secret" * 2), PHONE)
+    assert stored != address_hmac(erasure_key(app.config["SECRET_KEY"]), "+16505558894")
+    # another number is another person
+    post_signed(client, sms("hello", sid="SM" + "6" * 32, sender="+16505558894"))
+    other = session.scalars(select(Contact.account_id)
+                            .where(Contact.address == "+16505558894")).one()
+    assert other != account_id
 
 
 def test_forget_also_deletes_messages_still_waiting_in_the_inbox(queued_app, twilio_api):

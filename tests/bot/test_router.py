@@ -233,7 +233,8 @@ def test_opt_out_is_per_channel_as_twilio_enforces_it(say, session):
     WhatsApp does not lift the SMS block (Twilio would refuse the SMS with 21610)."""
     assert say("STOP", channel="sms").kind == "opt_out"
     assert say("meal plan", channel="whatsapp").tokens_charged == 5
-    assert say("START", channel="whatsapp").kind == "opt_in"
+    # not opted out on WhatsApp: START there is ordinary text, and lifts nothing
+    assert say("START", channel="whatsapp").kind not in ("opt_in", "opted_out")
     sms = say("meal plan", channel="sms")
     assert (sms.kind, sms.tokens_charged, sms.replies) == ("opted_out", 0, ())
     assert say("START", channel="sms").kind == "opt_in"
@@ -286,3 +287,27 @@ def test_the_pay_link_fits_in_the_first_sms_of_a_refusal(say, session):
     outcome = say("vegetarian meal plan")
     [first] = outcome.replies
     assert "https://bot.example.com/pay/" in first
+
+
+def test_start_words_mean_start_only_for_someone_opted_out(say, session):
+    """ "yes" or "start" from someone never opted out is ordinary text and gets its answer;
+    after STOP the same words opt back in. Every opt-out and opt-in is appended to the
+    consent log, never overwritten."""
+    from bot.models import ConsentEvent
+
+    for word in ("yes", "start"):
+        outcome = say(word, channel="sms")
+        assert outcome.kind not in ("opt_in", "opted_out") and outcome.replies, word
+    assert session.scalar(select(func.count()).select_from(ConsentEvent)) == 0
+    assert say("STOP", channel="sms").kind == "opt_out"
+    assert say("stop", channel="sms").kind == "opt_out"  # asked again: logged again
+    assert say("yes", channel="sms").kind == "opt_in"
+    assert say("unsubscribe", channel="whatsapp").kind == "opt_out"
+    log = session.execute(select(ConsentEvent.channel, ConsentEvent.action,
+                                 ConsentEvent.keyword, ConsentEvent.source)
+                          .order_by(ConsentEvent.id)).all()
+    assert log == [("sms", "opt_out", "STOP", "keyword"), ("sms", "opt_out", "STOP", "keyword"),
+                   ("sms", "opt_in", "YES", "keyword"),
+                   ("whatsapp", "opt_out", "UNSUBSCRIBE", "keyword")]
+    times = session.scalars(select(ConsentEvent.at)).all()
+    assert all(t is not None for t in times)
