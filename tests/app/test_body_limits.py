@@ -7,8 +7,6 @@ import os
 import socket
 import subprocess
 import sys
-import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,6 +17,7 @@ from app import BODY_LIMITS, DEFAULT_BODY_LIMIT
 from app.config import PROJECT_ROOT
 from bot.models import InboxMessage, Message
 from tests.conftest import AUTH_TOKEN, INBOUND_PATH, PUBLIC_BASE_URL, post_signed, sms
+from tests.support.processes import wait_until_serving
 from tests.support.redis_server import HOST, free_port
 
 MB = 1024 * 1024
@@ -64,15 +63,7 @@ def web(tmp_path: Path) -> Iterator[tuple[int, int]]:
         cwd=PROJECT_ROOT, env=env, stdin=subprocess.DEVNULL, stdout=log,
         stderr=subprocess.STDOUT)
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                with urllib.request.urlopen(f"http://{HOST}:{port}/healthz", timeout=2):
-                    break
-            except OSError:
-                assert time.monotonic() < deadline, (tmp_path / "web.log").read_text()
-                assert master.poll() is None, (tmp_path / "web.log").read_text()
-                time.sleep(0.2)
+        wait_until_serving(port, [master], tmp_path / "web.log")
         children = Path(f"/proc/{master.pid}/task/{master.pid}/children").read_text().split()
         assert len(children) == 1
         yield port, int(children[0])

@@ -37,6 +37,7 @@ from tests.conftest import (
     sms,
 )
 from tests.support.openai_standin import OpenAIStandIn
+from tests.support.processes import wait_until_serving
 from tests.support.redis_server import HOST, RedisServer, free_port
 from tests.support.twilio_standin import TwilioStandIn
 from tests.tokens.ledger_checks import assert_consistent
@@ -82,15 +83,7 @@ def deployment(database_url: str, redis_srv: RedisServer, twilio_api: TwilioStan
                                               stdin=subprocess.DEVNULL, stdout=log,
                                               stderr=subprocess.STDOUT))
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                with urllib.request.urlopen(f"http://{HOST}:{port}/healthz", timeout=2):
-                    break
-            except OSError:
-                assert time.monotonic() < deadline, (tmp_path / "web.log").read_text()
-                assert all(p.poll() is None for p in processes), "a process exited"
-                time.sleep(0.2)
+        wait_until_serving(port, processes, tmp_path / "web.log")
         yield port
     finally:
         for process in processes:
