@@ -7,11 +7,12 @@ different answers. Answers stay under 1,600 characters (Twilio's cap for one mes
 
 from __future__ import annotations
 
-import bisect
 import itertools
 from collections import Counter
 from dataclasses import dataclass
 from decimal import Decimal
+
+import numpy
 
 from bot.errors import SkillFailed
 from bot.intents import SkillAnswer, SkillRequest, register_skill
@@ -96,19 +97,36 @@ def _with_diets(items: list[Meal], diets: frozenset[str]) -> list[Meal]:
     return [m for m in items if len(diets & m.tags) == best]
 
 
-# Plans already worked out, by (knowledge, diets, kcal target, days): the search is pure and
-# people ask the same few things ("meal plan", "vegan meal plan for 3 days"), so a worker
-# computes each once. Bounded: cleared when it reaches `_PLAN_CACHE_SIZE` entries.
+# Plans already worked out, by (knowledge, diets, kcal target, days): people ask the same few
+# things ("meal plan", "vegan meal plan for 3 days"), so a worker computes each once. Bounded:
+# cleared when it reaches `_PLAN_CACHE_SIZE` entries.
 _PLAN_CACHE: dict[tuple[int, frozenset[str], int, int], tuple[Knowledge, tuple[DayPlan, ...]]] = {}
 _PLAN_CACHE_SIZE = 1024
+
+
+@dataclass(frozen=True)
+class _Menu:
+    """Every breakfast x lunch x dinner of one diet, with its kcal, and the snack sets (none,
+    one or two snacks) sorted by kcal: what a plan search needs that does not depend on the
+    target, worked out once per (knowledge, diets)."""
+
+    knowledge: Knowledge
+    trios: tuple[tuple[Meal, ...], ...]
+    trio_kcal: numpy.ndarray  # int64, one per trio, in `itertools.product` order
+    snack_sets: tuple[tuple[Meal, ...], ...]
+    snack_kcal: numpy.ndarray  # int64, ascending
+
+
+_MENUS: dict[tuple[int, frozenset[str]], _Menu] = {}
 
 
 def plan_days(knowledge: Knowledge, diets: frozenset[str], target: int, days: int) -> list[DayPlan]:
     """Day plans close to `target` kcal using meals that fit `diets`, varied across days.
 
     For each day every breakfast x lunch x dinner is scored by its distance from the target
-    after the best 0-2 snacks, plus `REPEAT_PENALTY_KCAL` per meal already used. The result
-    is remembered per process (`_PLAN_CACHE`).
+    after the best 0-2 snacks, plus `REPEAT_PENALTY_KCAL` per meal already used; the lowest
+    score wins, the first in menu order on a tie. The result is remembered per process
+    (`_PLAN_CACHE`).
     """
     key = (id(knowledge), diets, target, days)
     cached = _PLAN_CACHE.get(key)
@@ -121,45 +139,70 @@ def plan_days(knowledge: Knowledge, diets: frozenset[str], target: int, days: in
     return list(cached[1])
 
 
-def _search_plans(knowledge: Knowledge, diets: frozenset[str], target: int, days: int
-                  ) -> list[DayPlan]:
+def _menu(knowledge: Knowledge, diets: frozenset[str]) -> _Menu:
+    key = (id(knowledge), diets)
+    menu = _MENUS.get(key)
+    if menu is not None and menu.knowledge is knowledge:
+        return menu
     by_slot = {
         slot: _with_diets([m for m in knowledge.meals if m.slot == slot], diets)
         for slot in ("breakfast", "lunch", "dinner", "snack")
     }
-    snack_sets: list[tuple[int, tuple[Meal, ...]]] = [(0, ())]
+    snacks: list[tuple[int, tuple[Meal, ...]]] = [(0, ())]
     for size in (1, 2):
         for combo in itertools.combinations(by_slot["snack"], size):
-            snack_sets.append((sum(m.kcal for m in combo), combo))
-    snack_sets.sort(key=lambda pair: pair[0])
-    snack_kcal = [kcal for kcal, _ in snack_sets]
+            snacks.append((sum(m.kcal for m in combo), combo))
+    snacks.sort(key=lambda pair: pair[0])
+    trios = tuple(itertools.product(by_slot["breakfast"], by_slot["lunch"], by_slot["dinner"]))
+    if len(_MENUS) >= _PLAN_CACHE_SIZE:
+        _MENUS.clear()
+    menu = _MENUS[key] = _Menu(
+        knowledge=knowledge,
+        trios=trios,
+        trio_kcal=numpy.fromiter((sum(m.kcal for m in t) for t in trios), numpy.int64,
+                                 len(trios)),
+        snack_sets=tuple(combo for _, combo in snacks),
+        snack_kcal=numpy.fromiter((kcal for kcal, _ in snacks), numpy.int64, len(snacks)),
+    )
+    return menu
 
-    # Each trio's best snacks and distance from the target do not change from day to day.
-    scored = []
-    for trio in itertools.product(by_slot["breakfast"], by_slot["lunch"], by_slot["dinner"]):
-        base = sum(m.kcal for m in trio)
-        snacks = _closest(snack_sets, snack_kcal, target - base)
-        scored.append((abs(target - base - sum(m.kcal for m in snacks)), trio, snacks))
+
+def _search_plans(knowledge: Knowledge, diets: frozenset[str], target: int, days: int
+                  ) -> list[DayPlan]:
+    menu = _menu(knowledge, diets)
+    if not menu.trios:
+        raise AssertionError("the shipped meals cover every slot")
+    # Each trio's best snacks (the nearer neighbour of what is left; the lighter on a tie)
+    # and its distance from the target: one vectorised pass.
+    wanted = target - menu.trio_kcal
+    last = len(menu.snack_kcal) - 1
+    at = numpy.searchsorted(menu.snack_kcal, wanted, side="left")
+    above = numpy.minimum(at, last)
+    below = numpy.maximum(at - 1, 0)
+    gap_below = numpy.abs(menu.snack_kcal[below] - wanted)
+    gap_above = numpy.abs(menu.snack_kcal[above] - wanted)
+    snack = numpy.where(gap_below <= gap_above, below, above)
+    distance = numpy.minimum(gap_below, gap_above)
+    # Trios by distance (menu order on a tie): a day's search stops at the first trio whose
+    # distance alone exceeds the best score so far, since the repeat penalty only adds.
+    order = numpy.argsort(distance, kind="stable").tolist()
+    distances = distance.tolist()
+    snacks = snack.tolist()
     used: Counter[str] = Counter()
     plans = []
     for _ in range(days):
-        best: tuple[int, tuple[Meal, ...]] | None = None
-        for distance, trio, snacks in scored:
-            score = distance + REPEAT_PENALTY_KCAL * sum(used[m.name] for m in trio)
-            if best is None or score < best[0]:
-                best = (score, trio + snacks)
-        assert best is not None
-        plans.append(DayPlan(best[1]))
-        used.update(m.name for m in best[1])
+        best_score, best_at = -1, -1
+        for at in order:
+            gap = distances[at]
+            if best_at >= 0 and gap > best_score:
+                break
+            score = gap + REPEAT_PENALTY_KCAL * sum(used[m.name] for m in menu.trios[at])
+            if best_at < 0 or score < best_score or (score == best_score and at < best_at):
+                best_score, best_at = score, at
+        meals = menu.trios[best_at] + menu.snack_sets[snacks[best_at]]
+        plans.append(DayPlan(meals))
+        used.update(m.name for m in meals)
     return plans
-
-
-def _closest(
-    snack_sets: list[tuple[int, tuple[Meal, ...]]], kcal: list[int], wanted: int
-) -> tuple[Meal, ...]:
-    at = bisect.bisect_left(kcal, wanted)
-    options = [snack_sets[i] for i in (at - 1, at) if 0 <= i < len(snack_sets)]
-    return min(options, key=lambda pair: abs(pair[0] - wanted))[1]
 
 
 def _plan_request(query: Query, default_days: int) -> tuple[int, int]:
