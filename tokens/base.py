@@ -7,10 +7,12 @@ same `Base`, and `app/` hands `Base.metadata` to Flask-Migrate.
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import Any
 
 from sqlalchemy import DateTime, MetaData
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Dialect
-from sqlalchemy.orm import DeclarativeBase
+from sqlalchemy.orm import DeclarativeBase, Session
 from sqlalchemy.types import TypeDecorator
 
 # Stable constraint names, so that Alembic can drop and alter them on PostgreSQL and in
@@ -59,3 +61,19 @@ class UTCDateTime(TypeDecorator[datetime]):
 def utcnow() -> datetime:
     """The current time, timezone-aware UTC."""
     return datetime.now(UTC)
+
+
+def insert_for(session: Session, table: Any) -> Any:
+    """An `INSERT` of `table` (a model class or `Table`) in the dialect of `session`'s
+    database, so that `.on_conflict_do_nothing()` / `.on_conflict_do_update()` and
+    `.returning()` are available: PostgreSQL and SQLite (3.35 and later) both have them.
+
+    Raises:
+        NotImplementedError: any other database.
+    """
+    name = session.get_bind().dialect.name
+    if name == "postgresql":
+        return postgresql.insert(table)
+    if name == "sqlite":
+        return sqlite.insert(table)
+    raise NotImplementedError(f"INSERT ... ON CONFLICT is not wired for {name}")

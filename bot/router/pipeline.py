@@ -146,7 +146,9 @@ def drain_person(
     answered_hook: Callable[[Outcome, float], None] | None = None,
 ) -> list[str]:
     """Answer `sender`'s inbox rows oldest first, each fully (routed, answered, its replies
-    sent) before the next is read; returns their MessageSids, in the order answered.
+    sent) before the next is read; returns their MessageSids, in the order answered. It stops
+    when the inbox is empty, or after answering the only row it found (messages stored later
+    knock on the person's turn, `app.turns.PersonTurn`, and the caller comes round again).
 
     The caller holds the person's turn, so no other process answers this person meanwhile.
 
@@ -195,6 +197,11 @@ def drain_person(
                                         "outcome": outcome.kind,
                                         "tokens": outcome.tokens_charged,
                                         "seconds": round(time.perf_counter() - started, 3)})
+        if len(rows) == 1:
+            # It was the only one waiting: a message stored since has its own job, which
+            # knocks on the turn, so the caller's `PersonTurn.leave` sends it round again;
+            # reading the empty inbox once more would cost a statement per message.
+            break
     return answered
 
 

@@ -1,6 +1,7 @@
 """The ordered steps that route one inbound message (`STEPS`, run by `handle_inbound`).
 
-    dedupe -> contact -> lock the account -> store -> compliance keywords -> opted-out silence
+    contact -> lock the account -> store (a repeated MessageSid stops here) -> compliance
+    keywords -> opted-out silence
     -> suspended silence -> rate limit -> monthly allowance -> past the cutoff -> no text
     -> free commands -> intent -> level -> hold -> [defer] -> skill -> capture (or void)
 
@@ -20,9 +21,8 @@ from __future__ import annotations
 import logging
 from datetime import datetime
 
-from sqlalchemy import func, select
-from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session
+from sqlalchemy import and_, case, func, or_, select
+from sqlalchemy.orm import Session, make_transient_to_detached
 
 from bot import replies
 from bot.contacts import mask_address, resolve_contact
@@ -48,20 +48,11 @@ from bot.router.turn import (
     Turn,
 )
 from tokens import costs, ledger, payments, tiers
-from tokens.base import utcnow
+from tokens.base import insert_for, utcnow
 from tokens.catalog import normalise_command
-from tokens.errors import InsufficientTokens
+from tokens.errors import InsufficientTokens, UnknownAccount
 
 log = logging.getLogger(__name__)
-
-
-def dedupe(turn: Turn) -> None:
-    """A MessageSid seen before is a repeat delivery: answer nothing, change nothing."""
-    seen = turn.session.scalar(
-        select(Message.id).where(Message.message_sid == turn.msg.message_sid)
-    )
-    if seen is not None:
-        raise ReplyNow("duplicate")
 
 
 def find_contact(turn: Turn) -> None:
@@ -72,35 +63,50 @@ def find_contact(turn: Turn) -> None:
 
 def serialise(turn: Turn) -> None:
     """Lock the person's account row for the rest of the turn, so nothing else (a payment,
-    an operator, a second inline delivery) races on the balance or the conversation. The
+    an operator, a second delivery of the same MessageSid) races on the balance or the
+    conversation; the same statement reads whether an operator suspended the person. The
     order of one person's messages is kept by the worker's turn (docs/pipeline.md,
     "Per-person order")."""
-    ledger.lock_account(turn.session, turn.account_id)
+    # The row lock of `tokens.ledger.lock_account` (FOR NO KEY UPDATE; SQLite's BEGIN
+    # IMMEDIATE), with the suspension read in the same statement.
+    row = turn.session.execute(
+        select(ledger.Account.suspended_at)
+        .where(ledger.Account.id == turn.account_id)
+        .with_for_update(key_share=True)
+    ).first()
+    if row is None:
+        raise UnknownAccount(f"account {turn.account_id} does not exist")
+    turn.suspended = row[0] is not None
 
 
 def store_inbound(turn: Turn) -> None:
-    """Store the message before acting; `UNIQUE(message_sid)` settles concurrent repeats.
+    """Store the message before acting, in one `INSERT ... ON CONFLICT DO NOTHING`: a
+    MessageSid stored before is a repeat delivery, which answers nothing and changes nothing
+    (`UNIQUE(message_sid)`; under the account's lock, so a concurrent repeat waits for the
+    first and then finds it).
 
     Records what receiving it cost (messaging units in, and the platform's per-interaction
     cost), once per MessageSid.
     """
     assert turn.contact is not None
-    msg = turn.msg
-    message = Message(
-        contact_id=turn.contact.id,
-        direction="in",
-        channel=msg.channel,
-        message_sid=msg.message_sid,
-        body=msg.text,
-        num_media=len(msg.media),
-        created_at=turn.now,
-    )
-    try:
-        with turn.session.begin_nested():
-            turn.session.add(message)
-            turn.session.flush()
-    except IntegrityError:
-        raise ReplyNow("duplicate") from None
+    msg, session = turn.msg, turn.session
+    values = {
+        "contact_id": turn.contact.id, "direction": "in", "channel": msg.channel,
+        "message_sid": msg.message_sid, "body": msg.text, "num_media": len(msg.media),
+        "intent": None, "outcome": None, "tokens_charged": 0, "in_reply_to_id": None,
+        "status": None, "error_code": None, "units": 0, "level": None, "estimate_musd": None,
+        "status_at": None, "created_at": turn.now,
+    }
+    stored = session.scalar(
+        insert_for(session, Message).values(**values)
+        .on_conflict_do_nothing(index_elements=[Message.message_sid])
+        .returning(Message.id))
+    if stored is None:
+        raise ReplyNow("duplicate")
+    # The row as stored, known to the session without reading it back.
+    message = Message(id=stored, **values)
+    make_transient_to_detached(message)
+    session.add(message)
     turn.message = message
     turn.contact.last_channel = msg.channel
     turn.contact.last_inbound_at = turn.now
@@ -175,8 +181,7 @@ def silence_opted_out(turn: Turn) -> None:
 def silence_suspended(turn: Turn) -> None:
     """An operator suspended this person (admin pages): no answer and nothing charged, until
     unsuspended. STOP and HELP, answered above, still work."""
-    account = turn.session.get(ledger.Account, turn.account_id)
-    if account is not None and account.suspended_at is not None:
+    if turn.suspended:
         raise ReplyNow("suspended")
 
 
@@ -282,8 +287,7 @@ def choose_level(turn: Turn) -> None:
     # An operator's override (admin pages, with an expiry) replaces the policy's level.
     turn.level = (tiers.override_of(session, turn.account_id, turn.now)
                   or tiers.decide(exposure, ceiling, catalog, paying=paying))
-    turn.message.level = turn.level
-    turn.message.estimate_musd = ceiling[turn.level]
+    turn.estimate_musd = ceiling[turn.level]
     if turn.level == tiers.PAYMENT_REQUIRED:
         if not tiers.take_refusal(session, turn.account_id, catalog, turn.now):
             raise ReplyNow("refused")  # silence until they pay or the month turns
@@ -291,8 +295,8 @@ def choose_level(turn: Turn) -> None:
             catalog, balance.available, _pay_url(turn), turn.now))
     if turn.level == tiers.AFFILIATE and spec.price >= catalog.tiers.affiliate_min_price:
         if _unlocked_by_click(turn, exposure, ceiling):
-            turn.level = turn.message.level = tiers.NORMAL
-            turn.message.estimate_musd = ceiling[tiers.NORMAL]
+            turn.level = tiers.NORMAL
+            turn.estimate_musd = ceiling[tiers.NORMAL]
             return
         offers = _offers(turn)
         if offers:
@@ -346,7 +350,6 @@ def defer_or_answer(turn: Turn) -> None:
 
 
 STEPS: tuple[Step, ...] = (
-    dedupe,
     find_contact,
     serialise,
     store_inbound,
@@ -399,6 +402,9 @@ def handle_inbound(
         kind, texts = done.kind, done.texts
     sent: tuple[str, ...] = ()
     if turn.message is not None and turn.contact is not None:  # not a duplicate
+        if turn.estimate_musd is not None:  # priced: the level decided and its ceiling
+            turn.message.level = turn.level
+            turn.message.estimate_musd = turn.estimate_musd
         turn.message.intent = turn.intent.name if turn.intent else None
         turn.message.outcome = kind
         turn.message.tokens_charged = turn.charged
@@ -447,22 +453,21 @@ def _exposure(turn: Turn) -> int:
     session, account_id = turn.session, turn.account_id
     month = costs.month(session, account_id, turn.now)
     current = turn.message.id if turn.message is not None else -1
-    queued = session.scalar(
-        select(func.coalesce(func.sum(Message.estimate_musd), 0))
-        .join(Contact, Contact.id == Message.contact_id)
-        .where(Contact.account_id == account_id, Message.outcome == "queued",
-               Message.id != current)
-    )
-    in_flight = session.execute(
-        select(Message.channel, func.coalesce(func.sum(Message.units), 0))
-        .join(Contact, Contact.id == Message.contact_id)
-        .where(Contact.account_id == account_id,
-               Message.status.in_(("pending", "submitting", "unknown")))
-        .group_by(Message.channel)
-    ).all()
     rates = turn.catalog.costs.messaging
-    sending = sum(int(units) * rates[channel].outbound_musd for channel, units in in_flight)
-    return month.exposure_musd + int(queued or 0) + sending
+    on_the_way = Message.status.in_(("pending", "submitting", "unknown"))
+    rate = case(*[(Message.channel == channel, rates[channel].outbound_musd)
+                  for channel in rates], else_=0)
+    queued, sending = session.execute(
+        select(
+            func.coalesce(func.sum(case(
+                (and_(Message.outcome == "queued", Message.id != current),
+                 Message.estimate_musd), else_=0)), 0),
+            func.coalesce(func.sum(case((on_the_way, Message.units * rate), else_=0)), 0),
+        )
+        .join(Contact, Contact.id == Message.contact_id)
+        .where(Contact.account_id == account_id, or_(Message.outcome == "queued", on_the_way))
+    ).one()
+    return month.exposure_musd + int(queued) + int(sending)
 
 
 def _unlocked_by_click(turn: Turn, exposure: int, ceiling: dict[str, int]) -> bool:

@@ -114,6 +114,8 @@ class Turn:
     hold_id: int | None = None
     charged: int = 0
     level: str = tiers.NORMAL
+    suspended: bool = False  # an operator suspended the person (read under the lock)
+    estimate_musd: int | None = None  # the level's cost ceiling, µUSD, once decided
 
     @property
     def catalog(self) -> Catalog:
