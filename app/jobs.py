@@ -29,8 +29,8 @@ from contextlib import contextmanager
 from typing import Any
 
 from flask import Flask, current_app
-from sqlalchemy import select
-from sqlalchemy.orm import Session
+from sqlalchemy import or_, select
+from sqlalchemy.orm import Session, aliased
 
 from app import metrics
 from app.extensions import db
@@ -75,14 +75,22 @@ def answer_inline(app: Flask, msg: InboundMessage, inbox_id: int | None = None
 
 
 def sender_of(session: Session, message_sid: str) -> str | None:
-    """The person (`InboundMessage.sender`) who sent `message_sid`: from the inbox while it
-    waits there, else from the routed message's contact; None when neither has it."""
+    """The person (`InboundMessage.sender`) who sent `message_sid`, when something is left to
+    do for it: from the inbox while it waits there, else from the routed message's contact
+    while its deferred answer is unsettled ("queued") or a reply to it is still `pending`.
+    None when the message is unknown, or answered and its replies handed to the provider (the
+    job of a message that an earlier job of the same person already answered)."""
     sender = session.scalar(
         select(InboxMessage.sender).where(InboxMessage.message_sid == message_sid))
     if sender is None:
+        reply = aliased(Message)
+        unsent = (select(reply.id)
+                  .where(reply.in_reply_to_id == Message.id, reply.status == "pending")
+                  .exists())
         sender = session.scalar(
             select(Contact.address).join(Message, Message.contact_id == Contact.id)
-            .where(Message.message_sid == message_sid))
+            .where(Message.message_sid == message_sid,
+                   or_(Message.outcome == "queued", unsent)))
     session.commit()
     return sender
 
@@ -91,7 +99,7 @@ def _answer_person(app: Flask, session: Session, message_sid: str) -> str:
     settings: BotSettings = app.extensions["bot_settings"]
     sender = sender_of(session, message_sid)
     if sender is None:
-        log.warning("answer job for an unknown message", extra={"message_sid": message_sid})
+        log.info("answer job with nothing left to do", extra={"message_sid": message_sid})
         return "nothing to do"
     connection = redis_connection(app)
     assert connection is not None, "jobs run only with Redis"

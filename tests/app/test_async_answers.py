@@ -156,7 +156,7 @@ def test_a_repeated_delivery_or_enqueue_makes_one_job_and_one_send(queued_app, s
     assert queue.count == 1
     run_worker(queued_app)
     # A job run again (an RQ retry) finds nothing left to answer or send.
-    assert answer_job("SMtwice1") == "answered 0"
+    assert answer_job("SMtwice1") == "nothing to do"
     assert len(twilio_api.sent) == 1
     session.expire_all()
     assert ledger.balance(session, account_of(session)).available == 98
@@ -253,7 +253,7 @@ def test_a_send_that_times_out_is_unknown_and_never_resent(queued_app, session, 
     reply = session.scalar(select(Message).where(Message.direction == "out"))
     assert reply.status == "unknown" and reply.message_sid is None
     reply_id = reply.id
-    assert answer_job("SMtimeout") == "answered 0"  # a retry does not resend
+    assert answer_job("SMtimeout") == "nothing to do"  # a retry does not resend
     assert len(twilio_api.sent) == 1
     # Its status callback arrives after all: the row adopts the sid and moves on.
     sid = twilio_api.sent[0]["sid"]

@@ -702,7 +702,7 @@ def test_twilio_failing_every_attempt_fails_the_reply_and_refunds_once(
         [reply] = replies_to("SMdown")
         assert reply.status == "failed"
         assert reply.error_code == (20503 if fault == "503 every time" else None)
-        assert answer_job("SMdown") == "answered 0"  # an RQ retry sends nothing more
+        assert answer_job("SMdown") == "nothing to do"  # an RQ retry sends nothing more
         assert len(twilio_api.sent) == tried
         account = account_of()
         after = balance(account)
@@ -725,7 +725,7 @@ def test_twilio_timeout_is_unknown_never_resent_and_the_sweep_gives_it_up_and_re
         while not twilio_api.sent and time.monotonic() < deadline:
             time.sleep(0.05)  # the stand-in records the send once its delay is over
         assert [(r.status, r.message_sid) for r in replies_to("SMslowtw")] == [("unknown", None)]
-        assert answer_job("SMslowtw") == "answered 0"
+        assert answer_job("SMslowtw") == "nothing to do"
         [reply] = replies_to("SMslowtw")
         account = account_of()
         assert balance(account).available == 95  # charged until we know
