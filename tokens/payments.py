@@ -26,10 +26,13 @@ from sqlalchemy import (
     BigInteger,
     Boolean,
     CheckConstraint,
+    ColumnElement,
+    Exists,
     ForeignKey,
     Integer,
     String,
     Text,
+    and_,
     or_,
     select,
 )
@@ -269,9 +272,21 @@ def open_checkout_for(session: Session, link: PayLink, now: datetime | None = No
 
 
 def has_premium(session: Session, account_id: int, now: datetime, grace_days: int) -> bool:
-    """Whether any of the account's subscriptions gives premium at `now`."""
-    rows = session.scalars(select(Subscription).where(Subscription.account_id == account_id))
-    return any(row.premium(now, grace_days) for row in rows)
+    """Whether any of the account's subscriptions gives premium at `now` (one EXISTS)."""
+    return bool(session.scalar(select(premium_exists(Subscription.account_id == account_id,
+                                                     now, grace_days))))
+
+
+def premium_exists(match: ColumnElement[bool], now: datetime, grace_days: int
+                   ) -> Exists:
+    """SQL `EXISTS`: a subscription matching `match` (e.g. `Subscription.account_id ==
+    Account.id`) gives premium at `now`; the rule of `Subscription.premium` (trialing or
+    active, or past due for less than `grace_days` days), for use inside another query."""
+    return (select(Subscription.id)
+            .where(match, or_(Subscription.status.in_(PREMIUM_STATUSES),
+                              and_(Subscription.status == "past_due",
+                                   Subscription.past_due_since > now - timedelta(days=grace_days))))
+            .exists())
 
 
 def checkouts_of(session: Session, account_id: int) -> list[Checkout]:

@@ -288,8 +288,8 @@ def store_replies(
             created_at=now,
         )
         session.add(row)
-        session.flush()
         if transport == "twiml":
+            session.flush()  # the row's id keys its cost
             costs.record_messaging(session, contact.account_id, catalog.costs, channel, "out",
                                    row.units, key=f"msg:out:{row.id}", now=now)
     return tuple(parts)

@@ -64,19 +64,29 @@ def find_contact(turn: Turn) -> None:
 def serialise(turn: Turn) -> None:
     """Lock the person's account row for the rest of the turn, so nothing else (a payment,
     an operator, a second delivery of the same MessageSid) races on the balance or the
-    conversation; the same statement reads whether an operator suspended the person. The
-    order of one person's messages is kept by the worker's turn (docs/pipeline.md,
-    "Per-person order")."""
-    # The row lock of `tokens.ledger.lock_account` (FOR NO KEY UPDATE; SQLite's BEGIN
-    # IMMEDIATE), with the suspension read in the same statement.
+    conversation. The same statement reads the person's standing for the turn: suspended by
+    an operator, premium (`payments.premium_exists`), and an operator's level override in
+    force (`tiers.override_of`). The order of one person's messages is kept by the worker's
+    turn (docs/pipeline.md, "Per-person order")."""
+    account, now = ledger.Account, turn.now
+    override = (select(tiers.TierState.override_level)
+                .where(tiers.TierState.account_id == account.id,
+                       tiers.TierState.override_until > now)
+                .scalar_subquery())
+    premium = payments.premium_exists(payments.Subscription.account_id == account.id, now,
+                                      turn.catalog.premium.grace_days)
+    # The row lock of `tokens.ledger.lock_account` (FOR NO KEY UPDATE of the account row;
+    # SQLite: BEGIN IMMEDIATE), with the standing read in the same statement.
     row = turn.session.execute(
-        select(ledger.Account.suspended_at)
-        .where(ledger.Account.id == turn.account_id)
-        .with_for_update(key_share=True)
+        select(account.suspended_at, premium, override)
+        .where(account.id == turn.account_id)
+        .with_for_update(key_share=True, of=account)
     ).first()
     if row is None:
         raise UnknownAccount(f"account {turn.account_id} does not exist")
     turn.suspended = row[0] is not None
+    turn.premium = bool(row[1])
+    turn.override = row[2]
 
 
 def store_inbound(turn: Turn) -> None:
@@ -108,10 +118,6 @@ def store_inbound(turn: Turn) -> None:
     make_transient_to_detached(message)
     session.add(message)
     turn.message = message
-    turn.contact.last_channel = msg.channel
-    turn.contact.last_inbound_at = turn.now
-    if msg.channel == "whatsapp":
-        turn.contact.whatsapp_last_inbound_at = turn.now
     costs.record_inbound(turn.session, turn.account_id, turn.catalog.costs, msg.channel,
                          billed_units(msg.channel, msg.text), message_sid=msg.message_sid,
                          now=turn.now)
@@ -222,8 +228,7 @@ def past_the_cutoff(turn: Turn) -> None:
     ceiling = tiers.reply_ceiling_musd(catalog, turn.msg.channel)
     if _exposure(turn) + ceiling < catalog.tiers.payment_required_musd:
         return
-    if payments.has_premium(turn.session, turn.account_id, turn.now,
-                            catalog.premium.grace_days):
+    if turn.premium:
         return
     if not tiers.take_refusal(turn.session, turn.account_id, catalog, turn.now):
         raise ReplyNow("refused")
@@ -247,7 +252,7 @@ def free_commands(turn: Turn) -> None:
         raise ReplyNow("buy", replies.buy_text(turn.catalog.pack(), _pay_url(turn)))
     if command in commands["premium"]:
         plan = turn.catalog.premium
-        if payments.has_premium(turn.session, turn.account_id, turn.now, plan.grace_days):
+        if turn.premium:
             url = _pay_url(turn, "", purpose="portal")
             raise ReplyNow("premium", replies.premium_manage_text(plan, url))
         url = _pay_url(turn, plan.code, purpose="premium")
@@ -281,12 +286,10 @@ def choose_level(turn: Turn) -> None:
     # while free tokens (spent first) remain, so a paying person is never refused; the cost
     # of that is bounded by the free allowance (`tiers.monthly_loss_ceiling_musd`).
     purchased = sum(n for bucket, n in balance.by_bucket.items() if bucket != "free")
-    paying = purchased >= spec.price or payments.has_premium(
-        session, turn.account_id, turn.now, catalog.premium.grace_days)
+    paying = purchased >= spec.price or turn.premium
     ceiling = tiers.ceilings(catalog, spec, turn.msg.channel, turn.settings.chat is not None)
     # An operator's override (admin pages, with an expiry) replaces the policy's level.
-    turn.level = (tiers.override_of(session, turn.account_id, turn.now)
-                  or tiers.decide(exposure, ceiling, catalog, paying=paying))
+    turn.level = turn.override or tiers.decide(exposure, ceiling, catalog, paying=paying)
     turn.estimate_musd = ceiling[turn.level]
     if turn.level == tiers.PAYMENT_REQUIRED:
         if not tiers.take_refusal(session, turn.account_id, catalog, turn.now):
@@ -402,6 +405,11 @@ def handle_inbound(
         kind, texts = done.kind, done.texts
     sent: tuple[str, ...] = ()
     if turn.message is not None and turn.contact is not None:  # not a duplicate
+        # Written with the rest of the turn's changes to the contact, in one UPDATE.
+        turn.contact.last_channel = msg.channel
+        turn.contact.last_inbound_at = turn.now
+        if msg.channel == "whatsapp":
+            turn.contact.whatsapp_last_inbound_at = turn.now
         if turn.estimate_musd is not None:  # priced: the level decided and its ceiling
             turn.message.level = turn.level
             turn.message.estimate_musd = turn.estimate_musd
