@@ -6,13 +6,11 @@ the rows (`bot.router.drain_person`) and deletes each one with the routing.
 
 from __future__ import annotations
 
-from sqlalchemy import Insert
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from bot.messages import InboundMessage, to_payload
 from bot.models import InboxMessage
-from tokens.base import utcnow
+from tokens.base import insert_on_conflict, utcnow
 
 
 def store_in_inbox(session: Session, msg: InboundMessage) -> int | None:
@@ -29,12 +27,10 @@ def store_in_inbox(session: Session, msg: InboundMessage) -> int | None:
     """
     values = {"message_sid": msg.message_sid, "sender": msg.sender, "channel": msg.channel,
               "payload": to_payload(msg), "received_at": utcnow()}
-    # Core on the session's connection (the session still owns the transaction): the ORM's
-    # bulk-insert layer costs more than this one statement.
-    connection = session.connection()
-    module = postgresql if connection.dialect.name == "postgresql" else sqlite
-    table = InboxMessage.__table__
-    statement: Insert = module.insert(table).values(**values)
-    statement = statement.on_conflict_do_nothing(  # type: ignore[attr-defined]
-        index_elements=["message_sid"]).returning(table.c.id)
-    return connection.execute(statement).scalar()
+    return session.execute(_STORE, values).scalar()
+
+
+# One statement, compiled once (`tokens.base.insert_on_conflict`).
+_STORE = insert_on_conflict(InboxMessage.__table__,
+                            ("message_sid", "sender", "channel", "payload", "received_at"),
+                            ("message_sid",), returning=("id",))

@@ -48,7 +48,7 @@ from bot.router.turn import (
     Turn,
 )
 from tokens import costs, ledger, payments, tiers
-from tokens.base import insert_for, utcnow
+from tokens.base import insert_on_conflict, utcnow
 from tokens.catalog import normalise_command
 from tokens.errors import InsufficientTokens, UnknownAccount
 
@@ -107,10 +107,7 @@ def store_inbound(turn: Turn) -> None:
         "status": None, "error_code": None, "units": 0, "level": None, "estimate_musd": None,
         "status_at": None, "created_at": turn.now,
     }
-    stored = session.scalar(
-        insert_for(session, Message).values(**values)
-        .on_conflict_do_nothing(index_elements=[Message.message_sid])
-        .returning(Message.id))
+    stored = session.execute(_STORE_INBOUND, values).scalar()
     if stored is None:
         raise ReplyNow("duplicate")
     # The row as stored, known to the session without reading it back.
@@ -121,6 +118,13 @@ def store_inbound(turn: Turn) -> None:
     costs.record_inbound(turn.session, turn.account_id, turn.catalog.costs, msg.channel,
                          billed_units(msg.channel, msg.text), message_sid=msg.message_sid,
                          now=turn.now)
+
+
+_INBOUND_COLUMNS = ("contact_id", "direction", "channel", "message_sid", "body", "num_media",
+                    "intent", "outcome", "tokens_charged", "in_reply_to_id", "status",
+                    "error_code", "units", "level", "estimate_musd", "status_at", "created_at")
+_STORE_INBOUND = insert_on_conflict(Message.__table__, _INBOUND_COLUMNS, ("message_sid",),
+                                    returning=("id",))
 
 
 def compliance_keywords(turn: Turn) -> None:
