@@ -13,7 +13,16 @@ Design (shared/design/economy.md, "Cost and revenue"):
   charged). It is updated in the same transaction as the entry it sums, so reports read one
   row per account and month, not every event.
 
-Functions take the SQLAlchemy `Session` explicitly and flush; the caller owns the transaction.
+Functions take the SQLAlchemy `Session` explicitly; the caller owns the transaction.
+
+Statements: the recording functions write with SQLAlchemy Core, not through ORM objects, and do
+not flush the session. An entry is `INSERT ... ON CONFLICT (idempotency_key) DO NOTHING`
+(a repeated key changes nothing, in any order and under concurrency) and each rollup is one
+`INSERT ... ON CONFLICT (primary key) DO UPDATE SET col = col + excluded.col`. On PostgreSQL a
+whole recording (its entries and every rollup they change) is one statement; on SQLite it is
+the entries' INSERT plus one upsert per rollup table (3 for a message, 4 for an LLM call with
+an intent). The month's row returned by the upsert becomes the session's `AccountMonth`, so
+`month` in the same transaction reads it without a statement.
 """
 
 from __future__ import annotations
@@ -21,10 +30,34 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
-from sqlalchemy import BigInteger, CheckConstraint, ForeignKey, Integer, String, select, update
-from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Mapped, Session, mapped_column
+from sqlalchemy import (
+    BigInteger,
+    CheckConstraint,
+    ForeignKey,
+    Integer,
+    String,
+    Table,
+    bindparam,
+    case,
+    cast,
+    func,
+    inspect,
+    literal_column,
+    select,
+)
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Connection
+from sqlalchemy.orm import (
+    Mapped,
+    Session,
+    SessionTransaction,
+    make_transient_to_detached,
+    mapped_column,
+    object_session,
+)
+from sqlalchemy.orm.attributes import set_committed_value
 
 from tokens.base import Base, UTCDateTime, utcnow
 from tokens.catalog import Costs, ModelPrice
@@ -192,7 +225,8 @@ def record_llm(
     intent: str | None = None,
     now: datetime | None = None,
 ) -> int:
-    """Record the cost of one LLM call, once per `key` (e.g. "llm:<MessageSid>").
+    """Record the cost of one LLM call, once per `key` (e.g. "llm:<MessageSid>"): a cost entry
+    of kind "llm", added to the day's, the month's and (given an `intent`) the intent's rollups.
 
     Returns:
         The cost in µUSD (0 when `key` was recorded before: nothing changes).
@@ -203,10 +237,12 @@ def record_llm(
     if usage.prompt_tokens < 0 or usage.completion_tokens < 0:
         raise InvalidAmount(f"LLM usage cannot be negative: {usage}")
     amount = price.cost_musd(usage.prompt_tokens, usage.completion_tokens)
-    entry = CostEntry(kind="llm", amount_musd=amount, intent=intent, model=usage.model,
-                      prompt_tokens=usage.prompt_tokens,
-                      completion_tokens=usage.completion_tokens)
-    return _post_llm(session, account_id, entry, key, now)
+    entry = {"kind": "llm", "amount_musd": amount, "idempotency_key": key, "intent": intent,
+             "model": usage.model, "prompt_tokens": usage.prompt_tokens,
+             "completion_tokens": usage.completion_tokens}
+    return _record(session, account_id, now, _COSTS, [(entry, {
+        "cost_llm_musd": amount, "llm_calls": 1, "llm_prompt_tokens": usage.prompt_tokens,
+        "llm_completion_tokens": usage.completion_tokens})], intent=intent)
 
 
 def record_llm_estimate(
@@ -220,25 +256,22 @@ def record_llm_estimate(
     now: datetime | None = None,
 ) -> int:
     """Record an LLM call whose usage is unknown (it timed out or the connection dropped; the
-    provider may still bill it) at `amount_musd`, its ceiling, once per `key`. Returns the
-    amount recorded (0 on a repeat)."""
-    entry = CostEntry(kind="llm", amount_musd=amount_musd, intent=intent, model=model)
-    return _post_llm(session, account_id, entry, key, now)
+    provider may still bill it) at `amount_musd`, its ceiling, once per `key`: one LLM call
+    without tokens in the rollups, as `record_llm` would.
 
+    Returns:
+        The amount recorded, µUSD (0 on a repeat).
 
-def _post_llm(session: Session, account_id: int, entry: CostEntry, key: str,
-              now: datetime | None) -> int:
-    """Post an LLM cost entry once per `key` and add it to the month's and the intent's
-    rollups; returns its µUSD (0 on a repeat)."""
-    if not _post(session, account_id, entry, key, now):
-        return 0
-    _bump(session, account_id, entry.month, cost_llm_musd=entry.amount_musd, llm_calls=1,
-          llm_prompt_tokens=entry.prompt_tokens or 0,
-          llm_completion_tokens=entry.completion_tokens or 0)
-    if entry.intent is not None:
-        _bump_intent(session, account_id, entry.month, entry.intent,
-                     cost_llm_musd=entry.amount_musd)
-    return entry.amount_musd
+    Raises:
+        InvalidAmount: a negative or non-integer amount.
+    """
+    if type(amount_musd) is not int or amount_musd < 0:
+        raise InvalidAmount(f"cannot record an LLM estimate of {amount_musd!r} µUSD")
+    entry = {"kind": "llm", "amount_musd": amount_musd, "idempotency_key": key,
+             "intent": intent, "model": model}
+    return _record(session, account_id, now, _COSTS, [(entry, {
+        "cost_llm_musd": amount_musd, "llm_calls": 1, "llm_prompt_tokens": 0,
+        "llm_completion_tokens": 0})], intent=intent)
 
 
 def record_messaging(
@@ -252,7 +285,10 @@ def record_messaging(
     key: str,
     now: datetime | None = None,
 ) -> int:
-    """Record one message's messaging cost: `units` x the channel's rate for `direction`.
+    """Record one message's messaging cost: `units` x the channel's rate for `direction`, once
+    per `key`, added to the day's and the month's rollups (one message and `units` units in
+    that direction). On every outbound reply's path: one statement on PostgreSQL, three on
+    SQLite (see "Statements" in the module's docstring).
 
     Args:
         channel: "sms" or "whatsapp".
@@ -272,17 +308,11 @@ def record_messaging(
         raise InvalidAmount(f"cannot price {units!r} units {direction!r} on {channel!r}")
     per_unit = rate.inbound_musd if direction == "in" else rate.outbound_musd
     amount = per_unit * units
-    entry = CostEntry(kind="messaging", amount_musd=amount, channel=channel,
-                      direction=direction, units=units)
-    if not _post(session, account_id, entry, key, now):
-        return 0
-    if direction == "in":
-        _bump(session, account_id, entry.month, cost_messaging_musd=amount, messages_in=1,
-              units_in=units)
-    else:
-        _bump(session, account_id, entry.month, cost_messaging_musd=amount, messages_out=1,
-              units_out=units)
-    return amount
+    entry = {"kind": "messaging", "amount_musd": amount, "idempotency_key": key,
+             "channel": channel, "direction": direction, "units": units}
+    return _record(session, account_id, now, _COSTS, [(entry, {
+        "cost_messaging_musd": amount, f"messages_{direction}": 1,
+        f"units_{direction}": units})])
 
 
 def record_inbound(
@@ -298,11 +328,16 @@ def record_inbound(
     """Record what receiving one message cost: its messaging units in
     (`msg:in:<MessageSid>`) and the platform's per-interaction cost
     (`platform:<MessageSid>`), as `record_messaging` and `record_platform` would, in fewer
-    statements: both entries in one savepoint, and one update of each rollup. This is on
-    every inbound message's path (bench/load.py's profile).
+    statements: both entries in one INSERT, and one upsert of each rollup (one statement in
+    all on PostgreSQL, three on SQLite). This is on every inbound message's path
+    (bench/load.py's profile).
+
+    Each entry is recorded once per key: a repeat of this MessageSid records nothing, and if
+    only one of the two keys was recorded before (by `record_messaging` or `record_platform`),
+    only the other one is recorded now.
 
     Returns:
-        The cost in µUSD (0 when this MessageSid was recorded before).
+        The cost recorded now, µUSD (0 when this MessageSid was recorded before).
 
     Raises:
         InvalidAmount: unknown channel, or negative units.
@@ -310,28 +345,17 @@ def record_inbound(
     rate = costs.messaging.get(channel)
     if rate is None or type(units) is not int or units < 0:
         raise InvalidAmount(f"cannot price {units!r} units in on {channel!r}")
-    moment = now or utcnow()
-    label = month_of(moment)
-    messaging = CostEntry(kind="messaging", amount_musd=rate.inbound_musd * units,
-                          channel=channel, direction="in", units=units)
-    platform = CostEntry(kind="platform", amount_musd=costs.platform_musd)
-    keys = (f"msg:in:{message_sid}", f"platform:{message_sid}")
-    for entry, key in zip((messaging, platform), keys, strict=True):
-        entry.account_id, entry.idempotency_key = account_id, key
-        entry.month, entry.created_at = label, moment
-    try:
-        with session.begin_nested():
-            session.add_all((messaging, platform))
-            session.flush()
-    except IntegrityError:
-        if session.scalar(select(CostEntry.id).where(CostEntry.idempotency_key.in_(keys))):
-            return 0  # recorded before (a repeat of this MessageSid)
-        raise
-    total = messaging.amount_musd + platform.amount_musd
-    _bump_day(session, account_id, day_of(moment), cost_musd=total)
-    _bump(session, account_id, label, cost_messaging_musd=messaging.amount_musd,
-          cost_platform_musd=platform.amount_musd, messages_in=1, units_in=units)
-    return total
+    messaging = rate.inbound_musd * units
+    platform = costs.platform_musd
+    return _record(session, account_id, now, _COSTS, [
+        ({"kind": "messaging", "amount_musd": messaging,
+          "idempotency_key": f"msg:in:{message_sid}", "channel": channel, "direction": "in",
+          "units": units},
+         {"cost_messaging_musd": messaging, "messages_in": 1, "units_in": units}),
+        ({"kind": "platform", "amount_musd": platform,
+          "idempotency_key": f"platform:{message_sid}"},
+         {"cost_platform_musd": platform}),
+    ])
 
 
 def record_platform(
@@ -340,11 +364,8 @@ def record_platform(
     """Record the fixed platform cost of one interaction, once per `key`
     (e.g. "platform:<MessageSid>"). Returns the cost in µUSD (0 on a repeat)."""
     amount = costs.platform_musd
-    entry = CostEntry(kind="platform", amount_musd=amount)
-    if not _post(session, account_id, entry, key, now):
-        return 0
-    _bump(session, account_id, entry.month, cost_platform_musd=amount)
-    return amount
+    entry = {"kind": "platform", "amount_musd": amount, "idempotency_key": key}
+    return _record(session, account_id, now, _COSTS, [(entry, {"cost_platform_musd": amount})])
 
 
 def record_revenue(
@@ -357,7 +378,8 @@ def record_revenue(
     memo: str | None = None,
     now: datetime | None = None,
 ) -> int:
-    """Record revenue (positive) or its reversal (negative), once per `key`.
+    """Record revenue (positive) or its reversal (negative), once per `key`, in the day's and
+    the month's rollups.
 
     Args:
         kind: "pack" (token packs, net of refunds and lost disputes), "subscription" or
@@ -372,11 +394,9 @@ def record_revenue(
     """
     if kind not in REVENUE_KINDS or type(amount_musd) is not int or amount_musd == 0:
         raise InvalidAmount(f"cannot record {amount_musd!r} µUSD of {kind!r} revenue")
-    entry = RevenueEntry(kind=kind, amount_musd=amount_musd, memo=memo)
-    if not _post(session, account_id, entry, key, now):
-        return 0
-    _bump(session, account_id, entry.month, **{f"revenue_{kind}_musd": amount_musd})
-    return amount_musd
+    entry = {"kind": kind, "amount_musd": amount_musd, "idempotency_key": key, "memo": memo}
+    return _record(session, account_id, now, _REVENUES,
+                   [(entry, {f"revenue_{kind}_musd": amount_musd})])
 
 
 def note_tokens_charged(
@@ -391,8 +411,12 @@ def note_tokens_charged(
     and count an answer of `intent` when one is given.
 
     Call it in the transaction of the ledger operation it mirrors, and only when that
-    operation was not a replay. `by_bucket` is the operation's (bucket, tokens) pairs with
-    spends positive, e.g. [("free", 3), ("paid", 2)].
+    operation was not a replay: this is not idempotent. `by_bucket` is the operation's
+    (bucket, tokens) pairs with spends positive, e.g. [("free", 3), ("paid", 2)]. One
+    statement on PostgreSQL, one per table changed on SQLite (at most two).
+
+    Raises:
+        KeyError: an unknown bucket.
     """
     total = sum(tokens for _, tokens in by_bucket)
     label = month_of(when or utcnow())
@@ -400,22 +424,51 @@ def note_tokens_charged(
     for bucket, tokens in by_bucket:
         column = BUCKET_COLUMNS[bucket]
         increments[column] = increments.get(column, 0) + tokens
-    if total or increments:
-        _bump(session, account_id, label, tokens_charged=total, **increments)
+    bump_month = bool(total or increments)
+    if not bump_month and intent is None:
+        return
+    if bump_month:
+        increments["tokens_charged"] = total
+    connection = session.connection()
+    postgres = _dialect(connection) == "postgresql"
+    keys = {"account_id": account_id, "month": label}
+    intent_values = None
     if intent is not None:
-        _bump_intent(session, account_id, label, intent, answers=1, tokens_charged=total)
+        intent_values = {**keys, "intent": intent, "answers": 1, "tokens_charged": total}
+        _expire_loaded(session, AccountMonthIntent, (account_id, label, intent))
+    if intent_values is not None and not (bump_month and postgres):
+        _execute(connection, ("upsert", "account_month_intents", tuple(intent_values), False),
+                 _prefixed(intent_values))
+    if not bump_month:
+        return
+    values = {**keys, **increments}
+    if intent_values is not None and postgres:
+        row = _execute(connection, ("tokens", tuple(values)),
+                       {**_prefixed(values), **_prefixed(intent_values, "i_")}).one()
+    else:
+        row = _execute(connection, ("upsert", "account_months", tuple(values), True),
+                       _prefixed(values)).one()
+    _hold_month(session, dict(zip(_MONTH_COLUMNS, row, strict=True)))
 
 
 def month(session: Session, account_id: int, when: str | datetime | None = None) -> AccountMonth:
-    """The rollup of one account's month ("YYYY-MM", a moment in it, or None for now).
+    """The rollup of one account's month ("YYYY-MM", a moment in it, or None for now), as the
+    session's `AccountMonth` (amounts in µUSD): its values are current in this transaction.
 
-    A month without activity gives a zero row (not stored).
+    A month without activity gives a zero row (not stored, not in the session). A month that
+    this transaction has recorded in is known from the recording (its upsert returned the
+    row, which stays locked until the transaction ends), so reading it sends no statement;
+    otherwise this is one SELECT (none if the row is already loaded and not expired).
     """
     label = when if isinstance(when, str) else month_of(when or utcnow())
-    row = session.get(AccountMonth, (account_id, label))
+    key = (account_id, label)
+    held = _held_month(session, key)
+    if held is not None:
+        return held
+    row = session.get(AccountMonth, key)
     if row is None:
         row = AccountMonth(account_id=account_id, month=label)
-        for column in AccountMonth.__table__.columns:
+        for column in _MONTHS.columns:
             if column.name not in ("account_id", "month"):
                 setattr(row, column.name, 0)
     return row
@@ -430,97 +483,6 @@ def entries(session: Session, account_id: int, label: str) -> list[CostEntry]:
     ))
 
 
-def _post(
-    session: Session, account_id: int, entry: CostEntry | RevenueEntry, key: str,
-    now: datetime | None,
-) -> bool:
-    """Insert a cost or revenue `entry` under `key`; False when the key was recorded before."""
-    model = type(entry)
-
-    def exists() -> bool:
-        return session.scalar(select(model.id).where(model.idempotency_key == key)) is not None
-
-    if exists():
-        return False
-    moment = now or utcnow()
-    entry.account_id = account_id
-    entry.idempotency_key = key
-    entry.month = month_of(moment)
-    entry.created_at = moment
-    try:
-        with session.begin_nested():
-            session.add(entry)
-            session.flush()
-    except IntegrityError:
-        if not exists():  # not a concurrent repeat of the key: a real error
-            raise
-        return False
-    column = "cost_musd" if isinstance(entry, CostEntry) else "revenue_musd"
-    _bump_day(session, account_id, day_of(moment), **{column: entry.amount_musd})
-    return True
-
-
-def _bump_day(session: Session, account_id: int, day: str, **increments: int) -> None:
-    """Add `increments` to the account's day row, creating it on first use."""
-    key = (AccountDay.account_id == account_id, AccountDay.day == day)
-    values = {name: getattr(AccountDay, name) + amount for name, amount in increments.items()}
-    statement = (update(AccountDay).where(*key).values(**values)
-                 .execution_options(synchronize_session=False))
-    if session.execute(statement).rowcount == 1:  # type: ignore[attr-defined]
-        return
-    try:
-        with session.begin_nested():
-            session.add(AccountDay(account_id=account_id, day=day, **increments))
-            session.flush()
-    except IntegrityError:
-        session.execute(statement)
-
-
-def _bump(session: Session, account_id: int, label: str, **increments: int) -> None:
-    """Add `increments` to the account's month row, creating it on first use."""
-    values = {name: getattr(AccountMonth, name) + amount for name, amount in increments.items()}
-    statement = (
-        update(AccountMonth)
-        .where(AccountMonth.account_id == account_id, AccountMonth.month == label)
-        .values(**values)
-        .execution_options(synchronize_session=False)
-    )
-    if session.execute(statement).rowcount == 1:  # type: ignore[attr-defined]
-        _expire_cached(session, account_id, label)
-        return
-    try:
-        with session.begin_nested():
-            session.add(AccountMonth(account_id=account_id, month=label, **increments))
-            session.flush()
-    except IntegrityError:
-        # Another transaction created the row first: add to it.
-        session.execute(statement)
-    _expire_cached(session, account_id, label)
-
-
-def _bump_intent(session: Session, account_id: int, label: str, intent: str,
-                 **increments: int) -> None:
-    """Add `increments` to the account's month row for `intent`, creating it on first use."""
-    key = (AccountMonthIntent.account_id == account_id, AccountMonthIntent.month == label,
-           AccountMonthIntent.intent == intent)
-    values = {name: getattr(AccountMonthIntent, name) + amount
-              for name, amount in increments.items()}
-    statement = (update(AccountMonthIntent).where(*key).values(**values)
-                 .execution_options(synchronize_session=False))
-    if session.execute(statement).rowcount != 1:  # type: ignore[attr-defined]
-        try:
-            with session.begin_nested():
-                session.add(AccountMonthIntent(account_id=account_id, month=label,
-                                               intent=intent, **increments))
-                session.flush()
-        except IntegrityError:
-            session.execute(statement)
-    cached = session.identity_map.get(
-        Session.identity_key(AccountMonthIntent, (account_id, label, intent)))
-    if cached is not None:
-        session.expire(cached)
-
-
 def intents_of(session: Session, account_id: int, label: str) -> list[AccountMonthIntent]:
     """The per-intent rows of one account's month."""
     return list(session.scalars(
@@ -529,9 +491,333 @@ def intents_of(session: Session, account_id: int, label: str) -> list[AccountMon
         .order_by(AccountMonthIntent.intent)))
 
 
-def _expire_cached(session: Session, account_id: int, label: str) -> None:
-    """The UPDATE bypassed the identity map: let a loaded row reload its sums."""
-    key = Session.identity_key(AccountMonth, (account_id, label))
-    row = session.identity_map.get(key)
+# --- statements -------------------------------------------------------------------------------
+#
+# The hot paths write with SQLAlchemy Core, not ORM objects: an entry is
+# `INSERT ... ON CONFLICT (idempotency_key) DO NOTHING RETURNING ...` (nothing returned: a
+# repeat, and no rollup changes), and each rollup is one
+# `INSERT ... ON CONFLICT (primary key) DO UPDATE SET col = col + excluded.col`, which creates
+# the row on first use and is safe under concurrency (no savepoint, no retry). On PostgreSQL a
+# recording is one statement: the entry INSERT and the rollup upserts are data-modifying CTEs
+# of one query, the upserts reading the entries the INSERT returned (none on a repeat). SQLite
+# has no data-modifying CTEs: there it is the entry INSERT, then one upsert per rollup.
+# Each statement is built and compiled once per shape and database driver (`_execute`), with
+# bound parameters, so a call costs a parameter dict and a round trip. PostgreSQL does not
+# specify the order in which a statement's CTEs run; in practice it is the same for every
+# recording here (entries, month, then day and intent: unreferenced CTEs run last), so two
+# transactions of one account lock its rollup rows in the same order.
+
+_COSTS: Table = CostEntry.__table__  # type: ignore[assignment]
+_REVENUES: Table = RevenueEntry.__table__  # type: ignore[assignment]
+_MONTHS: Table = AccountMonth.__table__  # type: ignore[assignment]
+_DAYS: Table = AccountDay.__table__  # type: ignore[assignment]
+_INTENTS: Table = AccountMonthIntent.__table__  # type: ignore[assignment]
+_INSERTS: dict[str, Any] = {"postgresql": postgresql.insert, "sqlite": sqlite.insert}
+_MONTH_COLUMNS = tuple(column.name for column in _MONTHS.columns)
+# session.info key: the `AccountMonth` rows this session's recordings returned, by
+# (account_id, month), each with the transaction (or savepoint) that wrote it last.
+_HELD = "tokens.costs.months"
+# The SQL of each statement (`_build`) for each database driver, and its fixed parameters.
+_COMPILED: dict[tuple[str, str, tuple[Any, ...]], tuple[str, dict[str, Any]]] = {}
+_DATETIME_BINDS: dict[tuple[str, str], Any] = {}
+
+Increments = dict[str, int]
+
+
+def _dialect(connection: Connection) -> str:
+    """The name of the connection's database dialect: "postgresql" or "sqlite".
+
+    Raises:
+        NotImplementedError: any other database (no `INSERT ... ON CONFLICT` wired).
+    """
+    name = connection.dialect.name
+    if name not in _INSERTS:
+        raise NotImplementedError(f"INSERT ... ON CONFLICT is not wired for {name}")
+    return name
+
+
+def _execute(connection: Connection, key: tuple[Any, ...], params: dict[str, Any]) -> Any:
+    """Run the statement `key` names (see `_build`) with `params`, in the session's
+    transaction. Dialect-specific INSERTs (`ON CONFLICT`) are not in SQLAlchemy 2.0's compiled
+    cache, so each statement is compiled once per driver here and sent as driver SQL: the
+    `before_cursor_execute` events still see it, and errors are SQLAlchemy's (e.g.
+    `IntegrityError`). Values must already be in the driver's form (see `_created_at`).
+    """
+    dialect = connection.dialect
+    compiled = _COMPILED.get((dialect.name, dialect.driver, key))
+    if compiled is None:
+        name = _dialect(connection)
+        # SQLite is compiled with named parameters (its driver takes both), so that a
+        # statement's parameters are a dict on every backend.
+        target = (type(dialect)(paramstyle="named")  # type: ignore[call-arg]
+                  if name == "sqlite" else dialect)
+        statement = _build(name, key).compile(dialect=target)
+        fixed = {name: bind.effective_value for name, bind in statement.binds.items()
+                 if not bind.required}  # e.g. `count(*) > 0`'s 0
+        compiled = _COMPILED[(dialect.name, dialect.driver, key)] = (str(statement), fixed)
+    sql, fixed = compiled
+    return connection.exec_driver_sql(sql, {**fixed, **params} if fixed else params)
+
+
+def _created_at(connection: Connection, moment: datetime) -> Any:
+    """`moment` as the driver takes a `UTCDateTime` (aware UTC; text on SQLite).
+
+    Raises:
+        ValueError: a naive datetime.
+    """
+    dialect = connection.dialect
+    process = _DATETIME_BINDS.get((dialect.name, dialect.driver))
+    if process is None:
+        process = _COSTS.c.created_at.type.bind_processor(dialect) or (lambda value: value)
+        _DATETIME_BINDS[(dialect.name, dialect.driver)] = process
+    return process(moment)
+
+
+def _prefixed(values: dict[str, Any], prefix: str = "v_") -> dict[str, Any]:
+    return {prefix + name: value for name, value in values.items()}
+
+
+def _record(
+    session: Session,
+    account_id: int,
+    now: datetime | None,
+    table: Table,
+    rows: Sequence[tuple[dict[str, Any], Increments]],
+    *,
+    intent: str | None = None,
+) -> int:
+    """Insert cost or revenue entries once per idempotency key, and add the ones inserted to
+    the rollups: `amount_musd` to the day's row (`cost_musd` or `revenue_musd`), each entry's
+    increments to the month's row, and (given an `intent`) `amount_musd` to the intent's
+    `cost_llm_musd`. `rows` pairs an entry's values (kind, amount_musd, idempotency_key and
+    any optional column) with its increments of `AccountMonth` columns. Returns the µUSD
+    inserted (0 when every key was recorded before)."""
+    moment = now or utcnow()
+    label, day = month_of(moment), day_of(moment)
+    connection = session.connection()
+    columns = _ENTRY_COLUMNS[table.name]
+    created_at = _created_at(connection, moment)
+    params: dict[str, Any] = {"account_id": account_id, "month": label, "day": day,
+                              "intent": intent}
+    for i, (entry, increments) in enumerate(rows):
+        values = {**dict.fromkeys(columns), **entry, "account_id": account_id, "month": label,
+                  "created_at": created_at}
+        params.update((f"e{i}_{name}", values[name]) for name in columns)
+        params.update((f"m{i}_{name}", amount) for name, amount in increments.items())
+    _expire_loaded(session, AccountDay, (account_id, day))
+    if intent is not None:
+        _expire_loaded(session, AccountMonthIntent, (account_id, label, intent))
+    if _dialect(connection) == "postgresql":
+        shape = tuple(tuple(sorted(increments)) for _, increments in rows)
+        found = _execute(connection, ("recording", table.name, shape, intent is not None),
+                         params).first()
+        if found is None:
+            return 0  # every key was recorded before
+        _hold_month(session, dict(zip(_MONTH_COLUMNS, found[:-1], strict=True)))
+        return int(found[-1])
+    inserted = {key for key, in _execute(connection, ("entries", table.name, len(rows)),
+                                         params)}
+    if not inserted:
+        return 0  # every key was recorded before
+    total, month_increments = 0, Increments()
+    for entry, increments in rows:
+        if entry["idempotency_key"] in inserted:
+            total += entry["amount_musd"]
+            for name, amount in increments.items():
+                month_increments[name] = month_increments.get(name, 0) + amount
+    day_column = "cost_musd" if table is _COSTS else "revenue_musd"
+    _execute(connection, ("upsert", "account_days", ("account_id", "day", day_column), False),
+             {"v_account_id": account_id, "v_day": day, "v_" + day_column: total})
+    if intent is not None:
+        _execute(connection, ("upsert", "account_month_intents",
+                              ("account_id", "month", "intent", "cost_llm_musd"), False),
+                 {"v_account_id": account_id, "v_month": label, "v_intent": intent,
+                  "v_cost_llm_musd": total})
+    month_values = {"account_id": account_id, "month": label, **month_increments}
+    found = _execute(connection, ("upsert", "account_months", tuple(month_values), True),
+                     _prefixed(month_values)).one()
+    _hold_month(session, dict(zip(_MONTH_COLUMNS, found, strict=True)))
+    return total
+
+
+_ENTRY_COLUMNS = {
+    "cost_entries": ("account_id", "month", "kind", "amount_musd", "idempotency_key", "intent",
+                     "model", "prompt_tokens", "completion_tokens", "channel", "direction",
+                     "units", "created_at"),
+    "revenue_entries": ("account_id", "month", "kind", "amount_musd", "idempotency_key",
+                        "memo", "created_at"),
+}
+_TABLES = {table.name: table for table in (_COSTS, _REVENUES, _MONTHS, _DAYS, _INTENTS)}
+_KEYS = {"account_months": ("account_id", "month"), "account_days": ("account_id", "day"),
+         "account_month_intents": ("account_id", "month", "intent")}
+_ZERO = literal_column("0", BigInteger)
+
+
+def _build(dialect: str, key: tuple[Any, ...]) -> Any:
+    """The statement `key` names, for `dialect` ("postgresql" or "sqlite"):
+
+    - ("entries", table, n): n entries, once per key, returning the keys inserted;
+    - ("upsert", table, columns, returning): add to a rollup row (`_upsert`);
+    - ("recording", table, increments, intent): PostgreSQL, a whole recording (`_recording`);
+    - ("tokens", columns): PostgreSQL, tokens charged to the month and the intent's answer.
+    """
+    kind, *args = key
+    if kind == "entries":
+        name, count = args
+        table = _TABLES[name]
+        return (_INSERTS[dialect](table).values(_entries_values(table, count))
+                .on_conflict_do_nothing(index_elements=[table.c.idempotency_key])
+                .returning(table.c.idempotency_key))
+    if kind == "upsert":
+        name, columns, returning = args
+        return _upsert(dialect, _TABLES[name], columns, returning)
+    if kind == "recording":
+        return _recording(*args)
+    assert kind == "tokens"
+    return _upsert_with_intent(*args)
+
+
+def _entries_values(table: Table, count: int) -> list[dict[str, Any]]:
+    """The VALUES of `count` entries of `table`, bound to `e<i>_<column>`."""
+    return [{name: bindparam(f"e{i}_{name}", type_=table.c[name].type)
+             for name in _ENTRY_COLUMNS[table.name]} for i in range(count)]
+
+
+def _upsert(dialect: str, table: Table, columns: tuple[str, ...], returning: bool) -> Any:
+    """Add `columns` (bound to `v_<column>`; the primary key's too) to a rollup row, creating
+    it on first use; returns the row when `returning`."""
+    keys = _KEYS[table.name]
+    # Every other column is a zero literal, not left to its Python default (one more bound
+    # parameter each, which a statement with a CTE would not fill in).
+    insert = _INSERTS[dialect](table).values({
+        column.name: bindparam(f"v_{column.name}", type_=column.type)
+        if column.name in columns else _ZERO for column in table.columns})
+    statement = insert.on_conflict_do_update(
+        index_elements=[table.c[name] for name in keys],
+        set_={name: table.c[name] + insert.excluded[name] for name in columns
+              if name not in keys})
+    return statement.returning(*table.columns) if returning else statement
+
+
+def _upsert_with_intent(columns: tuple[str, ...]) -> Any:
+    """PostgreSQL: `_upsert` of the month (returning it) and of the intent's row (`i_answers`,
+    `i_tokens_charged`, its key bound to `i_<column>`), in one statement."""
+    intent_columns = ("account_id", "month", "intent", "answers", "tokens_charged")
+    values: dict[str, Any] = {name: bindparam(f"i_{name}", type_=_INTENTS.c[name].type)
+                              for name in intent_columns}
+    values["cost_llm_musd"] = _ZERO
+    intent = postgresql.insert(_INTENTS).values(values)
+    intent = intent.on_conflict_do_update(
+        index_elements=[_INTENTS.c[name] for name in _KEYS["account_month_intents"]],
+        set_={name: _INTENTS.c[name] + intent.excluded[name]
+              for name in ("answers", "tokens_charged")})
+    cte = intent.returning(_INTENTS.c.account_id).cte("intent_row")
+    return _upsert("postgresql", _MONTHS, columns, True).add_cte(cte)
+
+
+def _from_entries(table: Table, values: dict[str, Any], entries: Any) -> Any:
+    """PostgreSQL: INSERT ... SELECT `values` FROM `entries` (a CTE), one row when any entry
+    was inserted and none otherwise, adding to the row of the same key on conflict."""
+    keys = _KEYS[table.name]
+    query = select(*values.values()).select_from(entries).having(func.count() > _ZERO)
+    insert = postgresql.insert(table).from_select(list(values), query, include_defaults=False)
+    return insert.on_conflict_do_update(
+        index_elements=[table.c[name] for name in keys],
+        set_={name: table.c[name] + insert.excluded[name] for name in values
+              if name not in keys})
+
+
+def _recording(name: str, increments: tuple[tuple[str, ...], ...], intent: bool) -> Any:
+    """PostgreSQL: one recording (see `_record`) as one statement, the entries' INSERT and
+    the rollups' upserts as data-modifying CTEs. `increments[i]` names the month's columns
+    entry i adds to (bound to `m<i>_<column>`). Its result is the month's row and then the
+    µUSD inserted, or no row at all when every key was recorded before."""
+    table = _TABLES[name]
+    entries = (postgresql.insert(table).values(_entries_values(table, len(increments)))
+               .on_conflict_do_nothing(index_elements=[table.c.idempotency_key])
+               .returning(table.c.idempotency_key, table.c.amount_musd).cte("entry"))
+    account = bindparam("account_id", type_=Integer)
+    label = bindparam("month", type_=String)
+    amount = cast(func.sum(entries.c.amount_musd), BigInteger)
+    day_column = "cost_musd" if table is _COSTS else "revenue_musd"
+    ctes = [_from_entries(_DAYS, {"account_id": account, "day": bindparam("day", type_=String),
+                                  day_column: amount}, entries)
+            .returning(_DAYS.c.account_id).cte("day_row")]
+    if intent:
+        ctes.append(_from_entries(_INTENTS, {"account_id": account, "month": label,
+                                             "intent": bindparam("intent", type_=String),
+                                             "cost_llm_musd": amount}, entries)
+                    .returning(_INTENTS.c.account_id).cte("intent_row"))
+    month_values: dict[str, Any] = {"account_id": account, "month": label}
+    for column in sorted({column for columns in increments for column in columns}):
+        # Only what the entries inserted add: a key recorded before adds nothing.
+        whens = [(entries.c.idempotency_key == bindparam(f"e{i}_idempotency_key"),
+                  bindparam(f"m{i}_{column}", type_=BigInteger))
+                 for i, columns in enumerate(increments) if column in columns]
+        month_values[column] = cast(func.sum(case(*whens, else_=_ZERO)), BigInteger)
+    month_row = (_from_entries(_MONTHS, month_values, entries)
+                 .returning(*_MONTHS.columns).cte("month_row"))
+    inserted = select(cast(func.sum(entries.c.amount_musd), BigInteger)).scalar_subquery()
+    return select(*month_row.c, inserted.label("inserted_musd")).add_cte(*ctes)
+
+
+# --- the session's view of the rollups ---------------------------------------------------------
+
+
+def _hold_month(session: Session, values: dict[str, Any]) -> None:
+    """Make the `AccountMonth` row an upsert returned (`values`: its columns) the session's
+    current view of that row, so `month` reads it without a statement.
+
+    The row stays locked by this transaction until it ends (PostgreSQL's row lock, SQLite's
+    write lock), so no other transaction changes it meanwhile. The row is held for the
+    transaction or savepoint that wrote it: once that ends (committed, or rolled back and the
+    write undone), `month` expires the row and reads it again.
+    """
+    key = (values["account_id"], values["month"])
+    held: dict[tuple[int, str], tuple[SessionTransaction, AccountMonth]] = \
+        session.info.setdefault(_HELD, {})
+    for stale in [k for k, (transaction, _) in held.items() if not transaction.is_active]:
+        _drop_held(session, held, stale)
+    row = session.identity_map.get(Session.identity_key(AccountMonth, key))
+    fresh = {column.key: values[column.name] for column in _MONTHS.columns}
+    if row is None:
+        row = AccountMonth(**fresh)
+        make_transient_to_detached(row)
+        session.add(row)
+    elif inspect(row).modified:  # changed through the ORM meanwhile: reload it instead
+        session.expire(row)
+        held.pop(key, None)
+        return
+    else:
+        for name, value in fresh.items():
+            set_committed_value(row, name, value)
+    owner = object_session(row)  # the Session itself, also when given a scoped_session
+    assert owner is not None
+    transaction = owner.get_nested_transaction() or owner.get_transaction()
+    assert transaction is not None  # the upsert just ran in it
+    held[key] = (transaction, row)
+
+
+def _held_month(session: Session, key: tuple[int, str]) -> AccountMonth | None:
+    """The `AccountMonth` a recording of this transaction returned, if still current."""
+    held = session.info.get(_HELD)
+    if not held or key not in held:
+        return None
+    transaction, row = held[key]
+    if transaction.is_active and row in session:
+        return row  # type: ignore[no-any-return]
+    _drop_held(session, held, key)
+    return None
+
+
+def _drop_held(session: Session, held: dict[tuple[int, str], Any], key: tuple[int, str]) -> None:
+    _, row = held.pop(key)
+    if row in session:
+        session.expire(row)
+
+
+def _expire_loaded(session: Session, model: type[Base], ident: tuple[Any, ...]) -> None:
+    """A Core upsert bypasses the identity map: let a loaded row of `model` reload its sums."""
+    row = session.identity_map.get(Session.identity_key(model, ident))
     if row is not None:
         session.expire(row)
