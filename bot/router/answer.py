@@ -100,14 +100,17 @@ def pending_answer(
     cannot both answer.
     """
     now = now or utcnow()
-    message = session.scalar(select(Message).where(Message.message_sid == message_sid))
-    if message is None or message.intent is None or message.outcome != "queued":
+    # The message, its hold and its contact in one SELECT.
+    row = session.execute(
+        select(Message, ledger.Hold, Contact)
+        .join(Contact, Contact.id == Message.contact_id)
+        .join(ledger.Hold, ledger.Hold.idempotency_key == f"hold:{message_sid}")
+        .where(Message.message_sid == message_sid)
+    ).first()
+    if row is None:
         return None
-    hold = session.scalar(
-        select(ledger.Hold).where(ledger.Hold.idempotency_key == f"hold:{message_sid}")
-    )
-    contact = session.get(Contact, message.contact_id)
-    if hold is None or contact is None:
+    message, hold, contact = row
+    if message.intent is None or message.outcome != "queued":
         return None
     spec = settings.catalog.intent(message.intent)
     return PendingAnswer(
@@ -209,14 +212,15 @@ def settle(
     # The account row first, as everywhere, then re-read the message under that lock: only
     # the first of two runs of one job finds it still "queued".
     ledger.lock_account(session, pending.account_id)
-    message = session.get(Message, pending.message_id, populate_existing=True)
-    assert message is not None
+    message, contact = session.execute(
+        select(Message, Contact).join(Contact, Contact.id == Message.contact_id)
+        .where(Message.id == pending.message_id)
+        .execution_options(populate_existing=True)
+    ).one()
     if message.outcome != "queued":
         log.info("answer already settled", extra={"message_sid": pending.message_sid})
         return Outcome(kind="duplicate", intent=pending.intent.name,
                        message_id=pending.message_id)
-    contact = session.get(Contact, message.contact_id)
-    assert contact is not None
     kind, texts, charged = settle_ledger(session, pending, result, settings, now)
     message.outcome = kind
     message.tokens_charged = charged
