@@ -24,10 +24,15 @@ Design (shared/design/economy.md, "Ledger"):
   refuses what must never be (`CHECK held >= 0 AND held <= balance`, `CHECK amount <> 0`,
   `CHECK remaining >= 0`, `UNIQUE(idempotency_key)`), and a test recomputes every cache.
 - Idempotency: every operation has a key. Repeating a key returns the first result and changes
-  nothing. Two concurrent posts of one key: the later INSERT hits `UNIQUE(idempotency_key)`
-  inside a SAVEPOINT, which is rolled back, and the first result is returned. An operation that
-  posts several entries keys them `key`, `key#2`, ... and records `key` as their
-  `operation_key`.
+  nothing. Two concurrent posts of one key: a credit's later INSERT hits
+  `UNIQUE(idempotency_key)` inside a SAVEPOINT, which is rolled back; a hold's later
+  `INSERT ... ON CONFLICT DO NOTHING` inserts nothing, and its reservation is given back; a
+  capture's conditional UPDATE of its hold checks, under the account's lock, that no key of its
+  entries was posted. Either way the first result is returned. An operation that posts several
+  entries keys them `key`, `key#2`, ... and records `key` as their `operation_key`.
+- The hot path (`hold`, `capture`, `void`, `balance`, a granted `grant_monthly_allowance`)
+  sends Core statements only: no ORM objects, no flush, no SAVEPOINT (see "the hot path's
+  statements" below).
 - Expiry: lots past their `expires_at` are expired lazily (an `expiry` entry per lot) before
   anything that spends or reserves, and a month's free grant expires at the start of the next
   month. Tokens reserved by a pending hold are not expired from under it: the sweep leaves
@@ -43,17 +48,27 @@ import secrets
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from typing import Any, cast
 
 from sqlalchemy import (
     BigInteger,
     CheckConstraint,
+    ColumnElement,
+    CursorResult,
     ForeignKey,
     Integer,
+    Result,
+    Row,
     String,
+    Table,
+    and_,
+    bindparam,
     case,
     func,
+    insert,
     or_,
     select,
+    text,
     update,
 )
 from sqlalchemy.exc import IntegrityError
@@ -276,6 +291,188 @@ class HistoryLine:
     running_balance: int
 
 
+# --- the hot path's statements -------------------------------------------------------------
+#
+# One priced message is `hold` then `capture` (or `void`), and `balance` is read around them.
+# Their statements are Core statements on the tables, built once here with bind parameters:
+# no ORM objects, no flushes and no SAVEPOINTs on that path. Every check-and-change is still
+# one conditional statement; what the SAVEPOINTs did is done by the conditions themselves
+# (`INSERT ... ON CONFLICT DO NOTHING`, `UPDATE ... WHERE status = 'pending'`), and each
+# documented refusal is raised before anything is written, or after what was written is
+# given back, so the caller's transaction stays as it was.
+
+_ACCOUNTS = cast(Table, Account.__table__)
+_ENTRIES = cast(Table, LedgerEntry.__table__)
+_LOTS = cast(Table, Lot.__table__)
+_HOLDS = cast(Table, Hold.__table__)
+
+_P_ACCOUNT = bindparam("account_id", type_=Integer())
+_P_HOLD = bindparam("hold_id", type_=Integer())
+_P_TOKENS = bindparam("tokens", type_=BigInteger())
+_P_TAKE = bindparam("take", type_=BigInteger())
+_P_KEY = bindparam("key", type_=String())
+_P_NOW = bindparam("now", type_=UTCDateTime())
+
+# A pending hold of the account past its TTL, or a lot of it past its expiry with tokens left:
+# `hold` settles them first (`expire_holds`, `expire_lots`).
+_HOLDS_DUE = (
+    select(_HOLDS.c.id)
+    .where(_HOLDS.c.account_id == _P_ACCOUNT, _HOLDS.c.status == "pending",
+           _HOLDS.c.expires_at <= _P_NOW)
+    .exists()
+)
+_LOTS_DUE = (
+    select(_LOTS.c.id)
+    .where(_LOTS.c.account_id == _P_ACCOUNT, _LOTS.c.remaining > 0,
+           _LOTS.c.expires_at <= _P_NOW)
+    .exists()
+)
+_HOLD_KEY_USED = select(_HOLDS.c.id).where(_HOLDS.c.idempotency_key == _P_KEY).exists()
+
+# `hold`, the common case in one statement: the account's row lock, the check and the
+# reservation, when the key is new and nothing of the account is due to expire.
+_RESERVE_IF_SETTLED = (
+    update(_ACCOUNTS)
+    .where(_ACCOUNTS.c.id == _P_ACCOUNT, _ACCOUNTS.c.balance - _ACCOUNTS.c.held >= _P_TOKENS,
+           ~_HOLD_KEY_USED, ~_HOLDS_DUE, ~_LOTS_DUE)
+    .values(held=_ACCOUNTS.c.held + _P_TOKENS)
+)
+_RESERVE = (
+    update(_ACCOUNTS)
+    .where(_ACCOUNTS.c.id == _P_ACCOUNT, _ACCOUNTS.c.balance - _ACCOUNTS.c.held >= _P_TOKENS)
+    .values(held=_ACCOUNTS.c.held + _P_TOKENS)
+)
+_UNRESERVE = (
+    update(_ACCOUNTS)
+    .where(_ACCOUNTS.c.id == _P_ACCOUNT)
+    .values(held=_ACCOUNTS.c.held - _P_TOKENS)
+)
+# `hold` when the one statement above changed nothing: lock the row, then see why.
+_LOCK_FOR_HOLD = (
+    select(_ACCOUNTS.c.balance, _ACCOUNTS.c.held, _HOLD_KEY_USED.label("replay"),
+           _HOLDS_DUE.label("holds_due"), _LOTS_DUE.label("lots_due"))
+    .where(_ACCOUNTS.c.id == _P_ACCOUNT)
+    .with_for_update(key_share=True, of=_ACCOUNTS)
+)
+_LOCK = (
+    select(_ACCOUNTS.c.balance, _ACCOUNTS.c.held)
+    .where(_ACCOUNTS.c.id == _P_ACCOUNT)
+    .with_for_update(key_share=True)
+)
+_HOLD_BY_KEY = select(
+    _HOLDS.c.id, _HOLDS.c.idempotency_key, _HOLDS.c.amount, _HOLDS.c.status,
+    _HOLDS.c.expires_at,
+).where(_HOLDS.c.idempotency_key == _P_KEY)
+# `capture` and `void`: the hold with its account's row locked (the account first, as
+# everywhere; the hold row itself is changed only by the conditional UPDATEs below).
+_LOCK_HOLD = (
+    select(_HOLDS.c.account_id, _HOLDS.c.idempotency_key, _HOLDS.c.amount, _HOLDS.c.status,
+           _HOLDS.c.created_at, _HOLDS.c.expires_at, _HOLDS.c.memo)
+    .join(_ACCOUNTS, _ACCOUNTS.c.id == _HOLDS.c.account_id)
+    .where(_HOLDS.c.id == _P_HOLD)
+    .with_for_update(key_share=True, of=_ACCOUNTS)
+)
+_HOLD_STATE = select(_HOLDS.c.status, _HOLDS.c.expires_at).where(_HOLDS.c.id == _P_HOLD)
+_SETTLE = (
+    update(_HOLDS)
+    .where(_HOLDS.c.id == _P_HOLD, _HOLDS.c.status == "pending")
+    .values(status=bindparam("status", type_=String()), settled_at=_P_NOW)
+)
+# A capture settles the hold only while it is pending and unexpired and none of the keys of its
+# debit entries was posted by any operation: a repeat of the key, or a key of another
+# operation, finds the hold unchanged and is answered from what the first call posted.
+_SETTLE_CAPTURE = (
+    update(_HOLDS)
+    .where(
+        _HOLDS.c.id == _P_HOLD, _HOLDS.c.status == "pending", _HOLDS.c.expires_at > _P_NOW,
+        ~select(_ENTRIES.c.id)
+        .where(_ENTRIES.c.idempotency_key.in_(bindparam("keys", expanding=True)))
+        .exists(),
+    )
+    .values(status="captured", captured=_P_TAKE, settled_at=_P_NOW)
+)
+_CHARGE = (
+    update(_ACCOUNTS)
+    .where(_ACCOUNTS.c.id == _P_ACCOUNT)
+    .values(held=_ACCOUNTS.c.held - _P_TOKENS, balance=_ACCOUNTS.c.balance - _P_TAKE)
+)
+_RELEASE = _UNRESERVE
+_DEBIT_BALANCE = (
+    update(_ACCOUNTS)
+    .where(_ACCOUNTS.c.id == _P_ACCOUNT, _ACCOUNTS.c.balance - _ACCOUNTS.c.held >= _P_TOKENS)
+    .values(balance=_ACCOUNTS.c.balance - _P_TOKENS)
+)
+_LOT_RANK = case(
+    {bucket: rank for rank, bucket in enumerate(CONSUMPTION_ORDER)}, value=_LOTS.c.bucket
+)
+# Lots a spend may draw on, in consumption order: valid at `valid_at` (see `_consume`).
+_DRAWABLE = (
+    select(_LOTS.c.id, _LOTS.c.bucket, _LOTS.c.remaining)
+    .where(_LOTS.c.account_id == _P_ACCOUNT, _LOTS.c.remaining > 0,
+           or_(_LOTS.c.expires_at.is_(None),
+               _LOTS.c.expires_at > bindparam("valid_at", type_=UTCDateTime())))
+    .order_by(_LOT_RANK, _LOTS.c.expires_at.asc().nulls_last(), _LOTS.c.id)
+)
+_DRAW_LOT = (
+    update(_LOTS)
+    .where(_LOTS.c.id == bindparam("lot_id", type_=Integer()))
+    .values(remaining=_LOTS.c.remaining - _P_TAKE)
+)
+_INSERT_ENTRY = insert(_ENTRIES).returning(_ENTRIES.c.id)
+_INSERT_ENTRIES = insert(_ENTRIES)
+_REPLAY = (
+    select(_ENTRIES.c.id, _ENTRIES.c.bucket, _ENTRIES.c.amount, _ENTRIES.c.hold_id)
+    .where(_ENTRIES.c.operation_key == _P_KEY)
+    .order_by(_ENTRIES.c.id)
+)
+# `balance`: the account row and its lots with tokens left, in one statement.
+_BALANCE = (
+    select(_ACCOUNTS.c.balance, _ACCOUNTS.c.held, _LOTS.c.id, _LOTS.c.bucket,
+           _LOTS.c.expires_at, _LOTS.c.remaining)
+    .select_from(_ACCOUNTS.outerjoin(
+        _LOTS, and_(_LOTS.c.account_id == _ACCOUNTS.c.id, _LOTS.c.remaining > 0)))
+    .where(_ACCOUNTS.c.id == _P_ACCOUNT)
+)
+_PENDING_HOLD_TIMES = select(_HOLDS.c.created_at, _HOLDS.c.amount).where(
+    _HOLDS.c.account_id == _P_ACCOUNT, _HOLDS.c.status == "pending"
+)
+# `INSERT ... ON CONFLICT (idempotency_key) DO NOTHING RETURNING id`, which PostgreSQL and
+# SQLite (3.35 and later) both read. Written as text because the dialects' own `insert()`
+# constructs are never cached by SQLAlchemy (`inherit_cache = False`): they would be compiled
+# again on every call, which costs more CPU than the rest of `hold`.
+_INSERT_HOLD = text(
+    "INSERT INTO ledger_holds (account_id, amount, captured, status, idempotency_key, memo,"
+    " created_at, expires_at)"
+    " VALUES (:account_id, :tokens, 0, 'pending', :key, :memo, :now, :expires_at)"
+    " ON CONFLICT (idempotency_key) DO NOTHING RETURNING id"
+).bindparams(
+    bindparam("account_id", type_=Integer()), bindparam("tokens", type_=BigInteger()),
+    bindparam("key", type_=String()), bindparam("memo", type_=String()),
+    bindparam("now", type_=UTCDateTime()), bindparam("expires_at", type_=UTCDateTime()),
+).columns(id=Integer())
+
+
+def _rowcount(result: Result[Any]) -> int:
+    return cast(CursorResult[Any], result).rowcount
+
+
+def _autoflush(session: Session) -> None:
+    """Flush pending ORM changes first, as an ORM query would (the hot path sends Core
+    statements, which do not autoflush); a no-op when nothing is pending."""
+    if session.autoflush:
+        session.flush()
+
+
+def _forget(session: Session, model: type[Base], ids: Sequence[int]) -> None:
+    """Expire the loaded objects of `model` with these ids, if any: their rows were just
+    changed by a Core statement, so the next access reads them again."""
+    identity_map = session.identity_map
+    for ident in ids:
+        loaded = identity_map.get(Session.identity_key(model, ident))
+        if loaded is not None:
+            session.expire(loaded)
+
+
 # --- periods ------------------------------------------------------------------------------
 
 
@@ -326,22 +523,19 @@ def balance(session: Session, account_id: int, now: datetime | None = None) -> B
         UnknownAccount: no account has this id.
     """
     now = now or utcnow()
-    row = session.execute(
-        select(Account.balance, Account.held).where(Account.id == account_id)
-    ).first()
-    if row is None:
+    rows = session.execute(_BALANCE, {"account_id": account_id}).all()
+    if not rows:
         raise UnknownAccount(f"account {account_id} does not exist")
-    posted, held = row
-    lots = session.scalars(
-        select(Lot).where(Lot.account_id == account_id, Lot.remaining > 0)
-    ).all()
+    posted, held = int(rows[0].balance), int(rows[0].held)
     by_bucket: dict[str, int] = {}
     due = []
-    for lot in lots:
+    for lot in rows:
+        if lot.id is None:  # no lot with tokens left (the outer join's empty side)
+            continue
         if lot.expires_at is not None and lot.expires_at <= now:
             due.append(lot)
         else:
-            by_bucket[lot.bucket] = by_bucket.get(lot.bucket, 0) + lot.remaining
+            by_bucket[lot.bucket] = by_bucket.get(lot.bucket, 0) + int(lot.remaining)
     expiring = 0
     if due:
         plan = _expiry_plan(due, _pending_hold_times(session, account_id))
@@ -492,24 +686,42 @@ def grant_monthly_allowance(
     """Grant this month's free allowance once; earlier months' free tokens expire first.
 
     Called on every inbound message; after the first message of a month it is one indexed
-    SELECT. The key is `grant:free:<account>:<YYYY-MM>` and the grant expires at the start of
-    the next month (economy.md: "granted on the first message of each month, expiring at the
-    month's end").
+    SELECT (of the grant's entry, no ORM object), and a caller that already read
+    `monthly_allowance_granted` in a statement of its own need not call it at all. The key is
+    `monthly_allowance_key`, `grant:free:<account>:<YYYY-MM>`, and the grant expires at the
+    start of the next month (economy.md: "granted on the first message of each month,
+    expiring at the month's end").
+
+    Returns:
+        `Posted`; `replayed=True` when this month's allowance was granted before.
 
     Raises:
         InvalidAmount: `tokens` is not a positive integer.
         UnknownAccount: no account has this id.
     """
     now = now or utcnow()
-    month = month_of(now)
-    key = f"grant:free:{account_id}:{month}"
+    key = monthly_allowance_key(account_id, now)
     replay = _replay(session, key)
     if replay is not None:
         return replay
     expire_lots(session, account_id, now)
-    return grant(session, account_id, tokens, key=key, bucket="free",
-                 expires_at=next_month_start(now), memo=f"free monthly allowance {month}",
-                 now=now)
+    return _credit(session, account_id, "grant", "free", tokens, key,
+                   expires_at=next_month_start(now),
+                   memo=f"free monthly allowance {month_of(now)}", now=now, replay_checked=True)
+
+
+def monthly_allowance_key(account_id: int, now: datetime) -> str:
+    """The idempotency key of the account's free allowance for the month of `now`."""
+    return f"grant:free:{account_id}:{month_of(now)}"
+
+
+def monthly_allowance_granted(account_id: int, now: datetime) -> ColumnElement[bool]:
+    """A SQL `EXISTS` that is true once the account's allowance for the month of `now` was
+    granted: a caller can read it in a statement it sends anyway (e.g. with its lock of the
+    account row) and call `grant_monthly_allowance` only when it is false. An indexed
+    lookup of one entry (`UNIQUE(idempotency_key)`)."""
+    key = monthly_allowance_key(account_id, now)
+    return select(_ENTRIES.c.id).where(_ENTRIES.c.idempotency_key == key).exists()
 
 
 # --- holds --------------------------------------------------------------------------------
@@ -531,6 +743,14 @@ def hold(
     (`held = held + n WHERE balance - held >= n`): 50 concurrent holds of 5 tokens on a balance
     of 120 give exactly 24 holds. The account's expired lots and stale holds are settled first.
 
+    Statements: in the common case two, the reservation (which also locks the account row and
+    checks, in the same statement, that the key is new and that nothing of the account is due
+    to expire) and `INSERT ... ON CONFLICT (idempotency_key) DO NOTHING RETURNING id`. Only
+    when the reservation changed nothing is the row locked and read to see why (a repeated
+    key, holds or lots to expire first, too few tokens, no such account). A key that a
+    concurrent hold posted meanwhile makes the INSERT do nothing; the reservation is then
+    given back and the first hold returned.
+
     Args:
         session: the caller's session; this function flushes, never commits.
         account_id: the account to reserve from.
@@ -545,37 +765,75 @@ def hold(
 
     Raises:
         InvalidAmount: `tokens` is not a positive integer.
-        InsufficientTokens: the available balance is below `tokens`; nothing is reserved.
+        InsufficientTokens: the available balance is below `tokens`; nothing is reserved (holds
+            and lots that were due are expired all the same).
         UnknownAccount: no account has this id.
     """
     _check_amount(tokens)
     now = now or utcnow()
-    existing = session.scalars(select(Hold).where(Hold.idempotency_key == key)).first()
-    if existing is not None:
-        return _hold_result(existing, replayed=True)
-    expire_holds(session, now, account_id=account_id)
-    expire_lots(session, account_id, now)
-    try:
-        with session.begin_nested():
-            result = session.execute(
-                update(Account)
-                .where(Account.id == account_id, Account.balance - Account.held >= tokens)
-                .values(held=Account.held + tokens)
-                .execution_options(synchronize_session=False)
-            )
-            if result.rowcount != 1:  # type: ignore[attr-defined]
-                raise _refusal(session, account_id, tokens, now)
-            record = Hold(account_id=account_id, amount=tokens, captured=0, status="pending",
-                          idempotency_key=key, memo=memo, created_at=now,
-                          expires_at=now + timedelta(seconds=ttl_seconds))
-            session.add(record)
-            session.flush()
-    except IntegrityError:
-        existing = session.scalars(select(Hold).where(Hold.idempotency_key == key)).first()
-        if existing is None:
-            raise
-        return _hold_result(existing, replayed=True)
-    return _hold_result(record, replayed=False)
+    expires_at = now + timedelta(seconds=ttl_seconds)
+    _autoflush(session)
+    params = {"account_id": account_id, "tokens": tokens, "key": key, "now": now}
+    if _rowcount(session.execute(_RESERVE_IF_SETTLED, params)) != 1:
+        replay = _reserve_the_long_way(session, account_id, tokens, key, now)
+        if replay is not None:
+            return replay
+    hold_id = session.execute(_INSERT_HOLD, {**params, "memo": memo,
+                                             "expires_at": expires_at}).scalar()
+    if hold_id is None:
+        # A concurrent hold with this key committed after the check: give the tokens back.
+        session.execute(_UNRESERVE, {"account_id": account_id, "tokens": tokens})
+        replay = _hold_by_key(session, key)
+        if replay is None:
+            raise LedgerInvariantBroken(f"hold key {key!r} conflicts but no hold has it")
+        return replay
+    return HoldResult(int(hold_id), key, tokens, "pending", expires_at, replayed=False)
+
+
+def _reserve_the_long_way(
+    session: Session, account_id: int, tokens: int, key: str, now: datetime
+) -> HoldResult | None:
+    """`hold` when its one-statement reservation changed nothing: lock the account row and
+    see why. Returns the first hold of a repeated key, or None once the tokens are reserved.
+
+    Raises:
+        InsufficientTokens: too few tokens, after expiring what was due.
+        UnknownAccount: no account has this id.
+    """
+    params = {"account_id": account_id, "key": key, "now": now}
+    row = session.execute(_LOCK_FOR_HOLD, params).first()
+    if row is None:
+        replay = _hold_by_key(session, key)  # a key is answered even for a lost account
+        if replay is not None:
+            return replay
+        raise UnknownAccount(f"account {account_id} does not exist")
+    if row.replay:
+        replay = _hold_by_key(session, key)
+        if replay is not None:
+            return replay
+    posted, held = int(row.balance), int(row.held)
+    if row.holds_due or row.lots_due:
+        if row.holds_due:
+            expire_holds(session, now, account_id=account_id)
+        if row.lots_due:
+            expire_lots(session, account_id, now)
+        posted, held = _lock_account(session, account_id)
+    # Under the row lock nothing else changes `balance` or `held`; the conditional UPDATE
+    # below stays the reservation all the same.
+    if posted - held < tokens:
+        raise InsufficientTokens(tokens, balance(session, account_id, now).available)
+    if _rowcount(session.execute(_RESERVE, {"account_id": account_id, "tokens": tokens})) != 1:
+        raise _refusal(session, account_id, tokens, now)
+    return None
+
+
+def _hold_by_key(session: Session, key: str) -> HoldResult | None:
+    """The hold posted under `key` as a replayed `HoldResult`, or None."""
+    row = session.execute(_HOLD_BY_KEY, {"key": key}).first()
+    if row is None:
+        return None
+    return HoldResult(int(row.id), row.idempotency_key, int(row.amount), row.status,
+                      row.expires_at, replayed=True)
 
 
 def capture(
@@ -587,6 +845,13 @@ def capture(
     now: datetime | None = None,
 ) -> Captured:
     """Turn a pending hold into debit entries; a partial capture releases the rest.
+
+    Statements: the hold with its account's row locked (the account first, as everywhere),
+    the lots it may draw on, the hold's conditional UPDATE (still pending, unexpired, and no
+    key of its entries posted before), the account's balance and held, the entries
+    (`INSERT ... RETURNING id`, one statement for all of them) and the lots. When the hold's
+    UPDATE changes nothing, nothing has been written, and the key's first result, the hold's
+    state or the key's other use says why.
 
     Args:
         session: the caller's session; this function flushes, never commits.
@@ -603,57 +868,71 @@ def capture(
         HoldNotPending: the hold was voided, expired (or is past its expiry time, even if no
             sweep has marked it yet), or captured under another key.
         InvalidAmount: `amount` is not within 1..the hold's amount.
-        KeyReused: `key` belongs to another operation.
+        KeyReused: `key` (or a key of the entries it would post, `key#2` ...) belongs to
+            another operation.
         UnknownEntry: no hold has this id.
     """
-    record = session.get(Hold, hold_id)
-    if record is None:
-        raise UnknownEntry(f"hold {hold_id} does not exist")
+    now = now or utcnow()
+    if now.tzinfo is None:
+        raise ValueError("naive datetime given where a timezone-aware UTC time is required")
+    _autoflush(session)
+    record = _lock_hold(session, hold_id)
     take = record.amount if amount is None else amount
     if type(take) is not int or not 0 < take <= record.amount:
         raise InvalidAmount(f"capture must be 1..{record.amount} tokens, got {amount!r}")
-    now = now or utcnow()
-    with session.begin_nested():
-        # The account first, as everywhere: then the hold cannot deadlock with a sweep.
-        _lock_account(session, record.account_id)
-        # Checked under the lock, so a concurrent capture with this key has committed by now.
-        replay = _capture_replay(session, record, key)
-        if replay is not None:
-            return replay
-        settled = session.execute(
-            update(Hold)
-            .where(Hold.id == hold_id, Hold.status == "pending", Hold.expires_at > now)
-            .values(status="captured", captured=take, settled_at=now)
-            .execution_options(synchronize_session=False)
-        )
-        if settled.rowcount != 1:  # type: ignore[attr-defined]
-            status = session.scalar(select(Hold.status).where(Hold.id == hold_id))
-            raise HoldNotPending(f"hold {hold_id} is {status}"
-                                 + (", past its expiry" if status == "pending" else ""))
-        session.execute(
-            update(Account)
-            .where(Account.id == record.account_id)
-            .values(held=Account.held - record.amount, balance=Account.balance - take)
-            .execution_options(synchronize_session=False)
-        )
-        posted = _consume(session, record.account_id, take, "debit", key, memo=record.memo,
-                          now=now, hold_id=hold_id, valid_at=record.created_at)
-    released = record.amount - take
-    session.expire(record)  # its status changed in the database, not in this object
-    return Captured(hold_id, posted, released)
+    account_id = int(record.account_id)
+    covered = True
+    # The hold's status as read with the lock is a hint (a terminal state never changes, a
+    # pending one may have been settled meanwhile); the conditional UPDATE decides.
+    if record.status == "pending" and record.expires_at > now:
+        plan = _draw_plan(session, account_id, take, record.created_at)
+        covered = sum(n for _, _, n in plan) == take
+        keys = _entry_keys(key, len(plan))
+        if covered and _rowcount(session.execute(_SETTLE_CAPTURE, {
+            "hold_id": hold_id, "now": now, "take": take, "keys": keys,
+        })) == 1:
+            session.execute(_CHARGE, {"account_id": account_id, "tokens": record.amount,
+                                      "take": take})
+            posted = _post_draw(session, account_id, plan, keys, "debit", key,
+                                memo=record.memo, now=now, hold_id=hold_id)
+            _forget(session, Hold, (hold_id,))  # its status changed in the database
+            return Captured(hold_id, posted, record.amount - take)
+    return _capture_refused(session, hold_id, record.amount, key, now, covered=covered)
 
 
-def _capture_replay(session: Session, record: Hold, key: str) -> Captured | None:
-    replay = _replay(session, key)
-    if replay is None:
-        return None
-    drawn = session.scalars(
-        select(LedgerEntry.hold_id).where(LedgerEntry.operation_key == key)
-    ).all()
-    if set(drawn) != {record.id}:
-        raise KeyReused(f"{key!r} was used by another operation than the capture of hold "
-                        f"{record.id}")
-    return Captured(record.id, replay, record.amount - replay.amount)
+def _lock_hold(session: Session, hold_id: int) -> Row[Any]:
+    """The hold's row, with its account's row locked.
+
+    Raises:
+        UnknownEntry: no hold has this id.
+    """
+    record = session.execute(_LOCK_HOLD, {"hold_id": hold_id}).first()
+    if record is None:
+        raise UnknownEntry(f"hold {hold_id} does not exist")
+    return record
+
+
+def _capture_refused(
+    session: Session, hold_id: int, amount: int, key: str, now: datetime, *, covered: bool
+) -> Captured:
+    """Why a capture changed nothing (under the account's lock, read afresh): the first result
+    of `key`, or the error. `covered`: the lots covered the capture."""
+    rows = session.execute(_REPLAY, {"key": key}).all()
+    if rows:
+        if {row.hold_id for row in rows} != {hold_id}:
+            raise KeyReused(f"{key!r} was used by another operation than the capture of hold "
+                            f"{hold_id}")
+        replay = _posted_from(key, rows)
+        return Captured(hold_id, replay, amount - replay.amount)
+    status, expires_at = session.execute(_HOLD_STATE, {"hold_id": hold_id}).one()
+    if status == "pending" and expires_at > now:
+        if not covered:
+            raise LedgerInvariantBroken(
+                f"hold {hold_id}: the balance covered the capture but the lots do not")
+        raise KeyReused(f"a key of the entries of {key!r} ({key!r}#2 ...) was used by "
+                        f"another operation")
+    raise HoldNotPending(f"hold {hold_id} is {status}"
+                         + (", past its expiry" if status == "pending" else ""))
 
 
 def void(session: Session, hold_id: int, now: datetime | None = None) -> HoldResult:
@@ -913,31 +1192,40 @@ def expire_lots(session: Session, account_id: int, now: datetime | None = None) 
     what is left. Holds placed after the expiry never protect or spend expired tokens.
     """
     now = now or utcnow()
-    due = (
-        select(Lot)
-        .where(Lot.account_id == account_id, Lot.remaining > 0, Lot.expires_at <= now)
-        .order_by(Lot.expires_at, Lot.id)
-    )
-    if session.scalars(due.limit(1)).first() is None:
+    _autoflush(session)
+    params = {"account_id": account_id, "now": now}
+    if not session.execute(select(_LOTS_DUE), params).scalar():
         return 0  # the common case: one indexed read, no lock
+    due = (
+        select(_LOTS.c.id, _LOTS.c.bucket, _LOTS.c.expires_at, _LOTS.c.remaining)
+        .where(_LOTS.c.account_id == _P_ACCOUNT, _LOTS.c.remaining > 0,
+               _LOTS.c.expires_at <= _P_NOW)
+        .order_by(_LOTS.c.expires_at, _LOTS.c.id)
+    )
     with session.begin_nested():
         _lock_account(session, account_id)
         # Re-read under the account's lock: every change to a lot happens under it.
-        lots = session.scalars(due.execution_options(populate_existing=True)).all()
+        lots = session.execute(due, params).all()
         expired = 0
+        rows = []
         for lot, take in _expiry_plan(lots, _pending_hold_times(session, account_id)):
             if take <= 0:
                 continue
-            assert lot.expires_at is not None
             key = f"expiry:{lot.id}:{lot.remaining}"
-            _new_entry(session, account_id, "expiry", lot.bucket, -take, key,
-                       operation_key=key, lot_id=lot.id,
-                       memo=f"expired {lot.expires_at:%Y-%m-%d %H:%M} UTC", now=now)
-            lot.remaining -= take
+            rows.append({
+                "account_id": account_id, "kind": "expiry", "bucket": lot.bucket,
+                "amount": -take, "idempotency_key": key, "operation_key": key,
+                "lot_id": lot.id, "hold_id": None, "memo":
+                f"expired {lot.expires_at:%Y-%m-%d %H:%M} UTC", "actor": None,
+                "created_at": now,
+            })
+            session.execute(_DRAW_LOT, {"lot_id": lot.id, "take": take})
             expired += take
+        if rows:
+            session.execute(_INSERT_ENTRIES, rows)
+            _forget(session, Lot, [row["lot_id"] for row in rows])
         if expired:
             _debit_balance(session, account_id, expired, now)
-        session.flush()
     return expired
 
 
@@ -951,16 +1239,17 @@ def _check_amount(tokens: int) -> None:
 
 def _replay(session: Session, key: str) -> Posted | None:
     """The first result of the operation `key`, or None when it was never posted."""
-    entries = session.scalars(
-        select(LedgerEntry).where(LedgerEntry.operation_key == key).order_by(LedgerEntry.id)
-    ).all()
-    if not entries:
-        return None
+    rows = session.execute(_REPLAY, {"key": key}).all()
+    return _posted_from(key, rows) if rows else None
+
+
+def _posted_from(key: str, rows: Sequence[Row[Any]]) -> Posted:
+    """The replayed `Posted` of the operation `key` from its entries' (id, bucket, amount)."""
     return Posted(
         key,
-        tuple(e.id for e in entries),
-        abs(sum(e.amount for e in entries)),
-        tuple((e.bucket, e.amount) for e in entries),
+        tuple(int(row.id) for row in rows),
+        abs(sum(int(row.amount) for row in rows)),
+        tuple((row.bucket, int(row.amount)) for row in rows),
         replayed=True,
     )
 
@@ -979,12 +1268,14 @@ def _credit(
     now: datetime | None = None,
     parent_id: int | None = None,
     savepoint: bool = True,
+    replay_checked: bool = False,
 ) -> Posted:
-    """Post one credit entry with its lot; idempotent by `key`."""
+    """Post one credit entry with its lot; idempotent by `key` (`replay_checked`: the caller
+    has just looked the key up and found nothing)."""
     _check_amount(tokens)
     if bucket not in BUCKETS:
         raise InvalidAmount(f"unknown bucket {bucket!r}; expected one of {', '.join(BUCKETS)}")
-    if savepoint:
+    if savepoint and not replay_checked:
         replay = _replay(session, key)
         if replay is not None:
             return replay
@@ -1026,22 +1317,19 @@ def _credit(
 
 def _pending_hold_times(session: Session, account_id: int) -> list[tuple[datetime, int]]:
     """(created_at, amount) of the account's pending holds."""
-    rows = session.execute(
-        select(Hold.created_at, Hold.amount).where(
-            Hold.account_id == account_id, Hold.status == "pending"
-        )
-    ).all()
-    return [(created, amount) for created, amount in rows]
+    rows = session.execute(_PENDING_HOLD_TIMES, {"account_id": account_id}).all()
+    return [(created, int(amount)) for created, amount in rows]
 
 
 def _expiry_plan(
-    lots: Sequence[Lot], holds: Sequence[tuple[datetime, int]]
-) -> list[tuple[Lot, int]]:
+    lots: Sequence[Any], holds: Sequence[tuple[datetime, int]]
+) -> list[tuple[Any, int]]:
     """How many tokens each lot past its expiry must expire now.
 
     A pending hold placed before a lot expired may have been backed by that lot, so up to its
     amount stays for its capture. Each hold protects once: lots are taken in expiry order, and
-    a hold placed before an earlier expiry is also before every later one.
+    a hold placed before an earlier expiry is also before every later one. `lots` are rows or
+    `Lot`s: anything with `id`, `expires_at` and `remaining`.
     """
     plan = []
     used = 0
@@ -1085,11 +1373,7 @@ def _lock_account(session: Session, account_id: int) -> tuple[int, int]:
     `FOR NO KEY UPDATE` still lets other transactions insert rows that reference the account.
     SQLite ignores it; there `BEGIN IMMEDIATE` serialises writers.
     """
-    row = session.execute(
-        select(Account.balance, Account.held)
-        .where(Account.id == account_id)
-        .with_for_update(key_share=True)
-    ).first()
+    row = session.execute(_LOCK, {"account_id": account_id}).first()
     if row is None:
         raise UnknownAccount(f"account {account_id} does not exist")
     return int(row[0]), int(row[1])
@@ -1097,18 +1381,13 @@ def _lock_account(session: Session, account_id: int) -> tuple[int, int]:
 
 def _debit_balance(session: Session, account_id: int, tokens: int, now: datetime) -> None:
     """Lower the posted balance, never below what pending holds reserve."""
-    result = session.execute(
-        update(Account)
-        .where(Account.id == account_id, Account.balance - Account.held >= tokens)
-        .values(balance=Account.balance - tokens)
-        .execution_options(synchronize_session=False)
-    )
-    if result.rowcount != 1:  # type: ignore[attr-defined]
+    result = session.execute(_DEBIT_BALANCE, {"account_id": account_id, "tokens": tokens})
+    if _rowcount(result) != 1:
         raise _refusal(session, account_id, tokens, now)
 
 
 def _refusal(session: Session, account_id: int, tokens: int, now: datetime) -> Exception:
-    exists = session.scalar(select(Account.id).where(Account.id == account_id))
+    exists = session.scalar(select(_ACCOUNTS.c.id).where(_ACCOUNTS.c.id == account_id))
     if exists is None:
         return UnknownAccount(f"account {account_id} does not exist")
     return InsufficientTokens(tokens, balance(session, account_id, now).available)
@@ -1138,70 +1417,107 @@ def _consume(
     (so a hold placed before an expiry may spend the tokens a sweep kept for it, and a later
     hold never spends expired tokens); for an adjustment, now. The caller has already lowered
     the cached balance (which locked the account row).
+
+    Raises:
+        LedgerInvariantBroken: the lots hold fewer tokens than the balance said (nothing of
+            the draw is written).
     """
-    lots = session.scalars(
-        select(Lot)
-        .where(
-            Lot.account_id == account_id,
-            Lot.remaining > 0,
-            or_(Lot.expires_at.is_(None), Lot.expires_at > valid_at),
+    plan = _draw_plan(session, account_id, tokens, valid_at)
+    drawn = sum(n for _, _, n in plan)
+    if drawn != tokens:
+        raise LedgerInvariantBroken(
+            f"account {account_id}: the balance covered {tokens} tokens but its lots only "
+            f"{drawn}"
         )
-        .order_by(_BUCKET_RANK, Lot.expires_at.asc().nulls_last(), Lot.id)
-        .execution_options(populate_existing=True)
-    ).all()
-    entries: list[LedgerEntry] = []
+    return _post_draw(session, account_id, plan, _entry_keys(key, len(plan)), kind, key,
+                      memo=memo, actor=actor, now=now, hold_id=hold_id)
+
+
+def _draw_plan(
+    session: Session, account_id: int, tokens: int, valid_at: datetime
+) -> list[tuple[int, str, int]]:
+    """(lot id, bucket, tokens to take) per lot, in consumption order, for a draw of `tokens`
+    from the lots valid at `valid_at` (one read, under the account's lock). The takes add up
+    to less than `tokens` only when the lots cannot cover them."""
+    plan = []
     left = tokens
-    for lot in lots:
-        take = min(left, lot.remaining)
-        entry_key = key if not entries else f"{key}#{len(entries) + 1}"
-        entries.append(_new_entry(session, account_id, kind, lot.bucket, -take, entry_key,
-                                  operation_key=key, lot_id=lot.id, hold_id=hold_id,
-                                  memo=memo, actor=actor, now=now))
-        lot.remaining -= take
+    for lot in session.execute(_DRAWABLE, {"account_id": account_id, "valid_at": valid_at}):
+        take = min(left, int(lot.remaining))
+        plan.append((int(lot.id), lot.bucket, take))
         left -= take
         if not left:
             break
-    if left:
-        raise LedgerInvariantBroken(
-            f"account {account_id}: the balance covered {tokens} tokens but its lots only "
-            f"{tokens - left}"
+    return plan
+
+
+def _entry_keys(key: str, count: int) -> list[str]:
+    """The idempotency keys of an operation's `count` entries: `key`, `key#2`, ..."""
+    return [key] + [f"{key}#{n}" for n in range(2, count + 1)]
+
+
+def _post_draw(
+    session: Session,
+    account_id: int,
+    plan: Sequence[tuple[int, str, int]],
+    keys: Sequence[str],
+    kind: str,
+    key: str,
+    *,
+    memo: str | None = None,
+    actor: str | None = None,
+    now: datetime,
+    hold_id: int | None = None,
+) -> Posted:
+    """Post the entries of a planned draw (one `INSERT ... RETURNING` for all of them) and
+    lower the lots (one UPDATE); `keys` are the entries' idempotency keys."""
+    rows = [
+        {"account_id": account_id, "kind": kind, "bucket": bucket, "amount": -take,
+         "idempotency_key": entry_key, "operation_key": key, "lot_id": lot_id,
+         "hold_id": hold_id, "memo": memo, "actor": actor, "created_at": now}
+        for (lot_id, bucket, take), entry_key in zip(plan, keys, strict=True)
+    ]
+    if len(rows) == 1:
+        ids: tuple[int, ...] = (int(session.execute(_INSERT_ENTRY, rows[0]).scalar_one()),)
+    else:
+        # One multi-row INSERT (an executemany with RETURNING would be one per row on
+        # SQLite); the ids are matched to the rows by their keys.
+        by_key = dict(session.execute(
+            insert(_ENTRIES).values(rows).returning(_ENTRIES.c.idempotency_key, _ENTRIES.c.id)
+        ).tuples().all())
+        ids = tuple(int(by_key[entry_key]) for entry_key in keys)
+    if len(plan) == 1:
+        session.execute(_DRAW_LOT, {"lot_id": plan[0][0], "take": plan[0][2]})
+    else:
+        takes = {lot_id: take for lot_id, _, take in plan}
+        session.execute(
+            update(_LOTS)
+            .where(_LOTS.c.id.in_(list(takes)))
+            .values(remaining=_LOTS.c.remaining - case(takes, value=_LOTS.c.id))
         )
-    session.flush()
-    return Posted(key, tuple(e.id for e in entries), tokens,
-                  tuple((e.bucket, e.amount) for e in entries), replayed=False)
+    _forget(session, Lot, [lot_id for lot_id, _, _ in plan])
+    return Posted(key, ids, sum(take for _, _, take in plan),
+                  tuple((bucket, -take) for _, bucket, take in plan), replayed=False)
 
 
 def _release(session: Session, hold_id: int, status: str, now: datetime) -> HoldResult:
-    record = session.get(Hold, hold_id)
-    if record is None:
-        raise UnknownEntry(f"hold {hold_id} does not exist")
-    with session.begin_nested():
-        _lock_account(session, record.account_id)  # the account first, as everywhere
-        settled = session.execute(
-            update(Hold)
-            .where(Hold.id == hold_id, Hold.status == "pending")
-            .values(status=status, settled_at=now)
-            .execution_options(synchronize_session=False)
-        )
-        released = settled.rowcount == 1  # type: ignore[attr-defined]
-        if released:
-            session.execute(
-                update(Account)
-                .where(Account.id == record.account_id)
-                .values(held=Account.held - record.amount)
-                .execution_options(synchronize_session=False)
-            )
-    session.refresh(record)
-    if released:
-        return _hold_result(record, replayed=False)
-    if record.status == "captured":
+    """Void or expire a pending hold: the hold with its account locked, then its conditional
+    UPDATE and the account's `held`; a hold no longer pending is returned as it is."""
+    _autoflush(session)
+    record = _lock_hold(session, hold_id)
+    current = record.status  # a terminal state as read is the state now (see `capture`)
+    if current == "pending":
+        settled = session.execute(_SETTLE, {"hold_id": hold_id, "status": status, "now": now})
+        if _rowcount(settled) == 1:
+            session.execute(_RELEASE, {"account_id": record.account_id,
+                                       "tokens": record.amount})
+            _forget(session, Hold, (hold_id,))
+            return HoldResult(hold_id, record.idempotency_key, int(record.amount), status,
+                              record.expires_at, replayed=False)
+        current = session.execute(_HOLD_STATE, {"hold_id": hold_id}).one().status
+    if current == "captured":
         raise HoldNotPending(f"hold {hold_id} was captured")
-    return _hold_result(record, replayed=True)
-
-
-def _hold_result(record: Hold, *, replayed: bool) -> HoldResult:
-    return HoldResult(record.id, record.idempotency_key, record.amount, record.status,
-                      record.expires_at, replayed)
+    return HoldResult(hold_id, record.idempotency_key, int(record.amount), current,
+                      record.expires_at, replayed=True)
 
 
 def _new_entry(

@@ -1,0 +1,262 @@
+"""How many SQL statements the ledger's hot path sends (issue "the message pipeline at the
+limit"), on SQLite and PostgreSQL, and that the shortcuts it takes keep every rule.
+
+Per priced message the router calls `grant_monthly_allowance` (a returning person: granted
+already), `balance`, `hold` and then `capture` or `void`. None of them sends a SAVEPOINT or
+reads an ORM object; the bounds below are what they send now, so that a regression fails."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from sqlalchemy import create_engine, event, select
+from sqlalchemy.orm import Session
+
+from app.extensions import db
+from tests.tokens.ledger_checks import assert_consistent
+from tokens import ledger
+from tokens.errors import HoldNotPending, InsufficientTokens, KeyReused
+from tokens.ledger import Account, Hold, LedgerEntry, Lot
+
+NOV = datetime(2026, 11, 21, 12, 0, tzinfo=UTC)
+# Statements per call, BEGIN (which SQLite sends itself) not counted; the same on both
+# backends.
+BOUNDS = {
+    "grant_monthly_allowance": 1,  # granted already this month: one indexed SELECT
+    "balance": 1,
+    "hold": 2,  # the reservation (lock, check, key and expiry checks) + INSERT ... RETURNING
+    "capture": 6,  # lock+read hold, lots, hold, account, entries, lots
+    "void": 3,  # lock+read hold, hold, account
+}
+
+
+@pytest.fixture
+def account(session) -> int:
+    """A returning person: this month's allowance granted, a pack bought, one answer given."""
+    account_id = ledger.open_account(session, NOV).id
+    ledger.grant_monthly_allowance(session, account_id, 100, NOV)
+    ledger.purchase(session, account_id, 100, 20, key="checkout:cs_1", now=NOV)
+    placed = ledger.hold(session, account_id, 5, key="hold:SM0", now=NOV)
+    ledger.capture(session, placed.hold_id, key="debit:SM0", now=NOV)
+    session.commit()
+    return account_id
+
+
+@contextmanager
+def counted() -> Iterator[list[str]]:
+    """The SQL statements sent meanwhile (BEGIN left out)."""
+    sent: list[str] = []
+
+    def note(conn, cursor, statement, parameters, context, executemany):  # noqa: ARG001
+        if not statement.lstrip().upper().startswith("BEGIN"):
+            sent.append(statement)
+
+    event.listen(db.engine, "before_cursor_execute", note)
+    try:
+        yield sent
+    finally:
+        event.remove(db.engine, "before_cursor_execute", note)
+
+
+def no_savepoints(statements: list[str]) -> bool:
+    return not [s for s in statements if "SAVEPOINT" in s.upper()]
+
+
+def test_a_returning_persons_allowance_is_one_select(session, account):
+    with counted() as statements:
+        granted = ledger.grant_monthly_allowance(session, account, 100, NOV)
+    assert granted.replayed and granted.amount == 100
+    assert len(statements) <= BOUNDS["grant_monthly_allowance"], statements
+    assert statements[0].lstrip().upper().startswith("SELECT")
+
+
+def test_the_caller_can_read_whether_the_allowance_was_granted(session, account):
+    december = NOV + timedelta(days=10)
+    assert session.scalar(select(ledger.monthly_allowance_granted(account, NOV))) is True
+    assert session.scalar(select(ledger.monthly_allowance_granted(account, december))) is False
+    assert ledger.monthly_allowance_key(account, december) == f"grant:free:{account}:2026-12"
+
+
+def test_balance_is_one_statement(session, account):
+    with counted() as statements:
+        balance = ledger.balance(session, account, NOV)
+    assert len(statements) <= BOUNDS["balance"], statements
+    assert balance == ledger.Balance(posted=215, held=0, available=215,
+                                     by_bucket={"free": 95, "bonus": 20, "paid": 100})
+
+
+def test_hold_then_capture(session, account):
+    ledger.lock_account(session, account)  # as the router does first
+    with counted() as held:
+        placed = ledger.hold(session, account, 5, key="hold:SM1", memo="meal_plan", now=NOV)
+    with counted() as captured:
+        result = ledger.capture(session, placed.hold_id, key="debit:SM1", now=NOV)
+    session.commit()
+    assert len(held) <= BOUNDS["hold"], held
+    assert len(captured) <= BOUNDS["capture"], captured
+    assert no_savepoints(held + captured)
+    assert (placed.status, placed.replayed, placed.amount) == ("pending", False, 5)
+    assert placed.expires_at == NOV + timedelta(seconds=ledger.DEFAULT_HOLD_TTL_SECONDS)
+    assert result.posted.by_bucket == (("free", -5),) and result.released == 0
+    assert not result.posted.replayed
+    entry = session.get(LedgerEntry, result.posted.entry_ids[0])
+    assert (entry.kind, entry.hold_id, entry.memo, entry.operation_key) == (
+        "debit", placed.hold_id, "meal_plan", "debit:SM1")
+    assert session.get(Hold, placed.hold_id).status == "captured"
+    assert_consistent(session, account, NOV)
+
+
+def test_a_capture_drawing_on_three_lots_sends_no_more(session, account):
+    ledger.lock_account(session, account)
+    placed = ledger.hold(session, account, 150, key="hold:SM2", now=NOV)
+    with counted() as captured:
+        result = ledger.capture(session, placed.hold_id, key="debit:SM2", amount=140, now=NOV)
+    session.commit()
+    assert len(captured) <= BOUNDS["capture"], captured
+    assert result.posted.by_bucket == (("free", -95), ("bonus", -20), ("paid", -25))
+    assert (result.posted.amount, result.released) == (140, 10)
+    keys = [session.get(LedgerEntry, i).idempotency_key for i in result.posted.entry_ids]
+    assert keys == ["debit:SM2", "debit:SM2#2", "debit:SM2#3"]
+    assert ledger.balance(session, account, NOV).by_bucket == {"paid": 75}
+    assert_consistent(session, account, NOV)
+
+
+def test_hold_then_void(session, account):
+    ledger.lock_account(session, account)
+    placed = ledger.hold(session, account, 5, key="hold:SM3", now=NOV)
+    with counted() as voided:
+        result = ledger.void(session, placed.hold_id, now=NOV)
+    session.commit()
+    assert len(voided) <= BOUNDS["void"], voided
+    assert no_savepoints(voided)
+    assert (result.status, result.replayed) == ("voided", False)
+    assert ledger.void(session, placed.hold_id, now=NOV).replayed
+    with pytest.raises(HoldNotPending):
+        ledger.capture(session, placed.hold_id, key="debit:SM3", now=NOV)
+    assert_consistent(session, account, NOV)
+
+
+def test_repeats_send_few_statements_and_change_nothing(session, account):
+    placed = ledger.hold(session, account, 5, key="hold:SM4", now=NOV)
+    first = ledger.capture(session, placed.hold_id, key="debit:SM4", now=NOV)
+    session.commit()
+    with counted() as statements:
+        again = ledger.hold(session, account, 5, key="hold:SM4", now=NOV)
+        repeat = ledger.capture(session, placed.hold_id, key="debit:SM4", now=NOV)
+    session.commit()
+    assert len(statements) <= 3 + 2, statements  # hold: 3; capture: lock, replay
+    assert again.replayed and again.status == "captured" and again.hold_id == placed.hold_id
+    assert repeat.posted.replayed and repeat.posted.entry_ids == first.posted.entry_ids
+    assert ledger.balance(session, account, NOV).posted == 210
+    assert_consistent(session, account, NOV)
+
+
+def test_a_refused_hold_writes_nothing_and_leaves_the_transaction_usable(session, account):
+    ledger.grant(session, account, 1, key="grant:caller's own work", now=NOV)
+    with counted() as statements, pytest.raises(InsufficientTokens) as refused:
+        ledger.hold(session, account, 1_000, key="hold:SM5", now=NOV)
+    assert all(not s.lstrip().upper().startswith(("INSERT", "DELETE")) for s in statements)
+    assert (refused.value.requested, refused.value.available) == (1_000, 216)
+    session.commit()  # the caller's grant is kept
+    assert ledger.balance(session, account, NOV).posted == 216
+    assert session.scalar(select(Hold.id).where(Hold.idempotency_key == "hold:SM5")) is None
+    assert_consistent(session, account, NOV)
+
+
+def test_a_capture_under_another_operations_key_changes_nothing(session, account):
+    placed = ledger.hold(session, account, 5, key="hold:SM6", now=NOV)
+    with pytest.raises(KeyReused):
+        ledger.capture(session, placed.hold_id, key="debit:SM0", now=NOV)
+    # A key of one of its entries (`key#2`) used by another operation is refused as well.
+    ledger.grant(session, account, 1, key="debit:SM6#2", now=NOV)
+    big = ledger.hold(session, account, 150, key="hold:SM7", now=NOV)
+    with pytest.raises(KeyReused):
+        ledger.capture(session, big.hold_id, key="debit:SM6", now=NOV)
+    session.commit()
+    assert session.get(Hold, placed.hold_id).status == "pending"
+    assert session.get(Hold, big.hold_id).status == "pending"
+    assert_consistent(session, account, NOV)
+
+
+def test_objects_loaded_before_are_read_again_after_the_change(session, account):
+    """The hot path changes rows with Core statements; ORM objects of those rows that the
+    session already holds are expired, so they show the new values."""
+    placed = ledger.hold(session, account, 5, key="hold:SM8", now=NOV)
+    hold_row = session.get(Hold, placed.hold_id)
+    lots = session.scalars(select(Lot).where(Lot.account_id == account)).all()
+    assert hold_row.status == "pending"
+    ledger.capture(session, placed.hold_id, key="debit:SM8", now=NOV)
+    assert hold_row.status == "captured"
+    assert sorted(lot.remaining for lot in lots) == [20, 90, 100]
+    other = ledger.hold(session, account, 5, key="hold:SM9", now=NOV)
+    other_row = session.get(Hold, other.hold_id)
+    ledger.void(session, other.hold_id, now=NOV)
+    assert other_row.status == "voided"
+    session.commit()
+
+
+def test_hold_settles_what_is_due_before_reserving(session, account):
+    """The one-statement reservation is skipped when a hold or a lot of the account is due;
+    then the account is swept first, as before."""
+    stale = ledger.hold(session, account, 210, key="hold:stale", ttl_seconds=60, now=NOV)
+    later = NOV + timedelta(minutes=5)
+    placed = ledger.hold(session, account, 200, key="hold:SM10", now=later)
+    session.commit()
+    assert session.get(Hold, stale.hold_id).status == "expired"
+    assert placed.status == "pending"
+    december = datetime(2026, 12, 1, 0, 0, 1, tzinfo=UTC)
+    ledger.void(session, placed.hold_id, now=december)
+    ledger.hold(session, account, 120, key="hold:SM11", now=december)  # free 95 expire first
+    with pytest.raises(InsufficientTokens) as refused:
+        ledger.hold(session, account, 1, key="hold:SM12", now=december)
+    session.commit()
+    assert refused.value.available == 0
+    kinds = session.scalars(select(LedgerEntry.kind).where(LedgerEntry.kind == "expiry")).all()
+    assert kinds == ["expiry"]
+    assert_consistent(session, account, december)
+
+
+@pytest.mark.backends("postgresql")
+def test_a_key_taken_concurrently_gives_the_reservation_back(app, database_url, account):
+    """Two holds of one key on two accounts: the second passes the key check before the first
+    commits, then its INSERT finds the key and does nothing; its reservation is undone and the
+    first hold is returned."""
+    engine = create_engine(database_url)
+    try:
+        with Session(engine) as setup:
+            other = ledger.open_account(setup, NOV).id
+            ledger.grant(setup, other, 50, key="grant:other", now=NOV)
+            setup.commit()
+        first = Session(engine)
+        placed = ledger.hold(first, account, 5, key="hold:shared", now=NOV)
+        outcome: dict[str, object] = {}
+
+        def second() -> None:
+            with Session(engine) as session:
+                try:
+                    outcome["result"] = ledger.hold(session, other, 7, key="hold:shared",
+                                                    now=NOV)
+                    session.commit()
+                except Exception as exc:  # asserted on below
+                    outcome["result"] = exc
+
+        worker = threading.Thread(target=second)
+        worker.start()
+        worker.join(timeout=1)
+        assert worker.is_alive()  # waiting on the key's index entry
+        first.commit()
+        first.close()
+        worker.join(timeout=10)
+        result = outcome["result"]
+        assert isinstance(result, ledger.HoldResult), result
+        assert (result.hold_id, result.replayed, result.amount) == (placed.hold_id, True, 5)
+        with Session(engine) as check:
+            assert check.get(Account, other).held == 0
+            assert_consistent(check, other, NOV)
+            assert_consistent(check, account, NOV)
+    finally:
+        engine.dispose()
