@@ -65,9 +65,9 @@ def serialise(turn: Turn) -> None:
     """Lock the person's account row for the rest of the turn, so nothing else (a payment,
     an operator, a second delivery of the same MessageSid) races on the balance or the
     conversation. The same statement reads the person's standing for the turn: suspended by
-    an operator, premium (`payments.premium_exists`), and an operator's level override in
-    force (`tiers.override_of`). The order of one person's messages is kept by the worker's
-    turn (docs/pipeline.md, "Per-person order")."""
+    an operator, premium (`payments.premium_exists`), an operator's level override in force
+    (`tiers.override_of`), and whether this month's allowance was granted. The order of one
+    person's messages is kept by the worker's turn (docs/pipeline.md, "Per-person order")."""
     account, now = ledger.Account, turn.now
     override = (select(tiers.TierState.override_level)
                 .where(tiers.TierState.account_id == account.id,
@@ -77,8 +77,9 @@ def serialise(turn: Turn) -> None:
                                       turn.catalog.premium.grace_days)
     # The row lock of `tokens.ledger.lock_account` (FOR NO KEY UPDATE of the account row;
     # SQLite: BEGIN IMMEDIATE), with the standing read in the same statement.
+    granted = ledger.monthly_allowance_granted(turn.account_id, now)
     row = turn.session.execute(
-        select(account.suspended_at, premium, override)
+        select(account.suspended_at, premium, override, granted)
         .where(account.id == turn.account_id)
         .with_for_update(key_share=True, of=account)
     ).first()
@@ -87,6 +88,7 @@ def serialise(turn: Turn) -> None:
     turn.suspended = row[0] is not None
     turn.premium = bool(row[1])
     turn.override = row[2]
+    turn.allowance_granted = bool(row[3])
 
 
 def store_inbound(turn: Turn) -> None:
@@ -214,7 +216,10 @@ def rate_limit(turn: Turn) -> None:
 
 
 def monthly_allowance(turn: Turn) -> None:
-    """The free monthly allowance, granted lazily on the first message of the month."""
+    """The free monthly allowance, granted lazily on the first message of the month (the
+    locking statement of `serialise` read whether it was)."""
+    if turn.allowance_granted:
+        return
     ledger.grant_monthly_allowance(
         turn.session, turn.account_id, turn.catalog.free_monthly_allowance, turn.now
     )
