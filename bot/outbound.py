@@ -11,8 +11,16 @@ The rules (shared/design/messaging.md, "Outbound"):
   (`apply_status`); `give_up_unconfirmed` fails (and refunds) the ones no callback confirmed.
   Only 429 and 5xx (and a connection that never opened) are retried, with jittered
   exponential backoff.
-- Every transaction here locks the person's account row before it writes anything, as the
-  router and the ledger do, so a callback or a job never deadlocks with a webhook.
+- A transaction here that writes anything but one outbound row locks the person's account
+  row before it writes anything, as the router and the ledger do, so a callback or a job never
+  deadlocks with a webhook. The two hot transitions write one `messages` row only and take no
+  account lock: claiming a row for sending (`plan_send`) and moving a row forward on a
+  delivery status (`apply_status`, after inserting its own status event, which only a repeat
+  of that callback can wait for). Such a transaction waits for at most that row, and holds
+  nothing meanwhile that the row's holder could wait for, so no deadlock cycle can go through
+  it. Whatever writes more (a skip, a refund, an opt-out, a cost, an adoption) takes the
+  account lock first. A claim does not wait for a webhook holding the lock: a STOP being
+  committed at that moment counts from the next send, as if it had come a moment later.
 - Permanent errors end the row `failed` with the error code: 21610 (the person replied STOP)
   also marks the contact opted out on that channel; 63016 (outside WhatsApp's 24-hour window)
   falls back to the approved template when one is configured.
@@ -24,6 +32,28 @@ The rules (shared/design/messaging.md, "Outbound"):
   late "sent" never overwrites "delivered".
 - A paid reply that is skipped, fails or is undelivered gives its tokens back
   (`ledger.refund_debit`, once per inbound message).
+
+Statements (on every answered message's path, so counted: tests/bot/test_outbound_statements.py).
+The common cases are SQLAlchemy Core statements on the tables, not ORM loads:
+
+- `pending_outbound`: one `SELECT`.
+- `plan_send` of a row that can go out as it is: one `UPDATE ... WHERE status = 'pending' AND
+  <the contact can receive it> RETURNING` that claims the row (`submitting`) and reads what
+  the plan needs, the contact's address included. Anything else (a row not pending, a skip,
+  the WhatsApp template) takes the account lock and decides with the loaded rows.
+- `record_send` of an accepted send: one `UPDATE` storing the sid and the status (forward
+  only) that returns the units, the account and whether status callbacks came first; on
+  PostgreSQL it locks the account row in the same statement (a `FOR NO KEY UPDATE` CTE); then
+  the messaging cost (`costs.record_messaging`). SQLite takes no account lock statement:
+  every transaction there starts `BEGIN IMMEDIATE` (app.extensions.configure_sqlite), which
+  already serialises writers, and `ledger.lock_account` would be a plain `SELECT`.
+- `apply_status`: one `INSERT ... ON CONFLICT DO NOTHING RETURNING` of the event, which also
+  reads the message's id, direction and status (a repeat ends here; so does a status that
+  is not forward); then, for a forward move to a state that neither ends the row
+  undelivered nor carries 21610, one conditional `UPDATE` whose `WHERE` holds the order rule.
+  Only a not-delivered end, a 21610 or an adoption goes through the account lock and the ORM.
+
+On SQLite each transaction also sends its `BEGIN IMMEDIATE`.
 """
 
 from __future__ import annotations
@@ -35,17 +65,30 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Protocol
+from typing import Any, Protocol, cast
 
-from sqlalchemy import select
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import (
+    ColumnElement,
+    Integer,
+    String,
+    Table,
+    bindparam,
+    case,
+    exists,
+    func,
+    literal_column,
+    or_,
+    select,
+    text,
+    update,
+)
 from sqlalchemy.orm import Session
 
 from bot.contacts import mask_address
 from bot.errors import BotError
 from bot.models import Contact, Message, MessageStatusEvent
 from tokens import costs, ledger
-from tokens.base import utcnow
+from tokens.base import UTCDateTime, utcnow
 from tokens.catalog import Catalog
 
 log = logging.getLogger(__name__)
@@ -198,13 +241,33 @@ def plan_send(
     whole answer, which waits on the contact for MORE.
 
     A row about to be sent is marked `submitting` first: if the process dies during the call,
-    a retry does not send it again (there is no idempotency key for sending).
+    a retry does not send it again (there is no idempotency key for sending). A row that can
+    go out as it is, is claimed and read in one statement (`UPDATE ... WHERE status =
+    'pending' ... RETURNING`, no account lock: it writes that row only); any other row is
+    decided under the account's lock.
 
     Returns:
         The `SendPlan`, or None when there is nothing to send (the row is not pending, or was
         skipped now). Flushes; the caller commits before sending.
     """
     now = now or utcnow()
+    session.flush()  # the claim reads the contact as stored
+    claimed = session.execute(_CLAIM, {"row_id": message_id, "now": now,
+                                       "window_start": now - WHATSAPP_WINDOW}).first()
+    if claimed is not None:
+        _expire_loaded(session, message_id)
+        channel, body, address = claimed
+        return SendPlan(message_id, channel, address, body)
+    return _plan_locked(session, message_id, settings, catalog, now)
+
+
+def _plan_locked(
+    session: Session, message_id: int, settings: OutboundSettings, catalog: Catalog,
+    now: datetime,
+) -> SendPlan | None:
+    """`plan_send` for a row the claim did not take: under the account's lock, with the row
+    and the contact loaded. The row may be sendable after all (its contact changed between
+    the two statements)."""
     found = _lock_row(session, message_id)
     if found is None:
         return None
@@ -272,11 +335,64 @@ def record_send(
     `failed` with the code (21610 marks the contact opted out; a paid reply's charge is given
     back), except 63016 on a free-form WhatsApp message when a template is configured.
 
+    An accepted send is stored in one `UPDATE ... RETURNING` (on PostgreSQL taking the
+    account's lock in the same statement) and costed (`costs.record_messaging`); callbacks
+    that came first, and every refusal, are handled under the account's lock with the rows
+    loaded.
+
     Returns:
         A new `SendPlan` (the template) when the free-form message must be resent as one;
         otherwise None. Flushes; the caller commits.
     """
     now = now or utcnow()
+    if isinstance(result, Sent):
+        status = result.status if result.status in STATUS_RANK else "queued"
+        if status not in NOT_DELIVERED and _record_accepted(session, plan, result.sid, status,
+                                                            catalog, now):
+            return None
+    return _record_locked(session, plan, result, settings, catalog, now)
+
+
+def _record_accepted(
+    session: Session, plan: SendPlan, sid: str, status: str, catalog: Catalog, now: datetime
+) -> bool:
+    """Store an accepted send (`status` not a not-delivered one) and its cost; apply the
+    callbacks kept for `sid` before it was stored. False when the row is gone (nothing done)."""
+    session.flush()
+    statement = _RECORD_LOCKING if _dialect(session) == "postgresql" else _RECORD
+    stored = session.execute(statement, {"row_id": plan.message_id, "sid": sid,
+                                         "new_status": status,
+                                         "rank": STATUS_RANK[status], "now": now}).first()
+    if stored is None:
+        return False
+    _expire_loaded(session, plan.message_id)
+    channel, units, account_id, early = stored
+    costs.record_messaging(session, account_id, catalog.costs, channel, "out",
+                           1 if plan.is_template else units, key=f"msg:out:{plan.message_id}",
+                           now=now)
+    if early:  # callbacks that beat the send's result: applied in rank order
+        row = session.get(Message, plan.message_id, populate_existing=True)
+        assert row is not None
+        kept = session.execute(
+            select(MessageStatusEvent.status, MessageStatusEvent.error_code)
+            .where(MessageStatusEvent.message_sid == sid)
+        ).all()
+        for event_status, code in sorted(kept, key=lambda item: STATUS_RANK.get(item[0], -1)):
+            _advance(session, row, event_status, code, now)
+        session.flush()
+    return True
+
+
+def _record_locked(
+    session: Session,
+    plan: SendPlan,
+    result: Sent | SendError,
+    settings: OutboundSettings,
+    catalog: Catalog,
+    now: datetime,
+) -> SendPlan | None:
+    """`record_send` under the account's lock, with the row and the contact loaded: a
+    refusal, a timeout, or an accepted send whose status is already a not-delivered one."""
     found = _lock_row(session, plan.message_id)
     assert found is not None
     row, contact = found
@@ -329,23 +445,51 @@ def apply_status(
     A row adopted this way is costed now (its send's result never came back), given the
     `catalog`'s rates.
 
+    Statements: a repeat, and a status that is not forward, take one (the event's `INSERT ...
+    ON CONFLICT DO NOTHING`); a forward move takes a second, a conditional `UPDATE` of the
+    row. A not-delivered end, a 21610 and an adoption are applied under the account's lock.
+
     Returns:
         True when the row changed; False for a repeat, an out-of-order (older) status or an
         unknown message. Flushes; the caller commits.
     """
     now = now or utcnow()
-    try:
-        with session.begin_nested():
-            session.add(MessageStatusEvent(message_sid=update.message_sid, status=update.status,
-                                           error_code=update.error_code, created_at=now))
-            session.flush()
-    except IntegrityError:
+    session.flush()
+    kept = session.execute(_KEEP_EVENT, {
+        "sid": update.message_sid, "new_status": update.status, "code": update.error_code,
+        "now": now}).first()
+    if kept is None:
         return False  # a repeat of this (sid, status)
-    row_id = session.scalar(select(Message.id).where(Message.message_sid == update.message_sid))
-    adopting = row_id is None
-    if adopting:
-        row_id = _unknown_row_for(session, update, now)
-    found = _lock_row(session, row_id) if row_id is not None else None
+    row_id, direction, current = kept
+    if row_id is None:  # not sent with this sid, or its send's result is not stored yet
+        adopted = _unknown_row_for(session, update, now)
+        if adopted is None:
+            log.info("status callback for an unknown message", extra={"status": update.status})
+            return False
+        return _apply_locked(session, adopted, update, now, catalog, adopting=True)
+    if direction != "out":
+        log.info("status callback for an unknown message", extra={"status": update.status})
+        return False
+    if not _is_forward(current, update.status):
+        return False  # states only move forward, so it cannot have become forward since
+    if update.status in NOT_DELIVERED or update.error_code == OPTED_OUT:
+        return _apply_locked(session, row_id, update, now, catalog, adopting=False)
+    moved = session.execute(_ADVANCE, {
+        "row_id": row_id, "new_status": update.status, "rank": STATUS_RANK[update.status],
+        "code": update.error_code, "now": now}).first()
+    if moved is None:
+        return False  # another callback moved it further meanwhile
+    _expire_loaded(session, row_id)
+    return True
+
+
+def _apply_locked(
+    session: Session, row_id: int, update: StatusUpdate, now: datetime,
+    catalog: Catalog | None, *, adopting: bool,
+) -> bool:
+    """`apply_status` under the account's lock, with the row loaded: a not-delivered end, a
+    21610, or the adoption of the `unknown` row `row_id`."""
+    found = _lock_row(session, row_id)
     if found is None or found[0].direction != "out":
         log.info("status callback for an unknown message", extra={"status": update.status})
         return False
@@ -389,11 +533,7 @@ def give_up_unconfirmed(session: Session, older_than: timedelta, now: datetime |
 
 def pending_outbound(session: Session, inbound_id: int) -> list[int]:
     """Ids of the `pending` replies to one inbound message, in order."""
-    return list(session.scalars(
-        select(Message.id)
-        .where(Message.in_reply_to_id == inbound_id, Message.status == "pending")
-        .order_by(Message.id)
-    ))
+    return list(session.execute(_PENDING, {"inbound_id": inbound_id}).scalars())
 
 
 def release_charge(session: Session, row: Message, now: datetime | None = None) -> int:
@@ -447,8 +587,7 @@ def _advance(
 
     The caller holds the account's row lock.
     """
-    current = row.status or "pending"
-    if current in FINAL_STATES or STATUS_RANK.get(status, -1) <= STATUS_RANK.get(current, 0):
+    if not _is_forward(row.status, status):
         return False
     if code == OPTED_OUT:
         contact = session.get(Contact, row.contact_id)
@@ -523,3 +662,146 @@ def _unknown_row_for(session: Session, update: StatusUpdate, now: datetime) -> i
         .order_by(Message.id.desc())
         .limit(1)
     )
+
+
+def _is_forward(current: str | None, status: str) -> bool:
+    """Whether `status` may replace `current` (None: "pending"): `current` is not final and
+    `status` ranks higher (an unknown status ranks below every state, an unknown current one
+    as "pending"). `_forward_in_sql` is the same rule as SQL."""
+    current = current or "pending"
+    return current not in FINAL_STATES and \
+        STATUS_RANK.get(status, -1) > STATUS_RANK.get(current, 0)
+
+
+def _dialect(session: Session) -> str:
+    return session.get_bind().dialect.name
+
+
+def _expire_loaded(session: Session, message_id: int) -> None:
+    """A Core `UPDATE` bypasses the identity map: let a loaded row reload what it changed."""
+    row = session.identity_map.get(Session.identity_key(Message, message_id))
+    if row is not None:
+        session.expire(row, ["message_sid", "status", "status_at", "error_code"])
+
+
+# --- the statements of the common cases (built once; see "Statements" above) -----------------
+
+_MESSAGES = cast(Table, Message.__table__)
+_CONTACTS = cast(Table, Contact.__table__)
+_EVENTS = cast(Table, MessageStatusEvent.__table__)
+_ACCOUNTS = cast(Table, ledger.Account.__table__)
+_NOW = bindparam("now", type_=UTCDateTime())
+_RANK = bindparam("rank", type_=Integer())
+_STATUS = bindparam("new_status", type_=String())
+
+
+def _sql(value: str) -> ColumnElement[str]:
+    """A string constant of ours (a state, a channel) written into the SQL, not bound."""
+    return literal_column(f"'{value}'", String())
+
+
+# A final state ranks above every status, so nothing replaces it.
+_FINAL_RANK = max(STATUS_RANK.values()) + 1
+_RANKS = {**STATUS_RANK, **dict.fromkeys(sorted(FINAL_STATES), _FINAL_RANK)}
+
+
+def _forward_in_sql(rank: Any) -> ColumnElement[bool]:
+    """`_is_forward` of the row's status as SQL: `rank` is the new status's `STATUS_RANK`."""
+    current = func.coalesce(_MESSAGES.c.status, _sql("pending"))
+    ranked = case({_sql(state): literal_column(str(value)) for state, value in _RANKS.items()},
+                  value=current, else_=literal_column("0"))
+    return cast(ColumnElement[bool], ranked < rank)
+
+
+def _of_contact(column: Any) -> Any:
+    """`column` of the message's contact, as a correlated scalar subquery (of an UPDATE's
+    RETURNING: on SQLite, SQLAlchemy writes its columns unqualified there, and SQLite's scoping
+    still reads `id` as the contact's and `contact_id` as the message's)."""
+    return (select(column).where(_CONTACTS.c.id == _MESSAGES.c.contact_id)
+            .correlate(_MESSAGES).scalar_subquery())
+
+
+_PENDING = (select(_MESSAGES.c.id)
+            .where(_MESSAGES.c.in_reply_to_id == bindparam("inbound_id", type_=Integer()),
+                   _MESSAGES.c.status == _sql("pending"))
+            .order_by(_MESSAGES.c.id))
+
+# plan_send: claim a pending row whose contact can receive it as it is (a phone number, not
+# opted out on the channel, within the WhatsApp window), returning (channel, body, address).
+_CLAIM = (
+    update(_MESSAGES)
+    .where(_MESSAGES.c.id == bindparam("row_id", type_=Integer()),
+           _MESSAGES.c.direction == _sql("out"), _MESSAGES.c.status == _sql("pending"),
+           exists().where(
+               _CONTACTS.c.id == _MESSAGES.c.contact_id,
+               _CONTACTS.c.address.like(_sql("+%")),
+               case((_MESSAGES.c.channel == _sql("whatsapp"), _CONTACTS.c.whatsapp_opted_out_at),
+                    else_=_CONTACTS.c.sms_opted_out_at).is_(None),
+               or_(_MESSAGES.c.channel != _sql("whatsapp"),
+                   _CONTACTS.c.whatsapp_last_inbound_at
+                   > bindparam("window_start", type_=UTCDateTime()))))
+    .values(status=_sql("submitting"), status_at=_NOW)
+    .returning(_MESSAGES.c.channel, _MESSAGES.c.body, _of_contact(_CONTACTS.c.address))
+)
+
+
+def _record_statement(locking: bool) -> Any:
+    """record_send: store the sid (unless the row has one) and move the status forward to
+    `new_status` (of rank `rank`), returning (channel, units, account id, whether events are
+    kept for the sid). `locking` (PostgreSQL): lock the account row first, in the same
+    statement."""
+    forward = _forward_in_sql(_RANK)
+    sid = bindparam("sid", type_=String())
+    statement = (
+        update(_MESSAGES)
+        .where(_MESSAGES.c.id == bindparam("row_id", type_=Integer()))
+        .values(message_sid=func.coalesce(_MESSAGES.c.message_sid, sid),
+                status=case((forward, _STATUS), else_=_MESSAGES.c.status),
+                status_at=case((forward, _NOW), else_=_MESSAGES.c.status_at))
+        .returning(_MESSAGES.c.channel, _MESSAGES.c.units, _of_contact(_CONTACTS.c.account_id),
+                   exists().where(_EVENTS.c.message_sid == sid).label("early"))
+    )
+    if not locking:
+        return statement
+    # The account is locked before the message row: an UPDATE locks its row when the WHERE
+    # has held, and the WHERE needs the CTE's row, which it locks as it reads it.
+    message = _MESSAGES.alias("sent")
+    locked = (select(_ACCOUNTS.c.id)
+              .join(_CONTACTS, _CONTACTS.c.account_id == _ACCOUNTS.c.id)
+              .join(message, message.c.contact_id == _CONTACTS.c.id)
+              .where(message.c.id == bindparam("row_id", type_=Integer()))
+              .with_for_update(key_share=True, of=_ACCOUNTS)
+              .cte("locked"))
+    return statement.where(exists(select(locked.c.id)))
+
+
+_RECORD = _record_statement(locking=False)
+_RECORD_LOCKING = _record_statement(locking=True)
+
+
+# apply_status: keep the event once per (sid, status), returning the sid's message (id,
+# direction, status; each NULL when no message has the sid), no row for a repeat. A `text()`:
+# SQLAlchemy's dialect `insert().on_conflict_do_nothing()` opts out of its statement cache and
+# would be compiled anew for every callback (see tokens.base.insert_on_conflict). The same SQL
+# serves PostgreSQL and SQLite.
+_KEEP_EVENT = text(
+    "INSERT INTO message_status_events (message_sid, status, error_code, created_at) "
+    "VALUES (:sid, :new_status, :code, :now) "
+    "ON CONFLICT (message_sid, status) DO NOTHING RETURNING "
+    + ", ".join(f"(SELECT messages.{column} FROM messages WHERE messages.message_sid = :sid)"
+                for column in ("id", "direction", "status"))
+).bindparams(bindparam("sid", type_=_EVENTS.c.message_sid.type),
+             bindparam("new_status", type_=_EVENTS.c.status.type),
+             bindparam("code", type_=_EVENTS.c.error_code.type),
+             bindparam("now", type_=_EVENTS.c.created_at.type))
+
+# apply_status: move the row forward (the order rule in the WHERE); a row when it moved.
+_ADVANCE = (
+    update(_MESSAGES)
+    .where(_MESSAGES.c.id == bindparam("row_id", type_=Integer()),
+           _MESSAGES.c.direction == _sql("out"), _forward_in_sql(_RANK))
+    .values(status=_STATUS, status_at=_NOW,
+            error_code=func.coalesce(bindparam("code", type_=Integer()),
+                                     _MESSAGES.c.error_code))
+    .returning(_MESSAGES.c.id)
+)
