@@ -9,14 +9,14 @@ What is counted, and where:
   time from the webhook's acknowledgement to the replies handed to Twilio;
 - `bot_llm_seconds` and `bot_llm_errors_total{reason}`: LLM calls (cache hits excluded);
 - `bot_ledger_entries_total{kind}` and `bot_ledger_holds_placed_total`: ledger operations
-  (entries by kind, a capture being a `debit`; holds placed). Voids and expiries write no
-  entry and are settled by bulk UPDATEs, which these row events do not see;
+  (entries by kind, a capture being a `debit`; holds placed). Voids write no entry, so
+  they are not counted;
 - `bot_cogs_musd_total{channel,kind}`: cost of goods recorded, in µUSD, by channel;
 - `bot_queue_depth` (RQ jobs waiting) and `bot_inbox_backlog` (messages acknowledged, not yet
   routed), read at each scrape.
 
-Ledger and cost figures are counted when their rows are flushed, so a transaction rolled back
-afterwards was still counted; the ledger itself is the authority.
+Ledger and cost figures are counted when their rows are written (`tokens.signals`), so a
+transaction rolled back afterwards was still counted; the ledger itself is the authority.
 
 Several processes (gunicorn's workers, `flask worker`s) share the counts when
 `PROMETHEUS_MULTIPROC_DIR` names a directory they all write to (prometheus-client's
@@ -44,7 +44,7 @@ from prometheus_client import (
     generate_latest,
 )
 from prometheus_client.core import GaugeMetricFamily
-from sqlalchemy import event, func, select
+from sqlalchemy import func, select
 
 from app.bearer import bearer_refused
 from bot.llm import ChatReply, ChatRequest, LlmError, OpenAIChat
@@ -102,26 +102,26 @@ def acknowledged(result: str, seconds: float) -> None:
 
 
 def watch_rows() -> None:
-    """Count ledger entries, holds and cost entries as they are flushed (idempotent)."""
-    from tokens.costs import CostEntry
-    from tokens.ledger import Hold, LedgerEntry
+    """Count ledger entries, holds and cost entries as they are written (`tokens.signals`;
+    idempotent)."""
+    from tokens import signals
 
-    if event.contains(CostEntry, "after_insert", _cost_inserted):
-        return
-    event.listen(CostEntry, "after_insert", _cost_inserted)
-    event.listen(LedgerEntry, "after_insert", _entry_inserted)
-    event.listen(Hold, "after_insert", _hold_inserted)
+    signals.hold_placed.connect(_hold_placed)  # blinker keeps one connection per receiver
+    signals.entries_posted.connect(_entries_posted)
+    signals.costs_recorded.connect(_costs_recorded)
 
 
-def _cost_inserted(_mapper: Any, _connection: Any, target: Any) -> None:
-    COGS.labels(target.channel or "none", target.kind).inc(max(int(target.amount_musd), 0))
+def _costs_recorded(_sender: Any, *, entries: list[tuple[str | None, str, int]]) -> None:
+    for channel, kind, amount in entries:
+        COGS.labels(channel or "none", kind).inc(max(amount, 0))
 
 
-def _entry_inserted(_mapper: Any, _connection: Any, target: Any) -> None:
-    LEDGER_ENTRIES.labels(target.kind).inc()
+def _entries_posted(_sender: Any, *, kinds: list[str]) -> None:
+    for kind in kinds:
+        LEDGER_ENTRIES.labels(kind).inc()
 
 
-def _hold_inserted(_mapper: Any, _connection: Any, _target: Any) -> None:
+def _hold_placed(_sender: Any, *, tokens: int) -> None:
     LEDGER_HOLDS.inc()
 
 

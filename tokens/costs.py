@@ -59,6 +59,7 @@ from sqlalchemy.orm import (
 )
 from sqlalchemy.orm.attributes import set_committed_value
 
+from tokens import signals
 from tokens.base import Base, UTCDateTime, utcnow
 from tokens.catalog import Costs, ModelPrice
 from tokens.errors import InvalidAmount
@@ -613,12 +614,14 @@ def _record(
                          params).first()
         if found is None:
             return 0  # every key was recorded before
-        _hold_month(session, dict(zip(_MONTH_COLUMNS, found[:-1], strict=True)))
-        return int(found[-1])
+        _hold_month(session, dict(zip(_MONTH_COLUMNS, found[:-2], strict=True)))
+        _tell(table, rows, set(found[-1]))
+        return int(found[-2])
     inserted = {key for key, in _execute(connection, ("entries", table.name, len(rows)),
                                          params)}
     if not inserted:
         return 0  # every key was recorded before
+    _tell(table, rows, inserted)
     total, month_increments = 0, Increments()
     for entry, increments in rows:
         if entry["idempotency_key"] in inserted:
@@ -638,6 +641,17 @@ def _record(
                      _prefixed(month_values)).one()
     _hold_month(session, dict(zip(_MONTH_COLUMNS, found, strict=True)))
     return total
+
+
+def _tell(table: Table, rows: Sequence[tuple[dict[str, Any], Increments]],
+          inserted: set[str]) -> None:
+    """Send `tokens.signals.costs_recorded` for the cost entries among `rows` whose keys
+    were `inserted` (revenue entries have no signal)."""
+    if table is not _COSTS:
+        return
+    signals.costs_recorded.send(None, entries=[
+        (entry.get("channel"), entry["kind"], int(entry["amount_musd"]))
+        for entry, _ in rows if entry["idempotency_key"] in inserted])
 
 
 _ENTRY_COLUMNS = {
@@ -758,7 +772,9 @@ def _recording(name: str, increments: tuple[tuple[str, ...], ...], intent: bool)
     month_row = (_from_entries(_MONTHS, month_values, entries)
                  .returning(*_MONTHS.columns).cte("month_row"))
     inserted = select(cast(func.sum(entries.c.amount_musd), BigInteger)).scalar_subquery()
-    return select(*month_row.c, inserted.label("inserted_musd")).add_cte(*ctes)
+    keys = select(func.array_agg(entries.c.idempotency_key)).scalar_subquery()
+    return select(*month_row.c, inserted.label("inserted_musd"),
+                  keys.label("inserted_keys")).add_cte(*ctes)
 
 
 # --- the session's view of the rollups ---------------------------------------------------------

@@ -64,6 +64,7 @@ from sqlalchemy import (
     and_,
     bindparam,
     case,
+    event,
     func,
     insert,
     or_,
@@ -74,6 +75,7 @@ from sqlalchemy import (
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
+from tokens import signals
 from tokens.base import Base, UTCDateTime, utcnow
 from tokens.errors import (
     HoldNotPending,
@@ -159,6 +161,13 @@ class LedgerEntry(Base):
     memo: Mapped[str | None] = mapped_column(String(200))
     actor: Mapped[str | None] = mapped_column(String(100))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+
+@event.listens_for(LedgerEntry, "after_insert")
+def _entry_flushed(_mapper: Any, _connection: Any, target: LedgerEntry) -> None:
+    """Entries written through the ORM (credits, corrections) are told like the Core ones."""
+    signals.entries_posted.send(None, kinds=[target.kind])
 
 
 class Lot(Base):
@@ -787,6 +796,7 @@ def hold(
         if replay is None:
             raise LedgerInvariantBroken(f"hold key {key!r} conflicts but no hold has it")
         return replay
+    signals.hold_placed.send(None, tokens=tokens)
     return HoldResult(int(hold_id), key, tokens, "pending", expires_at, replayed=False)
 
 
@@ -1223,6 +1233,7 @@ def expire_lots(session: Session, account_id: int, now: datetime | None = None) 
             expired += take
         if rows:
             session.execute(_INSERT_ENTRIES, rows)
+            signals.entries_posted.send(None, kinds=[row["kind"] for row in rows])
             _forget(session, Lot, [row["lot_id"] for row in rows])
         if expired:
             _debit_balance(session, account_id, expired, now)
@@ -1485,6 +1496,7 @@ def _post_draw(
             insert(_ENTRIES).values(rows).returning(_ENTRIES.c.idempotency_key, _ENTRIES.c.id)
         ).tuples().all())
         ids = tuple(int(by_key[entry_key]) for entry_key in keys)
+    signals.entries_posted.send(None, kinds=[row["kind"] for row in rows])
     if len(plan) == 1:
         session.execute(_DRAW_LOT, {"lot_id": plan[0][0], "take": plan[0][2]})
     else:
