@@ -21,6 +21,7 @@ Everything here is a pure function of its arguments: no I/O, no clock, no config
 
 from __future__ import annotations
 
+import functools
 import re
 import unicodedata
 from dataclasses import dataclass
@@ -149,6 +150,7 @@ class SegmentCount:
 
 
 @lru_cache(maxsize=4096)
+@functools.lru_cache(maxsize=4096)
 def _gsm_septets(char: str) -> int | None:
     """Septets one character takes in GSM-7 (1, or 2 for ESC + extension), None if not GSM-7."""
     try:

@@ -124,22 +124,41 @@ def _singulars(word: str) -> tuple[str, ...]:
     return (word + "s",)
 
 
-def _foods(normalised: str, knowledge: Knowledge) -> tuple[FoodMention, ...]:
-    """Foods named in the text with their quantities, each text span used once."""
-    names: list[tuple[str, Food]] = []
-    for food in knowledge.foods:
-        for name in (food.name, *food.aliases):
-            names.append((normalise_text(name), food))
-    names.sort(key=lambda pair: -len(pair[0]))
+# The food names and aliases of a knowledge, normalised and split into words, longest first
+# (by characters): worked out once per `Knowledge`, not on every request.
+_FOOD_NAMES: dict[int, tuple[Knowledge, tuple[tuple[tuple[str, ...], Food], ...]]] = {}
 
+
+def _food_names(knowledge: Knowledge) -> tuple[tuple[tuple[str, ...], Food], ...]:
+    cached = _FOOD_NAMES.get(id(knowledge))
+    # The entry holds the knowledge it was made from, so that id cannot be reused meanwhile.
+    if cached is None or cached[0] is not knowledge:
+        names: list[tuple[str, Food]] = []
+        for food in knowledge.foods:
+            for name in (food.name, *food.aliases):
+                names.append((normalise_text(name), food))
+        names.sort(key=lambda pair: -len(pair[0]))
+        if len(_FOOD_NAMES) >= 16:
+            _FOOD_NAMES.clear()
+        cached = _FOOD_NAMES[id(knowledge)] = (
+            knowledge, tuple((tuple(name.split()), food) for name, food in names if name))
+    return cached[1]
+
+
+def _foods(normalised: str, knowledge: Knowledge) -> tuple[FoodMention, ...]:
+    """Foods named in the text with their quantities, each text span used once; the longest
+    name wins where names overlap."""
     words = normalised.split()
+    present = set(words)
     taken = [False] * len(words)
     found: list[tuple[int, FoodMention]] = []
     seen: set[str] = set()
-    for name, food in names:
-        size = len(name.split())
+    for name, food in _food_names(knowledge):
+        if name[0] not in present:
+            continue
+        size = len(name)
         for start in range(len(words) - size + 1):
-            if " ".join(words[start:start + size]) != name:
+            if tuple(words[start:start + size]) != name:
                 continue
             if any(taken[start:start + size]):
                 continue
