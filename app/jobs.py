@@ -29,7 +29,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from flask import Flask, current_app
-from sqlalchemy import or_, select
+from sqlalchemy import String, bindparam, or_, select
 from sqlalchemy.orm import Session, aliased
 
 from app import metrics
@@ -74,23 +74,28 @@ def answer_inline(app: Flask, msg: InboundMessage, inbox_id: int | None = None
                                  inbox_id=inbox_id)
 
 
+_WAITING_SENDER = select(InboxMessage.sender).where(
+    InboxMessage.message_sid == bindparam("sid", type_=String()))
+_REPLY = aliased(Message)
+_UNFINISHED_SENDER = (
+    select(Contact.address).join(Message, Message.contact_id == Contact.id)
+    .where(Message.message_sid == bindparam("sid", type_=String()),
+           or_(Message.outcome == "queued",
+               select(_REPLY.id)
+               .where(_REPLY.in_reply_to_id == Message.id, _REPLY.status == "pending")
+               .exists()))
+)
+
+
 def sender_of(session: Session, message_sid: str) -> str | None:
     """The person (`InboundMessage.sender`) who sent `message_sid`, when something is left to
     do for it: from the inbox while it waits there, else from the routed message's contact
     while its deferred answer is unsettled ("queued") or a reply to it is still `pending`.
     None when the message is unknown, or answered and its replies handed to the provider (the
     job of a message that an earlier job of the same person already answered)."""
-    sender = session.scalar(
-        select(InboxMessage.sender).where(InboxMessage.message_sid == message_sid))
+    sender = session.scalar(_WAITING_SENDER, {"sid": message_sid})
     if sender is None:
-        reply = aliased(Message)
-        unsent = (select(reply.id)
-                  .where(reply.in_reply_to_id == Message.id, reply.status == "pending")
-                  .exists())
-        sender = session.scalar(
-            select(Contact.address).join(Message, Message.contact_id == Contact.id)
-            .where(Message.message_sid == message_sid,
-                   or_(Message.outcome == "queued", unsent)))
+        sender = session.scalar(_UNFINISHED_SENDER, {"sid": message_sid})
     session.commit()
     return sender
 

@@ -724,12 +724,16 @@ def monthly_allowance_key(account_id: int, now: datetime) -> str:
     return f"grant:free:{account_id}:{month_of(now)}"
 
 
-def monthly_allowance_granted(account_id: int, now: datetime) -> ColumnElement[bool]:
-    """A SQL `EXISTS` that is true once the account's allowance for the month of `now` was
-    granted: a caller can read it in a statement it sends anyway (e.g. with its lock of the
-    account row) and call `grant_monthly_allowance` only when it is false. An indexed
-    lookup of one entry (`UNIQUE(idempotency_key)`)."""
-    key = monthly_allowance_key(account_id, now)
+def monthly_allowance_granted(key: str | ColumnElement[str]) -> ColumnElement[bool]:
+    """A SQL `EXISTS` that is true once the allowance of `key` was granted: a caller can read
+    it in a statement it sends anyway (e.g. with its lock of the account row) and call
+    `grant_monthly_allowance` only when it is false. An indexed lookup of one entry
+    (`UNIQUE(idempotency_key)`).
+
+    Args:
+        key: `monthly_allowance_key(account_id, now)`, or a bound parameter that will hold it
+            (so that the caller's statement can be built once).
+    """
     return select(_ENTRIES.c.id).where(_ENTRIES.c.idempotency_key == key).exists()
 
 

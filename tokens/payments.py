@@ -273,19 +273,25 @@ def open_checkout_for(session: Session, link: PayLink, now: datetime | None = No
 
 def has_premium(session: Session, account_id: int, now: datetime, grace_days: int) -> bool:
     """Whether any of the account's subscriptions gives premium at `now` (one EXISTS)."""
-    return bool(session.scalar(select(premium_exists(Subscription.account_id == account_id,
-                                                     now, grace_days))))
+    return bool(session.scalar(select(premium_exists(
+        Subscription.account_id == account_id, grace_start(now, grace_days)))))
 
 
-def premium_exists(match: ColumnElement[bool], now: datetime, grace_days: int
+def grace_start(now: datetime, grace_days: int) -> datetime:
+    """The earliest `past_due_since` that still gives premium at `now` (UTC)."""
+    return now - timedelta(days=grace_days)
+
+
+def premium_exists(match: ColumnElement[bool], since: datetime | ColumnElement[datetime]
                    ) -> Exists:
     """SQL `EXISTS`: a subscription matching `match` (e.g. `Subscription.account_id ==
-    Account.id`) gives premium at `now`; the rule of `Subscription.premium` (trialing or
-    active, or past due for less than `grace_days` days), for use inside another query."""
+    Account.id`) gives premium; the rule of `Subscription.premium` (trialing or active, or
+    past due since after `since` = `grace_start(now, grace_days)`), for use inside another
+    query. `since` may be a bound parameter, so that the query is built once."""
     return (select(Subscription.id)
             .where(match, or_(Subscription.status.in_(PREMIUM_STATUSES),
                               and_(Subscription.status == "past_due",
-                                   Subscription.past_due_since > now - timedelta(days=grace_days))))
+                                   Subscription.past_due_since > since)))
             .exists())
 
 

@@ -21,7 +21,18 @@ from __future__ import annotations
 import logging
 from datetime import datetime
 
-from sqlalchemy import and_, case, func, or_, select
+from sqlalchemy import (
+    BigInteger,
+    Integer,
+    Select,
+    String,
+    and_,
+    bindparam,
+    case,
+    func,
+    or_,
+    select,
+)
 from sqlalchemy.orm import Session, make_transient_to_detached
 
 from bot import replies
@@ -48,7 +59,7 @@ from bot.router.turn import (
     Turn,
 )
 from tokens import costs, ledger, payments, tiers
-from tokens.base import insert_on_conflict, utcnow
+from tokens.base import UTCDateTime, insert_on_conflict, utcnow
 from tokens.catalog import normalise_command
 from tokens.errors import InsufficientTokens, UnknownAccount
 
@@ -68,27 +79,36 @@ def serialise(turn: Turn) -> None:
     an operator, premium (`payments.premium_exists`), an operator's level override in force
     (`tiers.override_of`), and whether this month's allowance was granted. The order of one
     person's messages is kept by the worker's turn (docs/pipeline.md, "Per-person order")."""
-    account, now = ledger.Account, turn.now
-    override = (select(tiers.TierState.override_level)
-                .where(tiers.TierState.account_id == account.id,
-                       tiers.TierState.override_until > now)
-                .scalar_subquery())
-    premium = payments.premium_exists(payments.Subscription.account_id == account.id, now,
-                                      turn.catalog.premium.grace_days)
-    # The row lock of `tokens.ledger.lock_account` (FOR NO KEY UPDATE of the account row;
-    # SQLite: BEGIN IMMEDIATE), with the standing read in the same statement.
-    granted = ledger.monthly_allowance_granted(turn.account_id, now)
-    row = turn.session.execute(
-        select(account.suspended_at, premium, override, granted)
-        .where(account.id == turn.account_id)
-        .with_for_update(key_share=True, of=account)
-    ).first()
+    now = turn.now
+    row = turn.session.execute(_STANDING, {
+        "account_id": turn.account_id, "now": now,
+        "grace_start": payments.grace_start(now, turn.catalog.premium.grace_days),
+        "allowance_key": ledger.monthly_allowance_key(turn.account_id, now),
+    }).first()
     if row is None:
         raise UnknownAccount(f"account {turn.account_id} does not exist")
     turn.suspended = row[0] is not None
     turn.premium = bool(row[1])
     turn.override = row[2]
     turn.allowance_granted = bool(row[3])
+
+
+# The statement of `serialise`, built once: the row lock of `tokens.ledger.lock_account` (FOR
+# NO KEY UPDATE of the account row; SQLite: BEGIN IMMEDIATE) with the person's standing.
+_STANDING = (
+    select(
+        ledger.Account.suspended_at,
+        payments.premium_exists(payments.Subscription.account_id == ledger.Account.id,
+                                bindparam("grace_start", type_=UTCDateTime())),
+        select(tiers.TierState.override_level)
+        .where(tiers.TierState.account_id == ledger.Account.id,
+               tiers.TierState.override_until > bindparam("now", type_=UTCDateTime()))
+        .scalar_subquery(),
+        ledger.monthly_allowance_granted(bindparam("allowance_key", type_=String())),
+    )
+    .where(ledger.Account.id == bindparam("account_id", type_=Integer()))
+    .with_for_update(key_share=True, of=ledger.Account)
+)
 
 
 def store_inbound(turn: Turn) -> None:
@@ -471,20 +491,39 @@ def _exposure(turn: Turn) -> int:
     month = costs.month(session, account_id, turn.now)
     current = turn.message.id if turn.message is not None else -1
     rates = turn.catalog.costs.messaging
-    on_the_way = Message.status.in_(("pending", "submitting", "unknown"))
-    rate = case(*[(Message.channel == channel, rates[channel].outbound_musd)
-                  for channel in rates], else_=0)
-    queued, sending = session.execute(
-        select(
-            func.coalesce(func.sum(case(
-                (and_(Message.outcome == "queued", Message.id != current),
-                 Message.estimate_musd), else_=0)), 0),
-            func.coalesce(func.sum(case((on_the_way, Message.units * rate), else_=0)), 0),
-        )
-        .join(Contact, Contact.id == Message.contact_id)
-        .where(Contact.account_id == account_id, or_(Message.outcome == "queued", on_the_way))
-    ).one()
+    channels = tuple(sorted(rates))
+    params: dict[str, object] = {"account_id": account_id, "current": current}
+    params.update((f"rate_{i}", rates[channel].outbound_musd)
+                  for i, channel in enumerate(channels))
+    queued, sending = session.execute(_exposure_statement(channels), params).one()
     return month.exposure_musd + int(queued) + int(sending)
+
+
+_EXPOSURE: dict[tuple[str, ...], Select[tuple[int, int]]] = {}
+
+
+def _exposure_statement(channels: tuple[str, ...]) -> Select[tuple[int, int]]:
+    """The query of `_exposure` for the catalog's `channels`, built once per set of channels:
+    (µUSD of the ceilings of queued answers other than `current`, µUSD of the replies on
+    their way at each channel's `rate_<i>`), for one `account_id`."""
+    statement = _EXPOSURE.get(channels)
+    if statement is None:
+        on_the_way = Message.status.in_(("pending", "submitting", "unknown"))
+        rate = case(*[(Message.channel == channel, bindparam(f"rate_{i}", type_=BigInteger()))
+                      for i, channel in enumerate(channels)], else_=0)
+        statement = _EXPOSURE[channels] = (
+            select(
+                func.coalesce(func.sum(case(
+                    (and_(Message.outcome == "queued",
+                          Message.id != bindparam("current", type_=Integer())),
+                     Message.estimate_musd), else_=0)), 0),
+                func.coalesce(func.sum(case((on_the_way, Message.units * rate), else_=0)), 0),
+            )
+            .join(Contact, Contact.id == Message.contact_id)
+            .where(Contact.account_id == bindparam("account_id", type_=Integer()),
+                   or_(Message.outcome == "queued", on_the_way))
+        )
+    return statement
 
 
 def _unlocked_by_click(turn: Turn, exposure: int, ceiling: dict[str, int]) -> bool:

@@ -76,8 +76,10 @@ def test_a_returning_persons_allowance_is_one_select(session, account):
 
 def test_the_caller_can_read_whether_the_allowance_was_granted(session, account):
     december = NOV + timedelta(days=10)
-    assert session.scalar(select(ledger.monthly_allowance_granted(account, NOV))) is True
-    assert session.scalar(select(ledger.monthly_allowance_granted(account, december))) is False
+    assert session.scalar(select(ledger.monthly_allowance_granted(
+        ledger.monthly_allowance_key(account, NOV)))) is True
+    assert session.scalar(select(ledger.monthly_allowance_granted(
+        ledger.monthly_allowance_key(account, december)))) is False
     assert ledger.monthly_allowance_key(account, december) == f"grant:free:{account}:2026-12"
 
 
