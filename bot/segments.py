@@ -223,6 +223,22 @@ def encoding(text: str) -> Encoding:
     return GSM7 if all(_is_gsm(char) for char in text) else UCS2
 
 
+# The characters of GSM-7's basic table (each one septet; all 128 but ESC) and of its
+# extension table (ESC + one septet each), from the codec itself.
+_GSM7_BASIC_CHARS = "".join(bytes([septet]).decode("gsm03.38")
+                            for septet in range(128) if septet != 0x1B)
+_GSM7_EXTENSION_CHARS = "".join(
+    char for char in (bytes([0x1B, septet]).decode("gsm03.38", errors="ignore")
+                      for septet in range(128))
+    if len(char) == 1 and len(char.encode("gsm03.38")) == 2)
+# Texts whose every character costs one unit (GSM-7 basic, or UCS-2 within the BMP) pack
+# greedily by plain division, so `count_segments` need not walk them.
+_GSM7_BASIC = re.compile(f"[{re.escape(_GSM7_BASIC_CHARS)}]*")
+# (ESC itself encodes too, so a text with one takes the walk.)
+_GSM7_ANY = re.compile(f"[{re.escape(_GSM7_BASIC_CHARS + _GSM7_EXTENSION_CHARS)}\x1b]*")
+_BMP_ONLY = re.compile("[^\U00010000-\U0010ffff]*")
+
+
 def _unit_costs(text: str) -> tuple[Encoding, list[int]]:
     """The encoding of ``text`` and each character's cost in that encoding's units."""
     septets = [_gsm_septets(char) for char in text]
@@ -251,6 +267,10 @@ def count_segments(text: str) -> SegmentCount:
         The encoding, the length in septets (GSM-7) or UTF-16 code units (UCS-2), and the
         number of segments.
     """
+    if _GSM7_BASIC.fullmatch(text):
+        return _uniform(GSM7, len(text), GSM7_SINGLE_SEPTETS, GSM7_SPLIT_SEPTETS)
+    if not _GSM7_ANY.fullmatch(text) and _BMP_ONLY.fullmatch(text):
+        return _uniform(UCS2, len(text), UCS2_SINGLE_UNITS, UCS2_SPLIT_UNITS)
     enc, costs = _unit_costs(text)
     units = sum(costs)
     single, split = (
@@ -268,6 +288,13 @@ def count_segments(text: str) -> SegmentCount:
             segments, used = segments + 1, 0
         used += cost
     return SegmentCount(enc, units, segments)
+
+
+def _uniform(enc: Encoding, units: int, single: int, split: int) -> SegmentCount:
+    """`count_segments` of a text whose characters each cost one unit."""
+    if units == 0:
+        return SegmentCount(enc, 0, 0)
+    return SegmentCount(enc, units, 1 if units <= single else -(-units // split))
 
 
 def _joins_previous(char: str) -> bool:

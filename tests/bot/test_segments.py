@@ -312,3 +312,30 @@ def test_every_part_fits_and_nothing_is_lost(text: str, limit: int) -> None:
         assert remaining.startswith(part)
         remaining = remaining[len(part) :].lstrip()
     assert remaining == ""
+
+
+def _walked(text: str) -> tuple[str, int, int]:
+    """The segment count by the character-by-character walk, the reference of the fast
+    path for texts whose characters each cost one unit."""
+    from bot import segments
+
+    enc, costs = segments._unit_costs(text)
+    units = sum(costs)
+    single, split = ((segments.GSM7_SINGLE_SEPTETS, segments.GSM7_SPLIT_SEPTETS)
+                     if enc == segments.GSM7 else
+                     (segments.UCS2_SINGLE_UNITS, segments.UCS2_SPLIT_UNITS))
+    if units <= single:
+        return enc, units, 1 if units else 0
+    count, used = 1, 0
+    for cost in costs:
+        if used + cost > split:
+            count, used = count + 1, 0
+        used += cost
+    return enc, units, count
+
+
+@settings(max_examples=300)
+@given(st.text(st.sampled_from("abc XYZ.,!\né\nñ€[]{}^~|\\\x1b\x0cüΩą漢😀"), max_size=400))
+def test_the_fast_count_agrees_with_the_walk(text: str) -> None:
+    counted = count_segments(text)
+    assert (counted.encoding, counted.units, counted.segments) == _walked(text)
