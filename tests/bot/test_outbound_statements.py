@@ -8,17 +8,16 @@ counted, SQLite's `BEGIN IMMEDIATE` (one per transaction) included. The messagin
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 import pytest
-from sqlalchemy import event, func, select
+from sqlalchemy import func, select
 
 from app.extensions import db
 from bot import outbound
 from bot.models import Contact, Message, MessageStatusEvent
 from tests.conftest import post_signed, sms, twilio_fields
+from tests.support.statements import counted
 from tokens.costs import CostEntry
 
 PHONE = "+16505558893"
@@ -29,32 +28,6 @@ DELIVERED_SMS = "sms_status_delivered__vendor_doc_sample.json"
 SEND = {"postgresql": 3, "sqlite": 7}  # claim; store the sid + cost (1 on PostgreSQL, 3 SQLite)
 FORWARD = {"postgresql": 2, "sqlite": 3}  # keep the event; move the row
 NOT_FORWARD = {"postgresql": 1, "sqlite": 2}  # keep the event (or find it kept)
-
-
-class Statements:
-    """The SQL statements sent to the app's engine inside `counting()`."""
-
-    def __init__(self) -> None:
-        self.sent: list[str] = []
-
-    def __len__(self) -> int:
-        return len(self.sent)
-
-    def __repr__(self) -> str:
-        return "\n".join(statement.split("\n")[0][:120] for statement in self.sent)
-
-    def __call__(self, _conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
-        self.sent.append(statement)
-
-
-@contextmanager
-def counting() -> Iterator[Statements]:
-    statements = Statements()
-    event.listen(db.engine, "before_cursor_execute", statements)
-    try:
-        yield statements
-    finally:
-        event.remove(db.engine, "before_cursor_execute", statements)
 
 
 class Accepting:
@@ -106,7 +79,7 @@ def test_pending_outbound_is_one_statement(client, session):
     reply = stored_reply(client, session)
     reply_id, inbound_id = reply.id, reply.in_reply_to_id
     session.commit()
-    with counting() as statements:
+    with counted(begin=True) as statements:
         ids = outbound.pending_outbound(session, inbound_id)
         session.commit()
     assert ids == [reply_id]
@@ -118,7 +91,7 @@ def test_one_send_of_a_stored_reply(app, client, session):
     reply_id, body = reply.id, reply.body
     session.commit()
     sender = Accepting()
-    with counting() as statements:
+    with counted(begin=True) as statements:
         send(app, session, reply_id, sender)
     assert len(statements) <= SEND[backend()], statements
 
@@ -157,16 +130,16 @@ def test_status_callbacks_sent_delivered_and_a_repeat(app, client, session):
     sid = "SM" + "0" * 31 + "1"
     bounds = backend()
 
-    with counting() as statements:
+    with counted(begin=True) as statements:
         assert callback(session, sid, "sent") is True
     assert len(statements) <= FORWARD[bounds], statements
-    with counting() as statements:
+    with counted(begin=True) as statements:
         assert callback(session, sid, "delivered") is True
     assert len(statements) <= FORWARD[bounds], statements
-    with counting() as statements:
+    with counted(begin=True) as statements:
         assert callback(session, sid, "delivered") is False  # Twilio's retry: kept once
     assert len(statements) <= NOT_FORWARD[bounds], statements
-    with counting() as statements:
+    with counted(begin=True) as statements:
         assert callback(session, sid, "queued") is False  # late and older: ignored
     assert len(statements) <= NOT_FORWARD[bounds], statements
 
@@ -184,10 +157,10 @@ def test_the_status_webhook_end_to_end(app, client, session):
     send(app, session, reply_id, Accepting())
     sid = "SM" + "0" * 31 + "1"
     fields = twilio_fields(DELIVERED_SMS, MessageSid=sid, SmsSid=sid, To=PHONE)
-    with counting() as statements:
+    with counted(begin=True) as statements:
         assert post_signed(client, fields, path=STATUS_PATH).status_code == 204
     assert len(statements) <= FORWARD[backend()], statements
-    with counting() as statements:
+    with counted(begin=True) as statements:
         assert post_signed(client, fields, path=STATUS_PATH).status_code == 204
     assert len(statements) <= NOT_FORWARD[backend()], statements
     session.expire_all()

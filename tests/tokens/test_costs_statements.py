@@ -6,14 +6,13 @@ SQLite sends the entries' INSERT and one upsert per rollup table."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from sqlalchemy import event, func, select
+from sqlalchemy import func, select
 
 from app.extensions import db
+from tests.support.statements import counted
 from tokens import costs, ledger
 from tokens.catalog import load_catalog
 from tokens.costs import AccountDay, AccountMonth, AccountMonthIntent, CostEntry, LlmUsage
@@ -35,22 +34,6 @@ def account(session) -> int:
     account_id = ledger.open_account(session, NOV).id
     session.commit()
     return account_id
-
-
-@contextmanager
-def counted() -> Iterator[list[str]]:
-    """The SQL statements sent meanwhile (BEGIN, which SQLite sends itself, left out)."""
-    sent: list[str] = []
-
-    def note(conn, cursor, statement, parameters, context, executemany):  # noqa: ARG001
-        if not statement.lstrip().upper().startswith("BEGIN"):
-            sent.append(statement)
-
-    event.listen(db.engine, "before_cursor_execute", note)
-    try:
-        yield sent
-    finally:
-        event.remove(db.engine, "before_cursor_execute", note)
 
 
 def bound(name: str) -> int:

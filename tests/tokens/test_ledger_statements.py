@@ -8,15 +8,13 @@ reads an ORM object; the bounds below are what they send now, so that a regressi
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from sqlalchemy import create_engine, event, select
+from sqlalchemy import create_engine, select
 from sqlalchemy.orm import Session
 
-from app.extensions import db
+from tests.support.statements import counted
 from tests.tokens.ledger_checks import assert_consistent
 from tokens import ledger
 from tokens.errors import HoldNotPending, InsufficientTokens, KeyReused
@@ -44,22 +42,6 @@ def account(session) -> int:
     ledger.capture(session, placed.hold_id, key="debit:SM0", now=NOV)
     session.commit()
     return account_id
-
-
-@contextmanager
-def counted() -> Iterator[list[str]]:
-    """The SQL statements sent meanwhile (BEGIN left out)."""
-    sent: list[str] = []
-
-    def note(conn, cursor, statement, parameters, context, executemany):  # noqa: ARG001
-        if not statement.lstrip().upper().startswith("BEGIN"):
-            sent.append(statement)
-
-    event.listen(db.engine, "before_cursor_execute", note)
-    try:
-        yield sent
-    finally:
-        event.remove(db.engine, "before_cursor_execute", note)
 
 
 def no_savepoints(statements: list[str]) -> bool:
