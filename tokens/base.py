@@ -9,12 +9,10 @@ from __future__ import annotations
 import functools
 import re
 from datetime import UTC, datetime
-from typing import Any
 
 from sqlalchemy import DateTime, MetaData, Table, TextClause, bindparam, text
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Dialect
-from sqlalchemy.orm import DeclarativeBase, Session
+from sqlalchemy.orm import DeclarativeBase
 from sqlalchemy.sql.selectable import TextualSelect
 from sqlalchemy.types import TypeDecorator
 
@@ -124,20 +122,3 @@ def insert_on_conflict(
     if returning:
         return statement.columns(*[table.c[c] for c in returning])
     return statement
-
-
-def insert_for(session: Session, table: Any) -> Any:
-    """An `INSERT` of `table` (a model class or `Table`) in the dialect of `session`'s
-    database, so that `.on_conflict_do_nothing()` / `.on_conflict_do_update()` and
-    `.returning()` are available (PostgreSQL, and SQLite 3.35 and later). SQLAlchemy compiles
-    these anew on every execution; on a hot path prefer `insert_on_conflict`.
-
-    Raises:
-        NotImplementedError: any other database.
-    """
-    name = session.get_bind().dialect.name
-    if name == "postgresql":
-        return postgresql.insert(table)
-    if name == "sqlite":
-        return sqlite.insert(table)
-    raise NotImplementedError(f"INSERT ... ON CONFLICT is not wired for {name}")
