@@ -698,8 +698,8 @@ def grant_monthly_allowance(
     SELECT (of the grant's entry, no ORM object), and a caller that already read
     `monthly_allowance_granted` in a statement of its own need not call it at all. The key is
     `monthly_allowance_key`, `grant:free:<account>:<YYYY-MM>`, and the grant expires at the
-    start of the next month (economy.md: "granted on the first message of each month,
-    expiring at the month's end").
+    start of the next month: granted on the first message of each month, expiring at the
+    month's end (`free_monthly_allowance` in tokens/economy.yaml).
 
     Returns:
         `Posted`; `replayed=True` when this month's allowance was granted before.
