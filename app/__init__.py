@@ -10,7 +10,7 @@ from dataclasses import replace
 from flask import Flask, Response
 
 from app.config import DEVELOPMENT_TWILIO_AUTH_TOKEN, PROJECT_ROOT, Config, ConfigError
-from app.extensions import configure_sqlite, csrf, db, limiter, migrate, render_item
+from app.extensions import configure_sqlite, csrf, db, limiter, migrate, ping_when_idle, render_item
 from bot.contacts import erasure_key
 from bot.llm import AnswerCache, CachedChat, ChatClient, MemoryCache, RedisCache
 from bot.outbound import OutboundSettings
@@ -61,6 +61,7 @@ def create_app(config_class: type[Config] = Config) -> Flask:
     )
     with app.app_context():
         configure_sqlite(db.engine)
+        ping_when_idle(db.engine)
     csrf.init_app(app)
     limiter.init_app(app)
     if app.config["TRUSTED_PROXY_HOPS"]:

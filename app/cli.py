@@ -316,8 +316,12 @@ def worker(burst: bool, concurrency: int | None) -> None:
         # Below the web processes: with a backlog the workers would take every core, and
         # Twilio's webhooks (which only acknowledge) must keep answering within milliseconds.
         lower_priority(app.config["WORKER_NICE"])
-    ThreadedWorker([queue], connection=connection, app=app, concurrency=slots).work(
-        burst=burst, with_scheduler=True)
+    # RQ logs three INFO lines per job; "answer given" (app.jobs) says what each answer did,
+    # so RQ's own lines are kept for LOG_LEVEL=DEBUG (they cost a few % of a job's CPU).
+    rq_level = "DEBUG" if app.config["LOG_LEVEL"] == "DEBUG" else "WARNING"
+    ThreadedWorker([queue], connection=connection, app=app, concurrency=slots,
+                   cpu_slots=app.config["WORKER_CPU_SLOTS"]).work(
+        burst=burst, with_scheduler=True, logging_level=rq_level)
 
 
 @click.command("chat")

@@ -76,8 +76,9 @@ class Config:
         self.SECRET_KEY = env("SECRET_KEY") or None
         self.SQLALCHEMY_DATABASE_URI = database_url(env("DATABASE_URL"))
         # hide_parameters: a failed statement's error (logged, kept by RQ for failed jobs)
-        # must not carry a phone number or a message body.
-        self.SQLALCHEMY_ENGINE_OPTIONS = {"pool_pre_ping": True, "hide_parameters": True}
+        # must not carry a phone number or a message body. Pooled connections are tested
+        # only after they sat idle (`app.extensions.ping_when_idle`), not on every checkout.
+        self.SQLALCHEMY_ENGINE_OPTIONS = {"hide_parameters": True}
         self.REDIS_URL = env("REDIS_URL") or None
         self.PUBLIC_BASE_URL = (env("PUBLIC_BASE_URL") or DEFAULT_PUBLIC_BASE_URL).rstrip("/")
         self.TWILIO_ACCOUNT_SID = env("TWILIO_ACCOUNT_SID") or None
@@ -129,6 +130,9 @@ class Config:
         self.TRUSTED_PROXY_HOPS = _count(env, "TRUSTED_PROXY_HOPS")
         # Jobs one `flask worker` process keeps in flight (app.worker); unset or 0: 128.
         self.WORKER_CONCURRENCY = _count(env, "WORKER_CONCURRENCY") or 128
+        # Of those, how many run at once between their LLM and Twilio waits (the CPU gate,
+        # bot.waits); unset or 0: 2.
+        self.WORKER_CPU_SLOTS = _count(env, "WORKER_CPU_SLOTS") or 2
         # How much lower than the web processes a worker runs (os.nice); 0 keeps its priority.
         self.WORKER_NICE = _count(env, "WORKER_NICE") if env("WORKER_NICE") else 10
         self._check_and_fill()

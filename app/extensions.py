@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from flask_limiter import Limiter
@@ -9,7 +10,7 @@ from flask_limiter.util import get_remote_address
 from flask_migrate import Migrate
 from flask_sqlalchemy import SQLAlchemy
 from flask_wtf.csrf import CSRFProtect
-from sqlalchemy import Engine, event
+from sqlalchemy import Engine, event, exc
 
 from tokens.base import Base, UTCDateTime
 
@@ -44,6 +45,42 @@ def configure_sqlite(engine: Engine) -> None:
     @event.listens_for(engine, "begin")
     def _on_begin(connection: Any) -> None:
         connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+# A pooled connection that sat unused this long is tested before it is handed out (seconds).
+PING_AFTER_IDLE_SECONDS = 1.0
+
+
+def ping_when_idle(engine: Engine, idle_seconds: float = PING_AFTER_IDLE_SECONDS) -> None:
+    """Test a pooled connection before handing it out only when it sat unused `idle_seconds`
+    or more, instead of before every checkout (`pool_pre_ping`).
+
+    A connection that fails the test is replaced by a fresh one, as with `pool_pre_ping`
+    (SQLAlchemy docs, "Dealing with Disconnects", the `checkout` event raising
+    `DisconnectionError`). Under load each connection is back in use within milliseconds, so
+    the test's round trip, once per transaction (five per answered message in the worker),
+    is not paid; a connection that the server dropped (a restart, a failover) within
+    `idle_seconds` of its last use fails its next statement instead, which SQLAlchemy then
+    treats as a disconnect: it empties the pool, the request answers 5xx (Twilio and Stripe
+    retry) or the job fails (RQ retries it).
+    """
+
+    @event.listens_for(engine, "checkin")
+    def _checked_in(_dbapi_connection: Any, record: Any) -> None:
+        record.info["idle_since"] = time.monotonic()
+
+    @event.listens_for(engine, "checkout")
+    def _checked_out(dbapi_connection: Any, record: Any, _proxy: Any) -> None:
+        since = record.info.pop("idle_since", None)
+        if since is None or time.monotonic() - since < idle_seconds:
+            return  # new, or in use a moment ago
+        try:
+            alive = engine.dialect.do_ping(dbapi_connection)
+        except engine.dialect.loaded_dbapi.Error as error:
+            raise exc.DisconnectionError(
+                f"pooled connection lost: {type(error).__name__}") from error
+        if not alive:
+            raise exc.DisconnectionError("pooled connection lost")
 
 
 def render_item(type_: str, obj: Any, autogen_context: Any) -> str | bool:

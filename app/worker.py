@@ -11,6 +11,9 @@ Redis at once and the rest stay queued for other workers. What RQ keeps per runn
 the worker (`execution`) is kept per thread, and job timeouts use RQ's `TimerDeathPenalty`
 (the default, SIGALRM, works only in the main thread).
 
+Only `cpu_slots` of the jobs run at once between their LLM and Twilio waits (the CPU gate,
+`bot.waits`): the other threads sleep instead of contending for the interpreter lock.
+
 Each job runs in its own Flask app context, so it gets its own database session; a session
 holds a pooled connection only inside a transaction, and no transaction stays open while an
 LLM or Twilio answers (`bot.router.pipeline`).
@@ -32,6 +35,7 @@ from rq.queue import Queue
 from rq.timeouts import TimerDeathPenalty
 
 from app.metrics import IN_FLIGHT
+from bot.waits import CpuGate
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +44,10 @@ log = logging.getLogger(__name__)
 # CPU each one needs before its LLM call (routing, under the GIL): about the LLM's latency
 # divided by that CPU time (docs/pipeline.md, "Many answers in flight").
 DEFAULT_CONCURRENCY = 128
+# Jobs that run at once between their remote waits (`WORKER_CPU_SLOTS`, `bot.waits.CpuGate`):
+# enough to keep two cores busy while some wait on PostgreSQL or Redis, few enough that the
+# threads do not fight over the interpreter lock (docs/pipeline.md, "The CPU gate").
+DEFAULT_CPU_SLOTS = 2
 
 
 def lower_priority(nice: int) -> None:
@@ -68,17 +76,20 @@ class ThreadedWorker(SimpleWorker):
         queues, connection, ...: as RQ's `SimpleWorker`.
         app: the Flask app; each job runs inside its own app context.
         concurrency: jobs in flight at most (>= 1).
+        cpu_slots: jobs running at once between their LLM and Twilio waits (>= 1; the CPU
+            gate, `bot.waits`).
 
     Raises:
-        ValueError: `concurrency` is below 1.
+        ValueError: `concurrency` or `cpu_slots` is below 1.
     """
 
     death_penalty_class = TimerDeathPenalty
 
     def __init__(self, *args: Any, app: Flask, concurrency: int = DEFAULT_CONCURRENCY,
-                 **kwargs: Any) -> None:
+                 cpu_slots: int = DEFAULT_CPU_SLOTS, **kwargs: Any) -> None:
         if concurrency < 1:
             raise ValueError("a worker needs at least one slot")
+        self._gate = CpuGate(cpu_slots)
         self._local = threading.local()
         super().__init__(*args, **kwargs)
         self._app = app
@@ -135,7 +146,7 @@ class ThreadedWorker(SimpleWorker):
     def _run(self, job: Job, queue: Queue) -> None:
         IN_FLIGHT.inc()
         try:
-            with self._app.app_context():
+            with self._gate.held(), self._app.app_context():
                 self.prepare_execution(job)
                 self.perform_job(job, queue)
         except BaseException:  # perform_job handles job errors; this is RQ's own failing

@@ -24,6 +24,7 @@ from typing import Any, Protocol
 import openai
 
 from bot.errors import BotError
+from bot.waits import waiting_on
 from tokens.catalog import IntentSpec, LlmSettings, LlmTier
 from tokens.costs import LlmUsage
 
@@ -111,9 +112,10 @@ class OpenAIChat:
         messages: list[Any] = [{"role": role, "content": content}
                                for role, content in request.messages]
         try:
-            response = self.client.chat.completions.create(
-                model=request.model, messages=messages, max_tokens=request.max_tokens
-            )
+            with waiting_on("llm"):
+                response = self.client.chat.completions.create(
+                    model=request.model, messages=messages, max_tokens=request.max_tokens
+                )
         except openai.APITimeoutError:
             raise LlmError("timeout") from None
         except openai.APIStatusError as exc:

@@ -225,9 +225,10 @@ def queued_app(
         db.engine.dispose()
 
 
-def run_worker(application: Flask, concurrency: int = 4) -> int:
+def run_worker(application: Flask, concurrency: int = 4, cpu_slots: int | None = None) -> int:
     """Run the real worker (`app.worker.ThreadedWorker`, burst mode, in this process) until
-    the queue is empty and no job is in flight; returns the number of jobs it finished."""
+    the queue is empty and no job is in flight; returns the number of jobs it finished.
+    `cpu_slots`: its CPU gate (`bot.waits`), the worker's default when None."""
     from app.extensions import db
     from app.queue import answers_queue, redis_connection
     from app.worker import ThreadedWorker
@@ -236,8 +237,9 @@ def run_worker(application: Flask, concurrency: int = 4) -> int:
     queue = answers_queue(application)
     assert queue is not None
     finished = queue.finished_job_registry.count
+    gate = {} if cpu_slots is None else {"cpu_slots": cpu_slots}
     ThreadedWorker([queue], connection=redis_connection(application), app=application,
-                   concurrency=concurrency).work(burst=True)
+                   concurrency=concurrency, **gate).work(burst=True)
     return int(queue.finished_job_registry.count - finished)
 
 

@@ -26,6 +26,7 @@ from bot.channels import register
 from bot.errors import InvalidInbound, InvalidSender
 from bot.messages import InboundMessage, Location, Media
 from bot.outbound import SendError, Sent, StatusUpdate
+from bot.waits import waiting_on
 
 WHATSAPP_PREFIX = "whatsapp:"
 # Twilio allows at most 10 media items on MMS; WhatsApp sends one. More is not a real payload.
@@ -308,7 +309,8 @@ class TwilioRestSender:
         if status_callback:
             params["status_callback"] = status_callback
         try:
-            message = self.client.messages.create(**params)
+            with waiting_on("twilio"):
+                message = self.client.messages.create(**params)
         except TwilioRestException as exc:
             raise SendError(f"Twilio error {exc.code}", code=exc.code,
                             http_status=exc.status) from None

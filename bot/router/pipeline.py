@@ -24,7 +24,7 @@ import time
 from collections.abc import Callable
 from datetime import datetime
 
-from sqlalchemy import delete, select
+from sqlalchemy import Integer, bindparam, delete, select
 from sqlalchemy.orm import Session
 
 from bot.messages import InboundMessage, from_payload
@@ -42,6 +42,11 @@ Deliver = Callable[[Session, int], int]
 # How many of a person's waiting messages `drain_person` reads at once, to let a STOP among
 # them overtake the ones before it.
 LOOK_AHEAD = 20
+# The inbox row a routed message came from, deleted with the routed message's transaction.
+# A Core statement on the table: the ORM's bulk DELETE would look for the row among the
+# session's objects first (6% of a worker's CPU samples; there are none to find).
+_TAKE_FROM_INBOX = delete(InboxMessage.__table__).where(
+    InboxMessage.__table__.c.id == bindparam("inbox_id", type_=Integer()))
 
 
 def answer_message(
@@ -86,7 +91,7 @@ def answer_message(
         outcome = handle_inbound(session, msg, settings, now,
                                  defer=settings.chat is not None, transport=transport)
         if inbox_id is not None:
-            session.execute(delete(InboxMessage).where(InboxMessage.id == inbox_id))
+            session.execute(_TAKE_FROM_INBOX, {"inbox_id": inbox_id})
         session.commit()
     except Exception:
         session.rollback()
@@ -182,7 +187,7 @@ def drain_person(
                 # poison in the inbox.
                 log.error("inbox row unreadable, dropped", extra={"inbox_id": inbox_id,
                                                                   "error": str(exc)})
-                session.execute(delete(InboxMessage).where(InboxMessage.id == inbox_id))
+                session.execute(_TAKE_FROM_INBOX, {"inbox_id": inbox_id})
                 session.commit()
         if not waiting:
             continue

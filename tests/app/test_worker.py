@@ -21,10 +21,13 @@ def session(queued_app: Flask):
 
 
 @pytest.mark.backends("postgresql")
-def test_one_process_keeps_many_llm_calls_in_flight(queued_app, session, openai_api, twilio_api):
+@pytest.mark.parametrize("cpu_slots", [None, 1])
+def test_one_process_keeps_many_llm_calls_in_flight(queued_app, session, openai_api, twilio_api,
+                                                    cpu_slots):
     """40 people ask at once while the LLM takes 3 s: one worker process has most of them in
     flight together (the stand-in counts the overlap; routing each one first takes CPU), and
-    each is answered once."""
+    each is answered once; with a CPU gate of one slot too, since a job gives its slot up
+    while it waits on the LLM (`bot.waits`)."""
     client = queued_app.test_client()
     people = [f"+1650555{i:04d}" for i in range(40)]
     for i, phone in enumerate(people):
@@ -32,7 +35,7 @@ def test_one_process_keeps_many_llm_calls_in_flight(queued_app, session, openai_
     openai_api.delay_seconds = 3.0
     chat = queued_app.extensions["bot_settings"].chat.client  # the suite's 2 s timeout, raised
     chat.client = chat.client.with_options(timeout=20)
-    assert run_worker(queued_app, concurrency=64) == 40
+    assert run_worker(queued_app, concurrency=64, cpu_slots=cpu_slots) == 40
     assert openai_api.max_concurrent >= 20  # not one at a time
     assert len(twilio_api.accepted) == 40
     assert sorted(s["To"] for s in twilio_api.accepted) == sorted(people)
@@ -71,3 +74,6 @@ def test_a_worker_needs_a_slot(queued_app):
     with pytest.raises(ValueError, match="at least one slot"):
         ThreadedWorker([answers_queue(queued_app)], connection=redis_connection(queued_app),
                        app=queued_app, concurrency=0)
+    with pytest.raises(ValueError, match="at least one slot"):
+        ThreadedWorker([answers_queue(queued_app)], connection=redis_connection(queued_app),
+                       app=queued_app, cpu_slots=0)
