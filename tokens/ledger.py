@@ -73,7 +73,7 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Mapped, Session, mapped_column
+from sqlalchemy.orm import Mapped, QueryableAttribute, Session, mapped_column
 
 from tokens import signals
 from tokens.base import Base, UTCDateTime, utcnow
@@ -551,6 +551,27 @@ def balance(session: Session, account_id: int, now: datetime | None = None) -> B
         expiring = sum(take for _, take in plan)
     available = max(posted - held - expiring, 0)
     return Balance(posted=posted, held=held, available=available, by_bucket=by_bucket)
+
+
+def purchased_available(account_id: ColumnElement[int] | QueryableAttribute[int],
+                        now: ColumnElement[datetime]) -> ColumnElement[int]:
+    """A SQL scalar: the tokens left in the account's unexpired lots of every bucket but
+    "free" (purchased and premium), so a caller can read them in a statement it sends anyway
+    (the router's lock of the account row). Equal to the sum of `balance(...).by_bucket` over
+    the buckets other than "free" (checked after every step of
+    `tests/tokens/test_ledger_properties.py`).
+
+    Args:
+        account_id: the account's id column or a bound parameter.
+        now: the moment lots expire against, a bound parameter (UTC).
+    """
+    return (
+        select(func.coalesce(func.sum(_LOTS.c.remaining), 0))
+        .where(_LOTS.c.account_id == account_id, _LOTS.c.remaining > 0,
+               _LOTS.c.bucket != "free",
+               or_(_LOTS.c.expires_at.is_(None), _LOTS.c.expires_at > now))
+        .scalar_subquery()
+    )
 
 
 def pending_holds(session: Session, account_id: int) -> list[Hold]:

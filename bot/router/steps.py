@@ -77,7 +77,8 @@ def serialise(turn: Turn) -> None:
     an operator, a second delivery of the same MessageSid) races on the balance or the
     conversation. The same statement reads the person's standing for the turn: suspended by
     an operator, premium (`payments.premium_exists`), an operator's level override in force
-    (`tiers.override_of`), and whether this month's allowance was granted. The order of one
+    (`tiers.override_of`), whether this month's allowance was granted, and the purchased and
+    premium tokens left (`ledger.purchased_available`, for `choose_level`). The order of one
     person's messages is kept by the worker's turn (docs/pipeline.md, "Per-person order")."""
     now = turn.now
     row = turn.session.execute(_STANDING, {
@@ -91,6 +92,7 @@ def serialise(turn: Turn) -> None:
     turn.premium = bool(row[1])
     turn.override = row[2]
     turn.allowance_granted = bool(row[3])
+    turn.purchased = int(row[4])
 
 
 # The statement of `serialise`, built once: the row lock of `tokens.ledger.lock_account` (FOR
@@ -105,6 +107,7 @@ _STANDING = (
                tiers.TierState.override_until > bindparam("now", type_=UTCDateTime()))
         .scalar_subquery(),
         ledger.monthly_allowance_granted(bindparam("allowance_key", type_=String())),
+        ledger.purchased_available(ledger.Account.id, bindparam("now", type_=UTCDateTime())),
     )
     .where(ledger.Account.id == bindparam("account_id", type_=Integer()))
     .with_for_update(key_share=True, of=ledger.Account)
@@ -310,12 +313,12 @@ def choose_level(turn: Turn) -> None:
     assert turn.intent is not None and turn.message is not None
     spec, catalog, session = turn.intent, turn.catalog, turn.session
     exposure = _exposure(turn)
-    balance = ledger.balance(session, turn.account_id, turn.now)
     # Paying: purchased tokens cover the price, or premium. Their tokens are honoured even
     # while free tokens (spent first) remain, so a paying person is never refused; the cost
-    # of that is bounded by the free allowance (`tiers.monthly_loss_ceiling_musd`).
-    purchased = sum(n for bucket, n in balance.by_bucket.items() if bucket != "free")
-    paying = purchased >= spec.price or turn.premium
+    # of that is bounded by the free allowance (`tiers.monthly_loss_ceiling_musd`). The
+    # purchased tokens were read with the lock (`serialise`); the whole balance is read only
+    # for a refusal's or an offer's text.
+    paying = turn.purchased >= spec.price or turn.premium
     ceiling = tiers.ceilings(catalog, spec, turn.msg.channel, turn.settings.chat is not None)
     # An operator's override (admin pages, with an expiry) replaces the policy's level.
     turn.level = turn.override or tiers.decide(exposure, ceiling, catalog, paying=paying)
@@ -323,8 +326,9 @@ def choose_level(turn: Turn) -> None:
     if turn.level == tiers.PAYMENT_REQUIRED:
         if not tiers.take_refusal(session, turn.account_id, catalog, turn.now):
             raise ReplyNow("refused")  # silence until they pay or the month turns
+        available = ledger.balance(session, turn.account_id, turn.now).available
         raise ReplyNow("refused", replies.payment_required_text(
-            catalog, balance.available, _pay_url(turn), turn.now))
+            catalog, available, _pay_url(turn), turn.now))
     if turn.level == tiers.AFFILIATE and spec.price >= catalog.tiers.affiliate_min_price:
         if _unlocked_by_click(turn, exposure, ceiling):
             turn.level = tiers.NORMAL
@@ -332,7 +336,8 @@ def choose_level(turn: Turn) -> None:
             return
         offers = _offers(turn)
         if offers:
-            raise ReplyNow("offers", replies.offers_text(catalog, spec, balance.available,
+            available = ledger.balance(session, turn.account_id, turn.now).available
+            raise ReplyNow("offers", replies.offers_text(catalog, spec, available,
                                                          offers, turn.now))
 
 

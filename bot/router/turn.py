@@ -116,6 +116,7 @@ class Turn:
     level: str = tiers.NORMAL
     suspended: bool = False  # an operator suspended the person (read under the lock)
     premium: bool = False  # a subscription gives premium now (read under the lock)
+    purchased: int = 0  # tokens left in purchased and premium lots (read under the lock)
     override: str | None = None  # an operator's level in force (read under the lock)
     allowance_granted: bool = False  # this month's free allowance (read under the lock)
     estimate_musd: int | None = None  # the level's cost ceiling, µUSD, once decided

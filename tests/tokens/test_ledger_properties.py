@@ -13,10 +13,11 @@ from datetime import UTC, datetime, timedelta
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from sqlalchemy import func, select
+from sqlalchemy import Integer, bindparam, func, select
 
 from tests.tokens.ledger_checks import assert_consistent, assert_expiry_honoured
 from tokens import ledger
+from tokens.base import UTCDateTime
 from tokens.errors import HoldNotPending, InsufficientTokens, TokensHeld
 from tokens.ledger import LedgerEntry, Lot
 
@@ -167,10 +168,20 @@ def test_random_histories_keep_every_invariant(session, history):
                                  actor="test", now=now).replayed
         assert snapshot(session, account, now) == before
 
+    def assert_purchased_matches_balance() -> None:
+        """`ledger.purchased_available`, the SQL the router reads with its lock, agrees with
+        `balance`: the unexpired tokens of every bucket but "free"."""
+        in_sql = session.scalar(select(ledger.purchased_available(
+            bindparam("account_id", account, type_=Integer()),
+            bindparam("now", now, type_=UTCDateTime()))))
+        by_bucket = ledger.balance(session, account, now).by_bucket
+        assert in_sql == sum(n for bucket, n in by_bucket.items() if bucket != "free")
+
     for op in history:
         run(op)
         session.commit()
         assert_consistent(session, account, now)
+        assert_purchased_matches_balance()
         # Expiry is honoured: a sweep leaves only what older pending holds may capture.
         assert_expiry_honoured(session, account, now)
         session.commit()
