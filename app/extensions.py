@@ -61,8 +61,8 @@ def ping_when_idle(engine: Engine, idle_seconds: float = PING_AFTER_IDLE_SECONDS
     the test's round trip, once per transaction (five per answered message in the worker),
     is not paid; a connection that the server dropped (a restart, a failover) within
     `idle_seconds` of its last use fails its next statement instead, which SQLAlchemy then
-    treats as a disconnect: it empties the pool, the request answers 5xx (Twilio and Stripe
-    retry) or the job fails (RQ retries it).
+    treats as a disconnect: it empties the pool, the request answers 503 as when the
+    database is down, or the job fails (RQ retries it).
     """
 
     @event.listens_for(engine, "checkin")
