@@ -26,6 +26,8 @@ class SkillRequest:
         history: earlier turns of the conversation, oldest first, as (role, text) with role
             "user" or "assistant".
         tier: the restriction tier whose LLM settings apply ("normal", "reduced").
+        language: "en" or "es" to answer in; None to use the language detected from `text`
+            (`bot.intents.classifier.detect_language`).
     """
 
     intent: str
@@ -33,6 +35,7 @@ class SkillRequest:
     channel: str
     history: tuple[tuple[str, str], ...] = ()
     tier: str = DEFAULT_TIER
+    language: str | None = None
 
 
 @dataclass(frozen=True)

@@ -206,7 +206,8 @@ def test_a_failing_skill_charges_nothing_and_keeps_the_message(say, session, mon
 def test_an_unknown_food_is_not_charged(say, session):
     outcome = say("calories in a zorblax")
     assert outcome.kind == "failed"
-    assert "could not find a food" in outcome.replies[0]
+    assert "zorblax" in outcome.replies[0]
+    assert "Nothing was charged" in outcome.replies[0]
     assert available(session) == 100
 
 

@@ -8,8 +8,8 @@ import pytest
 
 from bot.errors import SkillFailed
 from bot.intents import SkillRequest, skill_for
+from bot.intents.constraints import parse_constraints
 from bot.intents.offline import MAX_ANSWER, plan_days
-from bot.intents.query import parse_query
 from bot.knowledge import DIET_TAGS, load_knowledge
 
 KNOWLEDGE = load_knowledge()
@@ -122,11 +122,11 @@ def test_chat_answers_greetings_and_food_mentions():
 
 
 def test_query_reads_diet_calories_days_and_foods():
-    query = parse_query("Vegan 1,800 calories plan for 3 days with tofu", KNOWLEDGE)
+    query = parse_constraints("Vegan 1,800 calories plan for 3 days with tofu", KNOWLEDGE)
     assert {"vegan", "vegetarian", "dairy_free"} <= query.diets
     assert query.days == 3
     assert [m.food.name for m in query.foods] == ["tofu"]
-    assert parse_query("1800 kcal", KNOWLEDGE).calories == 1800
+    assert parse_constraints("1800 kcal", KNOWLEDGE).calories == 1800
 
 
 @pytest.mark.parametrize(
