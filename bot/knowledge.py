@@ -24,6 +24,8 @@ import yaml
 from bot.errors import BotError
 
 CONTENT_DIR = Path(__file__).with_name("content")
+# The tags meals, recipes and foods carry. The diets people name (and which tag, if any, each
+# requires) are `bot.intents.constraints.DIETS`; ingredients.yaml `diets` says what they rule out.
 DIET_TAGS = ("vegetarian", "vegan", "gluten_free", "dairy_free", "low_carb", "high_protein")
 SLOTS = ("breakfast", "lunch", "dinner", "snack")
 LANGUAGES = ("en", "es")
@@ -213,10 +215,16 @@ class Meal:
     tags: frozenset[str]
     groceries: tuple[str, ...]
     name_es: str = ""
+    amounts: tuple[tuple[str, Decimal], ...] = ()
 
     def label(self, language: str) -> str:
         """The meal's name in `language`."""
         return self.name_es if language == "es" and self.name_es else self.name
+
+    def amount(self, item: str) -> Decimal | None:
+        """What one portion uses of `item` when the meal says (in the item's `Purchase.unit`),
+        else None (the item's usual `Purchase.each`)."""
+        return next((value for name, value in self.amounts if name == item), None)
 
 
 @dataclass(frozen=True)
@@ -263,13 +271,37 @@ class Family:
 
 
 @dataclass(frozen=True)
+class Purchase:
+    """How a grocery item is bought.
+
+    Attributes:
+        each: what one portion of a meal uses, in `unit`.
+        unit: "g", "ml", "cup", "tbsp", "tsp", "can", or "" for a count of pieces.
+        pack: what a pantry item is sold in ("bottle", "jar", ...), or "" when it is bought by
+            the amount (grams, pieces).
+        holds: how many `unit` one pack holds (0 without a pack).
+    """
+
+    each: Decimal
+    unit: str = ""
+    pack: str = ""
+    holds: Decimal = Decimal(0)
+
+
+@dataclass(frozen=True)
 class Knowledge:
     """Everything in `bot/content/`, parsed.
 
     Attributes:
-        diet_families: diet tag -> keys of the families that diet rules out (vegan: meat, fish,
-            shellfish, dairy, egg, honey).
+        diet_families: diet key -> keys of the families that diet rules out (vegan: meat, fish,
+            shellfish, dairy, egg, honey). The diets themselves (their words, tags, notes) are
+            `bot.intents.constraints.DIETS`.
+        diet_pairs: diet key -> pairs of family keys never together in one meal or recipe
+            (kosher: meat and dairy).
+        composites: composite ingredient (lower case, e.g. "caesar dressing") -> what it
+            contains (ingredient phrases, which may be composites too).
         items_es: grocery item (as in `Meal.groceries`) -> its Spanish name.
+        shopping: grocery item -> how it is bought (for a grocery list's quantities).
     """
 
     foods: tuple[Food, ...]
@@ -279,6 +311,9 @@ class Knowledge:
     families: tuple[Family, ...] = ()
     diet_families: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     items_es: Mapping[str, str] = field(default_factory=dict)
+    diet_pairs: Mapping[str, tuple[tuple[str, str], ...]] = field(default_factory=dict)
+    composites: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    shopping: Mapping[str, Purchase] = field(default_factory=dict)
 
     def topic(self, key: str) -> AdviceTopic:
         """The advice topic `key`. Raises `ContentError` if there is none."""
@@ -319,8 +354,18 @@ def load_knowledge(directory: Path = CONTENT_DIR) -> Knowledge:
         diets = {str(tag): tuple(str(k) for k in value)
                  for tag, value in (ingredients.get("diets") or {}).items()}
         for tag, value in diets.items():
-            if tag not in DIET_TAGS or set(value) - keys:
-                raise ValueError(f"diets.{tag}: unknown tag or family")
+            if set(value) - keys:
+                raise ValueError(f"diets.{tag}: unknown family {sorted(set(value) - keys)}")
+        pairs: dict[str, tuple[tuple[str, str], ...]] = {}
+        for tag, value in (ingredients.get("diet_pairs") or {}).items():
+            found = tuple((str(a), str(b)) for a, b in value)
+            if {k for pair in found for k in pair} - keys:
+                raise ValueError(f"diet_pairs.{tag}: unknown family")
+            pairs[str(tag)] = found
+        composites = {str(k).lower(): _strings(v)
+                      for k, v in (ingredients.get("composites") or {}).items()}
+        shopping = {str(k).lower(): _purchase(v)
+                    for k, v in (ingredients.get("shopping") or {}).items()}
         return Knowledge(
             foods=tuple(_food(i) for i in _items(directory / "foods.yaml", "foods")),
             recipes=tuple(_recipe(i) for i in _items(directory / "recipes.yaml", "recipes")),
@@ -329,6 +374,9 @@ def load_knowledge(directory: Path = CONTENT_DIR) -> Knowledge:
             families=families,
             diet_families=diets,
             items_es={str(k).lower(): str(v) for k, v in (ingredients.get("items") or {}).items()},
+            diet_pairs=pairs,
+            composites=composites,
+            shopping=shopping,
         )
     except (KeyError, TypeError, ValueError, ArithmeticError, AttributeError) as exc:
         raise ContentError(f"{directory}: malformed content ({exc!r})") from exc
@@ -418,7 +466,17 @@ def _meal(item: dict[str, Any]) -> Meal:
         tags=frozenset(item.get("tags") or ()),
         groceries=tuple(str(g).lower() for g in item["groceries"]),
         name_es=str(item.get("name_es", "")),
+        amounts=tuple((str(k).lower(), _grams(v)) for k, v in (item.get("amounts") or {}).items()),
     )
+
+
+def _purchase(item: dict[str, Any]) -> Purchase:
+    pack = str(item.get("pack") or "")
+    holds = _grams(item.get("holds", 0))
+    if pack and holds <= 0:
+        raise ValueError(f"a pack ({pack!r}) needs what it holds")
+    return Purchase(each=_grams(item["each"]), unit=str(item.get("unit") or ""), pack=pack,
+                    holds=holds)
 
 
 def _topic(item: dict[str, Any]) -> AdviceTopic:

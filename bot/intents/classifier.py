@@ -96,11 +96,26 @@ def detect_language(text: str) -> str:
     language identifier.
     """
     words = normalise_text(text).split()
-    spanish = sum(1 for w in words if w in SPANISH_WORDS)
+    spanish = sum(1 for i, w in enumerate(words) if w in SPANISH_WORDS
+                  and not (w == "soy" and _english_soy(words, i)))
     english = sum(1 for w in words if w in ENGLISH_WORDS)
     if _SPANISH_MARKS.search(text.lower()):
         spanish += 2
     return "es" if spanish > english else "en"
+
+
+# English words around "soy" the food ("soy milk", "tofu and soy"): then it is no Spanish "I am".
+_SOY_FOOD_WORDS = frozenset({
+    "sauce", "milk", "free", "allergy", "allergic", "beans", "bean", "protein", "yogurt",
+    "based", "products", "lecithin", "flour", "oil", "tofu", "chunks", "curls", "latte",
+})
+
+
+def _english_soy(words: list[str], at: int) -> bool:
+    after = words[at + 1] if at + 1 < len(words) else ""
+    before = words[at - 1] if at else ""
+    return after in _SOY_FOOD_WORDS or before in _SOY_FOOD_WORDS or before in (
+        "and", "or", "without", "with")
 
 
 # --- typo correction ------------------------------------------------------------------------

@@ -5,11 +5,15 @@ days, people, foods, language; `bot.intents.constraints`) and builds its answer 
 foods, recipes, meals and advice, so different requests get different answers. The rules every
 skill keeps:
 
-- Nothing excluded is ever shown: each meal's and recipe's ingredient list is checked (not its
-  title), for the person's exclusions and for what their diet rules out.
+- Nothing excluded is ever shown: each meal's and recipe's ingredient list (and name) is checked,
+  composites expanded, for the person's exclusions and for what their diet rules out (kosher:
+  never meat with dairy in one meal).
 - When the content cannot satisfy the request (no recipe left, a target below the safe minimum
   or beyond what the meals reach, an unknown food, a question no topic answers) the skill raises
-  `SkillFailed` with a reply saying so, and the person is charged nothing.
+  `SkillFailed` with a reply saying so, and the person is charged nothing. So does a request
+  with a diet the content cannot honour or does not know (low FODMAP, renal, "zorblax diet"),
+  or something to leave out that it cannot check ("zorblax-free"): it is never answered as if
+  that had not been said.
 - A Spanish request is answered in Spanish (`SkillRequest.language`, else the language detected
   from the text). By SMS, the accents outside GSM-7 (á, í, ó, ú) are dropped, so the reply is
   not sent as UCS-2 at less than half the characters per segment.
@@ -23,9 +27,9 @@ import functools
 import itertools
 import re
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from decimal import ROUND_HALF_UP, Decimal
+from decimal import ROUND_CEILING, ROUND_HALF_UP, Decimal
 
 import numpy
 
@@ -33,11 +37,17 @@ from bot.errors import SkillFailed
 from bot.intents import SkillAnswer, SkillRequest, register_skill
 from bot.intents.classifier import COMMON_WORDS, normalise_text
 from bot.intents.constraints import (
+    DIET_BY_KEY,
     DIET_PHRASES,
+    DIETS,
     HARD_DIETS,
     STOPWORDS,
     Constraints,
     Exclusion,
+    Pair,
+    diet_rules,
+    diet_tags,
+    family_exclusion,
     parse_constraints,
 )
 from bot.intents.query import read_words, stem, stems
@@ -50,6 +60,7 @@ from bot.knowledge import (
     Food,
     Knowledge,
     Meal,
+    Purchase,
     Recipe,
     load_knowledge,
     maintenance_kcal,
@@ -67,22 +78,16 @@ TOLERANCE = Decimal("0.06")
 MIN_TOLERANCE_KCAL = 100
 # Bigger portions reach targets above what one portion of each meal gives (a 3,000 kcal plan).
 PORTION_FACTORS = (Decimal(1), Decimal("1.25"), Decimal("1.5"), Decimal("1.75"), Decimal(2))
-DIET_LABELS = {
-    "vegan": "vegan",
-    "vegetarian": "vegetarian",
-    "gluten_free": "gluten-free",
-    "dairy_free": "dairy-free",
-    "low_carb": "low-carb",
-    "high_protein": "high-protein",
-}
-DIET_LABELS_ES = {
-    "vegan": "vegano",
-    "vegetarian": "vegetariano",
-    "gluten_free": "sin gluten",
-    "dairy_free": "sin lácteos",
-    "low_carb": "bajo en carbohidratos",
-    "high_protein": "alto en proteína",
-}
+DIET_LABELS = {d.key: d.label for d in DIETS}
+DIET_LABELS_ES = {d.key: d.label_es for d in DIETS}
+SUPPORTED_DIETS = (
+    "I can follow vegetarian, vegan, pescatarian, halal, kosher, paleo, keto, low-carb, "
+    "gluten-free and dairy-free diets, and leave out any ingredient you name (\"without "
+    "garlic\").",
+    "Puedo seguir dietas vegetariana, vegana, pescetariana, halal, kosher, paleo, keto, baja en "
+    "carbohidratos, sin gluten y sin lácteos, y quitar cualquier ingrediente que nombres "
+    "(\"sin ajo\").",
+)
 SLOT_LABELS = {"breakfast": ("Breakfast", "Desayuno"), "lunch": ("Lunch", "Almuerzo"),
                "dinner": ("Dinner", "Cena"), "snack": ("Snack", "Merienda")}
 FOOD_EXAMPLES = "eggs, avocado, chicken breast, rice, banana, oats, salmon, pizza"
@@ -136,14 +141,30 @@ def portion(food: Food, servings: Decimal, language: str = "en") -> str:
     return f"{food.label(language)}, {amount}{food.serving_text(language)}"
 
 
-def diet_label(diets: frozenset[str], language: str = "en") -> str:
-    """"vegan, gluten-free" for the tags asked for (vegetarian and dairy-free implied by
+def shown_diets(diets: Iterable[str]) -> list[str]:
+    """The diets to name, in `DIETS` order, without those another implies (vegan implies
+    vegetarian and dairy-free; keto low-carb)."""
+    present = set(diets)
+    implied = {i for d in present if d in DIET_BY_KEY for i in DIET_BY_KEY[d].implies}
+    return [d.key for d in DIETS if d.key in present and d.key not in implied]
+
+
+def diet_label(diets: Iterable[str], language: str = "en") -> str:
+    """"vegan, gluten-free" for the diets asked for (vegetarian and dairy-free implied by
     vegan)."""
-    shown = set(diets)
-    if "vegan" in shown:
-        shown -= {"vegetarian", "dairy_free"}
     labels = DIET_LABELS_ES if language == "es" else DIET_LABELS
-    return ", ".join(labels[t] for t in DIET_LABELS if t in shown)
+    return ", ".join(labels[d] for d in shown_diets(diets))
+
+
+def diet_notes(c: Constraints, language: str) -> list[str]:
+    """The notes of the rule diets asked for ("Halal: no pork or alcohol. Buy halal meat")."""
+    notes = []
+    for key in shown_diets(c.hard_diets):
+        diet = DIET_BY_KEY[key]
+        note = diet.note_es if language == "es" else diet.note
+        if note:
+            notes.append(note)
+    return notes
 
 
 def fit(text: str) -> str:
@@ -169,6 +190,90 @@ def _answer(text: str, request: SkillRequest) -> SkillAnswer:
 def _refuse(reason: str, reply: str, request: SkillRequest, language: str) -> SkillFailed:
     charged = say(language, *NOTHING_CHARGED)
     return SkillFailed(reason, reply=for_channel(f"{reply} {charged}", request.channel))
+
+
+def check_honourable(c: Constraints, request: SkillRequest, language: str) -> None:
+    """Refuse (free) a request with something the content cannot honour or check.
+
+    Raises:
+        SkillFailed: a diet the content cannot honour (`constraints.UNSUPPORTED`) or does not
+            know ("zorblax diet"), or something to leave out that no ingredient is known as
+            ("zorblax-free"); the reply says which, and what can be followed.
+    """
+    reply = unhonourable_reply(c, language)
+    if reply:
+        raise _refuse("the request has a requirement the content cannot honour", reply,
+                      request, language)
+
+
+def unhonourable_reply(c: Constraints, language: str, skip: Iterable[str] = ()) -> str:
+    """Why the request cannot be honoured ("" when it can); unsupported diets in `skip` are
+    left out (an advice topic covers them)."""
+    unsupported = [k for k in c.unsupported if k not in set(skip)]
+    if unsupported:
+        diet = DIET_BY_KEY[unsupported[0]]
+        reason = (diet.reason_es if language == "es" else diet.reason) or say(
+            language, "my meals and recipes aren't checked for it",
+            "mis comidas y recetas no están revisadas para eso")
+        text = say(language,
+                   f"I can't follow the {diet.label} diet yet: {reason}, so I won't send "
+                   "something that may not fit.",
+                   f"Aún no puedo seguir la dieta {diet.label_es}: {reason}, así que no te "
+                   "mando algo que quizá no encaje.")
+        if diet.medical:
+            text += say(language, " A doctor or registered dietitian can plan it with you.",
+                        " Un médico o dietista titulado puede planificarla contigo.")
+    elif c.unknown_diets:
+        name = c.unknown_diets[0]
+        text = say(language, f"I don't know the \"{name}\" diet, so I can't follow it.",
+                   f"No conozco la dieta \"{name}\", así que no puedo seguirla.")
+    elif c.unverifiable:
+        name = c.unverifiable[0]
+        text = say(language,
+                   f"I don't know which ingredients \"{name}\" covers, so I can't promise to "
+                   "leave it out. Name the ingredients instead (e.g. \"without tomatoes\").",
+                   f"No sé qué ingredientes abarca \"{name}\", así que no puedo garantizar "
+                   "quitarlo. Nombra los ingredientes (p. ej. \"sin tomate\").")
+    else:
+        return ""
+    return f"{text} {say(language, *SUPPORTED_DIETS)}"
+
+
+def check_slots(c: Constraints, request: SkillRequest, language: str) -> None:
+    """Refuse (free) a plan without breakfast, lunch or dinner: plans have all three.
+
+    Raises:
+        SkillFailed: the request leaves out a main meal ("no breakfast").
+    """
+    main = [s for s in ("breakfast", "lunch", "dinner") if s in c.excluded_slots]
+    if main:
+        raise _refuse(
+            "a main meal left out",
+            say(language,
+                f"My plans always have breakfast, lunch and dinner, so I can't leave out "
+                f"{_slot_names(main, language)} yet. Snacks can go: text \"meal plan, no "
+                "snacks\".",
+                f"Mis planes siempre tienen desayuno, almuerzo y cena, así que aún no puedo "
+                f"quitar {_slot_names(main, language)}. Las meriendas sí: escribe \"plan de "
+                "comidas sin meriendas\"."),
+            request, language)
+
+
+def _breach(c: Constraints, broken: Exclusion | Pair | None, language: str) -> str:
+    """What a recipe breaks, after "has" / "lleva": "peanuts, which you asked to leave out",
+    "pork, which a halal diet rules out"; when it only lacks a diet's tag, "no place in a
+    vegan diet"."""
+    diets = diet_label(c.hard_diets, language)
+    feminine = re.sub(r"(ano|bajo|alto)\b", lambda m: m.group(1)[:-1] + "a", diets)
+    if broken is None:
+        return say(language, f"no place in a {diets} diet",
+                   f"lo que una dieta {feminine} no permite")
+    label = broken.label_in(language)
+    if isinstance(broken, Exclusion) and broken in c.exclusions:
+        return say(language, f"{label}, which you asked to leave out",
+                   f"{label}, que pediste quitar")
+    return say(language, f"{label}, which a {diets} diet rules out",
+               f"{label}, que una dieta {feminine} no permite")
 
 
 def _without(c: Constraints, language: str) -> str:
@@ -286,24 +391,30 @@ class MenuRules:
     """What a plan's meals must satisfy: hashable, so plans are cached by it.
 
     Attributes:
-        hard: diet tags every meal must carry.
-        soft: diet tags preferred (used in a slot when some meal there has them all).
-        exclusions: nothing in a meal's ingredient list may match one of these.
+        hard: content tags every meal must carry (the rule diets' tags).
+        soft: content tags preferred (used in a slot when some meal there has them all).
+        exclusions: nothing in a meal's name or ingredient list may match one of these.
+        pairs: family pairs a meal may not hold both of (kosher: meat and dairy).
+        snacks: whether the days may have snacks ("no snacks": False).
     """
 
     hard: frozenset[str] = frozenset()
     soft: frozenset[str] = frozenset()
     exclusions: tuple[Exclusion, ...] = ()
+    pairs: tuple[Pair, ...] = ()
+    snacks: bool = True
 
     @classmethod
     def of(cls, c: Constraints) -> MenuRules:
         """The rules of a request."""
-        return cls(c.hard_diets, c.soft_diets, c.all_exclusions)
+        return cls(c.required_tags, c.preferred_tags, c.all_exclusions, c.pairs,
+                   "snack" not in c.excluded_slots)
 
     def allows(self, ingredients: Iterable[str]) -> bool:
-        """Whether no ingredient matches an exclusion."""
+        """Whether no line matches an exclusion and no forbidden pair is there."""
         lines = tuple(ingredients)
-        return not any(e.matches(line) for e in self.exclusions for line in lines)
+        return not (any(e.matches(line) for e in self.exclusions for line in lines)
+                    or any(pair.broken_by(lines) for pair in self.pairs))
 
 
 @dataclass(frozen=True)
@@ -351,7 +462,9 @@ def menu(knowledge: Knowledge, rules: MenuRules) -> _Menu:
     soft_unmet = False
     for slot in ("breakfast", "lunch", "dinner", "snack"):
         allowed = [m for m in knowledge.meals if m.slot == slot and rules.hard <= m.tags
-                   and rules.allows(m.groceries)]
+                   and rules.allows((m.name, *m.groceries))]
+        if slot == "snack" and not rules.snacks:
+            allowed = []
         if rules.soft:
             preferred = [m for m in allowed if rules.soft <= m.tags]
             if preferred:
@@ -398,8 +511,9 @@ def plan_days(knowledge: Knowledge, diets: frozenset[str], target: int, days: in
 
     Args:
         knowledge: the content.
-        diets: diet tags; vegan, vegetarian, gluten-free and dairy-free are rules, the others
-            preferences.
+        diets: keys of `constraints.DIETS`; the tags of the rule diets are required (vegan,
+            keto: low_carb, ...), those of the preferences preferred. What the diets rule out
+            by ingredient is for `exclusions` (`constraints.diet_rules`).
         target: daily kcal at one portion.
         days: how many days (1-7).
         exclusions: what no meal may contain (with the diets' own, see `MenuRules`).
@@ -407,7 +521,8 @@ def plan_days(knowledge: Knowledge, diets: frozenset[str], target: int, days: in
     Raises:
         ValueError: some main slot has no allowed meal.
     """
-    rules = MenuRules(diets & HARD_DIETS, diets - HARD_DIETS, exclusions)
+    hard = diet_tags(diets & HARD_DIETS)
+    rules = MenuRules(hard, diet_tags(diets - HARD_DIETS) - hard, exclusions)
     return _plans(knowledge, rules, target, days)
 
 
@@ -503,7 +618,7 @@ def build_plan(knowledge: Knowledge, c: Constraints, target: int, days: int,
             request, language)
     attempts = [rules]
     if rules.soft:
-        attempts.append(MenuRules(rules.hard, frozenset(), rules.exclusions))
+        attempts.append(dataclasses.replace(rules, soft=frozenset()))
     for attempt in attempts:
         tried = menu(knowledge, attempt)
         for factor in PORTION_FACTORS:
@@ -564,12 +679,16 @@ def shopping_hint(c: Constraints, days: int, target: int, language: str,
         parts = [start or "lista de compras", diet_label(c.diets, "es").replace(", ", " "),
                  plural(days, "day", "es"), f"{target} kcal"]
         parts += [f"sin {e.label_es}" for e in c.exclusions]
+        if "snack" in c.excluded_slots:
+            parts.append("sin meriendas")
         if c.people and c.people > 1:
             parts.append(f"para {c.people} personas")
     else:
         parts = [start or "grocery list", diet_label(c.diets).replace(", ", " "),
                  plural(days, "day"), f"{target} kcal"]
         parts += [f"no {e.label}" for e in c.exclusions]
+        if "snack" in c.excluded_slots:
+            parts.append("no snacks")
         if c.people and c.people > 1:
             parts.append(f"for {c.people} people")
     return " ".join(p for p in parts if p)
@@ -586,11 +705,14 @@ class MealPlanSkill:
 
         Raises:
             SkillFailed: the request cannot be met (see `daily_target`, `build_plan`), or it
-                asks for more than `MAX_PLAN_DAYS` days.
+                asks for more than `MAX_PLAN_DAYS` days, or has what the content cannot
+                honour (`check_honourable`, `check_slots`).
         """
         knowledge = load_knowledge()
         c = _read(request, knowledge)
         lang = c.language
+        check_honourable(c, request, lang)
+        check_slots(c, request, lang)
         target = daily_target(c, request, lang)
         days = _days_of(c, 1, request, lang)
         plans, found = build_plan(knowledge, c, target.kcal, days, request, lang)
@@ -623,7 +745,7 @@ class MealPlanSkill:
 
 def _plan_notes(c: Constraints, plans: list[DayPlan], found: _Menu, target: Target,
                 language: str) -> list[str]:
-    notes = []
+    notes = diet_notes(c, language)
     if target.reason:
         notes.append(target.reason)
     factor = plans[0].factor
@@ -632,6 +754,8 @@ def _plan_notes(c: Constraints, plans: list[DayPlan], found: _Menu, target: Targ
         notes.append(say(language, f"Portions are {shown} x the usual to reach it.",
                          f"Las porciones son {shown.replace('.', ',')} veces las normales para "
                          "llegar."))
+    if "snack" in c.excluded_slots:
+        notes.append(say(language, "No snacks, as you asked.", "Sin meriendas, como pediste."))
     if found.soft_unmet:
         soft = diet_label(c.soft_diets, language)
         notes.append(say(language,
@@ -646,9 +770,10 @@ def _plan_notes(c: Constraints, plans: list[DayPlan], found: _Menu, target: Targ
 # --- grocery lists ---------------------------------------------------------------------------
 
 def _plan_from_history(knowledge: Knowledge, history: tuple[tuple[str, str], ...]
-                       ) -> tuple[list[Meal], int] | None:
+                       ) -> tuple[list[Meal], int, Decimal] | None:
     """The meals of the latest meal plan the assistant sent (English or Spanish names), with how
-    many days it covered; None when no recent assistant turn is a plan."""
+    many days it covered and its portion size ("Portions are 1.5 x the usual"); None when no
+    recent assistant turn is a plan."""
     names: list[tuple[str, Meal]] = []
     for meal in knowledge.meals:
         for label in {meal.name, meal.name_es}:
@@ -668,7 +793,9 @@ def _plan_from_history(knowledge: Knowledge, history: tuple[tuple[str, str], ...
                     rest = rest.replace(f" {name} ", " | ", 1)
         if len(found) >= 3:
             days = sum(1 for line in lines if re.match(r"^(Day|D[ií]a) \d+:", line)) or 1
-            return found, days
+            size = re.search(r"(?:Portions are|Las porciones son) ([0-9]+(?:[.,][0-9]+)?)", text)
+            factor = Decimal(size.group(1).replace(",", ".")) if size else Decimal(1)
+            return found, days, factor
     return None
 
 
@@ -687,12 +814,81 @@ def _recipe_from_history(knowledge: Knowledge, history: tuple[tuple[str, str], .
     return None
 
 
-def _items_text(counts: Counter[str], knowledge: Knowledge, language: str) -> str:
+# How packs and units are named: (English singular, plural), (Spanish singular, plural).
+PACK_NAMES: Mapping[str, tuple[tuple[str, str], tuple[str, str]]] = {
+    "bottle": (("bottle", "bottles"), ("botella", "botellas")),
+    "jar": (("jar", "jars"), ("frasco", "frascos")),
+    "bag": (("bag", "bags"), ("bolsa", "bolsas")),
+    "can": (("can", "cans"), ("lata", "latas")),
+    "carton": (("carton", "cartons"), ("caja", "cajas")),
+    "head": (("head", "heads"), ("cabeza", "cabezas")),
+    "bunch": (("bunch", "bunches"), ("manojo", "manojos")),
+    "piece": (("piece", "pieces"), ("trozo", "trozos")),
+    "tub": (("tub", "tubs"), ("envase", "envases")),
+    "bar": (("bar", "bars"), ("tableta", "tabletas")),
+    "pack": (("pack", "packs"), ("paquete", "paquetes")),
+    "loaf": (("loaf", "loaves"), ("paquete", "paquetes")),
+    "cup": (("cup", "cups"), ("taza", "tazas")),
+    "tbsp": (("tbsp", "tbsp"), ("cda", "cdas")),
+    "tsp": (("tsp", "tsp"), ("cdta", "cdtas")),
+}
+_COUNT = Purchase(each=Decimal(1))
+
+
+def _ceil(value: Decimal, step: Decimal = Decimal(1)) -> Decimal:
+    """`value` rounded up to a multiple of `step` (at least one step)."""
+    steps = (value / step).to_integral_value(rounding=ROUND_CEILING)
+    return max(steps, Decimal(1)) * step
+
+
+def _named(count: Decimal, unit: str, language: str) -> str:
+    """"2 bottles", "1 taza", "1,5 tazas"."""
+    names = PACK_NAMES[unit][1 if language == "es" else 0]
+    return f"{grams(count, language)} {names[0] if count == 1 else names[1]}"
+
+
+def buy_amount(purchase: Purchase, total: Decimal, language: str) -> str:
+    """What to buy of an item that `total` (in `purchase.unit`) is needed of: whole packs for
+    pantry items ("1 bottle"), grams or ml rounded up ("360 g", "1.2 kg"), half cups, whole
+    cans, or a count of pieces."""
+    if purchase.pack:
+        return _named(_ceil(total / purchase.holds), purchase.pack, language)
+    unit = purchase.unit
+    if unit in ("g", "ml"):
+        step = Decimal(10) if total < 100 else Decimal(50) if total < 1000 else Decimal(100)
+        value = _ceil(total, step)
+        if value >= 1000:
+            return f"{grams(value / 1000, language)} {'kg' if unit == 'g' else 'L'}"
+        return f"{grams(value, language)} {unit}"
+    if unit == "cup":
+        return _named(_ceil(total, Decimal("0.5")), unit, language)
+    if unit in PACK_NAMES:
+        return _named(_ceil(total), unit, language)
+    return grams(_ceil(total), language)
+
+
+def shopping_list(uses: Iterable[tuple[Meal, Decimal]], knowledge: Knowledge, language: str,
+                  skip: Iterable[str] = ()) -> str:
+    """The grocery list of meals eaten `factor` portions each ((meal, factor) pairs: portions
+    times people), each item totalled and said in what is bought: "eggs 12, cheddar cheese
+    360 g, olive oil 1 bottle". Items used most come first; items in `skip` are left out."""
+    skipped = set(skip)
+    totals: dict[str, Decimal] = {}
+    counts: Counter[str] = Counter()
+    for meal, factor in uses:
+        for item in meal.groceries:
+            if item in skipped:
+                continue
+            purchase = knowledge.shopping.get(item, _COUNT)
+            amount = meal.amount(item)
+            totals[item] = totals.get(item, Decimal(0)) + (
+                purchase.each if amount is None else amount) * factor
+            counts[item] += 1
+    order = sorted(totals, key=lambda item: (-counts[item], item))
     return ", ".join(
-        f"{knowledge.item_label(item, language)} x{n}" if n > 1
-        else knowledge.item_label(item, language)
-        for item, n in sorted(counts.items(), key=lambda pair: (-pair[1], pair[0]))
-    )
+        f"{knowledge.item_label(item, language)} "
+        f"{buy_amount(knowledge.shopping.get(item, _COUNT), totals[item], language)}"
+        for item in order)
 
 
 class GroceryListSkill:
@@ -700,9 +896,12 @@ class GroceryListSkill:
     for the asked days, with nothing the person excluded."""
 
     intent = "grocery_list"
+    # The router passes the conversation only to skills that read it (bot.router.answer).
+    uses_history = True
 
     def answer(self, request: SkillRequest) -> SkillAnswer:
-        """The list, items counted across the days (times the people).
+        """The list, each item totalled across the days (times the people and the portion
+        size) in what is bought: grams, pieces, or whole packs for pantry items.
 
         Uses `request.history`: "grocery list for my plan" lists the meals of the latest meal
         plan the assistant sent; "grocery list for this recipe" the latest recipe.
@@ -714,6 +913,7 @@ class GroceryListSkill:
         knowledge = load_knowledge()
         c = _read(request, knowledge)
         lang = c.language
+        check_honourable(c, request, lang)
         people = c.people or 1
         bare = not (c.diets or c.days or c.foods or c.calories or c.goal or c.exclusions)
         if c.refers_to_plan or bare:
@@ -726,14 +926,13 @@ class GroceryListSkill:
                 return self._from_recipe(recipe, c, request)
         named = _named_recipe(knowledge, c, request, lang)
         if named is not None and not c.days:
-            return self._from_recipe(named, c, request)
+            return self._from_recipe(named, c, request,
+                                     _instead_of(knowledge, c, named, lang))
+        check_slots(c, request, lang)
         target = daily_target(c, request, lang)
         days = _days_of(c, 3, request, lang)
         plans, _ = build_plan(knowledge, c, target.kcal, days, request, lang)
-        counts: Counter[str] = Counter()
-        for day in plans:
-            for meal in day.meals:
-                counts.update({item: people for item in meal.groceries})
+        uses = [(meal, day.factor * people) for day in plans for meal in day.meals]
         label = diet_label(c.diets, lang)
         who = _for_people(people, lang)
         if lang == "es":
@@ -746,51 +945,74 @@ class GroceryListSkill:
         hint = shopping_hint(c, days, target.kcal, lang,
                              start=say(lang, "meal plan", "plan de comidas"))
         meals = "; ".join(m.label(lang) for m in plans[0].meals)
-        tail = say(lang, f'Day 1 is: {meals}. Text "{hint}" for the full plan.',
-                   f'El día 1 es: {meals}. Escribe "{hint}" para el plan completo.')
+        full = say(lang, f'Text "{hint}" for the full plan.',
+                   f'Escribe "{hint}" para el plan completo.')
         if c.refers_to_plan:
-            tail += say(lang, " (I can't see an earlier plan here, so this list is for a new one.)",
+            full += say(lang, " (I can't see an earlier plan here, so this list is for a new one.)",
                         " (No veo aquí un plan anterior, así que la lista es de uno nuevo.)")
-        return _answer(f"{head}: {_items_text(counts, knowledge, lang)}.\n{tail}", request)
+        notes = "".join(f"\n{note}" for note in diet_notes(c, lang))
+        body = f"{head}: {shopping_list(uses, knowledge, lang)}."
+        text = f"{body}\n{say(lang, 'Day 1 is', 'El día 1 es')}: {meals}. {full}{notes}"
+        if len(text) > MAX_ANSWER:
+            # A long list keeps its items, notes and the way to the plan; day 1 goes.
+            text = f"{body}\n{full}{notes}"
+        return _answer(text, request)
 
-    def _from_plan(self, previous: tuple[list[Meal], int], c: Constraints,
+    def _from_plan(self, previous: tuple[list[Meal], int, Decimal], c: Constraints,
                    knowledge: Knowledge, request: SkillRequest) -> SkillAnswer:
-        meals, days = previous
+        meals, days, factor = previous
         lang = c.language
         people = c.people or 1
-        counts: Counter[str] = Counter()
         left_out: set[str] = set()
+        skip: set[str] = set()
         for meal in meals:
             for item in meal.groceries:
                 if c.violation((item,)) is not None:
                     left_out.add(knowledge.item_label(item, lang))
-                    continue
-                counts[item] += people
+                    skip.add(item)
         who = _for_people(people, lang)
         head = say(lang, f"Grocery list for your meal plan ({plural(days, 'day')}){who}",
                    f"Lista de compras para tu plan de comidas ({plural(days, 'day', 'es')}){who}")
-        text = f"{head}: {_items_text(counts, knowledge, lang)}."
+        listed = shopping_list(((m, factor * people) for m in meals), knowledge, lang, skip)
+        text = f"{head}: {listed}."
         if left_out:
             text += say(lang, f"\nLeft out, as you asked: {', '.join(sorted(left_out))}.",
                         f"\nQuité lo que pediste: {', '.join(sorted(left_out))}.")
         return _answer(text, request)
 
-    def _from_recipe(self, recipe: Recipe, c: Constraints, request: SkillRequest
-                     ) -> SkillAnswer:
+    def _from_recipe(self, recipe: Recipe, c: Constraints, request: SkillRequest,
+                     note: str = "") -> SkillAnswer:
         lang = c.language
-        broken = c.violation(recipe.ingredients)
-        if broken is not None:
+        broken = c.violation((recipe.name, *recipe.ingredients))
+        if broken is not None or not c.required_tags <= recipe.tags:
             raise _refuse("the recipe has an excluded ingredient",
-                          say(lang, f"{recipe.label(lang)} has {broken.label_in(lang)}, which you "
-                                    "asked to leave out.",
-                              f"{recipe.label(lang)} lleva {broken.label_in(lang)}, que pediste "
-                              "quitar."), request, lang)
+                          say(lang, f"{recipe.label(lang)} has {_breach(c, broken, lang)}.",
+                              f"{recipe.label(lang)} lleva {_breach(c, broken, lang)}."),
+                          request, lang)
         items = ", ".join(recipe.ingredient_lines(lang))
         servings = plural(recipe.servings, "serving", lang)
         text = say(lang, f"Grocery list for {recipe.label(lang)} ({servings}): {items}.",
                    f"Lista de compras para {recipe.label(lang)} ({servings}): {items}.")
         text += _people_note(c, recipe, lang)
+        text += "".join(f"\n{line}" for line in [note, *diet_notes(c, lang)] if line)
         return _answer(text, request)
+
+
+def _instead_of(knowledge: Knowledge, c: Constraints, recipe: Recipe, language: str) -> str:
+    """"(Chicken Cobb salad has pork, which ...; this is the closest.)" when the recipe asked
+    for is ruled out and `recipe` stands in for it; "" otherwise."""
+    best = rank_recipes(knowledge, c, allowed_only=False)
+    if not best or best[0][0] is recipe:
+        return ""
+    chosen = next((score for r, score in best if r is recipe), 0)
+    asked = best[0][0]
+    broken = c.violation((asked.name, *asked.ingredients))
+    if best[0][1] <= chosen or (broken is None and c.required_tags <= asked.tags):
+        return ""
+    return say(language, f"({asked.label(language)} has {_breach(c, broken, language)}; this "
+                         "is the closest.)",
+               f"({asked.label(language)} lleva {_breach(c, broken, language)}; esta es la "
+               "más parecida.)")
 
 
 def _for_people(people: int, language: str) -> str:
@@ -824,14 +1046,12 @@ def _named_recipe(knowledge: Knowledge, c: Constraints, request: SkillRequest, l
         if score >= 3:
             return recipe
     recipe = ranked[0][0]
-    broken = c.violation(recipe.ingredients) or (c.all_exclusions[0] if c.all_exclusions
-                                                 else None)
-    label = broken.label_in(language) if broken else diet_label(c.diets, language)
+    broken = c.violation((recipe.name, *recipe.ingredients))
     raise _refuse("the named recipe has an excluded ingredient",
-                  say(language, f"{recipe.label(language)} has {label}, which you asked to leave "
-                                "out, and I have no other recipe like it.",
-                      f"{recipe.label(language)} lleva {label}, que pediste quitar, y no tengo "
-                      "otra receta parecida."), request, language)
+                  say(language, f"{recipe.label(language)} has {_breach(c, broken, language)}, "
+                                "and I have no other recipe like it.",
+                      f"{recipe.label(language)} lleva {_breach(c, broken, language)}, y no "
+                      "tengo otra receta parecida."), request, language)
 
 
 # --- recipes ----------------------------------------------------------------------------------
@@ -865,18 +1085,23 @@ def rank_recipes(knowledge: Knowledge, c: Constraints, allowed_only: bool = True
     """Recipes for the request, best score first (ties: quicker first).
 
     Score: 3 per keyword shared with the recipe's keywords or names, 2 per named food the recipe
-    uses, 1 when its meal (breakfast, ...) is named. With `allowed_only`, recipes lacking a hard
-    diet tag, with an excluded ingredient, or above a per-serving calorie cap ("recipe under 400
-    calories") are left out, and soft diet tags are required when some recipe has them all.
+    uses, 1 when its meal (breakfast, ...) is named. With `allowed_only`, recipes lacking a rule
+    diet's tag, with an excluded ingredient (or a forbidden pair: kosher meat with dairy), of a
+    meal left out ("no breakfast"), or above a per-serving calorie cap ("recipe under 400
+    calories"; `LOW_CALORIE_RECIPE_KCAL` for a low-calorie or weight-loss request) are left
+    out, and preferred tags are required when some recipe has them all.
     """
     recipes = list(knowledge.recipes)
     if allowed_only:
         recipes = [r for r in recipes
-                   if c.hard_diets <= r.tags and c.violation(r.ingredients) is None]
+                   if c.required_tags <= r.tags and r.meal not in c.excluded_slots
+                   and c.violation((r.name, *r.ingredients)) is None]
         if c.calories is not None and c.calories <= 1000:
             recipes = [r for r in recipes if r.kcal_per_serving <= c.calories]
-        if c.soft_diets:
-            preferred = [r for r in recipes if c.soft_diets <= r.tags]
+        elif c.calories is None and c.goal == "lose":
+            recipes = [r for r in recipes if r.kcal_per_serving <= LOW_CALORIE_RECIPE_KCAL]
+        if c.preferred_tags:
+            preferred = [r for r in recipes if c.preferred_tags <= r.tags]
             recipes = preferred or recipes
     words = c.keywords()
     scored = []
@@ -891,6 +1116,7 @@ def rank_recipes(knowledge: Knowledge, c: Constraints, allowed_only: bool = True
     return scored
 
 
+LOW_CALORIE_RECIPE_KCAL = 450  # a recipe's kcal per serving for "low calorie", "to lose weight"
 _MEAL_KEYWORDS = frozenset({"breakfast", "lunch", "dinner", "snack", "desayuno", "almuerzo",
                             "cena", "merienda", "supper", "brunch", "dessert", "postre", "comida",
                             "cenar", "desayunar", "almorzar"})
@@ -911,6 +1137,7 @@ class RecipeSearchSkill:
         knowledge = load_knowledge()
         c = _read(request, knowledge)
         lang = c.language
+        check_honourable(c, request, lang)
         ranked = rank_recipes(knowledge, c)
         wanted = c.keywords() - _MEAL_KEYWORDS
         what = " ".join(filter(None, [diet_label(c.diets, lang),
@@ -924,15 +1151,21 @@ class RecipeSearchSkill:
             unfiltered = rank_recipes(knowledge, c, allowed_only=False)
             if unfiltered and unfiltered[0][1] > 0:
                 blocked = unfiltered[0][0]
-                broken = c.violation(blocked.ingredients)
-                reason = broken.label_in(lang) if broken else what
-                raise _refuse(
-                    "the matching recipes break the constraints",
-                    say(lang, f"The recipes I have for that ({blocked.label(lang)}) have "
-                              f"{reason}, which you asked to leave out.",
-                        f"Las recetas que tengo para eso ({blocked.label(lang)}) llevan "
-                        f"{reason}, que pediste quitar."),
-                    request, lang)
+                broken = c.violation((blocked.name, *blocked.ingredients))
+                if broken is None and c.required_tags <= blocked.tags:
+                    reply = say(lang, f"The recipes I have for that ({blocked.label(lang)}) "
+                                      f"don't fit what you asked{' (' + what + ')' if what else ''}"
+                                      ", e.g. the calories or the meal.",
+                                f"Las recetas que tengo para eso ({blocked.label(lang)}) no "
+                                f"encajan con lo que pediste{' (' + what + ')' if what else ''}"
+                                ", p. ej. las calorías o la comida.")
+                else:
+                    reply = say(lang, f"The recipes I have for that ({blocked.label(lang)}) "
+                                      f"have {_breach(c, broken, lang)}.",
+                                f"Las recetas que tengo para eso ({blocked.label(lang)}) "
+                                f"llevan {_breach(c, broken, lang)}.")
+                raise _refuse("the matching recipes break the constraints", reply, request,
+                              lang)
             if not (c.diets or c.exclusions):
                 names = ", ".join(sorted({r.label(lang) for r in knowledge.recipes})[:6])
                 raise _refuse(
@@ -963,7 +1196,19 @@ class RecipeSearchSkill:
         if c.exclusions:
             text += say(lang, f"\nNone of these has {c.excluded_labels(lang)}.",
                         f"\nNinguna lleva {c.excluded_labels(lang)}.")
+        text += "".join(f"\n{note}" for note in diet_notes(c, lang))
+        best_of_all = rank_recipes(knowledge, c, allowed_only=False)
         missing = _unmatched(recipe, c)
+        if best_of_all and best_of_all[0][0] is not recipe and best_of_all[0][1] > ranked[0][1]:
+            # The dish asked for exists but is ruled out ("caesar salad, allergic to fish").
+            closest = best_of_all[0][0]
+            broken = c.violation((closest.name, *closest.ingredients))
+            if broken is not None:
+                text += say(lang, f"\n({closest.label(lang)} has "
+                                  f"{_breach(c, broken, lang)}; this is the closest.)",
+                            f"\n({closest.label(lang)} lleva {_breach(c, broken, lang)}; "
+                            "esta es la más parecida.)")
+                missing = []
         if missing:
             text += say(lang, f"\n(I have no recipe with {', '.join(missing)} yet; this is the "
                               "closest.)",
@@ -1030,14 +1275,18 @@ class NutritionAnalysisSkill:
         """The facts per food (and a total for several).
 
         Raises:
-            SkillFailed: no known food is named (the reply names what is known).
+            SkillFailed: no known food is named (the reply names what is known), or a question
+                about needs names a condition no topic covers (`check_covered`).
         """
         knowledge = load_knowledge()
         c = _read(request, knowledge)
         lang = c.language
         if not c.foods:
             # "how many calories should I eat a day", "how much protein do I need": a question
-            # about needs, not about a food, answered from the advice topics.
+            # about needs, not about a food, answered from the advice topics, which must not
+            # ignore a condition named ("protein on a renal diet").
+            if _asks_needs(c, knowledge):
+                check_covered(c, knowledge, request, lang)
             parts = advice_parts(c, knowledge, lang) if _asks_needs(c, knowledge) else []
             if parts:
                 return _answer("\n".join(parts), request)
@@ -1053,6 +1302,7 @@ class NutritionAnalysisSkill:
             fat += food.fat_g * n
             fiber += food.fiber_g * n
             lines.append(_facts_line(food, n, lang))
+        lines += food_warnings(c, lang)
         if len(c.foods) > 1:
             lines.append(say(
                 lang,
@@ -1071,7 +1321,9 @@ class NutritionAnalysisSkill:
 
 def _matches(c: Constraints, knowledge: Knowledge) -> list[tuple[int, int, AdviceTopic]]:
     """Topics whose triggers occur in the message, as (words matched, position, topic); the
-    longest trigger takes its words, so a shorter one inside it does not count."""
+    longest trigger takes its words, so a shorter one inside it does not count. A topic about
+    foods is not matched by the words of an exclusion ("allergic to nuts" is not about eating
+    nuts)."""
     words = stems(c.words)
     taken = [False] * len(words)
     best: dict[str, tuple[int, int, AdviceTopic]] = {}
@@ -1081,6 +1333,10 @@ def _matches(c: Constraints, knowledge: Knowledge) -> list[tuple[int, int, Advic
             continue
         for start in range(len(words) - size + 1):
             if words[start:start + size] != phrase or any(taken[start:start + size]):
+                continue
+            if topic.foods and all(i in c.excluded_at for i in range(start, start + size)):
+                # "allergic to nuts": the words name what is left out, not a question about
+                # eating nuts.
                 continue
             for i in range(start, start + size):
                 taken[i] = True
@@ -1166,8 +1422,18 @@ def energy_text(c: Constraints, knowledge: Knowledge, language: str) -> str:
     return text
 
 
-def _verdict(food: Food, diet: str, language: str) -> str:
-    """Whether `food` fits `diet`, from the food's tags and numbers."""
+# Diets whose verdict on a food is its content tag (the others: `_rule_verdict`).
+_TAG_VERDICTS = frozenset({"vegan", "vegetarian", "gluten_free", "dairy_free", "low_carb",
+                           "keto", "high_protein"})
+
+
+def _verdict(food: Food, diet: str, language: str, knowledge: Knowledge | None = None) -> str:
+    """Whether `food` fits `diet`, from the food's tags and numbers (or, for a diet without a
+    tag of its own, such as halal or paleo, from what the diet rules out)."""
+    if diet not in _TAG_VERDICTS:
+        return _rule_verdict(food, diet, language, knowledge or load_knowledge())
+    if diet == "keto":
+        diet = "low_carb"
     name = food.label(language)
     serving = food.serving_text(language)
     fits = diet in food.tags
@@ -1198,6 +1464,49 @@ def _verdict(food: Food, diet: str, language: str) -> str:
     return say(language, f"No, {name} is not {label}.", f"No, {name} no es apto: {label}.")
 
 
+def _rule_verdict(food: Food, diet: str, language: str, knowledge: Knowledge) -> str:
+    """Whether `food` fits a diet checked by ingredient (halal, kosher, paleo, pescatarian,
+    ...): what the diet rules out, matched in the food's names."""
+    rule = DIET_BY_KEY[diet]
+    implied = {diet, *rule.implies}
+    exclusions, _ = diet_rules(knowledge, implied)
+    names = (food.name, *food.aliases)
+    broken = next((e for e in exclusions if any(e.matches(n) for n in names)), None)
+    name = food.label(language)
+    label = diet_label(frozenset({diet}), language)
+    if broken is not None:
+        return say(language, f"No, {name} is not {label}: it is {broken.label_in(language)}.",
+                   f"No, {name} no es apto: {label} ({broken.label_in(language)}).")
+    if rule.tag and rule.tag not in food.tags and rule.kind == "rule":
+        return say(language, f"No, {name} is not {label}.", f"No, {name} no es apto: {label}.")
+    is_meat = any(family_exclusion(knowledge, "meat").matches(n) for n in names)
+    is_dairy = any(family_exclusion(knowledge, "dairy").matches(n) for n in names)
+    text = say(language, f"Yes, {name} fits {label}.", f"Sí, {name} es apto: {label}.")
+    if (diet == "halal" and is_meat) or (diet == "kosher" and (is_meat or is_dairy)):
+        text += say(language, f" Buy it {label}-certified.",
+                    f" Cómpralo con certificación {label}.")
+    if diet == "kosher" and (is_meat or is_dairy):
+        text += say(language, " Never eat meat and dairy in the same meal.",
+                    " Nunca comas carne y lácteos en la misma comida.")
+    return text
+
+
+def food_warnings(c: Constraints, language: str) -> list[str]:
+    """A warning for each food asked about that the person's exclusions or diet rule out ("is
+    chocolate ok? I'm allergic to milk": chocolate has dairy)."""
+    warnings = []
+    for mention in c.foods[:2]:
+        food = mention.food
+        broken = c.violation((food.name, *food.aliases))
+        if broken is not None:
+            warnings.append(say(language,
+                                f"Careful: {food.label(language)} has "
+                                f"{_breach(c, broken, language)}.",
+                                f"Cuidado: {food.label(language)} lleva "
+                                f"{_breach(c, broken, language)}."))
+    return warnings
+
+
 def _food_part(food: Food, knowledge: Knowledge, language: str) -> str:
     for topic in knowledge.topics:
         if food.name in topic.foods:
@@ -1213,17 +1522,47 @@ def _food_part(food: Food, knowledge: Knowledge, language: str) -> str:
                f"{grams(food.fat_g, language)} g de grasa. {tip}").strip()
 
 
-def _avoid_part(c: Constraints, language: str) -> str:
+def _avoid_part(c: Constraints, language: str, knowledge: Knowledge | None = None) -> str:
     parts = []
+    families = {f.key: f for f in (knowledge or load_knowledge()).families}
     for exclusion in c.exclusions[:2]:
-        terms = ", ".join(" ".join(t) for t in exclusion.terms[:8])
+        family = families.get(exclusion.key)
+        if language == "es" and family is not None:
+            # The Spanish names of the family (its terms are English ingredient words).
+            names = list(dict.fromkeys(n for n in family.names_es
+                                       if n != fold_accents(exclusion.label_es)))
+            terms = ", ".join([exclusion.label_es, *names][:8])
+        else:
+            terms = ", ".join(" ".join(t) for t in exclusion.terms[:8])
         parts.append(say(language,
                          f"Without {exclusion.label}, leave out foods with: {terms}.",
                          f"Sin {exclusion.label_es}, evita lo que lleve: {terms}."))
     return " ".join(parts)
 
 
+def fold_accents(text: str) -> str:
+    """`text` lower case without accents, as the content's names are written."""
+    return " ".join(read_words(text))
+
+
 MAX_ADVICE_PARTS = 2
+
+
+def check_covered(c: Constraints, knowledge: Knowledge, request: SkillRequest,
+                  language: str) -> None:
+    """For advice: refuse (free) when the request names a diet the content cannot honour and
+    no advice topic covers it ("low FODMAP tips"; "advice for diabetes" has its topic), a diet
+    it does not know, or something to leave out it cannot check.
+
+    Raises:
+        SkillFailed: see above; the reply says what cannot be done.
+    """
+    topics = {topic.key for _, _, topic in _matches(c, knowledge)}
+    covered = [k for k in c.unsupported if DIET_BY_KEY[k].topic in topics]
+    reply = unhonourable_reply(c, language, skip=covered)
+    if reply:
+        raise _refuse("the request has a requirement the content cannot honour", reply,
+                      request, language)
 
 
 class DietaryAdviceSkill:
@@ -1238,11 +1577,13 @@ class DietaryAdviceSkill:
 
         Raises:
             SkillFailed: the question names something no topic or food covers ("is kombucha
-                good for me?"): the reply says so instead of a generic text.
+                good for me?"), or a diet the content cannot honour that no topic covers
+                ("low FODMAP tips"): the reply says so instead of a generic text.
         """
         knowledge = load_knowledge()
         c = _read(request, knowledge)
         lang = c.language
+        check_covered(c, knowledge, request, lang)
         parts = advice_parts(c, knowledge, lang)
         if not parts:
             subject = advice_subject(c, knowledge)
@@ -1271,7 +1612,8 @@ ADVICE_GENERIC = frozenset({
     "consejo", "recomendaciones", "recomendacion", "sugerencias", "saludable", "saludables",
     "sano", "sana", "sanos", "comer", "alimentacion", "alimentos", "alimento", "comida", "comidas",
     "dieta", "dietas", "bien", "mejor", "buenos", "buena", "bueno", "habitos", "quiero",
-    "necesito", "dame", "algunos", "algunas", "como", "empezar",
+    "necesito", "dame", "algunos", "algunas", "como", "empezar", "varied",
+    "equilibrada", "equilibrado", "balanceada", "balanceado", "variada", "variado",
 })
 
 
@@ -1299,12 +1641,18 @@ def advice_parts(c: Constraints, knowledge: Knowledge, language: str) -> list[st
     verdict per food and diet named ("bananas on keto"), daily needs, the topics whose triggers
     are longest, facts of a food with no topic, and what an exclusion means; [] when nothing
     in the request is covered."""
-    parts: list[str] = []
+    parts: list[str] = list(food_warnings(c, language))
     used: set[str] = set()
     for mention in c.foods[:2]:
-        for diet in sorted(c.diets - {"vegetarian", "dairy_free"} if "vegan" in c.diets
-                           else c.diets):
-            parts.append(_verdict(mention.food, diet, language))
+        for diet in shown_diets(c.diets):
+            parts.append(_verdict(mention.food, diet, language, knowledge))
+    if not c.foods:
+        # What a diet without an advice topic of its own means (halal, kosher, paleo, ...).
+        for diet in shown_diets(c.diets):
+            summary = DIET_BY_KEY[diet].summary_es if language == "es" else \
+                DIET_BY_KEY[diet].summary
+            if summary:
+                parts.append(summary)
     matches = _matches(c, knowledge)
     diet_topics = {"vegan", "vegetarian", "gluten_free", "dairy_free", "low_carb"}
     food_topics = {t.key for t in knowledge.topics for m in c.foods if m.food.name in t.foods}
@@ -1315,7 +1663,7 @@ def advice_parts(c: Constraints, knowledge: Knowledge, language: str) -> list[st
         if topic.key == "daily_calories":
             parts.append(energy_text(c, knowledge, language))
         elif topic.key == "allergies" and c.exclusions:
-            parts.append(_avoid_part(c, language))
+            parts.append(_avoid_part(c, language, knowledge))
             parts.append(topic.text_in(language))
         else:
             parts.append(topic.text_in(language))
@@ -1326,10 +1674,15 @@ def advice_parts(c: Constraints, knowledge: Knowledge, language: str) -> list[st
             parts.append(_food_part(mention.food, knowledge, language))
             used.add(mention.food.name)
     if c.exclusions and "allergies" not in used:
-        parts.append(_avoid_part(c, language))
+        parts.append(_avoid_part(c, language, knowledge))
     if c.goal and not ({"weight_loss", "weight_gain", "daily_calories"} & used) and not parts:
         parts.append(knowledge.topic("weight_loss" if c.goal == "lose" else "weight_gain")
                      .text_in(language))
+    covering = [knowledge.topic(key).text_in(language) for key in
+                (DIET_BY_KEY[d].topic for d in c.unsupported) if key is not None
+                and key in used]
+    # A condition's own topic ("advice for diabetes") is never cut to make room.
+    parts = covering + [p for p in parts if p not in covering]
     return list(dict.fromkeys(p for p in parts if p))[:MAX_ADVICE_PARTS]
 
 
@@ -1358,10 +1711,16 @@ class ChatSkill:
     intent = "chat"
 
     def answer(self, request: SkillRequest) -> SkillAnswer:
-        """A short reply in the request's language (never refuses)."""
+        """A short reply in the request's language.
+
+        Raises:
+            SkillFailed: the message names a diet the content cannot honour (or does not know)
+                that no advice topic covers: the reply says so, free.
+        """
         knowledge = load_knowledge()
         c = _read(request, knowledge)
         lang = c.language
+        check_covered(c, knowledge, request, lang)
         words = set(c.words)
         capabilities = say(lang, CAPABILITIES, CAPABILITIES_ES)
         question = "?" in request.text or bool(c.words and c.words[0] in _QUESTION_STARTS)

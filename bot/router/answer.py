@@ -371,15 +371,28 @@ def settle_ledger(
     return "answered", (text,), captured.posted.amount
 
 
+def _uses_history(intent: str) -> bool:
+    """Whether the offline skill of `intent` reads `SkillRequest.history`."""
+    try:
+        return bool(getattr(skill_for(intent), "uses_history", False))
+    except UnknownIntent:
+        return False
+
+
 def skill_request(
     session: Session, settings: BotSettings, spec: IntentSpec, message: Message,
     level: str | None = None,
 ) -> SkillRequest:
     """The skill's input: the text, the channel, the conversation before this message, and
-    the LLM tier of the level."""
+    the LLM tier of the level.
+
+    The conversation (at most the catalog's `llm.history_messages` earlier messages) is read
+    only for a skill that uses it: the LLM, or an offline skill whose class sets
+    `uses_history = True` (the grocery list, which lists the meal plan just sent); the other
+    answers save the statement."""
     history: tuple[tuple[str, str], ...] = ()
     limit = settings.catalog.llm.history_messages
-    if settings.chat is not None and limit:
+    if limit and (settings.chat is not None or _uses_history(spec.name)):
         rows = session.execute(
             select(Message.direction, Message.body)
             .where(Message.contact_id == message.contact_id, Message.id < message.id,

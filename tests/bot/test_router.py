@@ -312,3 +312,16 @@ def test_start_words_mean_start_only_for_someone_opted_out(say, session):
                    ("whatsapp", "opt_out", "UNSUBSCRIBE", "keyword")]
     times = session.scalars(select(ConsentEvent.at)).all()
     assert all(t is not None for t in times)
+
+
+def test_a_grocery_list_for_my_meal_plan_lists_the_plan_just_sent(say, session):
+    """Offline too, the grocery list reads the conversation (its skill sets `uses_history`),
+    so "my meal plan" is the plan the bot has just sent, not a new one."""
+    plan = say("vegetarian meal plan for 2 days, no peanuts")
+    assert plan.kind == "answered"
+    meals = [line.split(":", 1)[1] for line in " ".join(plan.replies).split("Day ")[1:]]
+    listed = say("grocery list for my meal plan")
+    assert listed.kind == "answered" and listed.intent == "grocery_list"
+    text = " ".join(listed.replies).lower()
+    assert meals and "peanut" not in text
+    assert text.startswith("grocery list for your meal plan")

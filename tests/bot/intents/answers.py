@@ -2,8 +2,9 @@
 an answer shows, and whether an ingredient belongs to a family.
 
 The family check is written here again, independently of `bot.intents.constraints` (plain
-regular expressions over the content's family terms), so a test of "no excluded ingredient"
-does not trust the code it tests.
+regular expressions over the content's family terms, and over what the composites of
+ingredients.yaml contain), so a test of "no excluded ingredient" does not trust the code it
+tests.
 """
 
 from __future__ import annotations
@@ -36,21 +37,45 @@ def family_terms(knowledge: Knowledge, key: str) -> tuple[set[str], set[str]]:
     return terms, exceptions - terms
 
 
+def _has_word(text: str, term: str) -> bool:
+    stem = term[:-1] if term.endswith("y") else term
+    return re.search(rf"\b{re.escape(stem)}(y|ies|e?s)?\b", text) is not None
+
+
+def parts_of(knowledge: Knowledge, line: str) -> list[str]:
+    """The line and everything the composites named in it contain, recursively
+    ("3 tbsp caesar dressing" -> ..., "anchovy", "parmesan", "worcestershire sauce", ...)."""
+    parts, pending, seen = [fold(line)], [fold(line)], set()
+    while pending:
+        text = pending.pop()
+        for name, inside in knowledge.composites.items():
+            if name not in seen and _has_word(text, name):
+                seen.add(name)
+                parts += [fold(p) for p in inside]
+                pending += [fold(p) for p in inside]
+    return parts
+
+
 def contains(knowledge: Knowledge, line: str, key: str) -> bool:
     """Whether an ingredient line holds the family `key` (or, for a key that is no family, the
-    word itself), as a whole word, singular or plural."""
+    word itself), as a whole word, singular or plural, in the line or in what a composite it
+    names contains."""
     if any(f.key == key for f in knowledge.families):
         terms, exceptions = family_terms(knowledge, key)
     else:
         terms, exceptions = {key}, set()
-    text = fold(line)
-    for exception in sorted(exceptions, key=len, reverse=True):
-        text = re.sub(rf"\b{re.escape(exception)}(e?s)?\b", " ", text)
-    for term in terms:
-        stem = term[:-1] if term.endswith("y") else term
-        if re.search(rf"\b{re.escape(stem)}(y|ies|e?s)?\b", text):
+    for text in parts_of(knowledge, line):
+        for exception in sorted(exceptions, key=len, reverse=True):
+            text = re.sub(rf"\b{re.escape(exception)}(e?s)?\b", " ", text)
+        if any(_has_word(text, term) for term in terms):
             return True
     return False
+
+
+def meat_with_dairy(knowledge: Knowledge, lines: list[str]) -> bool:
+    """Whether one meal's lines hold both meat and dairy (what kosher never allows)."""
+    return (any(contains(knowledge, line, "meat") for line in lines)
+            and any(contains(knowledge, line, "dairy") for line in lines))
 
 
 def _labels(knowledge: Knowledge) -> dict[str, Meal]:
@@ -102,9 +127,13 @@ def shown_recipes(knowledge: Knowledge, answer: str) -> list[Recipe]:
     return recipes
 
 
+# A quantity at the end of a grocery item: "12", "360 g", "1,2 kg", "1 bottle", "2 latas".
+QUANTITY = re.compile(r" [0-9]+(?:[.,][0-9]+)?(?: [a-záéíóúñ]+)?$")
+
+
 def grocery_items(knowledge: Knowledge, answer: str) -> list[str]:
-    """The English grocery items of a list answer (Spanish names mapped back), or the
-    ingredient lines of a recipe's list."""
+    """The English grocery items of a list answer (Spanish names mapped back, quantities
+    dropped), or the ingredient lines of a recipe's list."""
     head = answer.splitlines()[0]
     recipe = re.match(r"^(?:Grocery list for|Lista de compras para) (.+) \(\d+ (?:servings?|"
                       r"porci[oó]n(?:es)?)\):", head)
@@ -114,6 +143,17 @@ def grocery_items(knowledge: Knowledge, answer: str) -> list[str]:
     listed = head.split("): ", 1)[1] if "): " in head else head.split(": ", 1)[1]
     items = []
     for item in listed.rstrip(".").split(", "):
-        name = re.sub(r" x\d+$", "", item)
+        name = QUANTITY.sub("", item)
         items.append(english.get(fold(name), name))
     return items
+
+
+def grocery_quantities(answer: str) -> dict[str, str]:
+    """Each item of a list answer (as shown) with its quantity as shown ("360 g")."""
+    head = answer.splitlines()[0]
+    listed = head.split("): ", 1)[1] if "): " in head else head.split(": ", 1)[1]
+    found = {}
+    for item in listed.rstrip(".").split(", "):
+        match = QUANTITY.search(item)
+        found[item[:match.start()] if match else item] = match.group(0).strip() if match else ""
+    return found

@@ -9,7 +9,7 @@ from decimal import Decimal
 import pytest
 
 from bot.intents.classifier import correct_words, detect_language
-from bot.intents.constraints import parse_constraints
+from bot.intents.constraints import DIETS, UNSUPPORTED_DIETS, parse_constraints
 from bot.intents.query import read_words
 from bot.knowledge import Body, load_knowledge, maintenance_kcal, mifflin_st_jeor_bmr
 
@@ -49,6 +49,31 @@ KNOWLEDGE = load_knowledge()
         ("no problem, thanks", set()),
         ("no soy vegana", set()),
         ("chicken recipe", set()),
+        # Spanish "soy" is "I am" unless it is plainly the food.
+        ("sin soy", {"soy"}),
+        ("plan sin gluten ni soy", {"soy"}),
+        ("salsa de soy no, sin soy por favor", {"soy"}),
+        ("soy alérgico al maní y soy celíaca", {"peanut"}),
+        ("soy intolerante a la lactosa", set()),
+        ("no soy alérgica al maní", set()),
+        ("no como carne ni pescado", {"meat", "fish"}),
+        ("no como cerdo", {"pork"}),
+        ("sin carne roja", {"red_meat"}),
+        ("sin jamón ni tocino", {"pork", "bacon"}),
+        # English: negation, drinks, composites' names.
+        ("not allergic to nuts", set()),
+        ("no, allergic to nuts", {"nuts"}),
+        ("I'm not allergic to anything", set()),
+        ("I don't drink alcohol", {"alcohol"}),
+        ("no pork products", {"pork"}),
+        ("without garlic or onion", {"garlic", "onion"}),
+        ("no red meat", {"red_meat"}),
+        ("without anchovies", {"anchovy"}),
+        ("sin perejil", {"parsley"}),
+        ("sin comino", {"comino"}),
+        ("nightshade free", {"nightshade"}),
+        ("I hate cooking", set()),
+        ("receta sin cocinar", set()),
     ],
 )
 def test_exclusions(text, excluded):
@@ -80,6 +105,42 @@ def test_exclusions(text, excluded):
         ("4 bacon slices", "pork", True),
         ("chicken broth", "meat", True),
         ("snap peas", "sugar", False),
+        # Composites hold what they contain (ingredients.yaml `composites`).
+        ("3 tbsp caesar dressing", "garlic", True),
+        ("3 tbsp caesar dressing", "egg", True),
+        ("3 tbsp caesar dressing", "dairy", True),
+        ("3 tbsp caesar dressing", "mustard", True),
+        ("1 cup croutons", "gluten", True),
+        ("1 cup croutons", "garlic", True),
+        ("1/4 cup hummus", "garlic", True),
+        ("1/4 cup salsa", "onion", True),
+        ("chicken broth", "onion", True),
+        ("1 tsp worcestershire sauce", "fish", True),
+        ("2 tbsp pesto", "nuts", True),
+        ("2 tbsp pesto", "cheese", True),
+        ("1/4 cup dark chocolate chips", "dairy", True),
+        ("1/4 cup dark chocolate chips", "soy", True),
+        ("1/4 cup dark chocolate chips", "sugar", True),
+        ("1/2 cup granola", "nuts", True),
+        ("1/2 cup granola", "gluten", True),
+        ("1 tsp each chili powder and cumin", "garlic", True),
+        ("blue cheese", "dairy", True),
+        ("1/4 cup grated parmesan", "animal_rennet", True),
+        ("2 tbsp grated vegetarian parmesan", "animal_rennet", False),
+        ("2 tbsp grated vegetarian parmesan", "dairy", True),
+        ("1 tbsp red wine vinegar", "alcohol", True),
+        ("1 tsp gelatin", "pork", True),
+        ("1 tsp gelatin", "meat", True),
+        ("4 slices bacon", "red_meat", True),
+        ("lamb chops", "red_meat", True),
+        ("lamb chops", "poultry", False),
+        ("6 small corn tortillas", "grain", True),
+        ("2 medium sweet potatoes", "nightshade", False),
+        ("1 red bell pepper, sliced", "nightshade", True),
+        ("salt, pepper", "nightshade", False),
+        ("1 lemon", "citrus", True),
+        ("snap peas", "legume", False),
+        ("1 cup dry red lentils", "legume", True),
     ],
 )
 def test_families_are_matched_in_ingredient_lines(line, family, inside):
@@ -94,7 +155,7 @@ def test_families_are_matched_in_ingredient_lines(line, family, inside):
         ("vegan meal plan", {"vegan", "vegetarian", "dairy_free"}),
         ("vegetarian meal plan", {"vegetarian"}),
         ("meel plan vegitarian", {"vegetarian"}),
-        ("gluten-free keto plan", {"gluten_free", "low_carb"}),
+        ("gluten-free keto plan", {"gluten_free", "keto", "low_carb"}),
         ("lactose free", {"dairy_free"}),
         ("high protein meals", {"high_protein"}),
         ("plan de comidas vegetariano", {"vegetarian"}),
@@ -102,10 +163,103 @@ def test_families_are_matched_in_ingredient_lines(line, family, inside):
         ("sin gluten", {"gluten_free"}),
         ("bajo en carbohidratos", {"low_carb"}),
         ("alto en proteína", {"high_protein"}),
+        ("pescatarian meal plan", {"pescatarian"}),
+        ("soy pescetariana", {"pescatarian"}),
+        ("halal meal plan", {"halal"}),
+        ("plan de comidas kosher", {"kosher"}),
+        ("paleo recipe", {"paleo"}),
+        ("keto", {"keto", "low_carb"}),
+        ("dieta cetogénica", {"keto", "low_carb"}),
+        ("lacto vegetarian", {"lacto_vegetarian", "vegetarian"}),
+        ("ovo-vegetarian", {"ovo_vegetarian", "vegetarian", "dairy_free"}),
+        ("flexitarian", {"flexitarian"}),
+        # Negated: "not vegan" is no diet; "no, vegan" is.
+        ("no soy vegana", set()),
+        ("ya no soy vegetariana", set()),
+        ("I'm not vegetarian", set()),
+        ("non vegetarian meal plan", set()),
+        ("no, vegan please", {"vegan", "vegetarian", "dairy_free"}),
+        ("no lactose", {"dairy_free"}),
+        # "sin carne roja" is no red meat, not vegetarian; "raw vegan" is the raw diet.
+        ("sin carne roja", set()),
+        ("raw vegan meal plan", set()),
     ],
 )
 def test_diets(text, diets):
     assert parse_constraints(text, KNOWLEDGE).diets == diets
+
+
+@pytest.mark.parametrize(
+    ("text", "unsupported"),
+    [
+        ("low FODMAP meal plan", ("low_fodmap",)),
+        ("renal diet", ("renal",)),
+        ("plan de comidas bajo en sodio", ("low_sodium",)),
+        ("meal plan, no salt", ("low_sodium",)),
+        ("AIP recipe", ("aip",)),
+        ("jain meal plan", ("jain",)),
+        ("dieta mediterránea", ("mediterranean",)),
+        ("raw vegan meal plan", ("raw",)),
+        ("soy diabética", ("diabetic",)),
+        ("I'm not diabetic, meal plan", ()),
+        ("vegan meal plan", ()),
+    ],
+)
+def test_unsupported_diets_are_recognised(text, unsupported):
+    assert parse_constraints(text, KNOWLEDGE).unsupported == unsupported
+
+
+@pytest.mark.parametrize(
+    ("text", "unknown_diets", "unverifiable"),
+    [
+        ("zorblax diet meal plan", ("zorblax",), ()),
+        ("dieta zorblax", ("zorblax",), ()),
+        ("zorblax-free recipe", (), ("zorblax",)),
+        ("recipe without zorblax", (), ("zorblax",)),
+        ("a balanced diet meal plan", (), ()),
+        ("keto diet", (), ()),
+        ("nightshade free meal plan", (), ()),
+        ("hassle free dinner recipe", (), ()),
+        ("recipe without cilantro", (), ()),
+    ],
+)
+def test_what_cannot_be_checked_is_kept(text, unknown_diets, unverifiable):
+    c = parse_constraints(text, KNOWLEDGE)
+    assert (c.unknown_diets, c.unverifiable) == (unknown_diets, unverifiable)
+    assert c.honourable is not bool(unknown_diets or unverifiable)
+
+
+@pytest.mark.parametrize(
+    ("text", "slots", "meal"),
+    [
+        ("meal plan, no snacks", {"snack"}, None),
+        ("plan de comidas sin meriendas", {"snack"}, None),
+        ("I skip breakfast", {"breakfast"}, None),
+        ("dinner recipe without eggs", set(), "dinner"),
+    ],
+)
+def test_meals_of_the_day_left_out(text, slots, meal):
+    c = parse_constraints(text, KNOWLEDGE)
+    assert (set(c.excluded_slots), c.meal) == (slots, meal)
+
+
+def test_kosher_never_allows_meat_with_dairy():
+    c = parse_constraints("kosher meal plan", KNOWLEDGE)
+    assert c.violation(["chicken thighs", "butter"]) is not None
+    assert c.violation(["chicken thighs", "cauliflower"]) is None
+    assert c.violation(["cod", "greek yogurt"]) is None  # fish with dairy is allowed
+    assert c.violation(["bacon"]) is not None
+    broken = c.violation(["chicken breast", "3 tbsp caesar dressing"])
+    assert broken is not None and broken.label_in("en") == "meat with dairy"
+
+
+def test_every_diet_word_names_one_diet():
+    seen: dict[str, str] = {}
+    for diet in DIETS:
+        for phrase in diet.phrases:
+            assert seen.setdefault(phrase, diet.key) == diet.key, phrase
+            assert phrase == " ".join(read_words(phrase)), phrase  # as read_words gives it
+    assert UNSUPPORTED_DIETS and all(DIETS[0].key != k for k in UNSUPPORTED_DIETS)
 
 
 @pytest.mark.parametrize(

@@ -1,5 +1,6 @@
-"""The shipped content is consistent: diet tags agree with the ingredient lists, every item has
-its Spanish text, and every major allergen can be left out of a plan and a recipe."""
+"""The shipped content is consistent: diet tags agree with the ingredient lists (composites
+expanded), every item has its Spanish text and a way to be bought, the diets of the content are
+the diets recognised, and every major allergen can be left out of a plan and a recipe."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import pytest
 
 from bot.errors import SkillFailed
 from bot.intents import SkillRequest, skill_for
+from bot.intents.constraints import DIETS
 from bot.knowledge import load_knowledge
 from tests.bot.intents.answers import contains, plan_meals, shown_recipes
 
@@ -64,3 +66,59 @@ def test_a_request_the_content_cannot_meet_is_refused_free():
             "recipe_search", "vegan recipe without soy, legumes, oats, lentils, chickpeas, "
             "beans, quinoa, flour, peanuts, banana, hummus or carrots", "sms"))
     assert "Nothing was charged" in (failed.value.reply or "")
+
+
+def test_the_diets_of_the_content_are_the_diets_recognised():
+    # bot.intents.constraints.DIETS is the one list of diet words; ingredients.yaml says what
+    # the rule diets leave out. Each side names only diets of the other.
+    keys = {d.key for d in DIETS}
+    assert set(KNOWLEDGE.diet_families) <= keys
+    assert set(KNOWLEDGE.diet_pairs) <= set(KNOWLEDGE.diet_families)
+    for diet in DIETS:
+        if diet.kind == "rule":
+            # A rule is checked by a content tag or by the families it rules out.
+            assert diet.tag or KNOWLEDGE.diet_families.get(diet.key), diet.key
+        if diet.kind == "unsupported":
+            assert diet.key not in KNOWLEDGE.diet_families, diet.key
+        for implied in diet.implies:
+            assert implied in keys, (diet.key, implied)
+        if diet.topic:
+            KNOWLEDGE.topic(diet.topic)  # raises if missing
+
+
+@pytest.mark.parametrize("diet", ["pescatarian", "halal", "kosher", "paleo", "keto",
+                                  "lacto_vegetarian", "ovo_vegetarian", "pollotarian"])
+def test_every_rule_diet_has_a_plan_and_a_recipe(diet):
+    phrase = next(d.phrases[0] for d in DIETS if d.key == diet)
+    plan = skill_for("meal_plan").answer(
+        SkillRequest("meal_plan", f"{phrase} meal plan for 2 days", "sms")).text
+    assert len(plan_meals(KNOWLEDGE, plan)) == 2, plan
+    recipe = skill_for("recipe_search").answer(
+        SkillRequest("recipe_search", f"{phrase} recipe", "sms")).text
+    assert shown_recipes(KNOWLEDGE, recipe), recipe
+
+
+def test_every_grocery_item_is_bought_in_some_amount():
+    items = {g for meal in KNOWLEDGE.meals for g in meal.groceries}
+    assert items <= set(KNOWLEDGE.shopping)
+    for item, purchase in KNOWLEDGE.shopping.items():
+        assert purchase.each > 0, item
+        assert purchase.unit in ("", "g", "ml", "cup", "tbsp", "tsp", "can"), item
+        assert not purchase.pack or purchase.holds > 0, item
+    for meal in KNOWLEDGE.meals:
+        for item, amount in meal.amounts:
+            assert item in meal.groceries and amount > 0, (meal.name, item)
+
+
+def test_composites_are_read_in_ingredient_lines():
+    # Every composite names ingredients the families or other composites know, and a dish
+    # that holds one is checked for what it contains.
+    for name, parts in KNOWLEDGE.composites.items():
+        assert parts and name == name.lower(), name
+    caesar = next(m for m in KNOWLEDGE.meals if m.name == "Chicken Caesar salad")
+    for family in ("fish", "egg", "dairy", "garlic", "gluten"):
+        assert [g for g in caesar.groceries if contains(KNOWLEDGE, g, family)], family
+    cobb = next(m for m in KNOWLEDGE.meals if m.name == "Chicken Cobb salad")
+    for family in ("pork", "egg", "dairy"):
+        assert [g for g in cobb.groceries if contains(KNOWLEDGE, g, family)], family
+    assert "dairy_free" not in cobb.tags

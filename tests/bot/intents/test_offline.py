@@ -96,8 +96,11 @@ def test_unknown_food_is_refused_without_charge():
 def test_grocery_list_follows_the_diet_and_aggregates():
     answer = ask("grocery_list", "vegan grocery list for 3 days")
     assert answer.startswith("Grocery list for 3 vegan days")
-    assert re.search(r" x[2-9]", answer)
     assert "chicken" not in answer and "greek yogurt" not in answer
+    # Items are totalled in what is bought: grams, pieces, or whole packs for pantry items.
+    assert re.search(r"olive oil 1 bottle|soy sauce 1 bottle", answer), answer
+    assert re.search(r"\b[a-z ]+ [0-9]+ g\b", answer), answer
+    assert " x" not in answer
 
 
 def test_grocery_list_for_a_named_recipe():
@@ -143,3 +146,9 @@ def test_every_answer_fits_one_message(intent, text):
     answer = ask(intent, text)
     assert 0 < len(answer) <= MAX_ANSWER
     assert answer.isascii()
+
+
+def test_the_grocery_list_asks_the_router_for_the_conversation():
+    # bot.router.answer passes history only to skills with `uses_history`: "grocery list for
+    # my plan" must see the plan just sent.
+    assert getattr(skill_for("grocery_list"), "uses_history", False) is True

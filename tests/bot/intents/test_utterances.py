@@ -9,11 +9,19 @@ Each row is an utterance (English or Spanish, some with typos) with what must ho
   checked against the content's ingredient lists (tests/bot/intents/answers.py);
 - `kcal`: the daily target a plan must state and keep (each day within 6%, or 100 kcal);
 - `mention`: words the answer must contain (the food or situation asked about), any of the
-  "|"-separated forms, compared without accents or case.
+  "|"-separated forms, compared without accents or case;
+- `absent`: words the answer must not contain (a diet said in the negative, advice that would
+  ignore an allergy);
+- `apart`: pairs of families no single meal or recipe shown may hold both of (kosher: meat and
+  dairy).
+
+A diet, allergy or "without" the content cannot honour is refused ("free"): never answered as
+if it had not been said.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 import gsm0338  # noqa: F401  (registers the "gsm03.38" codec)
@@ -22,13 +30,14 @@ import pytest
 from bot.errors import SkillFailed
 from bot.intents import SkillRequest, skill_for
 from bot.intents.classifier import classify, detect_language
-from bot.intents.offline import MAX_ANSWER
+from bot.intents.offline import MAX_ANSWER, PACK_NAMES
 from bot.knowledge import load_knowledge
 from tests.bot.intents.answers import (
     contains,
     day_totals,
     fold,
     grocery_items,
+    grocery_quantities,
     plan_meals,
     shown_recipes,
 )
@@ -51,6 +60,8 @@ class Case:
     mention: tuple[str, ...] = ()
     days: int | None = None
     history: str | None = None  # a request whose answer is the previous assistant turn
+    absent: tuple[str, ...] = ()
+    apart: tuple[tuple[str, str], ...] = ()
 
 
 def case(text: str, intent: str, outcome: str = "ok", lang: str = "en", **more: object
@@ -312,6 +323,214 @@ CASES = [
     case("I ate a cookie", "chat", mention=("cookie", "kcal")),
     case("ok cool", "chat"),
     case("what do I eat before a workout?", "chat", mention=("workout",)),
+    # --- diets: every diet people state is honoured, or refused free ----------------------
+    case("pescatarian meal plan", "meal_plan", exclude=("meat", "poultry"),
+         mention=("Pescatarian",)),
+    case("pescetarian meal plan for 3 days", "meal_plan", exclude=("meat",), days=3),
+    case("halal meal plan", "meal_plan", exclude=("pork", "alcohol"),
+         mention=("halal meat",)),
+    case("halal meal plan for 3 days, 1800 calories", "meal_plan", exclude=("pork", "alcohol"),
+         days=3, kcal=1800),
+    case("kosher meal plan for 3 days", "meal_plan", exclude=("pork", "shellfish"), days=3,
+         apart=(("meat", "dairy"),), mention=("kosher-certified",)),
+    case("paleo meal plan", "meal_plan",
+         exclude=("grain", "legume", "dairy", "refined_sugar"), mention=("Paleo",)),
+    case("paleo meal plan for 2 days, nut free", "meal_plan",
+         exclude=("grain", "legume", "dairy", "refined_sugar", "nuts"), days=2),
+    case("keto meal plan for 3 days", "meal_plan", exclude=("grain", "sugar"), days=3,
+         mention=("20-50 g",)),
+    case("keto vegan meal plan", "meal_plan", "free"),
+    case("meal plan, no red meat and no pork", "meal_plan", exclude=("red_meat", "pork")),
+    case("meal plan with no alcohol", "meal_plan", exclude=("alcohol",)),
+    case("meal plan, I don't drink alcohol", "meal_plan", exclude=("alcohol",)),
+    case("lacto vegetarian meal plan", "meal_plan", exclude=("meat", "fish", "egg")),
+    case("ovo-vegetarian meal plan", "meal_plan", exclude=("meat", "fish", "dairy")),
+    case("pollotarian meal plan", "meal_plan", exclude=("red_meat", "fish", "shellfish")),
+    case("vegetarian meal plan for 2 days", "meal_plan",
+         exclude=("meat", "fish", "animal_rennet"), days=2),
+    case("nightshade free meal plan", "meal_plan", exclude=("nightshade",)),
+    case("meal plan without onion and garlic for 2 days", "meal_plan",
+         exclude=("onion", "garlic"), days=2),
+    case("meal plan, no snacks", "meal_plan", mention=("No snacks",), absent=("Snack:",)),
+    case("meal plan with no breakfast", "meal_plan", "free", mention=("breakfast",)),
+    case("low FODMAP meal plan", "meal_plan", "free", mention=("FODMAP", "dietitian")),
+    case("renal diet meal plan", "meal_plan", "free", mention=("renal", "dietitian")),
+    case("low sodium meal plan", "meal_plan", "free", mention=("sodium",)),
+    case("AIP meal plan for 3 days", "meal_plan", "free", mention=("AIP",)),
+    case("jain meal plan", "meal_plan", "free", mention=("Jain",)),
+    case("mediterranean diet meal plan", "meal_plan", "free", mention=("Mediterranean",)),
+    case("zorblax diet meal plan", "meal_plan", "free", mention=("zorblax",)),
+    case("zorblax-free meal plan", "meal_plan", "free", mention=("zorblax",)),
+    case("diabetic meal plan", "meal_plan", "free", mention=("doctor",)),
+    case("intermittent fasting meal plan", "meal_plan", "free", mention=("fasting",)),
+    case("I'm not vegetarian, meal plan for 2 days", "meal_plan", days=2,
+         absent=("Vegetarian meal plan",)),
+    case("no, vegan please, meal plan", "meal_plan", exclude=("meat", "dairy", "egg"),
+         mention=("Vegan meal plan",)),
+    case("plan de comidas pescetariano", "meal_plan", lang="es", exclude=("meat",),
+         mention=("pescetariano",)),
+    case("soy pescetariana, plan de comidas para 3 días", "meal_plan", lang="es",
+         exclude=("meat",), days=3),
+    case("plan de comidas halal para 2 días", "meal_plan", lang="es",
+         exclude=("pork", "alcohol"), days=2, mention=("carne y pollo halal",)),
+    case("plan de comidas kosher", "meal_plan", lang="es", exclude=("pork", "shellfish"),
+         apart=(("meat", "dairy"),), mention=("certificacion kosher",)),
+    case("plan de comidas paleo", "meal_plan", lang="es",
+         exclude=("grain", "legume", "dairy", "refined_sugar")),
+    case("plan de comidas keto para 3 días", "meal_plan", lang="es", exclude=("grain", "sugar"),
+         days=3),
+    case("plan de comidas sin carne roja", "meal_plan", lang="es", exclude=("red_meat",),
+         mention=("sin carne roja",), absent=("vegetariano",)),
+    case("plan de comidas sin cerdo ni alcohol", "meal_plan", lang="es",
+         exclude=("pork", "alcohol")),
+    case("no como carne, plan de comidas", "meal_plan", lang="es", exclude=("meat",)),
+    case("no como carne ni pescado, plan de comidas para 2 días", "meal_plan", lang="es",
+         exclude=("meat", "fish"), days=2),
+    case("soy vegana, plan de comidas", "meal_plan", lang="es",
+         exclude=("meat", "dairy", "egg", "honey"), absent=("sin soja",)),
+    case("no soy vegana, plan de comidas", "meal_plan", lang="es",
+         absent=("vegano", "sin soja")),
+    case("soy alérgico al maní, plan de comidas", "meal_plan", lang="es", exclude=("peanut",),
+         absent=("soja",)),
+    case("plan de comidas sin soy", "meal_plan", lang="es", exclude=("soy",),
+         mention=("sin soja",)),
+    case("plan de comidas sin gluten ni soy", "meal_plan", lang="es",
+         exclude=("gluten", "soy")),
+    case("plan de comidas sin meriendas", "meal_plan", lang="es", mention=("Sin meriendas",),
+         absent=("Merienda:",)),
+    case("plan de comidas bajo en FODMAP", "meal_plan", "free", lang="es",
+         mention=("FODMAP",)),
+    case("plan de comidas para diabéticos", "meal_plan", "free", lang="es",
+         mention=("medico",)),
+    case("plan de comidas de dieta mediterránea", "meal_plan", "free", lang="es",
+         mention=("mediterranea",)),
+    case("plan de comidas sin sal", "meal_plan", "free", lang="es", mention=("sodio",)),
+    case("plan de comidas jainista", "meal_plan", "free", lang="es", mention=("jainista",)),
+    case("plan de comidas sin solanáceas", "meal_plan", lang="es", exclude=("nightshade",)),
+    case("plan de comidas sin ajo ni cebolla", "meal_plan", lang="es",
+         exclude=("garlic", "onion")),
+    case("plan de comidas sin desayuno", "meal_plan", "free", lang="es",
+         mention=("desayuno",)),
+    # --- recipes: composites hold what they contain ----------------------------------------
+    case("recipe with chicken but no garlic", "recipe_search", exclude=("garlic",),
+         mention=("chicken",), absent=("no recipe with but",)),
+    case("chicken recipe without onion", "recipe_search", exclude=("onion",),
+         mention=("chicken",)),
+    case("kosher chicken recipe", "recipe_search", exclude=("pork", "shellfish"),
+         apart=(("meat", "dairy"),), mention=("chicken",)),
+    case("halal recipe with beef", "recipe_search", exclude=("pork", "alcohol"),
+         mention=("halal",)),
+    case("paleo dinner recipe", "recipe_search",
+         exclude=("grain", "legume", "dairy", "refined_sugar")),
+    case("keto recipe", "recipe_search", exclude=("grain", "sugar")),
+    case("pescatarian dinner recipe", "recipe_search", exclude=("meat",)),
+    case("vegetarian pasta recipe", "recipe_search", exclude=("meat", "fish", "animal_rennet"),
+         mention=("pasta",)),
+    case("caesar salad recipe, allergic to fish", "recipe_search", exclude=("fish",),
+         mention=("Chicken Caesar salad has fish",)),
+    case("recipe without anchovies", "recipe_search", exclude=("anchovy",)),
+    case("soy free stir fry recipe", "recipe_search", "free", mention=("soy",)),
+    case("gluten free stir fry recipe", "recipe_search", "free", mention=("gluten",)),
+    case("recipe without mustard", "recipe_search", exclude=("mustard",)),
+    case("recipe with no seeds", "recipe_search", exclude=("seeds",)),
+    case("egg recipe, no cheese, no garlic", "recipe_search", exclude=("cheese", "garlic"),
+         mention=("egg",)),
+    case("low FODMAP recipe", "recipe_search", "free", mention=("FODMAP",)),
+    case("renal diet recipe", "recipe_search", "free", mention=("renal",)),
+    case("whole30 recipe", "recipe_search", "free", mention=("Whole30",)),
+    case("zorblax-free recipe", "recipe_search", "free", mention=("zorblax",)),
+    case("receta de pollo sin ajo", "recipe_search", lang="es", exclude=("garlic",),
+         mention=("pollo",)),
+    case("receta sin cebolla", "recipe_search", lang="es", exclude=("onion",)),
+    case("receta de pollo sin cebolla ni ajo", "recipe_search", lang="es",
+         exclude=("onion", "garlic"), mention=("pollo",)),
+    case("receta sin perejil", "recipe_search", lang="es", exclude=("parsley",)),
+    case("receta sin cilantro", "recipe_search", lang="es", exclude=("cilantro",)),
+    case("receta halal de pollo", "recipe_search", lang="es", exclude=("pork", "alcohol"),
+         mention=("halal",)),
+    case("receta kosher con pollo", "recipe_search", lang="es", exclude=("pork", "shellfish"),
+         apart=(("meat", "dairy"),)),
+    case("receta paleo", "recipe_search", lang="es",
+         exclude=("grain", "legume", "dairy", "refined_sugar")),
+    case("receta keto para la cena", "recipe_search", lang="es", exclude=("grain", "sugar")),
+    case("receta pescetariana", "recipe_search", lang="es", exclude=("meat",)),
+    case("soy vegana, receta para la cena", "recipe_search", lang="es",
+         exclude=("meat", "dairy", "egg")),
+    case("soy celíaca, receta", "recipe_search", lang="es", exclude=("gluten",)),
+    case("receta sin soya", "recipe_search", lang="es", exclude=("soy",)),
+    case("receta de ensalada cobb sin cerdo", "recipe_search", lang="es", exclude=("pork",),
+         mention=("lleva cerdo",)),
+    case("receta de ensalada césar, soy alérgica al pescado", "recipe_search", lang="es",
+         exclude=("fish",)),
+    case("receta baja en fodmap", "recipe_search", "free", lang="es", mention=("FODMAP",)),
+    case("receta sin sal", "recipe_search", "free", lang="es", mention=("sodio",)),
+    # --- grocery lists of the new diets ---------------------------------------------------
+    case("halal grocery list for 2 days", "grocery_list", exclude=("pork", "alcohol"),
+         mention=("halal meat",)),
+    case("kosher grocery list for 3 days", "grocery_list", exclude=("pork", "shellfish")),
+    case("paleo grocery list", "grocery_list",
+         exclude=("grain", "legume", "dairy", "refined_sugar")),
+    case("pescatarian shopping list for 3 days", "grocery_list", exclude=("meat",)),
+    case("grocery list for 4 people, no red meat", "grocery_list", exclude=("red_meat",),
+         mention=("4 people",)),
+    case("low fodmap grocery list", "grocery_list", "free", mention=("FODMAP",)),
+    case("lista de compras para 4 personas sin gluten", "grocery_list", lang="es",
+         exclude=("gluten",), mention=("4 personas",), absent=(" x4", " x8", " x12")),
+    case("lista de compras halal para 3 días", "grocery_list", lang="es",
+         exclude=("pork", "alcohol")),
+    case("lista de compras kosher", "grocery_list", lang="es", exclude=("pork", "shellfish")),
+    case("lista de compras pescetariana", "grocery_list", lang="es", exclude=("meat",)),
+    case("lista de compras sin cerdo ni soja", "grocery_list", lang="es",
+         exclude=("pork", "soy")),
+    case("lista de compras baja en sodio", "grocery_list", "free", lang="es",
+         mention=("sodio",)),
+    # --- advice about diets and allergies -------------------------------------------------
+    case("is bacon halal?", "chat", mention=("pork",)),
+    case("¿el tocino es halal?", "chat", lang="es", mention=("cerdo",)),
+    case("halal diet tips", "dietary_advice", mention=("gelatin", "halal")),
+    case("consejos para una dieta kosher", "dietary_advice", lang="es",
+         mention=("carne con lacteos",)),
+    case("tips for a pescatarian diet", "dietary_advice", mention=("fish",)),
+    case("consejos para una dieta paleo", "dietary_advice", lang="es", mention=("cereales",)),
+    case("low fodmap tips", "dietary_advice", "free", mention=("FODMAP",)),
+    case("consejos para una dieta renal", "dietary_advice", "free", lang="es",
+         mention=("renal",)),
+    case("soy alérgica a los frutos secos, ¿qué evito?", "dietary_advice", lang="es",
+         mention=("frutos secos",), absent=("buenos para el corazon",)),
+    case("is chocolate ok, I'm allergic to milk", "dietary_advice",
+         mention=("chocolate has dairy",)),
+    case("¿puedo comer chocolate? soy alérgica a la leche", "dietary_advice", lang="es",
+         mention=("lleva lacteos",)),
+    case("calories in bacon, I'm halal", "nutrition_analysis", mention=("43 kcal", "pork")),
+    case("how much protein should I eat a day on a renal diet", "nutrition_analysis", "free",
+         mention=("renal",)),
+    case("hi, I'm on a low fodmap diet", "dietary_advice", "free", mention=("FODMAP",)),
+    # --- more phrasings of the same rules -------------------------------------------------
+    case("no processed food meal plan", "meal_plan", "free", mention=("packaged",)),
+    case("low sugar meal plan", "meal_plan", exclude=("sugar",)),
+    case("plan de comidas bajo en azúcar", "meal_plan", lang="es", exclude=("sugar",)),
+    case("no spicy food meal plan", "meal_plan", exclude=("spicy",)),
+    case("receta sin picante", "recipe_search", lang="es", exclude=("spicy",)),
+    case("I'm Muslim, meal plan for 2 days", "meal_plan", exclude=("pork", "alcohol"), days=2,
+         mention=("halal",)),
+    case("soy musulmana, plan de comidas", "meal_plan", lang="es",
+         exclude=("pork", "alcohol")),
+    case("receta sin tacc", "recipe_search", lang="es", exclude=("gluten",)),
+    case("vegetariana estricta, plan de comidas", "meal_plan", lang="es",
+         exclude=("meat", "dairy", "egg")),
+    case("no zorblax meal plan", "meal_plan", "free", mention=("zorblax",)),
+    case("low calorie meal plan", "meal_plan", kcal=1500),
+    case("vegan grocery list for lemon garlic chicken", "grocery_list", "free",
+         mention=("vegan diet rules out",)),
+    case("grocery list for chicken caesar salad, allergic to fish", "grocery_list",
+         exclude=("fish",), mention=("Chicken Caesar salad has fish",)),
+    case("lista de compras halal para la ensalada cobb", "grocery_list", lang="es",
+         exclude=("pork", "alcohol"), mention=("lleva cerdo",)),
+    # Ordinary words after a trigger are not refused as unknown requirements.
+    case("new diet plan for me", "meal_plan"),
+    case("no worries, meal plan please", "meal_plan"),
+    case("I hate cooking, quick recipe", "recipe_search"),
+    case("receta sin cocinar", "recipe_search", lang="es"),
 ]
 
 
@@ -333,25 +552,31 @@ def run(case: Case, channel: str = "whatsapp") -> tuple[str, str]:
         return "free", failed.reply
 
 
-def shown_ingredients(case: Case, reply: str) -> list[str]:
-    """Every ingredient line of what the reply shows (meals, recipes or grocery items)."""
+def shown_groups(case: Case, reply: str) -> list[list[str]]:
+    """The ingredient lines of what the reply shows, one list per meal or recipe (a grocery
+    list's items are one list, and each meal of its day 1 another)."""
     if case.intent == "meal_plan":
         days = plan_meals(KNOWLEDGE, reply)
         assert days and all(len(day) >= 3 for day in days), reply
         if case.days:
             assert len(days) == case.days
-        return [item for day in days for meal in day for item in meal.groceries]
+        return [list(meal.groceries) for day in days for meal in day]
     if case.intent == "recipe_search":
-        return [line for recipe in shown_recipes(KNOWLEDGE, reply) for line in recipe.ingredients]
+        return [list(recipe.ingredients) for recipe in shown_recipes(KNOWLEDGE, reply)]
     if case.intent == "grocery_list":
-        items = grocery_items(KNOWLEDGE, reply)
+        groups = [grocery_items(KNOWLEDGE, reply)]
         day_one = [line for line in reply.splitlines() if line.startswith(("Day 1 is", "El día 1"))]
         if day_one:
             days = plan_meals(KNOWLEDGE, "Day 1: " + day_one[0].split(": ", 1)[1].split(". ")[0]
                               + " (0 kcal)")
-            items += [item for meal in days[0] for item in meal.groceries]
-        return items
+            groups += [list(meal.groceries) for meal in days[0]]
+        return groups
     return []
+
+
+def shown_ingredients(case: Case, reply: str) -> list[str]:
+    """Every ingredient line of what the reply shows (meals, recipes or grocery items)."""
+    return [line for group in shown_groups(case, reply) for line in group]
 
 
 def test_there_are_enough_cases():
@@ -371,11 +596,19 @@ def test_utterance(case: Case):
     folded = fold(reply)
     for words in case.mention:
         assert any(fold(w) in folded for w in words.split("|")), (words, reply)
+    for words in case.absent:
+        assert fold(words) not in folded, (words, reply)
     if case.outcome == "ok":
-        lines = shown_ingredients(case, reply)
+        groups = shown_groups(case, reply)
+        lines = [line for group in groups for line in group]
         for key in case.exclude:
             bad = [line for line in lines if contains(KNOWLEDGE, line, key)]
             assert not bad, (key, bad, reply)
+        for first, second in case.apart:
+            together = [group for group in groups[1 if case.intent == "grocery_list" else 0:]
+                        if any(contains(KNOWLEDGE, line, first) for line in group)
+                        and any(contains(KNOWLEDGE, line, second) for line in group)]
+            assert not together, (first, second, together, reply)
         if case.kcal is not None:
             limit = max(100, case.kcal * 6 // 100)
             assert f" {case.kcal} kcal" in reply
@@ -438,11 +671,85 @@ def test_language_field_overrides_detection():
     assert "egg" in skill_for("nutrition_analysis").answer(request).text
 
 
-def test_the_shopping_hint_rebuilds_the_same_plan():
+@pytest.mark.parametrize("text", [
+    PLAN_EN, "halal meal plan for 3 days", "kosher meal plan for 2 days, no nuts",
+    "plan de comidas pescetariano para 3 días", "paleo meal plan for 2 days",
+    "meal plan for 2 days, no snacks", "plan de comidas sin carne roja para 2 días",
+    "keto meal plan for 3 days", "plan de comidas sin gluten ni soy para 2 días",
+])
+def test_the_shopping_hint_rebuilds_the_same_plan(text):
     # Without history the hint of a plan is what gives its grocery list.
-    plan = skill_for("meal_plan").answer(SkillRequest("meal_plan", PLAN_EN, "whatsapp")).text
+    plan = skill_for("meal_plan").answer(SkillRequest("meal_plan", text, "whatsapp")).text
     hint = plan.rsplit('"', 2)[1]
     assert classify(hint, CATALOG).name == "grocery_list"
     listing = skill_for("grocery_list").answer(SkillRequest("grocery_list", hint, "whatsapp"))
     planned = {item for day in plan_meals(KNOWLEDGE, plan) for m in day for item in m.groceries}
     assert set(grocery_items(KNOWLEDGE, listing.text)) == planned
+
+
+def _units(name: str) -> tuple[str, ...]:
+    (one, many), (uno, muchos) = PACK_NAMES[name]
+    return one, many, uno, muchos
+
+
+@pytest.mark.parametrize("text", [
+    "lista de compras para 4 personas sin gluten", "shopping list for 4 people, gluten free",
+    "grocery list for the week", "lista de compras vegana para 3 días",
+    "halal grocery list for 2 days", "lista de compras kosher para una semana",
+])
+def test_grocery_lists_say_what_to_buy(text):
+    # Quantities a person can buy, in both languages: grams for cheese and butter, whole
+    # bottles or jars for oil and spices, pieces for eggs and avocados; never servings ("x12").
+    reply = skill_for("grocery_list").answer(SkillRequest("grocery_list", text, "sms")).text
+    assert not re.search(r" x\d", reply), reply
+    english = {fold(es): en for en, es in KNOWLEDGE.items_es.items()}
+    shown = grocery_quantities(reply)
+    assert shown, reply
+    for label, amount in shown.items():
+        item = english.get(fold(label), label)
+        purchase = KNOWLEDGE.shopping[item]
+        if purchase.pack:
+            allowed = _units(purchase.pack)
+        elif purchase.unit in ("g", "ml"):
+            allowed = ("g", "kg") if purchase.unit == "g" else ("ml", "L")
+        elif purchase.unit:
+            allowed = _units(purchase.unit)
+        else:
+            allowed = ("",)
+        number, _, unit = amount.partition(" ")
+        assert re.fullmatch(r"[0-9]+(?:[.,][0-9])?", number) and unit in allowed, (
+            label, amount, reply)
+        assert float(number.replace(",", ".")) > 0
+    lang = detect_language(reply)
+    for item in ("cheddar cheese", "butter", "olive oil"):
+        amount = shown.get(KNOWLEDGE.item_label(item, lang))
+        if amount:
+            assert amount.split()[-1] in ("g", "kg", "bottle", "bottles", "botella",
+                                          "botellas"), (item, amount)
+
+
+def test_grocery_amounts_grow_with_people_and_days():
+    def amounts(text: str) -> dict[str, str]:
+        reply = skill_for("grocery_list").answer(SkillRequest("grocery_list", text, "sms")).text
+        return grocery_quantities(reply)
+
+    one = amounts("grocery list for 2 days")
+    four = amounts("grocery list for 2 days for 4 people")
+    assert one.keys() == four.keys()
+    counted = [i for i in one if not KNOWLEDGE.shopping[i].pack and not
+               KNOWLEDGE.shopping[i].unit]
+    assert counted
+    for item in counted:
+        assert int(four[item]) >= 3 * int(one[item]) - 3, (item, one[item], four[item])
+    # Pantry items are bought by the bottle or jar, not multiplied per serving.
+    oil = [i for i in one if KNOWLEDGE.shopping[i].pack == "bottle"]
+    assert oil and all(four[i].split()[0] in ("1", "2", "3") for i in oil), four
+
+
+def test_a_grocery_list_of_an_earlier_plan_says_what_to_buy():
+    history = previous_turn("kosher meal plan for 2 days")
+    reply = skill_for("grocery_list").answer(SkillRequest(
+        "grocery_list", "grocery list for my plan", "sms", history=history)).text
+    assert reply.startswith("Grocery list for your meal plan (2 days)")
+    shown = grocery_quantities(reply)
+    assert shown and all(shown.values()), reply
