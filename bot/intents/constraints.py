@@ -37,9 +37,10 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
+from typing import Any, TypeVar, cast
 
 from bot.intents.classifier import (
     CLASSIFIER_VOCABULARY,
@@ -821,14 +822,31 @@ def _spanish_soy(words: tuple[str, ...], commas: frozenset[int]) -> tuple[str, .
 
 # --- vocabulary --------------------------------------------------------------------------------
 
-_VOCABULARY: dict[int, tuple[Knowledge, frozenset[str]]] = {}
+_T = TypeVar("_T")
+# What is derived from one `Knowledge` (a few at most: the shipped content, a test's own),
+# keyed by its id and kept with it, so a new object at a reused id is never mistaken for it.
+_DERIVED: dict[tuple[str, int], tuple[Knowledge, Any]] = {}
+
+
+def _derived(name: str, knowledge: Knowledge, build: Callable[[Knowledge], _T]) -> _T:
+    """`build(knowledge)`, computed once per `Knowledge` object and kept (at most 48)."""
+    key = (name, id(knowledge))
+    cached = _DERIVED.get(key)
+    if cached is not None and cached[0] is knowledge:
+        return cast(_T, cached[1])
+    value = build(knowledge)
+    if len(_DERIVED) >= 48:
+        _DERIVED.clear()
+    _DERIVED[key] = (knowledge, value)
+    return value
 
 
 def _vocabulary(knowledge: Knowledge) -> frozenset[str]:
     """Every word the content and the parsers know, for typo correction and `unknown`."""
-    cached = _VOCABULARY.get(id(knowledge))
-    if cached is not None and cached[0] is knowledge:
-        return cached[1]
+    return _derived("vocabulary", knowledge, _build_vocabulary)
+
+
+def _build_vocabulary(knowledge: Knowledge) -> frozenset[str]:
     words: set[str] = set(CLASSIFIER_VOCABULARY) | STOPWORDS | set(NUMBER_WORDS) | set(UNITS)
     texts: list[str] = []
     for food in knowledge.foods:
@@ -859,36 +877,34 @@ def _vocabulary(knowledge: Knowledge) -> frozenset[str]:
     words |= {"kg", "cm", "years", "old", "age", "tall", "weigh", "active", "sedentary",
               "lightly", "moderately", "inches", "feet", "pounds", "kilos", "libras",
               "anos", "edad", "peso", "mido", "activo", "activa", "sedentario", "sedentaria"}
-    vocabulary = frozenset(words)
-    if len(_VOCABULARY) >= 16:
-        _VOCABULARY.clear()
-    _VOCABULARY[id(knowledge)] = (knowledge, vocabulary)
-    return vocabulary
+    return frozenset(words)
 
 
 # --- diets, goals, numbers ----------------------------------------------------------------
 
-def _find(words: tuple[str, ...], phrase: tuple[str, ...]) -> int:
-    """The first index where `phrase` (stemmed comparison) starts in `words`, or -1."""
+def _find(stemmed: tuple[str, ...], phrase: tuple[str, ...]) -> int:
+    """The first index where `phrase` starts in the message's `stemmed` words (`stems` of
+    both sides are compared), or -1."""
     size = len(phrase)
     target = stems(phrase)
-    stemmed = stems(words)
-    for start in range(len(words) - size + 1):
+    for start in range(len(stemmed) - size + 1):
         if stemmed[start:start + size] == target:
             return start
     return -1
 
 
 def _has_phrase(words: tuple[str, ...], phrases: Iterable[tuple[str, ...]]) -> bool:
-    return any(_find(words, p) >= 0 for p in phrases)
+    stemmed = stems(words)
+    return any(_find(stemmed, p) >= 0 for p in phrases)
 
 
 def _phrase_key(words: tuple[str, ...], table: Mapping[str, tuple[str, ...]]) -> str | None:
     """The key of the earliest phrase of `table` found in `words`."""
     best: tuple[int, str] | None = None
+    stemmed = stems(words)
     for key, phrases in table.items():
         for phrase in phrases:
-            at = _find(words, tuple(phrase.split()))
+            at = _find(stemmed, tuple(phrase.split()))
             if at >= 0 and (best is None or at < best[0]):
                 best = (at, key)
     return best[1] if best else None
@@ -1083,17 +1099,15 @@ class _Target:
     strong: bool  # a family or a food of the content (may follow a weak trigger)
 
 
-_INDEXES: dict[int, tuple[Knowledge, dict[tuple[str, ...], _Target]]] = {}
-_COMPOSITES: dict[int, tuple[Knowledge, tuple[tuple[tuple[str, ...], tuple[str, ...]], ...]]] = {}
-
-
 def _composite_contents(knowledge: Knowledge
                         ) -> tuple[tuple[tuple[str, ...], tuple[str, ...]], ...]:
     """Each composite's name (stemmed words) with everything it contains, composites inside it
     expanded ("caesar dressing" holds worcestershire sauce, so anchovy and malt vinegar too)."""
-    cached = _COMPOSITES.get(id(knowledge))
-    if cached is not None and cached[0] is knowledge:
-        return cached[1]
+    return _derived("composites", knowledge, _build_composite_contents)
+
+
+def _build_composite_contents(knowledge: Knowledge
+                              ) -> tuple[tuple[tuple[str, ...], tuple[str, ...]], ...]:
     names = {stems(read_words(name)): name for name in knowledge.composites}
 
     def expand(name: str, seen: frozenset[str]) -> list[str]:
@@ -1106,12 +1120,8 @@ def _composite_contents(knowledge: Knowledge
                     parts += expand(inner, seen | {inner})
         return parts
 
-    found = tuple((key, tuple(dict.fromkeys(expand(name, frozenset({name})))))
-                  for key, name in names.items() if key)
-    if len(_COMPOSITES) >= 16:
-        _COMPOSITES.clear()
-    _COMPOSITES[id(knowledge)] = (knowledge, found)
-    return found
+    return tuple((key, tuple(dict.fromkeys(expand(name, frozenset({name})))))
+                 for key, name in names.items() if key)
 
 
 def _contains(words: tuple[str, ...], part: tuple[str, ...]) -> bool:
@@ -1187,9 +1197,10 @@ def _exclusion_index(knowledge: Knowledge) -> dict[tuple[str, ...], _Target]:
     """Names a person may exclude (stemmed words) -> what they exclude: families first, then
     foods (English and Spanish names), grocery items, family terms and composites, then any
     ingredient word of a recipe (a Spanish one stands for the English lines it translates)."""
-    cached = _INDEXES.get(id(knowledge))
-    if cached is not None and cached[0] is knowledge:
-        return cached[1]
+    return _derived("exclusions", knowledge, _build_exclusion_index)
+
+
+def _build_exclusion_index(knowledge: Knowledge) -> dict[tuple[str, ...], _Target]:
     index: dict[tuple[str, ...], _Target] = {}
 
     def add(name: str, target: _Target) -> None:
@@ -1253,9 +1264,6 @@ def _exclusion_index(knowledge: Knowledge) -> dict[tuple[str, ...], _Target]:
         said = tuple((w,) for w in sorted(shared)) + tuple(dict.fromkeys(
             stems(read_words(line)) for line in lines))
         add(word, _Target(Exclusion(word, word, word, said), strong=True))
-    if len(_INDEXES) >= 16:
-        _INDEXES.clear()
-    _INDEXES[id(knowledge)] = (knowledge, index)
     return index
 
 
