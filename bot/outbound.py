@@ -23,7 +23,11 @@ The rules (shared/design/messaging.md, "Outbound"):
   committed at that moment counts from the next send, as if it had come a moment later.
 - Permanent errors end the row `failed` with the error code: 21610 (the person replied STOP)
   also marks the contact opted out on that channel; 63016 (outside WhatsApp's 24-hour window)
-  falls back to the approved template when one is configured.
+  falls back to the approved template when one is configured, whether Twilio refuses the
+  send or, as usually happens, accepts it and reports 63016 in the status callback. Then the
+  answer waits on the contact for MORE, the template carries the notice, and the charge
+  stays (charged once; a template that fails too gives it back). An outbound row whose
+  `error_code` is 63016 went out, or goes out, as the template.
 - WhatsApp free-form messages go out only within 24 hours of the person's last inbound
   message; outside it the template (`ContentSid`) is sent instead, with the answer kept for
   MORE, or the message is skipped.
@@ -283,7 +287,8 @@ def _plan_locked(
     plan: SendPlan | None = SendPlan(row.id, row.channel, contact.address, row.body)
     if row.channel == "whatsapp":
         last_inbound = contact.whatsapp_last_inbound_at
-        if last_inbound is None or now - last_inbound >= WHATSAPP_WINDOW:
+        if (row.error_code == OUTSIDE_WINDOW or last_inbound is None
+                or now - last_inbound >= WHATSAPP_WINDOW):
             plan = _template_or_skip(session, row, contact, settings, catalog, now)
     if plan is not None:
         row.status = "submitting"
@@ -432,7 +437,8 @@ def _record_locked(
 
 def apply_status(
     session: Session, update: StatusUpdate, now: datetime | None = None,
-    catalog: Catalog | None = None,
+    catalog: Catalog | None = None, settings: OutboundSettings | None = None,
+    resends: list[int] | None = None,
 ) -> bool:
     """Apply one delivery status callback.
 
@@ -444,6 +450,12 @@ def apply_status(
 
     A row adopted this way is costed now (its send's result never came back), given the
     `catalog`'s rates.
+
+    63016 (outside WhatsApp's 24-hour window) on a free-form WhatsApp message, with a template
+    in `settings`: the row ends `failed` without giving the charge back, and a new `pending`
+    row (`error_code` 63016: "send as the template") carries the answer; its id is appended to
+    `resends` for the caller to send after committing. One such row per answer: a second part
+    of the same answer failing joins the first (`_resend_as_template`).
 
     Statements: a repeat, and a status that is not forward, take one (the event's `INSERT ...
     ON CONFLICT DO NOTHING`); a forward move takes a second, a conditional `UPDATE` of the
@@ -466,14 +478,16 @@ def apply_status(
         if adopted is None:
             log.info("status callback for an unknown message", extra={"status": update.status})
             return False
-        return _apply_locked(session, adopted, update, now, catalog, adopting=True)
+        return _apply_locked(session, adopted, update, now, catalog, adopting=True,
+                             settings=settings, resends=resends)
     if direction != "out":
         log.info("status callback for an unknown message", extra={"status": update.status})
         return False
     if not _is_forward(current, update.status):
         return False  # states only move forward, so it cannot have become forward since
     if update.status in NOT_DELIVERED or update.error_code == OPTED_OUT:
-        return _apply_locked(session, row_id, update, now, catalog, adopting=False)
+        return _apply_locked(session, row_id, update, now, catalog, adopting=False,
+                             settings=settings, resends=resends)
     moved = session.execute(_ADVANCE, {
         "row_id": row_id, "new_status": update.status, "rank": STATUS_RANK[update.status],
         "code": update.error_code, "now": now}).first()
@@ -485,10 +499,12 @@ def apply_status(
 
 def _apply_locked(
     session: Session, row_id: int, update: StatusUpdate, now: datetime,
-    catalog: Catalog | None, *, adopting: bool,
+    catalog: Catalog | None, *, adopting: bool, settings: OutboundSettings | None = None,
+    resends: list[int] | None = None,
 ) -> bool:
     """`apply_status` under the account's lock, with the row loaded: a not-delivered end, a
-    21610, or the adoption of the `unknown` row `row_id`."""
+    21610, or the adoption of the `unknown` row `row_id`; a 63016 end re-sent as the
+    template (`_resend_as_template`)."""
     found = _lock_row(session, row_id)
     if found is None or found[0].direction != "out":
         log.info("status callback for an unknown message", extra={"status": update.status})
@@ -502,9 +518,54 @@ def _apply_locked(
             account_id = found[1].account_id
             costs.record_messaging(session, account_id, catalog.costs, row.channel, "out",
                                    row.units, key=f"msg:out:{row.id}", now=now)
+    if (update.error_code == OUTSIDE_WINDOW and update.status in NOT_DELIVERED
+            and row.channel == "whatsapp" and row.error_code != OUTSIDE_WINDOW
+            and settings is not None and settings.whatsapp_template_sid is not None
+            and _is_forward(row.status, update.status)):
+        _finish(session, row, update.status, OUTSIDE_WINDOW, now, refund=False)
+        resent = _resend_as_template(session, row, found[1], now)
+        if resent is not None and resends is not None:
+            resends.append(resent)
+        session.flush()
+        return True
     changed = _advance(session, row, update.status, update.error_code, now)
     session.flush()
     return changed
+
+
+def _resend_as_template(session: Session, row: Message, contact: Contact, now: datetime
+                        ) -> int | None:
+    """After a 63016 callback on the free-form WhatsApp message `row` (now `failed`): the id
+    of a new `pending` row to send as the template, carrying `row`'s text for MORE; or None
+    when another part of the same answer already has one (the text joins it: its body while
+    it waits, the contact's MORE text once it went out). The caller holds the account's lock.
+
+    The new row is free (the answer's charge stays on the inbound message, once) and counts
+    one message unit, what the template costs.
+    """
+    if row.in_reply_to_id is not None:
+        earlier = session.scalars(
+            select(Message)
+            .where(Message.in_reply_to_id == row.in_reply_to_id, Message.id != row.id,
+                   Message.direction == "out", Message.error_code == OUTSIDE_WINDOW,
+                   Message.status.not_in(tuple(NOT_DELIVERED)))
+            .order_by(Message.id.desc())
+            .limit(1)
+        ).first()
+        if earlier is not None:
+            if earlier.status == "pending":
+                earlier.body = f"{earlier.body}\n{row.body}"
+            else:
+                contact.more_text = "\n".join(t for t in (contact.more_text, row.body) if t)
+            return None
+    resend = Message(contact_id=row.contact_id, direction="out", channel="whatsapp",
+                     body=row.body, in_reply_to_id=row.in_reply_to_id, status="pending",
+                     error_code=OUTSIDE_WINDOW, units=1, created_at=now, status_at=now)
+    session.add(resend)
+    session.flush()
+    log.info("63016 in a status callback: the answer goes out as the template",
+             extra={"to": mask_address(contact.address)})
+    return resend.id
 
 
 def give_up_unconfirmed(session: Session, older_than: timedelta, now: datetime | None = None
@@ -636,6 +697,7 @@ def _template_or_skip(
                Message.direction == "out", Message.status == "pending")
         .order_by(Message.id)
     ).all() if row.in_reply_to_id is not None else []
+    row.error_code = OUTSIDE_WINDOW  # marks the row as sent as the template
     contact.more_text = "\n".join([row.body, *(s.body for s in siblings)])
     for sibling in siblings:
         _finish(session, sibling, "skipped", OUTSIDE_WINDOW, now, refund=False)
@@ -732,6 +794,7 @@ _CLAIM = (
     update(_MESSAGES)
     .where(_MESSAGES.c.id == bindparam("row_id", type_=Integer()),
            _MESSAGES.c.direction == _sql("out"), _MESSAGES.c.status == _sql("pending"),
+           _MESSAGES.c.error_code.is_(None),  # 63016: to send as the template
            exists().where(
                _CONTACTS.c.id == _MESSAGES.c.contact_id,
                _CONTACTS.c.address.like(_sql("+%")),

@@ -15,6 +15,7 @@ import time
 import redis
 from flask import Blueprint, Flask, Response, current_app, request
 
+from app.billing import deliver_notices
 from app.extensions import db
 from app.jobs import answer_inline
 from app.metrics import acknowledged
@@ -147,6 +148,11 @@ def status_callback() -> Response:
     except InvalidInbound as exc:
         return Response(f"{exc}\n", status=400, content_type="text/plain; charset=utf-8")
     settings: BotSettings = current_app.extensions["bot_settings"]
-    apply_status(db.session, update, catalog=settings.catalog)
+    resends: list[int] = []
+    apply_status(db.session, update, catalog=settings.catalog,
+                 settings=current_app.extensions["outbound"], resends=resends)
     db.session.commit()
+    # 63016 on a WhatsApp answer: it goes out again as the approved template (a job with
+    # Redis, else now).
+    deliver_notices(current_app._get_current_object(), resends)  # type: ignore[attr-defined]
     return Response(status=204)

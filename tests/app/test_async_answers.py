@@ -478,3 +478,77 @@ def test_a_split_whatsapp_answer_outside_the_window_sends_one_template(
     assert [p.status for p in parts] == ["queued"] + ["skipped"] * (len(parts) - 1)
     assert contact.more_text.split() == " ".join(p.body for p in parts).split()
     assert ledger.balance(session, contact.account_id).available == 95
+
+
+def test_63016_in_the_status_callback_resends_the_answer_as_the_template(
+        queued_app, session, twilio_api):
+    """The usual way: Twilio accepts the free-form message, then reports 63016 in its status
+    callback. The answer goes out again as the approved template (it waits for MORE), the
+    charge stays (once), a repeat of the callback sends nothing more, and a template that
+    fails too gives the charge back."""
+    from tests.conftest import twilio_fields
+
+    template = "HX" + "d" * 32
+    queued_app.extensions["outbound"] = type(queued_app.extensions["outbound"])(
+        status_callback_url=None, whatsapp_template_sid=template, backoff_seconds=0
+    )
+    client = queued_app.test_client()
+    post_signed(client, whatsapp("meal plan", sid="SMcb63016"))
+    run_worker(queued_app)
+    [free_form] = twilio_api.sent
+    assert "Body" in free_form
+    session.expire_all()
+    reply = session.scalar(select(Message).where(Message.direction == "out"))
+    account = account_of(session)
+    assert ledger.balance(session, account).available == 95
+
+    def failed(sid: str):
+        fields = twilio_fields("whatsapp_status_failed_63016__100eyes_fixture.json",
+                               MessageSid=sid, SmsSid=sid, To=f"whatsapp:{PHONE}",
+                               From=WHATSAPP_FROM)
+        return post_signed(client, fields, path="/webhooks/twilio/status")
+
+    assert failed(reply.message_sid).status_code == 204
+    run_worker(queued_app)  # the resend goes by a job
+    assert len(twilio_api.sent) == 2
+    assert twilio_api.sent[1]["ContentSid"] == template and "Body" not in twilio_api.sent[1]
+    session.expire_all()
+    rows = session.scalars(
+        select(Message).where(Message.direction == "out").order_by(Message.id)).all()
+    assert [(r.status, r.error_code) for r in rows] == [("failed", 63016), ("queued", 63016)]
+    contact = session.scalar(select(Contact).where(Contact.address == PHONE))
+    assert contact.more_text == reply.body  # the answer waits for MORE
+    assert ledger.balance(session, account).available == 95  # charged once, kept
+    assert costs.month(session, account).messages_out == 2  # the template is costed
+
+    # Twilio retries the callback: nothing more is sent or refunded.
+    failed(reply.message_sid)
+    run_worker(queued_app)
+    assert len(twilio_api.sent) == 2
+    # The template itself fails: the charge comes back, and no third send.
+    failed(rows[1].message_sid)
+    run_worker(queued_app)
+    assert len(twilio_api.sent) == 2
+    session.expire_all()
+    assert ledger.balance(session, account).available == 100
+    assert_consistent(session, account)
+
+
+def test_63016_in_the_status_callback_without_a_template_refunds(queued_app, session,
+                                                                  twilio_api):
+    from tests.conftest import twilio_fields
+
+    client = queued_app.test_client()
+    post_signed(client, whatsapp("meal plan", sid="SMcb63016b"))
+    run_worker(queued_app)
+    session.expire_all()
+    reply = session.scalar(select(Message).where(Message.direction == "out"))
+    fields = twilio_fields("whatsapp_status_failed_63016__100eyes_fixture.json",
+                           MessageSid=reply.message_sid, SmsSid=reply.message_sid,
+                           To=f"whatsapp:{PHONE}", From=WHATSAPP_FROM)
+    post_signed(client, fields, path="/webhooks/twilio/status")
+    run_worker(queued_app)
+    assert len(twilio_api.sent) == 1
+    session.expire_all()
+    assert session.get(Message, reply.id).status == "failed"
+    assert ledger.balance(session, account_of(session)).available == 100
