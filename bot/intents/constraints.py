@@ -374,6 +374,9 @@ DIET_PHRASES: Mapping[str, tuple[str, ...]] = {d.key: d.phrases for d in DIETS}
 _DIET_PHRASE_LIST: tuple[tuple[tuple[str, ...], str], ...] = tuple(sorted(
     ((tuple(p.split()), d.key) for d in DIETS for p in d.phrases),
     key=lambda pair: -len(pair[0])))
+# The same, each phrase with its stems (stemmed once, not once per message).
+_DIET_PHRASES_STEMMED: tuple[tuple[tuple[str, ...], tuple[str, ...], str], ...] = tuple(
+    (phrase, stems(phrase), key) for phrase, key in _DIET_PHRASE_LIST)
 # Words before a diet that negate it: "not vegan", "no soy vegana", "I'm no longer vegetarian".
 _NEGATIONS: tuple[tuple[str, ...], ...] = tuple(tuple(t.split()) for t in (
     "not", "non", "isnt", "arent", "no longer", "not a", "not an", "never", "no soy",
@@ -940,10 +943,12 @@ def _diets(words: tuple[str, ...], taken: set[int], spans: dict[int, int],
     negative ("no soy vegana") takes its words but does not count. A diet phrase that is a
     trigger and a name ("sin carne") gives way to a longer name ("sin carne roja")."""
     stemmed = stems(words)
+    present = frozenset(stemmed)
     found: set[str] = set()
     unsupported: list[str] = []
-    for phrase, key in _DIET_PHRASE_LIST:
-        target = stems(phrase)
+    for phrase, target, key in _DIET_PHRASES_STEMMED:
+        if target[0] not in present:  # cheap test first; the order of phrases is kept
+            continue
         size = len(phrase)
         for at in range(len(words) - size + 1):
             if stemmed[at:at + size] != target or any(i in taken for i in range(at, at + size)):
@@ -1514,15 +1519,28 @@ def _exclusions(words: tuple[str, ...], taken: set[int],
 
 
 def _trigger_at(words: tuple[str, ...], at: int, taken: set[int]) -> tuple[int, bool] | None:
-    """The exclusion trigger starting at `at` as (its length, strong), the longest first."""
+    """The exclusion trigger starting at `at` as (its length, strong), the longest first (of
+    two as long, the strong one)."""
     best: tuple[int, bool] | None = None
+    for trigger, strong in _TRIGGERS_BY_FIRST_WORD.get(words[at], ()):
+        size = len(trigger)
+        if (words[at:at + size] == trigger and (best is None or size > best[0])
+                and not any(i in taken for i in range(at, at + size))):
+            best = (size, strong)
+    return best
+
+
+def _triggers_by_first_word() -> dict[str, tuple[tuple[tuple[str, ...], bool], ...]]:
+    """`_BEFORE_STRONG` then `_BEFORE_WEAK` as (trigger, strong), by first word, in that order
+    (so `_trigger_at` looks only at the triggers that can start at a word)."""
+    table: dict[str, list[tuple[tuple[str, ...], bool]]] = {}
     for triggers, strong in ((_BEFORE_STRONG, True), (_BEFORE_WEAK, False)):
         for trigger in triggers:
-            size = len(trigger)
-            free = not any(i in taken for i in range(at, at + size))
-            if words[at:at + size] == trigger and free and (best is None or size > best[0]):
-                best = (size, strong)
-    return best
+            table.setdefault(trigger[0], []).append((trigger, strong))
+    return {word: tuple(entries) for word, entries in table.items()}
+
+
+_TRIGGERS_BY_FIRST_WORD = _triggers_by_first_word()
 
 
 def diet_rules(knowledge: Knowledge, diets: Iterable[str]

@@ -15,6 +15,7 @@ import unicodedata
 from collections.abc import Collection
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
+from functools import lru_cache
 
 from bot.knowledge import Food, Knowledge
 
@@ -121,10 +122,12 @@ def number(word: str) -> Decimal | None:
         return None
 
 
+@lru_cache(maxsize=65536)
 def stem(word: str) -> str:
     """A crude singular: "eggs" -> "egg", "berries" -> "berry", "tomatoes" -> "tomato",
     "peaches" -> "peach"; words ending in "ss", "us" or "is" and short words are kept. Used on
-    both sides of every comparison, so it only has to be consistent."""
+    both sides of every comparison, so it only has to be consistent. Memoised: a message's
+    parse stems the same few hundred words many times."""
     if len(word) <= 3 or not word.isalpha():
         return word
     if word.endswith("ies") and len(word) > 4:
