@@ -33,6 +33,10 @@ log = logging.getLogger(__name__)
 # Characters an SMS answer should stay within: two GSM-7 segments of 153 (messaging.md).
 SMS_ANSWER_CHARS = 300
 WHATSAPP_ANSWER_CHARS = 1500
+# The most characters `build_request` adds to the system prompt for the person's constraints
+# (a clause, and on a retry the violation named): `bot.intents.llm.MAX_CLAUSE_CHARS` +
+# `MAX_CORRECTION_CHARS`. An answer's cost ceiling must allow for it.
+MAX_CONSTRAINTS_CHARS = 1000
 
 
 class LlmError(BotError):
@@ -135,6 +139,34 @@ class OpenAIChat:
         return ChatReply(text, usage)
 
 
+def combine_usage(*usages: LlmUsage | None) -> LlmUsage | None:
+    """The usage of several calls to one model as one `LlmUsage` (tokens summed), so a skill
+    that asked twice (an answer, then a retry) reports both calls for COGS.
+
+    Prices are linear in tokens, so the sum costs what the calls cost (`ModelPrice.cost_musd`
+    rounds the sum up once, not each call: at most 1 µUSD less per extra call).
+
+    Args:
+        usages: the calls' usages; None for a call that reported none (a cached answer, a
+            timeout), which adds nothing.
+
+    Returns:
+        The summed usage, or None when no call reported any.
+
+    Raises:
+        ValueError: the usages name different models (their tokens have different prices,
+            so one sum cannot be priced).
+    """
+    reported = [u for u in usages if u is not None]
+    if not reported:
+        return None
+    models = {u.model for u in reported}
+    if len(models) > 1:
+        raise ValueError(f"cannot sum the usage of different models: {sorted(models)}")
+    return LlmUsage(reported[0].model, sum(u.prompt_tokens for u in reported),
+                    sum(u.completion_tokens for u in reported))
+
+
 class AnswerCache(Protocol):
     """A key -> answer text store with a time to live."""
 
@@ -227,6 +259,7 @@ def build_request(
     text: str,
     history: Sequence[tuple[str, str]] = (),
     channel: str = "sms",
+    constraints: str = "",
 ) -> ChatRequest:
     """The chat request for one message, within the tier's caps.
 
@@ -238,12 +271,25 @@ def build_request(
         history: earlier (role, text) turns, oldest first, roles "user" or "assistant"; the
             newest that fit within what the cap leaves are sent.
         channel: "sms" or "whatsapp", for the length the answer is asked to keep to.
+        constraints: what the answer must honour, said plainly (diet, what to leave out,
+            calories, days, people, the answer's language; `bot.intents.llm.constraints_clause`);
+            it follows the intent's prompt. Like the system prompt, it is not counted against
+            the input cap: it is ours, and at most `MAX_CONSTRAINTS_CHARS`.
 
     Returns:
         The `ChatRequest`.
+
+    Raises:
+        ValueError: `constraints` is longer than `MAX_CONSTRAINTS_CHARS` (the cost ceiling of
+            an answer would not hold).
     """
+    if len(constraints) > MAX_CONSTRAINTS_CHARS:
+        raise ValueError(f"constraints of {len(constraints)} characters exceed "
+                         f"{MAX_CONSTRAINTS_CHARS}")
     limit = SMS_ANSWER_CHARS if channel == "sms" else WHATSAPP_ANSWER_CHARS
     system = f"{settings.system_prompt} {spec.prompt}".strip()
+    if constraints:
+        system += f" {constraints.strip()}"
     system += f" Keep the answer under {limit} characters."
     budget = tier.max_input_chars
     message = text[:budget]

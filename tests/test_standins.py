@@ -22,7 +22,7 @@ from twilio.base.exceptions import TwilioRestException
 from twilio.rest import Client as TwilioClient
 
 from bot.channels.twilio import BaseUrlHttpClient
-from tests.support.openai_standin import OpenAIStandIn
+from tests.support.openai_standin import OpenAIStandIn, last_user_text, system_text
 from tests.support.redis_server import RedisServer, redis_server
 from tests.support.twilio_standin import TwilioStandIn
 
@@ -122,6 +122,44 @@ def test_openai_completion_looks_like_openai(
     assert request["headers"]["authorization"] == "Bearer sk-test"
     assert request["json"]["max_tokens"] == 50
     assert openai_standin.bodies[0]["messages"][1]["content"] == "What is a carb?"
+
+
+def test_openai_scripted_replies_come_in_order_then_the_default(
+    llm: openai.OpenAI, openai_standin: OpenAIStandIn
+) -> None:
+    openai_standin.script("first", "second")
+    openai_standin.fail_next(500)
+    with pytest.raises(openai.InternalServerError):
+        ask(llm, "a")  # a failure does not use up a scripted reply
+    assert openai_standin.scripted == 2
+    assert [ask(llm, text).choices[0].message.content for text in ("b", "c", "d")] == [
+        "first", "second", "Here is your answer about: d",
+    ]
+    assert openai_standin.scripted == 0
+
+
+def test_openai_responder_answers_from_the_request_and_may_fall_through(
+    llm: openai.OpenAI, openai_standin: OpenAIStandIn
+) -> None:
+    seen: list[str] = []
+
+    def respond(body: dict[str, Any]) -> str | None:
+        seen.append(system_text(body))
+        text = last_user_text(body)
+        return None if text == "pass" else text.upper()
+
+    openai_standin.responder = respond
+    openai_standin.reply = "fixed"
+    assert ask(llm, "loud").choices[0].message.content == "LOUD"
+    assert ask(llm, "pass").choices[0].message.content == "fixed"
+    openai_standin.script("scripted")  # a scripted reply comes before the responder
+    assert ask(llm, "loud").choices[0].message.content == "scripted"
+    assert seen == ["You are a nutrition assistant."] * 2
+    completion = ask(llm, "loud")
+    assert completion.usage is not None and completion.usage.completion_tokens == 1
+    openai_standin.reset()
+    assert openai_standin.responder is None and openai_standin.scripted == 0
+    assert ask(llm, "x").choices[0].message.content == "Here is your answer about: x"
 
 
 def test_openai_reply_is_truncated_at_max_tokens(

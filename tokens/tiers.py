@@ -51,21 +51,32 @@ def upper_bounds(catalog: Catalog) -> dict[str, int]:
             AFFILIATE: t.payment_required_musd}
 
 
+# The longest constraints clause (with a retry's correction) the LLM skill adds to the system
+# prompt, characters: `bot.llm.MAX_CONSTRAINTS_CHARS` (tokens/ does not import bot/; a test
+# checks the two agree).
+CONSTRAINTS_MAX_CHARS = 1000
+# An answer that breaks the person's exclusions is asked for once more (bot/intents/llm.py).
+CALLS_PER_ANSWER = 2
+
+
 def llm_ceiling_musd(catalog: Catalog, tier: LlmTier, spec: IntentSpec) -> int:
     """The most one LLM answer at `tier` can cost, µUSD.
 
     Input tokens are bounded by UTF-8 bytes (a byte-level BPE token is at least one byte, and
-    a character at most 4 bytes): the system and intent prompts, the input cap, and a
-    per-message overhead for each context message; output tokens by `max_tokens` (economy.md:
-    "the actual cost is bounded by the estimate's ceiling"). Calls are made once (no library
-    retries), so one answer is one call.
+    a character at most 4 bytes): the system and intent prompts, the constraints clause
+    (`CONSTRAINTS_MAX_CHARS`), the input cap, and a per-message overhead for each context
+    message; output tokens by `max_tokens` ("the actual cost is bounded by the estimate's
+    ceiling", docs/pipeline.md). Calls are made without library retries, and an answer
+    that breaks the person's exclusions is asked for once more (`bot.intents.llm`), so one
+    answer is at most `CALLS_PER_ANSWER` calls of that size.
     """
     llm = catalog.llm
-    prompt_chars = len(llm.system_prompt) + len(spec.prompt) + 64
+    prompt_chars = len(llm.system_prompt) + len(spec.prompt) + 64 + CONSTRAINTS_MAX_CHARS
     messages = llm.history_messages + 2
     input_tokens = (UTF8_MAX_BYTES * (prompt_chars + tier.max_input_chars)
                     + TOKEN_OVERHEAD_PER_MESSAGE * messages)
-    return catalog.costs.model(tier.model).cost_musd(input_tokens, tier.max_tokens)
+    one_call = catalog.costs.model(tier.model).cost_musd(input_tokens, tier.max_tokens)
+    return CALLS_PER_ANSWER * one_call
 
 
 def reply_ceiling_musd(catalog: Catalog, channel: str) -> int:

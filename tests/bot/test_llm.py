@@ -23,6 +23,7 @@ from bot.llm import (
     OpenAIChat,
     RedisCache,
     build_request,
+    combine_usage,
 )
 from tests.support.openai_standin import (
     DEFAULT_REPLY_PREFIX,
@@ -479,3 +480,149 @@ def test_an_offline_skill_that_fails_too_gives_its_own_reply():
     with pytest.raises(SkillFailed) as error:
         skill(Down(), fallback=Refusing()).answer(skill_request())
     assert error.value.reply == "I do not know that food."
+
+
+# --- usage of several calls ---------------------------------------------------------------------
+
+
+def test_combine_usage_sums_the_calls_of_one_model():
+    first, second = LlmUsage("gpt-4o-mini", 100, 40), LlmUsage("gpt-4o-mini", 130, 35)
+    assert combine_usage(first, second) == LlmUsage("gpt-4o-mini", 230, 75)
+    assert combine_usage(first, None) == first
+    assert combine_usage(None, None) is None
+    assert combine_usage() is None
+    with pytest.raises(ValueError, match="different models"):
+        combine_usage(first, LlmUsage("gpt-4.1-nano", 1, 1))
+    price = CATALOG.costs.model("gpt-4o-mini")
+    summed = price.cost_musd(230, 75)
+    # The sum costs what the calls cost, rounded up once (at most 1 µUSD less than twice).
+    assert price.cost_musd(100, 40) + price.cost_musd(130, 35) - summed in (0, 1)
+
+
+# --- the constraints -----------------------------------------------------------------------------
+
+
+def test_build_request_puts_the_constraints_after_the_intent_prompt():
+    system = build_request(SETTINGS, NORMAL, MEAL_PLAN, "hi", constraints="No eggs.") \
+        .messages[0][1]
+    assert system == (f"{SETTINGS.system_prompt} {MEAL_PLAN.prompt} No eggs. "
+                      "Keep the answer under 300 characters.")
+    # Without constraints the prompt is as before (and so is the cache key).
+    assert build_request(SETTINGS, NORMAL, MEAL_PLAN, "hi").messages[0][1] == (
+        f"{SETTINGS.system_prompt} {MEAL_PLAN.prompt} Keep the answer under 300 characters.")
+
+
+def test_the_skill_sends_the_constraints_clause(standin, chat):
+    skill(chat).answer(skill_request(
+        text="vegetarian meal plan for 3 days 1800 calories for 2 people, allergic to peanuts"))
+    system = standin.bodies[0]["messages"][0]["content"]
+    assert "Diet: vegetarian (no meat, fish, shellfish or cheese made with animal rennet)." \
+        in system
+    assert "No peanuts or anything made from peanuts: peanut, peanut butter, groundnut, " \
+        "satay, nut butter." in system
+    assert "Calories: about 1800 kcal a day. Days: 3. People: 2. Answer in English." in system
+
+
+def test_a_goal_sets_the_plan_target_in_the_prompt(standin, chat):
+    skill(chat).answer(skill_request(text="meal plan to lose weight"))
+    system = standin.bodies[0]["messages"][0]["content"]
+    assert "Calories: about 1500 kcal a day. Goal: lose weight." in system
+
+
+@pytest.mark.parametrize(("text", "language"), [
+    ("plan de comidas vegano", None), ("vegan meal plan", "es"),
+])
+def test_a_spanish_request_is_answered_in_spanish(standin, chat, text, language):
+    skill(chat).answer(skill_request(text=text, language=language))
+    system = standin.bodies[0]["messages"][0]["content"]
+    assert "Answer in Spanish." in system and "Diet: vegan" in system
+
+
+@pytest.mark.parametrize("text", [
+    "800 calorie meal plan", "low FODMAP meal plan", "zorblax-free meal plan",
+    "plan de comidas para diabéticos",
+])
+def test_what_the_offline_skill_refuses_is_refused_free_without_a_call(standin, chat, text):
+    with pytest.raises(SkillFailed) as error:
+        skill(chat).answer(skill_request(text=text))
+    with pytest.raises(SkillFailed) as offline:
+        skill_for("meal_plan").answer(skill_request(text=text))
+    assert error.value.reply == offline.value.reply
+    assert error.value.usage is None
+    assert standin.requests == []
+
+
+def test_a_violating_answer_is_asked_again_with_the_violation_named(standin, chat):
+    standin.script("Breakfast: 2 eggs on toast.", "Breakfast: oats with banana, no eggs.")
+    answer = skill(chat).answer(skill_request(text="meal plan without eggs"))
+    assert answer.text == "Breakfast: oats with banana, no eggs."
+    first, second = standin.bodies
+    assert 'Your previous answer included "eggs"' not in first["messages"][0]["content"]
+    assert ('Your previous answer included "eggs", which the person asked to leave out.'
+            in second["messages"][0]["content"])
+    assert answer.usage == LlmUsage(
+        "gpt-4o-mini",
+        prompt_tokens(first["messages"]) + prompt_tokens(second["messages"]),
+        estimate_tokens("Breakfast: 2 eggs on toast.")
+        + estimate_tokens("Breakfast: oats with banana, no eggs."))
+
+
+def test_two_violations_are_refused_free_with_both_calls_costed(standin, chat):
+    standin.reply = "Dinner: grilled salmon."
+    with pytest.raises(SkillFailed) as error:
+        skill(chat).answer(skill_request(text="vegetarian meal plan", channel="whatsapp"))
+    assert error.value.reply == (
+        "Sorry, I couldn't write an answer that surely leaves out fish, so I won't send one. "
+        "Please ask again, maybe in other words. Nothing was charged.")
+    first, second = standin.bodies
+    assert "which a vegetarian diet rules out" in second["messages"][0]["content"]
+    assert error.value.usage == LlmUsage(
+        "gpt-4o-mini", prompt_tokens(first["messages"]) + prompt_tokens(second["messages"]),
+        2 * estimate_tokens("Dinner: grilled salmon."))
+    assert "twice" in str(error.value)
+
+
+def test_the_refusal_is_in_the_person_s_language(standin, chat):
+    standin.reply = "Cena: salmón a la plancha."
+    with pytest.raises(SkillFailed) as error:
+        skill(chat).answer(skill_request(text="plan de comidas vegetariano"))
+    assert error.value.reply == (
+        "Lo siento, no consegui una respuesta que deje fuera pescado con seguridad, asi que no "
+        "te la envio. Vuelve a preguntar, quiza con otras palabras. No se cobro nada.")  # SMS
+
+
+def test_an_llm_error_on_the_retry_falls_back_and_keeps_the_first_usage(standin, chat):
+    class FailingRetry:
+        """The real client; the API fails once the first answer is in."""
+
+        def complete(self, request: ChatRequest) -> ChatReply:
+            reply = chat.complete(request)
+            standin.fail_next(503)
+            return reply
+
+    standin.reply = "Breakfast: 2 eggs."
+    with pytest.raises(SkillFailed) as error:
+        skill(FailingRetry()).answer(skill_request(text="meal plan without eggs"))
+    assert len(standin.bodies) == 2 and "HTTP 503" in str(error.value)
+    assert replies.OFFLINE_FREE in (error.value.reply or "")
+    assert error.value.usage is not None
+    assert error.value.usage.completion_tokens == estimate_tokens("Breakfast: 2 eggs.")
+
+
+def test_the_constraints_stay_within_the_bound_the_cost_ceiling_allows():
+    from bot.intents.constraints import parse_constraints
+    from bot.intents.llm import MAX_CLAUSE_CHARS, MAX_CORRECTION_CHARS, constraints_clause
+    from bot.knowledge import load_knowledge
+
+    assert MAX_CLAUSE_CHARS + 1 + MAX_CORRECTION_CHARS <= llm.MAX_CONSTRAINTS_CHARS
+    text = ("vegan kosher meal plan for 3 days, 1800 calories for 4 people, no nuts, no eggs, "
+            "no sesame, no soy, no gluten, no mustard, no celery, no garlic, no onion, "
+            "no citrus, no coconut, no fish, no shellfish, sin maní")
+    knowledge = load_knowledge()
+    clause = constraints_clause(parse_constraints(text, knowledge), knowledge)
+    assert len(clause) <= MAX_CLAUSE_CHARS
+    assert "No nuts, eggs, sesame" in clause  # names alone when the lists do not fit
+    assert clause.endswith("Days: 3. People: 4. Answer in English.")
+    with pytest.raises(ValueError, match="exceed"):
+        build_request(SETTINGS, NORMAL, MEAL_PLAN, "hi",
+                      constraints="x" * (llm.MAX_CONSTRAINTS_CHARS + 1))

@@ -129,3 +129,12 @@ def test_an_llm_call_that_timed_out_is_costed_at_its_ceiling(impatient_app, open
     tier = catalog.llm.tier("normal")
     assert entry.amount_musd == tiers.llm_ceiling_musd(catalog, tier, catalog.intent("meal_plan"))
     assert entry.prompt_tokens is None
+
+
+def test_the_llm_ceiling_counts_the_constraints_clause_and_the_retry():
+    """tokens/ cannot import bot/, so the bound's copy of the clause's cap is checked here; an
+    answer is at most two calls (a violating answer is asked for once more)."""
+    from bot.llm import MAX_CONSTRAINTS_CHARS
+
+    assert tiers.CONSTRAINTS_MAX_CHARS == MAX_CONSTRAINTS_CHARS
+    assert tiers.CALLS_PER_ANSWER == 2

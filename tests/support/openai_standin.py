@@ -8,7 +8,9 @@ The real `openai` client talks to it unchanged::
 
 It serves `POST /v1/chat/completions` with a `chat.completion` object shaped like OpenAI's,
 deterministic content and token counts, and OpenAI-style error bodies. Tests steer it through
-`reply`, `fail_next()`, `delay_seconds` and read back `requests` and `max_concurrent`.
+`reply`, `script()` (replies given in order, e.g. a violating answer and then a clean one),
+`responder` (a function of the request body, for replies that depend on the prompt),
+`fail_next()`, `delay_seconds`, and read back `requests`, `bodies` and `max_concurrent`.
 Everything is thread-safe: the server answers each request on its own thread.
 """
 
@@ -18,6 +20,8 @@ import math
 import secrets
 import string
 import time
+from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -93,6 +97,26 @@ def content_text(content: Any) -> str:
     return ""
 
 
+def system_text(body: dict[str, Any]) -> str:
+    """The system prompt of a chat-completion request body ("" without one)."""
+    for message in body.get("messages") or ():
+        if isinstance(message, dict) and message.get("role") == "system":
+            return content_text(message.get("content"))
+    return ""
+
+
+def last_user_text(body: dict[str, Any]) -> str:
+    """The last user message of a chat-completion request body ("" without one)."""
+    for message in reversed(body.get("messages") or ()):
+        if isinstance(message, dict) and message.get("role") == "user":
+            return content_text(message.get("content"))
+    return ""
+
+
+# A function of the request body giving the assistant's content, or None to fall through.
+Responder = Callable[[dict[str, Any]], str | None]
+
+
 def prompt_tokens(messages: list[dict[str, Any]]) -> int:
     """Deterministic prompt size: ceil(characters of all contents / 4) + 4 per message."""
     characters = sum(len(content_text(message.get("content"))) for message in messages)
@@ -111,8 +135,13 @@ class OpenAIStandIn(LoopbackServer):
 
     Use as a context manager (or call `start()` / `stop()`); `base_url` is valid once started.
 
+    The content of an answer is, in this order: the next scripted reply (`script()`), else
+    what `responder` returns for the request body (None falls through), else `reply`, else
+    "Here is your answer about: <last user text>".
+
     Attributes:
-        reply: fixed assistant content, or None for "Here is your answer about: <last user text>".
+        reply: fixed assistant content, or None for the default above.
+        responder: a function of the request body giving the content, or None.
         delay_seconds: sleep this long before answering any request (to provoke client timeouts).
     """
 
@@ -123,6 +152,8 @@ class OpenAIStandIn(LoopbackServer):
     def __init__(self, reply: str | None = None, delay_seconds: float = 0.0) -> None:
         super().__init__(delay_seconds)
         self._reply = reply
+        self._responder: Responder | None = None
+        self._script: deque[str] = deque()
         self._failures: FailureQueue[_Failure] = FailureQueue()
         self._requests: list[dict[str, Any]] = []
         self._in_flight = 0
@@ -139,6 +170,29 @@ class OpenAIStandIn(LoopbackServer):
     def reply(self, value: str | None) -> None:
         with self._lock:
             self._reply = value
+
+    @property
+    def responder(self) -> Responder | None:
+        with self._lock:
+            return self._responder
+
+    @responder.setter
+    def responder(self, value: Responder | None) -> None:
+        with self._lock:
+            self._responder = value
+
+    def script(self, *replies: str) -> None:
+        """Answer the next successful requests with `replies`, one each, in order (after any
+        replies scripted before); then back to `responder` / `reply`. A queued failure
+        (`fail_next`) answers first and does not use up a scripted reply."""
+        with self._lock:
+            self._script.extend(replies)
+
+    @property
+    def scripted(self) -> int:
+        """How many scripted replies are still waiting."""
+        with self._lock:
+            return len(self._script)
 
     def fail_next(
         self,
@@ -209,6 +263,8 @@ class OpenAIStandIn(LoopbackServer):
         self._failures.clear()
         with self._lock:
             self._reply = None
+            self._responder = None
+            self._script.clear()
             self._delay_seconds = 0.0
             self._requests.clear()
             self._max_concurrent = self._in_flight
@@ -279,12 +335,7 @@ class OpenAIStandIn(LoopbackServer):
             return _json(400, error_body("The stand-in does not stream.", "invalid_request_error"))
         messages = [message for message in messages if isinstance(message, dict)]
 
-        content = self.reply
-        if content is None:
-            last_user = next(
-                (m for m in reversed(messages) if m.get("role") == "user"), {"content": ""}
-            )
-            content = DEFAULT_REPLY_PREFIX + content_text(last_user.get("content"))
+        content = self._content({**body, "messages": messages})
 
         completion_tokens = estimate_tokens(content)
         finish_reason = "stop"
@@ -329,6 +380,21 @@ class OpenAIStandIn(LoopbackServer):
             "system_fingerprint": SYSTEM_FINGERPRINT,
         }
         return _json(200, completion)
+
+    def _content(self, body: dict[str, Any]) -> str:
+        """The assistant's content for `body`: scripted, else the responder's, else `reply`,
+        else the default."""
+        with self._lock:
+            if self._script:
+                return self._script.popleft()
+            responder, reply = self._responder, self._reply
+        # The responder runs outside the lock: it is the test's code, and may be slow.
+        content = responder(body) if responder is not None else None
+        if content is None:
+            content = reply
+        if content is None:
+            content = DEFAULT_REPLY_PREFIX + last_user_text(body)
+        return content
 
 
 def _json(status: int, payload: dict[str, Any], headers: dict[str, str] | None = None) -> Response:
