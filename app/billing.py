@@ -14,12 +14,14 @@ from datetime import datetime
 
 import redis
 from flask import Flask
+from sqlalchemy import select
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from app.extensions import db
 from app.queue import enqueue_delivery
 from bot import replies
+from bot.models import Contact
 from bot.notify import queue_notice
 from bot.router import BotSettings
 from tokens import payments
@@ -113,24 +115,35 @@ def queue_notices(app: Flask, session: Session, notices: tuple[Notice, ...]) -> 
 
 
 def notice_text(app: Flask, session: Session, notice: Notice) -> str | None:
-    """What a notice says to the person."""
+    """What a notice says to the person, in their language (`notice_language`)."""
     settings: BotSettings = app.extensions["bot_settings"]
     plan = settings.catalog.premium
     params = notice.params
+    lang = notice_language(session, notice.account_id)
     if notice.kind == "pack_credited":
-        return replies.pack_credited_text(int(params["tokens"]), int(params["available"]))
+        return replies.pack_credited_text(int(params["tokens"]), int(params["available"]),
+                                          lang)
     if notice.kind == "payment_failed":
-        return replies.PAYMENT_FAILED
+        return replies.payment_failed_text(lang)
     if notice.kind == "premium_started":
-        return replies.premium_started_text(plan)
+        return replies.premium_started_text(plan, lang)
     if notice.kind == "premium_ended":
-        return replies.premium_ended_text(plan)
+        return replies.premium_ended_text(plan, lang)
     if notice.kind in ("invoice_failed", "past_due"):
         link = payments.issue_pay_link(session, notice.account_id, "", purpose="portal",
                                        ttl_seconds=settings.catalog.pay_link_ttl_seconds)
-        return replies.billing_problem_text(settings.pay_url(link.token))
+        return replies.billing_problem_text(settings.pay_url(link.token), lang)
     log.warning("no wording for notice %s", notice.kind)
     return None
+
+
+def notice_language(session: Session, account_id: int) -> str:
+    """The language of the person a notice goes to: that of the contact that last wrote
+    (the one `bot.notify.queue_notice` sends to), English when not known."""
+    language = session.scalar(
+        select(Contact.language).where(Contact.account_id == account_id)
+        .order_by(Contact.last_inbound_at.desc().nulls_last(), Contact.id.desc()).limit(1))
+    return replies.language(language)
 
 
 def deliver_notices(app: Flask, ids: list[int]) -> None:

@@ -26,6 +26,7 @@ import logging
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import datetime
 from typing import Any
 
 from flask import Flask, current_app
@@ -41,6 +42,7 @@ from bot.channels.twilio import TwilioRestSender
 from bot.messages import InboundMessage
 from bot.models import Contact, InboxMessage, Message
 from bot.router import BotSettings
+from bot.router.pipeline import INBOX_OF_SENDER_OF
 
 log = logging.getLogger(__name__)
 # A job stops taking the next message of its person after this long and hands the rest to a
@@ -74,8 +76,6 @@ def answer_inline(app: Flask, msg: InboundMessage, inbox_id: int | None = None
                                  inbox_id=inbox_id)
 
 
-_WAITING_SENDER = select(InboxMessage.sender).where(
-    InboxMessage.message_sid == bindparam("sid", type_=String()))
 _REPLY = aliased(Message)
 _UNFINISHED_SENDER = (
     select(Contact.address).join(Message, Message.contact_id == Contact.id)
@@ -93,16 +93,26 @@ def sender_of(session: Session, message_sid: str) -> str | None:
     while its deferred answer is unsettled ("queued") or a reply to it is still `pending`.
     None when the message is unknown, or answered and its replies handed to the provider (the
     job of a message that an earlier job of the same person already answered)."""
-    sender = session.scalar(_WAITING_SENDER, {"sid": message_sid})
-    if sender is None:
-        sender = session.scalar(_UNFINISHED_SENDER, {"sid": message_sid})
+    return _sender_and_rows(session, message_sid)[0]
+
+
+def _sender_and_rows(session: Session, message_sid: str
+                     ) -> tuple[str | None, list[tuple[int, str, datetime]] | None]:
+    """`sender_of`, with the person's oldest inbox rows when `message_sid` waits there (read
+    in the same statement, for `router.drain_person`'s first round); None for the rows when
+    it does not."""
+    rows = session.execute(INBOX_OF_SENDER_OF, {"sid": message_sid}).all()
+    if rows:
+        session.commit()
+        return rows[0].sender, [(r.id, r.payload, r.received_at) for r in rows]
+    sender = session.scalar(_UNFINISHED_SENDER, {"sid": message_sid})
     session.commit()
-    return sender
+    return sender, None
 
 
 def _answer_person(app: Flask, session: Session, message_sid: str) -> str:
     settings: BotSettings = app.extensions["bot_settings"]
-    sender = sender_of(session, message_sid)
+    sender, first_rows = _sender_and_rows(session, message_sid)
     if sender is None:
         log.info("answer job with nothing left to do", extra={"message_sid": message_sid})
         return "nothing to do"
@@ -125,7 +135,9 @@ def _answer_person(app: Flask, session: Session, message_sid: str) -> str:
         while True:
             waiting = turn.take_waiting()
             done = router.drain_person(session, sender, settings, deliver=send,
-                                       keep_going=keep_going, answered_hook=_measured)
+                                       keep_going=keep_going, answered_hook=_measured,
+                                       first_rows=first_rows)
+            first_rows = None
             answered.extend(done)
             for sid in set(waiting) - set(done):
                 # repeat deliveries: settle or send what an earlier attempt left

@@ -11,6 +11,12 @@ from sqlalchemy import delete, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from bot.intents.classifier import (
+    ENGLISH_WORDS,
+    SPANISH_WORDS,
+    detect_language,
+    normalise_text,
+)
 from bot.models import (
     ConsentEvent,
     Contact,
@@ -21,6 +27,7 @@ from bot.models import (
 )
 from tokens import ledger
 from tokens.base import utcnow
+from tokens.catalog import LANGUAGES
 
 
 def erasure_key(secret_key: str) -> bytes:
@@ -78,6 +85,110 @@ def resolve_contact(session: Session, address: str, now: datetime,
 def find_contact(session: Session, address: str) -> Contact | None:
     """The contact with this address (E.164 or "wa:<id>"), or None."""
     return session.scalars(select(Contact).where(Contact.address == address)).first()
+
+
+# A message is clearly in a language when it has at least this many of that language's marker
+# words, and at least twice as many as of the other's ("what is arroz con pollo" is not).
+CLEAR_LANGUAGE_MARKERS = 2
+
+
+def clear_language(text: str) -> str | None:
+    """The language `text` is clearly written in, "en" or "es", or None when it is not clear.
+
+    The language is the project's own `bot.intents.classifier.detect_language` (a vote of
+    marker words and Spanish letters; no general language identifier is installed). It is
+    clear when the message has at least `CLEAR_LANGUAGE_MARKERS` marker words of that
+    language (`SPANISH_WORDS`, `ENGLISH_WORDS`) and at least twice as many as of the other:
+    "plan de comidas vegetariano" and "how do I make pancakes" are clear; "ok", "gracias",
+    "BALANCE", an emoji or "what is arroz con pollo" are not.
+    """
+    words = normalise_text(text).split()
+    if len(words) < CLEAR_LANGUAGE_MARKERS:
+        return None
+    detected = detect_language(text)
+    own, other = ((SPANISH_WORDS, ENGLISH_WORDS) if detected == "es"
+                  else (ENGLISH_WORDS, SPANISH_WORDS))
+    mine = sum(1 for word in words if word in own)
+    theirs = sum(1 for word in words if word in other)
+    if mine >= CLEAR_LANGUAGE_MARKERS and mine >= 2 * theirs:
+        return detected
+    return None
+
+
+@dataclass(frozen=True)
+class LanguageState:
+    """What the contact row keeps of a person's language (`Contact.language`,
+    `language_candidate`, `language_chosen_at`), as a value: the router works out the next
+    state early in the turn and writes it with the turn's other changes to the contact
+    (`write`), so that knowing the language costs no statement of its own.
+
+    Attributes:
+        language: "en", "es", or None while not known.
+        candidate: the other language of the last clear message, or None.
+        chosen_at: when the person chose `language` with LANGUAGE / IDIOMA (UTC), or None.
+    """
+
+    language: str | None
+    candidate: str | None = None
+    chosen_at: datetime | None = None
+
+    @classmethod
+    def of(cls, contact: Contact) -> LanguageState:
+        """The state as the contact row holds it."""
+        return cls(contact.language, contact.language_candidate, contact.language_chosen_at)
+
+    def write(self, contact: Contact) -> None:
+        """Set the contact's columns that differ from this state (none: nothing is dirtied)."""
+        if contact.language != self.language:
+            contact.language = self.language
+        if contact.language_candidate != self.candidate:
+            contact.language_candidate = self.candidate
+        if contact.language_chosen_at != self.chosen_at:
+            contact.language_chosen_at = self.chosen_at
+
+
+def noted_language(state: LanguageState, text: str) -> LanguageState:
+    """The person's language after one more of their messages.
+
+    The rule: the first message clearly in a language (`clear_language`) sets it; afterwards
+    two clear messages in a row in the other language switch it (`candidate` keeps the first
+    of the two; a clear message in the current language resets it). Messages that are not
+    clear ("ok", "gracias", commands, emoji) change nothing. A language the person chose
+    (`chosen_language`) is never changed by detection.
+    """
+    if state.chosen_at is not None:
+        return state
+    detected = clear_language(text)
+    if detected is None:
+        return state
+    if state.language is None or state.candidate == detected:
+        return LanguageState(detected)
+    if detected == state.language:
+        return LanguageState(detected)
+    return LanguageState(state.language, detected)
+
+
+def chosen_language(language: str, now: datetime) -> LanguageState:
+    """The state after the person chose `language` ("en", "es") with LANGUAGE / IDIOMA: it
+    stays until they choose again.
+
+    Raises:
+        ValueError: `language` is not one the bot speaks (`tokens.catalog.LANGUAGES`).
+    """
+    if language not in LANGUAGES:
+        raise ValueError(f"unknown language {language!r}; the bot speaks {', '.join(LANGUAGES)}")
+    return LanguageState(language, None, now)
+
+
+def reply_language(known: Contact | LanguageState | None, text: str) -> str:
+    """The language to reply to `text` in: the person's (`Contact.language`, or that of a
+    `LanguageState`), or, while it is not known yet, the message's own (`detect_language`;
+    English when in doubt)."""
+    language = known.language if known is not None else None
+    if language in LANGUAGES:
+        assert language is not None
+        return language
+    return detect_language(text)
 
 
 @dataclass(frozen=True)

@@ -18,8 +18,10 @@ from sqlalchemy.orm import Mapped, mapped_column
 
 from bot.messages import CHANNELS
 from tokens.base import Base, UTCDateTime, utcnow
+from tokens.catalog import LANGUAGES
 
 CHANNEL_CHECK = f"channel IN ({', '.join(repr(c) for c in CHANNELS)})"
+LANGUAGE_LIST = ", ".join(repr(language) for language in LANGUAGES)
 
 # Outbound delivery states (messaging.md, "Outbound"). "pending": the row is written, the send
 # not yet made; "submitting": the send is being made; "unknown": the send timed out, so Twilio
@@ -47,6 +49,12 @@ class Contact(Base):
     """
 
     __tablename__ = "contacts"
+    __table_args__ = (
+        CheckConstraint(f"language IS NULL OR language IN ({LANGUAGE_LIST})",
+                        name="language_known"),
+        CheckConstraint(f"language_candidate IS NULL OR language_candidate IN ({LANGUAGE_LIST})",
+                        name="language_candidate_known"),
+    )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     address: Mapped[str] = mapped_column(String(64), unique=True)
@@ -59,6 +67,13 @@ class Contact(Base):
     whatsapp_last_inbound_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     more_text: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    # The language of the person's replies (`bot.contacts.note_language`): "en", "es", or
+    # NULL until one of their messages is clearly in a language. `language_candidate` is the
+    # other language of their last clear message (a second in a row switches); set
+    # `language_chosen_at` (LANGUAGE / IDIOMA) and detection no longer changes it.
+    language: Mapped[str | None] = mapped_column(String(2))
+    language_candidate: Mapped[str | None] = mapped_column(String(2))
+    language_chosen_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
 
     def opted_out_at(self, channel: str) -> datetime | None:
         """When the person sent STOP on `channel` ("sms" or "whatsapp"), or None."""

@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session
 
 from bot.models import Contact, Message
 from bot.router import billed_units
-from bot.segments import normalise_for_gsm, split_message
+from bot.segments import fold_for_gsm, normalise_for_gsm, split_message
 from tokens import ledger
 from tokens.base import utcnow
 
@@ -39,7 +39,7 @@ def queue_notice(
     if contact.opted_out_at(channel) is not None:
         return []
     if channel == "sms":
-        text = normalise_for_gsm(text)
+        text = fold_for_gsm(normalise_for_gsm(text))
     ids = []
     for part in split_message(text):
         row = Message(contact_id=contact.id, direction="out", channel=channel, body=part,

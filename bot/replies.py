@@ -1,182 +1,371 @@
 """The wording of the bot's own replies: help, balance, pay links, refusals, compliance.
 
-Kept in one place so that what a person is told about money reads consistently, and short
-enough for one or two SMS segments.
+Every text lives in `bot/content/replies.yaml`, keyed by name, in each language the bot speaks
+(`tokens.catalog.LANGUAGES`: English and Spanish), with ``{placeholders}`` that both languages
+share. The file is read and checked once (`reply_catalog`): a key missing a language, or whose
+languages use different placeholders, is a `ReplyCatalogError` at the first reply.
+
+Every function here takes the person's language as ``lang`` ("en" or "es"; anything else
+reads as English), so that what a person is told about money reads consistently in their
+language, and short enough for one or two SMS segments. The old English constants
+(`SKILL_FAILED`, `OFFLINE_FREE`, ...) are still readable as module attributes.
 """
 
 from __future__ import annotations
 
+import functools
+import string
+from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import datetime
+from pathlib import Path
+from typing import Any
 
-from tokens.catalog import Catalog, IntentSpec, Pack, Plan
+import yaml
+
+from bot.errors import BotError
+from tokens.catalog import LANGUAGES, Catalog, IntentSpec, Pack, Plan, money_display
 from tokens.ledger import next_month_start
 
+REPLIES_PATH = Path(__file__).with_name("content") / "replies.yaml"
+DEFAULT_LANGUAGE = LANGUAGES[0]
 
-def price_list(catalog: Catalog, affordable_below: int | None = None) -> str:
+
+class ReplyCatalogError(BotError):
+    """The reply catalog (`bot/content/replies.yaml`) is unreadable, or a reply lacks one of
+    the bot's languages, or its languages use different placeholders: every reply must exist
+    in every language, with the same values filled in."""
+
+
+@dataclass(frozen=True)
+class ReplyCatalog:
+    """The parsed reply catalog.
+
+    Attributes:
+        texts: reply key -> language -> the text with its ``{placeholders}``.
+        months: language -> the twelve month names, January first.
+    """
+
+    texts: Mapping[str, Mapping[str, str]]
+    months: Mapping[str, tuple[str, ...]]
+
+    def text(self, key: str, lang: str = DEFAULT_LANGUAGE, **values: object) -> str:
+        """The reply `key` in `lang`, its placeholders filled from `values`.
+
+        Raises:
+            KeyError: no reply is called `key`, or a placeholder has no value (a bug).
+        """
+        return self.texts[key][language(lang)].format(**values)
+
+
+def language(lang: str | None) -> str:
+    """`lang` if the bot speaks it ("en", "es"), else the default, English."""
+    return lang if lang in LANGUAGES else DEFAULT_LANGUAGE
+
+
+def placeholders(text: str) -> frozenset[str]:
+    """The ``{names}`` a reply text uses."""
+    return frozenset(name for _, name, _, _ in string.Formatter().parse(text) if name)
+
+
+def load_replies(path: Path = REPLIES_PATH) -> ReplyCatalog:
+    """Read and check a reply catalog.
+
+    Args:
+        path: the YAML file: ``months: {en: [12 names], es: [...]}`` and
+            ``replies: {key: {en: text, es: text}}``.
+
+    Raises:
+        ReplyCatalogError: the file is unreadable or not shaped so; a reply lacks a language
+            (or has one the bot does not speak), or its languages differ in placeholders; the
+            months are not twelve names in each language. The message names the key.
+    """
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError) as exc:
+        raise ReplyCatalogError(f"{path}: cannot read the reply catalog ({exc})") from exc
+    if not isinstance(raw, dict):
+        raise ReplyCatalogError(f"{path}: a mapping with months and replies is required")
+    texts: dict[str, dict[str, str]] = {}
+    for key, by_language in _mapping(raw, "replies", path).items():
+        if not isinstance(by_language, dict) or set(by_language) != set(LANGUAGES) or not all(
+                isinstance(text, str) and text for text in by_language.values()):
+            raise ReplyCatalogError(
+                f"{path}: replies.{key}: a text in each of {', '.join(LANGUAGES)} is required")
+        names = {lang: placeholders(text) for lang, text in by_language.items()}
+        if len(set(names.values())) != 1:
+            raise ReplyCatalogError(
+                f"{path}: replies.{key}: the languages use different placeholders ({names})")
+        texts[str(key)] = dict(by_language)
+    months: dict[str, tuple[str, ...]] = {}
+    for lang in LANGUAGES:
+        names_of = _mapping(raw, "months", path).get(lang)
+        if not isinstance(names_of, list) or len(names_of) != 12 or not all(
+                isinstance(name, str) and name for name in names_of):
+            raise ReplyCatalogError(f"{path}: months.{lang}: twelve month names are required")
+        months[lang] = tuple(names_of)
+    return ReplyCatalog(texts=texts, months=months)
+
+
+def _mapping(raw: dict[str, Any], key: str, path: Path) -> dict[str, Any]:
+    value = raw.get(key)
+    if not isinstance(value, dict) or not value:
+        raise ReplyCatalogError(f"{path}: {key}: a mapping is required")
+    return value
+
+
+@functools.cache
+def reply_catalog() -> ReplyCatalog:
+    """The shipped reply catalog, read and checked once per process (`load_replies`)."""
+    return load_replies()
+
+
+def reply(key: str, lang: str = DEFAULT_LANGUAGE, **values: object) -> str:
+    """The reply `key` of `bot/content/replies.yaml` in `lang`, filled from `values`."""
+    return reply_catalog().text(key, lang, **values)
+
+
+# The English texts once held in constants here, still readable as attributes (callers in
+# other modules use them): `replies.SKILL_FAILED` is `reply("skill_failed")`.
+_CONSTANTS = {
+    "NO_TEXT": "no_text", "NOTHING_MORE": "nothing_more", "SKILL_FAILED": "skill_failed",
+    "THROTTLED": "throttled", "OFFLINE_FREE": "offline_free",
+    "TOOK_TOO_LONG": "took_too_long", "PAYMENT_FAILED": "payment_failed",
+    "MORE_HINT": "more_hint",
+}
+
+
+def __getattr__(name: str) -> str:
+    """`SKILL_FAILED`, `OFFLINE_FREE`, `TOOK_TOO_LONG`, ...: the English reply (PEP 562)."""
+    try:
+        return reply(_CONSTANTS[name])
+    except KeyError:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}") from None
+
+
+def no_text(lang: str = DEFAULT_LANGUAGE) -> str:
+    """A photo or a location without words: say so, nothing charged."""
+    return reply("no_text", lang)
+
+
+def nothing_more(lang: str = DEFAULT_LANGUAGE) -> str:
+    """MORE with no continuation waiting."""
+    return reply("nothing_more", lang)
+
+
+def skill_failed(lang: str = DEFAULT_LANGUAGE) -> str:
+    """A skill failed: an apology, nothing charged."""
+    return reply("skill_failed", lang)
+
+
+def throttled(lang: str = DEFAULT_LANGUAGE) -> str:
+    """Past the per-sender rate limit (`bot.ratelimit`): wait, nothing charged."""
+    return reply("throttled", lang)
+
+
+def offline_free(lang: str = DEFAULT_LANGUAGE) -> str:
+    """The line before an offline answer given free because the LLM failed."""
+    return reply("offline_free", lang)
+
+
+def took_too_long(lang: str = DEFAULT_LANGUAGE) -> str:
+    """The hold lapsed before the answer job ran: an apology, nothing charged."""
+    return reply("took_too_long", lang)
+
+
+def payment_failed_text(lang: str = DEFAULT_LANGUAGE) -> str:
+    """A pack's payment failed: nothing added."""
+    return reply("payment_failed", lang)
+
+
+def more_hint(lang: str = DEFAULT_LANGUAGE) -> str:
+    """What ends a reply cut at the channel's cap, e.g. "\\n(Reply MORE for the rest)"; asking
+    for MORE is free (messaging.md)."""
+    return reply("more_hint", lang)
+
+
+def price_list(catalog: Catalog, affordable_below: int | None = None,
+               lang: str = DEFAULT_LANGUAGE) -> str:
     """Intents with their prices, dearest first, e.g. "meal plan 5, dietary advice 4, ...".
 
     Args:
         catalog: the economy catalog.
         affordable_below: when given, only intents costing at most this many tokens.
+        lang: the language of the labels (`IntentSpec.label_in`).
     """
-    specs = sorted(catalog.intents, key=lambda s: (-s.price, s.label))
+    specs = sorted(catalog.intents, key=lambda s: (-s.price, s.label_in(lang)))
     if affordable_below is not None:
         specs = [s for s in specs if s.price <= affordable_below]
-    return ", ".join(f"{s.label} {s.price}" for s in specs)
+    return ", ".join(f"{s.label_in(lang)} {s.price}" for s in specs)
 
 
-def renewal_date(now: datetime) -> str:
-    """When the free allowance renews, e.g. "Dec 1"."""
-    start = next_month_start(now)
-    return f"{start:%b} {start.day}"
+def date_text(moment: datetime, lang: str = DEFAULT_LANGUAGE) -> str:
+    """A day as a person reads it: "Dec 1" in English, "1 de diciembre" in Spanish."""
+    month = reply_catalog().months[language(lang)][moment.month - 1]
+    return reply("date", lang, month=month, day=moment.day)
 
 
-def help_text(catalog: Catalog, now: datetime) -> str:
-    """HELP: what the bot does, prices, the free commands and how to stop (messaging.md)."""
+def renewal_date(now: datetime, lang: str = DEFAULT_LANGUAGE) -> str:
+    """When the free allowance renews (the first of next month, UTC), e.g. "Dec 1"."""
+    return date_text(next_month_start(now), lang)
+
+
+def help_text(catalog: Catalog, now: datetime, lang: str = DEFAULT_LANGUAGE) -> str:
+    """HELP: what the bot does, prices, the free commands and how to stop (messaging.md);
+    STOP and HELP keep their carrier form in every language."""
     pack = catalog.pack()
-    return (
-        f"{catalog.bot_name}: {catalog.bot_description}. Prices in tokens: "
-        f"{price_list(catalog)}. You get {catalog.free_monthly_allowance} free tokens a month "
-        f"(next on {renewal_date(now)}). Text BALANCE to see yours, BUY for "
-        f"{pack.total_tokens} more for {pack.price_display}. Reply STOP to unsubscribe. "
-        "Msg & data rates may apply."
-    )
+    return reply("help", lang, bot_name=catalog.bot_name,
+                 bot_description=catalog.description_in(language(lang)),
+                 prices=price_list(catalog, lang=lang),
+                 allowance=catalog.free_monthly_allowance, renewal=renewal_date(now, lang),
+                 pack_tokens=pack.total_tokens, pack_price=pack.price_display)
 
 
-def balance_text(catalog: Catalog, available: int, now: datetime) -> str:
+def balance_text(catalog: Catalog, available: int, now: datetime,
+                 lang: str = DEFAULT_LANGUAGE) -> str:
     """BALANCE: the available balance as "<N> tokens", and what it buys."""
     cheapest = min(s.price for s in catalog.intents)
-    spend = f"Prices: {price_list(catalog)}." if available >= cheapest else "Text BUY to top up."
-    return (
-        f"You have {available} tokens. {spend} Free tokens renew on {renewal_date(now)}."
-    )
+    spend = (reply("balance_prices", lang, prices=price_list(catalog, lang=lang))
+             if available >= cheapest else reply("balance_top_up", lang))
+    return reply("balance", lang, available=available, spend=spend,
+                 renewal=renewal_date(now, lang))
 
 
-def buy_text(pack: Pack, url: str) -> str:
+def buy_text(pack: Pack, url: str, lang: str = DEFAULT_LANGUAGE) -> str:
     """BUY: the pay link and what it buys."""
-    bonus = f" ({pack.tokens} + {pack.bonus_tokens} bonus)" if pack.bonus_tokens else ""
-    return f"Get {pack.total_tokens} tokens{bonus} for {pack.price_display}: {url}"
+    bonus = (reply("buy_bonus", lang, tokens=pack.tokens, bonus_tokens=pack.bonus_tokens)
+             if pack.bonus_tokens else "")
+    return reply("buy", lang, total=pack.total_tokens, bonus=bonus, price=pack.price_display,
+                 url=url)
 
 
-def premium_text(plan: Plan, url: str) -> str:
+def _plan_price(plan: Plan) -> str:
+    return money_display(plan.price_cents, plan.currency)
+
+
+def premium_text(plan: Plan, url: str, lang: str = DEFAULT_LANGUAGE) -> str:
     """BUY PREMIUM: the subscription's pay link, what it gives, and how it ends."""
-    return (f"{plan.name}: {plan.monthly_tokens} tokens every month for {plan.price_display}. "
-            f"Subscribe: {url} (to cancel later, text BUY PREMIUM again)")
+    return reply("premium", lang, plan=plan.name, tokens=plan.monthly_tokens,
+                 price=_plan_price(plan), url=url)
 
 
-def premium_manage_text(plan: Plan, url: str) -> str:
+def premium_manage_text(plan: Plan, url: str, lang: str = DEFAULT_LANGUAGE) -> str:
     """BUY PREMIUM from a subscriber: the billing portal, to change the card or cancel."""
-    return f"You have {plan.name}. Manage or cancel it here: {url}"
+    return reply("premium_manage", lang, plan=plan.name, url=url)
 
 
-def pack_credited_text(tokens: int, available: int) -> str:
+def pack_credited_text(tokens: int, available: int, lang: str = DEFAULT_LANGUAGE) -> str:
     """After a pack is paid for."""
-    return f"Thank you! {tokens} tokens were added. You now have {available} tokens."
+    return reply("pack_credited", lang, tokens=tokens, available=available)
 
 
-def premium_started_text(plan: Plan) -> str:
+def premium_started_text(plan: Plan, lang: str = DEFAULT_LANGUAGE) -> str:
     """A subscription became active."""
-    return (f"Welcome to {plan.name}: {plan.monthly_tokens} tokens arrive with each monthly "
-            "payment. Text BALANCE any time.")
+    return reply("premium_started", lang, plan=plan.name, tokens=plan.monthly_tokens)
 
 
-def premium_ended_text(plan: Plan) -> str:
+def premium_ended_text(plan: Plan, lang: str = DEFAULT_LANGUAGE) -> str:
     """A subscription ended (tokens already bought stay usable)."""
-    return (f"Your {plan.name} subscription has ended. The tokens you have stay yours; text "
-            "BUY PREMIUM to subscribe again.")
+    return reply("premium_ended", lang, plan=plan.name)
 
 
-def billing_problem_text(url: str) -> str:
+def billing_problem_text(url: str, lang: str = DEFAULT_LANGUAGE) -> str:
     """A subscription payment failed (or the subscription went past due)."""
-    return f"We could not take your subscription payment. Please update your card: {url}"
-
-
-PAYMENT_FAILED = "Your payment did not go through, so nothing was added. Text BUY to try again."
+    return reply("billing_problem", lang, url=url)
 
 
 def insufficient_text(
-    catalog: Catalog, spec: IntentSpec, available: int, url: str, now: datetime
+    catalog: Catalog, spec: IntentSpec, available: int, url: str, now: datetime,
+    lang: str = DEFAULT_LANGUAGE,
 ) -> str:
     """The refusal when the balance is below the price: nothing charged, a pay link, and the
     cheaper things the person can still do (economy.md, Tiers: "whatever the level")."""
     pack = catalog.pack()
-    article = "an" if spec.label[:1] in "aeiou" else "a"
+    label = spec.label_in(language(lang))
+    if language(lang) == "en":
+        article = "an" if label[:1] in "aeiou" else "a"
+        what = f"{article.capitalize()} {label}"
+    else:  # Spanish: "Plan de comidas: 5 tokens" needs no article (and no gender).
+        what = label[:1].upper() + label[1:]
     # The pay link comes early: an SMS reply is cut after 2 segments (the rest via MORE).
     parts = [
-        f"{article.capitalize()} {spec.label} costs {spec.price} tokens and you have "
-        f"{available}. Nothing was charged.",
-        f"Get {pack.total_tokens} tokens for {pack.price_display}: {url}",
+        reply("insufficient", lang, what=what, price=spec.price, available=available),
+        reply("insufficient_pack", lang, total=pack.total_tokens, price=pack.price_display,
+              url=url),
     ]
-    cheaper = price_list(catalog, affordable_below=available)
+    cheaper = price_list(catalog, affordable_below=available, lang=lang)
     if cheaper:
-        parts.append(f"You can still ask for: {cheaper}.")
-    parts.append(f"Free tokens renew on {renewal_date(now)}.")
+        parts.append(reply("insufficient_cheaper", lang, prices=cheaper))
+    parts.append(reply("renews", lang, renewal=renewal_date(now, lang)))
     return " ".join(parts)
 
 
-def stop_text(catalog: Catalog) -> str:
+def stop_text(catalog: Catalog, lang: str = DEFAULT_LANGUAGE) -> str:
     """Confirmation of STOP, sent once where the app (not Twilio) manages opt-out."""
-    return (
-        f"You are unsubscribed from {catalog.bot_name} and will get no more messages. "
-        "Reply START to come back."
-    )
+    return reply("stop", lang, bot_name=catalog.bot_name)
 
 
-def start_text(catalog: Catalog) -> str:
+def start_text(catalog: Catalog, lang: str = DEFAULT_LANGUAGE) -> str:
     """Confirmation of START where the app manages opt-out."""
-    return (
-        f"Welcome back to {catalog.bot_name}. Text HELP for what I can do, BALANCE for your "
-        "tokens. Reply STOP to unsubscribe."
-    )
+    return reply("start", lang, bot_name=catalog.bot_name)
 
 
-NO_TEXT = (
-    "I can only read text for now. Tell me in words, e.g. \"calories in 2 eggs\" or "
-    "\"vegetarian meal plan\". Nothing was charged."
-)
-NOTHING_MORE = "There is nothing more to show. Ask me something new, or text HELP."
-SKILL_FAILED = "Sorry, I could not answer that just now. Nothing was charged; please try again."
-THROTTLED = ("You're sending messages faster than I can answer. Please wait a few minutes, "
-             "then try again. Nothing was charged.")
-OFFLINE_FREE = "(A shorter answer, as our assistant is busy. Nothing was charged.)"
-TOOK_TOO_LONG = (
-    "Sorry, that took too long to answer. Nothing was charged; please ask again."
-)
-
-
-def level_notice(catalog: Catalog, level: str, available: int) -> str:
+def level_notice(catalog: Catalog, level: str, available: int,
+                 lang: str = DEFAULT_LANGUAGE) -> str:
     """What a person on a restricted level is told, in plain words, with their balance and what
     restores full service (economy.md, rule 4). Never claims anything is unlimited."""
     pack = catalog.pack()
-    restore = (f"You have {available} tokens. Text BUY for {pack.total_tokens} tokens "
-               f"({pack.price_display}) for full answers")
-    if level == "REDUCED":
-        return f"[Free service is reduced this month: shorter answers. {restore}.]"
-    if level == "BASIC":
-        return ("[You have used most of this month's free service: short ready-made answers. "
-                f"{restore}.]")
-    return f"[This month's free service is nearly used up. {restore}.]"
+    restore = reply("level_restore", lang, available=available, total=pack.total_tokens,
+                    price=pack.price_display)
+    key = {"REDUCED": "level_reduced", "BASIC": "level_basic"}.get(level, "level_nearly_used")
+    return reply(key, lang, restore=restore)
 
 
 def offers_text(catalog: Catalog, spec: IntentSpec, available: int,
-                offers: list[tuple[str, str]], now: datetime) -> str:
+                offers: list[tuple[str, str]], now: datetime,
+                lang: str = DEFAULT_LANGUAGE) -> str:
     """The AFFILIATE answer to a costly request: the disclosure first (so it is never cut off
     from the links), the partner offers, then what restores full service. Nothing is
     charged."""
     pack = catalog.pack()
-    lines = [f"This month's free service is nearly used up. {catalog.affiliates.disclosure} "
-             f"Partners for your {spec.label}:"]
+    lines = [reply("offers_head", lang, disclosure=catalog.affiliates.disclosure_in(
+        language(lang)), label=spec.label_in(language(lang)))]
     lines += [f"- {name}: {url}" for name, url in offers]
-    lines.append(f"Nothing was charged. You have {available} tokens; text BUY for "
-                 f"{pack.total_tokens} tokens ({pack.price_display}) for full answers. Free "
-                 f"service returns on {renewal_date(now)}.")
+    lines.append(reply("offers_tail", lang, available=available, total=pack.total_tokens,
+                       price=pack.price_display, renewal=renewal_date(now, lang)))
     return "\n".join(lines)
 
 
-def payment_required_text(catalog: Catalog, available: int, url: str, now: datetime) -> str:
-    """PAYMENT_REQUIRED: no answer, a pay link, nothing charged, and when free service
-    returns."""
+def payment_required_text(catalog: Catalog, available: int, url: str, now: datetime,
+                          lang: str = DEFAULT_LANGUAGE) -> str:
+    """PAYMENT_REQUIRED: no answer, nothing charged. Says why in plain words (this month's
+    free service reached its cost budget, `tiers.payment_required_usd`; the token balance is
+    not the reason), what BUY gives (the pack's tokens for its price, and full answers at
+    once: purchased tokens are always served, README "How service steps down"), a pay link,
+    and when free service returns."""
     pack = catalog.pack()
-    return (f"You have used this month's free service. Get {pack.total_tokens} tokens for "
-            f"{pack.price_display}: {url} Nothing was charged; you have {available} tokens. "
-            f"Free service returns on {renewal_date(now)}.")
+    return reply("payment_required", lang, available=available, total=pack.total_tokens,
+                 price=pack.price_display, url=url, renewal=renewal_date(now, lang))
+
+
+def language_set_text(lang: str) -> str:
+    """LANGUAGE EN / IDIOMA ES: the confirmation, in the language just chosen."""
+    return reply("language_set", lang)
+
+
+def language_help_text(lang: str = DEFAULT_LANGUAGE) -> str:
+    """A bare LANGUAGE / IDIOMA: how to choose."""
+    return reply("language_help", lang)
+
+
+def small_talk_text(kind: str, catalog: Catalog, lang: str = DEFAULT_LANGUAGE) -> str:
+    """The free reply to small talk (`bot.intents.offline.small_talk`) of `kind` "thanks",
+    "ack" (ok, an emoji), "stop_request" (points to STOP, which alone opts out) or
+    "no_subscription" (a non-subscriber asking to cancel one)."""
+    if kind == "thanks":
+        return reply("small_thanks", lang)
+    if kind == "stop_request":
+        return reply("stop_hint", lang, bot_name=catalog.bot_name)
+    if kind == "no_subscription":
+        return reply("cancel_none", lang, plan=catalog.premium.name)
+    return reply("small_ack", lang)

@@ -11,10 +11,14 @@ The rules come from shared/design/messaging.md, "Length and segments":
   pinned ``gsm0338`` codec; an extension-table character (``{ } [ ] ~ \\ | ^ €`` and form feed) is
   sent as ESC + character, so it costs 2 septets and is never split across segments. Likewise a
   UTF-16 surrogate pair (an emoji outside the Basic Multilingual Plane) is never split.
-- Prefer GSM-7 (`normalise_for_gsm`), count segments for cost (`count_segments`), cap SMS replies
-  at a few segments with a "Reply MORE" continuation (`cap_sms`), and keep every message on every
-  channel within 1,600 characters, splitting WhatsApp replies on sentence boundaries
-  (`split_message`; Twilio's Message resource caps ``Body`` at 1,600 characters).
+- Prefer GSM-7 (`normalise_for_gsm`, and for Spanish `fold_for_gsm`), count segments for cost
+  (`count_segments`), cap SMS replies at a few segments with a "Reply MORE" continuation
+  (`cap_sms`), and keep every message on every channel within 1,600 characters, splitting
+  WhatsApp replies on sentence boundaries (`split_message`; Twilio's Message resource caps
+  ``Body`` at 1,600 characters).
+- A cut falls on a sentence end, a paragraph break or the start of a list item, else a line
+  break, else between words; never inside a word, nor inside a short quotation ("text \"meal
+  plan, no snacks\"") while there is a word boundary outside one.
 
 Everything here is a pure function of its arguments: no I/O, no clock, no configuration.
 """
@@ -54,7 +58,12 @@ DEFAULT_SMS_MAX_SEGMENTS: Final = 2
 """Default cap on one SMS reply, in segments (messaging.md)."""
 
 MORE_HINT: Final = "\n(Reply MORE for the rest)"
-"""Appended to a capped SMS reply; asking for MORE costs no tokens (messaging.md)."""
+"""Appended to a capped SMS reply; asking for MORE costs no tokens (messaging.md). The reply
+in the person's language is `bot.replies.more_hint`; this is its English default."""
+
+# Spanish letters outside GSM-7 (3GPP TS 23.038 has é, ñ, Ñ, ü, Ü, ¿, ¡ but not these), and the
+# GSM-7 letter a Spanish reader takes for each (`fold_for_gsm`).
+_SPANISH_FOLD: Final = str.maketrans("áíóúÁÍÓÚ", "aiouAIOU")
 
 # Typographic characters with a GSM-7 equivalent. Only characters outside GSM-7 belong here
 # (a test checks that every key fails to encode and every value encodes).
@@ -127,6 +136,11 @@ _JOINERS: Final = re.compile("[\u200c\u200d]+")
 
 # A cut point is the start of a run of whitespace; the run itself is dropped by the cut.
 _WHITESPACE_RUN: Final = re.compile(r"\s+")
+# After a line break, the start of a list item: "- eggs", "* oats", "• rice", "1. Stir", "2) Bake".
+_LIST_ITEM: Final = re.compile("(?:[-*\u2022]|[0-9]{1,2}[.)])\\s")
+# Quotation marks: a straight double quote opens and closes; the typographic ones are paired.
+_QUOTE_OPEN: Final = "\u201c\u00ab"
+_QUOTE_CLOSE: Final = "\u201d\u00bb"
 # The text before a cut ends a sentence: terminal punctuation, then optional closing quotes or
 # brackets ("Eat well." / "(see above.)").
 _SENTENCE_END: Final = re.compile("[.!?][\"')\\]\u2019\u201d\u00bb]*\\Z")
@@ -208,6 +222,28 @@ def _normalise_once(text: str) -> str:
         return ""
 
     return unicodedata.normalize("NFC", _JOINERS.sub(drop_loose_joiners, text))
+
+
+def fold_for_gsm(text: str) -> str:
+    """Drop the accent of á, í, ó and ú (and capitals) when that makes ``text`` GSM-7.
+
+    Why: one of these letters turns a whole SMS into UCS-2, 67 instead of 153 characters a
+    segment, so a two-segment Spanish answer would stop after about 100 characters. Written
+    without them ("dia", "si", "mas") Spanish stays readable, as people write it by SMS; é, ñ,
+    ü, ¿ and ¡ are GSM-7 and stay. The offline skills' answers follow the same rule
+    (`bot.intents.offline.for_channel`). When something else keeps the text UCS-2 anyway (an
+    emoji, another script), nothing would be gained, and the accents are kept.
+
+    Args:
+        text: an SMS body, already through `normalise_for_gsm`.
+
+    Returns:
+        The folded text if it is then GSM-7, else ``text`` unchanged.
+    """
+    folded = text.translate(_SPANISH_FOLD)
+    if folded != text and encoding(folded) == GSM7:
+        return folded
+    return text
 
 
 def encoding(text: str) -> Encoding:
@@ -314,20 +350,53 @@ def _hard_cut(text: str, limit: int) -> int:
     return cut
 
 
+def _quoted(text: str, end: int) -> list[bool]:
+    """For each position up to ``end``: whether it lies inside a quotation. A straight double
+    quote toggles, a typographic one opens or closes; a quote with no partner later in the
+    text (a stray inch mark) opens nothing."""
+    inside = [False] * (end + 1)
+    straight = [i for i, char in enumerate(text) if char == '"']
+    if len(straight) % 2:
+        straight.pop()  # the last one has no partner
+    toggles = set(straight)
+    last_close = max((i for i, char in enumerate(text) if char in _QUOTE_CLOSE), default=-1)
+    straight_open = typographic = False
+    for i in range(end + 1):
+        inside[i] = straight_open or typographic
+        if i >= len(text):
+            break
+        char = text[i]
+        if i in toggles:
+            straight_open = not straight_open
+        elif char in _QUOTE_OPEN and i < last_close:
+            typographic = True
+        elif char in _QUOTE_CLOSE:
+            typographic = False
+    return inside
+
+
 def _choose_cut(text: str, limit: int) -> int:
     """Where to cut ``text`` so that ``text[:cut]`` has at most ``limit`` characters.
 
-    Preference: the last sentence end or paragraph break, then the last line break (each only
-    if it keeps at least half of ``limit``, so a boundary does not waste most of a message),
-    then the last whitespace, then a hard cut. ``text`` must not start with whitespace and
+    Preference, among the whitespace runs outside a quotation: the last sentence end,
+    paragraph break or list-item start, then the last line break (each only if it keeps at
+    least half of ``limit``, so a boundary does not waste most of a message), then the last
+    whitespace; then the last whitespace inside a quotation; then a hard cut (only a word
+    longer than ``limit`` gets one). ``text`` must not start with whitespace and
     ``1 <= limit < len(text)``; the result is in ``[1, limit]``.
     """
-    sentence = line = word = 0
+    sentence = line = word = any_word = 0
+    inside = _quoted(text, limit) if any(q in text for q in '"' + _QUOTE_OPEN) else None
     for run in _WHITESPACE_RUN.finditer(text, 1, limit + 1):
         cut, gap = run.start(), run.group()
+        any_word = cut
+        if inside is not None and inside[cut]:
+            continue
         word = cut
         if "\n" in gap:
             line = cut
+            if _LIST_ITEM.match(text, run.end()):
+                sentence = cut
         if gap.count("\n") >= 2 or _SENTENCE_END.search(text, max(0, cut - 8), cut):
             sentence = cut
     half = limit // 2
@@ -335,7 +404,7 @@ def _choose_cut(text: str, limit: int) -> int:
         return sentence
     if line >= half and line:
         return line
-    return word or _hard_cut(text, limit)
+    return word or any_word or _hard_cut(text, limit)
 
 
 def cap_sms(

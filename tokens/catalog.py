@@ -23,7 +23,10 @@ from tokens.errors import CatalogError
 
 DEFAULT_CATALOG_PATH = Path(__file__).with_name("economy.yaml")
 MICRO_USD_PER_USD = 1_000_000
-COMMAND_NAMES = ("balance", "buy", "more", "premium")
+COMMAND_NAMES = ("balance", "buy", "more", "premium", "language")
+LANGUAGES = ("en", "es")
+"""The languages the bot speaks (its replies: `bot/content/replies.yaml`); the first is the
+default."""
 MESSAGING_CHANNELS = ("sms", "whatsapp")
 MESSAGING_UNITS = ("segment", "message")
 DEFAULT_TIER = "normal"
@@ -50,6 +53,7 @@ class IntentSpec:
         patterns: compiled regular expressions searched in the normalised message.
         prompt: what the LLM is told to do for this intent (after the catalog's system
             prompt); "" for none.
+        label_es: the label in Spanish, e.g. "plan de comidas"; "" to use `label`.
     """
 
     name: str
@@ -58,6 +62,11 @@ class IntentSpec:
     example: str
     patterns: tuple[re.Pattern[str], ...]
     prompt: str = ""
+    label_es: str = ""
+
+    def label_in(self, language: str) -> str:
+        """The label in `language` ("en" or "es"; anything else reads as English)."""
+        return (self.label_es or self.label) if language == "es" else self.label
 
 
 @dataclass(frozen=True)
@@ -225,6 +234,9 @@ class TierSettings:
         reduced_musd, basic_musd, affiliate_musd, payment_required_musd: the exposure (µUSD)
             at which each level starts (defaults $0.50, $1.50, $1.75, $2.00).
         refusals_per_day: refusal replies a day at PAYMENT_REQUIRED, then silence.
+        billing_replies_per_day: BALANCE, BUY and BUY PREMIUM replies a day past the cutoff
+            (their own budget, so refusals never silence the way to pay; it bounds what they
+            can cost, `tokens.tiers.monthly_loss_ceiling_musd`).
         upsell_every_hours: the least time between two upsell lines (REDUCED, BASIC).
         affiliate_min_price: intents at or above this price (tokens) get partner offers at
             AFFILIATE; cheaper ones get the offline template.
@@ -237,6 +249,7 @@ class TierSettings:
     refusals_per_day: int
     upsell_every_hours: int
     affiliate_min_price: int
+    billing_replies_per_day: int = 5
 
 
 @dataclass(frozen=True)
@@ -268,6 +281,11 @@ class AffiliateSettings:
     allowed_domains: frozenset[str]
     partners: tuple[Partner, ...]
     intent_categories: Mapping[str, tuple[str, ...]]
+    disclosure_es: str = ""
+
+    def disclosure_in(self, language: str) -> str:
+        """The disclosure line in `language` ("en" or "es"); English when no Spanish is set."""
+        return (self.disclosure_es or self.disclosure) if language == "es" else self.disclosure
 
     def offers_for(self, intent: str, limit: int = 3) -> tuple[Partner, ...]:
         """Up to `limit` partners relevant to `intent`, in catalog order."""
@@ -286,7 +304,14 @@ class Catalog:
         free_monthly_allowance: tokens granted per person and calendar month (UTC).
         intents: priced intents in precedence order (first match wins).
         default_intent: the intent of a message that matches no pattern.
-        commands: free command name ("balance", "buy", "more") -> normalised keywords.
+        commands: free command name ("balance", "buy", "more", "premium", "language") ->
+            the normalised whole messages that are that command. "language" holds every form
+            of `language_choices`.
+        language_choices: a normalised whole message of the language command -> the language
+            it chooses ("en", "es"), or "" for the bare command (which explains how to
+            choose): "LANGUAGEES", "IDIOMAINGLES", "ESPANOL" ... (`tokens/economy.yaml`,
+            `commands.language` and `language_names`).
+        bot_description_es: `bot_description` in Spanish ("" to use the English one).
         packs: token packs by code.
         default_pack: code of the pack offered in pay links.
         pay_link_ttl_seconds: lifetime of a pay link.
@@ -320,6 +345,14 @@ class Catalog:
     premium: Plan
     tiers: TierSettings
     affiliates: AffiliateSettings
+    language_choices: Mapping[str, str]
+    bot_description_es: str = ""
+
+    def description_in(self, language: str) -> str:
+        """What the bot does, in `language` ("en" or "es"); English when no Spanish is set."""
+        if language == "es":
+            return self.bot_description_es or self.bot_description
+        return self.bot_description
 
     def intent(self, name: str) -> IntentSpec:
         """The intent called `name`. Raises `CatalogError` if there is none."""
@@ -394,6 +427,13 @@ def _parse(raw: dict[str, Any]) -> Catalog:
         if not isinstance(words, list) or not words or not all(isinstance(w, str) for w in words):
             raise CatalogError(f"commands.{name}: a non-empty list of keywords is required")
         commands[name] = frozenset(normalise_command(w) for w in words)
+    language_choices = _parse_language_choices(_mapping(raw, "language_names"),
+                                               commands["language"])
+    commands["language"] = frozenset(language_choices)
+    taken = [word for name, words in commands.items() if name != "language"
+             for word in words if word in language_choices]
+    if taken:
+        raise CatalogError(f"language_names: {taken[0]!r} is another command already")
 
     packs = {}
     for i, item in enumerate(_list(raw, "packs")):
@@ -427,7 +467,32 @@ def _parse(raw: dict[str, Any]) -> Catalog:
         premium=_parse_plan(_mapping(raw, "premium")),
         tiers=_parse_tiers(_mapping(raw, "tiers")),
         affiliates=_parse_affiliates(_mapping(raw, "affiliates"), names),
+        language_choices=language_choices,
+        bot_description_es=_optional_str(bot, "description_es", "bot"),
     )
+
+
+def _parse_language_choices(names: dict[str, Any], prefixes: frozenset[str]
+                            ) -> dict[str, str]:
+    """The whole messages of the language command: each prefix alone (""), each prefix
+    followed by a language's name, and each name of three letters or more alone ("ENGLISH",
+    "ESPANOL"; "EN" and "ES" only after a prefix, as "es" is an everyday Spanish word)."""
+    choices = dict.fromkeys(prefixes, "")
+    for language, words in names.items():
+        where = f"language_names.{language}"
+        if language not in LANGUAGES:
+            raise CatalogError(f"{where}: the languages are {', '.join(LANGUAGES)}")
+        if not isinstance(words, list) or not words or not all(isinstance(w, str) and w.strip()
+                                                               for w in words):
+            raise CatalogError(f"{where}: a non-empty list of names is required")
+        for word in map(normalise_command, words):
+            for form in [prefix + word for prefix in prefixes] + ([word] if len(word) > 2 else []):
+                if choices.get(form, language) != language:
+                    raise CatalogError(f"{where}: {word!r} names two languages")
+                choices[form] = language
+    if set(LANGUAGES) - set(choices.values()):
+        raise CatalogError(f"language_names: names for each of {', '.join(LANGUAGES)} are required")
+    return choices
 
 
 def _parse_tiers(raw: dict[str, Any]) -> TierSettings:
@@ -440,11 +505,15 @@ def _parse_tiers(raw: dict[str, Any]) -> TierSettings:
     refusals = raw.get("refusals_per_day")
     if type(refusals) is not int or refusals < 0:
         raise CatalogError("tiers.refusals_per_day: a non-negative integer is required")
+    billing = raw.get("billing_replies_per_day", 5)
+    if type(billing) is not int or billing < 1:
+        raise CatalogError("tiers.billing_replies_per_day: a positive integer is required")
     reduced, basic, affiliate, payment_required = values
     return TierSettings(reduced_musd=reduced, basic_musd=basic, affiliate_musd=affiliate,
                         payment_required_musd=payment_required, refusals_per_day=refusals,
                         upsell_every_hours=_positive_int(raw, "upsell_every_hours", "tiers"),
-                        affiliate_min_price=_positive_int(raw, "affiliate_min_price", "tiers"))
+                        affiliate_min_price=_positive_int(raw, "affiliate_min_price", "tiers"),
+                        billing_replies_per_day=billing)
 
 
 def _parse_affiliates(raw: dict[str, Any], intents: list[str]) -> AffiliateSettings:
@@ -481,7 +550,8 @@ def _parse_affiliates(raw: dict[str, Any], intents: list[str]) -> AffiliateSetti
     if not isinstance(mapping, dict) or any(k not in intents for k in mapping):
         raise CatalogError(f"{where}.intent_categories: keys must be intents of the catalog")
     return AffiliateSettings(
-        mode=mode, disclosure=_str(raw, "disclosure", where), allowed_domains=allowed,
+        mode=mode, disclosure=_str(raw, "disclosure", where),
+        disclosure_es=_optional_str(raw, "disclosure_es", where), allowed_domains=allowed,
         partners=tuple(partners),
         intent_categories={k: tuple(v or ()) for k, v in mapping.items()},
     )
@@ -589,6 +659,7 @@ def _parse_intent(item: Any, index: int) -> IntentSpec:
         example=_str(item, "example", where),
         patterns=tuple(compiled),
         prompt=_optional_str(item, "prompt", where),
+        label_es=_optional_str(item, "label_es", where),
     )
 
 

@@ -131,7 +131,9 @@ def monthly_loss_ceiling_musd(catalog: Catalog, days_in_month: int = 31, *,
     """The most a person can cost in a month beyond what they paid that month, µUSD, not
     counting their own inbound messages (Twilio bills those whatever we do) nor the HELP and
     STOP replies the carriers require: the cutoff, plus every day's refusals (PAYMENT_REQUIRED,
-    "not enough tokens", free replies past the cutoff), each at the dearer channel's reply cap.
+    "not enough tokens", free replies past the cutoff) and BALANCE/BUY/BUY PREMIUM replies
+    past the cutoff (`billing_replies_per_day`, their own budget), each at the dearer
+    channel's reply cap.
 
     A person holding purchased tokens is served NORMAL whatever their exposure, while the
     free tokens, spent first, last (`holds_purchased_tokens`): add the free allowance's
@@ -139,7 +141,8 @@ def monthly_loss_ceiling_musd(catalog: Catalog, days_in_month: int = 31, *,
     """
     reply = max(reply_ceiling_musd(catalog, channel) for channel in catalog.costs.messaging)
     ceiling = (catalog.tiers.payment_required_musd
-               + catalog.tiers.refusals_per_day * days_in_month * reply)
+               + (catalog.tiers.refusals_per_day + catalog.tiers.billing_replies_per_day)
+               * days_in_month * reply)
     if holds_purchased_tokens:
         cheapest = min(spec.price for spec in catalog.intents)
         dearest = max(ceilings(catalog, spec, channel, True)[NORMAL]
@@ -162,6 +165,8 @@ class TierState(Base):
         last_upsell_level: the level that line explained.
         refusal_day: the UTC day ("YYYY-MM-DD") `refusals` counts.
         refusals: refusal replies sent that day (at most `refusals_per_day`, then silence).
+        billing_replies: BALANCE/BUY/BUY PREMIUM replies sent that day past the cutoff (at
+            most `billing_replies_per_day`, then silence).
         override_level, override_until: an operator's level for this person until then (UTC),
             used instead of `decide` (admin pages; the operator owns the cost it allows).
     """
@@ -173,6 +178,7 @@ class TierState(Base):
     last_upsell_level: Mapped[str | None] = mapped_column(String(16))
     refusal_day: Mapped[str | None] = mapped_column(String(10))
     refusals: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    billing_replies: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     override_level: Mapped[str | None] = mapped_column(String(16))
     override_until: Mapped[datetime | None] = mapped_column(UTCDateTime())
 
@@ -189,7 +195,7 @@ def state_of(session: Session, account_id: int) -> TierState:
     """The person's throttle state (created on first use; the caller holds the account lock)."""
     state = session.get(TierState, account_id)
     if state is None:
-        state = TierState(account_id=account_id, refusals=0)
+        state = TierState(account_id=account_id, refusals=0, billing_replies=0)
         session.add(state)
         session.flush()
     return state
@@ -222,11 +228,29 @@ def take_upsell(session: Session, account_id: int, catalog: Catalog, now: dateti
 def take_refusal(session: Session, account_id: int, catalog: Catalog, now: datetime) -> bool:
     """Whether a refusal reply may go out now (at most `refusals_per_day` a UTC day); if so,
     it is counted."""
-    state = state_of(session, account_id)
-    day = f"{now:%Y-%m-%d}"
-    if state.refusal_day != day:
-        state.refusal_day, state.refusals = day, 0
+    state = _today(session, account_id, now)
     if state.refusals >= catalog.tiers.refusals_per_day:
         return False
     state.refusals += 1
     return True
+
+
+def take_billing_reply(session: Session, account_id: int, catalog: Catalog, now: datetime
+                       ) -> bool:
+    """Whether a BALANCE, BUY or BUY PREMIUM reply may go out past the cutoff now (at most
+    `billing_replies_per_day` a UTC day, a budget of their own: refusals never use it up);
+    if so, it is counted."""
+    state = _today(session, account_id, now)
+    if state.billing_replies >= catalog.tiers.billing_replies_per_day:
+        return False
+    state.billing_replies += 1
+    return True
+
+
+def _today(session: Session, account_id: int, now: datetime) -> TierState:
+    """The person's `TierState` with its day counters reset on a new UTC day."""
+    state = state_of(session, account_id)
+    day = f"{now:%Y-%m-%d}"
+    if state.refusal_day != day:
+        state.refusal_day, state.refusals, state.billing_replies = day, 0, 0
+    return state

@@ -31,6 +31,7 @@ from bot import replies
 from bot.errors import SkillFailed
 from bot.intents import Skill, SkillAnswer, SkillRequest
 from bot.intents.answer_check import Violation, find_violation, readable_terms
+from bot.intents.classifier import detect_language
 from bot.intents.constraints import DIET_BY_KEY, Constraints, diet_rules, parse_constraints
 from bot.intents.offline import (
     check_covered,
@@ -320,10 +321,11 @@ class LlmSkill:
                           reply=refusal(second, c.language, request.channel), usage=usage)
 
     def _fallback(self, request: SkillRequest) -> str:
+        lang = request.language or detect_language(request.text)
         if self.fallback is None:
-            return replies.SKILL_FAILED
+            return replies.skill_failed(lang)
         try:
             offline = self.fallback.answer(request)
         except SkillFailed as exc:
-            return exc.reply or replies.SKILL_FAILED
-        return f"{replies.OFFLINE_FREE}\n{offline.text}"
+            return exc.reply or replies.skill_failed(lang)
+        return f"{replies.offline_free(lang)}\n{offline.text}"

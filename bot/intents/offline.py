@@ -1704,6 +1704,63 @@ CAPABILITIES_ES = (
 _QUESTION_STARTS = frozenset({"can", "is", "are", "should", "does", "do", "what", "how", "puedo",
                               "es", "son", "debo", "deberia", "que", "como"})
 
+# Small talk the router answers free, before pricing (`small_talk`; tokens/economy.yaml).
+# A whole message of thanks or acknowledgement words (with a few fillers), at most this long.
+SMALL_TALK_MAX_WORDS = 5
+SMALL_THANKS = frozenset({"thanks", "thank", "thx", "ty", "tysm", "cheers", "gracias"})
+SMALL_ACK = frozenset({"ok", "okay", "okey", "oki", "k", "kk", "cool", "great", "nice", "perfect",
+                       "awesome", "sure", "fine", "alright", "got", "vale", "perfecto", "genial",
+                       "listo", "entendido", "claro", "dale", "super", "bien"})
+_SMALL_FILLERS = frozenset({"you", "so", "much", "very", "a", "lot", "it", "muchas", "mil", "muy",
+                            "de", "nada", "thats", "that", "is", "ah", "oh", "bueno"})
+# Asking the bot to stop writing, in words: only the STOP keyword opts out (compliance), so
+# the reply says how. Patterns over `normalise_text` (lower case, no accents or apostrophes).
+_STOP_REQUEST = re.compile(
+    r"\b(stop|quit|cease) (sending|texting|messaging|writing to|contacting)\b"
+    r"|\b(dont|do not|never) (send|text|message|write to|contact) me"
+    r"( (any ?more|again|messages|texts|anything))*$"
+    r"|\b(leave me alone|unsubscribe me|remove me from|take me off)\b"
+    r"|\b(deja|dejen|deje|dejad|para|paren|pare) de (enviar|mandar|escribir|enviarme|mandarme"
+    r"|escribirme|contactarme)\b"
+    r"|\bno me (envies|mandes|escribas|envien|manden|escriban|contacten)( (mas|mensajes))*$"
+    r"|\b(dame|darme|denme) de baja\b|\bno quiero (recibir )?mas mensajes\b")
+# Asking to cancel a subscription: the billing portal, or "you have none".
+_CANCEL_SUBSCRIPTION = re.compile(
+    r"\b(cancel|end|stop|terminate|quit)\b.*\b(subscription|premium|membership)\b"
+    r"|\bunsubscribe from premium\b"
+    r"|\b(cancelar|cancela|cancelen|cancelo|anular|anula|terminar|termina|quitar)\b.*"
+    r"\b(suscripcion|subscripcion|premium|membresia)\b"
+    r"|\bdar(me)? de baja (de|del) (la )?(suscripcion|premium)\b")
+
+
+def small_talk(text: str) -> str | None:
+    """What kind of small talk `text` is, or None when it is a request for the skills.
+
+    Returns:
+        "cancel_subscription" ("cancel my subscription", "cancelar mi suscripción"),
+        "stop_request" ("stop sending me messages", "deja de enviarme mensajes": the reply
+        points to STOP, which alone opts out), "thanks" ("thanks!", "muchas gracias"), "ack"
+        ("ok", "great", or no letters or digits at all: an emoji, "?!"), else None. A
+        greeting ("hi") is not small talk here: it is the priced chat intent.
+    """
+    if not text.strip():
+        return None
+    normalised = normalise_text(text)
+    if not normalised:
+        return "ack"  # emoji and punctuation only
+    if _CANCEL_SUBSCRIPTION.search(normalised):
+        return "cancel_subscription"
+    if _STOP_REQUEST.search(normalised):
+        return "stop_request"
+    words = set(normalised.split())
+    if len(normalised.split()) > SMALL_TALK_MAX_WORDS:
+        return None
+    if words & SMALL_THANKS and words <= SMALL_THANKS | SMALL_ACK | _SMALL_FILLERS:
+        return "thanks"
+    if words & SMALL_ACK and words <= SMALL_ACK | _SMALL_FILLERS:
+        return "ack"
+    return None
+
 
 class ChatSkill:
     """chat: greetings, thanks, a quick fact about a food mentioned, or what the bot can do."""

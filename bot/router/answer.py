@@ -18,6 +18,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from bot import replies
+from bot.contacts import reply_language
 from bot.errors import SkillFailed
 from bot.intents import Skill, SkillAnswer, SkillRequest, UnknownIntent, skill_for
 from bot.intents.llm import LlmSkill
@@ -25,9 +26,9 @@ from bot.models import Contact, InboxMessage, Message
 from bot.router.turn import ANSWER_OUTCOMES, CONTENT_OUTCOMES, BotSettings, Outcome
 from bot.segments import (
     MAX_MESSAGE_CHARS,
-    MORE_HINT,
     cap_sms,
     count_segments,
+    fold_for_gsm,
     normalise_for_gsm,
     split_message,
 )
@@ -38,7 +39,6 @@ from tokens.costs import LlmUsage
 from tokens.errors import HoldNotPending
 
 log = logging.getLogger(__name__)
-
 
 
 @dataclass(frozen=True)
@@ -120,7 +120,8 @@ def pending_answer(
         channel=message.channel,
         intent=spec,
         hold_id=hold.id,
-        request=skill_request(session, settings, spec, message, message.level),
+        request=skill_request(session, settings, spec, message, message.level,
+                              language=contact.language),
         hold_live=hold.status == "pending" and hold.expires_at > now,
         level=message.level or tiers.NORMAL,
         opted_out=contact.opted_out_at(message.channel) is not None,
@@ -170,21 +171,22 @@ def run_skill(settings: BotSettings, pending: PendingAnswer) -> SkillResult:
     No skill runs for a person who opted out since asking (no reply at all), or when the hold
     lapsed before the job ran (an apology; nothing charged)."""
     spec = pending.intent
+    lang = pending.request.language or reply_language(None, pending.request.text)
     if pending.opted_out:
         return SkillResult(None, "")
     if not pending.hold_live:
-        return SkillResult(None, replies.TOOK_TOO_LONG)
+        return SkillResult(None, replies.took_too_long(lang))
     try:
         answer = skill(settings, spec, pending.level).answer(pending.request)
     except SkillFailed as exc:
         log.warning("skill failed", extra={"intent": spec.name, "reason": str(exc)})
         unbilled = str(exc) in ("llm: timeout", "llm: connection failed") and exc.usage is None
-        return SkillResult(None, exc.reply or replies.SKILL_FAILED, exc.usage,
+        return SkillResult(None, exc.reply or replies.skill_failed(lang), exc.usage,
                            unbilled_call=unbilled)
     except Exception:
         # A bug in one skill must not cost the person tokens or lose their message.
         log.exception("skill raised", extra={"intent": spec.name})
-        return SkillResult(None, replies.SKILL_FAILED)
+        return SkillResult(None, replies.skill_failed(lang))
     return SkillResult(answer, usage=answer.usage)
 
 
@@ -240,39 +242,47 @@ def store_replies(
     *,
     transport: str,
     now: datetime,
+    lang: str | None = None,
 ) -> tuple[str, ...]:
     """Shape the reply texts for the channel and store one outbound row per message.
 
-    SMS: typographic characters become GSM-7 ones, and a content reply longer than the
-    catalog's `sms_max_segments` is cut with "Reply MORE" (the rest waits on the contact for
-    the free MORE command). Every message stays within 1,600 characters; a long WhatsApp reply
-    is split on sentence boundaries, and cut the same way after `whatsapp_max_messages`
-    (`bot.segments`). The caps bound what one reply can cost
-    (`tokens.tiers.reply_ceiling_musd`).
+    SMS: typographic characters become GSM-7 ones, and so do á, í, ó and ú when that keeps
+    the message GSM-7 (`bot.segments.fold_for_gsm`: 153 characters a segment, not 67). A
+    content reply longer than the catalog's `sms_max_segments` is cut on a sentence or
+    list-item boundary (else between words) with the "Reply MORE" hint in the person's
+    language, counted in the cap (the rest waits on the contact for the free MORE command).
+    Every message stays within 1,600 characters; a long WhatsApp reply is split on sentence
+    boundaries, and cut the same way after `whatsapp_max_messages` (`bot.segments`). The caps
+    bound what one reply can cost (`tokens.tiers.reply_ceiling_musd`).
 
     TwiML replies are costed now (they are sent with the webhook's answer); REST replies are
     stored `pending` and costed when Twilio accepts them.
+
+    Args:
+        lang: the language of the MORE hint, "en" or "es"; None: the contact's
+            (`bot.contacts.reply_language`, from the inbound text while it is not known).
 
     Returns:
         The messages, in order, as they will be sent.
     """
     channel = inbound.channel
     catalog = settings.catalog
+    hint = replies.more_hint(lang or reply_language(contact, inbound.body))
     parts: list[str] = []
     for text in texts:
         if channel == "sms":
-            text = normalise_for_gsm(text)
+            text = fold_for_gsm(normalise_for_gsm(text))
         rest = ""
         if channel == "sms" and kind in CONTENT_OUTCOMES:
-            head, rest = cap_sms(text, catalog.sms_max_segments)
+            head, rest = cap_sms(text, catalog.sms_max_segments, hint)
             parts.extend(split_message(head))
         elif kind in CONTENT_OUTCOMES:
             pieces = split_message(text)
             cap = catalog.whatsapp_max_messages
             if len(pieces) > cap:  # cut, leaving room for the hint in the last message kept
-                pieces = split_message(text, MAX_MESSAGE_CHARS - len(MORE_HINT))
+                pieces = split_message(text, MAX_MESSAGE_CHARS - len(hint))
                 rest = " ".join(pieces[cap:])
-                pieces = [*pieces[: cap - 1], pieces[cap - 1] + MORE_HINT]
+                pieces = [*pieces[: cap - 1], pieces[cap - 1] + hint]
             parts.extend(pieces)
         else:
             parts.extend(split_message(text))
@@ -367,7 +377,9 @@ def settle_ledger(
     if pending.level != tiers.NORMAL and tiers.take_upsell(
             session, pending.account_id, settings.catalog, now, pending.level):
         available = ledger.balance(session, pending.account_id, now).available
-        text = f"{replies.level_notice(settings.catalog, pending.level, available)}\n{text}"
+        lang = pending.request.language or reply_language(None, pending.request.text)
+        notice = replies.level_notice(settings.catalog, pending.level, available, lang=lang)
+        text = f"{notice}\n{text}"
     return "answered", (text,), captured.posted.amount
 
 
@@ -381,10 +393,11 @@ def _uses_history(intent: str) -> bool:
 
 def skill_request(
     session: Session, settings: BotSettings, spec: IntentSpec, message: Message,
-    level: str | None = None,
+    level: str | None = None, language: str | None = None,
 ) -> SkillRequest:
-    """The skill's input: the text, the channel, the conversation before this message, and
-    the LLM tier of the level.
+    """The skill's input: the text, the channel, the conversation before this message, the
+    LLM tier of the level, and the person's language (`Contact.language`; None while it is not
+    known, and the skill reads it from the text).
 
     The conversation (at most the catalog's `llm.history_messages` earlier messages) is read
     only for a skill that uses it: the LLM, or an offline skill whose class sets
@@ -406,6 +419,7 @@ def skill_request(
         )
     return SkillRequest(intent=spec.name, text=message.body, channel=message.channel,
                         history=history,
-                        tier=tiers.LLM_TIER_OF.get(level or tiers.NORMAL, "normal"))
+                        tier=tiers.LLM_TIER_OF.get(level or tiers.NORMAL, "normal"),
+                        language=language)
 
 

@@ -21,11 +21,11 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import cast
 
-from sqlalchemy import Integer, Table, bindparam, delete, select
+from sqlalchemy import Integer, String, Table, bindparam, delete, select
 from sqlalchemy.orm import Session
 
 from bot.messages import InboundMessage, from_payload
@@ -48,6 +48,23 @@ LOOK_AHEAD = 20
 # session's objects first (6% of a worker's CPU samples; there are none to find).
 _INBOX = cast(Table, InboxMessage.__table__)
 _TAKE_FROM_INBOX = delete(_INBOX).where(_INBOX.c.id == bindparam("inbox_id", type_=Integer()))
+# A person's oldest waiting rows: (id, payload, received at), oldest first.
+_INBOX_OF_SENDER = (
+    select(_INBOX.c.id, _INBOX.c.payload, _INBOX.c.received_at)
+    .where(_INBOX.c.sender == bindparam("sender", type_=String()))
+    .order_by(_INBOX.c.id)
+    .limit(LOOK_AHEAD)
+)
+# The same rows of the person who sent MessageSid `sid`, with that sender, in one statement
+# (a job knows only the MessageSid): (id, payload, received at, sender).
+INBOX_OF_SENDER_OF = (
+    select(_INBOX.c.id, _INBOX.c.payload, _INBOX.c.received_at, _INBOX.c.sender)
+    .where(_INBOX.c.sender == select(_INBOX.c.sender)
+           .where(_INBOX.c.message_sid == bindparam("sid", type_=String()))
+           .scalar_subquery())
+    .order_by(_INBOX.c.id)
+    .limit(LOOK_AHEAD)
+)
 
 
 def answer_message(
@@ -150,6 +167,7 @@ def drain_person(
     keep_going: Callable[[], bool] = lambda: True,
     clock: Callable[[], datetime] = utcnow,
     answered_hook: Callable[[Outcome, float], None] | None = None,
+    first_rows: Sequence[tuple[int, str, datetime]] | None = None,
 ) -> list[str]:
     """Answer `sender`'s inbox rows oldest first, each fully (routed, answered, its replies
     sent) before the next is read; returns their MessageSids, in the order answered. It stops
@@ -163,19 +181,22 @@ def drain_person(
             the caller hands the rest to a new job.
         answered_hook: called after each answer with its outcome and the seconds since the
             message was acknowledged (the worker's metrics).
+        first_rows: the person's oldest inbox rows as (id, payload, received at), at most
+            `LOOK_AHEAD`, when the caller has just read them (`INBOX_OF_SENDER_OF`): the first
+            round uses them instead of reading again. A row answered meanwhile by another
+            worker is a repeat delivery, which changes nothing.
 
     Raises:
         sqlalchemy.exc.SQLAlchemyError: the database failed; the row stays in the inbox.
     """
     answered: list[str] = []
+    prefetched = list(first_rows) if first_rows is not None else None
     while keep_going():
-        rows = session.execute(
-            select(InboxMessage.id, InboxMessage.payload, InboxMessage.received_at)
-            .where(InboxMessage.sender == sender)
-            .order_by(InboxMessage.id)
-            .limit(LOOK_AHEAD)
-        ).all()
-        session.commit()
+        if prefetched is not None:
+            rows, prefetched = prefetched, None
+        else:
+            rows = list(session.execute(_INBOX_OF_SENDER, {"sender": sender}).tuples())
+            session.commit()
         if not rows:
             break
         waiting: list[tuple[int, InboundMessage]] = []

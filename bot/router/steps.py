@@ -1,12 +1,15 @@
 """The ordered steps that route one inbound message (`STEPS`, run by `handle_inbound`).
 
-    contact -> lock the account -> store (a repeated MessageSid stops here) -> compliance
-    keywords -> opted-out silence
+    contact -> lock the account -> store (a repeated MessageSid stops here) -> language
+    -> compliance keywords -> opted-out silence
     -> suspended silence -> rate limit -> monthly allowance -> past the cutoff -> no text
-    -> free commands -> intent -> level -> hold -> [defer] -> skill -> capture (or void)
+    -> free commands -> small talk -> intent -> level -> hold -> [defer] -> skill
+    -> capture (or void)
 
+Every reply is in the person's language (`Contact.language`, `bot.contacts.note_language`).
 Compliance keywords come first and are free; after STOP nothing is charged or sent. Free
-commands (BALANCE, BUY, MORE) never reach pricing. The level (`tokens.tiers`) decides what the
+commands (BALANCE, BUY, BUY PREMIUM, MORE, LANGUAGE) and small talk ("thanks", "ok") never
+reach pricing. The level (`tokens.tiers`) decides what the
 answer may cost: a cheaper LLM tier, templates, partner offers, or a pay link instead. The
 price is held before the skill runs (`hold:<MessageSid>`) and captured (`debit:<MessageSid>`)
 only when the skill answered; a skill that fails voids the hold, so a repeat delivery or a
@@ -36,8 +39,16 @@ from sqlalchemy import (
 from sqlalchemy.orm import Session, make_transient_to_detached
 
 from bot import replies
-from bot.contacts import mask_address, resolve_contact
+from bot.contacts import (
+    LanguageState,
+    chosen_language,
+    mask_address,
+    noted_language,
+    reply_language,
+    resolve_contact,
+)
 from bot.intents.classifier import classify
+from bot.intents.offline import small_talk as small_talk_kind
 from bot.messages import InboundMessage
 from bot.models import ConsentEvent, Contact, Message
 from bot.router.answer import (
@@ -152,6 +163,23 @@ _STORE_INBOUND = insert_on_conflict(Message.__table__, _INBOUND_COLUMNS, ("messa
                                     returning=("id",))
 
 
+def language(turn: Turn) -> None:
+    """The language of this turn's replies: LANGUAGE / IDIOMA with a language chooses it (the
+    confirmation is a free command, `free_commands`), any other message may set or switch the
+    detected one (`bot.contacts.noted_language`). The contact is the one loaded for the turn,
+    and its new language is written with the turn's other changes to it (`handle_inbound`):
+    no statement is added."""
+    assert turn.contact is not None
+    state = LanguageState.of(turn.contact)
+    chosen = turn.catalog.language_choices.get(normalise_command(turn.msg.text))
+    if chosen:
+        state = chosen_language(chosen, turn.now)
+    elif chosen is None:
+        state = noted_language(state, turn.msg.text)
+    turn.language_state = state
+    turn.language = reply_language(state, turn.msg.text)
+
+
 def compliance_keywords(turn: Turn) -> None:
     """STOP, START and HELP families, before anything else and free (docs/pipeline.md).
 
@@ -182,16 +210,16 @@ def compliance_keywords(turn: Turn) -> None:
         log.info("contact opted out", extra={"contact": mask_address(contact.address),
                                              "channel": channel})
         if confirms and first_time:
-            raise ReplyNow("opt_out", replies.stop_text(turn.catalog))
+            raise ReplyNow("opt_out", replies.stop_text(turn.catalog, turn.language))
         raise ReplyNow("opt_out")
     if family == "START":
         contact.set_opted_out(channel, None, None)
         if confirms:
-            raise ReplyNow("opt_in", replies.start_text(turn.catalog))
+            raise ReplyNow("opt_in", replies.start_text(turn.catalog, turn.language))
         raise ReplyNow("opt_in")
     if contact.opted_out_at(channel) is not None:
         raise ReplyNow("opted_out")
-    raise ReplyNow("help", replies.help_text(turn.catalog, turn.now))
+    raise ReplyNow("help", replies.help_text(turn.catalog, turn.now, turn.language))
 
 
 def _log_consent(turn: Turn, action: str) -> None:
@@ -234,7 +262,7 @@ def rate_limit(turn: Turn) -> None:
     log.info("message throttled", extra={"limit": verdict.limit})
     if verdict.notify and tiers.take_refusal(turn.session, turn.account_id, turn.catalog,
                                              turn.now):
-        raise ReplyNow("throttled", replies.THROTTLED)
+        raise ReplyNow("throttled", replies.throttled(turn.language))
     raise ReplyNow("throttled")
 
 
@@ -249,51 +277,94 @@ def monthly_allowance(turn: Turn) -> None:
 
 
 def past_the_cutoff(turn: Turn) -> None:
-    """Past the cutoff (README, "How service steps down"), the bot's free replies (BALANCE,
-    BUY, MORE, "tell me in words") share the daily refusal budget, then stop: what a
-    non-paying person costs stays bounded. Priced requests are decided in `choose_level`;
-    HELP and STOP, which the carriers require, are answered before this step."""
+    """Past the cutoff (README, "How service steps down"), the bot's other free replies
+    (MORE, LANGUAGE, small talk, "tell me in words") share the daily refusal budget, then
+    stop: what a non-paying person costs stays bounded. BALANCE, BUY and BUY PREMIUM have a
+    daily budget of their own (`billing_replies_per_day`, default 5): refusals never use it
+    up, so the way out of the cutoff is not silenced by them (issue #16), and what these
+    replies cost stays within the loss bound (`tiers.monthly_loss_ceiling_musd`). Priced
+    requests are decided in `choose_level`; HELP and STOP, which the carriers require, are
+    answered before this step."""
     catalog = turn.catalog
-    words = frozenset().union(*catalog.commands.values())
-    if turn.msg.text.strip() and normalise_command(turn.msg.text) not in words:
+    command = normalise_command(turn.msg.text)
+    commands = catalog.commands
+    billing = command in commands["balance"] | commands["buy"] | commands["premium"]
+    words = frozenset().union(*commands.values())
+    if (not billing and turn.msg.text.strip() and command not in words
+            and read_small_talk(turn) is None):
         return  # a priced request: `choose_level` decides
     ceiling = tiers.reply_ceiling_musd(catalog, turn.msg.channel)
     if _exposure(turn) + ceiling < catalog.tiers.payment_required_musd:
         return
     if turn.premium:
         return
-    if not tiers.take_refusal(turn.session, turn.account_id, catalog, turn.now):
+    take = tiers.take_billing_reply if billing else tiers.take_refusal
+    if not take(turn.session, turn.account_id, catalog, turn.now):
         raise ReplyNow("refused")
 
 
 def no_text(turn: Turn) -> None:
     """A photo or a location without words cannot be priced or answered yet: say so, free."""
     if not turn.msg.text.strip():
-        raise ReplyNow("no_text", replies.NO_TEXT)
+        raise ReplyNow("no_text", replies.no_text(turn.language))
 
 
 def free_commands(turn: Turn) -> None:
-    """BALANCE, BUY, BUY PREMIUM and MORE (and their Spanish forms): whole-message matches,
-    free."""
+    """BALANCE, BUY, BUY PREMIUM, MORE and LANGUAGE (and their Spanish forms): whole-message
+    matches, free, in the person's language."""
     command = normalise_command(turn.msg.text)
-    commands = turn.catalog.commands
+    catalog, lang = turn.catalog, turn.language
+    commands = catalog.commands
     if command in commands["balance"]:
         available = ledger.balance(turn.session, turn.account_id, turn.now).available
-        raise ReplyNow("balance", replies.balance_text(turn.catalog, available, turn.now))
+        raise ReplyNow("balance", replies.balance_text(catalog, available, turn.now, lang))
     if command in commands["buy"]:
-        raise ReplyNow("buy", replies.buy_text(turn.catalog.pack(), _pay_url(turn)))
+        raise ReplyNow("buy", replies.buy_text(catalog.pack(), _pay_url(turn), lang))
     if command in commands["premium"]:
-        plan = turn.catalog.premium
-        if turn.premium:
-            url = _pay_url(turn, "", purpose="portal")
-            raise ReplyNow("premium", replies.premium_manage_text(plan, url))
-        url = _pay_url(turn, plan.code, purpose="premium")
-        raise ReplyNow("premium", replies.premium_text(plan, url))
+        raise ReplyNow("premium", _premium_reply(turn))
     if command in commands["more"]:
         assert turn.contact is not None
         if turn.contact.more_text:
             raise ReplyNow("more", turn.contact.more_text)
-        raise ReplyNow("more", replies.NOTHING_MORE)
+        raise ReplyNow("more", replies.nothing_more(lang))
+    if command in commands["language"]:
+        chosen = catalog.language_choices[command]  # applied by the `language` step
+        raise ReplyNow("language", replies.language_set_text(chosen) if chosen
+                       else replies.language_help_text(lang))
+
+
+def _premium_reply(turn: Turn) -> str:
+    """BUY PREMIUM: a subscriber gets the billing portal, anyone else the subscription's pay
+    link."""
+    plan = turn.catalog.premium
+    if turn.premium:
+        url = _pay_url(turn, "", purpose="portal")
+        return replies.premium_manage_text(plan, url, turn.language)
+    url = _pay_url(turn, plan.code, purpose="premium")
+    return replies.premium_text(plan, url, turn.language)
+
+
+def read_small_talk(turn: Turn) -> str | None:
+    """The small-talk kind of the message (`bot.intents.offline.small_talk`), read once."""
+    if turn.small_talk is None:
+        turn.small_talk = small_talk_kind(turn.msg.text) or ""
+    return turn.small_talk or None
+
+
+def small_talk(turn: Turn) -> None:
+    """Small talk, free (tokens/economy.yaml says so): "thanks", "ok" or an emoji get a short
+    reply; "stop sending me messages" is told how STOP works (only the STOP keyword opts out,
+    `compliance_keywords`); "cancel my subscription" gets the billing portal, as BUY PREMIUM
+    gives it to a subscriber, or is told there is no subscription. Greetings and anything else
+    are the priced `chat` intent."""
+    kind = read_small_talk(turn)
+    if kind is None:
+        return
+    if kind == "cancel_subscription":
+        if turn.premium:
+            raise ReplyNow("small_talk", _premium_reply(turn))
+        kind = "no_subscription"
+    raise ReplyNow("small_talk", replies.small_talk_text(kind, turn.catalog, turn.language))
 
 
 def classify_intent(turn: Turn) -> None:
@@ -328,7 +399,7 @@ def choose_level(turn: Turn) -> None:
             raise ReplyNow("refused")  # silence until they pay or the month turns
         available = ledger.balance(session, turn.account_id, turn.now).available
         raise ReplyNow("refused", replies.payment_required_text(
-            catalog, available, _pay_url(turn), turn.now))
+            catalog, available, _pay_url(turn), turn.now, turn.language))
     if turn.level == tiers.AFFILIATE and spec.price >= catalog.tiers.affiliate_min_price:
         if _unlocked_by_click(turn, exposure, ceiling):
             turn.level = tiers.NORMAL
@@ -338,7 +409,7 @@ def choose_level(turn: Turn) -> None:
         if offers:
             available = ledger.balance(session, turn.account_id, turn.now).available
             raise ReplyNow("offers", replies.offers_text(catalog, spec, available,
-                                                         offers, turn.now))
+                                                         offers, turn.now, turn.language))
 
 
 def reserve(turn: Turn) -> None:
@@ -377,7 +448,7 @@ def defer_or_answer(turn: Turn) -> None:
         intent=turn.intent,
         hold_id=turn.hold_id,
         request=skill_request(turn.session, turn.settings, turn.intent, turn.message,
-                               turn.level),
+                               turn.level, language=_known_language(turn)),
         level=turn.level,
     )
     result = run_skill(turn.settings, pending)
@@ -390,6 +461,7 @@ STEPS: tuple[Step, ...] = (
     find_contact,
     serialise,
     store_inbound,
+    language,
     compliance_keywords,
     silence_opted_out,
     silence_suspended,
@@ -398,6 +470,7 @@ STEPS: tuple[Step, ...] = (
     past_the_cutoff,
     no_text,
     free_commands,
+    small_talk,
     classify_intent,
     choose_level,
     reserve,
@@ -440,6 +513,8 @@ def handle_inbound(
     sent: tuple[str, ...] = ()
     if turn.message is not None and turn.contact is not None:  # not a duplicate
         # Written with the rest of the turn's changes to the contact, in one UPDATE.
+        if turn.language_state is not None:
+            turn.language_state.write(turn.contact)
         turn.contact.last_channel = msg.channel
         turn.contact.last_inbound_at = turn.now
         if msg.channel == "whatsapp":
@@ -451,7 +526,7 @@ def handle_inbound(
         turn.message.outcome = kind
         turn.message.tokens_charged = turn.charged
         sent = store_replies(session, turn.contact, turn.message, kind, texts, settings,
-                             transport=transport, now=turn.now)
+                             transport=transport, now=turn.now, lang=turn.language)
     outcome = Outcome(
         kind=kind,
         replies=sent,
@@ -556,6 +631,14 @@ def _offers(turn: Turn) -> list[tuple[str, str]]:
     return [(partner.name, f"{base}/r/{link.token}") for partner, link in links]
 
 
+def _known_language(turn: Turn) -> str | None:
+    """The person's language after this message (None while not known: the skill reads the
+    message's own)."""
+    assert turn.contact is not None
+    state = turn.language_state or LanguageState.of(turn.contact)
+    return state.language
+
+
 def _pay_url(turn: Turn, code: str | None = None, purpose: str = "pack") -> str:
     link = payments.issue_pay_link(
         turn.session, turn.account_id, code or turn.catalog.default_pack,
@@ -566,5 +649,6 @@ def _pay_url(turn: Turn, code: str | None = None, purpose: str = "pack") -> str:
 
 def _insufficient(turn: Turn, available: int) -> str:
     assert turn.intent is not None
-    return replies.insufficient_text(turn.catalog, turn.intent, available, _pay_url(turn), turn.now)
+    return replies.insufficient_text(turn.catalog, turn.intent, available, _pay_url(turn),
+                                     turn.now, turn.language)
 

@@ -13,6 +13,7 @@ from datetime import datetime
 
 from sqlalchemy.orm import Session
 
+from bot.contacts import LanguageState
 from bot.llm import ChatClient
 from bot.messages import InboundMessage
 from bot.models import Contact, Message
@@ -73,9 +74,10 @@ class Outcome:
 
     Attributes:
         kind: "duplicate", "opted_out", "suspended", "throttled", "opt_out", "opt_in", "help",
-            "no_text", "balance", "buy", "premium", "more", "insufficient", "refused"
-            (PAYMENT_REQUIRED), "offers" (AFFILIATE), "queued" (the skill runs in a job),
-            "failed" or "answered".
+            "no_text", "balance", "buy", "premium", "more", "language" (LANGUAGE / IDIOMA),
+            "small_talk" (thanks, ok, an emoji, "stop sending me messages", "cancel my
+            subscription": free), "insufficient", "refused" (PAYMENT_REQUIRED), "offers"
+            (AFFILIATE), "queued" (the skill runs in a job), "failed" or "answered".
         replies: the messages to send back, in order, as sent (an SMS answer cut with
             "Reply MORE", a long WhatsApp answer split); empty: an empty `<Response/>`.
         intent: the classified intent, when the message got that far.
@@ -120,6 +122,10 @@ class Turn:
     override: str | None = None  # an operator's level in force (read under the lock)
     allowance_granted: bool = False  # this month's free allowance (read under the lock)
     estimate_musd: int | None = None  # the level's cost ceiling, µUSD, once decided
+    language: str = "en"  # the language of the replies ("en", "es"), once the contact is known
+    # The person's language after this message, written to the contact at the end of the turn.
+    language_state: LanguageState | None = None
+    small_talk: str | None = None  # the small-talk kind of the text, once read (`read_small_talk`)
 
     @property
     def catalog(self) -> Catalog:
@@ -129,8 +135,6 @@ class Turn:
     def account_id(self) -> int:
         assert self.contact is not None, "the contact step runs first"
         return self.contact.account_id
-
-
 
 
 Step = Callable[[Turn], None]

@@ -192,3 +192,21 @@ def test_concurrent_deliveries_of_one_message_sid_charge_once(app, session):
     assert all(status == 200 for status, _ in results)
     assert sorted(n for _, n in results) == [0, 0, 0, 0, 1]
     assert balance_of(session, "+16505558893") == 95
+
+
+def test_a_spanish_conversation_is_answered_in_spanish_as_gsm7_twiml(client, session):
+    """The webhook's TwiML carries the Spanish replies: the plan, then SALDO and COMPRAR,
+    with á, í, ó, ú folded so the SMS stays GSM-7 (é and ñ stay)."""
+    from bot.segments import count_segments
+
+    (plan,) = messages_of(post_signed(client, sms(
+        "plan de comidas vegetariano para 3 días, soy alérgico al maní")))
+    assert plan.startswith("Plan de comidas vegetariano para 3 dias") and "sin mani" in plan
+    assert plan.endswith("(Responde MAS para ver el resto)")
+    assert count_segments(plan).encoding == "GSM-7"
+    contact = session.scalars(select(Contact)).one()
+    assert contact.language == "es"
+    (saldo,) = messages_of(post_signed(client, sms("SALDO")))
+    assert saldo.startswith("Tienes 95 tokens.") and "1 de" in saldo
+    (compra,) = messages_of(post_signed(client, sms("COMPRAR")))
+    assert compra.startswith("Consigue 120 tokens") and f"{PUBLIC_BASE_URL}/pay/" in compra

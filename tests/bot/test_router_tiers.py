@@ -100,7 +100,9 @@ def test_a_heavy_free_users_month(llm_app: Flask):
     assert "most of this month's free service" in text
     assert f"{catalog.affiliates.disclosure} Partners for your meal plan:" in text
     assert "/r/" in text
-    assert "You have used this month's free service" in text
+    # The cutoff says why in plain words (the cost budget, not the tokens) and what BUY gives.
+    assert "this month's free service has reached its cost limit" in text
+    assert "BUY gets 120 tokens for $5.00 and full answers at once" in text
     assert "unlimited" not in text.lower()
     assert "Text BUY for 120 tokens ($5.00)" in text
 

@@ -21,6 +21,7 @@ from bot.segments import (
     cap_sms,
     count_segments,
     encoding,
+    fold_for_gsm,
     normalise_for_gsm,
     split_message,
 )
@@ -339,3 +340,83 @@ def _walked(text: str) -> tuple[str, int, int]:
 def test_the_fast_count_agrees_with_the_walk(text: str) -> None:
     counted = count_segments(text)
     assert (counted.encoding, counted.units, counted.segments) == _walked(text)
+
+
+# --- Spanish: folding, boundaries, the hint in the person's language (issue #15) -----------
+
+HINT_ES = "\n(Responde MAS para ver el resto)"
+
+
+def test_spanish_accents_outside_gsm7_fold_only_when_that_makes_it_gsm7() -> None:
+    assert fold_for_gsm("¿Cuántas calorías tiene un plátano? Más o menos 105.") == (
+        "¿Cuantas calorias tiene un platano? Mas o menos 105.")
+    assert encoding(fold_for_gsm("Él comió jamón, ñoquis y café")) == GSM7  # é, ñ stay
+    assert fold_for_gsm("Él comió jamón, ñoquis y café") == "Él comio jamon, ñoquis y café"
+    with_emoji = f"Está perfecto {EMOJI}"
+    assert fold_for_gsm(with_emoji) == with_emoji  # UCS-2 anyway: the accents stay
+    assert fold_for_gsm("plain text") == "plain text"
+
+
+def test_a_folded_spanish_reply_fits_far_more_in_two_segments() -> None:
+    text = " ".join(["Añadí plátano y avena, y mezclá todo con leche."] * 12)
+    head, _ = cap_sms(text, more_hint=HINT_ES)
+    folded_head, _ = cap_sms(fold_for_gsm(text), more_hint=HINT_ES)
+    assert count_segments(head).encoding == UCS2 and len(head) < 140
+    assert count_segments(folded_head).encoding == GSM7 and len(folded_head) > 250
+    assert folded_head.endswith("." + HINT_ES)
+
+
+def test_a_cut_never_falls_inside_a_short_quotation() -> None:
+    text = 'Snacks can go: text "meal plan, no snacks" and so on'
+    assert split_message(text, limit=35) == [
+        "Snacks can go: text", '"meal plan, no snacks" and so on']
+    curly = "Escribe \u201cplan de comidas sin meriendas\u201d para eso"
+    assert split_message(curly, limit=42) == [
+        "Escribe \u201cplan de comidas sin meriendas\u201d", "para eso"]
+    # A lone inch mark opens no quotation.
+    assert split_message('A 12" pan works well for this', limit=20) == [
+        'A 12" pan works well', "for this"]
+
+
+def test_a_cut_prefers_the_start_of_a_list_item() -> None:
+    text = "Compra esto para la semana:\n- avena 1 kg\n- leche 2 L\n- platano 6 unidades y mas"
+    assert split_message(text, limit=60) == [
+        "Compra esto para la semana:\n- avena 1 kg\n- leche 2 L",
+        "- platano 6 unidades y mas"]
+
+
+EN_ES_WORDS = st.sampled_from([
+    "comida", "días", "maní", "alérgico", "plátano", "¿qué", "cómo", "avena", "leche", "más",
+    "él", "café", "ñandú", "pancakes", "eggs", "without", "meal", "plan", "1800", "kcal",
+    "Día", "Breakfast:", "Cena:", "sí", "100g",
+])
+QUOTE = st.lists(EN_ES_WORDS, min_size=1, max_size=3).map(lambda ws: '"' + " ".join(ws) + '"')
+SENTENCE = st.tuples(
+    st.lists(st.one_of(EN_ES_WORDS, EN_ES_WORDS, EN_ES_WORDS, QUOTE), min_size=1, max_size=12),
+    st.sampled_from([". ", "? ", "! ", ".\n", "\n- ", "\n1. ", " ", ", "]),
+).map(lambda pair: " ".join(pair[0]) + pair[1])
+EN_ES_TEXTS = st.lists(SENTENCE, min_size=1, max_size=40).map("".join)
+
+
+@settings(max_examples=150, deadline=None)
+@given(text=EN_ES_TEXTS, max_segments=st.integers(2, 4),
+       hint=st.sampled_from([MORE_HINT, HINT_ES]), fold=st.booleans())
+def test_english_and_spanish_replies_are_cut_whole_words_outside_quotes(
+        text: str, max_segments: int, hint: str, fold: bool) -> None:
+    """Read on with MORE to the end: every piece within the cap (hint included), the pieces
+    give the text back word for word, no word is split, no cut falls inside a quotation."""
+    text = fold_for_gsm(text) if fold else text
+    pieces: list[str] = []
+    rest = text
+    for _ in range(200):
+        head, rest = cap_sms(rest, max_segments, hint)
+        assert count_segments(head).segments <= max_segments
+        if not rest:
+            pieces.append(head)
+            break
+        assert head.endswith(hint)
+        body = head.removesuffix(hint)
+        assert body.count('"') % 2 == 0, body  # never mid-quote
+        pieces.append(body)
+    assert not rest
+    assert " ".join(pieces).split() == text.split()  # whole words, in order, none lost

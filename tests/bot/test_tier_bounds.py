@@ -67,15 +67,19 @@ def account_with_exposure(app: Flask, exposure_musd: int) -> int:
 
 
 def test_free_replies_past_the_cutoff_share_the_refusal_budget(llm_app):
-    """BALANCE, BUY and MORE spam past the cutoff: at most 3 replies a day, then silence;
-    HELP (required by the carriers) is always answered."""
+    """MORE, IDIOMA and small talk past the cutoff: at most 3 replies a day, then silence;
+    HELP (required by the carriers) is always answered, and BUY, BALANCE and BUY PREMIUM
+    always answer (within the per-sender rate limit): the one message that brings money in
+    is never silenced."""
     account_with_exposure(llm_app, 2_100_000)
     outcomes = [say(llm_app, text, NOW + timedelta(minutes=i))
-                for i, text in enumerate(["BALANCE", "MORE", "BUY", "BALANCE", "MORE"] * 4)]
+                for i, text in enumerate(["MORE", "IDIOMA", "thanks"] * 5)]
     answered = [o for o in outcomes if o.replies]
     assert len(answered) == 3
     assert all(o.kind == "refused" for o in outcomes if not o.replies)
     assert say(llm_app, "HELP", NOW + timedelta(hours=1)).replies
+    assert all(say(llm_app, text, NOW + timedelta(minutes=30 + i)).replies
+               for i, text in enumerate(["BUY", "BALANCE", "BUY PREMIUM"]))
     # The next day the budget is back.
     assert say(llm_app, "BALANCE", NOW + timedelta(days=1)).replies
 

@@ -83,3 +83,44 @@ def test_a_missing_catalog_file_is_a_clear_error(tmp_path):
 )
 def test_commands_compare_without_case_spaces_accents_or_final_punctuation(text, expected):
     assert normalise_command(text) == expected
+
+
+@pytest.mark.parametrize(("text", "language"), [
+    ("LANGUAGE ES", "es"), ("idioma inglés", "en"), ("Español", "es"), ("ENGLISH", "en"),
+    ("lang en", "en"), ("IDIOMA", ""), ("language", ""),
+])
+def test_the_language_command_and_its_choices(text, language):
+    catalog = load_catalog()
+    command = normalise_command(text)
+    assert command in catalog.commands["language"]
+    assert catalog.language_choices[command] == language
+
+
+def test_es_and_en_alone_are_not_commands():
+    catalog = load_catalog()
+    words = frozenset().union(*catalog.commands.values())
+    assert "ES" not in words and "EN" not in words
+
+
+def test_spanish_labels_and_description_fall_back_to_english(tmp_path):
+    catalog = load_catalog()
+    assert catalog.intent("meal_plan").label_in("es") == "plan de comidas"
+    assert catalog.description_in("es").startswith("un asistente de nutrición")
+    raw = yaml.safe_load(DEFAULT_CATALOG_PATH.read_text())
+    for intent in raw["intents"]:
+        intent.pop("label_es", None)
+    del raw["bot"]["description_es"]
+    other = load_catalog(write_catalog(tmp_path, intents=raw["intents"], bot=raw["bot"]))
+    assert other.intent("meal_plan").label_in("es") == "meal plan"
+    assert other.description_in("es") == other.bot_description
+
+
+@pytest.mark.parametrize(("names", "message"), [
+    ({"en": ["EN"], "fr": ["FR"]}, "the languages are en, es"),
+    ({"en": ["EN", "ES"], "es": ["ES"]}, "names two languages"),
+    ({"en": ["EN"]}, "names for each of en, es"),
+    ({"en": ["EN"], "es": ["MORE"]}, "another command already"),
+])
+def test_bad_language_names_are_refused(tmp_path, names, message):
+    with pytest.raises(CatalogError, match=message):
+        load_catalog(write_catalog(tmp_path, language_names=names))

@@ -61,7 +61,8 @@ def test_ceilings_follow_the_catalog():
 
 def test_the_monthly_loss_ceiling_is_computable():
     ceiling = tiers.monthly_loss_ceiling_musd(CATALOG)
-    assert ceiling == 2_000_000 + 3 * 31 * max(2 * 7900, 2 * 7500)
+    # the cutoff, then 3 refusals and 5 BALANCE/BUY replies a day at the dearer reply cap
+    assert ceiling == 2_000_000 + (3 + 5) * 31 * max(2 * 7900, 2 * 7500)
 
 
 LEVEL_RANK = {level: rank for rank, level in enumerate(LEVELS)}
