@@ -57,6 +57,8 @@ class PendingAnswer:
             (a worker outage) finds it expired: the person is told, and nothing is charged.
         opted_out: the person sent STOP on this channel since asking: no skill, no reply.
         level: the restriction level decided when the message came in (`choose_level`).
+        placed: the hold as `ledger.hold` placed it, when the answer is settled in the same
+            transaction (an inline offline answer): the capture does not read it again.
     """
 
     message_id: int
@@ -69,6 +71,7 @@ class PendingAnswer:
     hold_live: bool = True
     opted_out: bool = False
     level: str = tiers.NORMAL
+    placed: ledger.HoldResult | None = None
 
 
 @dataclass(frozen=True)
@@ -363,7 +366,8 @@ def settle_ledger(
         return "failed", (result.failure_reply,) if result.failure_reply else (), 0
     try:
         captured = ledger.capture(session, pending.hold_id,
-                                  key=f"debit:{pending.message_sid}", now=now)
+                                  key=f"debit:{pending.message_sid}", now=now,
+                                  placed=pending.placed)
     except HoldNotPending:
         # The hold lapsed while the skill ran (a stalled job): the answer goes out free.
         log.warning("hold lapsed before capture; answer given free",

@@ -430,6 +430,7 @@ def reserve(turn: Turn) -> None:
             raise ReplyNow("insufficient") from None
         raise ReplyNow("insufficient", _insufficient(turn, refused.available)) from None
     turn.hold_id = placed.hold_id
+    turn.placed = placed
 
 
 def defer_or_answer(turn: Turn) -> None:
@@ -450,6 +451,7 @@ def defer_or_answer(turn: Turn) -> None:
         request=skill_request(turn.session, turn.settings, turn.intent, turn.message,
                                turn.level, language=_known_language(turn)),
         level=turn.level,
+        placed=turn.placed,
     )
     result = run_skill(turn.settings, pending)
     kind, texts, charged = settle_ledger(turn.session, pending, result, turn.settings, turn.now)

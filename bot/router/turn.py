@@ -18,7 +18,7 @@ from bot.llm import ChatClient
 from bot.messages import InboundMessage
 from bot.models import Contact, Message
 from bot.ratelimit import SenderLimits
-from tokens import tiers
+from tokens import ledger, tiers
 from tokens.catalog import Catalog, IntentSpec
 
 # Compliance keyword families (Twilio's default opt-out keywords), plus Spanish forms.
@@ -114,6 +114,7 @@ class Turn:
     message: Message | None = None
     intent: IntentSpec | None = None
     hold_id: int | None = None
+    placed: ledger.HoldResult | None = None  # the hold as placed in this transaction
     charged: int = 0
     level: str = tiers.NORMAL
     suspended: bool = False  # an operator suspended the person (read under the lock)

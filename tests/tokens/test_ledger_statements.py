@@ -28,6 +28,7 @@ BOUNDS = {
     "balance": 1,
     "hold": 2,  # the reservation (lock, check, key and expiry checks) + INSERT ... RETURNING
     "capture": 6,  # lock+read hold, lots, hold, account, entries, lots
+    "capture_placed": 5,  # the hold placed in this transaction is not read again
     "void": 3,  # lock+read hold, hold, account
 }
 
@@ -91,6 +92,34 @@ def test_hold_then_capture(session, account):
     assert (entry.kind, entry.hold_id, entry.memo, entry.operation_key) == (
         "debit", placed.hold_id, "meal_plan", "debit:SM1")
     assert session.get(Hold, placed.hold_id).status == "captured"
+    assert_consistent(session, account, NOV)
+
+
+def test_a_capture_of_a_hold_placed_in_the_same_transaction_reads_it_no_more(session, account):
+    """An inline answer: `capture(placed=...)` skips reading the hold, with the same entries,
+    and a repeat, another hold's result or a lapsed hold still get the usual answers."""
+    ledger.lock_account(session, account)
+    placed = ledger.hold(session, account, 5, key="hold:SM9", memo="recipe_search", now=NOV)
+    assert (placed.account_id, placed.created_at, placed.memo) == (account, NOV, "recipe_search")
+    with counted() as captured:
+        result = ledger.capture(session, placed.hold_id, key="debit:SM9", now=NOV,
+                                placed=placed)
+    assert len(captured) <= BOUNDS["capture_placed"], captured
+    entry = session.get(LedgerEntry, result.posted.entry_ids[0])
+    assert (entry.kind, entry.hold_id, entry.memo, entry.amount) == (
+        "debit", placed.hold_id, "recipe_search", -5)
+    again = ledger.capture(session, placed.hold_id, key="debit:SM9", now=NOV, placed=placed)
+    assert again.posted.replayed and again.posted.entry_ids == result.posted.entry_ids
+    # Another hold's result is ignored: the hold is read as usual.
+    other = ledger.hold(session, account, 3, key="hold:SM10", now=NOV)
+    moved = ledger.capture(session, other.hold_id, key="debit:SM10", now=NOV, placed=placed)
+    assert moved.posted.amount == 3
+    # Past its expiry the conditional UPDATE still refuses, whatever the caller passed.
+    late = ledger.hold(session, account, 2, key="hold:SM11", ttl_seconds=60, now=NOV)
+    with pytest.raises(HoldNotPending):
+        ledger.capture(session, late.hold_id, key="debit:SM11", now=NOV + timedelta(minutes=2),
+                       placed=late)
+    session.commit()
     assert_consistent(session, account, NOV)
 
 
