@@ -129,10 +129,17 @@ def notice_text(app: Flask, session: Session, notice: Notice) -> str | None:
         return replies.premium_started_text(plan, lang)
     if notice.kind == "premium_ended":
         return replies.premium_ended_text(plan, lang)
-    if notice.kind in ("invoice_failed", "past_due"):
+    if notice.kind in ("invoice_failed", "past_due", "grace_ended", "premium_ending"):
         link = payments.issue_pay_link(session, notice.account_id, "", purpose="portal",
                                        ttl_seconds=settings.catalog.pay_link_ttl_seconds)
-        return replies.billing_problem_text(settings.pay_url(link.token), lang)
+        url = settings.pay_url(link.token)
+        if notice.kind == "past_due" and isinstance(params.get("grace_ends_at"), datetime):
+            return replies.past_due_text(plan, params["grace_ends_at"], url, lang)
+        if notice.kind == "grace_ended":
+            return replies.grace_ended_text(plan, url, lang)
+        if notice.kind == "premium_ending" and isinstance(params.get("ends_at"), datetime):
+            return replies.premium_ending_text(plan, params["ends_at"], url, lang)
+        return replies.billing_problem_text(url, lang)
     log.warning("no wording for notice %s", notice.kind)
     return None
 

@@ -263,19 +263,27 @@ def messages_group() -> None:
               help="Fail (and refund) replies whose send no callback confirmed after this long.")
 @with_appcontext
 def messages_sweep(queued_minutes: int, unconfirmed_minutes: int) -> None:
-    """Expire stale holds, re-enqueue lost answer jobs, and give up on replies whose send
-    was never confirmed. Safe to run any time; run it from cron every few minutes."""
+    """Expire stale holds, re-enqueue lost answer jobs, give up on replies whose send was
+    never confirmed, and tell people whose premium grace period ended (once each). Safe to
+    run any time; run it from cron every few minutes."""
     from datetime import timedelta
 
     import redis
 
+    from app.billing import deliver_notices, queue_notices
     from app.queue import enqueue_answer
     from bot import outbound, router
+    from tokens.payment_events import grace_notices
 
     app = current_app._get_current_object()  # type: ignore[attr-defined]
     expired = ledger.expire_holds(db.session)
     failed = outbound.give_up_unconfirmed(db.session, timedelta(minutes=unconfirmed_minutes))
     db.session.commit()
+    settings: BotSettings = app.extensions["bot_settings"]
+    notices = grace_notices(db.session, datetime.now(UTC), settings.catalog.premium.grace_days)
+    told = queue_notices(app, db.session, tuple(notices))
+    db.session.commit()
+    deliver_notices(app, told)
     waiting = router.waiting_answers(db.session, timedelta(minutes=queued_minutes))
     db.session.commit()
     try:

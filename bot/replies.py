@@ -274,6 +274,33 @@ def billing_problem_text(url: str, lang: str = DEFAULT_LANGUAGE) -> str:
     return reply("billing_problem", lang, url=url)
 
 
+def premium_unpaid_text(plan: Plan, url: str, lang: str = DEFAULT_LANGUAGE) -> str:
+    """BUY PREMIUM from someone whose subscription is past due or unpaid: `url` opens the
+    billing portal to fix the card."""
+    return reply("premium_unpaid", lang, plan=plan.name, url=url)
+
+
+def past_due_text(plan: Plan, grace_ends_at: datetime, url: str,
+                  lang: str = DEFAULT_LANGUAGE) -> str:
+    """A subscription went past due: premium stays on until `grace_ends_at` (the plan's
+    `grace_days` after it went past due, tokens/economy.yaml); `url` opens the billing
+    portal."""
+    return reply("past_due", lang, plan=plan.name, date=date_text(grace_ends_at, lang), url=url)
+
+
+def grace_ended_text(plan: Plan, url: str, lang: str = DEFAULT_LANGUAGE) -> str:
+    """A past-due subscription's grace period ended: premium is paused until the card is
+    fixed (bought tokens stay usable); `url` opens the billing portal."""
+    return reply("grace_ended", lang, plan=plan.name, url=url)
+
+
+def premium_ending_text(plan: Plan, ends_at: datetime, url: str,
+                        lang: str = DEFAULT_LANGUAGE) -> str:
+    """A subscription was cancelled for a later date (`ends_at`, the period's end or its
+    `cancel_at`): nothing changes until then; `url` opens the billing portal to undo it."""
+    return reply("premium_ending", lang, plan=plan.name, date=date_text(ends_at, lang), url=url)
+
+
 def insufficient_text(
     catalog: Catalog, spec: IntentSpec, available: int, url: str, now: datetime,
     lang: str = DEFAULT_LANGUAGE,

@@ -21,6 +21,7 @@ from tests.support.stripe_standin import (
     CHECKOUT_SESSIONS,
     STRIPE_FIXTURES,
     StripeStandIn,
+    invoice_payment,
     load_fixture,
     sign_event,
     unflatten,
@@ -269,6 +270,30 @@ def test_charge_retrieve(standin: StripeStandIn, fast_client: stripe.StripeClien
     assert (fetched.amount, fetched.amount_refunded) == (1500, 500)
     with pytest.raises(stripe.InvalidRequestError):
         fast_client.v1.charges.retrieve("ch_missing")
+
+
+def test_invoice_retrieve_includes_payments_only_when_expanded(
+    standin: StripeStandIn, fast_client: stripe.StripeClient
+) -> None:
+    """Stripe leaves `payments` out of an invoice unless it is expanded; the app's
+    `fetch_invoice` expands it to learn which payment intent paid the invoice."""
+    fixture = json.loads(load_fixture("openapi_current_shape/objects/invoice.json"))
+    assert "payments" not in fixture  # the current shape names no charge or payment intent
+    standin.invoices["in_1"] = {**fixture, "id": "in_1", "payments": {
+        "object": "list", "has_more": False, "url": "/v1/invoice_payments",
+        "data": [invoice_payment("in_1", 500, payment_intent="pi_1")]}}
+    plain = fast_client.v1.invoices.retrieve("in_1").to_dict()
+    assert "payments" not in plain and plain["id"] == "in_1"
+    expanded = fast_client.v1.invoices.retrieve("in_1", params={"expand": ["payments"]})
+    [entry] = expanded.to_dict()["payments"]["data"]
+    assert entry["payment"] == {"type": "payment_intent", "payment_intent": "pi_1"}
+    assert entry["invoice"] == "in_1" and entry["status"] == "paid"
+    assert standin.requests[-1]["query"] == {"expand[0]": "payments"}
+    by_charge = invoice_payment("in_2", 500, charge="ch_1")
+    assert by_charge["payment"] == {"type": "charge", "charge": "ch_1"}
+    with pytest.raises(stripe.InvalidRequestError) as caught:
+        fast_client.v1.invoices.retrieve("in_missing")
+    assert caught.value.http_status == 404 and caught.value.code == "resource_missing"
 
 
 def test_missing_or_wrong_api_key_is_401(standin: StripeStandIn) -> None:

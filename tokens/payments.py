@@ -12,7 +12,13 @@ Design (shared/design/payments.md):
   no-op. Each effect has its own key as well (`checkout:<session>`, `invoice:<id>`,
   `clawback:<charge>:<amount refunded>`, ...), because one effect can arrive in two events.
 - A `Subscription` mirrors the provider's subscription, re-fetched on every event, so events
-  arriving out of order do not matter. Its status maps to premium (`Subscription.premium`).
+  arriving out of order do not matter. Its status maps to premium (`Subscription.premium`);
+  `notified` keeps the state the person was last told of, so each change is told once.
+- A `ProviderPayment` is one payment at the provider (a payment intent, or a bare charge) and
+  what its refunds and disputes (`PaymentDispute`) did to the money. It is "pending" until the
+  checkout or the premium `Invoice` it paid is known, and "applied" from then on; the
+  settlement in `tokens.payment_events` brings tokens and revenue to what the money did,
+  whatever order the events came in (docs/payments.md).
 
 Domain functions take the `Session` and flush; the caller (route, job, CLI) commits.
 """
@@ -45,6 +51,12 @@ from tokens.errors import PayLinkExpired, PayLinkNotFound
 # portal (sent when a subscription payment fails).
 PURPOSES = ("pack", "premium", "portal")
 CHECKOUT_STATES = ("open", "completed", "expired", "failed", "flagged")
+# A provider payment: its checkout or invoice not known yet (pending), or known (applied).
+PAYMENT_STATES = ("pending", "applied")
+# A dispute as we classify the provider's status: an inquiry (`warning_*`: no money moved),
+# open (the money is withdrawn until it closes), won, lost, or closed otherwise (an inquiry
+# closed, a dispute prevented): only "lost" keeps the money away.
+DISPUTE_STATES = ("inquiry", "open", "won", "lost", "closed")
 # Subscription statuses that give premium (payments.md, "Subscription status"); past_due gives
 # it during the grace period; every other status gives none (purchased tokens stay usable).
 PREMIUM_STATUSES = frozenset({"trialing", "active"})
@@ -164,6 +176,12 @@ class Subscription(Base):
     `premium(now, grace_days)` is the entitlement: trialing or active; past_due within the
     grace period after it went past due; and a subscription set to cancel at the period's end
     stays premium until then (its status is still active).
+
+    Attributes:
+        past_due_since: when we first saw it past due (the grace period starts then).
+        cancel_at: when the provider will cancel it (`cancel_at`), if set.
+        notified: the key of the state the person was last told of (`past_due:<since>`,
+            `ending:<end>`, ...; see `tokens.payment_events.notice_state`), None before any.
     """
 
     __tablename__ = "subscriptions"
@@ -177,6 +195,8 @@ class Subscription(Base):
     cancel_at_period_end: Mapped[bool] = mapped_column(Boolean, default=False)
     current_period_end: Mapped[datetime | None] = mapped_column(UTCDateTime())
     past_due_since: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    cancel_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    notified: Mapped[str | None] = mapped_column(String(64))
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
     def premium(self, now: datetime, grace_days: int) -> bool:
@@ -186,6 +206,109 @@ class Subscription(Base):
         if self.status == "past_due" and self.past_due_since is not None:
             return now < self.past_due_since + timedelta(days=grace_days)
         return False
+
+
+class Invoice(Base):
+    """A paid premium invoice that granted a month of the plan: what it was paid and granted.
+
+    Rows exist only for granting invoices (a month of the plan, paid): those are the ones whose
+    refunds and disputes claw back tokens and reverse revenue.
+
+    Attributes:
+        external_id: the provider's invoice id (`in_...`).
+        subscription_id: the provider's subscription id it belongs to.
+        amount_cents, currency: `amount_paid` as the provider reported it (minor unit).
+        tokens: the grant it gave (ledger key `invoice:<external id>`), from the catalog.
+        grant_key: that ledger key.
+    """
+
+    __tablename__ = "invoices"
+    __table_args__ = (
+        CheckConstraint("amount_cents > 0 AND tokens >= 0", name="amounts_in_range"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    provider: Mapped[str] = mapped_column(String(16))
+    external_id: Mapped[str] = mapped_column(String(255), unique=True)
+    account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id"), index=True)
+    subscription_id: Mapped[str | None] = mapped_column(String(255))
+    amount_cents: Mapped[int] = mapped_column(BigInteger)
+    currency: Mapped[str] = mapped_column(String(3))
+    tokens: Mapped[int] = mapped_column(Integer)
+    paid_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+    @property
+    def grant_key(self) -> str:
+        """The ledger key of the grant this invoice gave: `invoice:<invoice id>`."""
+        return f"invoice:{self.external_id}"
+
+
+class ProviderPayment(Base):
+    """One payment at the provider and what became of its money: refunds and disputes.
+
+    Keyed by the payment intent (`pi_...`), or by the charge (`ch_...`) for a payment without
+    one; the first event about it creates the row. A refund or a dispute that arrives before
+    the payment's checkout or invoice is known keeps the row "pending" (no checkout, no
+    invoice); the completion or the paid invoice makes it "applied" and settles it.
+
+    Attributes:
+        status: "pending" or "applied" (applied: exactly one of checkout_id, invoice_id).
+        refunded_cents: the highest cumulative refund the provider reported
+            (`amount_refunded`), cents.
+        settled_cents: the money gone that tokens and revenue already reflect, cents:
+            min(amount paid, refunded + lost disputes), once the payment is applied.
+    """
+
+    __tablename__ = "provider_payments"
+    __table_args__ = (
+        CheckConstraint(f"status IN ({', '.join(repr(v) for v in PAYMENT_STATES)})",
+                        name="status_known"),
+        CheckConstraint("(status = 'pending' AND checkout_id IS NULL AND invoice_id IS NULL)"
+                        " OR (status = 'applied' AND (checkout_id IS NULL)"
+                        " <> (invoice_id IS NULL))", name="owner_matches_status"),
+        CheckConstraint("refunded_cents >= 0 AND settled_cents >= 0", name="amounts_in_range"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    provider: Mapped[str] = mapped_column(String(16))
+    external_id: Mapped[str] = mapped_column(String(255), unique=True)
+    charge_id: Mapped[str | None] = mapped_column(String(255), index=True)
+    status: Mapped[str] = mapped_column(String(16), default="pending")
+    checkout_id: Mapped[int | None] = mapped_column(ForeignKey("checkouts.id"), index=True)
+    invoice_id: Mapped[int | None] = mapped_column(ForeignKey("invoices.id"), index=True)
+    refunded_cents: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    settled_cents: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+class PaymentDispute(Base):
+    """A dispute of a provider payment, as the provider last reported it.
+
+    Attributes:
+        state: our reading of `status` (`DISPUTE_STATES`); a closed dispute stays closed, and
+            an inquiry that became a dispute stays one, whatever order the events came in.
+        amount_cents: the disputed amount (`amount`), cents.
+        hold_key: the ledger key of the hold that freezes the payment's unspent tokens while
+            the dispute is open, None when nothing is frozen.
+    """
+
+    __tablename__ = "payment_disputes"
+    __table_args__ = (
+        CheckConstraint(f"state IN ({', '.join(repr(v) for v in DISPUTE_STATES)})",
+                        name="state_known"),
+        CheckConstraint("amount_cents >= 0", name="amount_in_range"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    provider: Mapped[str] = mapped_column(String(16))
+    external_id: Mapped[str] = mapped_column(String(255), unique=True)
+    payment_id: Mapped[int] = mapped_column(ForeignKey("provider_payments.id"), index=True)
+    status: Mapped[str] = mapped_column(String(32))
+    state: Mapped[str] = mapped_column(String(16))
+    amount_cents: Mapped[int] = mapped_column(BigInteger)
+    hold_key: Mapped[str | None] = mapped_column(String(200))
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
 
 def issue_pay_link(
@@ -275,6 +398,19 @@ def has_premium(session: Session, account_id: int, now: datetime, grace_days: in
     """Whether any of the account's subscriptions gives premium at `now` (one EXISTS)."""
     return bool(session.scalar(select(premium_exists(
         Subscription.account_id == account_id, grace_start(now, grace_days)))))
+
+
+# Statuses of a subscription that still exists at the provider but is not paid: the person
+# fixes it in the billing portal (a new checkout would start a second subscription).
+UNPAID_STATUSES = ("past_due", "unpaid")
+
+
+def has_unpaid_subscription(session: Session, account_id: int) -> bool:
+    """Whether one of the account's subscriptions is `past_due` or `unpaid` (one EXISTS):
+    BUY PREMIUM then gives the billing portal to fix the card, not a second checkout."""
+    return bool(session.scalar(select(select(Subscription.id).where(
+        Subscription.account_id == account_id,
+        Subscription.status.in_(UNPAID_STATUSES)).exists())))
 
 
 def grace_start(now: datetime, grace_days: int) -> datetime:

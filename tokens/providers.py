@@ -5,9 +5,9 @@ Registry by name (shared/design/architecture.md, "Registries"): "stripe" is the 
 plainly no money moves, and is refused when `APP_ENV=production` (payments.md).
 
 A provider creates checkouts and billing-portal sessions, verifies and parses webhooks, and
-fetches objects an event names (a subscription, a charge). Events come out as plain dicts in
-Stripe's shape, read defensively: the sandbox builds the same shape, so both run through the
-same fulfilment (`tokens.payment_events`).
+fetches objects an event names (a subscription, a charge, an invoice). Events come out as
+plain dicts in Stripe's shape, read defensively: the sandbox builds the same shape, so both
+run through the same fulfilment (`tokens.payment_events`).
 """
 
 from __future__ import annotations
@@ -116,6 +116,11 @@ class PaymentProvider(Protocol):
 
     def fetch_charge(self, charge_id: str) -> dict[str, Any]:
         """A charge (for its payment intent). Raises `PaymentError`."""
+        ...
+
+    def fetch_invoice(self, invoice_id: str) -> dict[str, Any]:
+        """An invoice with its `payments` (which payment intent or charge paid it).
+        Raises `PaymentError`."""
         ...
 
 
@@ -229,6 +234,16 @@ class StripeProvider:
             raise _failure(f"cannot fetch charge {charge_id}", exc) from exc
         return dict(found.to_dict())
 
+    def fetch_invoice(self, invoice_id: str) -> dict[str, Any]:
+        # `payments` is left out of invoices unless expanded (Stripe API reference, "The
+        # Invoice object": includable); it replaced `charge` / `payment_intent` in 2025.
+        try:
+            found = self.client.v1.invoices.retrieve(invoice_id,
+                                                     params={"expand": ["payments"]})
+        except stripe.StripeError as exc:
+            raise _failure(f"cannot fetch invoice {invoice_id}", exc) from exc
+        return dict(found.to_dict())
+
 
 @dataclass
 class SandboxProvider:
@@ -272,11 +287,25 @@ class SandboxProvider:
     def fetch_charge(self, charge_id: str) -> dict[str, Any]:
         raise PaymentError("the sandbox has no charges", permanent=True)
 
+    def fetch_invoice(self, invoice_id: str) -> dict[str, Any]:
+        raise PaymentError("the sandbox keeps no invoices", permanent=True)
+
 
 def _event_dict(payload: bytes) -> dict[str, Any]:
+    """The verified body as an event dict.
+
+    Only the event's shape, id and type can refuse it: other text that no database can store
+    (a NUL, an unpaired surrogate, say in a field the buyer typed) is cleaned when the event
+    is stored (`tokens.payment_events.clean_text`), so that a paid checkout is still credited.
+
+    Raises:
+        InvalidWebhook: not JSON, not an event (object, id and data), nested deeper than 64
+            levels, or an id or type that is not a string of at most 255 / 100 characters
+            free of NUL and unpaired surrogates.
+    """
     try:
         event = json.loads(payload)
-    except (ValueError, UnicodeDecodeError) as exc:
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
         raise InvalidWebhook(f"the body is not JSON: {exc}") from None
     if not isinstance(event, dict) or event.get("object") != "event" or not event.get("id") \
             or not isinstance(event.get("data"), dict):
@@ -285,33 +314,30 @@ def _event_dict(payload: bytes) -> dict[str, Any]:
             or not isinstance(event.get("type"), str) or len(event["type"]) > 100:
         raise InvalidWebhook("the event's id and type must be strings (at most 255 and 100 "
                              "characters)")
-    bad = _unstorable_text(event)
-    if bad is not None:
-        raise InvalidWebhook(f"the event holds text no database can store: {bad}")
+    for name in ("id", "type"):
+        bad = _unstorable_text(event[name])
+        if bad is not None:
+            raise InvalidWebhook(f"the event's {name} holds {bad}, which no database can store")
+    if _depth(event) > 64:
+        raise InvalidWebhook("the event is nested more than 64 levels deep")
     return event
 
 
-def _unstorable_text(value: Any, depth: int = 0) -> str | None:
-    """Why some string in `value` (keys too) cannot be stored: a NUL (PostgreSQL text refuses
-    it) or a lone surrogate (not UTF-8); None when all are fine."""
-    if depth > 64:
-        return "nested too deeply"
-    if isinstance(value, str):
-        if "\x00" in value:
-            return "a NUL character"
-        try:
-            value.encode("utf-8")
-        except UnicodeEncodeError:
-            return "an unpaired surrogate"
-        return None
-    if isinstance(value, dict):
-        items: list[Any] = [*value.keys(), *value.values()]
-    elif isinstance(value, list):
-        items = value
-    else:
-        return None
-    for item in items:
-        reason = _unstorable_text(item, depth + 1)
-        if reason is not None:
-            return reason
+def _unstorable_text(value: str) -> str | None:
+    """Why `value` cannot be stored: a NUL (PostgreSQL text refuses it) or an unpaired
+    surrogate (not UTF-8); None when it is fine."""
+    if "\x00" in value:
+        return "a NUL character"
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return "an unpaired surrogate"
     return None
+
+
+def _depth(value: Any, depth: int = 0) -> int:
+    """How deeply `value` nests objects and lists (stops counting past 65)."""
+    if depth > 64 or not isinstance(value, dict | list):
+        return depth
+    items = value.values() if isinstance(value, dict) else value
+    return max((_depth(item, depth + 1) for item in items), default=depth + 1)

@@ -334,12 +334,16 @@ def free_commands(turn: Turn) -> None:
 
 
 def _premium_reply(turn: Turn) -> str:
-    """BUY PREMIUM: a subscriber gets the billing portal, anyone else the subscription's pay
-    link."""
+    """BUY PREMIUM: a subscriber gets the billing portal, and so does someone whose
+    subscription is past due or unpaid (to fix the card: a checkout would open a second
+    subscription); anyone else the subscription's pay link."""
     plan = turn.catalog.premium
     if turn.premium:
         url = _pay_url(turn, "", purpose="portal")
         return replies.premium_manage_text(plan, url, turn.language)
+    if payments.has_unpaid_subscription(turn.session, turn.account_id):
+        url = _pay_url(turn, "", purpose="portal")
+        return replies.premium_unpaid_text(plan, url, turn.language)
     url = _pay_url(turn, plan.code, purpose="premium")
     return replies.premium_text(plan, url, turn.language)
 

@@ -13,6 +13,7 @@ import re
 import threading
 import time
 from collections.abc import Iterator
+from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -622,3 +623,63 @@ def test_subscription_events_arriving_together_do_not_deadlock(stripe_app, clien
     session.expire_all()
     assert ledger.balance(session, account).by_bucket == {"free": 100, "subscription": 200}
     assert session.scalar(select(Subscription.status)) == "active"
+
+
+# --- telling the person of subscription changes (issue #16) ---------------------------------
+
+
+def test_past_due_says_when_premium_stops_and_buy_premium_gives_the_portal(
+        client, session, stripe_api, twilio_api):
+    account, _ = subscribe(client, session, stripe_api)
+    twilio_api.reset()
+    stripe_api.subscriptions["sub_test_1"]["status"] = "past_due"
+    updated = edited("openapi_current_shape/customer.subscription.updated.json",
+                     "evt_sub_past_due", id="sub_test_1", status="past_due")
+    post_event(client, updated)
+    [notice] = twilio_api.accepted
+    assert "stays on until" in notice["Body"] and "/pay/" in notice["Body"]
+    post_event(client, copy.deepcopy(updated) | {"id": "evt_sub_past_due_2"})
+    assert len(twilio_api.accepted) == 1  # told once per episode
+    row = session.scalar(select(Subscription))
+    session.refresh(row)
+    # Past the grace period premium stops; BUY PREMIUM still opens the portal, never a second
+    # subscription checkout.
+    row.past_due_since = row.past_due_since - timedelta(days=30)
+    session.commit()
+    reply = post_signed(client, sms("BUY PREMIUM")).get_data(as_text=True)
+    assert "Update your card" in reply, reply
+    path = re.search(r"(/pay/[A-Za-z0-9_-]+)", reply).group(1)
+    assert client.get(path).headers["Location"].startswith("https://billing.stripe.com/")
+    assert len(stripe_api.requests_to("/v1/checkout/sessions")) == 1
+
+
+def test_the_sweep_tells_once_that_the_grace_period_ended(stripe_app, client, session,
+                                                          stripe_api, twilio_api):
+    subscribe(client, session, stripe_api)
+    stripe_api.subscriptions["sub_test_1"]["status"] = "past_due"
+    post_event(client, edited("openapi_current_shape/customer.subscription.updated.json",
+                              "evt_sub_past_due", id="sub_test_1", status="past_due"))
+    row = session.scalar(select(Subscription))
+    session.refresh(row)
+    row.past_due_since = row.past_due_since - timedelta(days=30)
+    session.commit()
+    twilio_api.reset()
+    runner = stripe_app.test_cli_runner()
+    for _ in range(2):
+        result = runner.invoke(args=["messages", "sweep"])
+        assert result.exit_code == 0, result.output
+    [notice] = twilio_api.accepted
+    assert "paused" in notice["Body"] and "/pay/" in notice["Body"]
+
+
+def test_a_cancellation_at_the_period_end_says_when_premium_ends(client, session, stripe_api,
+                                                                 twilio_api):
+    subscribe(client, session, stripe_api)
+    twilio_api.reset()
+    end = int(time.time()) + 20 * 86400
+    stripe_api.subscriptions["sub_test_1"].update(
+        cancel_at_period_end=True, items={"data": [{"current_period_end": end}]})
+    post_event(client, edited("openapi_current_shape/customer.subscription.updated.json",
+                              "evt_sub_cancel", id="sub_test_1", status="active"))
+    [notice] = twilio_api.accepted
+    assert "is cancelled and ends on" in notice["Body"]

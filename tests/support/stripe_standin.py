@@ -22,7 +22,10 @@ It serves, like `https://api.stripe.com` (form-encoded bodies in Stripe's bracke
 * `GET /v1/checkout/sessions/<id>`: a session created here (tests may edit `sessions[id]`);
 * `POST /v1/billing_portal/sessions`: a `billing_portal.session` object;
 * `GET /v1/subscriptions/<id>`, `GET /v1/charges/<id>`: the dicts a test put in
-  `subscriptions[id]` / `charges[id]`, else 404 `resource_missing`.
+  `subscriptions[id]` / `charges[id]`, else 404 `resource_missing`;
+* `GET /v1/invoices/<id>`: the dict a test put in `invoices[id]`, whose `payments` (an
+  `invoice_payment` list) is left out unless the request expands it (`expand[]=payments`),
+  as Stripe includes it only when expanded; else 404 `resource_missing`.
 
 Idempotency: every POST's `Idempotency-Key` (stripe-python sends one on each POST, reusing it
 for its retries) is remembered with the endpoint, the parameters and the answer. The same key
@@ -71,6 +74,7 @@ CHECKOUT_SESSIONS = f"{API_PREFIX}/checkout/sessions"
 BILLING_PORTAL_SESSIONS = f"{API_PREFIX}/billing_portal/sessions"
 SUBSCRIPTIONS = f"{API_PREFIX}/subscriptions"
 CHARGES = f"{API_PREFIX}/charges"
+INVOICES = f"{API_PREFIX}/invoices"
 # Answered in `Stripe-Version` when the request names none (stripe-python always does).
 DEFAULT_API_VERSION = "2025-08-27.basil"
 SESSION_LIFETIME_SECONDS = 24 * 60 * 60
@@ -81,6 +85,7 @@ _ID_ALPHABET = string.ascii_letters + string.digits
 _SESSION = re.compile(rf"{CHECKOUT_SESSIONS}/(?P<id>[^/]+)")
 _SUBSCRIPTION = re.compile(rf"{SUBSCRIPTIONS}/(?P<id>[^/]+)")
 _CHARGE = re.compile(rf"{CHARGES}/(?P<id>[^/]+)")
+_INVOICE = re.compile(rf"{INVOICES}/(?P<id>[^/]+)")
 _BRACKETS = re.compile(r"\[([^\[\]]*)\]")
 _MODES = ("payment", "setup", "subscription")
 REQUEST_LINE = "stripe_standin.request_line"
@@ -249,6 +254,8 @@ class StripeStandIn(LoopbackServer):
     Test-controlled state (plain dicts, read by the server; edit them from the test):
         subscriptions: `id -> subscription dict` served by `GET /v1/subscriptions/<id>`.
         charges: `id -> charge dict` served by `GET /v1/charges/<id>`.
+        invoices: `id -> invoice dict` served by `GET /v1/invoices/<id>` (its `payments`
+            only when expanded; `invoice_payment()` builds one entry).
         prices: `id -> price dict` (`unit_amount`, `currency`, optional `recurring`) for
             Checkout line items that name a `price` instead of `price_data`; an unknown
             price id gets 400 `resource_missing`, as on Stripe.
@@ -266,6 +273,7 @@ class StripeStandIn(LoopbackServer):
         self.api_key = api_key
         self.subscriptions: dict[str, dict[str, Any]] = {}
         self.charges: dict[str, dict[str, Any]] = {}
+        self.invoices: dict[str, dict[str, Any]] = {}
         self.prices: dict[str, dict[str, Any]] = {}
         self.sessions: dict[str, dict[str, Any]] = {}
         self.portal_sessions: dict[str, dict[str, Any]] = {}
@@ -338,6 +346,7 @@ class StripeStandIn(LoopbackServer):
             for store in (
                 self.subscriptions,
                 self.charges,
+                self.invoices,
                 self.prices,
                 self.sessions,
                 self.portal_sessions,
@@ -465,6 +474,10 @@ class StripeStandIn(LoopbackServer):
             return self._create_portal_session
         if method != "GET":
             return None
+        invoice = _INVOICE.fullmatch(path)
+        if invoice:
+            invoice_id = invoice["id"]
+            return lambda params: self._retrieve_invoice(invoice_id, params)
         for pattern, store, noun in (
             (_SESSION, self.sessions, "checkout.session"),
             (_SUBSCRIPTION, self.subscriptions, "subscription"),
@@ -491,6 +504,14 @@ class StripeStandIn(LoopbackServer):
         session = checkout_session(params, self.prices)
         self.sessions[session["id"]] = session
         return 200, session
+
+    def _retrieve_invoice(self, invoice_id: str, params: dict[str, Any]
+                          ) -> tuple[int, dict[str, Any]]:
+        status, body = _retrieve(self.invoices, invoice_id, "invoice")
+        expand = params.get("expand") or []
+        if status == 200 and "payments" not in (expand if isinstance(expand, list) else [expand]):
+            body = {key: value for key, value in body.items() if key != "payments"}
+        return status, copy.deepcopy(body)
 
     def _create_portal_session(self, params: dict[str, Any]) -> tuple[int, dict[str, Any]]:
         customer = params.get("customer")
@@ -660,6 +681,20 @@ def _line_item(
     else:
         raise _missing(f"{data}[unit_amount]")
     return unit_amount * quantity, price_data["currency"], bool(price_data.get("recurring"))
+
+
+def invoice_payment(invoice_id: str, amount_paid: int, *, payment_intent: str | None = None,
+                    charge: str | None = None, status: str = "paid") -> dict[str, Any]:
+    """An `invoice_payment` object as Stripe lists it in an expanded `invoice.payments`: the
+    payment intent that paid the invoice, or the charge when it has no payment intent."""
+    kind = "payment_intent" if payment_intent else "charge"
+    return {
+        "id": new_id("inpay_"), "object": "invoice_payment", "amount_paid": amount_paid,
+        "amount_requested": amount_paid, "created": int(time.time()), "currency": "usd",
+        "invoice": invoice_id, "is_default": True, "livemode": False,
+        "payment": {"type": kind, kind: payment_intent or charge}, "status": status,
+        "status_transitions": {"canceled_at": None, "paid_at": int(time.time())},
+    }
 
 
 def _retrieve(
