@@ -5,6 +5,7 @@ This is the only package that imports Flask.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import replace
 
 from flask import Flask, Response
@@ -86,10 +87,15 @@ def create_app(config_class: type[Config] = Config) -> Flask:
                                                    app.config["REDIS_URL"])
     except ValueError as exc:
         raise ConfigError(f"SENDER_RATE_LIMIT: {exc}") from exc
+    provider = _payment_provider(app)
+    app.extensions["payment_provider"] = provider
+    from app.billing import run_top_up
+
     app.extensions["bot_settings"] = BotSettings(
         catalog=catalog, public_base_url=app.config["PUBLIC_BASE_URL"],
         chat=_chat_client(app, catalog), sender_limits=sender_limits,
         erased_key=erasure_key(app.config["SECRET_KEY"]),
+        payments=provider, top_up=functools.partial(run_top_up, app),
     )
     app.extensions["outbound"] = OutboundSettings(
         status_callback_url=app.config["PUBLIC_BASE_URL"] + "/webhooks/twilio/status",
@@ -101,7 +107,6 @@ def create_app(config_class: type[Config] = Config) -> Flask:
             "TWILIO_AUTH_TOKEN is not set: webhooks are checked with the development token"
         )
 
-    app.extensions["payment_provider"] = _payment_provider(app)
 
     from app.admin import api_bp as admin_api_bp
     from app.admin import pages_bp as admin_pages_bp
@@ -225,7 +230,7 @@ def _security_headers(app: Flask) -> None:
 
 def _payment_provider(app: Flask) -> PaymentProvider | None:
     """Stripe when `STRIPE_SECRET_KEY` is set; else the sandbox, except in production, where
-    pay links then say that payments are not enabled (payments.md: the sandbox is refused in
+    pay links then say that payments are not enabled (docs/payments.md: the sandbox is refused in
     production)."""
     config = app.config
     if config["STRIPE_SECRET_KEY"]:

@@ -10,7 +10,7 @@ credentials nothing can be sent, and the pages themselves say what happened.
 from __future__ import annotations
 
 import logging
-from datetime import datetime
+from datetime import UTC, datetime
 
 import redis
 from flask import Flask
@@ -24,7 +24,7 @@ from bot import replies
 from bot.models import Contact
 from bot.notify import queue_notice
 from bot.router import BotSettings
-from tokens import payments
+from tokens import auto_topup, payments, tiers
 from tokens.base import utcnow
 from tokens.payment_events import (
     EventContext,
@@ -73,7 +73,7 @@ def apply_event(app: Flask, provider: PaymentProvider, event: dict[str, object]
         ctx = EventContext(catalog=settings.catalog, provider=provider.name, now=now,
                            fetched=fetched)
         result = receive_event(session, provider.name, event, ctx)
-        ids = queue_notices(app, session, result.notices) if result else []
+        ids = queue_notices(app, session, result.notices, now) if result else []
         resolve_failure(session, str(event.get("id", "")), now)
         session.commit()
     except Exception as exc:
@@ -102,12 +102,29 @@ def _keep_failure(provider: PaymentProvider, event: dict[str, object], error: Ex
                   extra={"error": type(exc).__name__})
 
 
-def queue_notices(app: Flask, session: Session, notices: tuple[Notice, ...]) -> list[int]:
-    """Word each notice and store it as pending messages; none when nothing can be sent."""
+# Notices that follow money in: the payment covers what they cost, so they are outside the
+# daily budget of free replies (`tokens.tiers.monthly_loss_ceiling_musd`).
+PAID_NOTICES = frozenset({"pack_credited", "premium_started", "auto_topup_on",
+                          "auto_topup_credited"})
+
+
+def queue_notices(app: Flask, session: Session, notices: tuple[Notice, ...],
+                  now: datetime | None = None) -> list[int]:
+    """Word each notice and store it as pending messages; none when nothing can be sent.
+    Notices other than `PAID_NOTICES` draw on the person's daily budget of free replies
+    (`tiers.take_free_reply`) and are dropped once it is spent. The caller holds the
+    account's lock (the payment event's handler took it)."""
     if not can_send(app) or not notices:
         return []
+    settings: BotSettings = app.extensions["bot_settings"]
+    moment = now or datetime.now(UTC)
     ids: list[int] = []
     for notice in notices:
+        if notice.kind not in PAID_NOTICES and not tiers.take_free_reply(
+                session, notice.account_id, settings.catalog, moment):
+            log.info("notice dropped: the day's free replies are spent",
+                     extra={"kind": notice.kind})
+            continue
         text = notice_text(app, session, notice)
         if text:
             ids.extend(queue_notice(session, notice.account_id, text))
@@ -125,6 +142,18 @@ def notice_text(app: Flask, session: Session, notice: Notice) -> str | None:
                                           lang)
     if notice.kind == "payment_failed":
         return replies.payment_failed_text(lang)
+    if notice.kind == "auto_topup_on":
+        return replies.auto_topup_on_text(settings.catalog, settings.catalog.auto_topup_pack(),
+                                          lang)
+    if notice.kind == "auto_topup_credited":
+        return replies.auto_topup_credited_text(int(params["tokens"]),
+                                                int(params["available"]), lang)
+    if notice.kind == "auto_topup_failed":
+        pack_code = str(params.get("pack") or settings.catalog.auto_topup_pack().code)
+        link = payments.issue_pay_link(session, notice.account_id, pack_code,
+                                       purpose="auto_topup",
+                                       ttl_seconds=settings.catalog.pay_link_ttl_seconds)
+        return replies.auto_topup_failed_text(settings.pay_url(link.token), lang)
     if notice.kind == "premium_started":
         return replies.premium_started_text(plan, lang)
     if notice.kind == "premium_ended":
@@ -142,6 +171,31 @@ def notice_text(app: Flask, session: Session, notice: Notice) -> str | None:
         return replies.billing_problem_text(url, lang)
     log.warning("no wording for notice %s", notice.kind)
     return None
+
+
+def run_top_up(app: Flask, session: Session, due: auto_topup.TopUpDue) -> None:
+    """Charge an auto top-up recorded by a settlement (`tokens.alerts.after_debit`), with no
+    transaction open, then apply what the provider said and tell the person
+    (`BotSettings.top_up`, called by `bot.router.pipeline.answer_message` after its commit).
+
+    A transient failure leaves the attempt open: the next debit under the threshold asks
+    `auto_topup.due` again and gets the same idempotency key, so nothing is charged twice.
+    """
+    provider = payment_provider(app)
+    if provider is None:
+        return
+    settings: BotSettings = app.extensions["bot_settings"]
+    result = auto_topup.charge(provider, due)
+    now = utcnow()
+    try:
+        settled = auto_topup.settle(session, due, result, settings.catalog, now)
+        ids = queue_notices(app, session, settled.notices, now)
+        session.commit()
+    except Exception:
+        session.rollback()
+        raise
+    log.info("auto top-up", extra={"outcome": settled.kind})
+    deliver_notices(app, ids)
 
 
 def notice_language(session: Session, account_id: int) -> str:

@@ -280,8 +280,9 @@ def messages_sweep(queued_minutes: int, unconfirmed_minutes: int) -> None:
     failed = outbound.give_up_unconfirmed(db.session, timedelta(minutes=unconfirmed_minutes))
     db.session.commit()
     settings: BotSettings = app.extensions["bot_settings"]
-    notices = grace_notices(db.session, datetime.now(UTC), settings.catalog.premium.grace_days)
-    told = queue_notices(app, db.session, tuple(notices))
+    now = datetime.now(UTC)
+    notices = grace_notices(db.session, now, settings.catalog.premium.grace_days)
+    told = queue_notices(app, db.session, tuple(notices), now)
     db.session.commit()
     deliver_notices(app, told)
     waiting = router.waiting_answers(db.session, timedelta(minutes=queued_minutes))

@@ -1,4 +1,4 @@
-"""Configuration from the environment (shared/design/architecture.md, "Configuration").
+"""Configuration from the environment (docs/architecture.md, "Configuration").
 
 `.env` is read in development only; production refuses unsafe defaults.
 """
@@ -124,7 +124,7 @@ class Config:
         self.RATELIMIT_STORAGE_URI = self.REDIS_URL or "memory://"
         # Redis down: count in this process instead, so admins can still log in (and see it).
         self.RATELIMIT_IN_MEMORY_FALLBACK_ENABLED = True
-        # Per-sender limits on inbound messages (messaging.md; bot.ratelimit).
+        # Per-sender limits on inbound messages (docs/messaging.md; bot.ratelimit).
         self.SENDER_RATE_LIMIT = env("SENDER_RATE_LIMIT") or "10 per minute;100 per hour"
         self.RATELIMIT_HEADERS_ENABLED = True
         self.TRUSTED_PROXY_HOPS = _count(env, "TRUSTED_PROXY_HOPS")

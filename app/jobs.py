@@ -176,8 +176,13 @@ def deliver_messages(message_ids: list[int]) -> int:
 
 
 def deliver(app: Flask, session: Session, inbound_id: int) -> int:
-    """Send the `pending` replies to one inbound message; returns how many were tried."""
-    return send_pending(app, session, outbound.pending_outbound(session, inbound_id))
+    """Send the `pending` replies to one inbound message; returns how many were tried. The
+    replies this session just stored are known by id (`router.stored_reply_ids`: no
+    statement); a resumed answer's are read (`outbound.pending_outbound`)."""
+    ids = router.stored_reply_ids(session, inbound_id)
+    if ids is None:
+        ids = outbound.pending_outbound(session, inbound_id)
+    return send_pending(app, session, ids)
 
 
 def send_pending(app: Flask, session: Session, message_ids: list[int]) -> int:

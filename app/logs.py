@@ -1,5 +1,5 @@
 """Structured logs (structlog over the standard `logging` module) with request and job ids, and
-no phone numbers (messaging.md, "Privacy").
+no phone numbers (docs/messaging.md, "Privacy").
 
 Every module logs through `logging.getLogger(__name__)` with `extra={...}` fields; the
 `ProcessorFormatter` installed here turns each record into one line: JSON in production

@@ -1,4 +1,4 @@
-"""Redis and the RQ queue of answers (shared/design/architecture.md, "Real components").
+"""Redis and the RQ queue of answers (docs/architecture.md, "Real components").
 
 With `REDIS_URL` set, a priced message's skill runs in an RQ job on the "answers" queue; the
 job id is derived from the MessageSid, and the enqueue is `unique`, so a repeated enqueue is a

@@ -66,6 +66,7 @@ from app.pay import checkout_request
 from app.sandbox import payment_events
 from bot.contacts import mask_address
 from bot.intents.classifier import classify
+from bot.intents.llm_classify import classification_ceiling_musd
 from bot.llm import CachedChat, ChatClient, ChatReply, ChatRequest, LlmError, MemoryCache
 from bot.messages import InboundMessage
 from bot.models import Contact, Message
@@ -762,8 +763,11 @@ class Simulation:
         except affiliates.UnknownOfferLink:
             session.rollback()
             return
+        # This link's click of the hour (one per link and hour: a repeat reuses it).
         click_id, partner = session.execute(
             select(affiliates.Click.click_id, affiliates.Click.partner_code)
+            .join(affiliates.OfferLink, affiliates.OfferLink.id == affiliates.Click.offer_link_id)
+            .where(affiliates.OfferLink.token == token)
             .order_by(affiliates.Click.id.desc()).limit(1)).one()
         session.commit()
         person.clicks += 1
@@ -802,8 +806,10 @@ class PersonResult:
 
     Attributes:
         loss_musd: what the loss ceiling bounds: cost - revenue, without the person's own
-            inbound messages (messaging in and the per-interaction platform cost) and the
-            HELP/STOP/START replies the carriers require (`monthly_loss_ceiling_musd`).
+            inbound messages (messaging in and the per-interaction platform cost); every reply
+            the bot sends counts (`monthly_loss_ceiling_musd`).
+        carrier_replies_musd: what the replies to HELP, STOP and START cost (reported; part
+            of the loss, from the daily budget of free replies).
         raw_loss_musd: cost - revenue, everything counted.
         ceiling_musd: the person's monthly loss ceiling (with the free allowance's answers
             added when they bought something this month).
@@ -835,13 +841,16 @@ class PersonResult:
 
 
 def loss_check(session: Session, report: MonthReport, catalog: Catalog,
-               persona_of: Mapping[int, str], days_in_month: int) -> list[PersonResult]:
+               persona_of: Mapping[int, str], days_in_month: int, *,
+               classify_call_musd: int = 0) -> list[PersonResult]:
     """Every active person's loss against `tiers.monthly_loss_ceiling_musd`.
 
-    The ceiling leaves out the person's own inbound messages and the carrier-required replies
-    (its docstring), so those are taken out of the loss too: the inbound messaging cost (the
-    `messaging` cost entries of direction "in"), the platform cost (recorded once per inbound
-    message), and the replies to HELP, STOP and START (units x the outbound rate).
+    The ceiling leaves out the person's own inbound messages (its docstring), so those are
+    taken out of the loss too: the inbound messaging cost (the `messaging` cost entries of
+    direction "in") and the platform cost (recorded once per inbound message). The replies
+    to HELP, STOP and START (units x the outbound rate) are reported and stay in the loss.
+    `classify_call_musd`: one LLM classification call's ceiling when an LLM answers (0
+    without), for the ceiling's classification term.
     """
     label = report.month
     inbound = dict(session.execute(
@@ -863,14 +872,16 @@ def loss_check(session: Session, report: MonthReport, catalog: Catalog,
                    into.outcome.in_(("help", "opt_out", "opt_in")))
             .group_by(Contact.account_id, out.channel)):
         carrier[account_id] += int(units or 0) * rates[channel].outbound_musd
-    plain = tiers.monthly_loss_ceiling_musd(catalog, days_in_month)
+    plain = tiers.monthly_loss_ceiling_musd(catalog, days_in_month,
+                                            classify_call_musd=classify_call_musd)
     buyer = tiers.monthly_loss_ceiling_musd(catalog, days_in_month,
-                                            holds_purchased_tokens=True)
+                                            holds_purchased_tokens=True,
+                                            classify_call_musd=classify_call_musd)
     results = []
     for row in report.people:
         bought = row.revenue_pack_musd > 0 or row.revenue_subscription_musd > 0
         inbound_musd = int(inbound.get(row.account_id, 0) or 0)
-        excluded = inbound_musd + row.cost_platform_musd + carrier[row.account_id]
+        excluded = inbound_musd + row.cost_platform_musd
         results.append(PersonResult(
             account_id=row.account_id, persona=persona_of.get(row.account_id, "?"),
             level=row.level, messages_in=row.messages_in, cost_musd=row.cost_musd,
@@ -1224,7 +1235,9 @@ def run(outer: Flask, catalog: Catalog, options: SimulationOptions, database: st
             in session.execute(select(Contact.address, Contact.account_id))}
         persona_of = {accounts[p.phone]: p.persona for p in simulation.people
                       if p.phone in accounts}
-        results = loss_check(session, report, catalog, persona_of, options.days_in_month)
+        classify_call = classification_ceiling_musd(catalog) if chat is not None else 0
+        results = loss_check(session, report, catalog, persona_of, options.days_in_month,
+                             classify_call_musd=classify_call)
         phones = {account: mask_address(address) for address, account in accounts.items()}
         (out / "people.csv").write_text(people_csv(report, phones))
         session.commit()

@@ -289,7 +289,7 @@ def consent_log(session: Session, account_id: int | None = None,
 def mask_address(address: str) -> str:
     """A log-safe form of a sender: country code and last two digits, e.g. "+1*********67".
 
-    messaging.md (Privacy): logs never carry full phone numbers.
+    docs/messaging.md (Privacy): logs never carry full phone numbers.
     """
     if address.startswith("+") and len(address) > 6:
         return address[:2] + "*" * (len(address) - 4) + address[-2:]

@@ -27,7 +27,7 @@ class InvalidSender(InvalidInbound):
 class SkillFailed(BotError):
     """A skill could not produce an answer, so nothing is charged.
 
-    Protects: nobody pays tokens for a request that was not answered (economy.md, rule 3).
+    Protects: nobody pays tokens for a request that was not answered (docs/economy.md, rule 3).
     `reply`, when given, is what the person gets instead of the generic apology (why, e.g. an
     unknown food, or the offline answer when the LLM failed). `usage` is what a failed LLM call
     used, when the API reported it: its cost is recorded though nothing is charged.

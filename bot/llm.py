@@ -1,7 +1,7 @@
 """LLM access: chat completions through the official `openai` library, with an answer cache.
 
 Every call carries an explicit timeout, `max_tokens` and an input cap from the catalog's tier
-settings (shared/design/economy.md, "Cost and revenue": the actual cost of an answer is bounded
+settings (docs/economy.md, "Cost and revenue": the actual cost of an answer is bounded
 by its ceiling). The cost is computed by the caller from `usage` and the catalog's price table.
 
 An identical request (same model, `max_tokens`, system prompt, context and message) is answered
@@ -30,7 +30,7 @@ from tokens.costs import LlmUsage
 
 log = logging.getLogger(__name__)
 
-# Characters an SMS answer should stay within: two GSM-7 segments of 153 (messaging.md).
+# Characters an SMS answer should stay within: two GSM-7 segments of 153 (docs/messaging.md).
 SMS_ANSWER_CHARS = 300
 WHATSAPP_ANSWER_CHARS = 1500
 # The most characters `build_request` adds to the system prompt for the person's constraints

@@ -28,7 +28,7 @@ class Location:
 
 @dataclass(frozen=True)
 class InboundMessage:
-    """An inbound message, normalised at the edge (shared/design/messaging.md, Inbound step 2).
+    """An inbound message, normalised at the edge (docs/messaging.md, Inbound step 2).
 
     Attributes:
         channel: "sms" or "whatsapp" (the console chat speaks as one of them).

@@ -23,7 +23,7 @@ from tokens.catalog import LANGUAGES
 CHANNEL_CHECK = f"channel IN ({', '.join(repr(c) for c in CHANNELS)})"
 LANGUAGE_LIST = ", ".join(repr(language) for language in LANGUAGES)
 
-# Outbound delivery states (messaging.md, "Outbound"). "pending": the row is written, the send
+# Outbound delivery states (docs/messaging.md, "Outbound"). "pending": the row is written, the send
 # not yet made; "submitting": the send is being made; "unknown": the send timed out, so Twilio
 # may or may not have the message (neither is ever resent); "skipped": not sent on purpose
 # (opted out, outside the WhatsApp window without a template). Twilio's own states follow, and
@@ -151,7 +151,7 @@ class Message(Base):
     """One message in or out. Inbound rows carry the provider's unique `message_sid`.
 
     `UNIQUE(message_sid)` is the dedupe of Twilio's at-least-once delivery: a second delivery of
-    a sid cannot be stored, so it cannot be charged (messaging.md, Inbound step 3). Outbound
+    a sid cannot be stored, so it cannot be charged (docs/messaging.md, Inbound step 3). Outbound
     replies given inline as TwiML have no sid.
     """
 
@@ -190,7 +190,7 @@ class MessageStatusEvent(Base):
     """One delivery status callback, kept once per (MessageSid, MessageStatus).
 
     Twilio retries callbacks and sends them out of order; `UNIQUE(message_sid, status)` makes a
-    repeat a no-op (messaging.md, "Outbound").
+    repeat a no-op (docs/messaging.md, "Outbound").
     """
 
     __tablename__ = "message_status_events"

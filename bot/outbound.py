@@ -1,6 +1,6 @@
 """Outbound messages through a provider's REST API, and their delivery status callbacks.
 
-The rules (shared/design/messaging.md, "Outbound"):
+The rules (docs/messaging.md, "Outbound"):
 
 - The outbound row is written (`pending`) and committed before the provider is called; the
   sid it returns is stored. The caller (a job) commits between `plan_send` (which marks the
@@ -105,7 +105,7 @@ OUTSIDE_WINDOW = 63016  # "Failed to send freeform message because you are outsi
 WHATSAPP_WINDOW = timedelta(hours=24)
 
 # Forward order of delivery states; a status only replaces one of lower rank. Final states
-# never change again (messaging.md: "failed/undelivered are final").
+# never change again (docs/messaging.md: "failed/undelivered are final").
 STATUS_RANK = {
     "pending": 0, "submitting": 0, "unknown": 0,
     "accepted": 1, "scheduled": 1, "queued": 2, "sending": 3, "sent": 4,

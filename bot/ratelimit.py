@@ -1,6 +1,7 @@
-"""Per-sender rate limits (messaging.md, "Per-person order and limits"): by default 10 messages a
-minute and 100 an hour per person; a throttled message gets no skill, no charge and at most one
-short notice an hour; STOP and HELP are never throttled (the router checks them first).
+"""Per-sender rate limits (docs/messaging.md, "Per-person order and limits"): by default 10
+messages a minute and 100 an hour per person; a throttled message gets no skill, no charge and
+at most one short notice an hour; STOP and HELP are never throttled (the router checks them
+first).
 
 Counters live in a `limits` storage: Redis when `REDIS_URL` is set (shared by every web process
 and worker), else in-process memory. The windows are fixed and keyed by the caller's clock (the
@@ -27,6 +28,7 @@ DEFAULT_LIMITS = "10 per minute;100 per hour"
 # A stalled Redis must not hold the webhook (and the account's row lock) for long.
 REDIS_TIMEOUT_SECONDS = 1.0
 NOTICE_EVERY_SECONDS = 3600  # at most one "slow down" notice per sender per clock hour
+DAY_SECONDS = 86_400  # the inbound flood count's window: the UTC day
 
 
 @dataclass(frozen=True)
@@ -79,6 +81,19 @@ class SenderLimits:
         if not isinstance(storage, Storage):  # an async storage URI ("async+redis://")
             raise ValueError(f"not a synchronous storage: {storage_uri!r}")
         return cls(parse_many(spec or DEFAULT_LIMITS), storage)
+
+    def count_day(self, sender: str, now: datetime, kind: str = "inbound") -> int | None:
+        """Count one `kind` of `sender` in its UTC day and return the day's count so far
+        (this one included): "inbound" messages, for the flood threshold
+        (`tiers.inbound_flood_per_day`), or "classify" calls (`llm.classify_per_day`); None
+        when the storage fails (logged)."""
+        day = int(now.timestamp()) // DAY_SECONDS
+        try:
+            return int(self.storage.incr(f"sender-day:{kind}:{sender}:{day}", DAY_SECONDS))
+        except (RedisError, OSError) as exc:
+            log.error("rate limit storage failed; flood count skipped",
+                      extra={"error": type(exc).__name__})
+            return None
 
     def check(self, sender: str, now: datetime) -> Verdict:
         """Count one message of `sender` (an opaque key, e.g. "account:42") at `now` (UTC)

@@ -180,7 +180,7 @@ def payment_failed_text(lang: str = DEFAULT_LANGUAGE) -> str:
 
 def more_hint(lang: str = DEFAULT_LANGUAGE) -> str:
     """What ends a reply cut at the channel's cap, e.g. "\\n(Reply MORE for the rest)"; asking
-    for MORE is free (messaging.md)."""
+    for MORE is free (docs/messaging.md)."""
     return reply("more_hint", lang)
 
 
@@ -211,7 +211,7 @@ def renewal_date(now: datetime, lang: str = DEFAULT_LANGUAGE) -> str:
 
 
 def help_text(catalog: Catalog, now: datetime, lang: str = DEFAULT_LANGUAGE) -> str:
-    """HELP: what the bot does, prices, the free commands and how to stop (messaging.md);
+    """HELP: what the bot does, prices, the free commands and how to stop (docs/messaging.md);
     STOP and HELP keep their carrier form in every language."""
     pack = catalog.pack()
     return reply("help", lang, bot_name=catalog.bot_name,
@@ -219,6 +219,12 @@ def help_text(catalog: Catalog, now: datetime, lang: str = DEFAULT_LANGUAGE) -> 
                  prices=price_list(catalog, lang=lang),
                  allowance=catalog.free_monthly_allowance, renewal=renewal_date(now, lang),
                  pack_tokens=pack.total_tokens, pack_price=pack.price_display)
+
+
+def help_short_text(catalog: Catalog, lang: str = DEFAULT_LANGUAGE) -> str:
+    """HELP again the same day: the one-line form (who we are, the commands, how to stop);
+    the full answer goes out once a day (`tokens.tiers.take_help`)."""
+    return reply("help_short", lang, bot_name=catalog.bot_name)
 
 
 def balance_text(catalog: Catalog, available: int, now: datetime,
@@ -252,6 +258,56 @@ def premium_text(plan: Plan, url: str, lang: str = DEFAULT_LANGUAGE) -> str:
 def premium_manage_text(plan: Plan, url: str, lang: str = DEFAULT_LANGUAGE) -> str:
     """BUY PREMIUM from a subscriber: the billing portal, to change the card or cancel."""
     return reply("premium_manage", lang, plan=plan.name, url=url)
+
+
+def low_balance_text(catalog: Catalog, available: int, url: str,
+                     lang: str = DEFAULT_LANGUAGE) -> str:
+    """The low-balance alert (`tokens.alerts`): under the threshold, or at 0 tokens; `url`
+    buys the default pack."""
+    pack = catalog.pack()
+    return reply("empty_balance" if available <= 0 else "low_balance", lang,
+                 available=available, pack_tokens=pack.total_tokens, price=pack.price_display,
+                 url=url)
+
+
+def _auto_values(catalog: Catalog, pack: Pack) -> dict[str, object]:
+    return {"pack_tokens": pack.total_tokens, "price": pack.price_display,
+            "threshold": catalog.auto_topup_threshold(),
+            "max": catalog.auto_topup.max_per_month}
+
+
+def auto_topup_consent_text(catalog: Catalog, pack: Pack, url: str,
+                            lang: str = DEFAULT_LANGUAGE) -> str:
+    """AUTO ON without a saved card: what auto top-up does, and the pay link whose checkout
+    saves the card (the person's consent)."""
+    return reply("auto_topup_consent", lang, url=url, **_auto_values(catalog, pack))
+
+
+def auto_topup_on_text(catalog: Catalog, pack: Pack, lang: str = DEFAULT_LANGUAGE) -> str:
+    """Auto top-up turned on (AUTO ON with a saved card, or the card just saved)."""
+    return reply("auto_topup_on", lang, **_auto_values(catalog, pack))
+
+
+def auto_topup_off_text(lang: str = DEFAULT_LANGUAGE) -> str:
+    """AUTO OFF."""
+    return reply("auto_topup_off", lang)
+
+
+def auto_topup_unavailable_text(lang: str = DEFAULT_LANGUAGE) -> str:
+    """AUTO ON or OFF where no payment provider is configured."""
+    return reply("auto_topup_unavailable", lang)
+
+
+def auto_topup_credited_text(tokens: int, available: int,
+                             lang: str = DEFAULT_LANGUAGE) -> str:
+    """An auto top-up was charged and credited."""
+    return reply("auto_topup_credited", lang, tokens=tokens, available=available)
+
+
+def auto_topup_failed_text(url: str, lang: str = DEFAULT_LANGUAGE) -> str:
+    """An auto top-up was declined or needs authentication: it is off; `url` buys the pack
+    on a checkout that can save another card."""
+    return reply("auto_topup_failed", lang, url=url)
 
 
 def pack_credited_text(tokens: int, available: int, lang: str = DEFAULT_LANGUAGE) -> str:
@@ -306,7 +362,7 @@ def insufficient_text(
     lang: str = DEFAULT_LANGUAGE,
 ) -> str:
     """The refusal when the balance is below the price: nothing charged, a pay link, and the
-    cheaper things the person can still do (economy.md, Tiers: "whatever the level")."""
+    cheaper things the person can still do (docs/economy.md, Tiers: "whatever the level")."""
     pack = catalog.pack()
     label = spec.label_in(language(lang))
     if language(lang) == "en":
@@ -340,7 +396,7 @@ def start_text(catalog: Catalog, lang: str = DEFAULT_LANGUAGE) -> str:
 def level_notice(catalog: Catalog, level: str, available: int,
                  lang: str = DEFAULT_LANGUAGE) -> str:
     """What a person on a restricted level is told, in plain words, with their balance and what
-    restores full service (economy.md, rule 4). Never claims anything is unlimited."""
+    restores full service (docs/economy.md, rule 4). Never claims anything is unlimited."""
     pack = catalog.pack()
     restore = reply("level_restore", lang, available=available, total=pack.total_tokens,
                     price=pack.price_display)

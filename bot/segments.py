@@ -1,6 +1,6 @@
 """How long an outbound message is, what it costs in SMS segments, and where to cut it.
 
-The rules come from shared/design/messaging.md, "Length and segments":
+The rules come from docs/messaging.md, "Length and segments":
 
 - SMS bills per segment. GSM-7 text fits 160 septets in one segment and 153 per segment once it
   is split; one character outside GSM-7 makes the whole message UCS-2: 70 UTF-16 code units in
@@ -40,7 +40,8 @@ GSM7: Final = "GSM-7"
 UCS2: Final = "UCS-2"
 
 MAX_MESSAGE_CHARS: Final = 1600
-"""Characters (``len()``) in one message on any channel (messaging.md; Twilio ``Body`` limit)."""
+"""Characters (``len()``) in one message on any channel (docs/messaging.md; Twilio ``Body``
+limit)."""
 
 GSM7_SINGLE_SEPTETS: Final = 160
 """Septets in an unsplit GSM-7 SMS (3GPP TS 23.038; Twilio character-limit glossary)."""
@@ -55,10 +56,10 @@ UCS2_SPLIT_UNITS: Final = 67
 """UTF-16 code units per segment of a split UCS-2 SMS: 70 less the 3-unit header."""
 
 DEFAULT_SMS_MAX_SEGMENTS: Final = 2
-"""Default cap on one SMS reply, in segments (messaging.md)."""
+"""Default cap on one SMS reply, in segments (docs/messaging.md)."""
 
 MORE_HINT: Final = "\n(Reply MORE for the rest)"
-"""Appended to a capped SMS reply; asking for MORE costs no tokens (messaging.md). The reply
+"""Appended to a capped SMS reply; asking for MORE costs no tokens (docs/messaging.md). The reply
 in the person's language is `bot.replies.more_hint`; this is its English default."""
 
 # Spanish letters outside GSM-7 (3GPP TS 23.038 has é, ñ, Ñ, ü, Ü, ¿, ¡ but not these), and the
@@ -190,7 +191,7 @@ def normalise_for_gsm(text: str) -> str:
     GSM-7 included, is left as it is, so the result may still be UCS-2.
 
     Why: one character outside GSM-7 switches the whole SMS to UCS-2, which cuts a segment from
-    160 to 70 characters (messaging.md: "prefer GSM-7 (normalise smart quotes)"). The mapping
+    160 to 70 characters (docs/messaging.md: "prefer GSM-7 (normalise smart quotes)"). The mapping
     follows the spirit of Twilio's Smart Encoding
     (https://www.twilio.com/docs/messaging/services/smart-encoding-char-list).
 
@@ -251,7 +252,7 @@ def encoding(text: str) -> Encoding:
 
     Rule: 3GPP TS 23.038 (basic character set plus the single-shift extension table, checked
     with the ``gsm0338`` codec); one character outside it makes the whole message UCS-2
-    (messaging.md; Twilio character-limit glossary). The empty text is "GSM-7".
+    (docs/messaging.md; Twilio character-limit glossary). The empty text is "GSM-7".
 
     Args:
         text: the body as it will be sent (normalise it first to prefer GSM-7).
@@ -286,7 +287,7 @@ def _unit_costs(text: str) -> tuple[Encoding, list[int]]:
 def count_segments(text: str) -> SegmentCount:
     """Count the SMS segments a body is billed as.
 
-    Rules (messaging.md, "Length and segments"; Twilio character-limit glossary; 3GPP TS 23.040
+    Rules (docs/messaging.md, "Length and segments"; Twilio character-limit glossary; 3GPP TS 23.040
     for the concatenation header): GSM-7 text of at most 160 septets is one segment, longer text
     is packed into segments of 153 septets; UCS-2 text of at most 70 UTF-16 code units is one
     segment, longer text is packed into segments of 67 units. Packing is greedy and never splits
@@ -414,7 +415,7 @@ def cap_sms(
 ) -> tuple[str, str]:
     """Cap an SMS reply at ``max_segments`` segments, keeping the rest for a "MORE" request.
 
-    Rule: messaging.md, "cap SMS replies (default 2 segments) with a 'Reply MORE' continuation
+    Rule: docs/messaging.md, "cap SMS replies (default 2 segments) with a 'Reply MORE' continuation
     that costs no tokens". When ``text`` fits it is returned untouched. Otherwise it is stripped
     of leading and trailing whitespace (which alone never triggers a continuation) and cut as
     late as possible such that the head, with its trailing whitespace removed and ``more_hint``
@@ -470,13 +471,13 @@ def cap_sms(
 def split_message(text: str, limit: int = MAX_MESSAGE_CHARS) -> list[str]:
     """Split a reply into messages of at most ``limit`` characters each (for WhatsApp).
 
-    Rule: messaging.md, "Every channel caps a message at 1,600 characters; WhatsApp replies split
-    on sentence boundaries below that". Characters are counted with ``len()`` (Unicode code
-    points), as Twilio counts the ``Body`` limit. Each cut is at the last sentence end or
-    paragraph break before the limit, else the last line break (each only if it keeps at least
-    half of ``limit``), else the last whitespace, else a hard cut that keeps combining marks and
-    emoji sequences whole. The whitespace at each cut is dropped, and so is the leading and
-    trailing whitespace of a text that has to be split.
+    Rule: docs/messaging.md, "Every channel caps a message at 1,600 characters; WhatsApp
+    replies split on sentence boundaries below that". Characters are counted with ``len()``
+    (Unicode code points), as Twilio counts the ``Body`` limit. Each cut is at the last
+    sentence end or paragraph break before the limit, else the last line break (each only if
+    it keeps at least half of ``limit``), else the last whitespace, else a hard cut that keeps
+    combining marks and emoji sequences whole. The whitespace at each cut is dropped, and so
+    is the leading and trailing whitespace of a text that has to be split.
 
     Args:
         text: the reply body.

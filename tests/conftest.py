@@ -286,7 +286,7 @@ def session(app: Flask) -> Session:
 
 
 def load_fixture(name: str) -> dict[str, Any]:
-    """A recorded provider payload from tests/fixtures (copied from shared/fixtures)."""
+    """A recorded provider payload from tests/fixtures (real Twilio and Stripe payloads)."""
     data: dict[str, Any] = json.loads((FIXTURES / name).read_text(encoding="utf-8"))
     return data
 

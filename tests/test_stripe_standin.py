@@ -19,8 +19,10 @@ from stripe.params.checkout import SessionCreateParams
 from tests.support.stripe_standin import (
     BILLING_PORTAL_SESSIONS,
     CHECKOUT_SESSIONS,
+    PAYMENT_INTENTS,
     STRIPE_FIXTURES,
     StripeStandIn,
+    event_for,
     invoice_payment,
     load_fixture,
     sign_event,
@@ -222,6 +224,128 @@ def test_checkout_validation_mirrors_stripe(
     )
     assert (subscription.amount_total, subscription.currency) == (1800, "eur")
     assert list(standin.sessions) == [subscription.id]
+
+
+# -- Saved cards and off-session payments ----------------------------------------------------
+
+
+def off_session(customer: str, method: str, **overrides: Any) -> Any:
+    params: dict[str, Any] = {"amount": 500, "currency": "usd", "customer": customer,
+                              "payment_method": method, "off_session": True, "confirm": True,
+                              "metadata": {"auto_topup": "auto_topup:1:1"}}
+    params.update(overrides)
+    return params
+
+
+def test_customers_create_and_retrieve(standin: StripeStandIn,
+                                       fast_client: stripe.StripeClient) -> None:
+    customer = fast_client.v1.customers.create(params={"metadata": {"account": "abc"}})
+    assert customer.id.startswith("cus_") and customer.object == "customer"
+    assert fast_client.v1.customers.retrieve(customer.id).metadata.to_dict() == {
+        "account": "abc"}
+    with pytest.raises(stripe.InvalidRequestError):
+        fast_client.v1.customers.retrieve("cus_missing")
+
+
+def test_a_checkout_that_saves_the_card_attaches_it_to_a_new_customer(
+    standin: StripeStandIn, client: stripe.StripeClient
+) -> None:
+    session = client.v1.checkout.sessions.create(params=session_params(
+        customer_creation="always",
+        payment_intent_data={"setup_future_usage": "off_session",
+                             "metadata": {"account": "abc", "save_card": "off_session"}}))
+    assert session.customer_creation == "always"
+    assert "standin_setup_future_usage" not in session.to_dict()  # Stripe's shape only
+    intent = standin.complete_session(session.id)
+    assert (intent["status"], intent["amount"], intent["setup_future_usage"]) == (
+        "succeeded", 1500, "off_session")
+    assert intent["metadata"] == {"account": "abc", "save_card": "off_session"}
+    method = standin.payment_methods[intent["payment_method"]]
+    assert intent["customer"] in standin.customers and method["customer"] == intent["customer"]
+    fetched = client.v1.checkout.sessions.retrieve(session.id)
+    assert (fetched.payment_status, fetched.payment_intent) == ("paid", intent["id"])
+    retrieved = client.v1.payment_intents.retrieve(intent["id"])
+    assert retrieved.payment_method == method["id"]
+    event = event_for(standin.payment_intents[intent["id"]], "payment_intent.succeeded")
+    assert event["type"] == "payment_intent.succeeded"
+    assert event["data"]["object"]["payment_method"] == method["id"]
+    # The saved card can be charged off-session.
+    charged = client.v1.payment_intents.create(
+        params=off_session(intent["customer"], method["id"]))
+    assert charged.status == "succeeded" and charged.latest_charge in standin.charges
+
+
+def test_a_checkout_without_consent_leaves_the_card_unattached(
+    standin: StripeStandIn, fast_client: stripe.StripeClient
+) -> None:
+    session = fast_client.v1.checkout.sessions.create(params=session_params())
+    intent = standin.complete_session(session.id)
+    assert intent["customer"] is None and intent["setup_future_usage"] is None
+    assert standin.payment_methods[intent["payment_method"]]["customer"] is None
+    with pytest.raises(stripe.InvalidRequestError):
+        fast_client.v1.checkout.sessions.create(params=session_params(
+            payment_intent_data={"setup_future_usage": "sometimes"}))
+
+
+def test_off_session_payment_succeeds_once_per_idempotency_key(
+    standin: StripeStandIn, client: stripe.StripeClient
+) -> None:
+    method = standin.saved_card()
+    customer = standin.payment_methods[method]["customer"]
+    first = client.v1.payment_intents.create(params=off_session(customer, method),
+                                             options={"idempotency_key": "auto_topup:1:1"})
+    again = client.v1.payment_intents.create(params=off_session(customer, method),
+                                             options={"idempotency_key": "auto_topup:1:1"})
+    assert first.id == again.id and first.status == "succeeded"
+    assert first.amount_received == 500 and first.metadata.to_dict() == {
+        "auto_topup": "auto_topup:1:1"}
+    assert list(standin.payment_intents) == [first.id]
+    assert [r["replayed"] for r in standin.requests_to(PAYMENT_INTENTS)] == [False, True]
+    assert standin.requests_to(PAYMENT_INTENTS)[0]["form"]["off_session"] == "true"
+
+
+@pytest.mark.parametrize(("card", "code", "decline_code"), [
+    ("pm_card_chargeDeclined", "card_declined", "generic_decline"),
+    ("pm_card_chargeDeclinedInsufficientFunds", "card_declined", "insufficient_funds"),
+    ("pm_card_authenticationRequired", "authentication_required", "authentication_required"),
+])
+def test_off_session_decline_and_3ds_are_402_naming_the_payment_intent_and_replayed(
+    standin: StripeStandIn, fast_client: stripe.StripeClient, card: str, code: str,
+    decline_code: str,
+) -> None:
+    method = standin.saved_card(card=card)
+    customer = standin.payment_methods[method]["customer"]
+    errors = []
+    for _ in range(2):
+        with pytest.raises(stripe.CardError) as caught:
+            fast_client.v1.payment_intents.create(params=off_session(customer, method),
+                                                  options={"idempotency_key": "k-" + card})
+        errors.append(caught.value)
+    for error in errors:
+        assert error.http_status == 402 and error.code == code
+        assert error.error is not None and error.error.decline_code == decline_code
+        assert error.error.payment_intent is not None
+        assert error.error.payment_intent.status == "requires_payment_method"
+    assert errors[0].error.payment_intent.id == errors[1].error.payment_intent.id  # type: ignore
+    assert len(standin.payment_intents) == 1  # the retry created nothing
+    assert [r["replayed"] for r in standin.requests_to(PAYMENT_INTENTS)] == [False, True]
+
+
+def test_off_session_payment_validation(standin: StripeStandIn,
+                                        fast_client: stripe.StripeClient) -> None:
+    method = standin.saved_card()
+    customer = standin.payment_methods[method]["customer"]
+    other = fast_client.v1.customers.create().id
+    for params, message in (
+        (off_session(customer, "pm_missing"), "No such PaymentMethod"),
+        (off_session(other, method), "attach it to a Customer"),
+        (off_session(customer, method, amount=10), "at least"),
+        (off_session(customer, method, confirm=False), "off_session"),
+    ):
+        with pytest.raises(stripe.InvalidRequestError, match=message):
+            fast_client.v1.payment_intents.create(params=params,
+                                                  options={"idempotency_key": message})
+    assert standin.payment_intents == {}
 
 
 # -- Billing portal, retrievals, auth ---------------------------------------------------------

@@ -2,7 +2,7 @@
 
 The catalog is one YAML file (`tokens/economy.yaml` by default, `ECONOMY_FILE` to override).
 It is parsed and checked once into frozen dataclasses; nothing else in the project reads the
-YAML. The defaults are those of shared/design/economy.md ("Default catalog").
+YAML. The defaults are those of docs/economy.md ("Default catalog").
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import unicodedata
 from collections.abc import Mapping
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
+from fractions import Fraction
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -23,7 +24,7 @@ from tokens.errors import CatalogError
 
 DEFAULT_CATALOG_PATH = Path(__file__).with_name("economy.yaml")
 MICRO_USD_PER_USD = 1_000_000
-COMMAND_NAMES = ("balance", "buy", "more", "premium", "language")
+COMMAND_NAMES = ("balance", "buy", "more", "premium", "language", "auto_on", "auto_off")
 LANGUAGES = ("en", "es")
 """The languages the bot speaks (its replies: `bot/content/replies.yaml`); the first is the
 default."""
@@ -102,7 +103,7 @@ class Pack:
 
 @dataclass(frozen=True)
 class Plan:
-    """The premium subscription sold through a pay link (payments.md, "Subscription status").
+    """The premium subscription sold through a pay link (docs/payments.md, "Subscription status").
 
     Attributes:
         code: stable identifier, e.g. "premium".
@@ -128,7 +129,7 @@ class Plan:
 
 @dataclass(frozen=True)
 class ModelPrice:
-    """An LLM's list prices (economy.md, "Cost and revenue": LLM cost from a price table).
+    """An LLM's list prices (docs/economy.md, "Cost and revenue": LLM cost from a price table).
 
     Attributes:
         model: the model name sent to the API, e.g. "gpt-4o-mini".
@@ -152,7 +153,7 @@ class ModelPrice:
 
 @dataclass(frozen=True)
 class LlmTier:
-    """What one restriction tier allows an LLM answer (economy.md, "Tiers").
+    """What one restriction tier allows an LLM answer (docs/economy.md, "Tiers").
 
     Attributes:
         name: "normal", "reduced", ...
@@ -177,12 +178,17 @@ class LlmSettings:
         history_messages: earlier messages of the conversation sent as context.
         cache_ttl_seconds: how long an identical request is answered from the cache.
         tiers: tier name -> `LlmTier`; always has "normal".
+        classify_per_day: LLM classification calls a sender address may use in a UTC day,
+            for the messages the rules are unsure of (`bot.intents.llm_classify`); then the
+            rules' intent stands. It bounds what classification costs
+            (`tokens.tiers.monthly_loss_ceiling_musd`).
     """
 
     system_prompt: str
     history_messages: int
     cache_ttl_seconds: int
     tiers: Mapping[str, LlmTier]
+    classify_per_day: int = 5
 
     def tier(self, name: str = DEFAULT_TIER) -> LlmTier:
         """The LLM settings of tier `name`. Raises `CatalogError` if the tier has none."""
@@ -195,7 +201,7 @@ class LlmSettings:
 @dataclass(frozen=True)
 class MessagingRate:
     """What one channel's messages cost, in µUSD per unit (a segment for SMS, a message for
-    WhatsApp), for each direction (economy.md defaults: SMS $0.0079 a segment, WhatsApp $0.0050
+    WhatsApp), for each direction (docs/economy.md defaults: SMS $0.0079 a segment, WhatsApp $0.0050
     a message plus a $0.0025 platform fee)."""
 
     channel: str
@@ -206,7 +212,7 @@ class MessagingRate:
 
 @dataclass(frozen=True)
 class Costs:
-    """The cost table of economy.md ("Cost and revenue").
+    """The cost table of docs/economy.md ("Cost and revenue").
 
     Attributes:
         platform_musd: fixed cost of one interaction (one inbound message routed), µUSD.
@@ -228,15 +234,20 @@ class Costs:
 
 @dataclass(frozen=True)
 class TierSettings:
-    """The progressive-restriction policy's numbers (economy.md, "Tiers").
+    """The progressive-restriction policy's numbers (docs/economy.md, "Tiers").
 
     Attributes:
         reduced_musd, basic_musd, affiliate_musd, payment_required_musd: the exposure (µUSD)
             at which each level starts (defaults $0.50, $1.50, $1.75, $2.00).
-        refusals_per_day: refusal replies a day at PAYMENT_REQUIRED, then silence.
+        free_replies_per_day: the daily budget of replies exposure does not gate (HELP,
+            START/STOP confirmations, throttle notices, refusals, alerts, billing notices,
+            free replies past the cutoff), then silence (`tokens.tiers.take_free_reply`).
         billing_replies_per_day: BALANCE, BUY and BUY PREMIUM replies a day past the cutoff
-            (their own budget, so refusals never silence the way to pay; it bounds what they
-            can cost, `tokens.tiers.monthly_loss_ceiling_musd`).
+            (their own budget, so the free replies never silence the way to pay; it bounds
+            what they can cost, `tokens.tiers.monthly_loss_ceiling_musd`).
+        inbound_flood_per_day: a person's inbound messages in a UTC day past which the bot
+            stays silent for the rest of the day (STOP still opts out) and the admin pages
+            flag them.
         upsell_every_hours: the least time between two upsell lines (REDUCED, BASIC).
         affiliate_min_price: intents at or above this price (tokens) get partner offers at
             AFFILIATE; cheaper ones get the offline template.
@@ -246,15 +257,16 @@ class TierSettings:
     basic_musd: int
     affiliate_musd: int
     payment_required_musd: int
-    refusals_per_day: int
+    free_replies_per_day: int
     upsell_every_hours: int
     affiliate_min_price: int
     billing_replies_per_day: int = 5
+    inbound_flood_per_day: int = 300
 
 
 @dataclass(frozen=True)
 class Partner:
-    """An affiliate partner (economy.md, "Affiliate gating").
+    """An affiliate partner (docs/economy.md, "Affiliate gating").
 
     Attributes:
         code: stable identifier, e.g. "freshbox".
@@ -294,13 +306,30 @@ class AffiliateSettings:
 
 
 @dataclass(frozen=True)
+class AutoTopupSettings:
+    """Auto top-up (issue #16): a saved card buys a pack when the balance runs low.
+
+    Attributes:
+        threshold_tokens: a top-up starts when the available balance falls under this many
+            tokens; None means the price of the dearest intent (`Catalog.auto_topup_threshold`).
+        max_per_month: at most this many auto top-ups per account and calendar month (UTC).
+        pack_code: the pack bought; None means the first pack of the catalog
+            (`Catalog.auto_topup_pack`).
+    """
+
+    threshold_tokens: int | None = None
+    max_per_month: int = 4
+    pack_code: str | None = None
+
+
+@dataclass(frozen=True)
 class Catalog:
     """The parsed economy catalog.
 
     Attributes:
         bot_name: the bot's name in replies.
         bot_description: one line on what the bot does.
-        token_price_musd: list price of one token in µUSD (economy.md: $0.05 = 50,000 µUSD).
+        token_price_musd: list price of one token in µUSD (docs/economy.md: $0.05 = 50,000 µUSD).
         free_monthly_allowance: tokens granted per person and calendar month (UTC).
         intents: priced intents in precedence order (first match wins).
         default_intent: the intent of a message that matches no pattern.
@@ -347,6 +376,19 @@ class Catalog:
     affiliates: AffiliateSettings
     language_choices: Mapping[str, str]
     bot_description_es: str = ""
+    auto_topup: AutoTopupSettings = AutoTopupSettings()
+
+    def auto_topup_threshold(self) -> int:
+        """The balance (tokens) under which an auto top-up starts: `auto_topup.threshold_tokens`,
+        else the price of the dearest intent (a balance under it cannot pay every answer)."""
+        if self.auto_topup.threshold_tokens is not None:
+            return self.auto_topup.threshold_tokens
+        return max(spec.price for spec in self.intents)
+
+    def auto_topup_pack(self) -> Pack:
+        """The pack an auto top-up buys: `auto_topup.pack`, else the first pack of the
+        catalog. Raises `CatalogError` if the code is not a pack."""
+        return self.pack(self.auto_topup.pack_code or next(iter(self.packs)))
 
     def description_in(self, language: str) -> str:
         """What the bot does, in `language` ("en" or "es"); English when no Spanish is set."""
@@ -373,7 +415,7 @@ def normalise_command(text: str) -> str:
     """The form in which commands and keywords are compared.
 
     Upper case, accents dropped, all white space removed and final punctuation stripped, so
-    " buy  tokens! " and "BUYTOKENS" compare equal, and "más" equals "MAS" (economy.md:
+    " buy  tokens! " and "BUYTOKENS" compare equal, and "más" equals "MAS" (docs/economy.md:
     commands match the whole message, case- and space-insensitively).
     """
     folded = unicodedata.normalize("NFKD", text)
@@ -464,12 +506,36 @@ def _parse(raw: dict[str, Any]) -> Catalog:
         llm=llm,
         sms_max_segments=_positive_int(raw, "sms_max_segments"),
         whatsapp_max_messages=_positive_int(raw, "whatsapp_max_messages"),
-        premium=_parse_plan(_mapping(raw, "premium")),
+        premium=_parse_plan(_mapping(raw, "premium"), packs),
         tiers=_parse_tiers(_mapping(raw, "tiers")),
         affiliates=_parse_affiliates(_mapping(raw, "affiliates"), names),
         language_choices=language_choices,
         bot_description_es=_optional_str(bot, "description_es", "bot"),
+        auto_topup=_parse_auto_topup(raw, packs),
     )
+
+
+def _parse_auto_topup(raw: Mapping[str, Any], packs: Mapping[str, Pack]) -> AutoTopupSettings:
+    """The optional `auto_topup` section: `threshold_tokens` (positive integer, default the
+    dearest intent's price), `max_per_month` (positive integer, default 4) and `pack` (a pack
+    code, default the first pack)."""
+    section = raw.get("auto_topup")
+    if section is None:
+        return AutoTopupSettings()
+    if not isinstance(section, dict):
+        raise CatalogError("auto_topup: a mapping is required")
+    threshold = None
+    if section.get("threshold_tokens") is not None:
+        threshold = _positive_int(section, "threshold_tokens", "auto_topup")
+    max_per_month = 4
+    if section.get("max_per_month") is not None:
+        max_per_month = _positive_int(section, "max_per_month", "auto_topup")
+    pack_code = None
+    if section.get("pack") is not None:
+        pack_code = _str(section, "pack", "auto_topup")
+        if pack_code not in packs:
+            raise CatalogError(f"auto_topup.pack: {pack_code!r} is not one of the packs")
+    return AutoTopupSettings(threshold, max_per_month, pack_code)
 
 
 def _parse_language_choices(names: dict[str, Any], prefixes: frozenset[str]
@@ -502,18 +568,24 @@ def _parse_tiers(raw: dict[str, Any]) -> TierSettings:
               for name in ("reduced", "basic", "affiliate", "payment_required")]
     if values != sorted(values) or len(set(values)) != len(values):
         raise CatalogError(f"{where}: reduced < basic < affiliate < payment_required is required")
-    refusals = raw.get("refusals_per_day")
-    if type(refusals) is not int or refusals < 0:
-        raise CatalogError("tiers.refusals_per_day: a non-negative integer is required")
+    if "refusals_per_day" in raw:
+        raise CatalogError("tiers.refusals_per_day is now tiers.free_replies_per_day (the daily "
+                           "budget of every free reply, refusals included): rename it")
+    free = raw.get("free_replies_per_day")
+    if type(free) is not int or free < 1:
+        raise CatalogError("tiers.free_replies_per_day: a positive integer is required")
     billing = raw.get("billing_replies_per_day", 5)
     if type(billing) is not int or billing < 1:
         raise CatalogError("tiers.billing_replies_per_day: a positive integer is required")
+    flood = raw.get("inbound_flood_per_day", 300)
+    if type(flood) is not int or flood < 1:
+        raise CatalogError("tiers.inbound_flood_per_day: a positive integer is required")
     reduced, basic, affiliate, payment_required = values
     return TierSettings(reduced_musd=reduced, basic_musd=basic, affiliate_musd=affiliate,
-                        payment_required_musd=payment_required, refusals_per_day=refusals,
+                        payment_required_musd=payment_required, free_replies_per_day=free,
                         upsell_every_hours=_positive_int(raw, "upsell_every_hours", "tiers"),
                         affiliate_min_price=_positive_int(raw, "affiliate_min_price", "tiers"),
-                        billing_replies_per_day=billing)
+                        billing_replies_per_day=billing, inbound_flood_per_day=flood)
 
 
 def _parse_affiliates(raw: dict[str, Any], intents: list[str]) -> AffiliateSettings:
@@ -557,12 +629,20 @@ def _parse_affiliates(raw: dict[str, Any], intents: list[str]) -> AffiliateSetti
     )
 
 
-def _parse_plan(item: dict[str, Any]) -> Plan:
+def _parse_plan(item: dict[str, Any], packs: Mapping[str, Pack]) -> Plan:
+    """The premium plan. Its tokens are priced like the packs: at most as many tokens per
+    cent as the best pack gives (premium sells full answers every month, not cheaper tokens,
+    so a subscriber's tokens never cost less to buy than what they cost to serve in a pack).
+
+    Raises:
+        CatalogError: a field is missing or out of range, or the plan gives more tokens per
+            cent than the best pack.
+    """
     where = "premium"
     grace = item.get("grace_days")
     if type(grace) is not int or grace < 0:
         raise CatalogError(f"{where}.grace_days: a non-negative integer is required")
-    return Plan(
+    plan = Plan(
         code=_str(item, "code", where),
         name=_str(item, "name", where),
         price_cents=_positive_int(item, "price_cents", where),
@@ -570,6 +650,13 @@ def _parse_plan(item: dict[str, Any]) -> Plan:
         monthly_tokens=_positive_int(item, "monthly_tokens", where),
         grace_days=grace,
     )
+    best = max(packs.values(), key=lambda p: Fraction(p.total_tokens, p.price_cents))
+    if plan.monthly_tokens * best.price_cents > best.total_tokens * plan.price_cents:
+        raise CatalogError(
+            f"{where}.monthly_tokens: {plan.monthly_tokens} tokens for {plan.price_display} "
+            f"gives more tokens per dollar than the {best.name} pack ({best.total_tokens} for "
+            f"{best.price_display}); price premium's tokens like the packs")
+    return plan
 
 
 def _parse_costs(raw: dict[str, Any]) -> Costs:
@@ -629,7 +716,11 @@ def _parse_llm(raw: dict[str, Any], costs: Costs, bot_name: str, description: st
     history = raw.get("history_messages")
     if type(history) is not int or history < 0:
         raise CatalogError("llm.history_messages: a non-negative integer is required")
+    classify = raw.get("classify_per_day", 5)
+    if type(classify) is not int or classify < 0:
+        raise CatalogError("llm.classify_per_day: a non-negative integer is required")
     return LlmSettings(
+        classify_per_day=classify,
         system_prompt=system_prompt,
         history_messages=history,
         cache_ttl_seconds=_positive_int(raw, "cache_ttl_seconds", "llm"),
@@ -681,7 +772,7 @@ def _parse_pack(item: Any, index: int) -> Pack:
 
 
 def _usd(item: Mapping[str, Any], where: str) -> str:
-    """The currency of a price: "usd" only, since revenue is kept in µUSD (economy.md)."""
+    """The currency of a price: "usd" only, since revenue is kept in µUSD (docs/economy.md)."""
     currency = _str(item, "currency", where).lower()
     if currency != "usd":
         raise CatalogError(f"{where}.currency: only usd is supported (revenue is kept in µUSD)")

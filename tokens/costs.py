@@ -1,6 +1,6 @@
 """Cost of goods (COGS) per interaction, and per-account monthly rollups.
 
-Design (shared/design/economy.md, "Cost and revenue"):
+Design (docs/economy.md, "Cost and revenue"):
 
 - Every cost is a `CostEntry` in integer µUSD with a kind (`llm`, `messaging`, `platform`) and a
   unique idempotency key (`llm:<MessageSid>`, `msg:in:<MessageSid>`, `msg:out:<message id>`,
@@ -153,7 +153,7 @@ class AccountMonth(Base):
     @property
     def exposure_musd(self) -> int:
         """What this person has cost and not paid for this month: cost - revenue, µUSD
-        (economy.md, "Tiers"); negative for a paying person."""
+        (docs/economy.md, "Tiers"); negative for a paying person."""
         return self.cost_musd - self.revenue_musd
 
 

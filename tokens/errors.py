@@ -26,7 +26,7 @@ class UnknownAccount(TokensError):
 class InsufficientTokens(TokensError):
     """A debit asked for more tokens than the account's available balance.
 
-    Protects: the available balance never goes below zero (economy.md, Ledger). Carries the
+    Protects: the available balance never goes below zero (docs/economy.md, Ledger). Carries the
     requested amount and the balance at the time of the refusal, both in tokens.
     """
 
@@ -44,17 +44,17 @@ class InvalidAmount(TokensError):
 
 
 class PayLinkNotFound(TokensError):
-    """No pay link has this token (payments.md: unknown tokens get a friendly 404)."""
+    """No pay link has this token (docs/payments.md: unknown tokens get a friendly 404)."""
 
 
 class PayLinkExpired(TokensError):
-    """The pay link exists but its expiry has passed (payments.md: default 72 h; 410)."""
+    """The pay link exists but its expiry has passed (docs/payments.md: default 72 h; 410)."""
 
 
 class LedgerInvariantBroken(TokensError):
     """The cached balance disagrees with the sum of the entries.
 
-    Protects: balance = sum of entries (economy.md, Ledger). Raised instead of posting a debit
+    Protects: balance = sum of entries (docs/economy.md, Ledger). Raised instead of posting a debit
     that the buckets cannot cover; the transaction must be rolled back and an operator told.
     """
 

@@ -1,6 +1,6 @@
 """The token ledger: accounts, append-only entries, lots, holds, and the verbs that move tokens.
 
-Design (shared/design/economy.md, "Ledger"):
+Design (docs/economy.md, "Ledger"):
 
 - An `Account` is one person's wallet, shared by that person's SMS and WhatsApp identities.
 - Every change of a balance is a `LedgerEntry`: a kind (`grant`, `purchase`, `bonus`, `debit`,
@@ -92,7 +92,7 @@ ENTRY_KINDS = ("grant", "purchase", "bonus", "debit", "refund", "clawback", "exp
 CREDIT_KINDS = ("grant", "purchase", "bonus", "refund")  # always positive
 SPEND_KINDS = ("debit", "clawback", "expiry")  # always negative; adjustments go either way
 BUCKETS = ("free", "subscription", "bonus", "paid")
-# economy.md: free allowance first, then subscription, bonus, then paid.
+# docs/economy.md: free allowance first, then subscription, bonus, then paid.
 CONSUMPTION_ORDER = ("free", "subscription", "bonus", "paid")
 HOLD_STATES = ("pending", "captured", "voided", "expired")
 DEFAULT_HOLD_TTL_SECONDS = 600
@@ -491,7 +491,7 @@ def _forget(session: Session, model: type[Base], ids: Sequence[int]) -> None:
 
 
 def month_of(moment: datetime) -> str:
-    """The calendar month (UTC) of `moment` as "YYYY-MM" (economy.md, Units); an aware time in
+    """The calendar month (UTC) of `moment` as "YYYY-MM" (docs/economy.md, Units); an aware time in
     another zone is converted to UTC first."""
     if moment.tzinfo is not None:
         moment = moment.astimezone(UTC)
@@ -672,7 +672,7 @@ def purchase(
 ) -> Purchased:
     """Credit a bought pack: `tokens` to the paid bucket, and a linked bonus entry.
 
-    Purchased and bonus tokens never expire (economy.md). The bonus entry is keyed
+    Purchased and bonus tokens never expire (docs/economy.md). The bonus entry is keyed
     `<key>:bonus` and points at the purchase through `parent_id`; both are posted in one
     SAVEPOINT, so a pack is credited whole or not at all.
 
@@ -1419,15 +1419,20 @@ def _earlier_refund(session: Session, debits: Sequence[LedgerEntry]) -> Posted |
     return None if key is None else _replay(session, key)
 
 
-def lock_account(session: Session, account_id: int) -> None:
+def lock_account(session: Session, account_id: int) -> int:
     """Lock the account's row until the transaction ends: one person's messages are handled
-    one at a time (messaging.md, "Per-person order"), on PostgreSQL by the row lock, on SQLite
+    one at a time (docs/messaging.md, "Per-person order"), on PostgreSQL by the row lock, on SQLite
     by `BEGIN IMMEDIATE`.
+
+    Returns:
+        The available balance as posted (balance - held, tokens), read by the same statement;
+        lots or holds past their expiry are not expired here.
 
     Raises:
         UnknownAccount: no account has this id.
     """
-    _lock_account(session, account_id)
+    posted, held = _lock_account(session, account_id)
+    return posted - held
 
 
 def _lock_account(session: Session, account_id: int) -> tuple[int, int]:

@@ -369,6 +369,16 @@ def _close_open_checkout(session: Session, event: dict[str, Any], status: str
     return checkout
 
 
+@handles("payment_intent.succeeded")
+def payment_intent_succeeded(session: Session, event: dict[str, Any], ctx: EventContext
+                             ) -> EventResult:
+    """An auto top-up's off-session payment credits its pack once (the same ledger key as
+    `tokens.auto_topup.settle`, whichever comes first); a checkout's payment that saved the
+    card with the person's consent turns auto top-up on. Any other payment intent: nothing
+    (its checkout's events credit it). See `tokens.auto_topup.payment_succeeded`."""
+    return auto_topup.payment_succeeded(session, _object(event), ctx)
+
+
 # --- refunds and disputes ------------------------------------------------------------------
 
 
@@ -1058,3 +1068,8 @@ def _cents(value: Any) -> int | None:
     if type(value) is not int or not 0 <= value <= 1_000_000_000:
         return None
     return value
+
+
+# Last: tokens.auto_topup builds on the helpers above (its handler is registered above, and
+# importing it here registers its table wherever payment events are handled).
+from tokens import auto_topup  # noqa: E402

@@ -1,6 +1,6 @@
 """Payments: pay links, checkouts, the payment-event inbox, subscriptions.
 
-Design (shared/design/payments.md):
+Design (docs/payments.md):
 
 - A pay link (`PUBLIC_BASE_URL/pay/<token>`) is random (256 bits), stored with the account,
   what it buys (a pack, the premium plan, or the billing portal) and an expiry; the URL carries
@@ -49,7 +49,7 @@ from tokens.errors import PayLinkExpired, PayLinkNotFound
 
 # What a pay link opens: a token pack's checkout, the premium subscription's, or the billing
 # portal (sent when a subscription payment fails).
-PURPOSES = ("pack", "premium", "portal")
+PURPOSES = ("pack", "premium", "portal", "auto_topup")
 CHECKOUT_STATES = ("open", "completed", "expired", "failed", "flagged")
 # A provider payment: its checkout or invoice not known yet (pending), or known (applied).
 PAYMENT_STATES = ("pending", "applied")
@@ -57,7 +57,7 @@ PAYMENT_STATES = ("pending", "applied")
 # open (the money is withdrawn until it closes), won, lost, or closed otherwise (an inquiry
 # closed, a dispute prevented): only "lost" keeps the money away.
 DISPUTE_STATES = ("inquiry", "open", "won", "lost", "closed")
-# Subscription statuses that give premium (payments.md, "Subscription status"); past_due gives
+# Subscription statuses that give premium (docs/payments.md, "Subscription status"); past_due gives
 # it during the grace period; every other status gives none (purchased tokens stay usable).
 PREMIUM_STATUSES = frozenset({"trialing", "active"})
 
@@ -332,7 +332,8 @@ def issue_pay_link(
         account_id: the paying account.
         pack_code: a pack code of the catalog, the plan's code, or "" for the portal.
         ttl_seconds: lifetime of a new link (catalog `pay_link_ttl_hours`, default 72 h).
-        purpose: "pack", "premium" or "portal".
+        purpose: "pack", "premium", "portal" or "auto_topup" (a pack whose checkout saves
+            the card for auto top-up, `tokens.auto_topup`).
         now: the current time (UTC).
 
     Returns:

@@ -1,8 +1,8 @@
 """Payment providers: the `PaymentProvider` interface, Stripe, and the local sandbox.
 
-Registry by name (shared/design/architecture.md, "Registries"): "stripe" is the default when
+Registry by name (docs/architecture.md, "Registries"): "stripe" is the default when
 `STRIPE_SECRET_KEY` is set; "sandbox" is for development only, a local checkout page that says
-plainly no money moves, and is refused when `APP_ENV=production` (payments.md).
+plainly no money moves, and is refused when `APP_ENV=production` (docs/payments.md).
 
 A provider creates checkouts and billing-portal sessions, verifies and parses webhooks, and
 fetches objects an event names (a subscription, a charge, an invoice). Events come out as
@@ -12,6 +12,7 @@ run through the same fulfilment (`tokens.payment_events`).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import secrets
 import time
@@ -62,6 +63,10 @@ class CheckoutRequest:
         tokens, bonus_tokens: what a pack credits (metadata only: fulfilment reads our store).
         success_url, cancel_url: where the provider sends the person back.
         idempotency_key: derived from the pay link's token and the attempt.
+        save_card: the person consented to auto top-up (AUTO ON, or the checkout's box): a
+            pack checkout then saves the card for off-session payments
+            (`payment_intent_data.setup_future_usage = "off_session"`, and a customer is
+            always created so the card is attached to it). Ignored for subscriptions.
     """
 
     mode: str
@@ -75,12 +80,23 @@ class CheckoutRequest:
     success_url: str
     cancel_url: str
     idempotency_key: str
+    save_card: bool = False
 
     @property
     def metadata(self) -> dict[str, str]:
-        """What the session and its payment carry back in events (strings, as Stripe keeps)."""
-        return {"account": self.account_public_id, "item": self.item_code, "mode": self.mode,
-                "tokens": str(self.tokens), "bonus_tokens": str(self.bonus_tokens)}
+        """What the session and its payment carry back in events (strings, as Stripe keeps);
+        `save_card: "off_session"` when the card is saved for auto top-up."""
+        metadata = {"account": self.account_public_id, "item": self.item_code,
+                    "mode": self.mode, "tokens": str(self.tokens),
+                    "bonus_tokens": str(self.bonus_tokens)}
+        if self.saves_card:
+            metadata["save_card"] = OFF_SESSION
+        return metadata
+
+    @property
+    def saves_card(self) -> bool:
+        """Whether this checkout saves the card (a pack checkout with the person's consent)."""
+        return self.save_card and self.mode == "payment"
 
 
 @dataclass(frozen=True)
@@ -91,6 +107,58 @@ class CreatedCheckout:
     external_id: str
     url: str
     expires_at: datetime | None = None
+
+
+# `setup_future_usage` of a payment whose card is saved for payments without the person.
+OFF_SESSION = "off_session"
+# What an off-session payment came to (`OffSessionResult.status`).
+OFF_SESSION_STATUSES = ("succeeded", "declined", "authentication_required", "processing")
+
+
+@dataclass(frozen=True)
+class OffSessionCharge:
+    """A payment with a saved card, the person not present (an auto top-up).
+
+    Attributes:
+        customer_id: the provider's customer the card is attached to (`cus_...`).
+        payment_method_id: the saved card (`pm_...`).
+        amount_cents, currency: the pack's price from our catalog (minor unit, lower case).
+        description: what the statement and the dashboard show, e.g. "NutriBot Starter".
+        metadata: carried back on the payment intent's events (strings); an auto top-up puts
+            its key in `auto_topup`.
+        idempotency_key: the same for every try of one payment (`auto_topup:<account>:<n>`):
+            the provider charges it once.
+    """
+
+    customer_id: str
+    payment_method_id: str
+    amount_cents: int
+    currency: str
+    description: str
+    metadata: dict[str, str]
+    idempotency_key: str
+
+
+@dataclass(frozen=True)
+class OffSessionResult:
+    """What an off-session payment came to at the provider.
+
+    Attributes:
+        status: "succeeded" (paid), "declined" (the card or the provider said no: a decline,
+            an expired or detached card), "authentication_required" (the bank wants the person
+            to authenticate: 3-D Secure), or "processing" (not final yet: its
+            `payment_intent.succeeded` event will tell).
+        payment_intent: the provider's payment intent (`pi_...`), when one was created.
+        amount_cents, currency: what the provider says it charged (None when not told).
+        code: the provider's error or decline code of a failure (e.g. "card_declined",
+            "insufficient_funds"), else None. Never card data.
+    """
+
+    status: str
+    payment_intent: str | None = None
+    amount_cents: int | None = None
+    currency: str | None = None
+    code: str | None = None
 
 
 class PaymentProvider(Protocol):
@@ -121,6 +189,21 @@ class PaymentProvider(Protocol):
     def fetch_invoice(self, invoice_id: str) -> dict[str, Any]:
         """An invoice with its `payments` (which payment intent or charge paid it).
         Raises `PaymentError`."""
+        ...
+
+    def fetch_payment_intent(self, intent_id: str) -> dict[str, Any]:
+        """A payment intent: its `customer`, `payment_method` (the card a checkout saved),
+        `setup_future_usage`, `status`, `amount`, `metadata`. Raises `PaymentError`."""
+        ...
+
+    def charge_off_session(self, charge: OffSessionCharge) -> OffSessionResult:
+        """Create and confirm a payment intent for a saved card, the person not present,
+        under `charge.idempotency_key` (a retry charges nothing more and answers the same).
+
+        Returns the outcome, declines and authentication included. Raises `PaymentError`
+        when no outcome is known: `permanent=False` (timeout, 5xx, 429: retry with the same
+        key) or `permanent=True` (the request itself was refused, e.g. an idempotency key
+        reused with other parameters)."""
         ...
 
 
@@ -177,6 +260,12 @@ class StripeProvider:
             params["subscription_data"] = {"metadata": request.metadata}
         else:
             params["payment_intent_data"] = {"metadata": request.metadata}
+            if request.saves_card:
+                # Checkout tells the person the card is saved for future payments, and
+                # attaches it to the customer it creates (Stripe API reference,
+                # `payment_intent_data.setup_future_usage`).
+                params["payment_intent_data"]["setup_future_usage"] = OFF_SESSION
+                params["customer_creation"] = "always"
         try:
             created = self.client.v1.checkout.sessions.create(
                 params=params,  # type: ignore[arg-type]
@@ -244,6 +333,49 @@ class StripeProvider:
             raise _failure(f"cannot fetch invoice {invoice_id}", exc) from exc
         return dict(found.to_dict())
 
+    def fetch_payment_intent(self, intent_id: str) -> dict[str, Any]:
+        try:
+            found = self.client.v1.payment_intents.retrieve(intent_id)
+        except stripe.StripeError as exc:
+            raise _failure(f"cannot fetch payment intent {intent_id}", exc) from exc
+        return dict(found.to_dict())
+
+    def charge_off_session(self, charge: OffSessionCharge) -> OffSessionResult:
+        params: dict[str, Any] = {
+            "amount": charge.amount_cents,
+            "currency": charge.currency,
+            "customer": charge.customer_id,
+            "payment_method": charge.payment_method_id,
+            "off_session": True,
+            "confirm": True,
+            "description": charge.description,
+            "metadata": charge.metadata,
+        }
+        try:
+            intent = self.client.v1.payment_intents.create(
+                params=params,  # type: ignore[arg-type]
+                options={"idempotency_key": charge.idempotency_key},
+            )
+        except stripe.CardError as exc:
+            # A decline, or the bank asks for 3-D Secure (`authentication_required`); the
+            # error names the payment intent Stripe created (status requires_payment_method).
+            return _card_failure(exc)
+        except stripe.StripeError as exc:
+            raise _failure("Stripe refused the off-session payment", exc) from exc
+        found = dict(intent.to_dict())
+        status = str(found.get("status") or "")
+        result = OffSessionResult(
+            status="succeeded" if status == "succeeded" else "processing",
+            payment_intent=_text(found.get("id")), amount_cents=_amount(found.get("amount")),
+            currency=_text(found.get("currency")))
+        if status in ("requires_action", "requires_payment_method"):
+            # Not expected with off_session=True (Stripe answers a 402 then), but never wait
+            # for a person who is not there.
+            return OffSessionResult("authentication_required" if status == "requires_action"
+                                    else "declined", result.payment_intent,
+                                    result.amount_cents, result.currency, status)
+        return result
+
 
 @dataclass
 class SandboxProvider:
@@ -253,11 +385,25 @@ class SandboxProvider:
     `checkout.session.completed` event Stripe would send (and, for the premium plan, the
     `invoice.paid` of the first month) and runs it through the same fulfilment as the Stripe
     webhook. Subscriptions it "created" are active for a month.
+
+    Saved cards (auto top-up): a checkout paid with the "save my card" box ticked saves the
+    fake card `sandbox_card_for(session id)` (`save_card`), attached to the customer
+    `cus_sandbox_<account public id>`. Its off-session payments succeed, except for the
+    cards in `declining_cards` (answer "declined", code "card_declined") and
+    `authenticating_cards` ("authentication_required"): by default the fake cards
+    `SANDBOX_DECLINED_CARD` and `SANDBOX_AUTHENTICATION_CARD`, and tests may add any. A
+    payment's id derives from its idempotency key, so a retry answers the same payment and
+    charges nothing more (`charges_made`: key -> result).
     """
 
     base_url: str
     name: str = "sandbox"
     subscriptions: dict[str, dict[str, Any]] = field(default_factory=dict)
+    declining_cards: set[str] = field(default_factory=lambda: {SANDBOX_DECLINED_CARD})
+    authenticating_cards: set[str] = field(
+        default_factory=lambda: {SANDBOX_AUTHENTICATION_CARD})
+    saved_cards: dict[str, str] = field(default_factory=dict)
+    charges_made: dict[str, OffSessionResult] = field(default_factory=dict)
 
     def create_checkout(self, request: CheckoutRequest) -> CreatedCheckout:
         session_id = "cs_sandbox_" + secrets.token_hex(12)
@@ -289,6 +435,73 @@ class SandboxProvider:
 
     def fetch_invoice(self, invoice_id: str) -> dict[str, Any]:
         raise PaymentError("the sandbox keeps no invoices", permanent=True)
+
+    def save_card(self, session_id: str) -> str:
+        """The fake card a sandbox checkout saves when its box is ticked (`pm_sandbox_...`);
+        remembered for `fetch_payment_intent`."""
+        card = sandbox_card_for(session_id)
+        self.saved_cards[f"pi_sandbox_{session_id}"] = card
+        return card
+
+    def fetch_payment_intent(self, intent_id: str) -> dict[str, Any]:
+        if not intent_id.startswith("pi_sandbox_"):
+            raise PaymentError(f"the sandbox has no payment intent {intent_id}", permanent=True)
+        card = self.saved_cards.get(intent_id)
+        return {"id": intent_id, "object": "payment_intent", "status": "succeeded",
+                "payment_method": card or sandbox_card_for(intent_id.removeprefix(
+                    "pi_sandbox_")),
+                "setup_future_usage": OFF_SESSION if card else None}
+
+    def charge_off_session(self, charge: OffSessionCharge) -> OffSessionResult:
+        done = self.charges_made.get(charge.idempotency_key)
+        if done is not None:
+            return done
+        intent = "pi_sandbox_" + hashlib.sha256(
+            charge.idempotency_key.encode()).hexdigest()[:24]
+        if charge.payment_method_id in self.declining_cards:
+            result = OffSessionResult("declined", intent, code="card_declined")
+        elif charge.payment_method_id in self.authenticating_cards:
+            result = OffSessionResult("authentication_required", intent,
+                                      code="authentication_required")
+        else:
+            result = OffSessionResult("succeeded", intent, charge.amount_cents, charge.currency)
+        self.charges_made[charge.idempotency_key] = result
+        return result
+
+
+# Fake saved cards of the sandbox whose off-session payments fail (`SandboxProvider`).
+SANDBOX_DECLINED_CARD = "pm_sandbox_declined"
+SANDBOX_AUTHENTICATION_CARD = "pm_sandbox_authentication_required"
+
+
+def sandbox_card_for(session_id: str) -> str:
+    """The fake card a sandbox checkout saves: `pm_sandbox_<session id without its prefix>`."""
+    return "pm_sandbox_" + session_id.removeprefix("cs_sandbox_")
+
+
+def _card_failure(exc: stripe.CardError) -> OffSessionResult:
+    """What a Stripe card error (402) of an off-session payment came to: 3-D Secure asked
+    (`authentication_required`) or a decline (any other code)."""
+    error = exc.error
+    code = _text(exc.code) or "card_declined"
+    decline = _text(getattr(error, "decline_code", None)) if error is not None else None
+    intent = getattr(error, "payment_intent", None) if error is not None else None
+    # An expanded object (a `PaymentIntent`, not a dict, in stripe-python), or its id.
+    intent_id = _text(intent if isinstance(intent, str) else getattr(intent, "id", None))
+    if code == "authentication_required" or decline == "authentication_required":
+        return OffSessionResult("authentication_required", intent_id,
+                                code="authentication_required")
+    return OffSessionResult("declined", intent_id, code=decline or code)
+
+
+def _text(value: Any) -> str | None:
+    """A short id or code from the provider's answer; None for anything else."""
+    return value[:150] if isinstance(value, str) and value else None
+
+
+def _amount(value: Any) -> int | None:
+    """A provider amount in cents (a whole number), else None."""
+    return value if type(value) is int and value >= 0 else None
 
 
 def _event_dict(payload: bytes) -> dict[str, Any]:

@@ -1,4 +1,4 @@
-"""The month's profitability report, read from the monthly rollups (economy.md, "Reports").
+"""The month's profitability report, read from the monthly rollups (docs/economy.md, "Reports").
 
 It reads one `AccountMonth` row per person, the per-intent rows for the top intents and the
 per-day rows (`AccountDay`) for the daily chart, so its time grows with the number of people
@@ -24,7 +24,7 @@ from tokens import tiers
 from tokens.catalog import Catalog
 from tokens.costs import AccountDay, AccountMonth, AccountMonthIntent
 
-# economy.md, "Reports": the share of people at or above a $3.00 target (profit per person).
+# docs/economy.md, "Reports": the share of people at or above a $3.00 target (profit per person).
 DEFAULT_TARGET_MUSD = 3_000_000
 RATIO = Decimal("0.0001")
 

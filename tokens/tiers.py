@@ -1,4 +1,4 @@
-"""Progressive restriction: the level a person's next answer gets (shared/design/economy.md,
+"""Progressive restriction: the level a person's next answer gets (docs/economy.md,
 "Tiers").
 
 Exposure E = this month's cost - this month's revenue (µUSD, `tokens.costs.AccountMonth`).
@@ -15,17 +15,19 @@ so no answer can carry a person past the next threshold, nor past the cutoff (ru
 loss), and more exposure never gives a better level (rule 2, monotonic). A paying person (an
 active premium subscription, or purchased tokens that cover the price) gets NORMAL: free-tier
 rules never degrade what they paid for (rule 3). Past the cutoff a person gets only short
-refusals, at most `refusals_per_day` a day, so the month's loss has a ceiling computable from
-the catalog (`monthly_loss_ceiling_musd`).
+refusals. Every reply the bot sends that exposure does not gate (HELP, START and STOP
+confirmations, throttle notices, refusals, alerts and billing notices, free replies past the
+cutoff) draws on one daily budget, `free_replies_per_day`, and BALANCE/BUY/BUY PREMIUM past
+the cutoff on `billing_replies_per_day`, so the month's loss has a ceiling computable from the
+catalog (`monthly_loss_ceiling_musd`).
 
-`decide` is a pure function; `TierState` keeps the throttles (last upsell, refusals today).
+`decide` is a pure function; `TierState` keeps the throttles (last upsell, the day's budgets).
 """
 
 from __future__ import annotations
 
 import calendar
 from collections.abc import Mapping
-from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from sqlalchemy import ForeignKey, Integer, String
@@ -127,22 +129,40 @@ def decide(exposure_musd: int, ceiling_by_level: Mapping[str, int], catalog: Cat
 
 
 def monthly_loss_ceiling_musd(catalog: Catalog, days_in_month: int = 31, *,
-                              holds_purchased_tokens: bool = False) -> int:
-    """The most a person can cost in a month beyond what they paid that month, µUSD, not
-    counting their own inbound messages (Twilio bills those whatever we do) nor the HELP and
-    STOP replies the carriers require: the cutoff, plus every day's refusals (PAYMENT_REQUIRED,
-    "not enough tokens", free replies past the cutoff) and BALANCE/BUY/BUY PREMIUM replies
-    past the cutoff (`billing_replies_per_day`, their own budget), each at the dearer
-    channel's reply cap.
+                              holds_purchased_tokens: bool = False,
+                              classify_call_musd: int = 0) -> int:
+    """The most a person can cost in a month beyond what they paid that month, µUSD, counting
+    every reply the bot sends; not counting their own inbound messages (the carrier bills
+    those whatever we do; reported beside it, and a flood past `inbound_flood_per_day`
+    silences the person for the day).
+
+        ceiling = payment_required + days x (free_replies_per_day + billing_replies_per_day)
+                  x reply
+
+    where `reply` is the dearest channel's reply at its segment cap (`reply_ceiling_musd`).
+    Answers and the free replies exposure gates (MORE, small talk, BALANCE/BUY before the
+    cutoff) go out only while exposure plus their ceiling stays under the cutoff
+    (`payment_required`); every other reply (HELP, START, STOP confirmations, throttle
+    notices, refusals, alerts, billing notices, free replies past the cutoff) draws on the
+    daily `free_replies_per_day`, and BALANCE/BUY/BUY PREMIUM past the cutoff on
+    `billing_replies_per_day`. Notices that follow money in (a pack credited, premium
+    started) are outside the budget: the payment covers them.
 
     A person holding purchased tokens is served NORMAL whatever their exposure, while the
     free tokens, spent first, last (`holds_purchased_tokens`): add the free allowance's
     answers at the dearest answer's ceiling.
+
+    With an LLM, the classification calls asked before the turn for messages the rules are
+    unsure of add `days x llm.classify_per_day x channels x classify_call_musd` (the budget
+    is per sender address, and a person has one per channel); the caller passes the call's
+    ceiling (`bot.intents.llm_classify.classification_ceiling_musd`), 0 without an LLM.
     """
     reply = max(reply_ceiling_musd(catalog, channel) for channel in catalog.costs.messaging)
     ceiling = (catalog.tiers.payment_required_musd
-               + (catalog.tiers.refusals_per_day + catalog.tiers.billing_replies_per_day)
+               + (catalog.tiers.free_replies_per_day + catalog.tiers.billing_replies_per_day)
                * days_in_month * reply)
+    ceiling += (days_in_month * catalog.llm.classify_per_day * len(catalog.costs.messaging)
+                * classify_call_musd)
     if holds_purchased_tokens:
         cheapest = min(spec.price for spec in catalog.intents)
         dearest = max(ceilings(catalog, spec, channel, True)[NORMAL]
@@ -157,16 +177,25 @@ def days_in(moment: datetime) -> int:
 
 
 class TierState(Base):
-    """Per-person throttles of the tier notices.
+    """Per-person throttles of the tier notices and the daily budgets of free replies.
 
     Attributes:
         last_upsell_at: when the last upsell line went out (at most one per
             `upsell_every_hours`, unless the level changed).
         last_upsell_level: the level that line explained.
-        refusal_day: the UTC day ("YYYY-MM-DD") `refusals` counts.
-        refusals: refusal replies sent that day (at most `refusals_per_day`, then silence).
+        reply_day: the UTC day ("YYYY-MM-DD") the day's counters count.
+        free_replies: replies sent that day from the budget of free replies (at most
+            `free_replies_per_day`, then silence): HELP, START/STOP confirmations, throttle
+            notices, refusals, alerts, billing notices, free replies past the cutoff.
         billing_replies: BALANCE/BUY/BUY PREMIUM replies sent that day past the cutoff (at
             most `billing_replies_per_day`, then silence).
+        help_day: the UTC day the full HELP answer last went out (once a day; later HELPs
+            that day get the one-line form).
+        alert_day: the UTC day the last low-balance alert went out (at most one a day,
+            `tokens.alerts`).
+        flooded_day: the UTC day the person's inbound messages passed
+            `inbound_flood_per_day` (silenced for the rest of that day; flagged on the
+            admin pages).
         override_level, override_until: an operator's level for this person until then (UTC),
             used instead of `decide` (admin pages; the operator owns the cost it allows).
     """
@@ -176,26 +205,21 @@ class TierState(Base):
     account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id"), primary_key=True)
     last_upsell_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     last_upsell_level: Mapped[str | None] = mapped_column(String(16))
-    refusal_day: Mapped[str | None] = mapped_column(String(10))
-    refusals: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    reply_day: Mapped[str | None] = mapped_column(String(10))
+    free_replies: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     billing_replies: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    help_day: Mapped[str | None] = mapped_column(String(10))
+    alert_day: Mapped[str | None] = mapped_column(String(10))
+    flooded_day: Mapped[str | None] = mapped_column(String(10))
     override_level: Mapped[str | None] = mapped_column(String(16))
     override_until: Mapped[datetime | None] = mapped_column(UTCDateTime())
-
-
-@dataclass(frozen=True)
-class Throttle:
-    """What the throttles allow now."""
-
-    upsell: bool
-    refusal: bool
 
 
 def state_of(session: Session, account_id: int) -> TierState:
     """The person's throttle state (created on first use; the caller holds the account lock)."""
     state = session.get(TierState, account_id)
     if state is None:
-        state = TierState(account_id=account_id, refusals=0, billing_replies=0)
+        state = TierState(account_id=account_id, free_replies=0, billing_replies=0)
         session.add(state)
         session.flush()
     return state
@@ -225,20 +249,45 @@ def take_upsell(session: Session, account_id: int, catalog: Catalog, now: dateti
     return True
 
 
-def take_refusal(session: Session, account_id: int, catalog: Catalog, now: datetime) -> bool:
-    """Whether a refusal reply may go out now (at most `refusals_per_day` a UTC day); if so,
-    it is counted."""
+def take_free_reply(session: Session, account_id: int, catalog: Catalog, now: datetime
+                    ) -> bool:
+    """Whether a reply from the daily budget of free replies may go out now (at most
+    `free_replies_per_day` a UTC day: HELP, START/STOP confirmations, throttle notices,
+    refusals, alerts, billing notices, free replies past the cutoff); if so, it is counted.
+    The caller holds the account's lock."""
     state = _today(session, account_id, now)
-    if state.refusals >= catalog.tiers.refusals_per_day:
+    if state.free_replies >= catalog.tiers.free_replies_per_day:
         return False
-    state.refusals += 1
+    state.free_replies += 1
     return True
+
+
+def take_help(session: Session, account_id: int, catalog: Catalog, now: datetime
+              ) -> str | None:
+    """The HELP reply allowed now: "full" (the first of the UTC day), "short" (the one-line
+    form, for later HELPs that day), or None when the budget of free replies is spent
+    (`take_free_reply`; counted when allowed)."""
+    if not take_free_reply(session, account_id, catalog, now):
+        return None
+    state = _today(session, account_id, now)
+    if state.help_day == state.reply_day:
+        return "short"
+    state.help_day = state.reply_day
+    return "full"
+
+
+def mark_flooded(session: Session, account_id: int, now: datetime) -> None:
+    """Note that the person's inbound flood passed `inbound_flood_per_day` today (the admin
+    pages flag it)."""
+    state = state_of(session, account_id)
+    state.flooded_day = f"{now:%Y-%m-%d}"
 
 
 def take_billing_reply(session: Session, account_id: int, catalog: Catalog, now: datetime
                        ) -> bool:
     """Whether a BALANCE, BUY or BUY PREMIUM reply may go out past the cutoff now (at most
-    `billing_replies_per_day` a UTC day, a budget of their own: refusals never use it up);
+    `billing_replies_per_day` a UTC day, a budget of their own: the free replies never use
+    it up);
     if so, it is counted."""
     state = _today(session, account_id, now)
     if state.billing_replies >= catalog.tiers.billing_replies_per_day:
@@ -251,6 +300,6 @@ def _today(session: Session, account_id: int, now: datetime) -> TierState:
     """The person's `TierState` with its day counters reset on a new UTC day."""
     state = state_of(session, account_id)
     day = f"{now:%Y-%m-%d}"
-    if state.refusal_day != day:
-        state.refusal_day, state.refusals, state.billing_replies = day, 0, 0
+    if state.reply_day != day:
+        state.reply_day, state.free_replies, state.billing_replies = day, 0, 0
     return state

@@ -2,8 +2,10 @@
 
 - `GET /admin/payments`: the month's completed checkouts (count and amount per currency),
   every checkout newest first (50 a page), and the subscriptions.
-- `GET /admin/affiliates`: per partner and per network, the month's offer links, clicks,
-  conversions and commission; the latest clicks and conversions.
+- `GET /admin/affiliates`: per partner and per network, the month's offer links, clicks
+  (one per person, link and hour) and openings, conversions by state (pending, approved,
+  reversed) and the commission booked as revenue in the month; the pending commission; the
+  latest clicks and conversions.
 - `GET /admin/webhooks`: payment events whose handling failed (unresolved first, each with a
   Reprocess button) and the latest events received. Payloads are never shown: they hold
   customers' emails.
@@ -249,8 +251,17 @@ def payments() -> ResponseReturnValue:
 
 @dataclass
 class PartnerMonth:
-    """One partner's month: offer links issued, clicks, attributed conversions, their sales
-    (cents) and commission (µUSD)."""
+    """One partner's month.
+
+    Attributes:
+        links: offer links issued in the month.
+        clicks: clicks in the month (one per person, link and clock hour); `opens` the
+            openings they counted.
+        conversions, sale_cents: attributed conversions reported in the month and their sales
+            (cents); `pending`, `reversed` how many of them are in that state now.
+        commission_musd: commission booked as revenue in the month, µUSD: approvals in the
+            month less reversals in the month of approved conversions (whenever reported).
+    """
 
     code: str
     name: str
@@ -259,12 +270,17 @@ class PartnerMonth:
     conversions: int = 0
     sale_cents: int = 0
     commission_musd: int = 0
+    opens: int = 0
+    pending: int = 0
+    reversed: int = 0
 
 
 @dataclass
 class NetworkMonth:
-    """One network's month: conversions attributed and not, sales (cents), and the commission
-    (µUSD) of the attributed ones (revenue) and of the unattributed ones (no revenue)."""
+    """One network's month: conversions reported in it, attributed and not, their sales
+    (cents), the commission (µUSD) of the unattributed ones (no revenue), and how many of them
+    are pending, approved and reversed now; `commission_musd` is the revenue booked in the
+    month (approvals less reversals of approved conversions, by their time, µUSD)."""
 
     network: str
     attributed: int = 0
@@ -272,6 +288,25 @@ class NetworkMonth:
     sale_cents: int = 0
     commission_musd: int = 0
     unattributed_commission_musd: int = 0
+    pending: int = 0
+    approved: int = 0
+    reversed: int = 0
+
+
+def booked_in_month(session: Session, month: Month, by: Any) -> dict[str, int]:
+    """Affiliate revenue booked in `month` per value of the `Conversion` column `by`, µUSD:
+    commissions of conversions approved in the month, less those of approved conversions
+    reversed in it (what `tokens.affiliates.record_conversion` booked; the same sums as the
+    revenue entries of kind "affiliate")."""
+    totals: dict[str, int] = {}
+    for when, sign in ((Conversion.approved_at, 1), (Conversion.reversed_at, -1)):
+        for key, amount in session.execute(
+                select(by, func.sum(Conversion.booked_musd))
+                .where(Conversion.account_id.is_not(None), Conversion.booked_musd > 0,
+                       when >= month.start, when < month.end)
+                .group_by(by)).all():
+            totals[str(key)] = totals.get(str(key), 0) + sign * int(amount or 0)
+    return totals
 
 
 def partner_months(session: Session, month: Month, names: dict[str, str]) -> list[PartnerMonth]:
@@ -288,47 +323,66 @@ def partner_months(session: Session, month: Month, names: dict[str, str]) -> lis
             .where(OfferLink.created_at >= month.start, OfferLink.created_at < month.end)
             .group_by(OfferLink.partner_code)).all():
         row(str(code)).links = int(count)
-    for code, count in session.execute(
-            select(Click.partner_code, func.count())
+    for code, count, opens in session.execute(
+            select(Click.partner_code, func.count(), func.sum(Click.opens))
             .where(Click.created_at >= month.start, Click.created_at < month.end)
             .group_by(Click.partner_code)).all():
-        row(str(code)).clicks = int(count)
-    for code, count, sale, commission in session.execute(
-            select(Conversion.partner_code, func.count(), func.sum(Conversion.sale_amount_cents),
-                   func.sum(Conversion.commission_musd))
+        target = row(str(code))
+        target.clicks, target.opens = int(count), int(opens or 0)
+    for code, status, count, sale in session.execute(
+            select(Conversion.partner_code, Conversion.status, func.count(),
+                   func.sum(Conversion.sale_amount_cents))
             .where(Conversion.partner_code.is_not(None),
                    Conversion.created_at >= month.start, Conversion.created_at < month.end)
-            .group_by(Conversion.partner_code)).all():
+            .group_by(Conversion.partner_code, Conversion.status)).all():
         target = row(str(code))
-        target.conversions, target.sale_cents = int(count), int(sale or 0)
-        target.commission_musd = int(commission or 0)
+        target.conversions += int(count)
+        target.sale_cents += int(sale or 0)
+        if status == "pending":
+            target.pending += int(count)
+        elif status == "reversed":
+            target.reversed += int(count)
+    for code, amount in booked_in_month(session, month, Conversion.partner_code).items():
+        row(code).commission_musd = amount
     return list(rows.values())
 
 
 def network_months(session: Session, month: Month) -> list[NetworkMonth]:
-    """Per network, the month's conversions (by `created_at`), by name."""
+    """Per network, the month's conversions (by `created_at`) and revenue booked (by the
+    approval's and reversal's time), by name."""
     rows: dict[str, NetworkMonth] = {}
-    for network, status, count, sale, commission in session.execute(
-            select(Conversion.network, Conversion.status, func.count(),
-                   func.sum(Conversion.sale_amount_cents), func.sum(Conversion.commission_musd))
+    for network, attributed, status, count, sale, commission in session.execute(
+            select(Conversion.network, Conversion.account_id.is_not(None), Conversion.status,
+                   func.count(), func.sum(Conversion.sale_amount_cents),
+                   func.sum(Conversion.commission_musd))
             .where(Conversion.created_at >= month.start, Conversion.created_at < month.end)
-            .group_by(Conversion.network, Conversion.status)).all():
+            .group_by(Conversion.network, Conversion.account_id.is_not(None),
+                      Conversion.status)).all():
         target = rows.setdefault(str(network), NetworkMonth(str(network)))
         target.sale_cents += int(sale or 0)
-        if status == "attributed":
+        if status == "pending":
+            target.pending += int(count)
+        elif status == "approved":
+            target.approved += int(count)
+        else:
+            target.reversed += int(count)
+        if attributed:
             target.attributed += int(count)
-            target.commission_musd += int(commission or 0)
         else:
             target.unattributed += int(count)
             target.unattributed_commission_musd += int(commission or 0)
+    for network, amount in booked_in_month(session, month, Conversion.network).items():
+        rows.setdefault(network, NetworkMonth(network)).commission_musd = amount
     return [rows[name] for name in sorted(rows)]
 
 
 @bp.get("/affiliates")
 def affiliates() -> ResponseReturnValue:
-    """Affiliates: per partner and per network the month's offer links, clicks, conversions
-    and commission (`?month=YYYY-MM`, default the current UTC month); the latest clicks and
-    conversions. A malformed month is a 400 page."""
+    """Affiliates: per partner and per network the month's offer links, clicks (one per
+    person, link and hour, with their openings), conversions by state, and the commission
+    booked as revenue in the month (`?month=YYYY-MM`, default the current UTC month); the
+    pending commission awaiting approval (all months); the latest clicks and conversions. A
+    malformed month is a 400 page."""
     month = _requested_month()
     if month is None:
         return _bad_month()
@@ -340,15 +394,22 @@ def affiliates() -> ResponseReturnValue:
     clicks = session.scalars(select(Click).order_by(Click.id.desc()).limit(LATEST_ROWS)).all()
     conversions = session.scalars(
         select(Conversion).order_by(Conversion.id.desc()).limit(LATEST_ROWS)).all()
+    pending_count, pending_musd = session.execute(
+        select(func.count(), func.coalesce(func.sum(Conversion.commission_musd), 0))
+        .where(Conversion.status == "pending", Conversion.account_id.is_not(None))).one()
     totals = PartnerMonth("", "All partners",
                           links=sum(p.links for p in partners),
                           clicks=sum(p.clicks for p in partners),
                           conversions=sum(p.conversions for p in partners),
                           sale_cents=sum(p.sale_cents for p in partners),
-                          commission_musd=sum(p.commission_musd for p in partners))
+                          commission_musd=sum(p.commission_musd for p in partners),
+                          opens=sum(p.opens for p in partners),
+                          pending=sum(p.pending for p in partners),
+                          reversed=sum(p.reversed for p in partners))
     return render_template(
         "admin/affiliates.html", month=month, partners=partners, networks=networks,
         totals=totals, unattributed=sum(n.unattributed for n in networks),
+        pending_count=int(pending_count), pending_musd=int(pending_musd),
         clicks=clicks, conversions=conversions, names=names, **HELPERS)
 
 

@@ -1,5 +1,5 @@
 """The report pages: the month's overview with charts, the people table, and one person's page
-with their ledger and the operator's actions (economy.md, "Reports"; issue #7).
+with their ledger and the operator's actions (docs/economy.md, "Reports"; issue #7).
 
 Everything money is integer µUSD (costs, revenue) or cents; it is formatted for display by the
 `usd` filter, never converted to float. Phone numbers appear masked (`mask_address`), and no
@@ -115,7 +115,7 @@ def _catalog(app: Flask | None = None) -> Any:
 
 @bp.get("/")
 def overview() -> ResponseReturnValue:
-    """The month's KPIs (economy.md "Reports") and five charts: daily revenue against cost,
+    """The month's KPIs (docs/economy.md "Reports") and five charts: daily revenue against cost,
     profit distribution, level distribution, revenue mix, top intents by LLM cost."""
     label = _month_arg()
     report = month_report(db.session, label, _catalog())
@@ -178,6 +178,7 @@ class PersonLine:
     messages_in: int
     tokens_charged: int
     suspended: bool
+    flooded_day: str | None = None  # the last UTC day their inbound passed the flood threshold
 
     @property
     def profit_musd(self) -> int:
@@ -213,8 +214,9 @@ def people() -> ResponseReturnValue:
     query = request.args.get("q", "")
     statement = (
         select(AccountMonth, ledger.Account.balance, ledger.Account.held,
-               ledger.Account.suspended_at)
+               ledger.Account.suspended_at, tiers.TierState.flooded_day)
         .join(ledger.Account, ledger.Account.id == AccountMonth.account_id)
+        .outerjoin(tiers.TierState, tiers.TierState.account_id == AccountMonth.account_id)
         .where(AccountMonth.month == label, or_(COST != 0, REVENUE != 0,
                                                 AccountMonth.messages_in > 0))
     )
@@ -236,8 +238,9 @@ def people() -> ResponseReturnValue:
             level=tiers.decide(month.exposure_musd, zero, catalog, paying=False),
             available=balance - held, cost_musd=month.cost_musd,
             revenue_musd=month.revenue_musd, messages_in=month.messages_in,
-            tokens_charged=month.tokens_charged, suspended=suspended is not None)
-        for month, balance, held, suspended in rows
+            tokens_charged=month.tokens_charged, suspended=suspended is not None,
+            flooded_day=flooded if flooded and flooded.startswith(label) else None)
+        for month, balance, held, suspended, flooded in rows
     ]
     return render_template("admin/people.html", lines=lines, month=label, sort=sort,
                            direction=direction, page=page, pages=pages, total=total, q=query)
@@ -308,6 +311,7 @@ def _person_page(account_id: int, error: str | None = None, status: int = 200
         "level": tiers.decide(month.exposure_musd, zero, catalog, paying=False),
         "override": tiers.override_of(session, account_id, now),
         "override_until": state.override_until if state else None,
+        "flooded_day": state.flooded_day if state else None,
         "history": ledger.history(session, account_id, limit=max(limit, 1)),
         "entries": entries,
         "holds": list(session.scalars(

@@ -1,19 +1,27 @@
-"""Affiliate links and conversions (economy.md, "Affiliate gating").
+"""Affiliate links and conversions (docs/economy.md, "Affiliate gating").
 
-- `GET /r/<token>`: an offer link from a reply. Records one click and answers 302 to the
-  partner's URL with our click id as sub-id. The target comes only from the catalog in force
-  and is checked again (https, allow-listed domain); the request supplies nothing but the
-  token, so there is no open redirect. An unknown, expired or refused link is a plain 404.
+- `GET /r/<token>`: an offer link from a reply. Records the click and answers 302 to the
+  partner's URL with our click id as sub-id. One click per offer link (so per person) and
+  clock hour (UTC): opening the link again within the hour counts one more opening of that
+  click and sends the same click id, so the partner sees one sub-id. The target comes only
+  from the catalog in force and is checked again (https, allow-listed domain); the request
+  supplies nothing but the token, so there is no open redirect. An unknown, expired or refused
+  link is a plain 404.
 - `POST /webhooks/affiliates/<network>`: a network's conversion postback. The body is JSON
-  `{"conversion_id", "click_id", "sale_amount", "commission"}` (USD decimal strings), signed
-  with `X-Signature: sha256=<hex HMAC-SHA256(secret, raw body)>`; the secret is the
-  environment variable `AFFILIATE_SECRET_<NETWORK>` (network in upper case). No secret: 404.
-  A bad or missing signature is a 401 that stores nothing; a bad body a 400 with the reason;
-  a repeat of a conversion id a 200 no-op.
-- `flask --app wsgi affiliates import NETWORK CSV_PATH`: the same conversions from a
-  network's CSV report (`conversion_id,click_id,sale_amount,commission`).
-"""
+  `{"conversion_id", "click_id", "sale_amount", "commission", "status"}`: amounts are USD
+  decimal strings, negative for a reversal ("-4.50"); `status` is optional ("pending",
+  "approved", "declined", "reversed", ... see `tokens.affiliates.STATUS_WORDS`; none means
+  approved). It is signed with `X-Signature: sha256=<hex HMAC-SHA256(secret, raw body)>`; the
+  secret is the environment variable `AFFILIATE_SECRET_<NETWORK>` (network in upper case). No
+  secret: 404. A bad or missing signature is a 401 that stores nothing; a bad body a 400 with
+  the reason that stores nothing; a repeat, or a report of an earlier state, a 200 no-op.
+- `flask --app wsgi affiliates import NETWORK CSV_PATH`: the same reports from a network's CSV
+  (`conversion_id,click_id,sale_amount,commission`, optionally `status`).
 
+A conversion moves pending -> approved -> reversed, only forward (`record_conversion` in
+`tokens.affiliates`); its commission is booked as revenue when approved, in the month of the
+approval, and taken back once by a reversal after approval.
+"""
 from __future__ import annotations
 
 import hashlib
@@ -60,7 +68,8 @@ def _plain(text: str, status: int) -> Response:
 
 @bp.get("/r/<token>")
 def offer_redirect(token: str) -> ResponseReturnValue:
-    """Follow an offer link: record one click, then 302 to the partner.
+    """Follow an offer link: record the click (one per link and hour), then 302 to the
+    partner with the hour's click id.
 
     Returns:
         302 to the allow-listed partner URL (with our click id); 404 for an unknown or expired
@@ -82,7 +91,7 @@ def offer_redirect(token: str) -> ResponseReturnValue:
         return _plain("This offer link is unknown or has expired.", 404)
     db.session.commit()
     response = redirect(url, code=302)
-    response.headers["Cache-Control"] = "no-store"  # every click is counted, not cached
+    response.headers["Cache-Control"] = "no-store"  # every opening is counted, not cached
     response.headers["Referrer-Policy"] = "no-referrer"  # the token stays ours
     return response
 
@@ -116,8 +125,9 @@ def signature_problem(secret: str, body: bytes, header: str | None) -> str | Non
     return None
 
 
-def _postback_fields(body: bytes) -> tuple[str, str | None, int, int]:
-    """(conversion_id, click_id, sale cents, commission cents) of a postback body.
+def _postback_fields(body: bytes) -> tuple[str, str | None, int, int, str | None]:
+    """(conversion_id, click_id, sale cents, commission cents, status word) of a postback body.
+    The amounts are signed (negative: a reversal); the status is None when absent.
 
     Raises:
         InvalidConversion: not a JSON object, or a field missing or malformed.
@@ -134,19 +144,25 @@ def _postback_fields(body: bytes) -> tuple[str, str | None, int, int]:
     click_id = data.get("click_id")
     if click_id is not None and not isinstance(click_id, str):
         raise InvalidConversion("click_id: a string or null is required")
-    sale = usd_to_cents(data.get("sale_amount"), "sale_amount")
-    commission = usd_to_cents(data.get("commission"), "commission")
-    return conversion_id, click_id, sale, commission
+    status = data.get("status")
+    if status is not None and not isinstance(status, str):
+        raise InvalidConversion("status: a string or null is required")
+    sale = usd_to_cents(data.get("sale_amount"), "sale_amount", signed=True)
+    commission = usd_to_cents(data.get("commission"), "commission", signed=True)
+    return conversion_id, click_id, sale, commission, status
 
 
 @bp.post("/webhooks/affiliates/<network>")
 def affiliate_postback(network: str) -> ResponseReturnValue:
-    """Receive one conversion from an affiliate network.
+    """Receive one report of a conversion from an affiliate network.
 
     Returns:
-        200 `{"recorded": true}` (new) or `{"recorded": false}` (repeat); 401 bad or missing
-        signature; 400 bad body; 404 unknown network (no secret configured); 413 too large.
-        Nothing is stored unless the answer is 200.
+        200 `{"recorded": true, "status": <state>}` when the conversion was stored or moved
+        to a later state, `{"recorded": false, "status": <state>}` for a repeat or a report of
+        an earlier state (nothing changed; <state> is the stored one: "pending", "approved"
+        or "reversed"); 401 bad or missing signature; 400 bad body (the reason as text); 404
+        unknown network (no secret configured); 413 too large. Nothing is stored unless the
+        answer is 200.
     """
     try:
         name = normalise_network(network)
@@ -166,14 +182,17 @@ def affiliate_postback(network: str) -> ResponseReturnValue:
         log.warning("affiliate postback from %s rejected: %s", name, reason)
         return _plain(reason, 401)
     try:
-        conversion_id, click_id, sale, commission = _postback_fields(body)
-        recorded = record_conversion(db.session, name, conversion_id, click_id, sale,
-                                     commission)
+        conversion_id, click_id, sale, commission, status = _postback_fields(body)
+        outcome = record_conversion(db.session, name, conversion_id, click_id, sale,
+                                    commission, status=status)
     except InvalidConversion as exc:
         db.session.rollback()
         return _plain(str(exc), 400)
     db.session.commit()
-    return jsonify(recorded=recorded)
+    if outcome.changed:
+        log.info("affiliate conversion %s/%r is %s (revenue %d µUSD)", name,
+                 conversion_id.strip()[:100], outcome.status, outcome.revenue_musd)
+    return jsonify(recorded=outcome.changed, status=outcome.status)
 
 
 @click.group("affiliates")
@@ -191,9 +210,11 @@ def affiliates_import(network: str, csv_path: Path) -> None:
 
     Example: `flask --app wsgi affiliates import awin conversions.csv`. The CSV's header
     names conversion_id, click_id, sale_amount and commission (USD decimal strings like
-    12.50). Conversions already known are counted as repeated and change
-    nothing; bad rows are listed by line and skipped, the good ones are kept. Exits 1 when
-    some rows were bad.
+    12.50, negative for a reversal) and optionally status (pending, approved, declined,
+    reversed...; none means approved). A row for a known conversion in a later state updates
+    it (approval books the commission, reversal takes it back); a repeat or an earlier state
+    is counted as repeated and changes nothing. Bad rows are listed by line and skipped, the
+    good ones are kept. Exits 1 when some rows were bad.
     """
     try:
         name = normalise_network(network)
@@ -208,13 +229,14 @@ def affiliates_import(network: str, csv_path: Path) -> None:
     except OSError as exc:
         raise click.ClickException(f"{csv_path}: cannot read it ({exc.strerror})") from None
     try:
-        added, repeated, errors = import_csv(db.session, name, text,
-                                             after_row=db.session.commit)
+        added, updated, repeated, errors = import_csv(db.session, name, text,
+                                                      after_row=db.session.commit)
     except InvalidConversion as exc:
         db.session.rollback()
         raise click.ClickException(f"{csv_path}: {exc}") from None
     db.session.commit()
-    click.echo(f"added {added}, repeated {repeated}, errors {len(errors)}")
+    click.echo(f"added {added}, updated {updated}, repeated {repeated}, "
+               f"errors {len(errors)}")
     for error in errors:
         click.echo(f"  {error}", err=True)
     if errors:

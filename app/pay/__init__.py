@@ -2,7 +2,7 @@
 
 The checkout is created at click time with the provider (Stripe Checkout, or the sandbox
 page), from the server-side catalog only, and the person is sent there with a 303
-(payments.md, "Pay links"). A second click reuses the open checkout. The Stripe idempotency
+(docs/payments.md, "Pay links"). A second click reuses the open checkout. The Stripe idempotency
 key is derived from the link's token and the attempt, so a double click opens one session.
 Unknown tokens get 404 and expired ones 410, each with a friendly page.
 """
@@ -90,8 +90,9 @@ def pay_done(token: str) -> ResponseReturnValue:
 
 def checkout_request(catalog: Catalog, link: PayLink, public_id: str, base_url: str,
                      attempt: int) -> CheckoutRequest:
-    """The checkout to open for `link`: the premium plan or the link's pack, priced from the
-    catalog (cents), with return URLs under `base_url` and the idempotency key
+    """The checkout to open for `link`: the premium plan or the link's pack (an "auto_topup"
+    link's pack saves the card, `CheckoutRequest.save_card`), priced from the catalog
+    (cents), with return URLs under `base_url` and the idempotency key
     `paylink-<sha256(token)[:32]>-<attempt>` (a new attempt after each provider failure, as
     Stripe keeps a key's result for 24 h, failures included).
 
@@ -115,6 +116,8 @@ def checkout_request(catalog: Catalog, link: PayLink, public_id: str, base_url: 
         amount_cents=amount, currency=currency, tokens=tokens, bonus_tokens=bonus,
         success_url=f"{base}/pay/{link.token}/done", cancel_url=f"{base}/pay/{link.token}",
         idempotency_key=f"paylink-{digest}-{attempt}",
+        # AUTO ON's link: the person consented; Stripe saves the card for off-session use.
+        save_card=link.purpose == "auto_topup",
     )
 
 def _checkout(app: Flask, provider: PaymentProvider, link: PayLink) -> str:

@@ -10,7 +10,16 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import Blueprint, Flask, abort, current_app, redirect, render_template, url_for
+from flask import (
+    Blueprint,
+    Flask,
+    abort,
+    current_app,
+    redirect,
+    render_template,
+    request,
+    url_for,
+)
 from flask.typing import ResponseReturnValue
 from sqlalchemy import select
 
@@ -52,14 +61,19 @@ def checkout_page(session_id: str) -> ResponseReturnValue:
     else:
         pack = catalog.pack(checkout.item_code)
         name, price = f"{pack.name}: {pack.total_tokens} tokens", pack.price_display
+    purpose = db.session.scalar(select(PayLink.purpose).where(
+        PayLink.id == checkout.pay_link_id))
     return render_template("sandbox_checkout.html", checkout=checkout, name=name, price=price,
-                           bot_name=catalog.bot_name)
+                           bot_name=catalog.bot_name, auto_topup=purpose == "auto_topup")
 
 
 @bp.post("/sandbox/checkout/<session_id>/pay")
 def pay(session_id: str) -> ResponseReturnValue:
-    """Pay (no money moves): the events Stripe would send, through the webhook's fulfilment."""
+    """Pay (no money moves): the events Stripe would send, through the webhook's fulfilment.
+    With the "save my card" box ticked (a pack), the fake card is saved for auto top-up, as
+    Stripe's `payment_intent.succeeded` of a checkout with `setup_future_usage` would."""
     app, provider = _sandbox()
+    save_card = request.form.get("save_card") == "1"
     checkout = _checkout(session_id)
     if checkout.status != "open":
         return redirect(url_for("sandbox.checkout_page", session_id=session_id), code=303)
@@ -68,8 +82,11 @@ def pay(session_id: str) -> ResponseReturnValue:
     public_id = db.session.scalar(select(Account.public_id).where(
         Account.id == checkout.account_id))
     token = db.session.scalar(select(PayLink.token).where(PayLink.id == checkout.pay_link_id))
+    card = None
+    if save_card and mode == "payment" and isinstance(provider, SandboxProvider):
+        card = provider.save_card(session_id)
     events = payment_events(session_id, mode, amount, currency, str(public_id),
-                            checkout.item_code)
+                            checkout.item_code, saved_card=card)
     db.session.commit()
     for event in events:
         apply_event(app, provider, event)
@@ -79,11 +96,14 @@ def pay(session_id: str) -> ResponseReturnValue:
 
 
 def payment_events(session_id: str, mode: str, amount_cents: int, currency: str,
-                   public_id: str, item_code: str) -> list[dict[str, Any]]:
+                   public_id: str, item_code: str, *, saved_card: str | None = None
+                   ) -> list[dict[str, Any]]:
     """The events Stripe sends when the checkout `session_id` is paid, shaped as Stripe's:
     `checkout.session.completed`, and for a subscription also `invoice.paid` (first invoice,
-    `subscription_create`). Ids are derived from `session_id`, so paying twice gives the same
-    event ids (a repeat delivery). Used by the Pay button and by `flask simulate`."""
+    `subscription_create`); with `saved_card` (a pack whose buyer saved the card for auto
+    top-up) also the `payment_intent.succeeded` that carries the card. Ids are derived from
+    `session_id`, so paying twice gives the same event ids (a repeat delivery). Used by the
+    Pay button and by `flask simulate`."""
     customer = f"cus_sandbox_{public_id}"
     subscription = f"sub_sandbox_{session_id}" if mode == "subscription" else None
     completed = {
@@ -104,6 +124,17 @@ def payment_events(session_id: str, mode: str, amount_cents: int, currency: str,
                        "subscription_details": {"subscription": subscription}},
         }
         events.append(_event(f"evt_sandbox_in_{session_id}", "invoice.paid", invoice))
+    if saved_card is not None and subscription is None:
+        intent = {
+            "id": f"pi_sandbox_{session_id}", "object": "payment_intent", "status": "succeeded",
+            "amount": amount_cents, "amount_received": amount_cents, "currency": currency,
+            "customer": customer, "payment_method": saved_card,
+            "setup_future_usage": "off_session",
+            "metadata": {"account": public_id, "item": item_code, "mode": mode,
+                         "save_card": "off_session"},
+        }
+        events.append(_event(f"evt_sandbox_pi_{session_id}", "payment_intent.succeeded",
+                             intent))
     return events
 
 

@@ -1,7 +1,7 @@
 """The Twilio channel (SMS and WhatsApp): signature check, inbound normalisation, TwiML replies.
 
 Sources: Twilio "Webhooks security" (X-Twilio-Signature over the exact public URL plus every
-POST parameter), Twilio "Messaging webhook request" (field names), shared/design/messaging.md.
+POST parameter), Twilio "Messaging webhook request" (field names), docs/messaging.md.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 been read the way a person meant it.
 
 Patterns are whole-word regular expressions over a normalised message, so substrings cannot
-fool it ("I ate a cookie" contains "ate", not "meal plan"; economy.md lists the cases that must
+fool it ("I ate a cookie" contains "ate", not "meal plan"; docs/economy.md lists the cases that must
 hold). Free commands are matched before this, on the whole message.
 
 Real messages have typos and come in Spanish too, so the rules run over the message as it was

@@ -19,7 +19,7 @@ the content's knowledge, as the offline skills read it), and then:
 
 On an LLM error or timeout the person gets the offline answer (or an apology) and is charged
 nothing: the skill raises `SkillFailed` with that reply, and the router voids the hold (issue
-#4; economy.md, rule 3).
+#4; docs/economy.md, rule 3).
 """
 
 from __future__ import annotations

@@ -24,6 +24,7 @@ from bot.router.answer import (
     settle,
     skill,
     store_replies,
+    stored_reply_ids,
     waiting_answers,
 )
 from bot.router.pipeline import answer_message, drain_person, resume_answer
@@ -44,5 +45,6 @@ __all__ = [
     "ANSWER_OUTCOMES", "CONTENT_OUTCOMES", "HELP", "OPT_IN", "OPT_OUT", "STEPS", "BotSettings",
     "Outcome", "PendingAnswer", "ReplyNow", "SkillResult", "Turn", "answer_message",
     "billed_units", "drain_person", "handle_inbound", "pending_answer", "record_llm_cost",
-    "resume_answer", "run_skill", "settle", "skill", "store_replies", "waiting_answers",
+    "resume_answer", "run_skill", "settle", "skill", "store_replies", "stored_reply_ids",
+    "waiting_answers",
 ]

@@ -10,6 +10,7 @@ reply when it is given (TwiML) or accepted by Twilio (REST, in `bot.outbound`).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -32,13 +33,18 @@ from bot.segments import (
     normalise_for_gsm,
     split_message,
 )
-from tokens import costs, ledger, tiers
+from tokens import alerts, costs, ledger, payments, tiers
 from tokens.base import utcnow
 from tokens.catalog import IntentSpec
 from tokens.costs import LlmUsage
 from tokens.errors import HoldNotPending
 
 log = logging.getLogger(__name__)
+# `Session.info` key: the auto top-ups a settlement recorded (`tokens.alerts.after_debit`), to
+# charge once the transaction is committed (`bot.router.pipeline.answer_message`).
+TOP_UPS = "auto_top_ups_due"
+# `Session.info` key: inbound message id -> the ids of the REST replies just stored for it.
+REPLY_IDS = "stored_reply_ids"
 
 
 @dataclass(frozen=True)
@@ -59,6 +65,10 @@ class PendingAnswer:
         level: the restriction level decided when the message came in (`choose_level`).
         placed: the hold as `ledger.hold` placed it, when the answer is settled in the same
             transaction (an inline offline answer): the capture does not read it again.
+        available_after_hold: the available balance with this hold placed (tokens), when
+            known without a statement: the inline answer knows it from the turn, the job
+            from the account's lock (`settle`). The balance watch after the capture
+            (`tokens.alerts.after_debit`) needs it.
     """
 
     message_id: int
@@ -72,6 +82,7 @@ class PendingAnswer:
     opted_out: bool = False
     level: str = tiers.NORMAL
     placed: ledger.HoldResult | None = None
+    available_after_hold: int | None = None
 
 
 @dataclass(frozen=True)
@@ -216,7 +227,8 @@ def settle(
     now = now or utcnow()
     # The account row first, as everywhere, then re-read the message under that lock: only
     # the first of two runs of one job finds it still "queued".
-    ledger.lock_account(session, pending.account_id)
+    available = ledger.lock_account(session, pending.account_id)
+    pending = dataclasses.replace(pending, available_after_hold=available)
     message, contact = session.execute(
         select(Message, Contact).join(Contact, Contact.id == Message.contact_id)
         .where(Message.id == pending.message_id)
@@ -272,10 +284,16 @@ def store_replies(
     catalog = settings.catalog
     hint = replies.more_hint(lang or reply_language(contact, inbound.body))
     parts: list[str] = []
-    for text in texts:
+    for index, text in enumerate(texts):
         if channel == "sms":
             text = fold_for_gsm(normalise_for_gsm(text))
         rest = ""
+        # An answer's later texts are notes (a low-balance alert, `tokens.alerts`): sent
+        # whole, and they leave the answer's continuation alone.
+        note = kind in ANSWER_OUTCOMES and index > 0
+        if note:
+            parts.extend(split_message(text))
+            continue
         if channel == "sms" and kind in CONTENT_OUTCOMES:
             head, rest = cap_sms(text, catalog.sms_max_segments, hint)
             parts.extend(split_message(head))
@@ -293,6 +311,7 @@ def store_replies(
             contact.more_text = rest or None  # a new answer replaces the continuation
         elif rest:
             contact.more_text = rest
+    rows: list[Message] = []
     for part in parts:
         row = Message(
             contact_id=contact.id,
@@ -305,11 +324,25 @@ def store_replies(
             created_at=now,
         )
         session.add(row)
+        rows.append(row)
         if transport == "twiml":
             session.flush()  # the row's id keys its cost
             costs.record_messaging(session, contact.account_id, catalog.costs, channel, "out",
                                    row.units, key=f"msg:out:{row.id}", now=now)
+    if transport == "rest" and rows:
+        # One flush for all of them (the INSERTs the commit would send anyway), so that the
+        # sender knows their ids without reading them back (`stored_reply_ids`).
+        session.flush()
+        session.info.setdefault(REPLY_IDS, {})[inbound.id] = [row.id for row in rows]
     return tuple(parts)
+
+
+def stored_reply_ids(session: Session, inbound_id: int) -> list[int] | None:
+    """The ids of the `pending` replies `store_replies` stored for `inbound_id` in this
+    session (taken: a second call answers None), or None when it stored none here (a resumed
+    answer: the caller reads them, `bot.outbound.pending_outbound`)."""
+    known: dict[int, list[int]] = session.info.get(REPLY_IDS, {})
+    return known.pop(inbound_id, None)
 
 
 def billed_units(channel: str, text: str) -> int:
@@ -373,17 +406,35 @@ def settle_ledger(
         log.warning("hold lapsed before capture; answer given free",
                     extra={"hold": pending.hold_id, "message_sid": pending.message_sid})
         return "answered", (result.answer.text,), 0
+    watch = alerts.AfterDebit()
     if not captured.posted.replayed:
         costs.note_tokens_charged(session, pending.account_id,
                                   [(b, -n) for b, n in captured.posted.by_bucket], now,
                                   intent=pending.intent.name)
+        if pending.available_after_hold is not None:
+            after = pending.available_after_hold + captured.released
+            watch = alerts.after_debit(
+                session, pending.account_id, settings.catalog,
+                before=after + captured.posted.amount, after=after, now=now,
+                provider_name=settings.payments.name if settings.payments else None)
+            if watch.top_up is not None:
+                # Charged after the commit, with no transaction open (`answer_message`).
+                session.info.setdefault(TOP_UPS, []).append(watch.top_up)
     text = result.answer.text
+    lang = pending.request.language or reply_language(None, pending.request.text)
     if pending.level != tiers.NORMAL and tiers.take_upsell(
             session, pending.account_id, settings.catalog, now, pending.level):
         available = ledger.balance(session, pending.account_id, now).available
-        lang = pending.request.language or reply_language(None, pending.request.text)
         notice = replies.level_notice(settings.catalog, pending.level, available, lang=lang)
         text = f"{notice}\n{text}"
+    if watch.alert is not None:
+        link = payments.issue_pay_link(session, pending.account_id,
+                                       settings.catalog.default_pack,
+                                       ttl_seconds=settings.catalog.pay_link_ttl_seconds,
+                                       now=now)
+        alert = replies.low_balance_text(settings.catalog, watch.available,
+                                         settings.pay_url(link.token), lang)
+        return "answered", (text, alert), captured.posted.amount
     return "answered", (text,), captured.posted.amount
 
 

@@ -28,12 +28,22 @@ from typing import cast
 from sqlalchemy import Integer, String, Table, bindparam, delete, select
 from sqlalchemy.orm import Session
 
+from bot.intents.classifier import classify
+from bot.intents.llm_classify import LlmClassification, classify_with_llm, unsure
 from bot.messages import InboundMessage, from_payload
 from bot.models import InboxMessage, Message
-from bot.router.answer import pending_answer, record_llm_cost, run_skill, settle
+from bot.router.answer import (
+    REPLY_IDS,
+    TOP_UPS,
+    pending_answer,
+    record_llm_cost,
+    run_skill,
+    settle,
+)
 from bot.router.steps import handle_inbound, keyword_family
 from bot.router.turn import BotSettings, Outcome
 from tokens.base import utcnow
+from tokens.catalog import normalise_command
 
 log = logging.getLogger(__name__)
 
@@ -105,14 +115,20 @@ def answer_message(
             repeat of the same call resumes from there.
     """
     later = (lambda: now) if now is not None else clock
+    # Only what this answer's own commits record: the auto top-ups to charge, the reply ids.
+    session.info.pop(TOP_UPS, None)
+    session.info.pop(REPLY_IDS, None)
+    classified = classify_before_turn(msg, settings, now or clock())
     try:
         outcome = handle_inbound(session, msg, settings, now,
-                                 defer=settings.chat is not None, transport=transport)
+                                 defer=settings.chat is not None, transport=transport,
+                                 classified=classified)
         if inbox_id is not None:
             session.execute(_TAKE_FROM_INBOX, {"inbox_id": inbox_id})
         session.commit()
     except Exception:
         session.rollback()
+        session.info.pop(TOP_UPS, None)
         raise
     if outcome.kind == "duplicate":
         return resume_answer(session, msg.message_sid, settings, transport=transport,
@@ -122,7 +138,51 @@ def answer_message(
         outcome = _answer_deferred(session, msg.message_sid, settings, transport, later)
     if deliver is not None and message_id is not None:
         deliver(session, message_id)
+    run_top_ups(session, settings)
     return outcome
+
+
+def classify_before_turn(msg: InboundMessage, settings: BotSettings, now: datetime
+                         ) -> LlmClassification | None:
+    """With an LLM configured, the message's classification before the turn, with no
+    transaction open (so the LLM's wait holds no lock): one cheap call when the rules are
+    unsure (`bot.intents.llm_classify.unsure`: small talk by the rules, but long or naming
+    food, diets or calories), within the sender address's daily budget
+    (`llm.classify_per_day`, counted with the rate limits; a storage failure asks nothing);
+    otherwise the rules' classification, unasked, so that the turn does not classify again.
+    None (the turn decides) without an LLM, and for keywords, commands and empty messages.
+    The call's cost is recorded in the turn (`llm-classify:<MessageSid>`)."""
+    chat, catalog, limits = settings.chat, settings.catalog, settings.sender_limits
+    text = msg.text
+    if chat is None or not text.strip() or keyword_family(msg) is not None:
+        return None
+    command = normalise_command(text)
+    if any(command in words for words in catalog.commands.values()):
+        return None
+    rules = LlmClassification(classify(text, catalog))  # the turn uses it, not classify again
+    if limits is None or not catalog.llm.classify_per_day or not unsure(text, rules.spec,
+                                                                          catalog):
+        return rules
+    count = limits.count_day(msg.sender, now, kind="classify")
+    if count is None or count > catalog.llm.classify_per_day:
+        return rules
+    return classify_with_llm(text, rules.spec, catalog, chat)
+
+
+def run_top_ups(session: Session, settings: BotSettings) -> None:
+    """Charge the auto top-ups this session's last commits recorded (`tokens.alerts`), with no
+    transaction open (`BotSettings.top_up`). An attempt left uncharged (no `top_up`, a crash)
+    stays open and is charged at the person's next debit under the threshold, with the same
+    idempotency key."""
+    dues = session.info.pop(TOP_UPS, None) or []
+    if settings.top_up is None:
+        return
+    for due in dues:
+        try:
+            settings.top_up(session, due)
+        except Exception:  # noqa: BLE001 - the answer is sent; the attempt stays open
+            log.exception("auto top-up failed; it is retried at the next debit",
+                          extra={"key": due.key})
 
 
 def resume_answer(
@@ -259,5 +319,6 @@ def _answer_deferred(session: Session, message_sid: str, settings: BotSettings,
         session.commit()
     except Exception:
         session.rollback()
+        session.info.pop(TOP_UPS, None)
         raise
     return outcome

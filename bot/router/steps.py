@@ -1,7 +1,7 @@
 """The ordered steps that route one inbound message (`STEPS`, run by `handle_inbound`).
 
     contact -> lock the account -> store (a repeated MessageSid stops here) -> language
-    -> compliance keywords -> opted-out silence
+    -> inbound flood -> compliance keywords -> opted-out silence
     -> suspended silence -> rate limit -> monthly allowance -> past the cutoff -> no text
     -> free commands -> small talk -> intent -> level -> hold -> [defer] -> skill
     -> capture (or void)
@@ -48,6 +48,11 @@ from bot.contacts import (
     resolve_contact,
 )
 from bot.intents.classifier import classify
+from bot.intents.llm_classify import (
+    LlmClassification,
+    cheapest_tier,
+    classification_ceiling_musd,
+)
 from bot.intents.offline import small_talk as small_talk_kind
 from bot.messages import InboundMessage
 from bot.models import ConsentEvent, Contact, Message
@@ -69,7 +74,7 @@ from bot.router.turn import (
     Step,
     Turn,
 )
-from tokens import costs, ledger, payments, tiers
+from tokens import auto_topup, costs, ledger, payments, tiers
 from tokens.base import UTCDateTime, insert_on_conflict, utcnow
 from tokens.catalog import normalise_command
 from tokens.errors import InsufficientTokens, UnknownAccount
@@ -104,6 +109,7 @@ def serialise(turn: Turn) -> None:
     turn.override = row[2]
     turn.allowance_granted = bool(row[3])
     turn.purchased = int(row[4])
+    turn.available = int(row[5])
 
 
 # The statement of `serialise`, built once: the row lock of `tokens.ledger.lock_account` (FOR
@@ -119,6 +125,7 @@ _STANDING = (
         .scalar_subquery(),
         ledger.monthly_allowance_granted(bindparam("allowance_key", type_=String())),
         ledger.purchased_available(ledger.Account.id, bindparam("now", type_=UTCDateTime())),
+        ledger.Account.balance - ledger.Account.held,
     )
     .where(ledger.Account.id == bindparam("account_id", type_=Integer()))
     .with_for_update(key_share=True, of=ledger.Account)
@@ -154,6 +161,26 @@ def store_inbound(turn: Turn) -> None:
     costs.record_inbound(turn.session, turn.account_id, turn.catalog.costs, msg.channel,
                          billed_units(msg.channel, msg.text), message_sid=msg.message_sid,
                          now=turn.now)
+    _record_classification(turn)
+
+
+def _record_classification(turn: Turn) -> None:
+    """The cost of the classification call made before the turn (`turn.classified`), once
+    per MessageSid (`llm-classify:<MessageSid>`): its usage, or its ceiling when the call
+    reported none (a timeout; the provider may still bill it)."""
+    classified = turn.classified
+    if classified is None or not classified.asked:
+        return
+    catalog, key = turn.catalog, f"llm-classify:{turn.msg.message_sid}"
+    if classified.usage is not None:
+        costs.record_llm(turn.session, turn.account_id, classified.usage,
+                         catalog.costs.model(classified.usage.model), key=key,
+                         intent=classified.spec.name, now=turn.now)
+    elif classified.unbilled:
+        tier = cheapest_tier(catalog)
+        costs.record_llm_estimate(turn.session, turn.account_id,
+                                  classification_ceiling_musd(catalog, tier), tier.model,
+                                  key=key, intent=classified.spec.name, now=turn.now)
 
 
 _INBOUND_COLUMNS = ("contact_id", "direction", "channel", "message_sid", "body", "num_media",
@@ -209,17 +236,51 @@ def compliance_keywords(turn: Turn) -> None:
             contact.set_opted_out(channel, turn.now, f"{source}:{channel}")
         log.info("contact opted out", extra={"contact": mask_address(contact.address),
                                              "channel": channel})
-        if confirms and first_time:
+        if confirms and first_time and not turn.flooded and _take_free_reply(turn):
             raise ReplyNow("opt_out", replies.stop_text(turn.catalog, turn.language))
         raise ReplyNow("opt_out")
     if family == "START":
         contact.set_opted_out(channel, None, None)
-        if confirms:
+        if confirms and not turn.flooded and _take_free_reply(turn):
             raise ReplyNow("opt_in", replies.start_text(turn.catalog, turn.language))
         raise ReplyNow("opt_in")
+    if turn.flooded:
+        raise ReplyNow("flooded")
     if contact.opted_out_at(channel) is not None:
         raise ReplyNow("opted_out")
-    raise ReplyNow("help", replies.help_text(turn.catalog, turn.now, turn.language))
+    allowed = tiers.take_help(turn.session, turn.account_id, turn.catalog, turn.now)
+    if allowed == "full":
+        raise ReplyNow("help", replies.help_text(turn.catalog, turn.now, turn.language))
+    if allowed == "short":
+        raise ReplyNow("help", replies.help_short_text(turn.catalog, turn.language))
+    raise ReplyNow("help")
+
+
+def _take_free_reply(turn: Turn) -> bool:
+    """One reply from the person's daily budget of free replies (`tiers.take_free_reply`)."""
+    return tiers.take_free_reply(turn.session, turn.account_id, turn.catalog, turn.now)
+
+
+def inbound_flood(turn: Turn) -> None:
+    """A person whose inbound messages pass `inbound_flood_per_day` today is silenced for
+    the rest of the day: no reply at all (STOP and START still change their consent, without
+    a confirmation), and the first message past it flags them for the admin pages
+    (`tiers.mark_flooded`). The count lives with the rate limits
+    (`bot.ratelimit.SenderLimits.count_day`): no SQL for ordinary messages."""
+    limits = turn.settings.sender_limits
+    if limits is None:
+        return
+    count = limits.count_day(f"account:{turn.account_id}", turn.now)
+    threshold = turn.catalog.tiers.inbound_flood_per_day
+    if count is None or count <= threshold:
+        return
+    turn.flooded = True
+    if count == threshold + 1:
+        tiers.mark_flooded(turn.session, turn.account_id, turn.now)
+        log.warning("inbound flood: person silenced for the day",
+                    extra={"contact": mask_address(turn.msg.sender)})
+    if keyword_family(turn.msg) not in ("STOP", "START"):
+        raise ReplyNow("flooded")
 
 
 def _log_consent(turn: Turn, action: str) -> None:
@@ -251,8 +312,9 @@ def silence_suspended(turn: Turn) -> None:
 def rate_limit(turn: Turn) -> None:
     """Per-sender rate limits (`bot.ratelimit`), per person: past them, no skill
     and no charge; one short notice an hour at most, and only within the daily budget of
-    free replies (`tiers.take_refusal`), so that throttling itself cannot cost without limit.
-    STOP, START and HELP were answered above and are never throttled."""
+    free replies (`tiers.take_free_reply`), so that throttling itself cannot cost without
+    limit. STOP, START and HELP were answered above and are never throttled (they draw on the
+    same budget)."""
     limits = turn.settings.sender_limits
     if limits is None:
         return
@@ -260,8 +322,7 @@ def rate_limit(turn: Turn) -> None:
     if verdict.allowed:
         return
     log.info("message throttled", extra={"limit": verdict.limit})
-    if verdict.notify and tiers.take_refusal(turn.session, turn.account_id, turn.catalog,
-                                             turn.now):
+    if verdict.notify and _take_free_reply(turn):
         raise ReplyNow("throttled", replies.throttled(turn.language))
     raise ReplyNow("throttled")
 
@@ -271,24 +332,32 @@ def monthly_allowance(turn: Turn) -> None:
     locking statement of `serialise` read whether it was)."""
     if turn.allowance_granted:
         return
-    ledger.grant_monthly_allowance(
+    granted = ledger.grant_monthly_allowance(
         turn.session, turn.account_id, turn.catalog.free_monthly_allowance, turn.now
     )
+    if granted.replayed:
+        return
+    if turn.available == 0:  # nothing held or left to expire (a new person): no statement
+        turn.available = granted.amount
+    else:  # last month's free tokens expired too: read it again (once a month)
+        turn.available = ledger.balance(turn.session, turn.account_id, turn.now).available
 
 
 def past_the_cutoff(turn: Turn) -> None:
     """Past the cutoff (README, "How service steps down"), the bot's other free replies
-    (MORE, LANGUAGE, small talk, "tell me in words") share the daily refusal budget, then
-    stop: what a non-paying person costs stays bounded. BALANCE, BUY and BUY PREMIUM have a
-    daily budget of their own (`billing_replies_per_day`, default 5): refusals never use it
-    up, so the way out of the cutoff is not silenced by them (issue #16), and what these
+    (MORE, LANGUAGE, small talk, "tell me in words") draw on the daily budget of free
+    replies, then stop: what a non-paying person costs stays bounded. BALANCE, BUY and BUY
+    PREMIUM have a daily budget of their own (`billing_replies_per_day`, default 5): the
+    free replies never use it up, so the way out of the cutoff is not silenced (issue #16),
+    and what these
     replies cost stays within the loss bound (`tiers.monthly_loss_ceiling_musd`). Priced
     requests are decided in `choose_level`; HELP and STOP, which the carriers require, are
     answered before this step."""
     catalog = turn.catalog
     command = normalise_command(turn.msg.text)
     commands = catalog.commands
-    billing = command in commands["balance"] | commands["buy"] | commands["premium"]
+    billing = command in (commands["balance"] | commands["buy"] | commands["premium"]
+                          | commands["auto_on"] | commands["auto_off"])
     words = frozenset().union(*commands.values())
     if (not billing and turn.msg.text.strip() and command not in words
             and read_small_talk(turn) is None):
@@ -298,7 +367,7 @@ def past_the_cutoff(turn: Turn) -> None:
         return
     if turn.premium:
         return
-    take = tiers.take_billing_reply if billing else tiers.take_refusal
+    take = tiers.take_billing_reply if billing else tiers.take_free_reply
     if not take(turn.session, turn.account_id, catalog, turn.now):
         raise ReplyNow("refused")
 
@@ -310,8 +379,8 @@ def no_text(turn: Turn) -> None:
 
 
 def free_commands(turn: Turn) -> None:
-    """BALANCE, BUY, BUY PREMIUM, MORE and LANGUAGE (and their Spanish forms): whole-message
-    matches, free, in the person's language."""
+    """BALANCE, BUY, BUY PREMIUM, AUTO ON, AUTO OFF, MORE and LANGUAGE (and their Spanish
+    forms): whole-message matches, free, in the person's language."""
     command = normalise_command(turn.msg.text)
     catalog, lang = turn.catalog, turn.language
     commands = catalog.commands
@@ -322,6 +391,8 @@ def free_commands(turn: Turn) -> None:
         raise ReplyNow("buy", replies.buy_text(catalog.pack(), _pay_url(turn), lang))
     if command in commands["premium"]:
         raise ReplyNow("premium", _premium_reply(turn))
+    if command in commands["auto_on"] | commands["auto_off"]:
+        raise ReplyNow("auto_topup", _auto_topup_reply(turn, on=command in commands["auto_on"]))
     if command in commands["more"]:
         assert turn.contact is not None
         if turn.contact.more_text:
@@ -331,6 +402,24 @@ def free_commands(turn: Turn) -> None:
         chosen = catalog.language_choices[command]  # applied by the `language` step
         raise ReplyNow("language", replies.language_set_text(chosen) if chosen
                        else replies.language_help_text(lang))
+
+
+def _auto_topup_reply(turn: Turn, *, on: bool) -> str:
+    """AUTO ON: on at once with a saved card, else a pay link whose checkout saves the card
+    for it (the person's consent, `tokens.auto_topup.request_on`); AUTO OFF: off. Without a
+    payment provider, it says auto top-up is not available."""
+    catalog, lang = turn.catalog, turn.language
+    if turn.settings.payments is None:
+        return replies.auto_topup_unavailable_text(lang)
+    pack = catalog.auto_topup_pack()
+    if not on:
+        auto_topup.turn_off(turn.session, turn.account_id, turn.now)
+        return replies.auto_topup_off_text(lang)
+    result = auto_topup.request_on(turn.session, turn.account_id, pack.code, turn.now)
+    if result.kind == "enabled":
+        return replies.auto_topup_on_text(catalog, pack, lang)
+    url = _pay_url(turn, pack.code, purpose="auto_topup")
+    return replies.auto_topup_consent_text(catalog, pack, url, lang)
 
 
 def _premium_reply(turn: Turn) -> str:
@@ -372,7 +461,12 @@ def small_talk(turn: Turn) -> None:
 
 
 def classify_intent(turn: Turn) -> None:
-    """The intent, and so the price, from the catalog's patterns."""
+    """The intent, and so the price, from the catalog's patterns; or the one the LLM named
+    before the turn for a message the patterns were unsure of (`turn.classified`,
+    `bot.router.pipeline.classify_before_turn`), never cheaper than the patterns' own."""
+    if turn.classified is not None:
+        turn.intent = turn.classified.spec
+        return
     turn.intent = classify(turn.msg.text, turn.catalog)
 
 
@@ -381,9 +475,9 @@ def choose_level(turn: Turn) -> None:
     `tokens.tiers.decide`), on the exposure including answers still queued, under the
     account's lock.
 
-    PAYMENT_REQUIRED: a pay link and nothing charged (at most `refusals_per_day` replies a day,
-    then silence). AFFILIATE, for a costly intent: partner offers, nothing charged. Otherwise
-    the answer goes ahead at this level (`run_skill`).
+    PAYMENT_REQUIRED: a pay link and nothing charged (from the daily budget of free replies,
+    `free_replies_per_day`, then silence). AFFILIATE, for a costly intent: partner offers,
+    nothing charged. Otherwise the answer goes ahead at this level (`run_skill`).
     """
     assert turn.intent is not None and turn.message is not None
     spec, catalog, session = turn.intent, turn.catalog, turn.session
@@ -399,8 +493,8 @@ def choose_level(turn: Turn) -> None:
     turn.level = turn.override or tiers.decide(exposure, ceiling, catalog, paying=paying)
     turn.estimate_musd = ceiling[turn.level]
     if turn.level == tiers.PAYMENT_REQUIRED:
-        if not tiers.take_refusal(session, turn.account_id, catalog, turn.now):
-            raise ReplyNow("refused")  # silence until they pay or the month turns
+        if not _take_free_reply(turn):
+            raise ReplyNow("refused")  # silence until they pay or the day turns
         available = ledger.balance(session, turn.account_id, turn.now).available
         raise ReplyNow("refused", replies.payment_required_text(
             catalog, available, _pay_url(turn), turn.now, turn.language))
@@ -418,8 +512,8 @@ def choose_level(turn: Turn) -> None:
 
 def reserve(turn: Turn) -> None:
     """Hold the price before the skill runs; below the price: a pay link and the cheaper
-    options, nothing charged, at most `refusals_per_day` such replies a day (the check and
-    the hold are one step: `tokens.ledger.hold`)."""
+    options, nothing charged, from the daily budget of free replies (the check and the hold
+    are one step: `tokens.ledger.hold`)."""
     assert turn.intent is not None
     try:
         placed = ledger.hold(
@@ -428,13 +522,14 @@ def reserve(turn: Turn) -> None:
             memo=turn.intent.name, now=turn.now,
         )
     except InsufficientTokens as refused:
-        # Throttled like refusals (at most `refusals_per_day`, then silence): replies that
-        # charge nothing must not cost without limit.
-        if not tiers.take_refusal(turn.session, turn.account_id, turn.catalog, turn.now):
+        # From the daily budget of free replies, then silence: replies that charge nothing
+        # must not cost without limit.
+        if not _take_free_reply(turn):
             raise ReplyNow("insufficient") from None
         raise ReplyNow("insufficient", _insufficient(turn, refused.available)) from None
     turn.hold_id = placed.hold_id
     turn.placed = placed
+    turn.available -= turn.intent.price
 
 
 def defer_or_answer(turn: Turn) -> None:
@@ -456,6 +551,7 @@ def defer_or_answer(turn: Turn) -> None:
                                turn.level, language=_known_language(turn)),
         level=turn.level,
         placed=turn.placed,
+        available_after_hold=turn.available,
     )
     result = run_skill(turn.settings, pending)
     kind, texts, charged = settle_ledger(turn.session, pending, result, turn.settings, turn.now)
@@ -468,6 +564,7 @@ STEPS: tuple[Step, ...] = (
     serialise,
     store_inbound,
     language,
+    inbound_flood,
     compliance_keywords,
     silence_opted_out,
     silence_suspended,
@@ -492,6 +589,7 @@ def handle_inbound(
     *,
     defer: bool = False,
     transport: str = "twiml",
+    classified: LlmClassification | None = None,
 ) -> Outcome:
     """Route one inbound message through `STEPS` and record what happened.
 
@@ -505,11 +603,14 @@ def handle_inbound(
             with no transaction open (`bot.router.pipeline.answer_message` does all this).
         transport: "twiml": the replies go back in the webhook's answer and are costed now;
             "rest": they are stored `pending` for `bot.outbound` to send.
+        classified: the LLM's classification of this message, asked before the turn with no
+            transaction open (`bot.router.pipeline.classify_before_turn`); None: the rules.
 
     Returns:
         The `Outcome`: what to reply (as TwiML), the intent, and the tokens charged.
     """
-    turn = Turn(session=session, msg=msg, settings=settings, now=now or utcnow(), defer=defer)
+    turn = Turn(session=session, msg=msg, settings=settings, now=now or utcnow(), defer=defer,
+                classified=classified)
     try:
         for step in STEPS:
             step(turn)

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
+from typing import TYPE_CHECKING
 
 from sqlalchemy.orm import Session
 
@@ -20,6 +21,11 @@ from bot.models import Contact, Message
 from bot.ratelimit import SenderLimits
 from tokens import ledger, tiers
 from tokens.catalog import Catalog, IntentSpec
+
+if TYPE_CHECKING:
+    from bot.intents.llm_classify import LlmClassification
+    from tokens.auto_topup import TopUpDue
+    from tokens.providers import PaymentProvider
 
 # Compliance keyword families (Twilio's default opt-out keywords), plus Spanish forms.
 OPT_OUT = frozenset(
@@ -54,6 +60,10 @@ class BotSettings:
         sender_limits: per-sender rate limits (`bot.ratelimit`); None: no limits (router tests).
         erased_key: the HMAC key of forgotten numbers (`bot.contacts.erasure_key`), so a
             forgotten number that writes again gets its old account back; None: not looked up.
+        payments: the payment provider auto top-ups go through (`tokens.auto_topup`); None:
+            no auto top-up.
+        top_up: charges an auto top-up after its commit and tells the person (the app's
+            `app.billing.run_top_up`); None: recorded attempts wait for the next chance.
     """
 
     catalog: Catalog
@@ -62,6 +72,8 @@ class BotSettings:
     chat: ChatClient | None = None
     sender_limits: SenderLimits | None = None
     erased_key: bytes | None = None
+    payments: PaymentProvider | None = None
+    top_up: Callable[[Session, TopUpDue], None] | None = None
 
     def pay_url(self, token: str) -> str:
         """The public URL of a pay link token."""
@@ -73,8 +85,10 @@ class Outcome:
     """What the router did with one inbound message.
 
     Attributes:
-        kind: "duplicate", "opted_out", "suspended", "throttled", "opt_out", "opt_in", "help",
-            "no_text", "balance", "buy", "premium", "more", "language" (LANGUAGE / IDIOMA),
+        kind: "duplicate", "flooded" (inbound past `inbound_flood_per_day` today), "opted_out",
+            "suspended", "throttled", "opt_out", "opt_in", "help",
+            "no_text", "balance", "buy", "premium", "auto_topup" (AUTO ON / AUTO OFF), "more",
+            "language" (LANGUAGE / IDIOMA),
             "small_talk" (thanks, ok, an emoji, "stop sending me messages", "cancel my
             subscription": free), "insufficient", "refused" (PAYMENT_REQUIRED), "offers"
             (AFFILIATE), "queued" (the skill runs in a job), "failed" or "answered".
@@ -119,7 +133,13 @@ class Turn:
     level: str = tiers.NORMAL
     suspended: bool = False  # an operator suspended the person (read under the lock)
     premium: bool = False  # a subscription gives premium now (read under the lock)
+    flooded: bool = False  # inbound past `inbound_flood_per_day` today: silenced
+    # The LLM's classification asked before the turn (`pipeline.classify_before_turn`).
+    classified: LlmClassification | None = None
     purchased: int = 0  # tokens left in purchased and premium lots (read under the lock)
+    # The available balance (tokens) as posted, read under the lock, kept up to date by the
+    # allowance grant and the hold (the balance watch after the capture, `tokens.alerts`).
+    available: int = 0
     override: str | None = None  # an operator's level in force (read under the lock)
     allowance_granted: bool = False  # this month's free allowance (read under the lock)
     estimate_musd: int | None = None  # the level's cost ceiling, µUSD, once decided

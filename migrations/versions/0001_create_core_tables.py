@@ -178,7 +178,7 @@ def upgrade():
     with op.batch_alter_table('ledger_lots', schema=None) as batch_op:
         batch_op.create_foreign_key(batch_op.f('fk_ledger_lots_credit_entry_id_ledger_entries'), 'ledger_entries', ['credit_entry_id'], ['id'])
 
-    # Entries are append-only (economy.md): the database refuses UPDATE and DELETE.
+    # Entries are append-only (docs/economy.md): the database refuses UPDATE and DELETE.
     for statement in APPEND_ONLY[op.get_bind().dialect.name]['create']:
         op.execute(statement)
 

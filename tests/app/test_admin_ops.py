@@ -245,8 +245,9 @@ def test_affiliates_shows_the_months_links_clicks_conversions_and_commission(app
     record_click(session, link.token, catalog, now)
     record_click(session, link.token, catalog, now)
     click_id = session.scalars(select(Click.click_id).order_by(Click.id)).first()
-    assert record_conversion(session, "awin", "conv-1", click_id, 5000, 1250, now)
-    assert record_conversion(session, "awin", "conv-2", "not-one-of-ours", 1000, 100, now)
+    assert record_conversion(session, "awin", "conv-1", click_id, 5000, 1250, now).changed
+    assert record_conversion(session, "awin", "conv-2", "not-one-of-ours", 1000, 100,
+                             now).changed
     earlier = now - timedelta(days=70)
     old_offers = issue_offer_links(session, account, "grocery_list", catalog, earlier)
     session.commit()
@@ -255,21 +256,22 @@ def test_affiliates_shows_the_months_links_clicks_conversions_and_commission(app
     page = text_of(response := client.get("/admin/affiliates"))
     assert response.status_code == 200
     assert kpi(page, "Offer links issued") == str(len(offers))
-    assert kpi(page, "Clicks") == "2"
+    assert kpi(page, "Clicks") == "1"  # two openings in one hour: one click
+    assert kpi(page, "Link openings") == "2"
     assert kpi(page, "Conversions (attributed)") == "1"
     assert kpi(page, "Commission (revenue)") == "$12.50"
     assert kpi(page, "Unattributed conversions") == "1"
     assert cells(section(page, "Per partner"), partner.name) == [
-        f"{partner.name} {partner.code}", "1", "2", "1", "$50.00", "$12.50"]
+        f"{partner.name} {partner.code}", "1", "1", "1", "$50.00", "$12.50", "2", "0", "0"]
     assert cells(section(page, "Per network"), "awin") == [
-        "awin", "1", "1", "$60.00", "$12.50", "$1.00"]
+        "awin", "1", "1", "$60.00", "$12.50", "$1.00", "0", "2", "0"]
     latest = section(page, "Latest conversions")
-    assert cells(latest, "conv-2")[1:8] == ["awin", "conv-2", "-", "-", "unattributed",
+    assert cells(latest, "conv-2")[1:8] == ["awin", "conv-2", "-", "-", "approved",
                                            "$10.00", "$1.00"]
     assert cells(latest, "conv-1")[1:8] == ["awin", "conv-1", partner.name, f"#{account}",
-                                           "attributed", "$50.00", "$12.50"]
+                                           "approved", "$50.00", "$12.50"]
     clicks = section(page, "Latest clicks")
-    assert len(re.findall(r"<tr>", clicks)) == 3  # header + 2 clicks
+    assert len(re.findall(r"<tr>", clicks)) == 2  # header + 1 click (2 openings)
     assert f'href="/admin/people/{account}"' in clicks
     assert click_id not in page  # our sub-ids are not shown
 

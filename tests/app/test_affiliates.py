@@ -1,5 +1,5 @@
 """`GET /r/<token>`, `POST /webhooks/affiliates/<network>` and `flask affiliates import`
-(economy.md, "Affiliate gating"), on SQLite and PostgreSQL."""
+(docs/economy.md, "Affiliate gating"), on SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import hashlib
 import hmac
 import json
 from dataclasses import replace
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
@@ -89,27 +89,55 @@ def affiliate_revenue(session, account_id: int) -> int:
 # --- GET /r/<token> -----------------------------------------------------------------------
 
 
-def test_offer_link_records_one_click_per_request_and_redirects_to_the_partner(
-        app, client, session, account):
+class Clock:
+    """A settable `utcnow` for `tokens.affiliates` (the routes pass no time)."""
+
+    def __init__(self, now: datetime) -> None:
+        self.now = now
+
+    def __call__(self) -> datetime:
+        return self.now
+
+
+@pytest.fixture
+def clock(monkeypatch) -> Clock:
+    """The affiliate domain's clock, at the start of the current UTC hour plus 10 minutes."""
+    moment = Clock(utcnow().replace(minute=10, second=0, microsecond=0))
+    monkeypatch.setattr(tokens.affiliates, "utcnow", moment)
+    return moment
+
+
+def subid(response) -> str:
+    return parse_qs(urlsplit(response.headers["Location"]).query)["subid"][0]
+
+
+def test_100_gets_of_one_link_in_an_hour_are_one_click_with_one_click_id(
+        app, client, session, account, clock):
+    """Issue #16: 100 GETs of one link recorded 105 clicks, each with a new click id."""
     token = offer_token(app, session, account)
-    locations = []
-    for expected in (1, 2):
+    locations = set()
+    for i in range(100):
+        clock.now = clock.now.replace(minute=10) + timedelta(seconds=29 * i)
         response = client.get(f"/r/{token}")
         assert response.status_code == 302
         assert response.headers["Cache-Control"] == "no-store"
         assert response.headers["Referrer-Policy"] == "no-referrer"
-        assert len(click_rows(session)) == expected
-        locations.append(response.headers["Location"])
-    rows = click_rows(session)
+        locations.add(response.headers["Location"])
+    (row,) = click_rows(session)
+    assert (row.account_id, row.opens) == (account, 100)
+    (location,) = locations
+    parts = urlsplit(location)
     allowed = catalog(app).affiliates.allowed_domains
-    for location, row in zip(locations, rows, strict=True):
-        parts = urlsplit(location)
-        assert parts.scheme == "https"
-        assert any(parts.hostname == d or parts.hostname.endswith("." + d) for d in allowed)
-        assert parts.hostname == "www.freshbox.example"
-        assert parse_qs(parts.query)["subid"] == [row.click_id]
-        assert row.account_id == account
-    assert rows[0].click_id != rows[1].click_id
+    assert parts.scheme == "https"
+    assert any(parts.hostname == d or parts.hostname.endswith("." + d) for d in allowed)
+    assert parts.hostname == "www.freshbox.example"
+    assert parse_qs(parts.query)["subid"] == [row.click_id]
+    # The next clock hour: a new click, a new click id.
+    clock.now = clock.now.replace(minute=0, second=0) + timedelta(hours=1)
+    later = client.get(f"/r/{token}")
+    rows = click_rows(session)
+    assert [r.opens for r in rows] == [100, 1]
+    assert subid(later) == rows[1].click_id != rows[0].click_id
 
 
 def test_unknown_tampered_and_expired_tokens_are_404_without_redirect(
@@ -178,16 +206,16 @@ def test_a_signed_postback_records_revenue_once_for_the_clicker(app, client, ses
               "commission": "4.50"}
     first = postback(client, fields)
     assert first.status_code == 200, first.get_data(as_text=True)
-    assert first.get_json() == {"recorded": True}
+    assert first.get_json() == {"recorded": True, "status": "approved"}
     again = postback(client, fields)
     assert again.status_code == 200
-    assert again.get_json() == {"recorded": False}
+    assert again.get_json() == {"recorded": False, "status": "approved"}
     changed = postback(client, {**fields, "commission": "99.00"})
-    assert changed.get_json() == {"recorded": False}
+    assert changed.get_json() == {"recorded": False, "status": "approved"}
 
     (row,) = conversions(session)
     assert (row.network, row.conversion_id, row.account_id, row.status, row.sale_amount_cents,
-            row.commission_musd) == ("awin", "AW-1001", account, "attributed", 4_500,
+            row.commission_musd) == ("awin", "AW-1001", account, "approved", 4_500,
                                      450 * costs.MUSD_PER_CENT)
     assert affiliate_revenue(session, account) == 450 * costs.MUSD_PER_CENT
     assert affiliate_revenue(session, other) == 0
@@ -197,9 +225,10 @@ def test_a_signed_postback_records_revenue_once_for_the_clicker(app, client, ses
 def test_a_postback_for_an_unknown_click_is_kept_unattributed(client, session):
     response = postback(client, {"conversion_id": "AW-7", "click_id": "someone-elses",
                                  "sale_amount": "10", "commission": "1.00"})
-    assert response.get_json() == {"recorded": True}
+    assert response.get_json() == {"recorded": True, "status": "approved"}
     (row,) = conversions(session)
-    assert (row.account_id, row.status) == (None, "unattributed")
+    assert (row.account_id, row.partner_code, row.status, row.booked_musd) == (
+        None, None, "approved", 0)
     assert session.scalar(select(func.count()).select_from(RevenueEntry)) == 0
 
 
@@ -230,7 +259,100 @@ def test_bad_or_missing_signatures_are_401_and_store_nothing(app, client, sessio
     assert affiliate_revenue(session, account) == 0
     # The signature's hex is not case-sensitive; the body is what it covers.
     response = client.post(PATH, data=body, headers={"X-Signature": "SHA256=" + good[7:].upper()})
-    assert response.get_json() == {"recorded": True}
+    assert response.get_json() == {"recorded": True, "status": "approved"}
+
+
+def revenue_of_month(session, account_id: int, when: datetime) -> int:
+    session.expire_all()
+    return costs.month(session, account_id, when).revenue_affiliate_musd
+
+
+def revenue_rows(session) -> list[tuple[str, int, datetime]]:
+    session.expire_all()
+    return [(e.idempotency_key, e.amount_musd, e.created_at)
+            for e in session.scalars(select(RevenueEntry).order_by(RevenueEntry.id))]
+
+
+def test_postbacks_move_a_conversion_pending_approved_reversed(
+        app, client, session, account, clock):
+    """Pending books nothing; the approval books the commission in its own month; a
+    negative amount reverses it once; repeats and late reports are 200 no-ops."""
+    click_id = clicked(app, client, session, account)
+    fields = {"conversion_id": "AW-77", "click_id": click_id, "sale_amount": "80.00",
+              "commission": "8.00"}
+    reported = clock.now = datetime(2026, 11, 28, 10, 0, tzinfo=UTC)
+    assert postback(client, {**fields, "status": "pending"}).get_json() == {
+        "recorded": True, "status": "pending"}
+    assert postback(client, {**fields, "status": "pending"}).get_json() == {
+        "recorded": False, "status": "pending"}
+    assert revenue_rows(session) == []
+
+    approved = clock.now = datetime(2026, 12, 2, 8, 30, tzinfo=UTC)
+    response = postback(client, {**fields, "commission": "9.00", "status": "Approved"})
+    assert response.get_json() == {"recorded": True, "status": "approved"}
+    (row,) = conversions(session)
+    assert (row.status, row.created_at, row.approved_at, row.reversed_at, row.booked_musd,
+            row.commission_musd) == ("approved", reported, approved, None, 9_000_000,
+                                     9_000_000)
+    assert revenue_of_month(session, account, reported) == 0
+    assert revenue_of_month(session, account, approved) == 9_000_000
+    assert revenue_rows(session) == [("affiliate:awin:AW-77", 9_000_000, approved)]
+    for late in ({**fields, "status": "approved"}, {**fields, "status": "pending"}, fields):
+        assert postback(client, late).get_json() == {"recorded": False, "status": "approved"}
+
+    reversed_at = clock.now = datetime(2027, 1, 9, 17, 0, tzinfo=UTC)
+    negative = {**fields, "sale_amount": "-80.00", "commission": "-9.00"}
+    assert postback(client, negative).get_json() == {"recorded": True, "status": "reversed"}
+    for late in (negative, {**fields, "status": "reversed"}, {**fields, "status": "approved"},
+                 {**fields, "status": "pending"}):
+        assert postback(client, late).get_json() == {"recorded": False, "status": "reversed"}
+    (row,) = conversions(session)
+    assert (row.status, row.approved_at, row.reversed_at, row.booked_musd) == (
+        "reversed", approved, reversed_at, 9_000_000)
+    assert revenue_of_month(session, account, approved) == 9_000_000
+    assert revenue_of_month(session, account, reversed_at) == -9_000_000
+    assert revenue_rows(session) == [("affiliate:awin:AW-77", 9_000_000, approved),
+                                     ("affiliate-reversal:awin:AW-77", -9_000_000,
+                                      reversed_at)]
+
+
+def test_a_reversal_postback_before_the_approval_books_nothing(app, client, session,
+                                                                  account, clock):
+    click_id = clicked(app, client, session, account)
+    fields = {"conversion_id": "AW-78", "click_id": click_id, "sale_amount": "20.00",
+              "commission": "-2.00"}
+    assert postback(client, fields).get_json() == {"recorded": True, "status": "reversed"}
+    clock.now += timedelta(days=3)
+    for word in ("approved", "pending", None):
+        late = postback(client, {**fields, "commission": "2.00", "status": word})
+        assert late.get_json() == {"recorded": False, "status": "reversed"}
+    declined = {"conversion_id": "AW-79", "click_id": click_id, "sale_amount": "20.00",
+                "commission": "2.00"}
+    assert postback(client, {**declined, "status": "pending"}).get_json()["recorded"]
+    assert postback(client, {**declined, "status": "declined"}).get_json() == {
+        "recorded": True, "status": "reversed"}
+    assert postback(client, {**declined, "status": "approved"}).get_json() == {
+        "recorded": False, "status": "reversed"}
+    assert [(c.conversion_id, c.status, c.approved_at, c.booked_musd)
+            for c in conversions(session)] == [("AW-78", "reversed", None, 0),
+                                               ("AW-79", "reversed", None, 0)]
+    assert revenue_rows(session) == []
+    assert affiliate_revenue(session, account) == 0
+
+
+def test_a_bad_postback_changes_a_known_conversion_in_no_way(app, client, session, account):
+    click_id = clicked(app, client, session, account)
+    fields = {"conversion_id": "AW-80", "click_id": click_id, "sale_amount": "20.00",
+              "commission": "2.00", "status": "pending"}
+    assert postback(client, fields).get_json()["recorded"]
+    for bad in ({**fields, "status": "approved!"}, {**fields, "commission": "2.005"},
+                {**fields, "status": "approved", "sale_amount": 20}):
+        response = postback(client, bad)
+        assert response.status_code == 400
+        assert response.get_data(as_text=True).strip()
+    (row,) = conversions(session)
+    assert (row.status, row.booked_musd) == ("pending", 0)
+    assert revenue_rows(session) == []
 
 
 @pytest.mark.parametrize("network", ["impact", "unknown", "a.b", "x" * 40])
@@ -249,7 +371,14 @@ def test_a_network_without_a_secret_is_404(client, session, network):
     (b'{"conversion_id": "", "sale_amount": "1.00", "commission": "0.10"}', "conversion_id"),
     (b'{"conversion_id": 17, "sale_amount": "1.00", "commission": "0.10"}', "conversion_id"),
     (b'{"conversion_id": "c", "sale_amount": 12.5, "commission": "0.10"}', "sale_amount"),
-    (b'{"conversion_id": "c", "sale_amount": "1.00", "commission": "-0.10"}', "commission"),
+    (b'{"conversion_id": "c", "sale_amount": "1.00", "commission": "--0.10"}', "commission"),
+    (b'{"conversion_id": "c", "sale_amount": "1.00", "commission": "+0.10"}', "commission"),
+    (b'{"conversion_id": "c", "sale_amount": "-", "commission": "0.10"}', "sale_amount"),
+    (b'{"conversion_id": "c", "sale_amount": "1", "commission": "1", "status": "maybe"}',
+     "status"),
+    (b'{"conversion_id": "c", "sale_amount": "1", "commission": "1", "status": 1}', "status"),
+    (b'{"conversion_id": "c", "sale_amount": "1", "commission": "1", "status": ["ok"]}',
+     "status"),
     (b'{"conversion_id": "c", "sale_amount": "1.00", "commission": "1e2"}', "commission"),
     (b'{"conversion_id": "c", "sale_amount": "1.00"}', "commission"),
     (b'{"conversion_id": "c", "click_id": 5, "sale_amount": "1.00", "commission": "1"}',
@@ -282,10 +411,10 @@ def test_csv_import_is_idempotent_and_reports_bad_lines(app, client, runner, ses
                     f"AW-3,{click_id},12.50,1.25.0\n", encoding="utf-8")
     first = runner.invoke(args=["affiliates", "import", "awin", str(path)])
     assert first.exit_code == 1, first.output
-    assert "added 2, repeated 0, errors 1" in first.output
+    assert "added 2, updated 0, repeated 0, errors 1" in first.output
     assert "line 4: commission" in first.output
     second = runner.invoke(args=["affiliates", "import", "awin", str(path)])
-    assert "added 0, repeated 2, errors 1" in second.output
+    assert "added 0, updated 0, repeated 2, errors 1" in second.output
     assert sorted(c.conversion_id for c in conversions(session)) == ["AW-1", "AW-2"]
     assert affiliate_revenue(session, account) == 450 * costs.MUSD_PER_CENT
 
@@ -294,7 +423,45 @@ def test_csv_import_is_idempotent_and_reports_bad_lines(app, client, runner, ses
                      f"AW-9,{click_id},5.00,0.50\n", encoding="utf-8")
     result = runner.invoke(args=["affiliates", "import", "awin", str(clean)])
     assert result.exit_code == 0, result.output
-    assert "added 1, repeated 0, errors 0" in result.output
+    assert "added 1, updated 0, repeated 0, errors 0" in result.output
+
+
+def test_csv_reports_approve_and_reverse_conversions(app, client, runner, session, account,
+                                                    tmp_path, clock):
+    click_id = clicked(app, client, session, account)
+    header = "conversion_id,click_id,sale_amount,commission,status\n"
+
+    def run(name: str, rows: str):
+        path = tmp_path / name
+        path.write_text(header + rows, encoding="utf-8")
+        return runner.invoke(args=["affiliates", "import", "awin", str(path)])
+
+    reported = clock.now = datetime(2026, 11, 28, 10, 0, tzinfo=UTC)
+    first = run("pending.csv", f"AW-1,{click_id},45.00,4.50,pending\n"
+                               f"AW-2,{click_id},10.00,1.00,pending\n")
+    assert first.exit_code == 0, first.output
+    assert "added 2, updated 0, repeated 0, errors 0" in first.output
+    assert revenue_rows(session) == []
+
+    approved = clock.now = datetime(2026, 12, 1, 0, 0, tzinfo=UTC)
+    second = run("approved.csv", f"AW-1,{click_id},45.00,4.50,approved\n"
+                                 f"AW-2,{click_id},10.00,-1.00,\n"
+                                 f"AW-1,{click_id},45.00,4.50,pending\n")
+    assert "added 0, updated 2, repeated 1, errors 0" in second.output
+    assert revenue_of_month(session, account, reported) == 0
+    assert revenue_of_month(session, account, approved) == 4_500_000
+
+    reversed_at = clock.now = datetime(2027, 2, 14, 12, 0, tzinfo=UTC)
+    rows = (f"AW-1,{click_id},-45.00,-4.50,reversed\n"
+            f"AW-2,{click_id},10.00,1.00,approved\n")
+    third = run("reversed.csv", rows)
+    assert "added 0, updated 1, repeated 1, errors 0" in third.output
+    again = run("reversed-again.csv", rows)
+    assert "added 0, updated 0, repeated 2, errors 0" in again.output
+    assert revenue_rows(session) == [("affiliate:awin:AW-1", 4_500_000, approved),
+                                     ("affiliate-reversal:awin:AW-1", -4_500_000, reversed_at)]
+    assert [(c.conversion_id, c.status) for c in conversions(session)] == [
+        ("AW-1", "reversed"), ("AW-2", "reversed")]
 
 
 def test_csv_import_explains_a_bad_file(runner, session, tmp_path):

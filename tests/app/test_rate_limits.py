@@ -1,4 +1,4 @@
-"""Per-sender rate limits (messaging.md, "Per-person order and limits"): 10 a minute and 100 an
+"""Per-sender rate limits (docs/messaging.md, "Per-person order and limits"): 10 a minute and 100 an
 hour by default; a throttled message gets no skill, no charge, at most one notice; STOP and HELP
 are never throttled; counters in Redis when configured, else in-process."""
 

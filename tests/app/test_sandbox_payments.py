@@ -68,7 +68,7 @@ def test_buy_pay_on_the_sandbox_and_balance_shows_120_more(client, session):
 
 def test_buy_premium_subscribes_and_grants_the_monthly_tokens(client, session, runner):
     reply = post_signed(client, sms("BUY PREMIUM"))
-    assert "200 tokens every month for $5.00 a month" in reply.get_data(as_text=True)
+    assert "full answers and 120 tokens each month, $5.00 a month" in reply.get_data(as_text=True)
     checkout_url = client.get(link_in(reply)).headers["Location"]
     assert "$5.00 a month" in client.get(checkout_url).get_data(as_text=True)
     client.post(f"/sandbox/checkout/{checkout_url.rsplit('/', 1)[1]}/pay")
@@ -77,7 +77,7 @@ def test_buy_premium_subscribes_and_grants_the_monthly_tokens(client, session, r
     subscription = session.scalar(select(Subscription))
     assert subscription.account_id == account and subscription.status == "active"
     balance = ledger.balance(session, account)
-    assert balance.by_bucket == {"free": 100, "subscription": 200}
+    assert balance.by_bucket == {"free": 100, "subscription": 120}
     assert costs.month(session, account).revenue_subscription_musd == 5_000_000
     result = runner.invoke(args=["tokens", "purchases", PHONE])
     assert result.exit_code == 0, result.output
@@ -131,7 +131,7 @@ def test_sandbox_premium_with_twilio_configured_tells_the_person(database_url, t
         assert paid.status_code == 303
         account = db.session.scalar(select(Contact.account_id).where(Contact.address == PHONE))
         assert ledger.balance(db.session, account).by_bucket == {"free": 100,
-                                                                 "subscription": 200}
+                                                                 "subscription": 120}
         assert any("Welcome to Premium" in sent["Body"] for sent in twilio_api.accepted)
         db.session.remove()
         db.engine.dispose()

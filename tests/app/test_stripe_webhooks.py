@@ -432,19 +432,19 @@ def test_each_paid_invoice_grants_the_monthly_tokens_once(client, session, strip
     again["id"], again["type"] = "evt_inv_succeeded", "invoice.payment_succeeded"
     post_event(client, again)
     balance = ledger.balance(session, account)
-    assert balance.by_bucket == {"free": 100, "subscription": 200}
+    assert balance.by_bucket == {"free": 100, "subscription": 120}
     assert costs.month(session, account).revenue_subscription_musd == 5_000_000
     # The old API shape names the subscription on the invoice itself.
     old = edited("stripe_ruby_mock/invoice.paid.json", "evt_inv_old", id="in_test_2",
                  amount_paid=500, subscription="sub_test_1", billing_reason="subscription_cycle")
     post_event(client, old)
-    assert ledger.balance(session, account).by_bucket["subscription"] == 400
+    assert ledger.balance(session, account).by_bucket["subscription"] == 240
     # A manual invoice (or a proration) pays for no month: no tokens.
     manual = edited("stripe_ruby_mock/invoice.paid.json", "evt_inv_manual", id="in_test_3",
                     amount_paid=500, subscription="sub_test_1")
     assert manual["data"]["object"]["billing_reason"] == "manual"
     post_event(client, manual)
-    assert ledger.balance(session, account).by_bucket["subscription"] == 400
+    assert ledger.balance(session, account).by_bucket["subscription"] == 240
 
 
 def test_subscription_events_out_of_order_end_at_the_present_state(client, session,
@@ -547,11 +547,11 @@ def test_a_paid_invoice_before_the_checkout_event_still_grants(client, session, 
     }
     paid = invoice("evt_inv_first", "in_first", "stripe_ruby_mock/invoice.paid.json",
                    amount_paid=500, subscription=None, billing_reason="subscription_create")
-    assert post_event(client, paid).get_json()["outcome"] == "granted 200 subscription tokens"
+    assert post_event(client, paid).get_json()["outcome"] == "granted 120 subscription tokens"
     event = edited("pay_rails/checkout.session.completed.json", "evt_sub_checkout",
                    id=session_id, subscription="sub_test_1", customer="cus_test_1")
     post_event(client, event)
-    assert ledger.balance(session, account).by_bucket == {"free": 100, "subscription": 200}
+    assert ledger.balance(session, account).by_bucket == {"free": 100, "subscription": 120}
     assert session.scalar(select(Subscription.account_id)) == account
 
 
@@ -621,7 +621,7 @@ def test_subscription_events_arriving_together_do_not_deadlock(stripe_app, clien
         thread.join(30)
     assert statuses == [200, 200, 200]
     session.expire_all()
-    assert ledger.balance(session, account).by_bucket == {"free": 100, "subscription": 200}
+    assert ledger.balance(session, account).by_bucket == {"free": 100, "subscription": 120}
     assert session.scalar(select(Subscription.status)) == "active"
 
 

@@ -112,7 +112,8 @@ def test_help_balance_buy_and_premium_in_spanish(say, session):
     buy = say("COMPRAR").replies[0]
     assert buy.startswith("Consigue 120 tokens (100 + 20 de regalo) por $5.00: https://")
     premium = say("BUY PREMIUM").replies[0]
-    assert premium.startswith("Premium: 200 tokens cada mes por $5.00 al mes. Suscribete: ")
+    assert premium.startswith(
+        "Premium: respuestas completas y 120 tokens cada mes, $5.00 al mes. Suscribete: ")
     assert "HELP" in say("HELP").replies[0]  # the English keyword, answered in Spanish too
 
 

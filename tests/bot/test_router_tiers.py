@@ -106,11 +106,11 @@ def test_a_heavy_free_users_month(llm_app: Flask):
     assert "unlimited" not in text.lower()
     assert "Text BUY for 120 tokens ($5.00)" in text
 
-    # Refusals are throttled: at most 3 a day, then silence.
+    # Refusals draw on the daily budget of free replies, then silence.
     day = now.replace(hour=23, minute=0)
     silent = [say(llm_app, "what is a good snack?", day + timedelta(minutes=m))[0]
               for m in range(6)]
-    assert sum(1 for o in silent if o.replies) <= catalog.tiers.refusals_per_day
+    assert sum(1 for o in silent if o.replies) <= catalog.tiers.free_replies_per_day
     assert all(o.kind == "refused" and o.tokens_charged == 0 for o in silent)
 
     # Buying a pack restores NORMAL at once.

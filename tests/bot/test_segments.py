@@ -1,6 +1,6 @@
 """SMS segment counting, GSM-7 normalisation, SMS capping and message splitting.
 
-Worked examples pin the billing numbers of messaging.md ("Length and segments": 160/153 GSM-7
+Worked examples pin the billing numbers of docs/messaging.md ("Length and segments": 160/153 GSM-7
 septets, 70/67 UCS-2 code units, 1,600 characters a message); hypothesis properties check that
 capping and splitting always fit and never lose a visible character.
 """

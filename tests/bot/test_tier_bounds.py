@@ -66,27 +66,29 @@ def account_with_exposure(app: Flask, exposure_musd: int) -> int:
     return account
 
 
-def test_free_replies_past_the_cutoff_share_the_refusal_budget(llm_app):
-    """MORE, IDIOMA and small talk past the cutoff: at most 3 replies a day, then silence;
-    HELP (required by the carriers) is always answered, and BUY, BALANCE and BUY PREMIUM
-    always answer (within the per-sender rate limit): the one message that brings money in
-    is never silenced."""
-    account_with_exposure(llm_app, 2_100_000)
+def test_free_replies_past_the_cutoff_share_the_daily_budget(llm_app):
+    """MORE, IDIOMA, small talk past the cutoff and HELP draw on one daily budget of free
+    replies (`free_replies_per_day`), then silence; BUY, BALANCE and BUY PREMIUM always
+    answer (within their own budget): the one message that brings money in is never
+    silenced."""
+    catalog = llm_app.extensions["bot_settings"].catalog
+    account_with_exposure(llm_app, 2_100_000)  # its HELP took one reply from the budget
     outcomes = [say(llm_app, text, NOW + timedelta(minutes=i))
                 for i, text in enumerate(["MORE", "IDIOMA", "thanks"] * 5)]
     answered = [o for o in outcomes if o.replies]
-    assert len(answered) == 3
+    assert len(answered) == catalog.tiers.free_replies_per_day - 1
     assert all(o.kind == "refused" for o in outcomes if not o.replies)
-    assert say(llm_app, "HELP", NOW + timedelta(hours=1)).replies
+    assert not say(llm_app, "HELP", NOW + timedelta(hours=1)).replies  # the budget is spent
     assert all(say(llm_app, text, NOW + timedelta(minutes=30 + i)).replies
                for i, text in enumerate(["BUY", "BALANCE", "BUY PREMIUM"]))
+    assert "Reply STOP" in say(llm_app, "HELP", NOW + timedelta(days=1)).replies[0]
     # The next day the budget is back.
     assert say(llm_app, "BALANCE", NOW + timedelta(days=1)).replies
 
 
 def test_a_long_answers_continuation_stops_at_the_cutoff(llm_app, openai_api):
     """MORE is free, but never carries a person past the cutoff: past it, the continuation
-    takes from the daily refusal budget, then stops."""
+    takes from the daily budget of free replies, then stops."""
     catalog = llm_app.extensions["bot_settings"].catalog
     cutoff = catalog.tiers.payment_required_musd
     account = account_with_exposure(llm_app, cutoff - 200_000)
@@ -100,7 +102,7 @@ def test_a_long_answers_continuation_stops_at_the_cutoff(llm_app, openai_api):
         sent += bool(outcome.replies)
     exposure = costs.month(db.session, account, NOW).exposure_musd
     inbound = 41 * (catalog.costs.messaging["sms"].inbound_musd + catalog.costs.platform_musd)
-    assert exposure - inbound < cutoff + catalog.tiers.refusals_per_day * reply
+    assert exposure - inbound < cutoff + catalog.tiers.free_replies_per_day * reply
     assert sent < 40  # it stopped
 
 

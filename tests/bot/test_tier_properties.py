@@ -1,4 +1,4 @@
-"""economy.md's four rules, over random histories through the router (hypothesis), and the
+"""docs/economy.md's four rules, over random histories through the router (hypothesis), and the
 bounded loss under concurrent messages (PostgreSQL, queued answers).
 
 1. Bounded loss: an answer at a level never carries exposure past that level's bound, so never

@@ -25,10 +25,27 @@ It serves, like `https://api.stripe.com` (form-encoded bodies in Stripe's bracke
   `subscriptions[id]` / `charges[id]`, else 404 `resource_missing`;
 * `GET /v1/invoices/<id>`: the dict a test put in `invoices[id]`, whose `payments` (an
   `invoice_payment` list) is left out unless the request expands it (`expand[]=payments`),
-  as Stripe includes it only when expanded; else 404 `resource_missing`.
+  as Stripe includes it only when expanded; else 404 `resource_missing`;
+* `POST /v1/customers`, `GET /v1/customers/<id>`: customers;
+* saved cards: a checkout session created with `payment_intent_data[setup_future_usage]`
+  keeps it (and `customer_creation`); `complete_session(id, card=...)` pays it as the
+  person would: a customer (created when none), a succeeded payment intent carrying the
+  session's `payment_intent_data` metadata and `setup_future_usage`, and its payment method,
+  attached to the customer when the card is saved (`payment_methods[id]`);
+* `POST /v1/payment_intents`, `GET /v1/payment_intents/<id>`: a payment intent; with
+  `confirm=true` (and `off_session=true`) its saved card is charged at once, answering as
+  Stripe does by the card's behaviour (`TEST_CARDS`: "pm_card_visa" succeeds,
+  "pm_card_chargeDeclined" 402 `card_declined`, "pm_card_chargeDeclinedInsufficientFunds"
+  402 `card_declined` / `insufficient_funds`, "pm_card_authenticationRequired" 402
+  `authentication_required`); a 402 names the payment intent (status
+  `requires_payment_method`) in `error.payment_intent`. `event_for(obj, type)` builds the
+  webhook event of an object (e.g. `payment_intent.succeeded`).
 
 Idempotency: every POST's `Idempotency-Key` (stripe-python sends one on each POST, reusing it
-for its retries) is remembered with the endpoint, the parameters and the answer. The same key
+for its retries) is remembered with the endpoint, the parameters and the answer (a success,
+or a card error of a payment intent that was created: Stripe keeps the result of any request
+whose execution began, so retrying a declined payment with its key answers the same decline
+and charges nothing). The same key
 again with the same parameters replays the answer (same object, header `Idempotent-Replayed:
 true`) and creates nothing; with other parameters or on another endpoint it gets 400
 `idempotency_error`. As on Stripe, keys are scoped to the API key and requests that fail
@@ -75,6 +92,16 @@ BILLING_PORTAL_SESSIONS = f"{API_PREFIX}/billing_portal/sessions"
 SUBSCRIPTIONS = f"{API_PREFIX}/subscriptions"
 CHARGES = f"{API_PREFIX}/charges"
 INVOICES = f"{API_PREFIX}/invoices"
+CUSTOMERS = f"{API_PREFIX}/customers"
+PAYMENT_INTENTS = f"{API_PREFIX}/payment_intents"
+# Stripe's test payment methods and what an off-session charge of each does: None succeeds,
+# else (error code, decline code) of the 402 card error.
+TEST_CARDS: dict[str, tuple[str, str] | None] = {
+    "pm_card_visa": None,
+    "pm_card_chargeDeclined": ("card_declined", "generic_decline"),
+    "pm_card_chargeDeclinedInsufficientFunds": ("card_declined", "insufficient_funds"),
+    "pm_card_authenticationRequired": ("authentication_required", "authentication_required"),
+}
 # Answered in `Stripe-Version` when the request names none (stripe-python always does).
 DEFAULT_API_VERSION = "2025-08-27.basil"
 SESSION_LIFETIME_SECONDS = 24 * 60 * 60
@@ -86,6 +113,8 @@ _SESSION = re.compile(rf"{CHECKOUT_SESSIONS}/(?P<id>[^/]+)")
 _SUBSCRIPTION = re.compile(rf"{SUBSCRIPTIONS}/(?P<id>[^/]+)")
 _CHARGE = re.compile(rf"{CHARGES}/(?P<id>[^/]+)")
 _INVOICE = re.compile(rf"{INVOICES}/(?P<id>[^/]+)")
+_CUSTOMER = re.compile(rf"{CUSTOMERS}/(?P<id>[^/]+)")
+_PAYMENT_INTENT = re.compile(rf"{PAYMENT_INTENTS}/(?P<id>[^/]+)")
 _BRACKETS = re.compile(r"\[([^\[\]]*)\]")
 _MODES = ("payment", "setup", "subscription")
 REQUEST_LINE = "stripe_standin.request_line"
@@ -232,12 +261,14 @@ class _RequestLineHandler(QuietHandler):
 
 
 class _StripeError(Exception):
-    """Raised by a route to answer with a Stripe error."""
+    """Raised by a route to answer with a Stripe error; `remember`: the request had begun
+    (a payment intent was created), so its idempotency key keeps this answer."""
 
-    def __init__(self, status: int, body: dict[str, Any]) -> None:
+    def __init__(self, status: int, body: dict[str, Any], *, remember: bool = False) -> None:
         super().__init__(body["error"]["message"])
         self.status = status
         self.body = body
+        self.remember = remember
 
 
 class StripeStandIn(LoopbackServer):
@@ -260,8 +291,13 @@ class StripeStandIn(LoopbackServer):
             Checkout line items that name a `price` instead of `price_data`; an unknown
             price id gets 400 `resource_missing`, as on Stripe.
         sessions: `id -> checkout.session dict` created here, served by
-            `GET /v1/checkout/sessions/<id>` (edit one to e.g. mark it paid).
+            `GET /v1/checkout/sessions/<id>` (edit one to e.g. mark it paid;
+            `complete_session` pays it).
         portal_sessions: `id -> billing_portal.session dict` created here.
+        customers: `id -> customer dict` created here (or put by a test).
+        payment_methods: `id -> payment_method dict` (its `customer` when attached, and
+            `standin_card`: the `TEST_CARDS` behaviour of its charges).
+        payment_intents: `id -> payment_intent dict` created here.
     """
 
     # base_url is `http://127.0.0.1:PORT` (no trailing slash): what replaces
@@ -277,6 +313,9 @@ class StripeStandIn(LoopbackServer):
         self.prices: dict[str, dict[str, Any]] = {}
         self.sessions: dict[str, dict[str, Any]] = {}
         self.portal_sessions: dict[str, dict[str, Any]] = {}
+        self.customers: dict[str, dict[str, Any]] = {}
+        self.payment_methods: dict[str, dict[str, Any]] = {}
+        self.payment_intents: dict[str, dict[str, Any]] = {}
         self._failures: FailureQueue[_Failure] = FailureQueue()
         self._requests: list[dict[str, Any]] = []
         self._idempotency: dict[tuple[str, str], _Remembered] = {}
@@ -350,8 +389,52 @@ class StripeStandIn(LoopbackServer):
                 self.prices,
                 self.sessions,
                 self.portal_sessions,
+                self.customers,
+                self.payment_methods,
+                self.payment_intents,
             ):
                 store.clear()
+
+    def complete_session(self, session_id: str, card: str = "pm_card_visa") -> dict[str, Any]:
+        """Pay the payment-mode session `session_id` as the person would on Stripe's page,
+        with the test card `card` (a `TEST_CARDS` name): a customer (the session's, else a new
+        one when `customer_creation` is "always" or the card is saved), a new payment method
+        behaving as `card`, attached to the customer when the session saves the card
+        (`setup_future_usage`), and a succeeded payment intent with the session's
+        `payment_intent_data` metadata. The session becomes complete and paid.
+
+        Returns:
+            The payment intent (a copy); `event_for(session, "checkout.session.completed")`
+            and `event_for(intent, "payment_intent.succeeded")` are its webhooks.
+        """
+        if card not in TEST_CARDS:
+            raise ValueError(f"unknown test card {card!r}: one of {sorted(TEST_CARDS)}")
+        with self._lock:
+            session = self.sessions[session_id]
+            saves = session.get("standin_setup_future_usage")
+            customer = session.get("customer")
+            if customer is None and (saves or session.get("customer_creation") == "always"):
+                customer = self._new_customer({})["id"]
+            method = self._new_payment_method(card, customer if saves else None)
+            intent = self._new_intent({
+                "amount": session["amount_total"], "currency": session["currency"],
+                "customer": customer, "payment_method": method["id"],
+                "metadata": session.get("standin_intent_metadata") or {},
+                "setup_future_usage": saves,
+            }, status="succeeded")
+            session.update(status="complete", payment_status="paid", customer=customer,
+                           payment_intent=intent["id"])
+            return copy.deepcopy(intent)
+
+    def saved_card(self, customer: str | None = None, card: str = "pm_card_visa") -> str:
+        """A payment method behaving as test card `card`, attached to `customer` (a new
+        customer when None): as a completed checkout that saved the card leaves it. Returns
+        the payment method's id; its `customer` is in `payment_methods[id]`."""
+        if card not in TEST_CARDS:
+            raise ValueError(f"unknown test card {card!r}: one of {sorted(TEST_CARDS)}")
+        with self._lock:
+            customer = customer or self._new_customer({})["id"]
+            return str(self._new_payment_method(card, customer)["id"])
 
     # -- the server ------------------------------------------------------------------------
 
@@ -437,8 +520,8 @@ class StripeStandIn(LoopbackServer):
             store_key = (key, idempotency_key)
             remembered = self._idempotency.get(store_key)
             if remembered is None:
-                status, body = self._run(route, params)
-                if status < 300:
+                status, body, begun = self._run3(route, params)
+                if status < 300 or begun:
                     # A copy: a replay answers what was first answered, as Stripe does, even
                     # if the test has since edited `sessions[id]`.
                     self._idempotency[store_key] = _Remembered(
@@ -472,6 +555,10 @@ class StripeStandIn(LoopbackServer):
             return self._create_checkout_session
         if method == "POST" and path == BILLING_PORTAL_SESSIONS:
             return self._create_portal_session
+        if method == "POST" and path == CUSTOMERS:
+            return lambda params: (200, self._new_customer(params))
+        if method == "POST" and path == PAYMENT_INTENTS:
+            return self._create_payment_intent
         if method != "GET":
             return None
         invoice = _INVOICE.fullmatch(path)
@@ -482,6 +569,8 @@ class StripeStandIn(LoopbackServer):
             (_SESSION, self.sessions, "checkout.session"),
             (_SUBSCRIPTION, self.subscriptions, "subscription"),
             (_CHARGE, self.charges, "charge"),
+            (_CUSTOMER, self.customers, "customer"),
+            (_PAYMENT_INTENT, self.payment_intents, "payment_intent"),
         ):
             match = pattern.fullmatch(path)
             if match:
@@ -489,21 +578,156 @@ class StripeStandIn(LoopbackServer):
                 return lambda _params: _retrieve(store, object_id, noun)
         return None
 
-    @staticmethod
+    @classmethod
     def _run(
-        route: Callable[[dict[str, Any]], tuple[int, dict[str, Any]]], params: dict[str, Any]
+        cls, route: Callable[[dict[str, Any]], tuple[int, dict[str, Any]]],
+        params: dict[str, Any],
     ) -> tuple[int, dict[str, Any]]:
+        status, body, _begun = cls._run3(route, params)
+        return status, body
+
+    @staticmethod
+    def _run3(
+        route: Callable[[dict[str, Any]], tuple[int, dict[str, Any]]], params: dict[str, Any]
+    ) -> tuple[int, dict[str, Any], bool]:
+        """(status, body, whether a failure is kept under the idempotency key)."""
         try:
-            return route(params)
+            status, body = route(params)
+            return status, body, False
         except _StripeError as error:
-            return error.status, error.body
+            return error.status, error.body, error.remember
 
     # -- routes (called under _lock) -------------------------------------------------------
 
     def _create_checkout_session(self, params: dict[str, Any]) -> tuple[int, dict[str, Any]]:
         session = checkout_session(params, self.prices)
+        intent_data = params.get("payment_intent_data")
+        intent_data = intent_data if isinstance(intent_data, dict) else {}
+        usage = intent_data.get("setup_future_usage")
+        if usage is not None and usage not in ("off_session", "on_session"):
+            message = "Invalid setup_future_usage: must be one of off_session, on_session"
+            raise _StripeError(400, error_body(
+                "invalid_request_error", message,
+                param="payment_intent_data[setup_future_usage]"))
+        if params.get("customer_creation") is not None:
+            if session["mode"] != "payment" or params["customer_creation"] not in (
+                    "always", "if_required"):
+                message = "`customer_creation` can only be used in `payment` mode."
+                raise _StripeError(400, error_body("invalid_request_error", message,
+                                                   param="customer_creation"))
+            session["customer_creation"] = params["customer_creation"]
+        metadata = intent_data.get("metadata")
+        # Kept for `complete_session` (Stripe does not show them on the session object).
+        session["standin_setup_future_usage"] = usage
+        session["standin_intent_metadata"] = dict(metadata) if isinstance(metadata, dict) else {}
         self.sessions[session["id"]] = session
-        return 200, session
+        return 200, _public(session)
+
+    def _new_customer(self, params: dict[str, Any]) -> dict[str, Any]:
+        metadata = params.get("metadata")
+        customer = {"id": new_id("cus_", 14), "object": "customer", "created": int(time.time()),
+                    "email": params.get("email"), "livemode": False,
+                    "metadata": dict(metadata) if isinstance(metadata, dict) else {}}
+        self.customers[customer["id"]] = customer
+        return customer
+
+    def _new_payment_method(self, card: str, customer: str | None) -> dict[str, Any]:
+        last4 = {"pm_card_visa": "4242", "pm_card_chargeDeclined": "0002",
+                 "pm_card_chargeDeclinedInsufficientFunds": "9995",
+                 "pm_card_authenticationRequired": "3184"}[card]
+        method = {"id": new_id("pm_"), "object": "payment_method", "type": "card",
+                  "created": int(time.time()), "customer": customer, "livemode": False,
+                  "card": {"brand": "visa", "last4": last4, "exp_month": 12, "exp_year": 2034},
+                  "standin_card": card}
+        self.payment_methods[method["id"]] = method
+        return method
+
+    def _new_intent(self, fields: dict[str, Any], status: str) -> dict[str, Any]:
+        intent_id = new_id("pi_")
+        charge_id = new_id("ch_") if status == "succeeded" else None
+        amount = int(fields["amount"])
+        intent = {
+            "id": intent_id, "object": "payment_intent", "amount": amount,
+            "amount_received": amount if status == "succeeded" else 0,
+            "capture_method": "automatic", "confirmation_method": "automatic",
+            "created": int(time.time()), "currency": str(fields["currency"]).lower(),
+            "customer": fields.get("customer"), "description": fields.get("description"),
+            "last_payment_error": None, "latest_charge": charge_id, "livemode": False,
+            "metadata": dict(fields.get("metadata") or {}),
+            "payment_method": fields.get("payment_method"),
+            "payment_method_types": ["card"], "setup_future_usage": fields.get(
+                "setup_future_usage"), "status": status,
+        }
+        self.payment_intents[intent_id] = intent
+        if charge_id is not None:
+            self.charges[charge_id] = {
+                "object": "charge", "amount": amount, "amount_refunded": 0,
+                "currency": intent["currency"], "customer": intent["customer"],
+                "paid": True, "payment_intent": intent_id, "refunded": False,
+                "status": "succeeded"}
+        return intent
+
+    def _create_payment_intent(self, params: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        """`POST /v1/payment_intents`: checked as Stripe checks it; with `confirm=true` the
+        card is charged at once (`TEST_CARDS`), a failure answered 402 with the payment
+        intent in the error (and kept under the idempotency key)."""
+        if params.get("amount") is None:
+            raise _missing("amount")
+        amount = _integer(params["amount"], "amount")
+        if amount < 50:
+            raise _StripeError(400, error_body(
+                "invalid_request_error", "Amount must be at least $0.50 usd",
+                code="amount_too_small", param="amount"))
+        if not params.get("currency"):
+            raise _missing("currency")
+        confirm = params.get("confirm") == "true"
+        off_session = params.get("off_session") == "true"
+        if off_session and not confirm:
+            message = "You may only specify `off_session` when `confirm` is true."
+            raise _StripeError(400, error_body("invalid_request_error", message,
+                                               param="off_session"))
+        method_id, customer = params.get("payment_method"), params.get("customer")
+        method = self.payment_methods.get(method_id) if method_id else None
+        if method_id and method is None:
+            raise _StripeError(400, error_body(
+                "invalid_request_error", f"No such PaymentMethod: '{method_id}'",
+                code="resource_missing", param="payment_method"))
+        if customer and customer not in self.customers:
+            raise _StripeError(400, error_body(
+                "invalid_request_error", f"No such customer: '{customer}'",
+                code="resource_missing", param="customer"))
+        if method is not None and method.get("customer") != customer:
+            message = ("The provided PaymentMethod was previously used with a PaymentIntent "
+                       "without Customer attachment, shared with a connected account without "
+                       "Customer attachment, or was detached from a Customer. It may not be "
+                       "used again. To use a PaymentMethod multiple times, you must attach "
+                       "it to a Customer first.")
+            raise _StripeError(400, error_body("invalid_request_error", message,
+                                               param="payment_method"))
+        if confirm and method is None:
+            message = ("You cannot confirm this PaymentIntent because it's missing a payment "
+                       "method.")
+            raise _StripeError(400, error_body(
+                "invalid_request_error", message, code="payment_intent_unexpected_state"))
+        fields = {"amount": amount, "currency": params["currency"], "customer": customer,
+                  "payment_method": method_id, "metadata": params.get("metadata"),
+                  "description": params.get("description"),
+                  "setup_future_usage": params.get("setup_future_usage")}
+        if not confirm:
+            return 200, copy.deepcopy(self._new_intent(fields, "requires_confirmation"))
+        assert method is not None
+        failure = TEST_CARDS[method["standin_card"]]
+        if failure is None:
+            return 200, copy.deepcopy(self._new_intent(fields, "succeeded"))
+        code, decline_code = failure
+        intent = self._new_intent(fields, "requires_payment_method")
+        message = ("Your card was declined." if code == "card_declined" else
+                   "Your card was declined. This transaction requires authentication.")
+        body = error_body("card_error", message, code=code, decline_code=decline_code)
+        body["error"]["payment_method"] = {"id": method_id, "object": "payment_method"}
+        intent["last_payment_error"] = copy.deepcopy(body["error"])
+        body["error"]["payment_intent"] = copy.deepcopy(intent)
+        raise _StripeError(402, body, remember=True)
 
     def _retrieve_invoice(self, invoice_id: str, params: dict[str, Any]
                           ) -> tuple[int, dict[str, Any]]:
@@ -683,6 +907,19 @@ def _line_item(
     return unit_amount * quantity, price_data["currency"], bool(price_data.get("recurring"))
 
 
+def _public(session: dict[str, Any]) -> dict[str, Any]:
+    """A session as Stripe answers it: without the stand-in's own `standin_*` notes."""
+    return {key: value for key, value in session.items() if not key.startswith("standin_")}
+
+
+def event_for(obj: dict[str, Any], event_type: str) -> dict[str, Any]:
+    """The webhook event Stripe sends about `obj` (a copy), e.g. `event_for(intent,
+    "payment_intent.succeeded")`; the stand-in's own `standin_*` notes are left out."""
+    return {"id": new_id("evt_"), "object": "event", "type": event_type,
+            "api_version": DEFAULT_API_VERSION, "created": int(time.time()), "livemode": False,
+            "pending_webhooks": 1, "data": {"object": _public(copy.deepcopy(obj))}}
+
+
 def invoice_payment(invoice_id: str, amount_paid: int, *, payment_intent: str | None = None,
                     charge: str | None = None, status: str = "paid") -> dict[str, Any]:
     """An `invoice_payment` object as Stripe lists it in an expanded `invoice.payments`: the
@@ -706,7 +943,7 @@ def _retrieve(
         message = f"No such {noun}: '{object_id}'"
         body = error_body("invalid_request_error", message, code="resource_missing", param="id")
         return 404, body
-    return 200, {"id": object_id, "object": noun, **found}
+    return 200, _public({"id": object_id, "object": noun, **found})
 
 
 def _integer(value: Any, param: str) -> int:

@@ -1,4 +1,4 @@
-"""Affiliate offers, clicks and conversions (economy.md, "Affiliate gating"), on SQLite and
+"""Affiliate offers, clicks and conversions (docs/economy.md, "Affiliate gating"), on SQLite and
 PostgreSQL."""
 
 from __future__ import annotations
@@ -17,18 +17,23 @@ import tokens.affiliates  # noqa: F401  (registers the models until app/__init__
 from app.extensions import db
 from tokens import costs, ledger
 from tokens.affiliates import (
+    CONVERSION_STATES,
     OFFER_LINK_TTL,
     Click,
     Conversion,
     InvalidConversion,
     OfferNotAllowed,
     UnknownOfferLink,
+    booking_key,
+    click_hour,
+    conversion_status,
     import_csv,
     is_allowed_url,
     issue_offer_links,
     offer_url,
     record_click,
     record_conversion,
+    reversal_key,
     unlocked,
     usd_to_cents,
     use_unlock,
@@ -104,22 +109,66 @@ def test_offer_links_are_reused_per_account_partner_and_intent(session, account)
 # --- clicks -------------------------------------------------------------------------------
 
 
-def test_each_click_is_one_row_and_goes_to_the_partner_with_our_click_id(session, account):
-    (partner, link), *_ = issue_offer_links(session, account, "meal_plan", CATALOG, NOV)
+def test_clicks_are_one_per_person_link_and_hour_with_one_click_id(session, account):
+    """100 openings of one link in one hour: one click, one click id sent to the partner."""
+    (partner, link), (_, second_link), *_ = issue_offer_links(session, account, "meal_plan",
+                                                              CATALOG, NOV)
     assert partner.code == "freshbox"
-    urls = [record_click(session, link.token, CATALOG, NOV + timedelta(minutes=i))
-            for i in range(2)]
+    hour = NOV.replace(minute=0)
+    urls = [record_click(session, link.token, CATALOG, hour + timedelta(seconds=36 * i))
+            for i in range(100)]
     rows = clicks(session)
-    assert len(rows) == 2
-    assert rows[0].click_id != rows[1].click_id
-    for url, row in zip(urls, rows, strict=True):
+    assert len(rows) == 1
+    (row,) = rows
+    session.refresh(row)
+    assert (row.account_id, row.offer_link_id, row.partner_code, row.opens, row.hour,
+            row.created_at, row.used_at) == (account, link.id, "freshbox", 100, hour, hour, None)
+    for url in urls:
         parts = urlsplit(url)
         assert (parts.scheme, parts.hostname, parts.path) == ("https", "www.freshbox.example",
                                                               "/plans")
         assert parse_qs(parts.query) == {"ref": ["nutribot"], "subid": [row.click_id]}
-        assert (row.account_id, row.offer_link_id, row.partner_code) == (account, link.id,
-                                                                         "freshbox")
-        assert row.used_at is None
+    # The next clock hour is a new click with a new click id; so is another link in the same
+    # hour, and another person's link.
+    later = record_click(session, link.token, CATALOG, hour + timedelta(hours=1))
+    record_click(session, second_link.token, CATALOG, hour + timedelta(minutes=59))
+    other = ledger.open_account(session, NOV).id
+    (_, theirs), *_ = issue_offer_links(session, other, "meal_plan", CATALOG, NOV)
+    record_click(session, theirs.token, CATALOG, hour + timedelta(minutes=30))
+    session.expire_all()
+    rows = clicks(session)
+    assert [(r.offer_link_id, r.account_id, r.hour, r.opens) for r in rows] == [
+        (link.id, account, hour, 100), (link.id, account, hour + timedelta(hours=1), 1),
+        (second_link.id, account, hour, 1), (theirs.id, other, hour, 1)]
+    assert len({r.click_id for r in rows}) == 4
+    assert parse_qs(urlsplit(later).query)["subid"] == [rows[1].click_id]
+    assert click_hour(datetime(2026, 11, 21, 12, 59, 59, 999999, tzinfo=UTC)) == hour
+    assert click_hour(datetime(2026, 11, 21, 13, 0, tzinfo=UTC)) == hour + timedelta(hours=1)
+
+
+@pytest.mark.backends("postgresql")
+def test_concurrent_openings_of_a_link_are_one_click(app, account):
+    """Six openings of one link at once: one click row counting 6, one click id for all."""
+    engine = db.engine
+    with Session(engine) as setup:
+        (_, link), *_ = issue_offer_links(setup, account, "meal_plan", CATALOG, NOV)
+        token = link.token
+        setup.commit()
+    workers = 6
+    barrier = threading.Barrier(workers)
+
+    def open_link(_: int) -> str:
+        with Session(engine) as own:
+            barrier.wait()
+            url = record_click(own, token, CATALOG, NOV)
+            own.commit()
+            return parse_qs(urlsplit(url).query)["subid"][0]
+
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        sub_ids = set(pool.map(open_link, range(workers)))
+    with Session(engine) as check:
+        (row,) = check.scalars(select(Click)).all()
+        assert (row.opens, sub_ids) == (workers, {row.click_id})
 
 
 def test_unknown_expired_and_withdrawn_links_are_refused(session, account):
@@ -201,6 +250,9 @@ def test_a_click_unlocks_one_answer_within_24_hours(session, account):
 
 # --- conversions --------------------------------------------------------------------------
 
+DEC = datetime(2026, 12, 3, 9, 0, tzinfo=UTC)
+JAN = datetime(2027, 1, 5, 9, 0, tzinfo=UTC)
+
 
 def clicked(session, account_id: int) -> str:
     (_, link), *_ = issue_offer_links(session, account_id, "meal_plan", CATALOG, NOV)
@@ -208,60 +260,201 @@ def clicked(session, account_id: int) -> str:
     return clicks(session)[-1].click_id
 
 
+def revenue_in(session, account_id: int, when: datetime) -> int:
+    session.expire_all()
+    return costs.month(session, account_id, when).revenue_affiliate_musd
+
+
+def revenue_entries(session) -> list[tuple[str, int, datetime]]:
+    session.expire_all()
+    return [(e.idempotency_key, e.amount_musd, e.created_at)
+            for e in session.scalars(select(RevenueEntry).order_by(RevenueEntry.id))]
+
+
+def state(session, conversion_id: str, network: str = "awin") -> tuple:
+    session.expire_all()
+    row = session.scalars(select(Conversion).where(
+        Conversion.network == network, Conversion.conversion_id == conversion_id)).one()
+    return (row.status, row.approved_at, row.reversed_at, row.booked_musd,
+            row.sale_amount_cents, row.commission_musd)
+
+
 def test_a_conversion_is_revenue_of_the_clicker_once(session, account):
     click_id = clicked(session, account)
     other = ledger.open_account(session, NOV).id
-    assert record_conversion(session, "awin", "conv-1", click_id, 4_500, 450, NOV)
-    assert not record_conversion(session, "awin", "conv-1", click_id, 4_500, 450, NOV)
-    assert not record_conversion(session, "AWIN", "conv-1", click_id, 9_999, 999, NOV)
+    first = record_conversion(session, "awin", "conv-1", click_id, 4_500, 450, NOV)
+    assert (first.changed, first.status, first.revenue_musd, first.created) == (
+        True, "approved", 4_500_000, True)
+    assert not record_conversion(session, "awin", "conv-1", click_id, 4_500, 450, NOV).changed
+    assert not record_conversion(session, "AWIN", "conv-1", click_id, 9_999, 999, NOV).changed
     session.commit()
     (row,) = session.scalars(select(Conversion)).all()
     assert (row.network, row.conversion_id, row.click_id, row.account_id, row.partner_code,
-            row.sale_amount_cents, row.commission_musd, row.status) == (
+            row.sale_amount_cents, row.commission_musd, row.status, row.approved_at,
+            row.booked_musd) == (
         "awin", "conv-1", click_id, account, "freshbox", 4_500, 450 * costs.MUSD_PER_CENT,
-        "attributed")
+        "approved", NOV, 4_500_000)
     assert affiliate_revenue(session, account) == 4_500_000
     assert affiliate_revenue(session, other) == 0
     (entry,) = session.scalars(select(RevenueEntry)).all()
     assert (entry.account_id, entry.kind, entry.idempotency_key) == (
         account, "affiliate", "affiliate:awin:conv-1")
     # The same conversion id from another network is another conversion.
-    assert record_conversion(session, "impact", "conv-1", click_id, 100, 10, NOV)
+    assert record_conversion(session, "impact", "conv-1", click_id, 100, 10, NOV).changed
     assert affiliate_revenue(session, account) == 4_600_000
 
 
 def test_an_unknown_click_id_is_stored_without_revenue(session, account):
-    assert record_conversion(session, "awin", "c-unknown", "not-ours", 1_000, 100, NOV)
-    assert record_conversion(session, "awin", "c-none", None, 1_000, 100, NOV)
-    assert record_conversion(session, "awin", "c-long", "x" * 300, 1_000, 100, NOV)
-    assert not record_conversion(session, "awin", "c-unknown", "not-ours", 1_000, 100, NOV)
+    assert record_conversion(session, "awin", "c-unknown", "not-ours", 1_000, 100, NOV).changed
+    assert record_conversion(session, "awin", "c-none", None, 1_000, 100, NOV).changed
+    assert record_conversion(session, "awin", "c-long", "x" * 300, 1_000, 100, NOV).changed
+    assert not record_conversion(session, "awin", "c-unknown", "not-ours", 1_000, 100,
+                                 NOV).changed
     rows = session.scalars(select(Conversion).order_by(Conversion.id)).all()
-    assert [(r.click_id, r.account_id, r.status) for r in rows] == [
-        ("not-ours", None, "unattributed"), (None, None, "unattributed"),
-        (None, None, "unattributed")]
+    assert [(r.click_id, r.account_id, r.partner_code, r.status, r.booked_musd)
+            for r in rows] == [
+        ("not-ours", None, None, "approved", 0), (None, None, None, "approved", 0),
+        (None, None, None, "approved", 0)]
     assert session.scalar(select(func.count()).select_from(RevenueEntry)) == 0
     # A zero commission is stored attributed, with no revenue entry (amounts are never 0).
     click_id = clicked(session, account)
-    assert record_conversion(session, "awin", "c-zero", click_id, 1_000, 0, NOV)
+    assert record_conversion(session, "awin", "c-zero", click_id, 1_000, 0, NOV).changed
+    assert session.scalar(select(func.count()).select_from(RevenueEntry)) == 0
+    # An unattributed conversion approved and reversed books nothing either.
+    assert record_conversion(session, "awin", "c-none", None, -1_000, -100, DEC).changed
+    assert state(session, "c-none")[:4] == ("reversed", NOV, DEC, 0)
     assert session.scalar(select(func.count()).select_from(RevenueEntry)) == 0
 
 
-@pytest.mark.parametrize("network, conversion_id, sale, commission", [
-    ("", "c1", 1, 1),
-    ("aw in", "c1", 1, 1),
-    ("x" * 33, "c1", 1, 1),
-    ("awin", "", 1, 1),
-    ("awin", "   ", 1, 1),
-    ("awin", "c" * 101, 1, 1),
-    ("awin", "c1", -1, 1),
-    ("awin", "c1", 1, -1),
-    ("awin", "c1", 1.5, 1),
-    ("awin", "c1", 1, True),
+@pytest.mark.parametrize("network, conversion_id, sale, commission, status", [
+    ("", "c1", 1, 1, None),
+    ("aw in", "c1", 1, 1, None),
+    ("x" * 33, "c1", 1, 1, None),
+    ("awin", "", 1, 1, None),
+    ("awin", "   ", 1, 1, None),
+    ("awin", "c" * 101, 1, 1, None),
+    ("awin", "c1", 1.5, 1, None),
+    ("awin", "c1", 1, True, None),
+    ("awin", "c1", 1, "1", None),
+    ("awin", "c1", 1, 1, "maybe"),
+    ("awin", "c1", 1, 1, "x" * 40),
+    ("awin", "c1", 1, 1, 3),
 ])
-def test_bad_conversions_are_refused(session, network, conversion_id, sale, commission):
+def test_bad_conversions_are_refused(session, network, conversion_id, sale, commission,
+                                     status):
     with pytest.raises(InvalidConversion):
-        record_conversion(session, network, conversion_id, None, sale, commission, NOV)
+        record_conversion(session, network, conversion_id, None, sale, commission, NOV,
+                          status=status)
     assert session.scalars(select(Conversion)).all() == []
+
+
+@pytest.mark.parametrize("word, sale, commission, expected", [
+    (None, 100, 10, "approved"), ("", 100, 10, "approved"), ("  ", 100, 10, "approved"),
+    ("pending", 100, 10, "pending"), ("Pending", 100, 10, "pending"),
+    ("ON-HOLD", 100, 10, "pending"), ("extended", 100, 10, "pending"),
+    ("approved", 100, 10, "approved"), ("Confirmed", 100, 10, "approved"),
+    ("locked", 100, 10, "approved"), ("declined", 100, 10, "reversed"),
+    ("rejected", 100, 10, "reversed"), ("reversed", 100, 10, "reversed"),
+    ("approved", 100, -10, "reversed"), ("pending", -100, 10, "reversed"),
+    (None, 0, -1, "reversed"),
+])
+def test_status_words_and_negative_amounts(word, sale, commission, expected):
+    assert conversion_status(word, sale, commission) == expected
+    assert expected in CONVERSION_STATES
+
+
+def test_pending_then_approved_then_reversed_books_in_the_approvals_month(session, account):
+    click_id = clicked(session, account)
+    pending = record_conversion(session, "awin", "c-flow", click_id, 4_000, 400, NOV,
+                                status="pending")
+    assert (pending.changed, pending.status, pending.revenue_musd) == (True, "pending", 0)
+    assert state(session, "c-flow") == ("pending", None, None, 0, 4_000, 4_000_000)
+    assert revenue_entries(session) == []
+    # A pending repeat changes nothing.
+    assert not record_conversion(session, "awin", "c-flow", click_id, 4_000, 400, NOV,
+                                 status="pending").changed
+
+    # Approved in December, with the network's final amounts: booked in December, at the
+    # approval's time, not in November when it was reported.
+    approved = record_conversion(session, "awin", "c-flow", click_id, 5_000, 500, DEC,
+                                 status="approved")
+    assert (approved.changed, approved.status, approved.revenue_musd, approved.created) == (
+        True, "approved", 5_000_000, False)
+    assert state(session, "c-flow") == ("approved", DEC, None, 5_000_000, 5_000, 5_000_000)
+    assert revenue_in(session, account, NOV) == 0
+    assert revenue_in(session, account, DEC) == 5_000_000
+    assert revenue_entries(session) == [(booking_key("awin", "c-flow"), 5_000_000, DEC)]
+    # The approval again, and a late pending, are no-ops.
+    for word in ("approved", "confirmed", "pending", None):
+        again = record_conversion(session, "awin", "c-flow", click_id, 9_000, 900,
+                                  DEC + timedelta(days=1), status=word)
+        assert (again.changed, again.status, again.revenue_musd) == (False, "approved", 0)
+    assert state(session, "c-flow") == ("approved", DEC, None, 5_000_000, 5_000, 5_000_000)
+
+    # Reversed in January (a negative commission): minus what was booked, in January, once.
+    reversed_ = record_conversion(session, "awin", "c-flow", click_id, -5_000, -500, JAN)
+    assert (reversed_.changed, reversed_.status, reversed_.revenue_musd) == (
+        True, "reversed", -5_000_000)
+    assert state(session, "c-flow") == ("reversed", DEC, JAN, 5_000_000, 5_000, 5_000_000)
+    for word, commission in (("reversed", 500), (None, -500), ("approved", 500),
+                             ("pending", 500), ("declined", 500)):
+        again = record_conversion(session, "awin", "c-flow", click_id, 5_000, commission,
+                                  JAN + timedelta(days=2), status=word)
+        assert (again.changed, again.status, again.revenue_musd) == (False, "reversed", 0)
+    assert revenue_in(session, account, DEC) == 5_000_000
+    assert revenue_in(session, account, JAN) == -5_000_000
+    assert revenue_entries(session) == [(booking_key("awin", "c-flow"), 5_000_000, DEC),
+                                        (reversal_key("awin", "c-flow"), -5_000_000, JAN)]
+    assert state(session, "c-flow") == ("reversed", DEC, JAN, 5_000_000, 5_000, 5_000_000)
+
+
+def test_a_reversal_before_the_approval_books_nothing_and_stays_reversed(session, account):
+    click_id = clicked(session, account)
+    # Reported straight away as reversed (a negative amount): stored reversed, no revenue.
+    first = record_conversion(session, "awin", "c-early", click_id, -3_000, -300, NOV)
+    assert (first.changed, first.status, first.revenue_musd, first.created) == (
+        True, "reversed", 0, True)
+    # Pending -> declined: no revenue either.
+    record_conversion(session, "awin", "c-declined", click_id, 2_000, 200, NOV,
+                      status="pending")
+    assert record_conversion(session, "awin", "c-declined", click_id, 2_000, 200, NOV,
+                             status="declined").status == "reversed"
+    # The approvals (and pendings, and more reversals) arriving later change nothing.
+    for conversion_id in ("c-early", "c-declined"):
+        for word in ("approved", "pending", "reversed", None):
+            late = record_conversion(session, "awin", conversion_id, click_id, 3_000, 300,
+                                     DEC, status=word)
+            assert (late.changed, late.status, late.revenue_musd) == (False, "reversed", 0)
+    assert state(session, "c-early") == ("reversed", None, NOV, 0, 3_000, 3_000_000)
+    assert state(session, "c-declined") == ("reversed", None, NOV, 0, 2_000, 2_000_000)
+    assert revenue_entries(session) == []
+    assert revenue_in(session, account, NOV) == revenue_in(session, account, DEC) == 0
+
+
+def test_any_order_of_reports_ends_in_the_same_state(session, account):
+    """pending, approved and reversed reports of one conversion, in every order and each
+    twice: always reversed, net revenue 0, at most one entry each way."""
+    from itertools import permutations
+
+    click_id = clicked(session, account)
+    reports = (("pending", 700), ("approved", 700), ("reversed", -700))
+    for n, order in enumerate(permutations(reports)):
+        conversion_id = f"c-order-{n}"
+        for word, commission in order + order:
+            record_conversion(session, "awin", conversion_id, click_id, 7_000, commission,
+                              NOV, status=word)
+        status, *_, booked, _, _ = state(session, conversion_id)
+        assert status == "reversed", order
+        entries = [(k, a) for k, a, _ in revenue_entries(session)
+                   if k.endswith(f":{conversion_id}")]
+        # Approved before the reversal: booked and taken back; otherwise nothing at all.
+        approved_first = [w for w, _ in order].index("approved") < [
+            w for w, _ in order].index("reversed")
+        assert entries == ([(booking_key("awin", conversion_id), 7_000_000),
+                            (reversal_key("awin", conversion_id), -7_000_000)]
+                           if approved_first else []), order
+        assert booked == (7_000_000 if approved_first else 0)
+    assert revenue_in(session, account, NOV) == 0
 
 
 @pytest.mark.parametrize("text, cents", [
@@ -270,6 +463,9 @@ def test_bad_conversions_are_refused(session, network, conversion_id, sale, comm
 ])
 def test_usd_strings_become_cents(text, cents):
     assert usd_to_cents(text, "x") == cents
+    assert usd_to_cents(text, "x", signed=True) == cents
+    if cents:
+        assert usd_to_cents("-" + text.strip(), "x", signed=True) == -cents
 
 
 @pytest.mark.parametrize("value", [
@@ -279,6 +475,12 @@ def test_usd_strings_become_cents(text, cents):
 def test_bad_usd_amounts_are_refused(value):
     with pytest.raises(InvalidConversion):
         usd_to_cents(value, "commission")
+
+
+@pytest.mark.parametrize("value", ["--1", "+1", "- 1", "-1e3", "-.5", "-", -1, "1-"])
+def test_bad_signed_usd_amounts_are_refused(value):
+    with pytest.raises(InvalidConversion):
+        usd_to_cents(value, "commission", signed=True)
 
 
 @pytest.mark.backends("postgresql")
@@ -296,7 +498,7 @@ def test_concurrent_repeats_of_one_conversion_record_it_once(app, account):
             barrier.wait()
             stored = record_conversion(own, "awin", "conv-race", click_id, 2_000, 200, NOV)
             own.commit()
-            return stored
+            return stored.changed
 
     with ThreadPoolExecutor(max_workers=workers) as pool:
         results = list(pool.map(post, range(workers)))
@@ -305,6 +507,39 @@ def test_concurrent_repeats_of_one_conversion_record_it_once(app, account):
         assert check.scalar(select(func.count()).select_from(Conversion)) == 1
         assert check.scalar(select(func.count()).select_from(RevenueEntry)) == 1
         assert costs.month(check, account, NOV).revenue_affiliate_musd == 2_000_000
+
+
+@pytest.mark.backends("postgresql")
+def test_concurrent_approvals_and_reversals_book_each_once(app, account):
+    """A pending conversion approved by 3 workers and reversed by 3 at once: it ends
+    reversed, with at most one booking and one reversal, netting 0."""
+    engine = db.engine
+    with Session(engine) as setup:
+        click_id = clicked(setup, account)
+        record_conversion(setup, "awin", "conv-moves", click_id, 2_000, 200, NOV,
+                          status="pending")
+        setup.commit()
+    workers = 6
+    barrier = threading.Barrier(workers)
+
+    def report(i: int) -> bool:
+        with Session(engine) as own:
+            barrier.wait()
+            commission = 200 if i % 2 else -200
+            outcome = record_conversion(own, "awin", "conv-moves", click_id, 2_000,
+                                        commission, DEC)
+            own.commit()
+            return outcome.changed
+
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        results = list(pool.map(report, range(workers)))
+    assert 1 <= sum(results) <= 2
+    with Session(engine) as check:
+        row = check.scalars(select(Conversion)).one()
+        assert row.status == "reversed"
+        amounts = sorted(check.scalars(select(RevenueEntry.amount_musd)))
+        assert amounts in ([], [-2_000_000, 2_000_000])
+        assert costs.month(check, account, DEC).revenue_affiliate_musd == 0
 
 
 # --- CSV import ---------------------------------------------------------------------------
@@ -320,11 +555,11 @@ def test_csv_import_is_idempotent_and_reports_bad_lines(session, account):
         f"c-3,{click_id},12.50,1.2e1\n"
         f"c-4,{click_id},12.50\n"
         f",{click_id},12.50,1.25\n"
-        f"c-5,{click_id},12.50,-1.25\n"
+        f"c-5,{click_id},12.50,+1.25\n"
         f"c-1,{click_id},45.00,4.50\n"
     )
-    added, repeated, errors = import_csv(session, "awin", text, NOV)
-    assert (added, repeated) == (2, 1)
+    added, updated, repeated, errors = import_csv(session, "awin", text, NOV)
+    assert (added, updated, repeated) == (2, 0, 1)
     assert len(errors) == 4
     assert errors[0].startswith("line 5: commission")
     assert errors[1].startswith("line 6: 3 fields")
@@ -335,16 +570,48 @@ def test_csv_import_is_idempotent_and_reports_bad_lines(session, account):
     assert affiliate_revenue(session, account) == 450 * costs.MUSD_PER_CENT
 
     again = import_csv(session, "awin", text, NOV)
-    assert (again.added, again.repeated, len(again.errors)) == (0, 3, 4)
+    assert (again.added, again.updated, again.repeated, len(again.errors)) == (0, 0, 3, 4)
     assert affiliate_revenue(session, account) == 450 * costs.MUSD_PER_CENT
 
 
 def test_csv_columns_may_come_in_any_order_with_extras(session, account):
     click_id = clicked(session, account)
-    text = ("Commission,Sale_Amount,status,click_id,conversion_id\r\n"
-            f"2.00,20.00,approved,{click_id},c-9\r\n")
-    assert tuple(import_csv(session, "cj", text, NOV)) == (1, 0, [])
+    text = ("Commission,Sale_Amount,status,click_id,conversion_id,Region\r\n"
+            f"2.00,20.00,approved,{click_id},c-9,EU\r\n")
+    assert tuple(import_csv(session, "cj", text, NOV)) == (1, 0, 0, [])
     assert affiliate_revenue(session, account) == 200 * costs.MUSD_PER_CENT
+
+
+def test_csv_reports_move_conversions_pending_approved_reversed(session, account):
+    click_id = clicked(session, account)
+    header = "conversion_id,click_id,sale_amount,commission,status\n"
+    november = (header + f"c-a,{click_id},40.00,4.00,pending\n"
+                f"c-b,{click_id},10.00,1.00,pending\n"
+                f"c-c,{click_id},30.00,-3.00,\n"
+                f"c-d,{click_id},20.00,2.00,maybe\n")
+    assert tuple(import_csv(session, "awin", november, NOV)) == (
+        3, 0, 0, ["line 5: status: 'maybe' is not a status we know (pending, approved, "
+                  "declined, reversed, or an amount's sign)"])
+    assert revenue_entries(session) == []
+    december = (header + f"c-a,{click_id},40.00,4.00,approved\n"
+                f"c-b,{click_id},10.00,1.00,declined\n"
+                f"c-c,{click_id},30.00,3.00,approved\n"
+                f"c-a,{click_id},40.00,4.00,approved\n")
+    assert tuple(import_csv(session, "awin", december, DEC)) == (0, 2, 2, [])
+    assert revenue_in(session, account, NOV) == 0
+    assert revenue_in(session, account, DEC) == 4_000_000
+    january = (header + f"c-a,{click_id},-40.00,-4.00,reversed\n"
+               f"c-a,{click_id},40.00,4.00,pending\n"
+               f"c-b,{click_id},10.00,1.00,approved\n")
+    assert tuple(import_csv(session, "awin", january, JAN)) == (0, 1, 2, [])
+    assert tuple(import_csv(session, "awin", january, JAN)) == (0, 0, 3, [])
+    assert revenue_in(session, account, DEC) == 4_000_000
+    assert revenue_in(session, account, JAN) == -4_000_000
+    assert [state(session, c)[:4] for c in ("c-a", "c-b", "c-c")] == [
+        ("reversed", DEC, JAN, 4_000_000), ("reversed", None, DEC, 0),
+        ("reversed", None, NOV, 0)]
+    assert [k for k, _, _ in revenue_entries(session)] == [booking_key("awin", "c-a"),
+                                                          reversal_key("awin", "c-a")]
 
 
 @pytest.mark.parametrize("text", ["", "\n\n", "conversion_id,click_id,sale_amount\nc,x,1,1\n"])

@@ -124,3 +124,15 @@ def test_spanish_labels_and_description_fall_back_to_english(tmp_path):
 def test_bad_language_names_are_refused(tmp_path, names, message):
     with pytest.raises(CatalogError, match=message):
         load_catalog(write_catalog(tmp_path, language_names=names))
+
+
+def test_premium_may_not_sell_tokens_cheaper_than_the_best_pack(tmp_path):
+    """Issue #16: premium's tokens are priced like the packs (it sells full answers, not cheaper
+    tokens): 121 tokens for $5.00 beats the Starter pack's 120 and is refused."""
+    raw = yaml.safe_load(DEFAULT_CATALOG_PATH.read_text(encoding="utf-8"))
+    assert load_catalog(DEFAULT_CATALOG_PATH).premium.monthly_tokens == 120
+    raw["premium"]["monthly_tokens"] = 121
+    path = tmp_path / "economy.yaml"
+    path.write_text(yaml.safe_dump(raw), encoding="utf-8")
+    with pytest.raises(CatalogError, match="more tokens per dollar than the Starter pack"):
+        load_catalog(path)

@@ -1,4 +1,4 @@
-"""The catalog's cost table and LLM settings: defaults pinned to economy.md ("Cost and
+"""The catalog's cost table and LLM settings: defaults pinned to docs/economy.md ("Cost and
 revenue"), exact µUSD arithmetic, and clear errors that name the field."""
 
 from __future__ import annotations
@@ -139,7 +139,7 @@ def test_cost_musd_has_no_float_error():
 
 
 def test_the_normal_tier_answer_ceiling_is_cheap():
-    """The output cost of one answer is bounded by max_tokens (economy.md): 400 x $0.60/M."""
+    """The output cost of one answer is bounded by max_tokens (docs/economy.md): 400 x $0.60/M."""
     catalog = load_catalog()
     tier = catalog.llm.tier("normal")
     assert catalog.costs.model(tier.model).cost_musd(0, tier.max_tokens) == 240

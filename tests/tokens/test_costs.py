@@ -1,4 +1,4 @@
-"""Cost of goods per interaction and the per-account monthly rollup (economy.md, "Cost and
+"""Cost of goods per interaction and the per-account monthly rollup (docs/economy.md, "Cost and
 revenue"), on SQLite and PostgreSQL."""
 
 from __future__ import annotations

@@ -260,7 +260,7 @@ def paid_invoice(subscription: str, invoice_id: str, **payment: Any) -> dict[str
 
 @pytest.mark.parametrize("refund_first", [False, True], ids=["invoice-first", "refund-first"])
 def test_a_refunded_premium_invoice_claws_back_its_grant_in_proportion(session, refund_first):
-    """Ben's month (200 tokens for 500 cents) is refunded half: 100 tokens clawed back and
+    """Ben's month (120 tokens for 500 cents) is refunded half: 60 tokens clawed back and
     250 cents of subscription revenue reversed, whichever event came first."""
     account_id, subscription = premium_subscriber(session)
     invoice_id, intent, charge = (f"in_{uuid.uuid4().hex[:12]}", f"pi_{uuid.uuid4().hex[:12]}",
@@ -271,11 +271,11 @@ def test_a_refunded_premium_invoice_claws_back_its_grant_in_proportion(session, 
     for body in ([refunded, paid] if refund_first else [paid, refunded]):
         deliver(session, body)
     session.expire_all()
-    assert ledger.balance(session, account_id, NOV).by_bucket == {"subscription": 100}
+    assert ledger.balance(session, account_id, NOV).by_bucket == {"subscription": 60}
     assert revenue(session, account_id, "subscription") == 250 * costs.MUSD_PER_CENT
     invoice = session.scalar(select(Invoice).where(Invoice.external_id == invoice_id))
     assert (invoice.amount_cents, invoice.tokens, invoice.account_id) == (
-        AMOUNT, 200, account_id)
+        AMOUNT, 120, account_id)
     payment = session.scalar(select(ProviderPayment).where(
         ProviderPayment.external_id == intent))
     assert (payment.status, payment.invoice_id, payment.settled_cents) == (
@@ -300,7 +300,7 @@ def test_a_current_shape_invoice_finds_its_payment_in_the_fetched_payments(sessi
     deliver(session, body, fetched)
     lost = event(DISPUTE_CLOSED, id=f"dp_{uuid.uuid4().hex[:8]}", charge="ch_x",
                  payment_intent=intent, amount=AMOUNT, status="lost")
-    assert deliver(session, lost).outcome.startswith("dispute lost: 200 tokens clawed back")
+    assert deliver(session, lost).outcome.startswith("dispute lost: 120 tokens clawed back")
     session.expire_all()
     assert ledger.balance(session, account_id, NOV).posted == 0
     assert revenue(session, account_id, "subscription") == 0

@@ -1,4 +1,4 @@
-"""The tier policy as a pure function: thresholds, ceilings, and economy.md's rules 1-3."""
+"""The tier policy as a pure function: thresholds, ceilings, and docs/economy.md's rules 1-3."""
 
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ def usd(text: str) -> int:
      ("1.74", BASIC), ("1.75", AFFILIATE), ("1.99", AFFILIATE), ("2.00", PAYMENT_REQUIRED)],
 )
 def test_the_default_thresholds_of_economy_md(exposure, level):
-    """With a zero-cost answer, the level is exactly economy.md's table."""
+    """With a zero-cost answer, the level is exactly docs/economy.md's table."""
     assert tiers.decide(usd(exposure), ZERO, CATALOG, paying=False) == level
 
 
@@ -61,8 +61,8 @@ def test_ceilings_follow_the_catalog():
 
 def test_the_monthly_loss_ceiling_is_computable():
     ceiling = tiers.monthly_loss_ceiling_musd(CATALOG)
-    # the cutoff, then 3 refusals and 5 BALANCE/BUY replies a day at the dearer reply cap
-    assert ceiling == 2_000_000 + (3 + 5) * 31 * max(2 * 7900, 2 * 7500)
+    # the cutoff, then 4 free replies and 5 BALANCE/BUY replies a day at the dearer reply cap
+    assert ceiling == 2_000_000 + (4 + 5) * 31 * max(2 * 7900, 2 * 7500)
 
 
 LEVEL_RANK = {level: rank for rank, level in enumerate(LEVELS)}

@@ -1,4 +1,4 @@
-"""The signature test vectors of shared/fixtures, through the adapter's check."""
+"""The signature test vectors (tests/fixtures/twilio), through the adapter's check."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Intent classification: the precedence cases of economy.md and its neighbours."""
+"""Intent classification: the precedence cases of docs/economy.md and its neighbours."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ CATALOG = load_catalog()
 @pytest.mark.parametrize(
     ("text", "intent"),
     [
-        # economy.md, "Intent classification must not be fooled by substrings"
+        # docs/economy.md, "Intent classification must not be fooled by substrings"
         ("recipes for pancakes", "recipe_search"),
         ("I ate a cookie", "chat"),
         ("chicken recipe", "recipe_search"),
