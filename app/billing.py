@@ -10,7 +10,7 @@ credentials nothing can be sent, and the pages themselves say what happened.
 from __future__ import annotations
 
 import logging
-from datetime import UTC, datetime
+from datetime import datetime
 
 import redis
 from flask import Flask
@@ -117,7 +117,7 @@ def queue_notices(app: Flask, session: Session, notices: tuple[Notice, ...],
     if not can_send(app) or not notices:
         return []
     settings: BotSettings = app.extensions["bot_settings"]
-    moment = now or datetime.now(UTC)
+    moment = now or utcnow()
     ids: list[int] = []
     for notice in notices:
         if notice.kind not in PAID_NOTICES and not tiers.take_free_reply(

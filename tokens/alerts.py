@@ -65,12 +65,10 @@ def after_debit(session: Session, account_id: int, catalog: Catalog, *, before: 
     if provider_name is not None:
         state = auto_topup.status(session, account_id, now)
         if state.state == "on":
-            if before >= threshold:
-                auto_topup.rearm(session, account_id, before, threshold, now)
             try:
                 due = auto_topup.due(session, account_id, after, threshold, now,
                                      catalog.auto_topup.max_per_month, catalog=catalog,
-                                     provider_name=provider_name)
+                                     provider_name=provider_name, before_tokens=before)
             except CatalogError as exc:  # the pack left the catalog: the answer still stands
                 log.error("auto top-up skipped", extra={"error": str(exc)})
                 due = None

@@ -384,8 +384,8 @@ def _open_attempt(session: Session, row: AutoTopup) -> Checkout | None:
 
 
 def due(session: Session, account_id: int, available_tokens: int, threshold_tokens: int,
-        now: datetime, max_per_month: int, *, catalog: Catalog, provider_name: str
-        ) -> TopUpDue | None:
+        now: datetime, max_per_month: int, *, catalog: Catalog, provider_name: str,
+        before_tokens: int | None = None) -> TopUpDue | None:
     """Whether a top-up must be charged now; when so, it is recorded (flushed: the caller
     commits before `charge`).
 
@@ -404,6 +404,9 @@ def due(session: Session, account_id: int, available_tokens: int, threshold_toke
         max_per_month: `catalog.auto_topup.max_per_month`.
         provider_name: the payment provider's name ("stripe", "sandbox"), kept on the
             checkout.
+        before_tokens: the available balance before the debit that led here, when the
+            caller knows it: at or above the threshold, this debit is a new crossing, which
+            re-arms (as `rearm` with that balance would) before the check.
 
     Raises:
         UnknownAccount: no account has this id.
@@ -422,7 +425,9 @@ def due(session: Session, account_id: int, available_tokens: int, threshold_toke
         row.updated_at = now
         session.flush()
         return None
-    if _rearm(session, row, available_tokens, threshold_tokens, now):
+    if before_tokens is not None and before_tokens >= threshold_tokens:
+        row.armed = True  # a new crossing (no attempt is open: checked above)
+    elif _rearm(session, row, available_tokens, threshold_tokens, now):
         return None
     if not (row.enabled and row.has_card and row.armed) or available_tokens >= threshold_tokens:
         return None

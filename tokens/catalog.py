@@ -7,6 +7,7 @@ YAML. The defaults are those of docs/economy.md ("Default catalog").
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 import unicodedata
@@ -377,6 +378,12 @@ class Catalog:
     language_choices: Mapping[str, str]
     bot_description_es: str = ""
     auto_topup: AutoTopupSettings = AutoTopupSettings()
+
+    @functools.cached_property
+    def command_words(self) -> frozenset[str]:
+        """Every free command's words (`commands`), normalised, in one set: a message that
+        is one of them is a command, never a priced request."""
+        return frozenset().union(*self.commands.values())
 
     def auto_topup_threshold(self) -> int:
         """The balance (tokens) under which an auto top-up starts: `auto_topup.threshold_tokens`,

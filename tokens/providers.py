@@ -16,6 +16,7 @@ import hashlib
 import json
 import secrets
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
@@ -310,35 +311,19 @@ class StripeProvider:
         return _event_dict(payload)
 
     def fetch_subscription(self, external_id: str) -> dict[str, Any]:
-        try:
-            found = self.client.v1.subscriptions.retrieve(external_id)
-        except stripe.StripeError as exc:
-            raise _failure(f"cannot fetch subscription {external_id}", exc) from exc
-        return dict(found.to_dict())
+        return _retrieved("subscription", external_id, self.client.v1.subscriptions.retrieve)
 
     def fetch_charge(self, charge_id: str) -> dict[str, Any]:
-        try:
-            found = self.client.v1.charges.retrieve(charge_id)
-        except stripe.StripeError as exc:
-            raise _failure(f"cannot fetch charge {charge_id}", exc) from exc
-        return dict(found.to_dict())
+        return _retrieved("charge", charge_id, self.client.v1.charges.retrieve)
 
     def fetch_invoice(self, invoice_id: str) -> dict[str, Any]:
         # `payments` is left out of invoices unless expanded (Stripe API reference, "The
         # Invoice object": includable); it replaced `charge` / `payment_intent` in 2025.
-        try:
-            found = self.client.v1.invoices.retrieve(invoice_id,
-                                                     params={"expand": ["payments"]})
-        except stripe.StripeError as exc:
-            raise _failure(f"cannot fetch invoice {invoice_id}", exc) from exc
-        return dict(found.to_dict())
+        return _retrieved("invoice", invoice_id, self.client.v1.invoices.retrieve,
+                          params={"expand": ["payments"]})
 
     def fetch_payment_intent(self, intent_id: str) -> dict[str, Any]:
-        try:
-            found = self.client.v1.payment_intents.retrieve(intent_id)
-        except stripe.StripeError as exc:
-            raise _failure(f"cannot fetch payment intent {intent_id}", exc) from exc
-        return dict(found.to_dict())
+        return _retrieved("payment intent", intent_id, self.client.v1.payment_intents.retrieve)
 
     def charge_off_session(self, charge: OffSessionCharge) -> OffSessionResult:
         params: dict[str, Any] = {
@@ -375,6 +360,21 @@ class StripeProvider:
                                     else "declined", result.payment_intent,
                                     result.amount_cents, result.currency, status)
         return result
+
+
+def _retrieved(what: str, object_id: str, retrieve: Callable[..., Any],
+               **options: Any) -> dict[str, Any]:
+    """`retrieve(object_id, **options)` (a stripe-python `retrieve`) as a plain dict.
+
+    Raises:
+        PaymentError: Stripe could not answer (`_failure`: permanent for a definite "no such
+            object", else worth a retry).
+    """
+    try:
+        found = retrieve(object_id, **options)
+    except stripe.StripeError as exc:
+        raise _failure(f"cannot fetch {what} {object_id}", exc) from exc
+    return dict(found.to_dict())
 
 
 @dataclass

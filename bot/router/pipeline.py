@@ -156,8 +156,7 @@ def classify_before_turn(msg: InboundMessage, settings: BotSettings, now: dateti
     text = msg.text
     if chat is None or not text.strip() or keyword_family(msg) is not None:
         return None
-    command = normalise_command(text)
-    if any(command in words for words in catalog.commands.values()):
+    if normalise_command(text) in catalog.command_words:
         return None
     rules = LlmClassification(classify(text, catalog))  # the turn uses it, not classify again
     if limits is None or not catalog.llm.classify_per_day or not unsure(text, rules.spec,

@@ -349,17 +349,15 @@ def past_the_cutoff(turn: Turn) -> None:
     replies, then stop: what a non-paying person costs stays bounded. BALANCE, BUY and BUY
     PREMIUM have a daily budget of their own (`billing_replies_per_day`, default 5): the
     free replies never use it up, so the way out of the cutoff is not silenced (issue #16),
-    and what these
-    replies cost stays within the loss bound (`tiers.monthly_loss_ceiling_musd`). Priced
-    requests are decided in `choose_level`; HELP and STOP, which the carriers require, are
-    answered before this step."""
+    and what these replies cost stays within the loss bound
+    (`tiers.monthly_loss_ceiling_musd`). Priced requests are decided in `choose_level`;
+    HELP, STOP and START, answered before this step, draw on the budget of free replies."""
     catalog = turn.catalog
     command = normalise_command(turn.msg.text)
     commands = catalog.commands
     billing = command in (commands["balance"] | commands["buy"] | commands["premium"]
                           | commands["auto_on"] | commands["auto_off"])
-    words = frozenset().union(*commands.values())
-    if (not billing and turn.msg.text.strip() and command not in words
+    if (not billing and turn.msg.text.strip() and command not in catalog.command_words
             and read_small_talk(turn) is None):
         return  # a priced request: `choose_level` decides
     ceiling = tiers.reply_ceiling_musd(catalog, turn.msg.channel)

@@ -77,6 +77,12 @@ def test_auto_on_saves_the_card_and_a_crossing_buys_the_pack_once(client, sessio
     assert session.scalar(select(func.count()).select_from(Checkout).where(
         Checkout.external_id.like("auto_topup:%"))) == 1
     assert_consistent(session, account_id)
+    # The pack took the balance back over the threshold: the next crossing buys again.
+    set_available(session, account_id, 6)
+    post_signed(client, sms("meal plan"))  # 6 -> 1
+    assert ledger.balance(session, account_id).available == 1 + 120
+    assert session.scalar(select(func.count()).select_from(Checkout).where(
+        Checkout.external_id.like("auto_topup:%"), Checkout.status == "completed")) == 2
     # AUTO OFF stops it: the next crossing only alerts.
     assert "Auto top-up is off" in text_of(post_signed(client, sms("AUTO OFF")))
     set_available(session, account_id, 6)
