@@ -24,6 +24,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,8 @@ from rq import SimpleWorker
 from rq.job import Job
 from rq.queue import Queue
 from rq.timeouts import TimerDeathPenalty
+from rq.utils import now
+from rq.worker import WorkerStatus
 
 from app.metrics import IN_FLIGHT
 from bot.waits import CpuGate
@@ -48,6 +51,12 @@ DEFAULT_CONCURRENCY = 128
 # enough to keep two cores busy while some wait on PostgreSQL or Redis, few enough that the
 # threads do not fight over the interpreter lock (docs/pipeline.md, "The CPU gate").
 DEFAULT_CPU_SLOTS = 2
+# RQ refreshes the worker's own key (a heartbeat: HSET + EXPIRE of a key that lives 240 s or
+# more) and looks for `rq suspend` around every dequeue, each a Redis round trip of its own:
+# with many jobs a second that is several round trips per job. The worker does each at most
+# once this often (seconds); the heartbeats RQ sends inside its own pipelines, with a job's
+# start and end, are left as they are.
+HOUSEKEEPING_EVERY_SECONDS = 1.0
 
 
 def lower_priority(nice: int) -> None:
@@ -91,13 +100,38 @@ class ThreadedWorker(SimpleWorker):
             raise ValueError("a worker needs at least one slot")
         self._gate = CpuGate(cpu_slots)
         self._local = threading.local()
+        self._running = 0
+        self._suspension_checked = 0.0
         super().__init__(*args, **kwargs)
         self._app = app
         self._slots = threading.BoundedSemaphore(concurrency)
         self._idle = threading.Condition()
-        self._running = 0
         self._finished_count = 0
         self._pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="job")
+
+    def heartbeat(self, timeout: int | None = None, pipeline: Any = None) -> None:
+        """RQ's heartbeat of the worker's key; a lone one (no pipeline, the default TTL) is
+        skipped within `HOUSEKEEPING_EVERY_SECONDS` of the last."""
+        last = self.last_heartbeat
+        if (pipeline is None and timeout is None and last is not None
+                and (now() - last).total_seconds() < HOUSEKEEPING_EVERY_SECONDS):
+            return
+        super().heartbeat(timeout, pipeline)
+
+    def check_for_suspension(self, burst: bool) -> None:
+        """RQ's check for `rq suspend`, at most once every `HOUSEKEEPING_EVERY_SECONDS`."""
+        checked = time.monotonic()
+        if checked - self._suspension_checked < HOUSEKEEPING_EVERY_SECONDS:
+            return
+        self._suspension_checked = checked
+        super().check_for_suspension(burst)
+
+    def set_state(self, state: str, pipeline: Any = None) -> None:
+        """RQ's worker state; "idle" is not written while other jobs of this worker run (RQ
+        sets it before every dequeue, which for this worker is not idleness)."""
+        if state == WorkerStatus.IDLE and pipeline is None and self._running > 0:
+            return
+        super().set_state(state, pipeline)
 
     # RQ keeps the running job's Execution on the worker; with many jobs at once, each thread
     # keeps its own.

@@ -17,6 +17,8 @@ Design (docs/economy.md, "Ledger"):
 - Holds reserve tokens before a priced skill runs: `hold` (pending) -> `capture` (debit entries;
   a partial capture releases the rest) | `void` (no entry) | `expire_holds` (after the TTL, like
   a void). The available balance is posted balance minus pending holds and never goes below 0.
+  An answer given while the account's row stays locked (the router's offline skills) needs
+  no reservation: `debit` draws the price directly, once per key, in four statements.
 - `Account.balance` (posted) and `Account.held` (pending holds) are caches of the entries and the
   holds. They change only in the same transaction as what they cache, through conditional
   UPDATEs, so each check-and-change is one atomic statement: `hold` is
@@ -30,7 +32,8 @@ Design (docs/economy.md, "Ledger"):
   capture's conditional UPDATE of its hold checks, under the account's lock, that no key of its
   entries was posted. Either way the first result is returned. An operation that posts several
   entries keys them `key`, `key#2`, ... and records `key` as their `operation_key`.
-- The hot path (`hold`, `capture`, `void`, `balance`, a granted `grant_monthly_allowance`)
+- The hot path (`hold`, `capture`, `void`, `debit`, `balance`, a granted
+  `grant_monthly_allowance`)
   sends Core statements only: no ORM objects, no flush, no SAVEPOINT (see "the hot path's
   statements" below).
 - Expiry: lots past their `expires_at` are expired lazily (an `expiry` entry per lot) before
@@ -351,6 +354,15 @@ _RESERVE_IF_SETTLED = (
            ~_HOLD_KEY_USED, ~_HOLDS_DUE, ~_LOTS_DUE)
     .values(held=_ACCOUNTS.c.held + _P_TOKENS)
 )
+# `debit`, the common case in one statement: the row lock, the check and the spend, when the
+# key is new and no lot is due to expire (due holds only understate what is available).
+_DEBIT_IF_SETTLED = (
+    update(_ACCOUNTS)
+    .where(_ACCOUNTS.c.id == _P_ACCOUNT, _ACCOUNTS.c.balance - _ACCOUNTS.c.held >= _P_TOKENS,
+           ~select(_ENTRIES.c.id).where(_ENTRIES.c.idempotency_key == _P_KEY).exists(),
+           ~_LOTS_DUE)
+    .values(balance=_ACCOUNTS.c.balance - _P_TOKENS)
+)
 _RESERVE = (
     update(_ACCOUNTS)
     .where(_ACCOUNTS.c.id == _P_ACCOUNT, _ACCOUNTS.c.balance - _ACCOUNTS.c.held >= _P_TOKENS)
@@ -576,6 +588,25 @@ def purchased_available(account_id: ColumnElement[int] | QueryableAttribute[int]
                _LOTS.c.bucket != "free",
                or_(_LOTS.c.expires_at.is_(None), _LOTS.c.expires_at > now))
         .scalar_subquery()
+    )
+
+
+def lots_due(account_id: ColumnElement[int] | QueryableAttribute[int],
+             now: ColumnElement[datetime]) -> ColumnElement[bool]:
+    """A SQL boolean: the account has a lot with tokens left past its expiry, not yet expired
+    (its tokens still count in `Account.balance`), for a caller to read in a statement it
+    sends anyway (the router's lock of the account row). While it is true the balance as
+    posted overstates what can be spent, and `hold` expires the lots first.
+
+    Args:
+        account_id: the account's id column or a bound parameter.
+        now: the moment lots expire against, a bound parameter (UTC).
+    """
+    return (
+        select(_LOTS.c.id)
+        .where(_LOTS.c.account_id == account_id, _LOTS.c.remaining > 0,
+               _LOTS.c.expires_at <= now)
+        .exists()
     )
 
 
@@ -1009,6 +1040,67 @@ def void(session: Session, hold_id: int, now: datetime | None = None) -> HoldRes
         UnknownEntry: no hold has this id.
     """
     return _release(session, hold_id, "voided", now or utcnow())
+
+
+def debit(
+    session: Session,
+    account_id: int,
+    tokens: int,
+    *,
+    key: str,
+    memo: str | None = None,
+    now: datetime | None = None,
+) -> Posted:
+    """Spend `tokens` at once, without a hold, once per `key`: for an answer given while the
+    caller holds the account's row lock from the check to the charge (the router's offline
+    skills: nothing else can spend meanwhile, so there is nothing to reserve).
+
+    Statements: in the common case four: the balance's conditional UPDATE (which also locks
+    the account row and checks, in the same statement, that the key is new and that no lot
+    is due to expire), the lots to draw on, the entries (`INSERT ... RETURNING id`, one
+    statement for all of them) and the lots. Only when the UPDATE changed nothing is the key
+    looked up and the account's due holds and lots expired first (`hold` does the same).
+
+    Args:
+        session: the caller's session; this function flushes, never commits.
+        account_id: the account to spend from.
+        tokens: the price, a positive number of tokens.
+        key: idempotency key of the debit, e.g. "debit:<MessageSid>".
+        memo: e.g. the intent.
+        now: the current time (UTC).
+
+    Returns:
+        `Posted` with the debit entries (one per lot drawn on, in consumption order); a repeat
+        of `key` returns the first result, `replayed=True`.
+
+    Raises:
+        InvalidAmount: `tokens` is not a positive integer.
+        InsufficientTokens: the available balance is below `tokens`, after expiring what was
+            due; nothing is spent.
+        KeyReused: `key` belongs to another operation (a capture, a credit). A key of a later
+            entry (`key#2` ...) taken by another operation fails the entries' INSERT
+            (`IntegrityError`; the caller rolls back, nothing is kept).
+        UnknownAccount: no account has this id.
+        LedgerInvariantBroken: the lots hold fewer tokens than the balance said.
+    """
+    _check_amount(tokens)
+    now = now or utcnow()
+    if now.tzinfo is None:
+        raise ValueError("naive datetime given where a timezone-aware UTC time is required")
+    _autoflush(session)
+    params = {"account_id": account_id, "tokens": tokens, "key": key, "now": now}
+    if _rowcount(session.execute(_DEBIT_IF_SETTLED, params)) != 1:
+        rows = session.execute(_REPLAY, {"key": key}).all()
+        if rows:
+            if any(row.hold_id is not None or int(row.amount) >= 0 for row in rows):
+                raise KeyReused(f"{key!r} was used by another operation than a debit")
+            return _posted_from(key, rows)
+        _lock_account(session, account_id)  # raises UnknownAccount
+        expire_holds(session, now, account_id=account_id)
+        expire_lots(session, account_id, now)
+        _debit_balance(session, account_id, tokens, now)
+    return _consume(session, account_id, tokens, "debit", key, memo=memo, now=now,
+                    valid_at=now)
 
 
 def expire_holds(

@@ -769,17 +769,32 @@ def _plan_notes(c: Constraints, plans: list[DayPlan], found: _Menu, target: Targ
 
 # --- grocery lists ---------------------------------------------------------------------------
 
+# The meal names as `_plan_from_history` looks for them, per content set: (its meals, names).
+_MEAL_NAMES: dict[int, tuple[tuple[Meal, ...], list[tuple[str, Meal]]]] = {}
+
+
+def _meal_names(meals: tuple[Meal, ...]) -> list[tuple[str, Meal]]:
+    """(normalised name, meal) for every English and Spanish meal name, longest first;
+    computed once per content set (the content is loaded once per process)."""
+    cached = _MEAL_NAMES.get(id(meals))
+    if cached is not None and cached[0] is meals:
+        return cached[1]
+    names: list[tuple[str, Meal]] = []
+    for meal in meals:
+        for label in {meal.name, meal.name_es}:
+            if label:
+                names.append((normalise_text(label), meal))
+    names.sort(key=lambda pair: -len(pair[0]))
+    _MEAL_NAMES[id(meals)] = (meals, names)
+    return names
+
+
 def _plan_from_history(knowledge: Knowledge, history: tuple[tuple[str, str], ...]
                        ) -> tuple[list[Meal], int, Decimal] | None:
     """The meals of the latest meal plan the assistant sent (English or Spanish names), with how
     many days it covered and its portion size ("Portions are 1.5 x the usual"); None when no
     recent assistant turn is a plan."""
-    names: list[tuple[str, Meal]] = []
-    for meal in knowledge.meals:
-        for label in {meal.name, meal.name_es}:
-            if label:
-                names.append((normalise_text(label), meal))
-    names.sort(key=lambda pair: -len(pair[0]))
+    names = _meal_names(knowledge.meals)
     for role, text in reversed(history):
         if role != "assistant":
             continue

@@ -37,7 +37,7 @@ from tokens import alerts, costs, ledger, payments, tiers
 from tokens.base import utcnow
 from tokens.catalog import IntentSpec
 from tokens.costs import LlmUsage
-from tokens.errors import HoldNotPending
+from tokens.errors import HoldNotPending, InsufficientTokens
 
 log = logging.getLogger(__name__)
 # `Session.info` key: the auto top-ups a settlement recorded (`tokens.alerts.after_debit`), to
@@ -57,7 +57,9 @@ class PendingAnswer:
         account_id: the person's account.
         channel: "sms" or "whatsapp".
         intent: the classified intent.
-        hold_id: the pending hold of the intent's price.
+        hold_id: the pending hold of the intent's price; None for an answer settled in the
+            transaction that routed it with no hold (`steps.reserve`): the price is debited
+            directly (`tokens.ledger.debit`).
         request: what the skill gets (text, channel, conversation context, tier).
         hold_live: the hold is still pending and within its TTL. A job that comes too late
             (a worker outage) finds it expired: the person is told, and nothing is charged.
@@ -76,7 +78,7 @@ class PendingAnswer:
     account_id: int
     channel: str
     intent: IntentSpec
-    hold_id: int
+    hold_id: int | None
     request: SkillRequest
     hold_live: bool = True
     opted_out: bool = False
@@ -392,30 +394,27 @@ def settle_ledger(
     """
     _record_llm(session, pending, result, settings, now)
     if result.answer is None:
-        try:
-            ledger.void(session, pending.hold_id, now=now)  # a lapsed hold: a no-op
-        except HoldNotPending:
-            log.error("a failed answer's hold was captured", extra={"hold": pending.hold_id})
+        if pending.hold_id is not None:
+            try:
+                ledger.void(session, pending.hold_id, now=now)  # a lapsed hold: a no-op
+            except HoldNotPending:
+                log.error("a failed answer's hold was captured",
+                          extra={"hold": pending.hold_id})
         return "failed", (result.failure_reply,) if result.failure_reply else (), 0
-    try:
-        captured = ledger.capture(session, pending.hold_id,
-                                  key=f"debit:{pending.message_sid}", now=now,
-                                  placed=pending.placed)
-    except HoldNotPending:
-        # The hold lapsed while the skill ran (a stalled job): the answer goes out free.
-        log.warning("hold lapsed before capture; answer given free",
-                    extra={"hold": pending.hold_id, "message_sid": pending.message_sid})
+    charged = _charge(session, pending, now)
+    if charged is None:
         return "answered", (result.answer.text,), 0
+    posted, released = charged
     watch = alerts.AfterDebit()
-    if not captured.posted.replayed:
+    if not posted.replayed:
         costs.note_tokens_charged(session, pending.account_id,
-                                  [(b, -n) for b, n in captured.posted.by_bucket], now,
+                                  [(b, -n) for b, n in posted.by_bucket], now,
                                   intent=pending.intent.name)
         if pending.available_after_hold is not None:
-            after = pending.available_after_hold + captured.released
+            after = pending.available_after_hold + released
             watch = alerts.after_debit(
                 session, pending.account_id, settings.catalog,
-                before=after + captured.posted.amount, after=after, now=now,
+                before=after + posted.amount, after=after, now=now,
                 provider_name=settings.payments.name if settings.payments else None)
             if watch.top_up is not None:
                 # Charged after the commit, with no transaction open (`answer_message`).
@@ -434,8 +433,34 @@ def settle_ledger(
                                        now=now)
         alert = replies.low_balance_text(settings.catalog, watch.available,
                                          settings.pay_url(link.token), lang)
-        return "answered", (text, alert), captured.posted.amount
-    return "answered", (text,), captured.posted.amount
+        return "answered", (text, alert), posted.amount
+    return "answered", (text,), posted.amount
+
+
+def _charge(session: Session, pending: PendingAnswer, now: datetime
+            ) -> tuple[ledger.Posted, int] | None:
+    """Charge an answer given: capture its hold, or debit the price directly when it was
+    routed without one (`steps.reserve`); (the debit entries, tokens released). None when
+    nothing could be charged and the answer goes out free (logged): the hold lapsed while
+    the skill ran (a stalled job), or, without a hold, the balance no longer covered it
+    (which the account's row lock rules out)."""
+    key = f"debit:{pending.message_sid}"
+    if pending.hold_id is None:
+        try:
+            return ledger.debit(session, pending.account_id, pending.intent.price, key=key,
+                                memo=pending.intent.name, now=now), 0
+        except InsufficientTokens:
+            log.error("a direct debit found too few tokens; answer given free",
+                      extra={"message_sid": pending.message_sid})
+            return None
+    try:
+        captured = ledger.capture(session, pending.hold_id, key=key, now=now,
+                                  placed=pending.placed)
+    except HoldNotPending:
+        log.warning("hold lapsed before capture; answer given free",
+                    extra={"hold": pending.hold_id, "message_sid": pending.message_sid})
+        return None
+    return captured.posted, captured.released
 
 
 def _uses_history(intent: str) -> bool:

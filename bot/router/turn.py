@@ -129,6 +129,10 @@ class Turn:
     intent: IntentSpec | None = None
     hold_id: int | None = None
     placed: ledger.HoldResult | None = None  # the hold as placed in this transaction
+    # The price is charged by a direct debit when the answer is given (no hold): set by
+    # `reserve` for an answer settled in this transaction while the account's row is locked.
+    direct: bool = False
+    lots_due: bool = False  # a lot is past its expiry and not yet expired (read under the lock)
     charged: int = 0
     level: str = tiers.NORMAL
     suspended: bool = False  # an operator suspended the person (read under the lock)

@@ -500,11 +500,12 @@ def test_database_down_the_webhook_answers_503_writes_nothing_and_the_retry_char
 
 
 def test_connection_lost_mid_transaction_nothing_is_half_written(app, client, database_url):
-    """The connection dies when the hold is written: the contact, the account, the message,
-    the monthly allowance and the costs written before it in the same transaction are all
-    rolled back; the retry of the same MessageSid is answered and charged once."""
+    """The connection dies when the answer's debit is written (its lot's UPDATE, the last of
+    its statements): the contact, the account, the message, the monthly allowance, the debit
+    entry and the costs written before it in the same transaction are all rolled back; the
+    retry of the same MessageSid is answered and charged once."""
     before = row_counts()
-    with connection_lost_at(database_url, "INSERT INTO ledger_holds") as failed:
+    with connection_lost_at(database_url, "UPDATE ledger_lots") as failed:
         response = post_signed(client, sms("meal plan", sid="SMmid"))
     assert failed and response.status_code == 503
     db.session.remove()

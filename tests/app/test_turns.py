@@ -24,7 +24,9 @@ def test_the_first_knock_takes_the_turn_and_a_second_is_left_to_the_holder(conne
     holder, other = PersonTurn(connection, PHONE), PersonTurn(connection, PHONE)
     assert holder.knock("SM1")
     assert not other.knock("SM2")  # someone holds it: SM2 is left to them
-    assert sorted(holder.take_waiting()) == ["SM1", "SM2"]
+    assert holder.take_waiting() == ["SM1"]  # what the knock itself read
+    assert not holder.leave()  # SM2 knocked meanwhile: go round
+    assert holder.take_waiting() == ["SM2"]
     assert holder.take_waiting() == []
     assert holder.leave()
     assert connection.keys("bot:turn:*") == []
@@ -41,6 +43,19 @@ def test_a_knock_while_the_holder_works_sends_it_round_again(connection):
     assert PersonTurn(connection, PHONE).knock("SM3")  # free again
 
 
+def test_a_refresh_soon_after_the_last_sends_nothing(connection):
+    holder = PersonTurn(connection, PHONE, ttl_seconds=60)
+    assert holder.knock("SM1")
+    connection.pexpire(turn_key(PHONE), 5000)
+    assert holder.refresh()  # within REFRESH_EVERY_SECONDS of taking it
+    assert connection.pttl(turn_key(PHONE)) <= 5000  # nothing was sent
+    eager = PersonTurn(connection, "+16505550002", ttl_seconds=60, refresh_every_seconds=0)
+    assert eager.knock("SM2")
+    connection.pexpire(turn_key("+16505550002"), 5000)
+    assert eager.refresh()
+    assert connection.pttl(turn_key("+16505550002")) > 50_000
+
+
 def test_different_people_have_different_turns(connection):
     assert PersonTurn(connection, PHONE).knock("SM1")
     assert PersonTurn(connection, "+16505550001").knock("SM2")
@@ -54,7 +69,7 @@ def test_the_key_holds_no_phone_number(connection):
 
 
 def test_a_lapsed_turn_is_lost_and_give_up_puts_the_waiting_back(connection):
-    holder = PersonTurn(connection, PHONE, ttl_seconds=60)
+    holder = PersonTurn(connection, PHONE, ttl_seconds=60, refresh_every_seconds=0)
     assert holder.knock("SM1")
     taken = holder.take_waiting()
     connection.delete(turn_key(PHONE))  # it expired (a stalled worker)

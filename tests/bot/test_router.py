@@ -242,7 +242,10 @@ def test_opt_out_is_per_channel_as_twilio_enforces_it(say, session):
     assert say("meal plan", channel="sms").tokens_charged == 5
 
 
-def test_the_price_is_held_while_the_skill_runs_then_captured(say, session, monkeypatch):
+def test_an_offline_answer_is_debited_directly_while_the_account_stays_locked(
+        say, session, monkeypatch):
+    """An answer settled in the turn's own transaction needs no hold: the account's row is
+    locked from the check to the charge, so the price is debited once, after the skill."""
     seen = []
 
     def answer(self, request):
@@ -253,23 +256,50 @@ def test_the_price_is_held_while_the_skill_runs_then_captured(say, session, monk
         return SkillAnswer("a plan")
 
     monkeypatch.setattr(offline.MealPlanSkill, "answer", answer)
-    say("meal plan", sid="SMheld")
-    assert seen == [[(5, "pending", "hold:SMheld")], 95]
+    assert say("meal plan", sid="SMheld").tokens_charged == 5
+    assert seen == [[], 100]  # nothing reserved or spent while the skill runs
+    assert session.scalars(select(Hold)).all() == []
+    debit = session.scalars(select(LedgerEntry).where(LedgerEntry.kind == "debit")).one()
+    assert (debit.idempotency_key, debit.hold_id, debit.amount) == ("debit:SMheld", None, -5)
+    assert available(session) == 95
+
+
+def test_a_lot_due_to_expire_makes_the_answer_hold_its_price_first(say, session, monkeypatch):
+    """A lot past its expiry still counts in the posted balance; the turn then takes the hold,
+    which expires the lot before it reserves, and the capture charges the answer."""
+    say("hello there")  # Ana's account and this month's allowance
+    before = available(session)
+    contact = session.scalars(select(Contact)).one()
+    ledger.grant(session, contact.account_id, 7, key="grant:promo", bucket="bonus",
+                 expires_at=datetime(2026, 11, 20, tzinfo=UTC),
+                 now=datetime(2026, 11, 1, tzinfo=UTC))
+    session.commit()
+    seen = []
+
+    def answer(self, request):
+        seen.append([(h.amount, h.status) for h in session.scalars(select(Hold))])
+        return SkillAnswer("a plan")
+
+    monkeypatch.setattr(offline.MealPlanSkill, "answer", answer)
+    assert say("meal plan", sid="SMdue").tokens_charged == 5
+    assert seen == [[(5, "pending")]]
     held = session.scalars(select(Hold)).one()
     assert (held.status, held.captured) == ("captured", 5)
-    debit = session.scalars(select(LedgerEntry).where(LedgerEntry.kind == "debit")).one()
-    assert (debit.idempotency_key, debit.hold_id, debit.amount) == ("debit:SMheld", held.id, -5)
+    expiry = session.scalars(select(LedgerEntry).where(LedgerEntry.kind == "expiry")).one()
+    assert expiry.amount == -7
+    assert available(session) == before - 5
 
 
-def test_a_failed_skill_voids_its_hold(say, session, monkeypatch):
+def test_a_failed_skill_charges_nothing(say, session, monkeypatch):
     def broken(self, request):
         raise RuntimeError("boom")
 
     monkeypatch.setattr(offline.MealPlanSkill, "answer", broken)
-    say("meal plan", sid="SMvoid")
-    held = session.scalars(select(Hold)).one()
-    assert (held.status, held.captured) == ("voided", 0)
+    outcome = say("meal plan", sid="SMvoid")
+    assert (outcome.kind, outcome.tokens_charged) == ("failed", 0)
+    assert session.scalars(select(Hold)).all() == []
     assert session.scalars(select(LedgerEntry).where(LedgerEntry.kind == "debit")).all() == []
+    assert available(session) == 100
 
 
 def test_balance_reads_at_the_message_time(say):

@@ -35,6 +35,7 @@ operations = st.lists(
                   st.integers(min_value=30, max_value=900)),
         st.tuples(st.just("capture"), index_st, st.integers(min_value=0, max_value=100)),
         st.tuples(st.just("void"), index_st),
+        st.tuples(st.just("debit"), st.integers(min_value=1, max_value=10)),
         st.tuples(st.just("expire_holds")),
         st.tuples(st.just("clawback"), index_st, tokens_st),
         st.tuples(st.just("adjust"), st.integers(min_value=-30, max_value=30).filter(bool)),
@@ -102,6 +103,15 @@ def test_random_histories_keep_every_invariant(session, history):
             except HoldNotPending:
                 return
             done.append(("capture", key, hold_id, take))
+        elif name == "debit":
+            try:
+                posted = ledger.debit(session, account, op[1], key=key, now=now)
+            except InsufficientTokens as refused:
+                assert refused.available < op[1]
+                assert refused.available == ledger.balance(session, account, now).available
+                return
+            assert posted.amount == op[1]
+            done.append(("debit", key, op[1]))
         elif name == "void" and holds:
             try:
                 ledger.void(session, holds[op[1] % len(holds)], now=now)
@@ -158,6 +168,9 @@ def test_random_histories_keep_every_invariant(session, history):
         elif name == "capture":
             _, key, hold_id, take = record
             assert ledger.capture(session, hold_id, key=key, amount=take, now=now).posted.replayed
+        elif name == "debit":
+            _, key, tokens = record
+            assert ledger.debit(session, account, tokens, key=key, now=now).replayed
         elif name == "clawback":
             _, key, credit_key, tokens = record
             result = ledger.clawback(session, credit_key, tokens, key=key, now=now)

@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session
 from tests.support.statements import counted
 from tests.tokens.ledger_checks import assert_consistent
 from tokens import ledger
-from tokens.errors import HoldNotPending, InsufficientTokens, KeyReused
+from tokens.errors import HoldNotPending, InsufficientTokens, KeyReused, UnknownAccount
 from tokens.ledger import Account, Hold, LedgerEntry, Lot
 
 NOV = datetime(2026, 11, 21, 12, 0, tzinfo=UTC)
@@ -30,6 +30,7 @@ BOUNDS = {
     "capture": 6,  # lock+read hold, lots, hold, account, entries, lots
     "capture_placed": 5,  # the hold placed in this transaction is not read again
     "void": 3,  # lock+read hold, hold, account
+    "debit": 4,  # the balance (lock, check, key and expiry checks), lots, entries, lots
 }
 
 
@@ -136,6 +137,62 @@ def test_a_capture_drawing_on_three_lots_sends_no_more(session, account):
     assert keys == ["debit:SM2", "debit:SM2#2", "debit:SM2#3"]
     assert ledger.balance(session, account, NOV).by_bucket == {"paid": 75}
     assert_consistent(session, account, NOV)
+
+
+def test_a_direct_debit_is_four_statements_and_once_per_key(session, account):
+    """`debit`: an answer charged under the account's row lock, with no hold."""
+    ledger.lock_account(session, account)
+    with counted() as statements:
+        posted = ledger.debit(session, account, 100, key="debit:SM20", memo="meal_plan",
+                              now=NOV)
+    assert len(statements) <= BOUNDS["debit"], statements
+    assert no_savepoints(statements)
+    assert posted.by_bucket == (("free", -95), ("bonus", -5)) and not posted.replayed
+    entries = [session.get(LedgerEntry, i) for i in posted.entry_ids]
+    assert [(e.kind, e.hold_id, e.memo, e.idempotency_key, e.operation_key) for e in entries] == [
+        ("debit", None, "meal_plan", "debit:SM20", "debit:SM20"),
+        ("debit", None, "meal_plan", "debit:SM20#2", "debit:SM20"),
+    ]
+    again = ledger.debit(session, account, 100, key="debit:SM20", now=NOV)
+    assert again.replayed and again.entry_ids == posted.entry_ids and again.amount == 100
+    session.commit()
+    assert ledger.balance(session, account, NOV).by_bucket == {"bonus": 15, "paid": 100}
+    assert_consistent(session, account, NOV)
+
+
+def test_a_direct_debit_refuses_what_it_must(session, account):
+    with pytest.raises(InsufficientTokens) as refused:
+        ledger.debit(session, account, 1_000, key="debit:SM21", now=NOV)
+    assert (refused.value.requested, refused.value.available) == (1_000, 215)
+    with pytest.raises(KeyReused):  # the key of a capture
+        ledger.debit(session, account, 5, key="debit:SM0", now=NOV)
+    with pytest.raises(KeyReused):  # the key of a credit
+        ledger.debit(session, account, 5, key="checkout:cs_1", now=NOV)
+    with pytest.raises(UnknownAccount):
+        ledger.debit(session, 999_999, 5, key="debit:SM22", now=NOV)
+    # Tokens a pending hold reserves are not spendable.
+    ledger.hold(session, account, 214, key="hold:SM23", now=NOV)
+    with pytest.raises(InsufficientTokens):
+        ledger.debit(session, account, 2, key="debit:SM24", now=NOV)
+    session.commit()
+    assert ledger.balance(session, account, NOV).posted == 215
+    assert_consistent(session, account, NOV)
+
+
+def test_a_direct_debit_expires_what_is_due_first(session, account):
+    """A lot past its expiry counts in the posted balance until expired: the debit expires it
+    (and due holds) before it spends, and spends only what was valid."""
+    ledger.grant(session, account, 50, key="grant:promo", bucket="bonus",
+                 expires_at=NOV + timedelta(hours=1), now=NOV)
+    stale = ledger.hold(session, account, 200, key="hold:SM25", ttl_seconds=60, now=NOV)
+    session.commit()
+    later = NOV + timedelta(hours=2)
+    posted = ledger.debit(session, account, 200, key="debit:SM26", now=later)
+    session.commit()
+    assert posted.by_bucket == (("free", -95), ("bonus", -20), ("paid", -85))
+    assert session.get(Hold, stale.hold_id).status == "expired"
+    assert ledger.balance(session, account, later).by_bucket == {"paid": 15}
+    assert_consistent(session, account, later)
 
 
 def test_hold_then_void(session, account):
