@@ -9,7 +9,6 @@ import sys
 import uuid
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
-from decimal import Decimal
 from typing import Any
 
 import click
@@ -25,6 +24,7 @@ from bot.errors import InvalidSender
 from bot.router import BotSettings, answer_message
 from tokens import costs, ledger
 from tokens.errors import InsufficientTokens, InvalidAmount
+from tokens.money import format_cents, format_usd
 
 
 def register_cli(app: Flask) -> None:
@@ -394,8 +394,9 @@ def _account_of(phone: str) -> tuple[int, str]:
 
 
 def usd(musd: int) -> str:
-    """µUSD as dollars with all six decimals, e.g. 12345 -> "$0.012345"."""
-    return f"${Decimal(musd) / 1_000_000:.6f}"
+    """µUSD as dollars with all six decimals, e.g. 12345 -> "$0.012345" (a negative amount
+    "$-0.012345")."""
+    return format_usd(musd, 6, minus_after_symbol=True)
 
 
 def _when(moment: datetime | None) -> str:
@@ -521,10 +522,10 @@ def tokens_purchases(phone: str) -> None:
     click.echo(f"Purchases of account {account_id} ({masked}), newest first:")
     rows = checkouts_of(db.session, account_id)
     for checkout in rows:
-        price = f"{Decimal(checkout.amount_cents) / 100:.2f} {checkout.currency.upper()}"
+        price = format_cents(checkout.amount_cents, checkout.currency, symbol=False)
         what = (f"{checkout.tokens} + {checkout.bonus_tokens} bonus tokens"
                 if checkout.mode == "payment" else "premium subscription")
-        refunded = (f", refunded {Decimal(checkout.refunded_cents) / 100:.2f}"
+        refunded = (f", refunded {format_cents(checkout.refunded_cents, None)}"
                     if checkout.refunded_cents else "")
         click.echo(f"  {_when(checkout.created_at):<16}  {checkout.item_code:<10} {price:>10}  "
                    f"{checkout.status:<9}  {what}{refunded}  {checkout.provider} "

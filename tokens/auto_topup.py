@@ -41,7 +41,7 @@ from typing import Any
 from sqlalchemy import Boolean, CheckConstraint, ForeignKey, Integer, String, select
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
-from tokens import costs, ledger
+from tokens import costs, ledger, money
 from tokens.base import Base, UTCDateTime, utcnow
 from tokens.catalog import Catalog
 from tokens.ledger import Account
@@ -606,7 +606,7 @@ def credit(session: Session, key: str, intent: str | None, amount_cents: int | N
     checkout.completed_at = ctx.now
     checkout.payment_intent = checkout.payment_intent or intent
     costs.record_revenue(session, account_id, "pack",
-                         checkout.amount_cents * costs.MUSD_PER_CENT,
+                         money.cents_to_musd(checkout.amount_cents),
                          key=f"revenue:{checkout.purchase_key}", memo=checkout.item_code,
                          now=ctx.now)
     row = _row(session, account_id)

@@ -69,8 +69,6 @@ COST_KINDS = ("llm", "messaging", "platform")
 REVENUE_KINDS = ("pack", "subscription", "affiliate")
 BUCKET_COLUMNS = {"free": "tokens_free", "subscription": "tokens_subscription",
                   "bonus": "tokens_bonus", "paid": "tokens_paid"}
-# Stripe amounts are in the currency's minor unit: 1 cent = 10,000 µUSD (USD packs only).
-MUSD_PER_CENT = 10_000
 DIRECTIONS = ("in", "out")
 
 
@@ -385,7 +383,7 @@ def record_revenue(
     Args:
         kind: "pack" (token packs, net of refunds and lost disputes), "subscription" or
             "affiliate" (confirmed commissions).
-        amount_musd: signed µUSD, not zero (`MUSD_PER_CENT` converts Stripe's cents).
+        amount_musd: signed µUSD, not zero (`tokens.money.cents_to_musd` converts Stripe's cents).
 
     Returns:
         The amount recorded, µUSD (0 when `key` was recorded before).

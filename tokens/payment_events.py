@@ -46,7 +46,7 @@ from sqlalchemy import or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from tokens import costs, ledger
+from tokens import costs, ledger, money
 from tokens.catalog import Catalog
 from tokens.ledger import Account
 from tokens.payments import (
@@ -314,7 +314,7 @@ def checkout_completed(session: Session, event: dict[str, Any], ctx: EventContex
     checkout.completed_at = ctx.now
     checkout.payment_intent = checkout.payment_intent or intent
     costs.record_revenue(session, checkout.account_id, "pack",
-                         checkout.amount_cents * costs.MUSD_PER_CENT,
+                         money.cents_to_musd(checkout.amount_cents),
                          key=f"revenue:{checkout.purchase_key}", memo=checkout.item_code,
                          now=ctx.now)
     if bought.purchase.replayed:
@@ -550,7 +550,7 @@ def _settle(session: Session, payment: ProviderPayment, ctx: EventContext) -> _S
                       f"clawback:{charge}:{gone}", memo, ctx)
         reversed_cents = gone - payment.settled_cents
         costs.record_revenue(session, paid.account_id, paid.revenue_kind,
-                             -reversed_cents * costs.MUSD_PER_CENT,
+                             money.cents_to_musd(-reversed_cents),
                              key=f"revenue:reversal:{charge}:{gone}", memo=memo, now=ctx.now)
         payment.settled_cents = gone
     frozen = 0
@@ -756,7 +756,7 @@ def invoice_paid(session: Session, event: dict[str, Any], ctx: EventContext) -> 
     posted = ledger.grant(session, account_id, plan.monthly_tokens, key=f"invoice:{invoice_id}",
                           bucket="subscription", expires_at=expires_at,
                           memo=f"{plan.name} month", now=ctx.now)
-    costs.record_revenue(session, account_id, "subscription", paid * costs.MUSD_PER_CENT,
+    costs.record_revenue(session, account_id, "subscription", money.cents_to_musd(paid),
                          key=f"revenue:invoice:{invoice_id}", memo=plan.code, now=ctx.now)
     invoice = _keep_invoice(session, obj, invoice_id, account_id, paid,
                             plan.monthly_tokens, ctx)

@@ -23,9 +23,10 @@ from sqlalchemy.orm import Session
 from tokens import tiers
 from tokens.catalog import Catalog
 from tokens.costs import AccountDay, AccountMonth, AccountMonthIntent
+from tokens.money import MUSD_PER_USD
 
 # docs/economy.md, "Reports": the share of people at or above a $3.00 target (profit per person).
-DEFAULT_TARGET_MUSD = 3_000_000
+DEFAULT_TARGET_MUSD = 3 * MUSD_PER_USD
 RATIO = Decimal("0.0001")
 
 

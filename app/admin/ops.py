@@ -25,7 +25,6 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from decimal import Decimal
 from typing import Any
 
 import redis
@@ -54,8 +53,7 @@ from bot.router import BotSettings
 from tokens import admin
 from tokens.affiliates import Click, Conversion, OfferLink
 from tokens.base import utcnow
-from tokens.catalog import MICRO_USD_PER_USD, money_display
-from tokens.costs import MUSD_PER_CENT
+from tokens.money import format_cents, format_usd
 from tokens.payment_events import resolve_failure
 from tokens.payments import Checkout, FailedEvent, PaymentEvent, Subscription
 
@@ -85,18 +83,15 @@ def when(moment: datetime | None) -> str:
 
 def money(cents: int, currency: str = "usd") -> str:
     """Integer minor units as a person reads them: 1234 usd -> "$12.34" (see
-    `tokens.catalog.money_display`; other currencies "12.34 EUR"). A negative amount gets a
+    `tokens.money.format_cents`; other currencies "12.34 EUR"). A negative amount gets a
     leading "-"."""
-    text = money_display(abs(int(cents)), currency.lower())
-    return f"-{text}" if cents < 0 else text
+    return format_cents(int(cents), currency.lower())
 
 
 def usd_musd(musd: int) -> str:
     """µUSD as dollars: two decimals when it is whole cents ("$1.25"), else six
     ("$0.012345"). Integer arithmetic and `Decimal` only."""
-    amount = Decimal(abs(int(musd))) / MICRO_USD_PER_USD
-    text = f"${amount:.2f}" if musd % MUSD_PER_CENT == 0 else f"${amount:.6f}"
-    return f"-{text}" if musd < 0 else text
+    return format_usd(int(musd))
 
 
 def last_line(text: str | None) -> str:

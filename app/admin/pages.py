@@ -27,7 +27,7 @@ from app.admin.web import actor, bp
 from app.extensions import db
 from bot.contacts import consent_log, mask_address
 from bot.models import Contact, Message
-from tokens import admin, costs, ledger, payments, tiers
+from tokens import admin, costs, ledger, money, payments, tiers
 from tokens.base import utcnow
 from tokens.costs import AccountMonth
 from tokens.errors import TokensError
@@ -62,20 +62,13 @@ def usd(amount_musd: int | None, places: int | None = None) -> str:
     32 -> "$0.000032", 5_000_000 -> "$5.00"."""
     if amount_musd is None:
         return "-"
-    value = Decimal(amount_musd) / 1_000_000
-    if places is not None:
-        value = value.quantize(Decimal(1).scaleb(-places))
-    else:
-        value = value.quantize(Decimal("0.000001")).normalize()
-        if value.as_tuple().exponent > -2:  # type: ignore[operator]
-            value = value.quantize(Decimal("0.01"))
-    return f"-${abs(value):,}" if amount_musd < 0 else f"${abs(value):,}"
+    return money.format_usd(amount_musd, places, trim=True, grouping=True)
 
 
 @bp.app_template_filter("cents")
 def cents(amount: int | None) -> str:
     """Cents as dollars, e.g. 999 -> "$9.99"."""
-    return "-" if amount is None else usd(amount * costs.MUSD_PER_CENT, 2)
+    return "-" if amount is None else usd(money.cents_to_musd(amount), 2)
 
 
 @bp.app_template_filter("share")
