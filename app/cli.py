@@ -124,15 +124,17 @@ def report(label: str | None, as_csv: bool, as_json: bool) -> None:
     """The month's profitability report, read from the monthly rollups: revenue, COGS,
     margin, ARPU, levels, top intents; `--csv` lists every person (masked phone)."""
     import json
-    import re
 
     from app.admin.api import masked_phones
-    from tokens.ledger import month_of
+    from tokens.periods import Month
     from tokens.reports import month_report, people_csv
 
-    if label is not None and not re.fullmatch(r"[0-9]{4}-(0[1-9]|1[0-2])", label):
-        raise click.BadParameter("use YYYY-MM, e.g. 2026-11", param_hint="--month")
-    label = label or month_of(datetime.now(UTC))
+    if label is not None:
+        try:
+            Month.parse(label)
+        except ValueError:
+            raise click.BadParameter("use YYYY-MM, e.g. 2026-11", param_hint="--month") from None
+    label = label or str(Month.of(datetime.now(UTC)))
     catalog = current_app.extensions["bot_settings"].catalog
     result = month_report(db.session, label, catalog)
     if as_json:

@@ -25,8 +25,8 @@ import yaml
 
 from bot.errors import BotError
 from tokens.catalog import LANGUAGES, Catalog, IntentSpec, Pack, Plan
-from tokens.ledger import next_month_start
 from tokens.money import format_cents
+from tokens.periods import next_month_start
 
 REPLIES_PATH = Path(__file__).with_name("content") / "replies.yaml"
 DEFAULT_LANGUAGE = LANGUAGES[0]

@@ -63,7 +63,7 @@ from tokens import signals
 from tokens.base import Base, UTCDateTime, utcnow
 from tokens.catalog import Costs, ModelPrice
 from tokens.errors import InvalidAmount
-from tokens.ledger import day_of, month_of
+from tokens.periods import Month, day_of
 
 COST_KINDS = ("llm", "messaging", "platform")
 REVENUE_KINDS = ("pack", "subscription", "affiliate")
@@ -418,7 +418,7 @@ def note_tokens_charged(
         KeyError: an unknown bucket.
     """
     total = sum(tokens for _, tokens in by_bucket)
-    label = month_of(when or utcnow())
+    label = str(Month.of(when or utcnow()))
     increments: dict[str, int] = {}
     for bucket, tokens in by_bucket:
         column = BUCKET_COLUMNS[bucket]
@@ -459,7 +459,7 @@ def month(session: Session, account_id: int, when: str | datetime | None = None)
     row, which stays locked until the transaction ends), so reading it sends no statement;
     otherwise this is one SELECT (none if the row is already loaded and not expired).
     """
-    label = when if isinstance(when, str) else month_of(when or utcnow())
+    label = when if isinstance(when, str) else str(Month.of(when or utcnow()))
     key = (account_id, label)
     held = _held_month(session, key)
     if held is not None:
@@ -592,7 +592,7 @@ def _record(
     any optional column) with its increments of `AccountMonth` columns. Returns the µUSD
     inserted (0 when every key was recorded before)."""
     moment = now or utcnow()
-    label, day = month_of(moment), day_of(moment)
+    label, day = str(Month.of(moment)), day_of(moment)
     connection = session.connection()
     columns = _ENTRY_COLUMNS[table.name]
     created_at = _created_at(connection, moment)

@@ -9,7 +9,6 @@ ratios are `Decimal`, rounded to 4 places.
 
 from __future__ import annotations
 
-import calendar
 import csv
 import io
 from collections.abc import Mapping
@@ -24,6 +23,7 @@ from tokens import tiers
 from tokens.catalog import Catalog
 from tokens.costs import AccountDay, AccountMonth, AccountMonthIntent
 from tokens.money import MUSD_PER_USD
+from tokens.periods import Month
 
 # docs/economy.md, "Reports": the share of people at or above a $3.00 target (profit per person).
 DEFAULT_TARGET_MUSD = 3 * MUSD_PER_USD
@@ -179,8 +179,7 @@ def month_report(session: Session, label: str, catalog: Catalog,
 def daily_totals(session: Session, label: str) -> list[tuple[str, int, int]]:
     """(day "YYYY-MM-DD", revenue µUSD, cost µUSD) for each day of month `label` (UTC), days
     without activity as zeros, from the per-account daily rollup."""
-    year, month = (int(part) for part in label.split("-"))
-    days = [f"{label}-{day:02d}" for day in range(1, calendar.monthrange(year, month)[1] + 1)]
+    days = Month.parse(label).days
     sums = {
         day: (int(revenue or 0), int(cost or 0))
         for day, revenue, cost in session.execute(

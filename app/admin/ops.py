@@ -56,6 +56,7 @@ from tokens.base import utcnow
 from tokens.money import format_cents, format_usd
 from tokens.payment_events import resolve_failure
 from tokens.payments import Checkout, FailedEvent, PaymentEvent, Subscription
+from tokens.periods import Month
 
 log = logging.getLogger(__name__)
 # Rows per page of the checkouts table.
@@ -105,54 +106,18 @@ HELPERS: dict[str, Callable[..., str]] = {"when": when, "money": money, "usd": u
 
 # --- the month ----------------------------------------------------------------------------
 
-
-@dataclass(frozen=True)
-class Month:
-    """A calendar month in UTC: [start, end)."""
-
-    start: datetime
-    end: datetime
-
-    @property
-    def label(self) -> str:
-        """"YYYY-MM"."""
-        return f"{self.start:%Y-%m}"
-
-    @property
-    def previous(self) -> str:
-        """The previous month's label."""
-        year, month = self.start.year, self.start.month
-        return f"{year - 1}-12" if month == 1 else f"{year}-{month - 1:02d}"
-
-    @property
-    def next(self) -> str:
-        """The next month's label."""
-        return f"{self.end:%Y-%m}"
-
-
-def month_of(value: str | None, now: datetime | None = None) -> Month:
-    """The month `value` names ("YYYY-MM"), or the current UTC month when it is empty.
-
-    Raises:
-        ValueError: `value` is not a month "YYYY-MM" between 2000-01 and 9998-12.
-    """
-    if value:
-        parsed = datetime.strptime(value.strip(), "%Y-%m")
-        if not 2000 <= parsed.year <= 9998 or len(value.strip()) != 7:
-            raise ValueError(f"not a month: {value!r}")
-        year, number = parsed.year, parsed.month
-    else:
-        moment = (now or utcnow()).astimezone(UTC)
-        year, number = moment.year, moment.month
-    start = datetime(year, number, 1, tzinfo=UTC)
-    end = datetime(year + 1, 1, 1, tzinfo=UTC) if number == 12 else \
-        datetime(year, number + 1, 1, tzinfo=UTC)
-    return Month(start, end)
+MONTH_YEARS = range(2000, 9999)
+"""The years a page's `?month=` may name (2000-01 to 9998-12)."""
 
 
 def _requested_month() -> Month | None:
+    """`?month=YYYY-MM` (spaces around it ignored), the current UTC month when it is absent
+    or empty; None when it is not a month of `MONTH_YEARS`."""
+    value = request.args.get("month")
+    if not value:
+        return Month.of(utcnow())
     try:
-        return month_of(request.args.get("month"))
+        return Month.parse(value.strip(), years=MONTH_YEARS)
     except ValueError:
         return None
 

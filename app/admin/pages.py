@@ -31,9 +31,9 @@ from tokens import admin, costs, ledger, money, payments, tiers
 from tokens.base import utcnow
 from tokens.costs import AccountMonth
 from tokens.errors import TokensError
+from tokens.periods import Month
 from tokens.reports import month_report, people_csv
 
-MONTH = re.compile(r"[0-9]{4}-(0[1-9]|1[0-2])")
 PAGE_SIZE = 50
 LEDGER_ROWS = 200
 MESSAGE_ROWS = 50
@@ -85,21 +85,26 @@ def when(moment: datetime | None) -> str:
     return "-" if moment is None else f"{moment.astimezone(UTC):%Y-%m-%d %H:%M}"
 
 
-def _month_arg() -> str:
+def _month_arg() -> Month:
     """`?month=YYYY-MM`, default this month (UTC); a malformed one is a 400 with the reason."""
-    label = request.args.get("month") or ledger.month_of(utcnow())
-    if not MONTH.fullmatch(label):
+    label = request.args.get("month")
+    if not label:
+        return Month.of(utcnow())
+    try:
+        return Month.parse(label)
+    except ValueError:
         from werkzeug.exceptions import BadRequest
 
-        raise BadRequest("month must be YYYY-MM, e.g. 2026-11")
-    return label
+        raise BadRequest("month must be YYYY-MM, e.g. 2026-11") from None
 
 
-def _neighbours(label: str) -> tuple[str, str]:
-    year, month = (int(part) for part in label.split("-"))
-    before = f"{year - 1}-12" if month == 1 else f"{year}-{month - 1:02d}"
-    after = f"{year + 1}-01" if month == 12 else f"{year}-{month + 1:02d}"
-    return before, after
+def _is_month(text: str) -> bool:
+    """Whether `text` is a month "YYYY-MM"."""
+    try:
+        Month.parse(text)
+    except ValueError:
+        return False
+    return True
 
 
 def _catalog(app: Flask | None = None) -> Any:
@@ -110,8 +115,8 @@ def _catalog(app: Flask | None = None) -> Any:
 def overview() -> ResponseReturnValue:
     """The month's KPIs (docs/economy.md "Reports") and five charts: daily revenue against cost,
     profit distribution, level distribution, revenue mix, top intents by LLM cost."""
-    label = _month_arg()
-    report = month_report(db.session, label, _catalog())
+    month = _month_arg()
+    report = month_report(db.session, str(month), _catalog())
     drawn = {
         "daily": charts.daily_revenue_and_cost(report),
         "profit": charts.profit_distribution(report),
@@ -119,9 +124,8 @@ def overview() -> ResponseReturnValue:
         "mix": charts.revenue_mix(report),
         "intents": charts.top_intents(report),
     }
-    before, after = _neighbours(label)
     return render_template("admin/overview.html", report=report, charts=drawn,
-                           before=before, after=after)
+                           before=str(month.previous), after=str(month.next))
 
 
 @bp.get("/consent.csv")
@@ -152,7 +156,7 @@ def report_csv() -> ResponseReturnValue:
     the bearer token."""
     from app.admin.api import masked_phones
 
-    label = _month_arg()
+    label = str(_month_arg())
     report = month_report(db.session, label, _catalog())
     return Response(people_csv(report, masked_phones()), content_type="text/csv; charset=utf-8",
                     headers={"Content-Disposition": f'attachment; filename="report-{label}.csv"'})
@@ -199,7 +203,7 @@ def people() -> ResponseReturnValue:
     """The month's people: masked phone, level, balance, cost, revenue, profit; sortable
     (`?sort=` one of `SORTS`, `&dir=asc|desc`), searchable (`?q=`, see `search_filter`),
     `PAGE_SIZE` per page (`?page=`)."""
-    label = _month_arg()
+    label = str(_month_arg())
     sort = request.args.get("sort", "profit")
     if sort not in SORTS:
         sort = "profit"
@@ -253,7 +257,7 @@ def people_search() -> ResponseReturnValue:
         query = digits[-SEARCH_DIGITS:]
     month = request.form.get("month", "")
     return redirect(url_for(
-        "admin.people", month=month if MONTH.fullmatch(month) else None, q=query or None,
+        "admin.people", month=month if _is_month(month) else None, q=query or None,
         sort=request.form.get("sort") if request.form.get("sort") in SORTS else None,
         dir="asc" if request.form.get("dir") == "asc" else None), code=303)
 
