@@ -15,11 +15,11 @@ import logging
 from flask import Blueprint, Flask, current_app, redirect, render_template
 from flask.typing import ResponseReturnValue
 from sqlalchemy import func, select, update
-from sqlalchemy.exc import IntegrityError
 
 from app.billing import payment_provider
 from app.extensions import db
 from bot.router import BotSettings
+from tokens.base import insert_once
 from tokens.catalog import Catalog
 from tokens.errors import CatalogError, PayLinkExpired, PayLinkNotFound
 from tokens.ledger import Account
@@ -150,12 +150,8 @@ def _checkout(app: Flask, provider: PaymentProvider, link: PayLink) -> str:
         external_id=created.external_id, url=created.url, status="open",
         expires_at=created.expires_at,
     )
-    try:
-        with session.begin_nested():
-            session.add(checkout)
-            session.flush()
-    except IntegrityError:
-        pass  # a concurrent click got the same session (same idempotency key) and stored it
+    # False: a concurrent click got the same session (same idempotency key) and stored it.
+    insert_once(session, checkout)
     session.commit()
     return created.url
 
