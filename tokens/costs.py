@@ -30,7 +30,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol
 
 from sqlalchemy import (
     BigInteger,
@@ -49,6 +49,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
+from sqlalchemy.ext.hybrid import hybrid_property
 from sqlalchemy.orm import (
     Mapped,
     Session,
@@ -97,6 +98,43 @@ class CostEntry(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
 
+class MonthAmounts(Protocol):
+    """A month's COGS and revenue by kind, µUSD (ints): an `AccountMonth`, a report's row of
+    its columns, or (for SQL) the `AccountMonth` class itself."""
+
+    @property
+    def cost_llm_musd(self) -> Any: ...
+    @property
+    def cost_messaging_musd(self) -> Any: ...
+    @property
+    def cost_platform_musd(self) -> Any: ...
+    @property
+    def revenue_pack_musd(self) -> Any: ...
+    @property
+    def revenue_subscription_musd(self) -> Any: ...
+    @property
+    def revenue_affiliate_musd(self) -> Any: ...
+
+
+def cogs_musd(month: MonthAmounts) -> Any:
+    """The month's COGS, µUSD: LLM + messaging + platform. An int for a row; a SQL expression
+    for the `AccountMonth` class (`AccountMonth.cost_musd`)."""
+    return month.cost_llm_musd + month.cost_messaging_musd + month.cost_platform_musd
+
+
+def revenue_musd(month: MonthAmounts) -> Any:
+    """The month's net revenue, µUSD: packs (purchases less refunds and lost disputes) + paid
+    subscription invoices + confirmed affiliate commissions. An int for a row; a SQL
+    expression for the `AccountMonth` class (`AccountMonth.revenue_musd`)."""
+    return month.revenue_pack_musd + month.revenue_subscription_musd + month.revenue_affiliate_musd
+
+
+def exposure_musd(month: MonthAmounts) -> Any:
+    """What the person has cost and not paid for in the month: COGS - revenue, µUSD
+    (docs/economy.md, "Tiers"); negative for a paying person."""
+    return cogs_musd(month) - revenue_musd(month)
+
+
 class AccountMonth(Base):
     """One account's month: what it cost (µUSD by kind), its traffic and its LLM usage.
 
@@ -137,22 +175,25 @@ class AccountMonth(Base):
     tokens_bonus: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
     tokens_paid: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
 
-    @property
+    @hybrid_property
     def cost_musd(self) -> int:
-        """Total COGS of the month, µUSD."""
-        return self.cost_llm_musd + self.cost_messaging_musd + self.cost_platform_musd
+        """Total COGS of the month, µUSD (`cogs_musd`; on the class, its SQL expression)."""
+        amount: int = cogs_musd(self)
+        return amount
 
-    @property
+    @hybrid_property
     def revenue_musd(self) -> int:
-        """Net revenue of the month (purchases less refunds and lost disputes, paid
-        subscription invoices, confirmed affiliate commissions), µUSD."""
-        return self.revenue_pack_musd + self.revenue_subscription_musd + self.revenue_affiliate_musd
+        """Net revenue of the month, µUSD (`revenue_musd`; on the class, its SQL
+        expression)."""
+        amount: int = revenue_musd(self)
+        return amount
 
-    @property
+    @hybrid_property
     def exposure_musd(self) -> int:
-        """What this person has cost and not paid for this month: cost - revenue, µUSD
-        (docs/economy.md, "Tiers"); negative for a paying person."""
-        return self.cost_musd - self.revenue_musd
+        """Cost - revenue of the month, µUSD (`exposure_musd`; on the class, its SQL
+        expression); negative for a paying person."""
+        amount: int = exposure_musd(self)
+        return amount
 
 
 class AccountMonthIntent(Base):

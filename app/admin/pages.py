@@ -38,16 +38,14 @@ PAGE_SIZE = 50
 LEDGER_ROWS = 200
 MESSAGE_ROWS = 50
 CONSENT_ROWS = 100
-COST = AccountMonth.cost_llm_musd + AccountMonth.cost_messaging_musd + \
-    AccountMonth.cost_platform_musd
-REVENUE = AccountMonth.revenue_pack_musd + AccountMonth.revenue_subscription_musd + \
-    AccountMonth.revenue_affiliate_musd
+COST = AccountMonth.cost_musd
+REVENUE = AccountMonth.revenue_musd
 SORTS: dict[str, ColumnElement[Any]] = {
     "account": AccountMonth.account_id,
     "cost": COST,
     "revenue": REVENUE,
     "profit": REVENUE - COST,
-    "exposure": COST - REVENUE,  # the level follows exposure
+    "exposure": AccountMonth.exposure_musd,  # the level follows exposure
     "balance": ledger.Account.balance - ledger.Account.held,
     "messages": AccountMonth.messages_in,
     "tokens": AccountMonth.tokens_charged,
