@@ -15,13 +15,13 @@ import click
 from flask import Flask, current_app
 from flask.cli import ScriptInfo, with_appcontext
 
-from app.extensions import db
+from app.extensions import bot_settings, db, migrations_directory
 from bot.channels import get_adapter
 from bot.channels.console import ConsoleAdapter
 from bot.channels.twilio import to_e164
 from bot.contacts import find_contact, mask_address
 from bot.errors import InvalidSender
-from bot.router import BotSettings, answer_message
+from bot.router import answer_message
 from tokens import costs, ledger
 from tokens.errors import InsufficientTokens, InvalidAmount
 from tokens.money import format_cents, format_usd
@@ -99,7 +99,7 @@ def check_schema() -> None:
     session = db.session()  # the scoped session's own Session
     began = not session.in_transaction()
     try:
-        state = schema_state(session.connection(), current_app.extensions["migrate"].directory)
+        state = schema_state(session.connection(), migrations_directory())
     except SQLAlchemyError as exc:
         logging.getLogger(__name__).debug("schema not checked: database unreachable (%s)",
                                           type(exc).__name__)
@@ -135,7 +135,7 @@ def report(label: str | None, as_csv: bool, as_json: bool) -> None:
         except ValueError:
             raise click.BadParameter("use YYYY-MM, e.g. 2026-11", param_hint="--month") from None
     label = label or str(Month.of(datetime.now(UTC)))
-    catalog = current_app.extensions["bot_settings"].catalog
+    catalog = bot_settings().catalog
     result = month_report(db.session, label, catalog)
     if as_json:
         click.echo(json.dumps(result.as_json(), indent=2))
@@ -281,7 +281,7 @@ def messages_sweep(queued_minutes: int, unconfirmed_minutes: int) -> None:
     expired = ledger.expire_holds(db.session)
     failed = outbound.give_up_unconfirmed(db.session, timedelta(minutes=unconfirmed_minutes))
     db.session.commit()
-    settings: BotSettings = app.extensions["bot_settings"]
+    settings = bot_settings(app)
     now = datetime.now(UTC)
     notices = grace_notices(db.session, now, settings.catalog.premium.grace_days)
     told = queue_notices(app, db.session, tuple(notices), now)
@@ -354,7 +354,7 @@ def chat(sender: str, channel: str) -> None:
         adapter.parse_line(sender, "", channel)
     except InvalidSender as exc:
         raise click.BadParameter(str(exc), param_hint="--from") from None
-    settings: BotSettings = current_app.extensions["bot_settings"]
+    settings = bot_settings()
     # The routing log lines would interleave with the conversation; warnings still show.
     logging.getLogger("bot").setLevel(logging.WARNING)
     stdin = sys.stdin
@@ -538,7 +538,7 @@ def tokens_purchases(phone: str) -> None:
         select(Subscription).where(Subscription.account_id == account_id)
         .order_by(Subscription.updated_at.desc()).limit(1))
     if subscription is not None:
-        plan = current_app.extensions["bot_settings"].catalog.premium
+        plan = bot_settings().catalog.premium
         premium = subscription.premium(datetime.now(UTC), plan.grace_days)
         click.echo(f"Subscription {subscription.external_id}: {subscription.status}"
                    f"{', premium' if premium else ', no premium'}"

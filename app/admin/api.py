@@ -8,7 +8,7 @@ from flask.typing import ResponseReturnValue
 from sqlalchemy import select
 
 from app.bearer import bearer_refused
-from app.extensions import db
+from app.extensions import bot_settings, db
 from app.ids import use_id_converter
 from bot.contacts import mask_address
 from bot.models import Contact
@@ -47,7 +47,7 @@ def report() -> ResponseReturnValue:
         Month.parse(label)
     except ValueError:
         return jsonify(error="month must be YYYY-MM, e.g. 2026-11"), 400
-    catalog = current_app.extensions["bot_settings"].catalog
+    catalog = bot_settings().catalog
     result = month_report(db.session, label, catalog)
     if request.args.get("format") == "csv":
         return Response(people_csv(result, masked_phones()),

@@ -47,9 +47,8 @@ from sqlalchemy.orm import Session, defer
 
 from app.admin.web import actor, bp
 from app.billing import apply_event, payment_provider
-from app.extensions import db
+from app.extensions import bot_settings, db
 from app.queue import QUEUE_NAME, redis_connection
-from bot.router import BotSettings
 from tokens import admin
 from tokens.affiliates import Click, Conversion, OfferLink
 from tokens.base import utcnow
@@ -347,7 +346,7 @@ def affiliates() -> ResponseReturnValue:
     if month is None:
         return _bad_month()
     session = _session()
-    settings: BotSettings = _app().extensions["bot_settings"]
+    settings = bot_settings(_app())
     names = {p.code: p.name for p in settings.catalog.affiliates.partners}
     partners = partner_months(session, month, names)
     networks = network_months(session, month)

@@ -17,14 +17,14 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-from flask import Flask, Response, current_app, flash, redirect, render_template, request, url_for
+from flask import Flask, Response, flash, redirect, render_template, request, url_for
 from flask.typing import ResponseReturnValue
 from sqlalchemy import ColumnElement, func, or_, select
 from sqlalchemy.orm import Session
 
 from app.admin import charts
 from app.admin.web import actor, bp
-from app.extensions import db
+from app.extensions import bot_settings, db
 from bot.contacts import consent_log, mask_address
 from bot.models import Contact, Message
 from tokens import admin, costs, ledger, money, payments, tiers
@@ -106,7 +106,7 @@ def _is_month(text: str) -> bool:
 
 
 def _catalog(app: Flask | None = None) -> Any:
-    return (app or current_app).extensions["bot_settings"].catalog
+    return bot_settings(app).catalog
 
 
 @bp.get("/")

@@ -17,8 +17,7 @@ from flask.typing import ResponseReturnValue
 from sqlalchemy import func, select, update
 
 from app.billing import payment_provider
-from app.extensions import db
-from bot.router import BotSettings
+from app.extensions import bot_settings, db
 from tokens.base import insert_once
 from tokens.catalog import Catalog
 from tokens.errors import CatalogError, PayLinkExpired, PayLinkNotFound
@@ -31,7 +30,7 @@ log = logging.getLogger(__name__)
 
 
 def _unavailable(reason: str, status: int) -> ResponseReturnValue:
-    settings: BotSettings = current_app.extensions["bot_settings"]
+    settings = bot_settings()
     return render_template("pay_unavailable.html", reason=reason,
                            bot_name=settings.catalog.bot_name), status
 
@@ -74,7 +73,7 @@ def pay_link(token: str) -> ResponseReturnValue:
 @bp.get("/pay/<token>/done")
 def pay_done(token: str) -> ResponseReturnValue:
     """Where the provider sends the person back after paying."""
-    settings: BotSettings = current_app.extensions["bot_settings"]
+    settings = bot_settings()
     link = db.session.scalar(select(PayLink).where(PayLink.token == token))
     if link is None:
         return _unavailable("unknown", 404)
@@ -122,7 +121,7 @@ def checkout_request(catalog: Catalog, link: PayLink, public_id: str, base_url: 
 
 def _checkout(app: Flask, provider: PaymentProvider, link: PayLink) -> str:
     """The URL of the open checkout for `link`, creating it with the provider if needed."""
-    settings: BotSettings = app.extensions["bot_settings"]
+    settings = bot_settings(app)
     catalog = settings.catalog
     session = db.session
     existing = open_checkout_for(session, link)
