@@ -88,10 +88,14 @@ class Month:
         return Month(self.year, self.number + 1)
 
     @property
+    def day_count(self) -> int:
+        """How many days the month has (28 to 31)."""
+        return calendar.monthrange(self.year, self.number)[1]
+
+    @property
     def days(self) -> list[str]:
         """Every day of the month as "YYYY-MM-DD", in order."""
-        last = calendar.monthrange(self.year, self.number)[1]
-        return [f"{self}-{day:02d}" for day in range(1, last + 1)]
+        return [f"{self}-{day:02d}" for day in range(1, self.day_count + 1)]
 
 
 def day_of(moment: datetime) -> str:

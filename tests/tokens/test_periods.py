@@ -63,6 +63,8 @@ def test_of_a_moment_is_its_utc_month():
 def test_days():
     assert Month(2026, 2).days[0] == "2026-02-01" and Month(2026, 2).days[-1] == "2026-02-28"
     assert len(Month(2028, 2).days) == 29 and len(Month(2026, 12).days) == 31
+    assert (Month(2026, 2).day_count, Month(2028, 2).day_count, Month(2026, 4).day_count) == \
+        (28, 29, 30)
 
 
 def test_day_of_and_next_month_start():
