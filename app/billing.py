@@ -18,12 +18,11 @@ from sqlalchemy import select
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
-from app.extensions import db
+from app.extensions import bot_settings, db
 from app.queue import enqueue_delivery
 from bot import replies
 from bot.models import Contact
 from bot.notify import queue_notice
-from bot.router import BotSettings
 from tokens import auto_topup, payments, tiers
 from tokens.base import utcnow
 from tokens.payment_events import (
@@ -62,7 +61,7 @@ def apply_event(app: Flask, provider: PaymentProvider, event: dict[str, object]
     the transaction back and propagates, and so does `PaymentError` from fetching what the
     event names: the webhook answers 500 and the provider delivers the event again.
     """
-    settings: BotSettings = app.extensions["bot_settings"]
+    settings = bot_settings(app)
     session = db.session
     now = utcnow()
     try:
@@ -116,7 +115,7 @@ def queue_notices(app: Flask, session: Session, notices: tuple[Notice, ...],
     account's lock (the payment event's handler took it)."""
     if not can_send(app) or not notices:
         return []
-    settings: BotSettings = app.extensions["bot_settings"]
+    settings = bot_settings(app)
     moment = now or utcnow()
     ids: list[int] = []
     for notice in notices:
@@ -133,7 +132,7 @@ def queue_notices(app: Flask, session: Session, notices: tuple[Notice, ...],
 
 def notice_text(app: Flask, session: Session, notice: Notice) -> str | None:
     """What a notice says to the person, in their language (`notice_language`)."""
-    settings: BotSettings = app.extensions["bot_settings"]
+    settings = bot_settings(app)
     plan = settings.catalog.premium
     params = notice.params
     lang = notice_language(session, notice.account_id)
@@ -184,7 +183,7 @@ def run_top_up(app: Flask, session: Session, due: auto_topup.TopUpDue) -> None:
     provider = payment_provider(app)
     if provider is None:
         return
-    settings: BotSettings = app.extensions["bot_settings"]
+    settings = bot_settings(app)
     result = auto_topup.charge(provider, due)
     now = utcnow()
     try:

@@ -9,22 +9,22 @@ import sys
 import uuid
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
-from decimal import Decimal
 from typing import Any
 
 import click
 from flask import Flask, current_app
 from flask.cli import ScriptInfo, with_appcontext
 
-from app.extensions import db
+from app.extensions import bot_settings, db, migrations_directory
 from bot.channels import get_adapter
 from bot.channels.console import ConsoleAdapter
 from bot.channels.twilio import to_e164
 from bot.contacts import find_contact, mask_address
 from bot.errors import InvalidSender
-from bot.router import BotSettings, answer_message
+from bot.router import answer_message
 from tokens import costs, ledger
 from tokens.errors import InsufficientTokens, InvalidAmount
+from tokens.money import format_cents, format_usd
 
 
 def register_cli(app: Flask) -> None:
@@ -99,7 +99,7 @@ def check_schema() -> None:
     session = db.session()  # the scoped session's own Session
     began = not session.in_transaction()
     try:
-        state = schema_state(session.connection(), current_app.extensions["migrate"].directory)
+        state = schema_state(session.connection(), migrations_directory())
     except SQLAlchemyError as exc:
         logging.getLogger(__name__).debug("schema not checked: database unreachable (%s)",
                                           type(exc).__name__)
@@ -124,16 +124,18 @@ def report(label: str | None, as_csv: bool, as_json: bool) -> None:
     """The month's profitability report, read from the monthly rollups: revenue, COGS,
     margin, ARPU, levels, top intents; `--csv` lists every person (masked phone)."""
     import json
-    import re
 
     from app.admin.api import masked_phones
-    from tokens.ledger import month_of
+    from tokens.periods import Month
     from tokens.reports import month_report, people_csv
 
-    if label is not None and not re.fullmatch(r"[0-9]{4}-(0[1-9]|1[0-2])", label):
-        raise click.BadParameter("use YYYY-MM, e.g. 2026-11", param_hint="--month")
-    label = label or month_of(datetime.now(UTC))
-    catalog = current_app.extensions["bot_settings"].catalog
+    if label is not None:
+        try:
+            Month.parse(label)
+        except ValueError:
+            raise click.BadParameter("use YYYY-MM, e.g. 2026-11", param_hint="--month") from None
+    label = label or str(Month.of(datetime.now(UTC)))
+    catalog = bot_settings().catalog
     result = month_report(db.session, label, catalog)
     if as_json:
         click.echo(json.dumps(result.as_json(), indent=2))
@@ -279,7 +281,7 @@ def messages_sweep(queued_minutes: int, unconfirmed_minutes: int) -> None:
     expired = ledger.expire_holds(db.session)
     failed = outbound.give_up_unconfirmed(db.session, timedelta(minutes=unconfirmed_minutes))
     db.session.commit()
-    settings: BotSettings = app.extensions["bot_settings"]
+    settings = bot_settings(app)
     now = datetime.now(UTC)
     notices = grace_notices(db.session, now, settings.catalog.premium.grace_days)
     told = queue_notices(app, db.session, tuple(notices), now)
@@ -352,7 +354,7 @@ def chat(sender: str, channel: str) -> None:
         adapter.parse_line(sender, "", channel)
     except InvalidSender as exc:
         raise click.BadParameter(str(exc), param_hint="--from") from None
-    settings: BotSettings = current_app.extensions["bot_settings"]
+    settings = bot_settings()
     # The routing log lines would interleave with the conversation; warnings still show.
     logging.getLogger("bot").setLevel(logging.WARNING)
     stdin = sys.stdin
@@ -394,8 +396,9 @@ def _account_of(phone: str) -> tuple[int, str]:
 
 
 def usd(musd: int) -> str:
-    """µUSD as dollars with all six decimals, e.g. 12345 -> "$0.012345"."""
-    return f"${Decimal(musd) / 1_000_000:.6f}"
+    """µUSD as dollars with all six decimals, e.g. 12345 -> "$0.012345" (a negative amount
+    "$-0.012345")."""
+    return format_usd(musd, 6, minus_after_symbol=True)
 
 
 def _when(moment: datetime | None) -> str:
@@ -521,10 +524,10 @@ def tokens_purchases(phone: str) -> None:
     click.echo(f"Purchases of account {account_id} ({masked}), newest first:")
     rows = checkouts_of(db.session, account_id)
     for checkout in rows:
-        price = f"{Decimal(checkout.amount_cents) / 100:.2f} {checkout.currency.upper()}"
+        price = format_cents(checkout.amount_cents, checkout.currency, symbol=False)
         what = (f"{checkout.tokens} + {checkout.bonus_tokens} bonus tokens"
                 if checkout.mode == "payment" else "premium subscription")
-        refunded = (f", refunded {Decimal(checkout.refunded_cents) / 100:.2f}"
+        refunded = (f", refunded {format_cents(checkout.refunded_cents, None)}"
                     if checkout.refunded_cents else "")
         click.echo(f"  {_when(checkout.created_at):<16}  {checkout.item_code:<10} {price:>10}  "
                    f"{checkout.status:<9}  {what}{refunded}  {checkout.provider} "
@@ -535,7 +538,7 @@ def tokens_purchases(phone: str) -> None:
         select(Subscription).where(Subscription.account_id == account_id)
         .order_by(Subscription.updated_at.desc()).limit(1))
     if subscription is not None:
-        plan = current_app.extensions["bot_settings"].catalog.premium
+        plan = bot_settings().catalog.premium
         premium = subscription.premium(datetime.now(UTC), plan.grace_days)
         click.echo(f"Subscription {subscription.external_id}: {subscription.status}"
                    f"{', premium' if premium else ', no premium'}"

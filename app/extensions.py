@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from flask import Flask, current_app
 from flask_limiter import Limiter
 from flask_limiter.util import get_remote_address
 from flask_migrate import Migrate
@@ -14,6 +15,10 @@ from sqlalchemy import Engine, event, exc
 
 from tokens.base import Base, UTCDateTime
 
+if TYPE_CHECKING:
+    from bot.outbound import OutboundSettings
+    from bot.router import BotSettings
+
 db = SQLAlchemy(metadata=Base.metadata)
 migrate = Migrate()
 # CSRF tokens for the admin forms (checked by the admin blueprint; WTF_CSRF_CHECK_DEFAULT off).
@@ -21,6 +26,30 @@ csrf = CSRFProtect()
 # Rate limits by client address (behind a proxy, set TRUSTED_PROXY_HOPS); no default limits:
 # each limited view says its own.
 limiter = Limiter(key_func=get_remote_address)
+
+
+# --- what create_app keeps in app.extensions, read through one typed accessor each ----------
+
+
+def bot_settings(app: Flask | None = None) -> BotSettings:
+    """The router's settings (`app.extensions["bot_settings"]`, set by `create_app`): the
+    catalog, the LLM, the keys. `app` defaults to the current app."""
+    settings: BotSettings = (app or current_app).extensions["bot_settings"]
+    return settings
+
+
+def outbound_settings(app: Flask | None = None) -> OutboundSettings:
+    """How replies are sent (`app.extensions["outbound"]`, set by `create_app`). `app`
+    defaults to the current app."""
+    options: OutboundSettings = (app or current_app).extensions["outbound"]
+    return options
+
+
+def migrations_directory(app: Flask | None = None) -> str:
+    """The Alembic migrations folder Flask-Migrate was given (`app.extensions["migrate"]`).
+    `app` defaults to the current app."""
+    directory: str = (app or current_app).extensions["migrate"].directory
+    return directory
 
 
 def configure_sqlite(engine: Engine) -> None:

@@ -34,14 +34,13 @@ from sqlalchemy import String, bindparam, or_, select
 from sqlalchemy.orm import Session, aliased
 
 from app import metrics
-from app.extensions import db
+from app.extensions import bot_settings, db, outbound_settings
 from app.queue import JOB_TIMEOUT_SECONDS, enqueue_answer, redis_connection
 from app.turns import PersonTurn
 from bot import outbound, router
 from bot.channels.twilio import TwilioRestSender
 from bot.messages import InboundMessage
 from bot.models import Contact, InboxMessage, Message
-from bot.router import BotSettings
 from bot.router.pipeline import INBOX_OF_SENDER_OF
 
 log = logging.getLogger(__name__)
@@ -71,7 +70,7 @@ def answer_inline(app: Flask, msg: InboundMessage, inbox_id: int | None = None
     Args:
         inbox_id: the inbox row `msg` was stored in, taken by this answer.
     """
-    settings: BotSettings = app.extensions["bot_settings"]
+    settings = bot_settings(app)
     return router.answer_message(db.session, msg, settings, transport="twiml",
                                  inbox_id=inbox_id)
 
@@ -111,7 +110,7 @@ def _sender_and_rows(session: Session, message_sid: str
 
 
 def _answer_person(app: Flask, session: Session, message_sid: str) -> str:
-    settings: BotSettings = app.extensions["bot_settings"]
+    settings = bot_settings(app)
     sender, first_rows = _sender_and_rows(session, message_sid)
     if sender is None:
         log.info("answer job with nothing left to do", extra={"message_sid": message_sid})
@@ -187,8 +186,8 @@ def deliver(app: Flask, session: Session, inbound_id: int) -> int:
 
 def send_pending(app: Flask, session: Session, message_ids: list[int]) -> int:
     """Send each of `message_ids` that is still `pending`, in order; returns sends tried."""
-    settings: BotSettings = app.extensions["bot_settings"]
-    options: outbound.OutboundSettings = app.extensions["outbound"]
+    settings = bot_settings(app)
+    options = outbound_settings(app)
     sender = twilio_sender(app)
     tried = 0
     for message_id in message_ids:

@@ -24,8 +24,9 @@ from typing import Any
 import yaml
 
 from bot.errors import BotError
-from tokens.catalog import LANGUAGES, Catalog, IntentSpec, Pack, Plan, money_display
-from tokens.ledger import next_month_start
+from tokens.catalog import LANGUAGES, Catalog, IntentSpec, Pack, Plan
+from tokens.money import format_cents
+from tokens.periods import next_month_start
 
 REPLIES_PATH = Path(__file__).with_name("content") / "replies.yaml"
 DEFAULT_LANGUAGE = LANGUAGES[0]
@@ -246,7 +247,7 @@ def buy_text(pack: Pack, url: str, lang: str = DEFAULT_LANGUAGE) -> str:
 
 
 def _plan_price(plan: Plan) -> str:
-    return money_display(plan.price_cents, plan.currency)
+    return format_cents(plan.price_cents, plan.currency)
 
 
 def premium_text(plan: Plan, url: str, lang: str = DEFAULT_LANGUAGE) -> str:

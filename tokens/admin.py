@@ -19,11 +19,10 @@ from datetime import datetime, timedelta
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 from sqlalchemy import ForeignKey, Integer, String, select
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from tokens import ledger, tiers
-from tokens.base import Base, UTCDateTime, utcnow
+from tokens.base import Base, UTCDateTime, insert_once, utcnow
 from tokens.errors import TokensError, UnknownAccount
 
 USERNAME = re.compile(r"[a-z0-9][a-z0-9._-]{1,62}")
@@ -122,12 +121,8 @@ def create_user(session: Session, username: str, password: str,
         raise AdminError(f"a password needs at least {MIN_PASSWORD_CHARS} characters")
     user = AdminUser(username=name, password_hash=_hasher.hash(password),
                      created_at=now or utcnow(), session_epoch=0)
-    try:
-        with session.begin_nested():
-            session.add(user)
-            session.flush()
-    except IntegrityError:
-        raise AdminError(f"the username {name!r} is taken") from None
+    if not insert_once(session, user):
+        raise AdminError(f"the username {name!r} is taken")
     return user
 
 

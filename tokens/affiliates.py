@@ -28,8 +28,8 @@ Design (docs/economy.md, "Affiliate gating"; README, "Partner offers"; the catal
   clicks): a click recorded in the last 24 hours and not used yet unlocks one full answer
   (`unlocked`, `use_unlock`).
 
-Amounts: sale amounts in US cents, commissions in µUSD (1 cent = `MUSD_PER_CENT` = 10,000
-µUSD). Networks report USD decimal strings ("12.50", "-4.50" for a reversal), parsed with
+Amounts: sale amounts in US cents, commissions in µUSD (1 cent = `tokens.money.MUSD_PER_CENT`
+= 10,000 µUSD). Networks report USD decimal strings ("12.50", "-4.50" for a reversal), parsed with
 `Decimal`, never floats.
 
 Domain functions take the `Session` and flush; the caller (route, CLI) commits.
@@ -64,9 +64,10 @@ from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from tokens.base import Base, UTCDateTime, insert_on_conflict, utcnow
 from tokens.catalog import Catalog, Partner
-from tokens.costs import MUSD_PER_CENT, record_revenue
+from tokens.costs import record_revenue
 from tokens.errors import TokensError
 from tokens.ledger import lock_account
+from tokens.money import CENTS_PER_USD, cents_to_musd
 
 # A new offer link lives this long (a person may come back to an old message).
 OFFER_LINK_TTL = timedelta(days=30)
@@ -489,7 +490,7 @@ def usd_to_cents(value: object, field: str, *, signed: bool = False) -> int:
             f"{field}: {kind} as a decimal string like \"12.50\" is required, "
             f"not {_shown(value)}")
     try:
-        cents = Decimal(value.strip()) * 100
+        cents = Decimal(value.strip()) * CENTS_PER_USD
     except InvalidOperation as exc:  # pragma: no cover - the pattern admits only decimals
         raise InvalidConversion(f"{field}: not a decimal amount: {_shown(value)}") from exc
     return int(cents)
@@ -553,7 +554,7 @@ def record_conversion(
 
     Revenue (kind "affiliate", `tokens.costs.record_revenue`), only when attributed:
     - on approval (first report "approved", or pending -> approved): +commission µUSD =
-      `commission_cents * MUSD_PER_CENT` if > 0, in the month of `now` (the approval's),
+      `cents_to_musd(commission_cents)` if > 0, in the month of `now` (the approval's),
       key `booking_key`; the approving report's amounts replace the pending ones;
     - on reversal after approval: minus what was booked, once, key `reversal_key`. A
       conversion declined before approval books nothing.
@@ -598,7 +599,7 @@ def record_conversion(
         click_id = None  # not one of ours: keep the conversion, unattributed
     target = conversion_status(status, sale_amount_cents, commission_cents)
     report = _Report(network, conversion_id, target, abs(sale_amount_cents),
-                     abs(commission_cents) * MUSD_PER_CENT, now)
+                     cents_to_musd(abs(commission_cents)), now)
 
     # Each failed attempt means another writer stored the row or moved its state forward
     # meanwhile; with three states that happens at most three times, so four attempts end.

@@ -41,7 +41,7 @@ from typing import Any
 from sqlalchemy import Boolean, CheckConstraint, ForeignKey, Integer, String, select
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
-from tokens import costs, ledger
+from tokens import costs, ledger, money
 from tokens.base import Base, UTCDateTime, utcnow
 from tokens.catalog import Catalog
 from tokens.ledger import Account
@@ -55,6 +55,7 @@ from tokens.payment_events import (
     _settle,
 )
 from tokens.payments import Checkout
+from tokens.periods import Month
 from tokens.providers import (
     OFF_SESSION,
     OffSessionCharge,
@@ -263,7 +264,7 @@ def status(session: Session, account_id: int, now: datetime) -> Status:
     if row is None:
         return Status("off")
     state = "on" if row.enabled else "awaiting_card" if row.awaiting_card else "off"
-    count = row.month_count if row.month == ledger.month_of(now) else 0
+    count = row.month_count if row.month == str(Month.of(now)) else 0
     return Status(state, row.pack_code, count, row.last_failure)
 
 
@@ -431,7 +432,7 @@ def due(session: Session, account_id: int, available_tokens: int, threshold_toke
         return None
     if not (row.enabled and row.has_card and row.armed) or available_tokens >= threshold_tokens:
         return None
-    month = ledger.month_of(now)
+    month = str(Month.of(now))
     if row.month != month:
         row.month, row.month_count = month, 0
     if row.month_count >= max_per_month:
@@ -606,7 +607,7 @@ def credit(session: Session, key: str, intent: str | None, amount_cents: int | N
     checkout.completed_at = ctx.now
     checkout.payment_intent = checkout.payment_intent or intent
     costs.record_revenue(session, account_id, "pack",
-                         checkout.amount_cents * costs.MUSD_PER_CENT,
+                         money.cents_to_musd(checkout.amount_cents),
                          key=f"revenue:{checkout.purchase_key}", memo=checkout.item_code,
                          now=ctx.now)
     row = _row(session, account_id)

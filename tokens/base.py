@@ -12,7 +12,8 @@ from datetime import UTC, datetime
 
 from sqlalchemy import DateTime, MetaData, Table, TextClause, bindparam, text
 from sqlalchemy.engine import Dialect
-from sqlalchemy.orm import DeclarativeBase
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import DeclarativeBase, Session
 from sqlalchemy.sql.selectable import TextualSelect
 from sqlalchemy.types import TypeDecorator
 
@@ -62,6 +63,25 @@ class UTCDateTime(TypeDecorator[datetime]):
 def utcnow() -> datetime:
     """The current time, timezone-aware UTC."""
     return datetime.now(UTC)
+
+
+def insert_once(session: Session, row: Base) -> bool:
+    """Insert `row` unless a unique constraint already holds its like: add and flush it in a
+    SAVEPOINT (`session.begin_nested()`), so a conflict rolls back only that.
+
+    Returns:
+        True when `row` was inserted (it is now persistent and flushed); False when the
+        INSERT raised `IntegrityError` (another writer's row came first, or any other
+        constraint refused it): the savepoint is rolled back, `row` is no longer in the
+        session and the caller reads the existing row, or refuses, as its case wants.
+    """
+    try:
+        with session.begin_nested():
+            session.add(row)
+            session.flush()
+    except IntegrityError:
+        return False
+    return True
 
 
 

@@ -22,9 +22,9 @@ from urllib.parse import urlsplit
 import yaml
 
 from tokens.errors import CatalogError
+from tokens.money import format_cents, usd_to_musd
 
 DEFAULT_CATALOG_PATH = Path(__file__).with_name("economy.yaml")
-MICRO_USD_PER_USD = 1_000_000
 COMMAND_NAMES = ("balance", "buy", "more", "premium", "language", "auto_on", "auto_off")
 LANGUAGES = ("en", "es")
 """The languages the bot speaks (its replies: `bot/content/replies.yaml`); the first is the
@@ -32,15 +32,6 @@ default."""
 MESSAGING_CHANNELS = ("sms", "whatsapp")
 MESSAGING_UNITS = ("segment", "message")
 DEFAULT_TIER = "normal"
-
-
-def money_display(cents: int, currency: str) -> str:
-    """An amount in a currency's minor unit as a person reads it: "$5.00" for USD (the only
-    currency with a symbol here), "5.00 EUR" otherwise."""
-    amount = Decimal(cents) / 100
-    if currency == "usd":
-        return f"${amount:.2f}"
-    return f"{amount:.2f} {currency.upper()}"
 
 
 @dataclass(frozen=True)
@@ -99,7 +90,7 @@ class Pack:
     @property
     def price_display(self) -> str:
         """The price as a person reads it, e.g. "$5.00" (only USD gets a symbol)."""
-        return money_display(self.price_cents, self.currency)
+        return format_cents(self.price_cents, self.currency)
 
 
 @dataclass(frozen=True)
@@ -125,7 +116,7 @@ class Plan:
     @property
     def price_display(self) -> str:
         """The price as a person reads it, e.g. "$5.00 a month"."""
-        return f"{money_display(self.price_cents, self.currency)} a month"
+        return f"{format_cents(self.price_cents, self.currency)} a month"
 
 
 @dataclass(frozen=True)
@@ -819,7 +810,7 @@ def _decimal(raw: Mapping[str, Any], key: str, where: str = "") -> Decimal:
 def _musd(raw: Mapping[str, Any], key: str, where: str = "", *, positive: bool = False) -> int:
     """A USD amount given as a decimal string, as integer µUSD (it must be whole µUSD)."""
     name = f"{where + '.' if where else ''}{key}"
-    musd = _decimal(raw, key, where) * MICRO_USD_PER_USD
+    musd = usd_to_musd(_decimal(raw, key, where))
     if musd != musd.to_integral_value():
         raise CatalogError(f"{name}: must be a whole number of µUSD")
     if positive and musd <= 0:

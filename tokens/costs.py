@@ -30,7 +30,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol
 
 from sqlalchemy import (
     BigInteger,
@@ -49,6 +49,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
+from sqlalchemy.ext.hybrid import hybrid_property
 from sqlalchemy.orm import (
     Mapped,
     Session,
@@ -63,14 +64,12 @@ from tokens import signals
 from tokens.base import Base, UTCDateTime, utcnow
 from tokens.catalog import Costs, ModelPrice
 from tokens.errors import InvalidAmount
-from tokens.ledger import day_of, month_of
+from tokens.periods import Month, day_of
 
 COST_KINDS = ("llm", "messaging", "platform")
 REVENUE_KINDS = ("pack", "subscription", "affiliate")
 BUCKET_COLUMNS = {"free": "tokens_free", "subscription": "tokens_subscription",
                   "bonus": "tokens_bonus", "paid": "tokens_paid"}
-# Stripe amounts are in the currency's minor unit: 1 cent = 10,000 µUSD (USD packs only).
-MUSD_PER_CENT = 10_000
 DIRECTIONS = ("in", "out")
 
 
@@ -97,6 +96,43 @@ class CostEntry(Base):
     direction: Mapped[str | None] = mapped_column(String(3))
     units: Mapped[int | None] = mapped_column(Integer)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+class MonthAmounts(Protocol):
+    """A month's COGS and revenue by kind, µUSD (ints): an `AccountMonth`, a report's row of
+    its columns, or (for SQL) the `AccountMonth` class itself."""
+
+    @property
+    def cost_llm_musd(self) -> Any: ...
+    @property
+    def cost_messaging_musd(self) -> Any: ...
+    @property
+    def cost_platform_musd(self) -> Any: ...
+    @property
+    def revenue_pack_musd(self) -> Any: ...
+    @property
+    def revenue_subscription_musd(self) -> Any: ...
+    @property
+    def revenue_affiliate_musd(self) -> Any: ...
+
+
+def cogs_musd(month: MonthAmounts) -> Any:
+    """The month's COGS, µUSD: LLM + messaging + platform. An int for a row; a SQL expression
+    for the `AccountMonth` class (`AccountMonth.cost_musd`)."""
+    return month.cost_llm_musd + month.cost_messaging_musd + month.cost_platform_musd
+
+
+def revenue_musd(month: MonthAmounts) -> Any:
+    """The month's net revenue, µUSD: packs (purchases less refunds and lost disputes) + paid
+    subscription invoices + confirmed affiliate commissions. An int for a row; a SQL
+    expression for the `AccountMonth` class (`AccountMonth.revenue_musd`)."""
+    return month.revenue_pack_musd + month.revenue_subscription_musd + month.revenue_affiliate_musd
+
+
+def exposure_musd(month: MonthAmounts) -> Any:
+    """What the person has cost and not paid for in the month: COGS - revenue, µUSD
+    (docs/economy.md, "Tiers"); negative for a paying person."""
+    return cogs_musd(month) - revenue_musd(month)
 
 
 class AccountMonth(Base):
@@ -139,22 +175,25 @@ class AccountMonth(Base):
     tokens_bonus: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
     tokens_paid: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
 
-    @property
+    @hybrid_property
     def cost_musd(self) -> int:
-        """Total COGS of the month, µUSD."""
-        return self.cost_llm_musd + self.cost_messaging_musd + self.cost_platform_musd
+        """Total COGS of the month, µUSD (`cogs_musd`; on the class, its SQL expression)."""
+        amount: int = cogs_musd(self)
+        return amount
 
-    @property
+    @hybrid_property
     def revenue_musd(self) -> int:
-        """Net revenue of the month (purchases less refunds and lost disputes, paid
-        subscription invoices, confirmed affiliate commissions), µUSD."""
-        return self.revenue_pack_musd + self.revenue_subscription_musd + self.revenue_affiliate_musd
+        """Net revenue of the month, µUSD (`revenue_musd`; on the class, its SQL
+        expression)."""
+        amount: int = revenue_musd(self)
+        return amount
 
-    @property
+    @hybrid_property
     def exposure_musd(self) -> int:
-        """What this person has cost and not paid for this month: cost - revenue, µUSD
-        (docs/economy.md, "Tiers"); negative for a paying person."""
-        return self.cost_musd - self.revenue_musd
+        """Cost - revenue of the month, µUSD (`exposure_musd`; on the class, its SQL
+        expression); negative for a paying person."""
+        amount: int = exposure_musd(self)
+        return amount
 
 
 class AccountMonthIntent(Base):
@@ -385,7 +424,7 @@ def record_revenue(
     Args:
         kind: "pack" (token packs, net of refunds and lost disputes), "subscription" or
             "affiliate" (confirmed commissions).
-        amount_musd: signed µUSD, not zero (`MUSD_PER_CENT` converts Stripe's cents).
+        amount_musd: signed µUSD, not zero (`tokens.money.cents_to_musd` converts Stripe's cents).
 
     Returns:
         The amount recorded, µUSD (0 when `key` was recorded before).
@@ -420,7 +459,7 @@ def note_tokens_charged(
         KeyError: an unknown bucket.
     """
     total = sum(tokens for _, tokens in by_bucket)
-    label = month_of(when or utcnow())
+    label = str(Month.of(when or utcnow()))
     increments: dict[str, int] = {}
     for bucket, tokens in by_bucket:
         column = BUCKET_COLUMNS[bucket]
@@ -461,7 +500,7 @@ def month(session: Session, account_id: int, when: str | datetime | None = None)
     row, which stays locked until the transaction ends), so reading it sends no statement;
     otherwise this is one SELECT (none if the row is already loaded and not expired).
     """
-    label = when if isinstance(when, str) else month_of(when or utcnow())
+    label = when if isinstance(when, str) else str(Month.of(when or utcnow()))
     key = (account_id, label)
     held = _held_month(session, key)
     if held is not None:
@@ -594,7 +633,7 @@ def _record(
     any optional column) with its increments of `AccountMonth` columns. Returns the µUSD
     inserted (0 when every key was recorded before)."""
     moment = now or utcnow()
-    label, day = month_of(moment), day_of(moment)
+    label, day = str(Month.of(moment)), day_of(moment)
     connection = session.connection()
     columns = _ENTRY_COLUMNS[table.name]
     created_at = _created_at(connection, moment)

@@ -50,7 +50,7 @@ from __future__ import annotations
 import secrets
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any, NamedTuple, cast
 
 from sqlalchemy import (
@@ -90,6 +90,7 @@ from tokens.errors import (
     UnknownAccount,
     UnknownEntry,
 )
+from tokens.periods import Month, next_month_start
 
 ENTRY_KINDS = ("grant", "purchase", "bonus", "debit", "refund", "clawback", "expiry", "adjustment")
 CREDIT_KINDS = ("grant", "purchase", "bonus", "refund")  # always positive
@@ -499,33 +500,6 @@ def _forget(session: Session, model: type[Base], ids: Sequence[int]) -> None:
             session.expire(loaded)
 
 
-# --- periods ------------------------------------------------------------------------------
-
-
-def month_of(moment: datetime) -> str:
-    """The calendar month (UTC) of `moment` as "YYYY-MM" (docs/economy.md, Units); an aware time in
-    another zone is converted to UTC first."""
-    if moment.tzinfo is not None:
-        moment = moment.astimezone(UTC)
-    return f"{moment.year:04d}-{moment.month:02d}"
-
-
-def day_of(moment: datetime) -> str:
-    """The calendar day (UTC) of `moment` as "YYYY-MM-DD"; an aware time in another zone is
-    converted to UTC first."""
-    if moment.tzinfo is not None:
-        moment = moment.astimezone(UTC)
-    return f"{moment:%Y-%m-%d}"
-
-
-def next_month_start(moment: datetime) -> datetime:
-    """The first instant (UTC) of the month after `moment`'s; when monthly grants expire."""
-    start = moment.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
-    if moment.month == 12:
-        return start.replace(year=moment.year + 1, month=1)
-    return start.replace(month=moment.month + 1)
-
-
 # --- reads --------------------------------------------------------------------------------
 
 
@@ -773,12 +747,12 @@ def grant_monthly_allowance(
     expire_lots(session, account_id, now)
     return _credit(session, account_id, "grant", "free", tokens, key,
                    expires_at=next_month_start(now),
-                   memo=f"free monthly allowance {month_of(now)}", now=now, replay_checked=True)
+                   memo=f"free monthly allowance {Month.of(now)}", now=now, replay_checked=True)
 
 
 def monthly_allowance_key(account_id: int, now: datetime) -> str:
     """The idempotency key of the account's free allowance for the month of `now`."""
-    return f"grant:free:{account_id}:{month_of(now)}"
+    return f"grant:free:{account_id}:{Month.of(now)}"
 
 
 def monthly_allowance_granted(key: str | ColumnElement[str]) -> ColumnElement[bool]:

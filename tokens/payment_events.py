@@ -43,10 +43,10 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import or_, select
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from tokens import costs, ledger
+from tokens import costs, ledger, money
+from tokens.base import insert_once
 from tokens.catalog import Catalog
 from tokens.ledger import Account
 from tokens.payments import (
@@ -219,11 +219,7 @@ def receive_event(
                        type=str(event.get("type", ""))[:100],
                        object_id=(_id(_object(event).get("id")) or "")[:255] or None,
                        payload=json.dumps(event, separators=(",", ":")), received_at=ctx.now)
-    try:
-        with session.begin_nested():
-            session.add(row)
-            session.flush()
-    except IntegrityError:
+    if not insert_once(session, row):
         return None
     handler = HANDLERS.get(row.type)
     result = handler(session, event, ctx) if handler else EventResult("ignored: no handler")
@@ -248,17 +244,12 @@ def record_failure(session: Session, provider: str, event: dict[str, Any], error
     text = _UNSTORABLE.sub(REPLACEMENT, f"{type(error).__name__}: {error}")[:500]
     row = session.scalars(select(FailedEvent).where(FailedEvent.event_id == event_id)).first()
     if row is None:
-        try:
-            with session.begin_nested():
-                session.add(FailedEvent(
-                    provider=provider, event_id=event_id, type=str(event.get("type", ""))[:100],
-                    payload=json.dumps(event, separators=(",", ":")), error=text, attempts=1,
-                    first_failed_at=now, last_failed_at=now))
-                session.flush()
+        if insert_once(session, FailedEvent(
+                provider=provider, event_id=event_id, type=str(event.get("type", ""))[:100],
+                payload=json.dumps(event, separators=(",", ":")), error=text, attempts=1,
+                first_failed_at=now, last_failed_at=now)):
             return
-        except IntegrityError:
-            row = session.scalars(
-                select(FailedEvent).where(FailedEvent.event_id == event_id)).one()
+        row = session.scalars(select(FailedEvent).where(FailedEvent.event_id == event_id)).one()
     row.error, row.last_failed_at, row.resolved_at = text, now, None
     row.attempts += 1
     session.flush()
@@ -314,7 +305,7 @@ def checkout_completed(session: Session, event: dict[str, Any], ctx: EventContex
     checkout.completed_at = ctx.now
     checkout.payment_intent = checkout.payment_intent or intent
     costs.record_revenue(session, checkout.account_id, "pack",
-                         checkout.amount_cents * costs.MUSD_PER_CENT,
+                         money.cents_to_musd(checkout.amount_cents),
                          key=f"revenue:{checkout.purchase_key}", memo=checkout.item_code,
                          now=ctx.now)
     if bought.purchase.replayed:
@@ -550,7 +541,7 @@ def _settle(session: Session, payment: ProviderPayment, ctx: EventContext) -> _S
                       f"clawback:{charge}:{gone}", memo, ctx)
         reversed_cents = gone - payment.settled_cents
         costs.record_revenue(session, paid.account_id, paid.revenue_kind,
-                             -reversed_cents * costs.MUSD_PER_CENT,
+                             money.cents_to_musd(-reversed_cents),
                              key=f"revenue:reversal:{charge}:{gone}", memo=memo, now=ctx.now)
         payment.settled_cents = gone
     frozen = 0
@@ -645,14 +636,10 @@ def _lock_payment(session: Session, ctx: EventContext, intent: str | None,
              .with_for_update().execution_options(populate_existing=True))
     row = session.scalar(query)
     if row is None:
-        try:
-            with session.begin_nested():
-                row = ProviderPayment(provider=ctx.provider, external_id=external_id,
-                                      charge_id=charge_id, status="pending", refunded_cents=0,
-                                      settled_cents=0, created_at=ctx.now, updated_at=ctx.now)
-                session.add(row)
-                session.flush()
-        except IntegrityError:  # a concurrent event inserted it first
+        row = ProviderPayment(provider=ctx.provider, external_id=external_id,
+                              charge_id=charge_id, status="pending", refunded_cents=0,
+                              settled_cents=0, created_at=ctx.now, updated_at=ctx.now)
+        if not insert_once(session, row):  # a concurrent event inserted it first
             row = session.scalar(query)
             assert row is not None
     row.charge_id = row.charge_id or charge_id
@@ -756,7 +743,7 @@ def invoice_paid(session: Session, event: dict[str, Any], ctx: EventContext) -> 
     posted = ledger.grant(session, account_id, plan.monthly_tokens, key=f"invoice:{invoice_id}",
                           bucket="subscription", expires_at=expires_at,
                           memo=f"{plan.name} month", now=ctx.now)
-    costs.record_revenue(session, account_id, "subscription", paid * costs.MUSD_PER_CENT,
+    costs.record_revenue(session, account_id, "subscription", money.cents_to_musd(paid),
                          key=f"revenue:invoice:{invoice_id}", memo=plan.code, now=ctx.now)
     invoice = _keep_invoice(session, obj, invoice_id, account_id, paid,
                             plan.monthly_tokens, ctx)
@@ -843,14 +830,9 @@ def _store_subscription(session: Session, fresh: dict[str, Any], ctx: EventConte
     row = session.scalar(select(Subscription).where(Subscription.external_id == external_id)
                          .execution_options(populate_existing=True))
     if row is None:
-        try:
-            with session.begin_nested():
-                row = Subscription(provider=ctx.provider, external_id=external_id,
-                                   status="incomplete", account_id=account_id,
-                                   updated_at=ctx.now)
-                session.add(row)
-                session.flush()
-        except IntegrityError:
+        row = Subscription(provider=ctx.provider, external_id=external_id,
+                           status="incomplete", account_id=account_id, updated_at=ctx.now)
+        if not insert_once(session, row):
             row = session.scalar(select(Subscription).where(
                 Subscription.external_id == external_id))
             assert row is not None

@@ -9,7 +9,6 @@ ratios are `Decimal`, rounded to 4 places.
 
 from __future__ import annotations
 
-import calendar
 import csv
 import io
 from collections.abc import Mapping
@@ -20,12 +19,14 @@ from typing import Any
 from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session
 
-from tokens import tiers
+from tokens import costs, tiers
 from tokens.catalog import Catalog
 from tokens.costs import AccountDay, AccountMonth, AccountMonthIntent
+from tokens.money import MUSD_PER_USD
+from tokens.periods import Month
 
 # docs/economy.md, "Reports": the share of people at or above a $3.00 target (profit per person).
-DEFAULT_TARGET_MUSD = 3_000_000
+DEFAULT_TARGET_MUSD = 3 * MUSD_PER_USD
 RATIO = Decimal("0.0001")
 
 
@@ -47,14 +48,19 @@ class PersonRow:
 
     @property
     def cost_musd(self) -> int:
-        return self.cost_llm_musd + self.cost_messaging_musd + self.cost_platform_musd
+        """The month's COGS, µUSD (`tokens.costs.cogs_musd`)."""
+        amount: int = costs.cogs_musd(self)
+        return amount
 
     @property
     def revenue_musd(self) -> int:
-        return self.revenue_pack_musd + self.revenue_subscription_musd + self.revenue_affiliate_musd
+        """The month's net revenue, µUSD (`tokens.costs.revenue_musd`)."""
+        amount: int = costs.revenue_musd(self)
+        return amount
 
     @property
     def profit_musd(self) -> int:
+        """Revenue - COGS, µUSD."""
         return self.revenue_musd - self.cost_musd
 
 
@@ -128,12 +134,9 @@ def month_report(session: Session, label: str, catalog: Catalog,
     zero = dict.fromkeys(tiers.LEVELS, 0)
     people = []
     for row in rows:
-        values = dict(zip(fields, row, strict=True))
-        exposure = (values["cost_llm_musd"] + values["cost_messaging_musd"]
-                    + values["cost_platform_musd"] - values["revenue_pack_musd"]
-                    - values["revenue_subscription_musd"] - values["revenue_affiliate_musd"])
+        exposure: int = costs.exposure_musd(row)  # a Row has its columns as attributes
         people.append(PersonRow(level=tiers.decide(exposure, zero, catalog, paying=False),
-                                **values))
+                                **dict(zip(fields, row, strict=True))))
     active = len(people)
     revenue = sum(p.revenue_musd for p in people)
     cost = sum(p.cost_musd for p in people)
@@ -178,8 +181,7 @@ def month_report(session: Session, label: str, catalog: Catalog,
 def daily_totals(session: Session, label: str) -> list[tuple[str, int, int]]:
     """(day "YYYY-MM-DD", revenue µUSD, cost µUSD) for each day of month `label` (UTC), days
     without activity as zeros, from the per-account daily rollup."""
-    year, month = (int(part) for part in label.split("-"))
-    days = [f"{label}-{day:02d}" for day in range(1, calendar.monthrange(year, month)[1] + 1)]
+    days = Month.parse(label).days
     sums = {
         day: (int(revenue or 0), int(cost or 0))
         for day, revenue, cost in session.execute(

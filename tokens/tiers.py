@@ -26,7 +26,6 @@ catalog (`monthly_loss_ceiling_musd`).
 
 from __future__ import annotations
 
-import calendar
 from collections.abc import Mapping
 from datetime import datetime, timedelta
 
@@ -35,6 +34,7 @@ from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from tokens.base import Base, UTCDateTime
 from tokens.catalog import Catalog, IntentSpec, LlmTier
+from tokens.periods import Month
 
 NORMAL, REDUCED, BASIC, AFFILIATE, PAYMENT_REQUIRED = (
     "NORMAL", "REDUCED", "BASIC", "AFFILIATE", "PAYMENT_REQUIRED")
@@ -172,8 +172,8 @@ def monthly_loss_ceiling_musd(catalog: Catalog, days_in_month: int = 31, *,
 
 
 def days_in(moment: datetime) -> int:
-    """Days in the month of `moment`."""
-    return calendar.monthrange(moment.year, moment.month)[1]
+    """Days in the month of `moment` (its own calendar month, as given: no zone conversion)."""
+    return Month(moment.year, moment.month).day_count
 
 
 class TierState(Base):

@@ -3,24 +3,21 @@
 
 from __future__ import annotations
 
-import re
-
 from flask import Blueprint, Response, current_app, jsonify, request
 from flask.typing import ResponseReturnValue
 from sqlalchemy import select
 
 from app.bearer import bearer_refused
-from app.extensions import db
+from app.extensions import bot_settings, db
 from app.ids import use_id_converter
 from bot.contacts import mask_address
 from bot.models import Contact
 from tokens.base import utcnow
-from tokens.ledger import month_of
+from tokens.periods import Month
 from tokens.reports import month_report, people_csv
 
 bp = Blueprint("admin_api", __name__, url_prefix="/admin/api")
 use_id_converter(bp)  # ids in paths are `<id:...>`: 404 when out of range (app.ids)
-MONTH = re.compile(r"[0-9]{4}-(0[1-9]|1[0-2])")
 
 
 @bp.before_request
@@ -45,10 +42,12 @@ def no_store(response: Response) -> Response:
 def report() -> ResponseReturnValue:
     """The month's report as JSON (`?month=YYYY-MM`, default this month), or as CSV with one
     row per person (`&format=csv`, phones masked). 400 for a malformed month."""
-    label = request.args.get("month") or month_of(utcnow())
-    if not MONTH.fullmatch(label):
+    label = request.args.get("month") or str(Month.of(utcnow()))
+    try:
+        Month.parse(label)
+    except ValueError:
         return jsonify(error="month must be YYYY-MM, e.g. 2026-11"), 400
-    catalog = current_app.extensions["bot_settings"].catalog
+    catalog = bot_settings().catalog
     result = month_report(db.session, label, catalog)
     if request.args.get("format") == "csv":
         return Response(people_csv(result, masked_phones()),

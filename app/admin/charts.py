@@ -14,6 +14,7 @@ import pygal
 from markupsafe import Markup
 from pygal.style import Style
 
+from tokens.money import musd_to_usd, usd_to_musd
 from tokens.reports import MonthReport
 
 STYLE = Style(background="white", plot_background="white", font_family="system-ui, sans-serif",
@@ -26,7 +27,7 @@ PROFIT_BINS_USD = (-2, -1, -0.5, -0.25, 0, 0.25, 1, 3, 10)
 
 def _usd(musd: int) -> float:
     """µUSD as dollars for plotting (pygal plots floats; the stored amount stays integer)."""
-    return float(Decimal(musd) / 1_000_000)
+    return float(musd_to_usd(musd))
 
 
 def _dollars(value: float) -> str:
@@ -66,7 +67,7 @@ def daily_revenue_and_cost(report: MonthReport) -> Markup:
 
 def profit_distribution(report: MonthReport) -> Markup:
     """A histogram of people by their month's profit (USD bins, `PROFIT_BINS_USD`)."""
-    edges = [Decimal(str(edge)) * 1_000_000 for edge in PROFIT_BINS_USD]
+    edges = [usd_to_musd(Decimal(str(edge))) for edge in PROFIT_BINS_USD]
     labels = ([f"< {PROFIT_BINS_USD[0]}"]
               + [f"{lo} to {hi}" for lo, hi in zip(PROFIT_BINS_USD, PROFIT_BINS_USD[1:],
                                                   strict=False)]

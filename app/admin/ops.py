@@ -25,7 +25,6 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from decimal import Decimal
 from typing import Any
 
 import redis
@@ -48,16 +47,15 @@ from sqlalchemy.orm import Session, defer
 
 from app.admin.web import actor, bp
 from app.billing import apply_event, payment_provider
-from app.extensions import db
+from app.extensions import bot_settings, db
 from app.queue import QUEUE_NAME, redis_connection
-from bot.router import BotSettings
 from tokens import admin
 from tokens.affiliates import Click, Conversion, OfferLink
 from tokens.base import utcnow
-from tokens.catalog import MICRO_USD_PER_USD, money_display
-from tokens.costs import MUSD_PER_CENT
+from tokens.money import format_cents, format_usd
 from tokens.payment_events import resolve_failure
 from tokens.payments import Checkout, FailedEvent, PaymentEvent, Subscription
+from tokens.periods import Month
 
 log = logging.getLogger(__name__)
 # Rows per page of the checkouts table.
@@ -85,18 +83,15 @@ def when(moment: datetime | None) -> str:
 
 def money(cents: int, currency: str = "usd") -> str:
     """Integer minor units as a person reads them: 1234 usd -> "$12.34" (see
-    `tokens.catalog.money_display`; other currencies "12.34 EUR"). A negative amount gets a
+    `tokens.money.format_cents`; other currencies "12.34 EUR"). A negative amount gets a
     leading "-"."""
-    text = money_display(abs(int(cents)), currency.lower())
-    return f"-{text}" if cents < 0 else text
+    return format_cents(int(cents), currency.lower())
 
 
 def usd_musd(musd: int) -> str:
     """µUSD as dollars: two decimals when it is whole cents ("$1.25"), else six
     ("$0.012345"). Integer arithmetic and `Decimal` only."""
-    amount = Decimal(abs(int(musd))) / MICRO_USD_PER_USD
-    text = f"${amount:.2f}" if musd % MUSD_PER_CENT == 0 else f"${amount:.6f}"
-    return f"-{text}" if musd < 0 else text
+    return format_usd(int(musd))
 
 
 def last_line(text: str | None) -> str:
@@ -110,54 +105,18 @@ HELPERS: dict[str, Callable[..., str]] = {"when": when, "money": money, "usd": u
 
 # --- the month ----------------------------------------------------------------------------
 
-
-@dataclass(frozen=True)
-class Month:
-    """A calendar month in UTC: [start, end)."""
-
-    start: datetime
-    end: datetime
-
-    @property
-    def label(self) -> str:
-        """"YYYY-MM"."""
-        return f"{self.start:%Y-%m}"
-
-    @property
-    def previous(self) -> str:
-        """The previous month's label."""
-        year, month = self.start.year, self.start.month
-        return f"{year - 1}-12" if month == 1 else f"{year}-{month - 1:02d}"
-
-    @property
-    def next(self) -> str:
-        """The next month's label."""
-        return f"{self.end:%Y-%m}"
-
-
-def month_of(value: str | None, now: datetime | None = None) -> Month:
-    """The month `value` names ("YYYY-MM"), or the current UTC month when it is empty.
-
-    Raises:
-        ValueError: `value` is not a month "YYYY-MM" between 2000-01 and 9998-12.
-    """
-    if value:
-        parsed = datetime.strptime(value.strip(), "%Y-%m")
-        if not 2000 <= parsed.year <= 9998 or len(value.strip()) != 7:
-            raise ValueError(f"not a month: {value!r}")
-        year, number = parsed.year, parsed.month
-    else:
-        moment = (now or utcnow()).astimezone(UTC)
-        year, number = moment.year, moment.month
-    start = datetime(year, number, 1, tzinfo=UTC)
-    end = datetime(year + 1, 1, 1, tzinfo=UTC) if number == 12 else \
-        datetime(year, number + 1, 1, tzinfo=UTC)
-    return Month(start, end)
+MONTH_YEARS = range(2000, 9999)
+"""The years a page's `?month=` may name (2000-01 to 9998-12)."""
 
 
 def _requested_month() -> Month | None:
+    """`?month=YYYY-MM` (spaces around it ignored), the current UTC month when it is absent
+    or empty; None when it is not a month of `MONTH_YEARS`."""
+    value = request.args.get("month")
+    if not value:
+        return Month.of(utcnow())
     try:
-        return month_of(request.args.get("month"))
+        return Month.parse(value.strip(), years=MONTH_YEARS)
     except ValueError:
         return None
 
@@ -387,7 +346,7 @@ def affiliates() -> ResponseReturnValue:
     if month is None:
         return _bad_month()
     session = _session()
-    settings: BotSettings = _app().extensions["bot_settings"]
+    settings = bot_settings(_app())
     names = {p.code: p.name for p in settings.catalog.affiliates.partners}
     partners = partner_months(session, month, names)
     networks = network_months(session, month)

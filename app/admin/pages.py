@@ -17,37 +17,35 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-from flask import Flask, Response, current_app, flash, redirect, render_template, request, url_for
+from flask import Flask, Response, flash, redirect, render_template, request, url_for
 from flask.typing import ResponseReturnValue
 from sqlalchemy import ColumnElement, func, or_, select
 from sqlalchemy.orm import Session
 
 from app.admin import charts
 from app.admin.web import actor, bp
-from app.extensions import db
+from app.extensions import bot_settings, db
 from bot.contacts import consent_log, mask_address
 from bot.models import Contact, Message
-from tokens import admin, costs, ledger, payments, tiers
+from tokens import admin, costs, ledger, money, payments, tiers
 from tokens.base import utcnow
 from tokens.costs import AccountMonth
 from tokens.errors import TokensError
+from tokens.periods import Month
 from tokens.reports import month_report, people_csv
 
-MONTH = re.compile(r"[0-9]{4}-(0[1-9]|1[0-2])")
 PAGE_SIZE = 50
 LEDGER_ROWS = 200
 MESSAGE_ROWS = 50
 CONSENT_ROWS = 100
-COST = AccountMonth.cost_llm_musd + AccountMonth.cost_messaging_musd + \
-    AccountMonth.cost_platform_musd
-REVENUE = AccountMonth.revenue_pack_musd + AccountMonth.revenue_subscription_musd + \
-    AccountMonth.revenue_affiliate_musd
+COST = AccountMonth.cost_musd
+REVENUE = AccountMonth.revenue_musd
 SORTS: dict[str, ColumnElement[Any]] = {
     "account": AccountMonth.account_id,
     "cost": COST,
     "revenue": REVENUE,
     "profit": REVENUE - COST,
-    "exposure": COST - REVENUE,  # the level follows exposure
+    "exposure": AccountMonth.exposure_musd,  # the level follows exposure
     "balance": ledger.Account.balance - ledger.Account.held,
     "messages": AccountMonth.messages_in,
     "tokens": AccountMonth.tokens_charged,
@@ -62,20 +60,13 @@ def usd(amount_musd: int | None, places: int | None = None) -> str:
     32 -> "$0.000032", 5_000_000 -> "$5.00"."""
     if amount_musd is None:
         return "-"
-    value = Decimal(amount_musd) / 1_000_000
-    if places is not None:
-        value = value.quantize(Decimal(1).scaleb(-places))
-    else:
-        value = value.quantize(Decimal("0.000001")).normalize()
-        if value.as_tuple().exponent > -2:  # type: ignore[operator]
-            value = value.quantize(Decimal("0.01"))
-    return f"-${abs(value):,}" if amount_musd < 0 else f"${abs(value):,}"
+    return money.format_usd(amount_musd, places, trim=True, grouping=True)
 
 
 @bp.app_template_filter("cents")
 def cents(amount: int | None) -> str:
     """Cents as dollars, e.g. 999 -> "$9.99"."""
-    return "-" if amount is None else usd(amount * costs.MUSD_PER_CENT, 2)
+    return "-" if amount is None else usd(money.cents_to_musd(amount), 2)
 
 
 @bp.app_template_filter("share")
@@ -92,33 +83,38 @@ def when(moment: datetime | None) -> str:
     return "-" if moment is None else f"{moment.astimezone(UTC):%Y-%m-%d %H:%M}"
 
 
-def _month_arg() -> str:
+def _month_arg() -> Month:
     """`?month=YYYY-MM`, default this month (UTC); a malformed one is a 400 with the reason."""
-    label = request.args.get("month") or ledger.month_of(utcnow())
-    if not MONTH.fullmatch(label):
+    label = request.args.get("month")
+    if not label:
+        return Month.of(utcnow())
+    try:
+        return Month.parse(label)
+    except ValueError:
         from werkzeug.exceptions import BadRequest
 
-        raise BadRequest("month must be YYYY-MM, e.g. 2026-11")
-    return label
+        raise BadRequest("month must be YYYY-MM, e.g. 2026-11") from None
 
 
-def _neighbours(label: str) -> tuple[str, str]:
-    year, month = (int(part) for part in label.split("-"))
-    before = f"{year - 1}-12" if month == 1 else f"{year}-{month - 1:02d}"
-    after = f"{year + 1}-01" if month == 12 else f"{year}-{month + 1:02d}"
-    return before, after
+def _is_month(text: str) -> bool:
+    """Whether `text` is a month "YYYY-MM"."""
+    try:
+        Month.parse(text)
+    except ValueError:
+        return False
+    return True
 
 
 def _catalog(app: Flask | None = None) -> Any:
-    return (app or current_app).extensions["bot_settings"].catalog
+    return bot_settings(app).catalog
 
 
 @bp.get("/")
 def overview() -> ResponseReturnValue:
     """The month's KPIs (docs/economy.md "Reports") and five charts: daily revenue against cost,
     profit distribution, level distribution, revenue mix, top intents by LLM cost."""
-    label = _month_arg()
-    report = month_report(db.session, label, _catalog())
+    month = _month_arg()
+    report = month_report(db.session, str(month), _catalog())
     drawn = {
         "daily": charts.daily_revenue_and_cost(report),
         "profit": charts.profit_distribution(report),
@@ -126,9 +122,8 @@ def overview() -> ResponseReturnValue:
         "mix": charts.revenue_mix(report),
         "intents": charts.top_intents(report),
     }
-    before, after = _neighbours(label)
     return render_template("admin/overview.html", report=report, charts=drawn,
-                           before=before, after=after)
+                           before=str(month.previous), after=str(month.next))
 
 
 @bp.get("/consent.csv")
@@ -159,7 +154,7 @@ def report_csv() -> ResponseReturnValue:
     the bearer token."""
     from app.admin.api import masked_phones
 
-    label = _month_arg()
+    label = str(_month_arg())
     report = month_report(db.session, label, _catalog())
     return Response(people_csv(report, masked_phones()), content_type="text/csv; charset=utf-8",
                     headers={"Content-Disposition": f'attachment; filename="report-{label}.csv"'})
@@ -206,7 +201,7 @@ def people() -> ResponseReturnValue:
     """The month's people: masked phone, level, balance, cost, revenue, profit; sortable
     (`?sort=` one of `SORTS`, `&dir=asc|desc`), searchable (`?q=`, see `search_filter`),
     `PAGE_SIZE` per page (`?page=`)."""
-    label = _month_arg()
+    label = str(_month_arg())
     sort = request.args.get("sort", "profit")
     if sort not in SORTS:
         sort = "profit"
@@ -260,7 +255,7 @@ def people_search() -> ResponseReturnValue:
         query = digits[-SEARCH_DIGITS:]
     month = request.form.get("month", "")
     return redirect(url_for(
-        "admin.people", month=month if MONTH.fullmatch(month) else None, q=query or None,
+        "admin.people", month=month if _is_month(month) else None, q=query or None,
         sort=request.form.get("sort") if request.form.get("sort") in SORTS else None,
         dir="asc" if request.form.get("dir") == "asc" else None), code=303)
 

@@ -33,12 +33,11 @@ from pathlib import Path
 from typing import Any
 
 import click
-from flask import Blueprint, Response, current_app, jsonify, redirect, request
+from flask import Blueprint, Response, jsonify, redirect, request
 from flask.cli import with_appcontext
 from flask.typing import ResponseReturnValue
 
-from app.extensions import db
-from bot.router import BotSettings
+from app.extensions import bot_settings, db
 from tokens.affiliates import (
     InvalidConversion,
     OfferNotAllowed,
@@ -75,7 +74,7 @@ def offer_redirect(token: str) -> ResponseReturnValue:
         302 to the allow-listed partner URL (with our click id); 404 for an unknown or expired
         token, a partner no longer in the catalog, or a partner URL the allow-list refuses.
     """
-    settings: BotSettings = current_app.extensions["bot_settings"]
+    settings = bot_settings()
     if _is_preview():
         # A link preview (WhatsApp, iMessage, Slack...) or a HEAD request is not a person
         # clicking: no click is recorded (it would count, and unlock answers).

@@ -11,7 +11,7 @@ from flask.typing import ResponseReturnValue
 from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 
-from app.extensions import db
+from app.extensions import db, migrations_directory
 from app.queue import redis_connection
 from app.schema import cached_schema_state
 
@@ -38,7 +38,7 @@ def readyz() -> ResponseReturnValue:
     try:
         session.execute(text("SELECT 1"))
         state = cached_schema_state(session.connection(),
-                                    current_app.extensions["migrate"].directory)
+                                    migrations_directory())
         checks["database"] = state.readiness()
         if state.blocks_serving:
             log.warning("readiness check failed: %s", state.problem())

@@ -15,11 +15,10 @@ import logging
 from flask import Blueprint, Flask, current_app, redirect, render_template
 from flask.typing import ResponseReturnValue
 from sqlalchemy import func, select, update
-from sqlalchemy.exc import IntegrityError
 
 from app.billing import payment_provider
-from app.extensions import db
-from bot.router import BotSettings
+from app.extensions import bot_settings, db
+from tokens.base import insert_once
 from tokens.catalog import Catalog
 from tokens.errors import CatalogError, PayLinkExpired, PayLinkNotFound
 from tokens.ledger import Account
@@ -31,7 +30,7 @@ log = logging.getLogger(__name__)
 
 
 def _unavailable(reason: str, status: int) -> ResponseReturnValue:
-    settings: BotSettings = current_app.extensions["bot_settings"]
+    settings = bot_settings()
     return render_template("pay_unavailable.html", reason=reason,
                            bot_name=settings.catalog.bot_name), status
 
@@ -74,7 +73,7 @@ def pay_link(token: str) -> ResponseReturnValue:
 @bp.get("/pay/<token>/done")
 def pay_done(token: str) -> ResponseReturnValue:
     """Where the provider sends the person back after paying."""
-    settings: BotSettings = current_app.extensions["bot_settings"]
+    settings = bot_settings()
     link = db.session.scalar(select(PayLink).where(PayLink.token == token))
     if link is None:
         return _unavailable("unknown", 404)
@@ -122,7 +121,7 @@ def checkout_request(catalog: Catalog, link: PayLink, public_id: str, base_url: 
 
 def _checkout(app: Flask, provider: PaymentProvider, link: PayLink) -> str:
     """The URL of the open checkout for `link`, creating it with the provider if needed."""
-    settings: BotSettings = app.extensions["bot_settings"]
+    settings = bot_settings(app)
     catalog = settings.catalog
     session = db.session
     existing = open_checkout_for(session, link)
@@ -150,12 +149,8 @@ def _checkout(app: Flask, provider: PaymentProvider, link: PayLink) -> str:
         external_id=created.external_id, url=created.url, status="open",
         expires_at=created.expires_at,
     )
-    try:
-        with session.begin_nested():
-            session.add(checkout)
-            session.flush()
-    except IntegrityError:
-        pass  # a concurrent click got the same session (same idempotency key) and stored it
+    # False: a concurrent click got the same session (same idempotency key) and stored it.
+    insert_once(session, checkout)
     session.commit()
     return created.url
 

@@ -24,8 +24,7 @@ from flask.typing import ResponseReturnValue
 from sqlalchemy import select
 
 from app.billing import apply_event, payment_provider
-from app.extensions import db
-from bot.router import BotSettings
+from app.extensions import bot_settings, db
 from tokens.ledger import Account
 from tokens.payments import Checkout, PayLink
 from tokens.providers import PaymentProvider, SandboxProvider
@@ -53,7 +52,7 @@ def _checkout(session_id: str) -> Checkout:
 def checkout_page(session_id: str) -> ResponseReturnValue:
     """The sandbox's checkout page: what is bought, for how much, and a Pay button."""
     app, _ = _sandbox()
-    settings: BotSettings = app.extensions["bot_settings"]
+    settings = bot_settings(app)
     checkout = _checkout(session_id)
     catalog = settings.catalog
     if checkout.mode == "subscription":

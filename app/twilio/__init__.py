@@ -16,7 +16,7 @@ import redis
 from flask import Blueprint, Flask, Response, current_app, request
 
 from app.billing import deliver_notices
-from app.extensions import db
+from app.extensions import bot_settings, db, outbound_settings
 from app.jobs import answer_inline
 from app.metrics import acknowledged
 from app.queue import answers_queue, enqueue_answer
@@ -25,7 +25,6 @@ from bot.channels.twilio import TwilioAdapter
 from bot.errors import InvalidInbound
 from bot.inbox import store_in_inbox
 from bot.outbound import apply_status
-from bot.router import BotSettings
 
 bp = Blueprint("twilio", __name__)
 log = logging.getLogger(__name__)
@@ -148,10 +147,10 @@ def status_callback() -> Response:
         update = _adapter().parse_status(request.form)
     except InvalidInbound as exc:
         return Response(f"{exc}\n", status=400, content_type="text/plain; charset=utf-8")
-    settings: BotSettings = current_app.extensions["bot_settings"]
+    settings = bot_settings()
     resends: list[int] = []
     apply_status(db.session, update, catalog=settings.catalog,
-                 settings=current_app.extensions["outbound"], resends=resends)
+                 settings=outbound_settings(), resends=resends)
     db.session.commit()
     # 63016 on a WhatsApp answer: it goes out again as the approved template (a job with
     # Redis, else now).

@@ -82,7 +82,7 @@ from tokens.errors import InsufficientTokens, UnknownAccount
 log = logging.getLogger(__name__)
 
 
-def find_contact(turn: Turn) -> None:
+def sender_contact(turn: Turn) -> None:
     """The person behind the sender, created with an account on first contact."""
     turn.contact = resolve_contact(turn.session, turn.msg.sender, turn.now,
                                    turn.settings.erased_key)
@@ -570,7 +570,7 @@ def defer_or_answer(turn: Turn) -> None:
 
 
 STEPS: tuple[Step, ...] = (
-    find_contact,
+    sender_contact,
     serialise,
     store_inbound,
     language,

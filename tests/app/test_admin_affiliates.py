@@ -10,10 +10,10 @@ from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import select
 
-from app.admin.ops import month_of
 from tests.app.admin_support import logged_in
 from tokens import ledger
 from tokens.affiliates import Click, issue_offer_links, record_click, record_conversion
+from tokens.periods import Month
 
 
 def cells(page: str, marker: str) -> list[str]:
@@ -43,8 +43,8 @@ def test_affiliates_page_shows_clicks_openings_states_and_the_approval_month(app
     catalog = app.extensions["bot_settings"].catalog
     account = ledger.open_account(session).id
     now = datetime.now(UTC)
-    this_month = month_of(None, now)
-    last_month = month_of(this_month.previous)
+    this_month = Month.of(now)
+    last_month = this_month.previous
     reported = last_month.start + timedelta(days=3)
     (partner, link), *_ = issue_offer_links(session, account, "meal_plan", catalog, now)
     hour = now.replace(minute=0, second=0, microsecond=0)
@@ -93,7 +93,7 @@ def test_affiliates_page_shows_clicks_openings_states_and_the_approval_month(app
     assert cells(clicks, f"#{account}")[-1] == "5"
     assert click_id not in page  # our sub-ids are not shown
 
-    page = client.get(f"/admin/affiliates?month={last_month.label}").get_data(as_text=True)
+    page = client.get(f"/admin/affiliates?month={last_month}").get_data(as_text=True)
     # Last month: conv-late and conv-back were reported; only conv-back's approval booked.
     assert kpi(page, "Conversions (attributed)") == "2"
     assert kpi(page, "Commission (revenue)") == "$3.00"

@@ -16,7 +16,7 @@ from flask.testing import FlaskClient
 from sqlalchemy import func, select
 
 from app import create_app
-from app.admin.ops import QUEUE_NAMES, last_line, money, month_of, usd_musd
+from app.admin.ops import MONTH_YEARS, QUEUE_NAMES, last_line, money, usd_musd
 from app.billing import apply_event, payment_provider
 from app.extensions import db
 from app.queue import QUEUE_NAME, answers_queue
@@ -38,6 +38,7 @@ from tokens.affiliates import Click, issue_offer_links, record_click, record_con
 from tokens.base import utcnow
 from tokens.payment_events import record_failure
 from tokens.payments import Checkout, FailedEvent, PaymentEvent
+from tokens.periods import Month
 
 PHONE = "+16505558893"
 PAGES = ("/admin/payments", "/admin/affiliates", "/admin/webhooks", "/admin/queues")
@@ -143,15 +144,15 @@ def test_amounts_are_formatted_with_integer_arithmetic():
 
 
 def test_month_parsing():
-    month = month_of("2026-12")
+    month = Month.parse("2026-12", years=MONTH_YEARS)
     assert (month.start, month.end) == (datetime(2026, 12, 1, tzinfo=UTC),
                                         datetime(2027, 1, 1, tzinfo=UTC))
-    assert (month.previous, month.next) == ("2026-11", "2027-01")
-    assert month_of("2026-01").previous == "2025-12"
-    assert month_of(None, datetime(2026, 3, 31, 23, 59, tzinfo=UTC)).label == "2026-03"
-    for bad in ("2026-13", "2026-1", "26-01", "2026-01-01", "x"):
+    assert (str(month.previous), str(month.next)) == ("2026-11", "2027-01")
+    assert str(Month.parse("2026-01", years=MONTH_YEARS).previous) == "2025-12"
+    assert str(Month.of(datetime(2026, 3, 31, 23, 59, tzinfo=UTC))) == "2026-03"
+    for bad in ("2026-13", "2026-1", "26-01", "2026-01-01", "x", "1999-12", "9999-01"):
         with pytest.raises(ValueError):
-            month_of(bad)
+            Month.parse(bad, years=MONTH_YEARS)
 
 
 # --- access -------------------------------------------------------------------------------
@@ -203,7 +204,7 @@ def test_payments_shows_the_months_checkouts_totals_and_subscriptions(app, sessi
     assert when.fullmatch(row[3])
     assert "active: 1" in subscriptions
 
-    other = month_of(None, now - timedelta(days=70)).label
+    other = Month.of(now - timedelta(days=70))
     page = text_of(client.get(f"/admin/payments?month={other}"))
     assert kpi(page, "Completed checkouts") == "1"
     assert kpi(page, "Paid (USD, 1)") == "$9.99"
@@ -275,7 +276,7 @@ def test_affiliates_shows_the_months_links_clicks_conversions_and_commission(app
     assert f'href="/admin/people/{account}"' in clicks
     assert click_id not in page  # our sub-ids are not shown
 
-    page = text_of(client.get(f"/admin/affiliates?month={month_of(None, earlier).label}"))
+    page = text_of(client.get(f"/admin/affiliates?month={Month.of(earlier)}"))
     assert kpi(page, "Offer links issued") == str(len(old_offers))
     assert kpi(page, "Clicks") == "0" and kpi(page, "Commission (revenue)") == "$0.00"
     assert client.get("/admin/affiliates?month=soon").status_code == 400

@@ -15,7 +15,7 @@ from sqlalchemy import func, select
 
 import tokens.affiliates  # noqa: F401  (registers the models until app/__init__ imports them)
 from app.affiliates import affiliates_group, bp
-from tokens import costs, ledger
+from tokens import costs, ledger, money
 from tokens.affiliates import (
     Click,
     Conversion,
@@ -216,8 +216,8 @@ def test_a_signed_postback_records_revenue_once_for_the_clicker(app, client, ses
     (row,) = conversions(session)
     assert (row.network, row.conversion_id, row.account_id, row.status, row.sale_amount_cents,
             row.commission_musd) == ("awin", "AW-1001", account, "approved", 4_500,
-                                     450 * costs.MUSD_PER_CENT)
-    assert affiliate_revenue(session, account) == 450 * costs.MUSD_PER_CENT
+                                     450 * money.MUSD_PER_CENT)
+    assert affiliate_revenue(session, account) == 450 * money.MUSD_PER_CENT
     assert affiliate_revenue(session, other) == 0
     assert session.scalar(select(func.count()).select_from(RevenueEntry)) == 1
 
@@ -416,7 +416,7 @@ def test_csv_import_is_idempotent_and_reports_bad_lines(app, client, runner, ses
     second = runner.invoke(args=["affiliates", "import", "awin", str(path)])
     assert "added 0, updated 0, repeated 2, errors 1" in second.output
     assert sorted(c.conversion_id for c in conversions(session)) == ["AW-1", "AW-2"]
-    assert affiliate_revenue(session, account) == 450 * costs.MUSD_PER_CENT
+    assert affiliate_revenue(session, account) == 450 * money.MUSD_PER_CENT
 
     clean = tmp_path / "clean.csv"
     clean.write_text("conversion_id,click_id,sale_amount,commission\n"

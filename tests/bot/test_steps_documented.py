@@ -9,7 +9,7 @@ from bot.router import steps
 
 # How the docstring names each step (the last one runs the skill and settles).
 NAMES = {
-    "find_contact": "contact", "serialise": "lock the account", "store_inbound": "store",
+    "sender_contact": "contact", "serialise": "lock the account", "store_inbound": "store",
     "language": "language", "inbound_flood": "inbound flood",
     "compliance_keywords": "compliance keywords", "silence_opted_out": "opted-out silence",
     "silence_suspended": "suspended silence", "rate_limit": "rate limit",

@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session
 
 import tokens.affiliates  # noqa: F401  (registers the models until app/__init__ imports them)
 from app.extensions import db
-from tokens import costs, ledger
+from tokens import costs, ledger, money
 from tokens.affiliates import (
     CONVERSION_STATES,
     OFFER_LINK_TTL,
@@ -292,7 +292,7 @@ def test_a_conversion_is_revenue_of_the_clicker_once(session, account):
     assert (row.network, row.conversion_id, row.click_id, row.account_id, row.partner_code,
             row.sale_amount_cents, row.commission_musd, row.status, row.approved_at,
             row.booked_musd) == (
-        "awin", "conv-1", click_id, account, "freshbox", 4_500, 450 * costs.MUSD_PER_CENT,
+        "awin", "conv-1", click_id, account, "freshbox", 4_500, 450 * money.MUSD_PER_CENT,
         "approved", NOV, 4_500_000)
     assert affiliate_revenue(session, account) == 4_500_000
     assert affiliate_revenue(session, other) == 0
@@ -567,11 +567,11 @@ def test_csv_import_is_idempotent_and_reports_bad_lines(session, account):
     assert errors[3].startswith("line 8: commission")
     session.commit()
     assert sorted(session.scalars(select(Conversion.conversion_id))) == ["c-1", "c-2"]
-    assert affiliate_revenue(session, account) == 450 * costs.MUSD_PER_CENT
+    assert affiliate_revenue(session, account) == 450 * money.MUSD_PER_CENT
 
     again = import_csv(session, "awin", text, NOV)
     assert (again.added, again.updated, again.repeated, len(again.errors)) == (0, 0, 3, 4)
-    assert affiliate_revenue(session, account) == 450 * costs.MUSD_PER_CENT
+    assert affiliate_revenue(session, account) == 450 * money.MUSD_PER_CENT
 
 
 def test_csv_columns_may_come_in_any_order_with_extras(session, account):
@@ -579,7 +579,7 @@ def test_csv_columns_may_come_in_any_order_with_extras(session, account):
     text = ("Commission,Sale_Amount,status,click_id,conversion_id,Region\r\n"
             f"2.00,20.00,approved,{click_id},c-9,EU\r\n")
     assert tuple(import_csv(session, "cj", text, NOV)) == (1, 0, 0, [])
-    assert affiliate_revenue(session, account) == 200 * costs.MUSD_PER_CENT
+    assert affiliate_revenue(session, account) == 200 * money.MUSD_PER_CENT
 
 
 def test_csv_reports_move_conversions_pending_approved_reversed(session, account):

@@ -16,7 +16,7 @@ import pytest
 from sqlalchemy import func, select
 
 from tests.support.stripe_standin import PAYMENT_INTENTS, StripeStandIn, event_for
-from tokens import auto_topup, costs, ledger
+from tokens import auto_topup, costs, ledger, money
 from tokens.auto_topup import AutoTopup
 from tokens.catalog import load_catalog
 from tokens.payment_events import EventContext, receive_event
@@ -164,7 +164,7 @@ def test_a_crossing_charges_the_saved_card_and_credits_the_pack_once(session, st
     assert (notice.kind, notice.params["tokens"], notice.params["available"]) == (
         "auto_topup_credited", 120, 120)
     assert available(session, ana) == 120
-    assert revenue_musd(session, ana) == 500 * costs.MUSD_PER_CENT
+    assert revenue_musd(session, ana) == 500 * money.MUSD_PER_CENT
 
     [request] = stripe_api.requests_to(PAYMENT_INTENTS)
     assert request["idempotency_key"] == found.key
@@ -179,7 +179,7 @@ def test_a_crossing_charges_the_saved_card_and_credits_the_pack_once(session, st
     again = webhook(session, intent)
     assert again is not None and again.outcome == "already credited" and not again.notices
     assert available(session, ana) == 120
-    assert revenue_musd(session, ana) == 500 * costs.MUSD_PER_CENT
+    assert revenue_musd(session, ana) == 500 * money.MUSD_PER_CENT
     # Settling the same result again (a retried job): nothing more either.
     assert auto_topup.settle(session, found, result, CATALOG, NOV).kind == "already_credited"
     session.commit()
@@ -202,7 +202,7 @@ def test_the_webhook_first_credits_and_settle_then_credits_nothing(session, stri
     session.commit()
     assert (settled.kind, settled.notices) == ("already_credited", ())
     assert available(session, ana) == 120
-    assert revenue_musd(session, ana) == 500 * costs.MUSD_PER_CENT
+    assert revenue_musd(session, ana) == 500 * money.MUSD_PER_CENT
 
 
 def test_the_same_crossing_retried_never_charges_twice(session, stripe_api, stripe):

@@ -24,7 +24,7 @@ from sqlalchemy import func, select
 
 from tests.support.stripe_standin import load_fixture
 from tests.tokens.ledger_checks import assert_consistent
-from tokens import costs, ledger
+from tokens import costs, ledger, money
 from tokens.catalog import load_catalog
 from tokens.payment_events import EventContext, receive_event
 from tokens.payments import Checkout, Invoice, PaymentDispute, ProviderPayment, Subscription
@@ -116,7 +116,7 @@ def state(session, account_id: int) -> tuple[int, int, int]:
     """(posted tokens, held tokens, pack revenue in cents)."""
     session.expire_all()
     balance = ledger.balance(session, account_id, NOV)
-    return balance.posted, balance.held, revenue(session, account_id) // costs.MUSD_PER_CENT
+    return balance.posted, balance.held, revenue(session, account_id) // money.MUSD_PER_CENT
 
 
 # --- worked examples ----------------------------------------------------------------------
@@ -171,7 +171,7 @@ def test_a_lost_dispute_then_a_refund_reverses_the_money_once(session):
     reversals = session.scalars(select(costs.RevenueEntry.amount_musd).where(
         costs.RevenueEntry.account_id == sale.account_id,
         costs.RevenueEntry.amount_musd < 0)).all()
-    assert reversals == [-AMOUNT * costs.MUSD_PER_CENT]
+    assert reversals == [-AMOUNT * money.MUSD_PER_CENT]
     assert_consistent(session, sale.account_id, NOV)
 
 
@@ -272,7 +272,7 @@ def test_a_refunded_premium_invoice_claws_back_its_grant_in_proportion(session, 
         deliver(session, body)
     session.expire_all()
     assert ledger.balance(session, account_id, NOV).by_bucket == {"subscription": 60}
-    assert revenue(session, account_id, "subscription") == 250 * costs.MUSD_PER_CENT
+    assert revenue(session, account_id, "subscription") == 250 * money.MUSD_PER_CENT
     invoice = session.scalar(select(Invoice).where(Invoice.external_id == invoice_id))
     assert (invoice.amount_cents, invoice.tokens, invoice.account_id) == (
         AMOUNT, 120, account_id)
