@@ -809,10 +809,21 @@ def _keep_invoice(session: Session, obj: dict[str, Any], invoice_id: str, accoun
     currency = str(obj.get("currency") or "usd").lower()[:3]
     row = Invoice(provider=ctx.provider, external_id=invoice_id, account_id=account_id,
                   subscription_id=_invoice_subscription_id(obj), amount_cents=paid,
-                  currency=currency, tokens=tokens, paid_at=ctx.now)
+                  currency=currency, tokens=tokens, paid_at=ctx.now,
+                  receipt_url=receipt_url(obj.get("hosted_invoice_url")))
     session.add(row)
     session.flush()
     return row
+
+
+def receipt_url(value: Any) -> str | None:
+    """A receipt or invoice page the provider gave (`hosted_invoice_url`), kept only when it
+    is an https URL of reasonable length: the account page links it, so nothing else may
+    pass (no `javascript:`, no plain http)."""
+    if isinstance(value, str) and value.startswith("https://") and len(value) <= 2000 \
+            and not any(c.isspace() for c in value):
+        return value
+    return None
 
 
 def _subscription_checkout(session: Session, obj: dict[str, Any], checkout: Checkout,

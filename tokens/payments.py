@@ -220,6 +220,8 @@ class Invoice(Base):
         amount_cents, currency: `amount_paid` as the provider reported it (minor unit).
         tokens: the grant it gave (ledger key `invoice:<external id>`), from the catalog.
         grant_key: that ledger key.
+        receipt_url: the provider's page of the paid invoice (Stripe's `hosted_invoice_url`),
+            shown on the person's account page; None when the event carried none.
     """
 
     __tablename__ = "invoices"
@@ -236,6 +238,7 @@ class Invoice(Base):
     currency: Mapped[str] = mapped_column(String(3))
     tokens: Mapped[int] = mapped_column(Integer)
     paid_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    receipt_url: Mapped[str | None] = mapped_column(Text)
 
     @property
     def grant_key(self) -> str:
