@@ -393,7 +393,7 @@ def _date(moment: datetime | None) -> str:
 
 @bp.app_template_filter("account_when")
 def _when(moment: datetime) -> str:
-    return f"{replies.date_text(moment, _lang())}, {moment:%H:%M}"
+    return f"{replies.date_text(moment, _lang())}, {moment:%H:%M} UTC"
 
 
 @bp.app_template_global("intent_label")
