@@ -36,7 +36,7 @@ from tests.support.twilio_standin import TwilioStandIn
 from tests.tokens.ledger_checks import assert_consistent
 from tokens import costs, ledger
 from tokens.ledger import Hold
-from tokens.payments import Checkout, PaymentEvent, Subscription
+from tokens.payments import Checkout, Invoice, PaymentEvent, Subscription
 
 SECRET = "whsec_test_0123456789"
 API_KEY = "stand-in-stripe-key"
@@ -434,6 +434,10 @@ def test_each_paid_invoice_grants_the_monthly_tokens_once(client, session, strip
     balance = ledger.balance(session, account)
     assert balance.by_bucket == {"free": 100, "subscription": 120}
     assert costs.month(session, account).revenue_subscription_musd == 5_000_000
+    # The paid invoice's page is kept as its receipt (the account page links it).
+    receipt = session.scalar(select(Invoice.receipt_url).where(Invoice.external_id == "in_test_1"))
+    assert receipt == paid["data"]["object"]["hosted_invoice_url"]
+    assert receipt.startswith("https://invoice.stripe.com/")
     # The old API shape names the subscription on the invoice itself.
     old = edited("stripe_ruby_mock/invoice.paid.json", "evt_inv_old", id="in_test_2",
                  amount_paid=500, subscription="sub_test_1", billing_reason="subscription_cycle")
