@@ -382,6 +382,26 @@ def payment_intent_succeeded(session: Session, event: dict[str, Any], ctx: Event
 # --- refunds and disputes ------------------------------------------------------------------
 
 
+@handles("charge.succeeded")
+def charge_succeeded(session: Session, event: dict[str, Any], ctx: EventContext
+                     ) -> EventResult:
+    """Keep the charge's receipt page (`receipt_url`, https only) on its payment, for the
+    person's account page. The payment row is found or made by its payment intent, like a
+    refund's, so the receipt is kept whichever of this and the checkout's completion comes
+    first; nothing else changes (the checkout's events credit the pack)."""
+    obj = _object(event)
+    charge_id = _id(obj.get("id"))
+    if charge_id is None:
+        return EventResult("ignored: a charge without a usable id")
+    url = receipt_url(obj.get("receipt_url"))
+    if url is None:
+        return EventResult("ignored: no receipt")
+    payment = _lock_payment(session, ctx, _id(obj.get("payment_intent")), charge_id)
+    payment.receipt_url = url
+    payment.updated_at = ctx.now
+    return EventResult("receipt kept")
+
+
 @handles("charge.refunded")
 def charge_refunded(session: Session, event: dict[str, Any], ctx: EventContext
                     ) -> EventResult:
@@ -395,6 +415,7 @@ def charge_refunded(session: Session, event: dict[str, Any], ctx: EventContext
         return EventResult("ignored: a charge without a usable id")
     payment = _payment_of(session, ctx, _id(obj.get("payment_intent")), charge_id,
                           invoice_id=_id(obj.get("invoice")))
+    payment.receipt_url = receipt_url(obj.get("receipt_url")) or payment.receipt_url
     refunded = _cents(obj.get("amount_refunded")) or 0
     if refunded <= payment.refunded_cents:
         return EventResult("already processed")

@@ -232,21 +232,28 @@ def recent_charges(session: Session, account_id: int, limit: int = RECENT_CHARGE
 def purchases_of(session: Session, account_id: int, limit: int = RECENT_PURCHASES
                  ) -> tuple[PurchaseLine, ...]:
     """Paid packs and auto top-ups (completed `Checkout`s of mode "payment") and paid months
-    of premium (`Invoice`s), newest first, with what was refunded and the receipt link."""
-    checkouts = session.scalars(
-        select(payments.Checkout)
+    of premium (`Invoice`s), newest first, with what was refunded (the larger of the
+    checkout's and its provider payment's figure) and the receipt link: an invoice's page, or
+    the charge's receipt kept on its `ProviderPayment`."""
+    checkouts = session.execute(
+        select(payments.Checkout, payments.ProviderPayment.refunded_cents,
+               payments.ProviderPayment.receipt_url)
+        .outerjoin(payments.ProviderPayment,
+                   payments.ProviderPayment.checkout_id == payments.Checkout.id)
         .where(payments.Checkout.account_id == account_id,
                payments.Checkout.status == "completed", payments.Checkout.mode == "payment")
-        .order_by(payments.Checkout.id.desc()).limit(limit)).all()
+        .order_by(payments.Checkout.id.desc()).limit(limit)).tuples().all()
     lines = [PurchaseLine(
         kind="auto_topup" if checkout.pay_link_id is None else "pack",
         item_code=checkout.item_code, amount_cents=checkout.amount_cents,
         currency=checkout.currency, tokens=checkout.tokens + checkout.bonus_tokens,
-        refunded_cents=checkout.refunded_cents,
-        at=checkout.completed_at or checkout.created_at, receipt_url=None)
-        for checkout in checkouts]
+        refunded_cents=min(max(checkout.refunded_cents, int(refunded or 0)),
+                           checkout.amount_cents),
+        at=checkout.completed_at or checkout.created_at, receipt_url=receipt)
+        for checkout, refunded, receipt in checkouts]
     invoices = session.execute(
-        select(payments.Invoice, payments.ProviderPayment.refunded_cents)
+        select(payments.Invoice, payments.ProviderPayment.refunded_cents,
+               payments.ProviderPayment.receipt_url)
         .outerjoin(payments.ProviderPayment,
                    payments.ProviderPayment.invoice_id == payments.Invoice.id)
         .where(payments.Invoice.account_id == account_id)
@@ -255,8 +262,8 @@ def purchases_of(session: Session, account_id: int, limit: int = RECENT_PURCHASE
         kind="premium", item_code=invoice.subscription_id or "", amount_cents=invoice.amount_cents,
         currency=invoice.currency, tokens=invoice.tokens,
         refunded_cents=min(int(refunded or 0), invoice.amount_cents), at=invoice.paid_at,
-        receipt_url=invoice.receipt_url)
-        for invoice, refunded in invoices]
+        receipt_url=invoice.receipt_url or receipt)
+        for invoice, refunded, receipt in invoices]
     lines.sort(key=lambda line: line.at, reverse=True)
     return tuple(lines[:limit])
 

@@ -1,13 +1,15 @@
 """a person's own account page (issue #20): `account_links`, `account_actions`, and the
-receipt link of a paid premium invoice
+receipt links of payments
 
 `account_links`: one row per link sent by ACCOUNT / CUENTA: the SHA-256 of its token (never
 the token), the account, when it was sent, its expiry (15 minutes later) and when it was last
 opened. `account_actions`: one row per action taken from the page, keyed by the form's random
 key (unique), so a double submit acts once; `result` is where the first submit sent the
-person. `invoices.receipt_url`: Stripe's `hosted_invoice_url` of a paid premium invoice.
+person. `invoices.receipt_url`: Stripe's `hosted_invoice_url` of a paid premium invoice;
+`provider_payments.receipt_url`: a charge's `receipt_url` (`charge.succeeded`,
+`charge.refunded`).
 
-Downgrade drops the two tables and the column (the page's links stop working; receipts are
+Downgrade drops the two tables and the columns (the page's links stop working; receipts are
 still at Stripe).
 
 Revision ID: 0015
@@ -60,9 +62,13 @@ def upgrade():
 
     with op.batch_alter_table('invoices', schema=None) as batch_op:
         batch_op.add_column(sa.Column('receipt_url', sa.Text(), nullable=True))
+    with op.batch_alter_table('provider_payments', schema=None) as batch_op:
+        batch_op.add_column(sa.Column('receipt_url', sa.Text(), nullable=True))
 
 
 def downgrade():
+    with op.batch_alter_table('provider_payments', schema=None) as batch_op:
+        batch_op.drop_column('receipt_url')
     with op.batch_alter_table('invoices', schema=None) as batch_op:
         batch_op.drop_column('receipt_url')
     with op.batch_alter_table('account_actions', schema=None) as batch_op:
