@@ -160,8 +160,6 @@ def open_link(token: str) -> ResponseReturnValue:
     db.session.commit()
     # Only this page's keys change: whatever else the cookie holds (an admin's session) stays,
     # and another account's page session in this browser is replaced, never mixed.
-    g.pop("csrf_token", None)
-    session.pop("csrf_token", None)
     session[LINK_KEY] = link_id
     session[UNTIL_KEY] = int(time.time() + account_links.LINK_TTL.total_seconds())
     return redirect(url_for("account.page"), code=303)
