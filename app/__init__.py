@@ -43,6 +43,7 @@ def create_app(config_class: type[Config] = Config) -> Flask:
 
     # The models must be imported before the metadata is used by Flask-Migrate.
     import bot.models  # noqa: F401
+    import tokens.account_links  # noqa: F401
     import tokens.admin  # noqa: F401
     import tokens.affiliates  # noqa: F401
     import tokens.costs  # noqa: F401
@@ -108,6 +109,7 @@ def create_app(config_class: type[Config] = Config) -> Flask:
         )
 
 
+    from app.account import bp as account_bp
     from app.admin import api_bp as admin_api_bp
     from app.admin import pages_bp as admin_pages_bp
     from app.affiliates import bp as affiliates_bp
@@ -122,6 +124,7 @@ def create_app(config_class: type[Config] = Config) -> Flask:
 
     app.register_blueprint(twilio_bp)
     app.register_blueprint(pay_bp)
+    app.register_blueprint(account_bp)
     app.register_blueprint(sandbox_bp)
     app.register_blueprint(stripe_bp)
     app.register_blueprint(affiliates_bp)

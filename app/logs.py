@@ -13,7 +13,8 @@ Every module logs through `logging.getLogger(__name__)` with `extra={...}` field
   passes one.
 
 No bearer secret either: the routes in `BEARER_ROUTES` carry one in their path (a pay link's
-token, an affiliate link's token, a sandbox checkout's id: whoever has the URL can use it).
+token, an affiliate link's token, a sandbox checkout's id, an account link's token: whoever
+has the URL can use it).
 `mask_bearer_paths(app)` masks it (`/pay/***`, query string `?***`) in gunicorn's access log
 (the WSGI environ it reads), werkzeug's (`flask run`) and gunicorn's error log (a logging
 filter), and this module's lines (`redact_bearer_paths`), all from the one `BEARER_PATH`.
@@ -40,9 +41,10 @@ _HANDLER_NAME = "structlog"
 
 # The routes whose path segment after the prefix is a bearer secret: `/pay/<token>` (and
 # `/pay/<token>/done`), `/r/<token>` (affiliate links), `/sandbox/checkout/<session_id>` (and its
-# `/pay`). Their query strings are masked too. The one list every mask below is built from;
+# `/pay`), `/account/link/<token>` (a person's account page, ACCOUNT). Their query strings are
+# masked too. The one list every mask below is built from;
 # tests/app/test_bearer_logs.py fails when a new route with a path variable is not classified.
-BEARER_ROUTES = ("/pay", "/r", "/sandbox/checkout")
+BEARER_ROUTES = ("/pay", "/r", "/sandbox/checkout", "/account/link")
 MASK = "***"
 _ROUTES = "|".join("/+".join(map(re.escape, route.strip("/").split("/")))
                    for route in BEARER_ROUTES)  # "pay|r|sandbox/+checkout"

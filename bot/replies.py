@@ -432,6 +432,12 @@ def payment_required_text(catalog: Catalog, available: int, url: str, now: datet
                  price=pack.price_display, url=url, renewal=renewal_date(now, lang))
 
 
+def account_text(catalog: Catalog, url: str, lang: str = DEFAULT_LANGUAGE) -> str:
+    """ACCOUNT / CUENTA: the link to the person's own account page (usage, charges, plan,
+    settings), which works for 15 minutes and only for them (docs/account.md)."""
+    return reply("account", lang, bot_name=catalog.bot_name, url=url)
+
+
 def language_set_text(lang: str) -> str:
     """LANGUAGE EN / IDIOMA ES: the confirmation, in the language just chosen."""
     return reply("language_set", lang)

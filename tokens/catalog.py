@@ -25,7 +25,8 @@ from tokens.errors import CatalogError
 from tokens.money import format_cents, usd_to_musd
 
 DEFAULT_CATALOG_PATH = Path(__file__).with_name("economy.yaml")
-COMMAND_NAMES = ("balance", "buy", "more", "premium", "language", "auto_on", "auto_off")
+COMMAND_NAMES = ("balance", "buy", "more", "premium", "language", "auto_on", "auto_off",
+                 "account")
 LANGUAGES = ("en", "es")
 """The languages the bot speaks (its replies: `bot/content/replies.yaml`); the first is the
 default."""
@@ -325,7 +326,8 @@ class Catalog:
         free_monthly_allowance: tokens granted per person and calendar month (UTC).
         intents: priced intents in precedence order (first match wins).
         default_intent: the intent of a message that matches no pattern.
-        commands: free command name ("balance", "buy", "more", "premium", "language") ->
+        commands: free command name (`COMMAND_NAMES`: "balance", "buy", "more", "premium",
+            "language", "auto_on", "auto_off", "account") ->
             the normalised whole messages that are that command. "language" holds every form
             of `language_choices`.
         language_choices: a normalised whole message of the language command -> the language

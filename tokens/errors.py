@@ -51,6 +51,15 @@ class PayLinkExpired(TokensError):
     """The pay link exists but its expiry has passed (docs/payments.md: default 72 h; 410)."""
 
 
+class AccountLinkNotFound(TokensError):
+    """No account link has this token (docs/account.md, "The link": a clear 404 page)."""
+
+
+class AccountLinkExpired(TokensError):
+    """The account link exists but its 15 minutes have passed (docs/account.md, "The link":
+    a clear 410 page that says to text ACCOUNT again)."""
+
+
 class LedgerInvariantBroken(TokensError):
     """The cached balance disagrees with the sum of the entries.
 

@@ -373,6 +373,26 @@ def payment_intent_succeeded(session: Session, event: dict[str, Any], ctx: Event
 # --- refunds and disputes ------------------------------------------------------------------
 
 
+@handles("charge.succeeded")
+def charge_succeeded(session: Session, event: dict[str, Any], ctx: EventContext
+                     ) -> EventResult:
+    """Keep the charge's receipt page (`receipt_url`, https only) on its payment, for the
+    person's account page. The payment row is found or made by its payment intent, like a
+    refund's, so the receipt is kept whichever of this and the checkout's completion comes
+    first; nothing else changes (the checkout's events credit the pack)."""
+    obj = _object(event)
+    charge_id = _id(obj.get("id"))
+    if charge_id is None:
+        return EventResult("ignored: a charge without a usable id")
+    url = receipt_url(obj.get("receipt_url"))
+    if url is None:
+        return EventResult("ignored: no receipt")
+    payment = _lock_payment(session, ctx, _id(obj.get("payment_intent")), charge_id)
+    payment.receipt_url = url
+    payment.updated_at = ctx.now
+    return EventResult("receipt kept")
+
+
 @handles("charge.refunded")
 def charge_refunded(session: Session, event: dict[str, Any], ctx: EventContext
                     ) -> EventResult:
@@ -386,6 +406,7 @@ def charge_refunded(session: Session, event: dict[str, Any], ctx: EventContext
         return EventResult("ignored: a charge without a usable id")
     payment = _payment_of(session, ctx, _id(obj.get("payment_intent")), charge_id,
                           invoice_id=_id(obj.get("invoice")))
+    payment.receipt_url = receipt_url(obj.get("receipt_url")) or payment.receipt_url
     refunded = _cents(obj.get("amount_refunded")) or 0
     if refunded <= payment.refunded_cents:
         return EventResult("already processed")
@@ -796,10 +817,21 @@ def _keep_invoice(session: Session, obj: dict[str, Any], invoice_id: str, accoun
     currency = str(obj.get("currency") or "usd").lower()[:3]
     row = Invoice(provider=ctx.provider, external_id=invoice_id, account_id=account_id,
                   subscription_id=_invoice_subscription_id(obj), amount_cents=paid,
-                  currency=currency, tokens=tokens, paid_at=ctx.now)
+                  currency=currency, tokens=tokens, paid_at=ctx.now,
+                  receipt_url=receipt_url(obj.get("hosted_invoice_url")))
     session.add(row)
     session.flush()
     return row
+
+
+def receipt_url(value: Any) -> str | None:
+    """A receipt or invoice page the provider gave (`hosted_invoice_url`), kept only when it
+    is an https URL of reasonable length: the account page links it, so nothing else may
+    pass (no `javascript:`, no plain http)."""
+    if isinstance(value, str) and value.startswith("https://") and len(value) <= 2000 \
+            and not any(c.isspace() for c in value):
+        return value
+    return None
 
 
 def _subscription_checkout(session: Session, obj: dict[str, Any], checkout: Checkout,

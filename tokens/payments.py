@@ -220,6 +220,8 @@ class Invoice(Base):
         amount_cents, currency: `amount_paid` as the provider reported it (minor unit).
         tokens: the grant it gave (ledger key `invoice:<external id>`), from the catalog.
         grant_key: that ledger key.
+        receipt_url: the provider's page of the paid invoice (Stripe's `hosted_invoice_url`),
+            shown on the person's account page; None when the event carried none.
     """
 
     __tablename__ = "invoices"
@@ -236,6 +238,7 @@ class Invoice(Base):
     currency: Mapped[str] = mapped_column(String(3))
     tokens: Mapped[int] = mapped_column(Integer)
     paid_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    receipt_url: Mapped[str | None] = mapped_column(Text)
 
     @property
     def grant_key(self) -> str:
@@ -257,6 +260,9 @@ class ProviderPayment(Base):
             (`amount_refunded`), cents.
         settled_cents: the money gone that tokens and revenue already reflect, cents:
             min(amount paid, refunded + lost disputes), once the payment is applied.
+        receipt_url: the charge's receipt page at the provider (Stripe's `receipt_url`, from
+            `charge.succeeded` or `charge.refunded`), shown on the person's account page;
+            None until an event carried one.
     """
 
     __tablename__ = "provider_payments"
@@ -278,6 +284,7 @@ class ProviderPayment(Base):
     invoice_id: Mapped[int | None] = mapped_column(ForeignKey("invoices.id"), index=True)
     refunded_cents: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
     settled_cents: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    receipt_url: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
 

@@ -8,9 +8,9 @@
 
 Every reply is in the person's language (`Contact.language`, `bot.contacts.note_language`).
 Compliance keywords come first and are free; after STOP nothing is charged or sent. Free
-commands (BALANCE, BUY, BUY PREMIUM, MORE, LANGUAGE) and small talk ("thanks", "ok") never
-reach pricing. The level (`tokens.tiers`) decides what the
-answer may cost: a cheaper LLM tier, templates, partner offers, or a pay link instead. The
+commands (BALANCE, BUY, BUY PREMIUM, AUTO ON/OFF, ACCOUNT, MORE, LANGUAGE) and small talk
+("thanks", "ok") never reach pricing. The level (`tokens.tiers`) decides what the answer may
+cost: a cheaper LLM tier, templates, partner offers, or a pay link instead. The
 price is held before the skill runs (`hold:<MessageSid>`) and captured (`debit:<MessageSid>`)
 only when the skill answered; a skill that fails voids the hold, so a repeat delivery or a
 failed skill charges nothing. Every turn locks the person's account row first.
@@ -74,7 +74,7 @@ from bot.router.turn import (
     Step,
     Turn,
 )
-from tokens import auto_topup, costs, ledger, payments, tiers
+from tokens import account_links, auto_topup, costs, ledger, payments, tiers
 from tokens.base import UTCDateTime, insert_on_conflict, utcnow
 from tokens.catalog import normalise_command
 from tokens.errors import InsufficientTokens, UnknownAccount
@@ -349,17 +349,18 @@ def monthly_allowance(turn: Turn) -> None:
 def past_the_cutoff(turn: Turn) -> None:
     """Past the cutoff (README, "How service steps down"), the bot's other free replies
     (MORE, LANGUAGE, small talk, "tell me in words") draw on the daily budget of free
-    replies, then stop: what a non-paying person costs stays bounded. BALANCE, BUY and BUY
-    PREMIUM have a daily budget of their own (`billing_replies_per_day`, default 5): the
-    free replies never use it up, so the way out of the cutoff is not silenced (issue #16),
-    and what these replies cost stays within the loss bound
+    replies, then stop: what a non-paying person costs stays bounded. BALANCE, BUY, BUY
+    PREMIUM, AUTO ON/OFF and ACCOUNT have a daily budget of their own
+    (`billing_replies_per_day`, default 5): the free replies never use it up, so the way
+    out of the cutoff is not silenced (issue #16), and what these replies cost stays within
+    the loss bound
     (`tiers.monthly_loss_ceiling_musd`). Priced requests are decided in `choose_level`;
     HELP, STOP and START, answered before this step, draw on the budget of free replies."""
     catalog = turn.catalog
     command = normalise_command(turn.msg.text)
     commands = catalog.commands
     billing = command in (commands["balance"] | commands["buy"] | commands["premium"]
-                          | commands["auto_on"] | commands["auto_off"])
+                          | commands["auto_on"] | commands["auto_off"] | commands["account"])
     if (not billing and turn.msg.text.strip() and command not in catalog.command_words
             and read_small_talk(turn) is None):
         return  # a priced request: `choose_level` decides
@@ -380,8 +381,10 @@ def no_text(turn: Turn) -> None:
 
 
 def free_commands(turn: Turn) -> None:
-    """BALANCE, BUY, BUY PREMIUM, AUTO ON, AUTO OFF, MORE and LANGUAGE (and their Spanish
-    forms): whole-message matches, free, in the person's language."""
+    """BALANCE, BUY, BUY PREMIUM, AUTO ON, AUTO OFF, ACCOUNT, MORE and LANGUAGE (and their
+    Spanish forms): whole-message matches, free, in the person's language. ACCOUNT sends a
+    link to the person's own account page, for them only and for 15 minutes
+    (`tokens.account_links`, docs/account.md)."""
     command = normalise_command(turn.msg.text)
     catalog, lang = turn.catalog, turn.language
     commands = catalog.commands
@@ -394,6 +397,10 @@ def free_commands(turn: Turn) -> None:
         raise ReplyNow("premium", _premium_reply(turn))
     if command in commands["auto_on"] | commands["auto_off"]:
         raise ReplyNow("auto_topup", _auto_topup_reply(turn, on=command in commands["auto_on"]))
+    if command in commands["account"]:
+        link = account_links.issue_link(turn.session, turn.account_id, turn.now)
+        raise ReplyNow("account", replies.account_text(
+            catalog, turn.settings.account_url(link.token), lang))
     if command in commands["more"]:
         assert turn.contact is not None
         if turn.contact.more_text:

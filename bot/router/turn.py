@@ -79,6 +79,10 @@ class BotSettings:
         """The public URL of a pay link token."""
         return f"{self.public_base_url.rstrip('/')}/pay/{token}"
 
+    def account_url(self, token: str) -> str:
+        """The public URL of an account link token (ACCOUNT, `tokens.account_links`)."""
+        return f"{self.public_base_url.rstrip('/')}/account/link/{token}"
+
 
 @dataclass(frozen=True)
 class Outcome:
@@ -87,7 +91,8 @@ class Outcome:
     Attributes:
         kind: "duplicate", "flooded" (inbound past `inbound_flood_per_day` today), "opted_out",
             "suspended", "throttled", "opt_out", "opt_in", "help",
-            "no_text", "balance", "buy", "premium", "auto_topup" (AUTO ON / AUTO OFF), "more",
+            "no_text", "balance", "buy", "premium", "auto_topup" (AUTO ON / AUTO OFF),
+            "account" (ACCOUNT: the account page's link), "more",
             "language" (LANGUAGE / IDIOMA),
             "small_talk" (thanks, ok, an emoji, "stop sending me messages", "cancel my
             subscription": free), "insufficient", "refused" (PAYMENT_REQUIRED), "offers"

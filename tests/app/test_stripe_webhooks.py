@@ -36,7 +36,7 @@ from tests.support.twilio_standin import TwilioStandIn
 from tests.tokens.ledger_checks import assert_consistent
 from tokens import costs, ledger
 from tokens.ledger import Hold
-from tokens.payments import Checkout, PaymentEvent, Subscription
+from tokens.payments import Checkout, Invoice, PaymentEvent, Subscription
 
 SECRET = "whsec_test_0123456789"
 API_KEY = "stand-in-stripe-key"
@@ -275,7 +275,10 @@ def test_a_bad_signature_is_a_400_that_changes_nothing(client, session, problem)
 
 
 def test_an_unknown_event_type_is_kept_and_ignored(client, session):
-    response = post_event(client, fixture("stripe_ruby_mock/charge.succeeded.json"))
+    # A real event of a type no handler takes (charge.succeeded is handled: receipts).
+    event = edited("stripe_ruby_mock/charge.succeeded.json", "evt_captured")
+    event["type"] = "charge.captured"
+    response = post_event(client, event)
     assert response.status_code == 200 and response.get_json()["outcome"] == \
         "ignored: no handler"
     assert events_stored(session) == 1
@@ -434,6 +437,10 @@ def test_each_paid_invoice_grants_the_monthly_tokens_once(client, session, strip
     balance = ledger.balance(session, account)
     assert balance.by_bucket == {"free": 100, "subscription": 120}
     assert costs.month(session, account).revenue_subscription_musd == 5_000_000
+    # The paid invoice's page is kept as its receipt (the account page links it).
+    receipt = session.scalar(select(Invoice.receipt_url).where(Invoice.external_id == "in_test_1"))
+    assert receipt == paid["data"]["object"]["hosted_invoice_url"]
+    assert receipt.startswith("https://invoice.stripe.com/")
     # The old API shape names the subscription on the invoice itself.
     old = edited("stripe_ruby_mock/invoice.paid.json", "evt_inv_old", id="in_test_2",
                  amount_paid=500, subscription="sub_test_1", billing_reason="subscription_cycle")
@@ -683,3 +690,32 @@ def test_a_cancellation_at_the_period_end_says_when_premium_ends(client, session
                               "evt_sub_cancel", id="sub_test_1", status="active"))
     [notice] = twilio_api.accepted
     assert "is cancelled and ends on" in notice["Body"]
+
+
+# --- receipts (the account page, docs/account.md) --------------------------------------------
+
+
+@pytest.mark.parametrize("charge_first", [True, False])
+def test_a_packs_charge_receipt_is_kept_whichever_event_comes_first(client, session,
+                                                                     charge_first):
+    from tokens import statement
+    from tokens.base import utcnow
+
+    session_id, account = buy(client, session)
+    charge = edited("stripe_ruby_mock/charge.succeeded.json", "evt_charge_ok",
+                    id="ch_test_1", payment_intent=PI)
+    receipt = charge["data"]["object"]["receipt_url"]
+    events = [charge, completed(session_id)] if charge_first else [completed(session_id),
+                                                                   charge]
+    for event in events:
+        assert post_event(client, event).status_code == 200
+    catalog = client.application.extensions["bot_settings"].catalog
+    (bought,) = statement.purchases_of(session, account)
+    assert bought.kind == "pack" and bought.receipt_url == receipt
+    assert receipt.startswith("https://pay.stripe.com/receipts/")
+    assert statement.statement(session, account, catalog, utcnow()).purchases == (bought,)
+    # A receipt link that is not https is never kept.
+    hostile = edited("stripe_ruby_mock/charge.succeeded.json", "evt_charge_bad",
+                     id="ch_test_1", payment_intent=PI, receipt_url="javascript:alert(1)")
+    post_event(client, hostile)
+    assert statement.purchases_of(session, account)[0].receipt_url == receipt

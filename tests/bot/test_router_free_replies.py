@@ -150,3 +150,20 @@ def test_a_subscriber_cancelling_gets_the_billing_portal(say, session):
     say("IDIOMA ES")
     spanish = say("quiero cancelar la suscripción premium").replies[0]
     assert spanish.startswith("Tienes Premium. Gestionalo o cancélalo aqui: https://")
+
+
+def test_account_answers_past_the_cutoff_from_the_billing_budget(app, session, say):
+    """ACCOUNT is a way to pay (the page buys packs and premium), so past the cutoff it draws
+    on the billing replies' own budget, not the spent budget of free replies (docs/account.md,
+    "The link")."""
+    account = past_the_cutoff(app, session, say)
+    for i in range(5):  # the free replies' budget (HELP took one) runs out
+        say("what is a good snack?", now=NOW + timedelta(minutes=i))
+    assert say("MORE", now=NOW + timedelta(minutes=6)).replies == ()
+    outcome = say("ACCOUNT", now=NOW + timedelta(minutes=7))
+    assert outcome.kind == "account" and outcome.tokens_charged == 0
+    assert "https://bot.example.com/account/link/" in outcome.replies[0]
+    assert "15 minutes" in outcome.replies[0]
+    assert ledger.balance(session, account, NOW).available > 0
+    cuenta = say("CUENTA", now=NOW + timedelta(minutes=8))
+    assert cuenta.kind == "account" and cuenta.replies
