@@ -54,8 +54,9 @@ from bot.router import BotSettings
 from tokens import account_links, auto_topup, payments, statement
 from tokens.account_links import AccountAction, AccountLink
 from tokens.base import utcnow
-from tokens.catalog import LANGUAGES, money_display
+from tokens.catalog import LANGUAGES
 from tokens.errors import AccountLinkExpired, AccountLinkNotFound
+from tokens.money import format_cents
 
 bp = Blueprint("account", __name__)
 HERE = Path(__file__).resolve().parent
@@ -380,7 +381,7 @@ def _style() -> str:
 
 @bp.app_template_filter("account_money")
 def _money(cents: int, currency: str = "usd") -> str:
-    return money_display(cents, currency)
+    return format_cents(cents, currency)
 
 
 @bp.app_template_filter("account_date")
