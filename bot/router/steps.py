@@ -23,17 +23,17 @@ from __future__ import annotations
 
 import logging
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import (
     BigInteger,
+    ColumnElement,
     Integer,
     Select,
     String,
-    and_,
     bindparam,
     case,
     func,
-    or_,
     select,
 )
 from sqlalchemy.orm import Session, make_transient_to_detached
@@ -95,14 +95,21 @@ def serialise(turn: Turn) -> None:
     an operator, premium (`payments.premium_exists`), an operator's level override in force
     (`tiers.override_of`), whether this month's allowance was granted, and the purchased and
     premium tokens left (`ledger.purchased_available`, for `choose_level`), the available
-    balance, and whether a lot is due to expire (`ledger.lots_due`, for `reserve`). The order of one
-    person's messages is kept by the worker's turn (docs/pipeline.md, "Per-person order")."""
+    balance, whether a lot is due to expire (`ledger.lots_due`, for `reserve`), and what is
+    on its way and not yet costed (`_on_the_way`, for the exposure of the level decisions).
+    The order of one person's messages is kept by the worker's turn (docs/pipeline.md,
+    "Per-person order")."""
     now = turn.now
-    row = turn.session.execute(_STANDING, {
+    rates = turn.catalog.costs.messaging
+    channels = tuple(sorted(rates))
+    params: dict[str, object] = {
         "account_id": turn.account_id, "now": now,
         "grace_start": payments.grace_start(now, turn.catalog.premium.grace_days),
         "allowance_key": ledger.monthly_allowance_key(turn.account_id, now),
-    }).first()
+    }
+    params.update((f"rate_{i}", rates[channel].outbound_musd)
+                  for i, channel in enumerate(channels))
+    row = turn.session.execute(_standing_statement(channels), params).first()
     if row is None:
         raise UnknownAccount(f"account {turn.account_id} does not exist")
     turn.suspended = row[0] is not None
@@ -112,27 +119,66 @@ def serialise(turn: Turn) -> None:
     turn.purchased = int(row[4])
     turn.available = int(row[5])
     turn.lots_due = bool(row[6])
+    turn.on_the_way_musd = int(row[7]) + int(row[8])
 
 
-# The statement of `serialise`, built once: the row lock of `tokens.ledger.lock_account` (FOR
-# NO KEY UPDATE of the account row; SQLite: BEGIN IMMEDIATE) with the person's standing.
-_STANDING = (
-    select(
-        ledger.Account.suspended_at,
-        payments.premium_exists(payments.Subscription.account_id == ledger.Account.id,
-                                bindparam("grace_start", type_=UTCDateTime())),
-        select(tiers.TierState.override_level)
-        .where(tiers.TierState.account_id == ledger.Account.id,
-               tiers.TierState.override_until > bindparam("now", type_=UTCDateTime()))
-        .scalar_subquery(),
-        ledger.monthly_allowance_granted(bindparam("allowance_key", type_=String())),
-        ledger.purchased_available(ledger.Account.id, bindparam("now", type_=UTCDateTime())),
-        ledger.Account.balance - ledger.Account.held,
-        ledger.lots_due(ledger.Account.id, bindparam("now", type_=UTCDateTime())),
+# The statement of `serialise`, built once per set of messaging channels (`_standing_statement`):
+# the row lock of `tokens.ledger.lock_account` (FOR NO KEY UPDATE of the account row; SQLite:
+# BEGIN IMMEDIATE) with the person's standing.
+_STANDING: dict[tuple[str, ...], Select[Any]] = {}
+
+
+def _standing_statement(channels: tuple[str, ...]) -> Select[Any]:
+    """The statement of `serialise` for the catalog's messaging `channels` (the replies on
+    their way are priced at each channel's `rate_<i>`, µUSD per unit)."""
+    statement = _STANDING.get(channels)
+    if statement is None:
+        queued, sending = _on_the_way(channels)
+        statement = _STANDING[channels] = _standing(queued, sending)
+    return statement
+
+
+def _on_the_way(channels: tuple[str, ...]) -> tuple[ColumnElement[int], ColumnElement[int]]:
+    """Two SQL scalars over the locked account's messages (rule 1 of the level policy, README
+    "How service steps down"): the µUSD ceilings of its answers still queued, and the µUSD of
+    its replies stored or being sent but not yet accepted by the provider (`pending`,
+    `submitting`, `unknown`), neither of which is costed yet."""
+    on_the_way = Message.status.in_(("pending", "submitting", "unknown"))
+    rate = case(*[(Message.channel == channel, bindparam(f"rate_{i}", type_=BigInteger()))
+                  for i, channel in enumerate(channels)], else_=0)
+    of_account = (select(Message.id).join(Contact, Contact.id == Message.contact_id)
+                  .where(Contact.account_id == ledger.Account.id))
+    queued = (of_account.with_only_columns(
+        func.coalesce(func.sum(Message.estimate_musd), 0))
+        .where(Message.outcome == "queued").scalar_subquery())
+    sending = (of_account.with_only_columns(
+        func.coalesce(func.sum(Message.units * rate), 0))
+        .where(on_the_way).scalar_subquery())
+    return queued, sending
+
+
+def _standing(queued: ColumnElement[int], sending: ColumnElement[int]) -> Select[Any]:
+    """The lock of the account row with the columns `serialise` reads, in that order."""
+    now = bindparam("now", type_=UTCDateTime())
+    return (
+        select(
+            ledger.Account.suspended_at,
+            payments.premium_exists(payments.Subscription.account_id == ledger.Account.id,
+                                    bindparam("grace_start", type_=UTCDateTime())),
+            select(tiers.TierState.override_level)
+            .where(tiers.TierState.account_id == ledger.Account.id,
+                   tiers.TierState.override_until > now)
+            .scalar_subquery(),
+            ledger.monthly_allowance_granted(bindparam("allowance_key", type_=String())),
+            ledger.purchased_available(ledger.Account.id, now),
+            ledger.Account.balance - ledger.Account.held,
+            ledger.lots_due(ledger.Account.id, now),
+            queued,
+            sending,
+        )
+        .where(ledger.Account.id == bindparam("account_id", type_=Integer()))
+        .with_for_update(key_share=True, of=ledger.Account)
     )
-    .where(ledger.Account.id == bindparam("account_id", type_=Integer()))
-    .with_for_update(key_share=True, of=ledger.Account)
-)
 
 
 def store_inbound(turn: Turn) -> None:
@@ -690,44 +736,11 @@ def keyword_family(msg: InboundMessage) -> str | None:
 def _exposure(turn: Turn) -> int:
     """The person's exposure for a decision, µUSD: this month's cost - revenue, plus what is
     on its way and not yet costed: the ceilings of answers still queued, and the replies
-    stored or being sent but not yet accepted by Twilio (rule 1, also under concurrency)."""
-    session, account_id = turn.session, turn.account_id
-    month = costs.month(session, account_id, turn.now)
-    current = turn.message.id if turn.message is not None else -1
-    rates = turn.catalog.costs.messaging
-    channels = tuple(sorted(rates))
-    params: dict[str, object] = {"account_id": account_id, "current": current}
-    params.update((f"rate_{i}", rates[channel].outbound_musd)
-                  for i, channel in enumerate(channels))
-    queued, sending = session.execute(_exposure_statement(channels), params).one()
-    return month.exposure_musd + int(queued) + int(sending)
-
-
-_EXPOSURE: dict[tuple[str, ...], Select[tuple[int, int]]] = {}
-
-
-def _exposure_statement(channels: tuple[str, ...]) -> Select[tuple[int, int]]:
-    """The query of `_exposure` for the catalog's `channels`, built once per set of channels:
-    (µUSD of the ceilings of queued answers other than `current`, µUSD of the replies on
-    their way at each channel's `rate_<i>`), for one `account_id`."""
-    statement = _EXPOSURE.get(channels)
-    if statement is None:
-        on_the_way = Message.status.in_(("pending", "submitting", "unknown"))
-        rate = case(*[(Message.channel == channel, bindparam(f"rate_{i}", type_=BigInteger()))
-                      for i, channel in enumerate(channels)], else_=0)
-        statement = _EXPOSURE[channels] = (
-            select(
-                func.coalesce(func.sum(case(
-                    (and_(Message.outcome == "queued",
-                          Message.id != bindparam("current", type_=Integer())),
-                     Message.estimate_musd), else_=0)), 0),
-                func.coalesce(func.sum(case((on_the_way, Message.units * rate), else_=0)), 0),
-            )
-            .join(Contact, Contact.id == Message.contact_id)
-            .where(Contact.account_id == bindparam("account_id", type_=Integer()),
-                   or_(Message.outcome == "queued", on_the_way))
-        )
-    return statement
+    stored or being sent but not yet accepted by Twilio (rule 1, also under concurrency), as
+    `serialise` read them under the account's lock (no statement here: the month's row was
+    returned by the inbound message's cost)."""
+    month = costs.month(turn.session, turn.account_id, turn.now)
+    return month.exposure_musd + turn.on_the_way_musd
 
 
 def _unlocked_by_click(turn: Turn, exposure: int, ceiling: dict[str, int]) -> bool:

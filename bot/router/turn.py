@@ -138,6 +138,9 @@ class Turn:
     # `reserve` for an answer settled in this transaction while the account's row is locked.
     direct: bool = False
     lots_due: bool = False  # a lot is past its expiry and not yet expired (read under the lock)
+    # µUSD on its way and not yet costed: queued answers' ceilings and replies not yet accepted
+    # by the provider (read under the lock, `steps.serialise`).
+    on_the_way_musd: int = 0
     charged: int = 0
     level: str = tiers.NORMAL
     suspended: bool = False  # an operator suspended the person (read under the lock)
