@@ -906,10 +906,13 @@ def capture(
         key: idempotency key of the debit, e.g. "debit:<MessageSid>".
         amount: tokens to capture, 1..hold amount; None captures the whole hold.
         now: the current time (UTC).
-        placed: what `hold` returned for this hold when it placed it earlier in the SAME
-            transaction (an inline answer): the hold is not read again, and the account's
-            row is already locked by the hold's reservation. One statement fewer. Ignored
-            when it is for another hold or is a replay.
+        placed: what `hold` returned for this hold when it placed it, earlier in the same
+            transaction (an inline answer: the hold's reservation locked the account's row)
+            or in an earlier one when the caller has locked the account's row in this one
+            (`lock_account`; a deferred answer's settlement): the hold is not read again (its
+            amount, times and memo never change; its status is re-checked by the
+            conditional UPDATE). One statement fewer. Ignored when it is for another hold or
+            is a replay.
 
     Returns:
         `Captured` with the debit entries (one per lot drawn on, in consumption order) and the

@@ -65,8 +65,10 @@ class PendingAnswer:
             (a worker outage) finds it expired: the person is told, and nothing is charged.
         opted_out: the person sent STOP on this channel since asking: no skill, no reply.
         level: the restriction level decided when the message came in (`choose_level`).
-        placed: the hold as `ledger.hold` placed it, when the answer is settled in the same
-            transaction (an inline offline answer): the capture does not read it again.
+        placed: the hold as `ledger.hold` placed it, when the turn that placed it built
+            this (an inline offline answer, or a deferred one settled by the same job): the
+            capture does not read it again. A later transaction may use it because `settle`
+            locks the account's row first and the capture's conditional UPDATE decides.
         available_after_hold: the available balance with this hold placed (tokens), when
             known without a statement: the inline answer knows it from the turn, the job
             from the account's lock (`settle`). The balance watch after the capture
@@ -214,6 +216,7 @@ def settle(
     *,
     transport: str,
     now: datetime | None = None,
+    llm_recorded: bool = False,
 ) -> Outcome:
     """Capture (answered) or void (failed) the hold, record the LLM cost, and store the
     replies; the job's half of `defer_or_answer`.
@@ -221,6 +224,8 @@ def settle(
     Args:
         transport: "rest": the replies are stored `pending` for `bot.outbound` to send;
             "twiml": they were given in the webhook's answer.
+        llm_recorded: `record_llm_cost` recorded the call's cost just before, in this
+            session: not written again (it would be a no-op, one statement).
 
     Returns:
         The `Outcome` with the replies as they will be sent; kind "duplicate" (nothing done)
@@ -240,7 +245,8 @@ def settle(
         log.info("answer already settled", extra={"message_sid": pending.message_sid})
         return Outcome(kind="duplicate", intent=pending.intent.name,
                        message_id=pending.message_id)
-    kind, texts, charged = settle_ledger(session, pending, result, settings, now)
+    kind, texts, charged = settle_ledger(session, pending, result, settings, now,
+                                         record_llm=not llm_recorded)
     message.outcome = kind
     message.tokens_charged = charged
     sent = store_replies(session, contact, message, kind, texts, settings,
@@ -355,16 +361,17 @@ def billed_units(channel: str, text: str) -> int:
 
 
 def record_llm_cost(session: Session, pending: PendingAnswer, result: SkillResult,
-                    settings: BotSettings, now: datetime | None = None) -> None:
+                    settings: BotSettings, now: datetime | None = None) -> bool:
     """Record what the skill's LLM call cost (keyed `llm:<MessageSid>`, so once), under the
-    account's lock. Callers commit it right after the call, in its own short transaction, so
-    a call the provider billed stays costed even if settling the answer then fails (a retry
-    answered from the cache would not see the usage again). `settle` records it too, a no-op
-    after this."""
+    account's lock; True when there was a call to record. Callers commit it right after the
+    call, in its own short transaction, so a call the provider billed stays costed even if
+    settling the answer then fails (a retry answered from the cache would not see the usage
+    again); they then tell `settle` (`llm_recorded`), which would otherwise record it too."""
     if result.usage is None and not result.unbilled_call:
-        return
+        return False
     ledger.lock_account(session, pending.account_id)
     _record_llm(session, pending, result, settings, now or utcnow())
+    return True
 
 
 def _record_llm(session: Session, pending: PendingAnswer, result: SkillResult,
@@ -387,12 +394,16 @@ def settle_ledger(
     result: SkillResult,
     settings: BotSettings,
     now: datetime,
+    *,
+    record_llm: bool = True,
 ) -> tuple[str, tuple[str, ...], int]:
     """Capture or void the hold and record the LLM cost: (outcome kind, texts, tokens).
 
     The caller holds the account's row lock (taken before any other row, so no deadlock).
+    `record_llm` False: the caller recorded the LLM cost already (`record_llm_cost`).
     """
-    _record_llm(session, pending, result, settings, now)
+    if record_llm:
+        _record_llm(session, pending, result, settings, now)
     if result.answer is None:
         if pending.hold_id is not None:
             try:

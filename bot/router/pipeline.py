@@ -3,8 +3,8 @@
 `answer_message` owns the second half of every turn and its transaction boundaries:
 
     route (`handle_inbound`: store, keywords, level, hold) -> commit
-    -> [deferred: read the pending answer -> commit -> skill, no transaction open
-        -> LLM cost -> commit -> capture or void + replies -> commit]
+    -> [deferred: skill, no transaction open (its inputs built by the turn; a resumed answer
+        reads them first) -> LLM cost -> commit -> capture or void + replies -> commit]
     -> send the stored replies (REST), each send committed before and after the provider call
 
 The Twilio webhook without a queue (TwiML), the worker (REST), the inline fallback when Redis
@@ -35,6 +35,7 @@ from bot.models import InboxMessage, Message
 from bot.router.answer import (
     REPLY_IDS,
     TOP_UPS,
+    PendingAnswer,
     pending_answer,
     record_llm_cost,
     run_skill,
@@ -135,7 +136,8 @@ def answer_message(
                              deliver=deliver, clock=later)
     message_id = outcome.message_id
     if outcome.kind == "queued":
-        outcome = _answer_deferred(session, msg.message_sid, settings, transport, later)
+        outcome = _answer_deferred(session, msg.message_sid, settings, transport, later,
+                                   pending=outcome.pending)
     if deliver is not None and message_id is not None:
         deliver(session, message_id)
     run_top_ups(session, settings)
@@ -303,18 +305,25 @@ def _next_in_turn(waiting: list[tuple[int, InboundMessage]]) -> tuple[int, Inbou
 
 
 def _answer_deferred(session: Session, message_sid: str, settings: BotSettings,
-                     transport: str, clock: Callable[[], datetime]) -> Outcome:
-    """Read the pending answer, run the skill with no transaction open, record the LLM cost
-    (its own commit: a billed call stays costed), then settle."""
-    pending = pending_answer(session, message_sid, settings, clock())
-    session.commit()
+                     transport: str, clock: Callable[[], datetime],
+                     pending: PendingAnswer | None = None) -> Outcome:
+    """Run the skill with no transaction open, record the LLM cost (its own commit: a billed
+    call stays costed), then settle.
+
+    `pending`: what the turn that placed the hold just built (`Outcome.pending`); None (a
+    resumed answer): read it, in its own short transaction."""
+    if pending is None:
+        pending = pending_answer(session, message_sid, settings, clock())
+        session.commit()
     if pending is None:
         return Outcome(kind="duplicate")
     result = run_skill(settings, pending)
     try:
-        record_llm_cost(session, pending, result, settings, clock())
-        session.commit()
-        outcome = settle(session, pending, result, settings, transport=transport, now=clock())
+        recorded = record_llm_cost(session, pending, result, settings, clock())
+        if recorded:
+            session.commit()
+        outcome = settle(session, pending, result, settings, transport=transport, now=clock(),
+                         llm_recorded=recorded)
         session.commit()
     except Exception:
         session.rollback()

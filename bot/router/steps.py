@@ -601,8 +601,6 @@ def defer_or_answer(turn: Turn) -> None:
     skills) run the skill now and capture or void."""
     assert turn.intent is not None and (turn.hold_id is not None or turn.direct)
     assert turn.message is not None and turn.contact is not None
-    if turn.defer:
-        raise ReplyNow("queued")
     pending = PendingAnswer(
         message_id=turn.message.id,
         message_sid=turn.msg.message_sid,
@@ -616,6 +614,11 @@ def defer_or_answer(turn: Turn) -> None:
         placed=turn.placed,
         available_after_hold=turn.available,
     )
+    if turn.defer:
+        # Everything the skill needs is known here; the caller commits and runs it with no
+        # transaction open, without reading it back (the capture does not read the hold).
+        turn.pending = pending
+        raise ReplyNow("queued")
     result = run_skill(turn.settings, pending)
     kind, texts, charged = settle_ledger(turn.session, pending, result, turn.settings, turn.now)
     turn.charged = charged
@@ -703,6 +706,7 @@ def handle_inbound(
         intent=turn.intent.name if turn.intent else None,
         tokens_charged=turn.charged,
         message_id=turn.message.id if turn.message is not None else None,
+        pending=turn.pending if kind == "queued" else None,
     )
     log.info(
         "inbound routed",

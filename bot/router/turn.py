@@ -8,7 +8,7 @@ the outcome kinds whose replies are capped. docs/pipeline.md explains the whole 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING
 
@@ -24,6 +24,7 @@ from tokens.catalog import Catalog, IntentSpec
 
 if TYPE_CHECKING:
     from bot.intents.llm_classify import LlmClassification
+    from bot.router.answer import PendingAnswer
     from tokens.auto_topup import TopUpDue
     from tokens.providers import PaymentProvider
 
@@ -102,6 +103,10 @@ class Outcome:
         intent: the classified intent, when the message got that far.
         tokens_charged: tokens debited for this message (0 unless kind is "answered").
         message_id: the inbound `Message` row; None for a repeat delivery that stored none.
+        pending: for kind "queued", what the deferred answer needs, built by the turn that
+            placed the hold (`steps.defer_or_answer`), so the caller runs the skill without
+            reading it back (`bot.router.answer.pending_answer` does, for a resumed answer).
+            Not part of the outcome's equality.
     """
 
     kind: str
@@ -109,6 +114,7 @@ class Outcome:
     intent: str | None = None
     tokens_charged: int = 0
     message_id: int | None = None
+    pending: PendingAnswer | None = field(default=None, compare=False, repr=False)
 
 
 class ReplyNow(Exception):  # noqa: N818  (control flow, not an error)
@@ -134,6 +140,7 @@ class Turn:
     intent: IntentSpec | None = None
     hold_id: int | None = None
     placed: ledger.HoldResult | None = None  # the hold as placed in this transaction
+    pending: PendingAnswer | None = None  # a deferred answer's inputs (`defer_or_answer`)
     # The price is charged by a direct debit when the answer is given (no hold): set by
     # `reserve` for an answer settled in this transaction while the account's row is locked.
     direct: bool = False

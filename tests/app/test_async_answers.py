@@ -112,6 +112,31 @@ def test_meal_plan_is_queued_then_answered_by_the_worker(queued_app: Flask, sess
     assert_consistent(session, account)
 
 
+def test_a_deferred_answer_is_not_read_back(queued_app: Flask, session, twilio_api,
+                                            openai_api):
+    """The turn that places the hold builds what the skill needs (`Outcome.pending`): the job
+    reads neither the message's pending answer nor the hold back, and writes the LLM cost
+    once; the hold is still captured, the cost still recorded."""
+    from tests.support.statements import counted
+
+    client = queued_app.test_client()
+    post_signed(client, sms("meal plan", sid="SMwarm1"))
+    assert run_worker(queued_app) == 1
+    post_signed(client, sms("a meal plan for two days", sid="SMnotread"))
+    with counted() as sent:
+        assert run_worker(queued_app) == 1
+    lowered = [statement.lower() for statement in sent]
+    assert not [s for s in lowered if "from ledger_holds" in s and "select" in s[:20]], sent
+    # One cost entry each: the inbound segment, the LLM call, the reply's segment.
+    assert len([s for s in lowered if "insert into cost_entries" in s]) == 3, sent
+    session.expire_all()
+    assert hold_of(session, "SMnotread").status == "captured"
+    account = account_of(session)
+    month = costs.month(session, account)
+    assert month.llm_calls == 2 and month.tokens_charged == 10
+    assert_consistent(session, account)
+
+
 def test_llm_failure_sends_the_offline_answer_and_charges_nothing(queued_app, session,
                                                                   twilio_api, openai_api):
     client = queued_app.test_client()
