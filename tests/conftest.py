@@ -22,12 +22,13 @@ from flask_migrate import upgrade
 from hypothesis import HealthCheck, settings
 from pytest_postgresql.executors import PostgreSQLExecutor
 from pytest_postgresql.janitor import DatabaseJanitor
+from sqlalchemy import Engine, create_engine
 from sqlalchemy.orm import Session
 from twilio.request_validator import RequestValidator
 
 from app import create_app
 from app.config import Config
-from app.extensions import db
+from app.extensions import configure_sqlite, db
 from tests.support.openai_standin import OpenAIStandIn
 from tests.support.postgres import PG_USER, postgres_server
 from tests.support.postgres import url as postgres_url
@@ -280,6 +281,27 @@ def runner(app: Flask) -> FlaskCliRunner:
 def session(app: Flask) -> Session:
     """The app's session (what routes use); tests read state through it."""
     return db.session
+
+
+# --- the database without the app --------------------------------------------------------
+
+
+@pytest.fixture
+def db_engine(database_url: str) -> Iterator[Engine]:
+    """An engine on a fresh, migrated database, configured as the app configures its own
+    (`app.extensions.configure_sqlite`: foreign keys on, `BEGIN IMMEDIATE`), with no Flask
+    app: for the domain packages' tests (`tokens/`, `bot/`)."""
+    engine = create_engine(database_url, hide_parameters=True)
+    configure_sqlite(engine)
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture
+def db_session(db_engine: Engine) -> Iterator[Session]:
+    """A session on `db_engine` (no Flask app, no app context); closed after the test."""
+    with Session(db_engine) as session:
+        yield session
 
 
 # --- Twilio helpers ----------------------------------------------------------------------

@@ -11,7 +11,6 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from sqlalchemy import func, select
 
-from app.extensions import db
 from tests.support.statements import counted
 from tokens import costs, ledger
 from tokens.catalog import load_catalog
@@ -36,9 +35,9 @@ def account(session) -> int:
     return account_id
 
 
-def bound(name: str) -> int:
+def bound(session, name: str) -> int:
     postgres, sqlite = BOUNDS[name]
-    return postgres if db.engine.dialect.name == "postgresql" else sqlite
+    return postgres if session.get_bind().dialect.name == "postgresql" else sqlite
 
 
 def one_message(session, account_id: int, sid: str, now: datetime) -> dict[str, int]:
@@ -68,17 +67,17 @@ def test_steady_state_statements(session, account):
     session.commit()
     sent = one_message(session, account, "SM1", NOV)
     session.commit()
-    assert sent == {name: bound(name) for name in sent}
+    assert sent == {name: bound(session, name) for name in sent}
 
 
 def test_first_of_the_day_and_of_the_month_statements(session, account):
     """No rollup row yet (a new day, a new month): the same statements create them."""
     sent = one_message(session, account, "SM1", NOV)
     session.commit()
-    assert sent == {name: bound(name) for name in sent}
+    assert sent == {name: bound(session, name) for name in sent}
     sent = one_message(session, account, "SM2", NOV + timedelta(days=10))  # 1 December
     session.commit()
-    assert sent == {name: bound(name) for name in sent}
+    assert sent == {name: bound(session, name) for name in sent}
     days = session.scalars(select(AccountDay.day).where(AccountDay.account_id == account)
                            .order_by(AccountDay.day)).all()
     assert days == ["2026-11-21", "2026-12-01"]

@@ -9,7 +9,6 @@ import pytest
 from sqlalchemy import event, select
 from sqlalchemy.orm import Session
 
-from app.extensions import db
 from bot.models import InboxMessage
 from tokens import ledger
 from tokens.base import insert_on_conflict
@@ -59,7 +58,7 @@ def test_the_statement_is_compiled_once(session: Session) -> None:
                context: object, executemany: bool) -> None:
         stats.append(context._get_cache_stats())  # type: ignore[attr-defined]
 
-    engine = db.engine
+    engine = session.get_bind()
     event.listen(engine, "after_cursor_execute", record)
     try:
         for i in range(3):
