@@ -216,7 +216,6 @@ def settle(
     *,
     transport: str,
     now: datetime | None = None,
-    llm_recorded: bool = False,
 ) -> Outcome:
     """Capture (answered) or void (failed) the hold, record the LLM cost, and store the
     replies; the job's half of `defer_or_answer`.
@@ -224,8 +223,6 @@ def settle(
     Args:
         transport: "rest": the replies are stored `pending` for `bot.outbound` to send;
             "twiml": they were given in the webhook's answer.
-        llm_recorded: `record_llm_cost` recorded the call's cost just before, in this
-            session: not written again (it would be a no-op, one statement).
 
     Returns:
         The `Outcome` with the replies as they will be sent; kind "duplicate" (nothing done)
@@ -245,8 +242,7 @@ def settle(
         log.info("answer already settled", extra={"message_sid": pending.message_sid})
         return Outcome(kind="duplicate", intent=pending.intent.name,
                        message_id=pending.message_id)
-    kind, texts, charged = settle_ledger(session, pending, result, settings, now,
-                                         record_llm=not llm_recorded)
+    kind, texts, charged = settle_ledger(session, pending, result, settings, now)
     message.outcome = kind
     message.tokens_charged = charged
     sent = store_replies(session, contact, message, kind, texts, settings,
@@ -363,10 +359,10 @@ def billed_units(channel: str, text: str) -> int:
 def record_llm_cost(session: Session, pending: PendingAnswer, result: SkillResult,
                     settings: BotSettings, now: datetime | None = None) -> bool:
     """Record what the skill's LLM call cost (keyed `llm:<MessageSid>`, so once), under the
-    account's lock; True when there was a call to record. Callers commit it right after the
-    call, in its own short transaction, so a call the provider billed stays costed even if
-    settling the answer then fails (a retry answered from the cache would not see the usage
-    again); they then tell `settle` (`llm_recorded`), which would otherwise record it too."""
+    account's lock; True when there was a call to record. `settle` records it with the
+    capture; `bot.router.pipeline` calls this alone, in its own transaction, when a
+    settlement failed, so a call the provider billed stays costed (a retry answered from the
+    cache would not see the usage again)."""
     if result.usage is None and not result.unbilled_call:
         return False
     ledger.lock_account(session, pending.account_id)
@@ -394,16 +390,12 @@ def settle_ledger(
     result: SkillResult,
     settings: BotSettings,
     now: datetime,
-    *,
-    record_llm: bool = True,
 ) -> tuple[str, tuple[str, ...], int]:
     """Capture or void the hold and record the LLM cost: (outcome kind, texts, tokens).
 
     The caller holds the account's row lock (taken before any other row, so no deadlock).
-    `record_llm` False: the caller recorded the LLM cost already (`record_llm_cost`).
     """
-    if record_llm:
-        _record_llm(session, pending, result, settings, now)
+    _record_llm(session, pending, result, settings, now)
     if result.answer is None:
         if pending.hold_id is not None:
             try:

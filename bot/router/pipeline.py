@@ -4,7 +4,7 @@
 
     route (`handle_inbound`: store, keywords, level, hold) -> commit
     -> [deferred: skill, no transaction open (its inputs built by the turn; a resumed answer
-        reads them first) -> LLM cost -> commit -> capture or void + replies -> commit]
+        reads them first) -> LLM cost + capture or void + replies -> commit]
     -> send the stored replies (REST), each send committed before and after the provider call
 
 The Twilio webhook without a queue (TwiML), the worker (REST), the inline fallback when Redis
@@ -36,6 +36,7 @@ from bot.router.answer import (
     REPLY_IDS,
     TOP_UPS,
     PendingAnswer,
+    SkillResult,
     pending_answer,
     record_llm_cost,
     run_skill,
@@ -307,8 +308,13 @@ def _next_in_turn(waiting: list[tuple[int, InboundMessage]]) -> tuple[int, Inbou
 def _answer_deferred(session: Session, message_sid: str, settings: BotSettings,
                      transport: str, clock: Callable[[], datetime],
                      pending: PendingAnswer | None = None) -> Outcome:
-    """Run the skill with no transaction open, record the LLM cost (its own commit: a billed
-    call stays costed), then settle.
+    """Run the skill with no transaction open, then settle: the LLM cost, the capture or
+    void and the replies in one transaction under the account's row lock.
+
+    A billed call stays costed: when the settlement fails, the LLM cost alone is recorded in
+    a transaction of its own before the error goes on (a retry answered from the cache would
+    not see the usage again). Only a process that dies inside the settlement's transaction
+    loses that record, as it would between the call and any first commit.
 
     `pending`: what the turn that placed the hold just built (`Outcome.pending`); None (a
     resumed answer): read it, in its own short transaction."""
@@ -319,14 +325,25 @@ def _answer_deferred(session: Session, message_sid: str, settings: BotSettings,
         return Outcome(kind="duplicate")
     result = run_skill(settings, pending)
     try:
-        recorded = record_llm_cost(session, pending, result, settings, clock())
-        if recorded:
-            session.commit()
-        outcome = settle(session, pending, result, settings, transport=transport, now=clock(),
-                         llm_recorded=recorded)
+        outcome = settle(session, pending, result, settings, transport=transport, now=clock())
         session.commit()
     except Exception:
         session.rollback()
         session.info.pop(TOP_UPS, None)
+        _keep_llm_cost(session, pending, result, settings, clock())
         raise
     return outcome
+
+
+def _keep_llm_cost(session: Session, pending: PendingAnswer, result: SkillResult,
+                   settings: BotSettings, now: datetime) -> None:
+    """Record a failed settlement's LLM cost on its own (`record_llm_cost`), so that the call
+    stays costed; a failure here is logged, and the settlement's error is what the caller
+    sees (the job is retried, and the retry records it, keyed once)."""
+    try:
+        if record_llm_cost(session, pending, result, settings, now):
+            session.commit()
+    except Exception:  # noqa: BLE001 - the settlement's error is re-raised by the caller
+        session.rollback()
+        log.exception("the LLM cost of a failed settlement could not be recorded",
+                      extra={"message_sid": pending.message_sid})

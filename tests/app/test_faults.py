@@ -546,9 +546,9 @@ def test_connection_lost_in_a_job_rq_retries_it_and_it_answers_once(
 
 def test_the_llm_call_of_an_attempt_that_failed_is_still_costed(
         database_url, redis_url, twilio_api, openai_api, no_retry_delay):
-    """The LLM cost is committed right after the call (`router.record_llm_cost`), before the
-    capture's transaction: losing that transaction does not lose a call the provider billed,
-    though the retry is answered from the cache (no usage of its own)."""
+    """The LLM cost is recorded with the capture; when that transaction is lost, it is
+    recorded alone (`router.record_llm_cost`) before the job fails: a call the provider
+    billed stays costed, though the retry is answered from the cache (no usage of its own)."""
     with running(database_url, **queued(redis_url, twilio_api, openai_api)) as application:
         _lose_the_connection_at_the_capture(application, database_url)
         assert len(openai_api.requests) == 1
