@@ -25,6 +25,7 @@ from tokens.catalog import load_catalog
 from tokens.payment_events import (
     EventContext,
     clean_text,
+    grace_notices,
     prefetch,
     receipt_url,
     receive_event,
@@ -304,3 +305,75 @@ def test_prefetch_fetches_what_the_handler_needs_before_the_transaction():
                     ) == {sub_id: None}
     with pytest.raises(PaymentError):
         prefetch(SUBSCRIPTION_UPDATED, Provider(error=PaymentError("timeout")))
+
+
+# --- subscriptions and invoices --------------------------------------------------------------
+
+INVOICE_PAID = load_fixture("stripe/stripe_ruby_mock/invoice.paid.json")
+GRACE = CATALOG.premium.grace_days
+
+
+def subscriber(session) -> tuple[int, str, dict[str, Any]]:
+    """A new account, its subscription's id, and the subscription as the provider has it
+    (its metadata names the account, as our checkout sets it)."""
+    account = ledger.open_account(session, NOW)
+    session.commit()
+    sub_id = f"sub_{uuid.uuid4().hex[:12]}"
+    fresh = {"id": sub_id, "object": "subscription", "status": "active",
+             "customer": "cus_sub", "cancel_at_period_end": False,
+             "current_period_end": int((NOW + timedelta(days=30)).timestamp()),
+             "metadata": {"account": account.public_id}}
+    return account.id, sub_id, fresh
+
+
+def subscription_event(sub_id: str, fresh: dict[str, Any], when: datetime = NOW):
+    """`customer.subscription.updated` (a real body) with the provider's present state."""
+    body = event(SUBSCRIPTION_UPDATED, id=sub_id, status="incomplete")  # stale in the body
+    return body, ctx(when, {sub_id: dict(fresh)})
+
+
+def test_a_subscription_tells_each_change_of_state_once(session):
+    account_id, sub_id, fresh = subscriber(session)
+    body, context = subscription_event(sub_id, fresh)
+    result = deliver(session, body, context)
+    assert result.outcome == "subscription active"  # the fetched state, not the body's
+    assert [(n.account_id, n.kind) for n in result.notices] == [(account_id, "premium_started")]
+    body, context = subscription_event(sub_id, fresh, NOW + timedelta(hours=1))
+    assert deliver(session, body, context).notices == ()  # the same state: told already
+    # Past due: premium for the grace period, said once, then ended by the sweep once.
+    late = NOW + timedelta(days=1)
+    body, context = subscription_event(sub_id, {**fresh, "status": "past_due"}, late)
+    [notice] = deliver(session, body, context).notices
+    assert notice.kind == "past_due"
+    assert notice.params == {"grace_ends_at": late + timedelta(days=GRACE),
+                             "customer": "cus_sub"}
+    assert grace_notices(session, late + timedelta(days=GRACE - 1), GRACE) == []
+    [ended] = grace_notices(session, late + timedelta(days=GRACE, hours=2), GRACE)
+    assert (ended.kind, ended.params) == (
+        "grace_ended", {"grace_ended_at": late + timedelta(days=GRACE)})
+    assert grace_notices(session, late + timedelta(days=GRACE + 1), GRACE) == []
+    session.commit()
+
+
+def test_each_paid_subscription_month_grants_once_and_other_invoices_grant_nothing(session):
+    account_id, sub_id, fresh = subscriber(session)
+    month = event(INVOICE_PAID, id="in_month1", subscription=sub_id, amount_paid=900,
+                  billing_reason="subscription_cycle", payment_intent="pi_month1",
+                  charge="ch_month1")
+    context = ctx(fetched={sub_id: fresh})
+    result = deliver(session, month, context)
+    assert result.outcome == f"granted {CATALOG.premium.monthly_tokens} subscription tokens"
+    again = event(INVOICE_PAID, "invoice.payment_succeeded", id="in_month1",
+                  subscription=sub_id, amount_paid=900, billing_reason="subscription_cycle",
+                  payment_intent="pi_month1", charge="ch_month1")
+    assert deliver(session, again, context).outcome == "already granted"
+    manual = event(INVOICE_PAID, id="in_manual", subscription=sub_id, amount_paid=900,
+                   billing_reason="manual")
+    assert deliver(session, manual, context).outcome == \
+        "no tokens: not a paid subscription month"
+    assert deliver(session, event(INVOICE_PAID, id="in_other", subscription="sub_not_ours",
+                                  billing_reason="subscription_cycle")).outcome == \
+        "ignored: not a subscription of ours"
+    assert posted(session, account_id) == CATALOG.premium.monthly_tokens
+    assert revenue_cents(session, account_id) == 900
+    assert_consistent(session, account_id, NOW)
