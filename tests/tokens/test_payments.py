@@ -96,7 +96,7 @@ def test_the_open_checkout_of_a_link_is_the_newest_payable_one(session):
     assert payments.open_checkout_for(session, payments.PayLink(), NOW) is None
 
 
-@pytest.mark.parametrize(("status", "since_days", "premium", "unpaid"), [
+PREMIUM_CASES = [  # status, past due since (days ago), premium, unpaid
     ("active", None, True, False),
     ("trialing", None, True, False),
     ("past_due", 1, True, True),     # within the grace period
@@ -105,16 +105,20 @@ def test_the_open_checkout_of_a_link_is_the_newest_payable_one(session):
     ("unpaid", None, False, True),
     ("canceled", None, False, False),
     ("incomplete", None, False, False),
-])
-def test_premium_follows_the_subscription_status(session, status, since_days, premium, unpaid):
-    account = ledger.open_account(session, NOW)
-    since = NOW - timedelta(days=since_days) if since_days is not None else None
-    row = subscription(session, account.id, status, external_id=f"sub_{status}",
-                       past_due_since=since)
-    assert row.premium(NOW, GRACE_DAYS) is premium
-    # The SQL rule (one EXISTS) agrees with the Python one.
-    assert payments.has_premium(session, account.id, NOW, GRACE_DAYS) is premium
-    assert payments.has_unpaid_subscription(session, account.id) is unpaid
+]
+
+
+def test_premium_follows_the_subscription_status(session):
+    for status, since_days, premium, unpaid in PREMIUM_CASES:
+        account = ledger.open_account(session, NOW)
+        since = NOW - timedelta(days=since_days) if since_days is not None else None
+        row = subscription(session, account.id, status, external_id=f"sub_{account.id}",
+                           past_due_since=since)
+        case = (status, since_days)
+        assert row.premium(NOW, GRACE_DAYS) is premium, case
+        # The SQL rule (one EXISTS) agrees with the Python one.
+        assert payments.has_premium(session, account.id, NOW, GRACE_DAYS) is premium, case
+        assert payments.has_unpaid_subscription(session, account.id) is unpaid, case
 
 
 def test_premium_is_per_account_and_any_subscription_gives_it(session):
