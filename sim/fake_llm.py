@@ -16,11 +16,12 @@ import re
 from bot.llm import CachedChat, ChatClient, ChatReply, ChatRequest, LlmError
 from tokens.costs import LlmUsage
 
-# A simulated LLM answer is made of this text (GSM-7 only, as an SMS answer would be).
+# A simulated LLM answer is made of this text (GSM-7 only, as an SMS answer would be), with
+# nothing the answer check flags for the constraints people state (vegetarian, gluten free...).
 ANSWER_FILLER = (
-    "Try oats with berries and yogurt for breakfast, a lentil and vegetable salad for lunch, "
-    "and grilled fish with brown rice and greens for dinner. Snack on nuts or fruit. Drink "
-    "water through the day and keep portions moderate. "
+    "Try a bowl of lentils with roasted vegetables and herbs, a salad of beans, tomato and "
+    "cucumber, and a stew of chickpeas and spinach. Snack on fresh fruit. Drink water through "
+    "the day and keep portions moderate. "
 )
 _LIMIT = re.compile(r"Keep the answer under (\d+) characters")
 
