@@ -67,8 +67,11 @@ class SimulatedCache:
     """An `AnswerCache` partitioned by person, whose entries expire on the simulated clock.
 
     The replay sets `person` (an index) and `now` (Unix seconds, simulated) before each
-    message. Unbounded: a month's answers of one shard fit in memory (short texts).
+    message. Expired entries are dropped whenever more than `PURGE_AT` are kept (dropping
+    them changes no answer: an expired entry is a miss either way).
     """
+
+    PURGE_AT = 50_000
 
     def __init__(self) -> None:
         self.person = 0
@@ -84,6 +87,9 @@ class SimulatedCache:
 
     def put(self, key: str, text: str, ttl_seconds: int) -> None:
         """Keep `text` for the current person for `ttl_seconds` of simulated time."""
+        if len(self._items) >= self.PURGE_AT:
+            now = self.now
+            self._items = {k: v for k, v in self._items.items() if v[0] > now}
         self._items[(self.person, key)] = (self.now + ttl_seconds, text)
 
 

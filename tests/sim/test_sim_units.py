@@ -93,6 +93,10 @@ def test_the_simulated_llm_and_cache_are_per_person() -> None:
     assert cache.get("k") is None
     cache.person, cache.now = 1, 160.0
     assert cache.get("k") is None
+    cache.PURGE_AT = 2
+    cache.put("a", "x", 60)
+    cache.put("b", "y", 60)
+    assert cache.get("a") == "x" and cache.get("b") == "y" and len(cache._items) == 2
 
 
 def result(persona: str, revenue: int, cost: int, loss: int = 0) -> PersonResult:
