@@ -16,11 +16,12 @@ import re
 from bot.llm import CachedChat, ChatClient, ChatReply, ChatRequest, LlmError
 from tokens.costs import LlmUsage
 
-# A simulated LLM answer is made of this text (GSM-7 only, as an SMS answer would be).
+# A simulated LLM answer is made of this text (GSM-7 only, as an SMS answer would be), with
+# nothing the answer check flags for the constraints people state (vegetarian, gluten free...).
 ANSWER_FILLER = (
-    "Try oats with berries and yogurt for breakfast, a lentil and vegetable salad for lunch, "
-    "and grilled fish with brown rice and greens for dinner. Snack on nuts or fruit. Drink "
-    "water through the day and keep portions moderate. "
+    "Try a bowl of lentils with roasted vegetables and herbs, a salad of beans, tomato and "
+    "cucumber, and a stew of chickpeas and spinach. Snack on fresh fruit. Drink water through "
+    "the day and keep portions moderate. "
 )
 _LIMIT = re.compile(r"Keep the answer under (\d+) characters")
 
@@ -66,8 +67,11 @@ class SimulatedCache:
     """An `AnswerCache` partitioned by person, whose entries expire on the simulated clock.
 
     The replay sets `person` (an index) and `now` (Unix seconds, simulated) before each
-    message. Unbounded: a month's answers of one shard fit in memory (short texts).
+    message. Expired entries are dropped whenever more than `PURGE_AT` are kept (dropping
+    them changes no answer: an expired entry is a miss either way).
     """
+
+    PURGE_AT = 50_000
 
     def __init__(self) -> None:
         self.person = 0
@@ -83,6 +87,9 @@ class SimulatedCache:
 
     def put(self, key: str, text: str, ttl_seconds: int) -> None:
         """Keep `text` for the current person for `ttl_seconds` of simulated time."""
+        if len(self._items) >= self.PURGE_AT:
+            now = self.now
+            self._items = {k: v for k, v in self._items.items() if v[0] > now}
         self._items[(self.person, key)] = (self.now + ttl_seconds, text)
 
 
