@@ -17,12 +17,12 @@ simulated month through the real pipeline, in this process, with simulated time:
 - The LLM is simulated by default (`SimulatedChat`): no network, a short answer and a
   realistic `usage` (prompt tokens from the request's length, completion tokens bounded by
   its `max_tokens`), behind the same answer cache as in production, so LLM COGS accrue and
-  people step down the tiers as they would. `--no-llm` uses the offline skills instead.
+  people step down the levels as they would. `--no-llm` uses the offline skills instead.
 
 It writes into a fresh SQLite file in the output folder (migrated with Flask-Migrate), never
 into the app's own database unless `--database` names it. The output: the month's report
 (`tokens.reports.month_report`), the share of people whose loss stays within the monthly
-loss ceiling (`tokens.tiers.monthly_loss_ceiling_musd`; it must be 100 %), the profit
+loss ceiling (`tokens.levels.monthly_loss_ceiling_musd`; it must be 100 %), the profit
 distribution, a table per persona, `report.json`, `summary.json`, `people.csv` and PNG charts.
 
 Money is integer µUSD throughout; it becomes a float only when handed to matplotlib.
@@ -72,7 +72,7 @@ from bot.messages import InboundMessage
 from bot.models import Contact, Message
 from bot.ratelimit import SenderLimits
 from bot.router import BotSettings, Outcome, answer_message
-from tokens import affiliates, payments, tiers
+from tokens import affiliates, levels, payments
 from tokens.catalog import Catalog
 from tokens.costs import CostEntry, LlmUsage
 from tokens.errors import PayLinkExpired, PayLinkNotFound
@@ -279,7 +279,7 @@ class SimulatedChat:
     """A `ChatClient` that answers at once, without a network, with a realistic `usage`.
 
     Prompt tokens: the request's characters / 4 plus 4 per message (English averages about 4
-    characters a token), always under the tier policy's ceiling. Completion tokens: 40 % to
+    characters a token), always under the level policy's ceiling. Completion tokens: 40 % to
     120 % of the length the system prompt asks for (characters / 4), at most `max_tokens`.
     The answer text is that many tokens x 4 characters of GSM-7 text. A share `failure_rate`
     of calls time out with no usage (the router then records the call at its ceiling).
@@ -504,7 +504,7 @@ class SimulationOptions:
     @property
     def days_in_month(self) -> int:
         """Days in the month."""
-        return tiers.days_in(self.start)
+        return levels.days_in(self.start)
 
     @property
     def days_simulated(self) -> int:
@@ -843,7 +843,7 @@ class PersonResult:
 def loss_check(session: Session, report: MonthReport, catalog: Catalog,
                persona_of: Mapping[int, str], days_in_month: int, *,
                classify_call_musd: int = 0) -> list[PersonResult]:
-    """Every active person's loss against `tiers.monthly_loss_ceiling_musd`.
+    """Every active person's loss against `levels.monthly_loss_ceiling_musd`.
 
     The ceiling leaves out the person's own inbound messages (its docstring), so those are
     taken out of the loss too: the inbound messaging cost (the `messaging` cost entries of
@@ -872,9 +872,9 @@ def loss_check(session: Session, report: MonthReport, catalog: Catalog,
                    into.outcome.in_(("help", "opt_out", "opt_in")))
             .group_by(Contact.account_id, out.channel)):
         carrier[account_id] += int(units or 0) * rates[channel].outbound_musd
-    plain = tiers.monthly_loss_ceiling_musd(catalog, days_in_month,
+    plain = levels.monthly_loss_ceiling_musd(catalog, days_in_month,
                                             classify_call_musd=classify_call_musd)
-    buyer = tiers.monthly_loss_ceiling_musd(catalog, days_in_month,
+    buyer = levels.monthly_loss_ceiling_musd(catalog, days_in_month,
                                             holds_purchased_tokens=True,
                                             classify_call_musd=classify_call_musd)
     results = []
@@ -937,7 +937,7 @@ def persona_table(results: Sequence[PersonResult], people: Sequence[Person]
         if not rows:
             continue
         profits = [r.profit_musd for r in rows]
-        levels = Counter(r.level for r in rows)
+        by_level = Counter(r.level for r in rows)
         table[name] = {
             "people": len(rows),
             "messages_in": sum(r.messages_in for r in rows),
@@ -950,7 +950,7 @@ def persona_table(results: Sequence[PersonResult], people: Sequence[Person]
             "worst_loss_musd": max(r.loss_musd for r in rows),
             "worst_raw_loss_musd": max(r.raw_loss_musd for r in rows),
             "within_ceiling": sum(1 for r in rows if r.within),
-            "levels": {level: levels[level] for level in tiers.LEVELS if levels[level]},
+            "levels": {level: by_level[level] for level in levels.LEVELS if by_level[level]},
             **dict(actions.get(name, Counter())),
         }
     return table
@@ -999,11 +999,11 @@ def write_charts(out: Path, report: MonthReport, results: Sequence[PersonResult]
     paths.append(_save(fig, out / "daily_revenue_cost.png"))
 
     fig, ax = plt.subplots(figsize=(9, 5))
-    bottom = [0] * len(tiers.LEVELS)
+    bottom = [0] * len(levels.LEVELS)
     for name in names:
         counts = [sum(1 for r in results if r.persona == name and r.level == level)
-                  for level in tiers.LEVELS]
-        ax.bar(tiers.LEVELS, counts, bottom=bottom, label=name, color=colours.get(name))
+                  for level in levels.LEVELS]
+        ax.bar(levels.LEVELS, counts, bottom=bottom, label=name, color=colours.get(name))
         bottom = [b + c for b, c in zip(bottom, counts, strict=True)]
     ax.set(title=f"Level at the month's end (by exposure), {report.month}", ylabel="people")
     ax.tick_params(axis="x", labelsize=8)
@@ -1293,8 +1293,8 @@ def summarise(options: SimulationOptions, catalog: Catalog, report: MonthReport,
             "worst_persona": worst.persona if worst else None,
             "worst_loss_musd": worst.loss_musd if worst else 0,
             "worst_ceiling_musd": worst.ceiling_musd if worst else 0,
-            "ceiling_musd": tiers.monthly_loss_ceiling_musd(catalog, catalog_days),
-            "ceiling_buyer_musd": tiers.monthly_loss_ceiling_musd(
+            "ceiling_musd": levels.monthly_loss_ceiling_musd(catalog, catalog_days),
+            "ceiling_buyer_musd": levels.monthly_loss_ceiling_musd(
                 catalog, catalog_days, holds_purchased_tokens=True),
             "within_if_platform_counted": with_platform,
             "worst_raw_loss_musd": worst_raw.raw_loss_musd if worst_raw else 0,
@@ -1353,13 +1353,13 @@ def print_summary(summary: dict[str, Any], report: MonthReport, out: Path,
          f"{'revenue':>12} {'cost':>12} {'profit':>12} {'mean':>8} {'median':>8} "
          f"{'worst loss':>10} {'packs':>6} {'subs':>5} {'clicks':>6} {'conv':>5}  levels")
     for name, row in summary["personas"].items():
-        levels = ", ".join(f"{k} {v}" for k, v in row["levels"].items())
+        by_level = ", ".join(f"{k} {v}" for k, v in row["levels"].items())
         echo(f"{name:<8} {row['people']:>7,} {row['messages_in']:>9,} {row['paying']:>7,} "
              f"{usd(row['revenue_musd']):>12} {usd(row['cost_musd']):>12} "
              f"{usd(row['profit_musd']):>12} {usd(row['mean_profit_musd']):>8} "
              f"{usd(row['median_profit_musd']):>8} {usd(row['worst_loss_musd']):>10} "
              f"{row.get('packs', 0):>6,} {row.get('subscriptions', 0):>5,} "
-             f"{row.get('clicks', 0):>6,} {row.get('conversions', 0):>5,}  {levels}")
+             f"{row.get('clicks', 0):>6,} {row.get('conversions', 0):>5,}  {by_level}")
     if summary["errors"]:
         echo("\nPipeline errors: " + "; ".join(f"{k} x{v}" for k, v in summary["errors"].items()))
     if summary["warnings"]:

@@ -35,7 +35,7 @@ The rules (docs/messaging.md, "Outbound"):
   forward (queued < sending < sent < delivered < read; failed and undelivered are final), so a
   late "sent" never overwrites "delivered".
 - A paid reply that is skipped, fails or is undelivered gives its tokens back
-  (`ledger.refund_debit`, once per inbound message).
+  (`ledger.reverse_debit`, once per inbound message).
 
 Statements (on every answered message's path, so counted: tests/bot/test_outbound_statements.py).
 The common cases are SQLAlchemy Core statements on the tables, not ORM loads:
@@ -600,7 +600,7 @@ def pending_outbound(session: Session, inbound_id: int) -> list[int]:
 def release_charge(session: Session, row: Message, now: datetime | None = None) -> int:
     """Give back what the inbound message `row` answers was charged; returns the tokens.
 
-    Once per inbound message (key `refund:<MessageSid>`), whichever of its replies failed. The
+    Once per inbound message (key `reversal:<MessageSid>`), whichever of its replies failed. The
     month's tokens charged go down in the month of the charge. The caller holds the account's
     row lock.
     """
@@ -610,8 +610,8 @@ def release_charge(session: Session, row: Message, now: datetime | None = None) 
     if inbound is None or not inbound.tokens_charged or inbound.message_sid is None:
         return 0
     now = now or utcnow()
-    refunded = ledger.refund_debit(
-        session, f"debit:{inbound.message_sid}", key=f"refund:{inbound.message_sid}",
+    refunded = ledger.reverse_debit(
+        session, f"debit:{inbound.message_sid}", key=f"reversal:{inbound.message_sid}",
         memo="reply not delivered", now=now,
     )
     if refunded.replayed or not refunded.amount:

@@ -32,7 +32,7 @@ LANGUAGES = ("en", "es")
 default."""
 MESSAGING_CHANNELS = ("sms", "whatsapp")
 MESSAGING_UNITS = ("segment", "message")
-DEFAULT_TIER = "normal"
+DEFAULT_LLM_TIER = "normal"
 
 
 @dataclass(frozen=True)
@@ -146,7 +146,7 @@ class ModelPrice:
 
 @dataclass(frozen=True)
 class LlmTier:
-    """What one restriction tier allows an LLM answer (docs/economy.md, "Tiers").
+    """What one restriction level allows an LLM answer (docs/economy.md, "Levels").
 
     Attributes:
         name: "normal", "reduced", ...
@@ -174,7 +174,7 @@ class LlmSettings:
         classify_per_day: LLM classification calls a sender address may use in a UTC day,
             for the messages the rules are unsure of (`bot.intents.llm_classify`); then the
             rules' intent stands. It bounds what classification costs
-            (`tokens.tiers.monthly_loss_ceiling_musd`).
+            (`tokens.levels.monthly_loss_ceiling_musd`).
     """
 
     system_prompt: str
@@ -183,7 +183,7 @@ class LlmSettings:
     tiers: Mapping[str, LlmTier]
     classify_per_day: int = 5
 
-    def tier(self, name: str = DEFAULT_TIER) -> LlmTier:
+    def tier(self, name: str = DEFAULT_LLM_TIER) -> LlmTier:
         """The LLM settings of tier `name`. Raises `CatalogError` if the tier has none."""
         try:
             return self.tiers[name]
@@ -226,18 +226,18 @@ class Costs:
 
 
 @dataclass(frozen=True)
-class TierSettings:
-    """The progressive-restriction policy's numbers (docs/economy.md, "Tiers").
+class LevelSettings:
+    """The progressive-restriction policy's numbers (docs/economy.md, "Levels").
 
     Attributes:
         reduced_musd, basic_musd, affiliate_musd, payment_required_musd: the exposure (µUSD)
             at which each level starts (defaults $0.50, $1.50, $1.75, $2.00).
         free_replies_per_day: the daily budget of replies exposure does not gate (HELP,
             START/STOP confirmations, throttle notices, refusals, alerts, billing notices,
-            free replies past the cutoff), then silence (`tokens.tiers.take_free_reply`).
+            free replies past the cutoff), then silence (`tokens.levels.take_free_reply`).
         billing_replies_per_day: BALANCE, BUY and BUY PREMIUM replies a day past the cutoff
             (their own budget, so the free replies never silence the way to pay; it bounds
-            what they can cost, `tokens.tiers.monthly_loss_ceiling_musd`).
+            what they can cost, `tokens.levels.monthly_loss_ceiling_musd`).
         inbound_flood_per_day: a person's inbound messages in a UTC day past which the bot
             stays silent for the rest of the day (STOP still opts out) and the admin pages
             flag them.
@@ -366,7 +366,7 @@ class Catalog:
     sms_max_segments: int
     whatsapp_max_messages: int
     premium: Plan
-    tiers: TierSettings
+    tiers: LevelSettings
     affiliates: AffiliateSettings
     language_choices: Mapping[str, str]
     bot_description_es: str = ""
@@ -507,7 +507,7 @@ def _parse(raw: dict[str, Any]) -> Catalog:
         sms_max_segments=_positive_int(raw, "sms_max_segments"),
         whatsapp_max_messages=_positive_int(raw, "whatsapp_max_messages"),
         premium=_parse_plan(_mapping(raw, "premium"), packs),
-        tiers=_parse_tiers(_mapping(raw, "tiers")),
+        tiers=_parse_levels(_mapping(raw, "tiers")),
         affiliates=_parse_affiliates(_mapping(raw, "affiliates"), names),
         language_choices=language_choices,
         bot_description_es=_optional_str(bot, "description_es", "bot"),
@@ -561,7 +561,7 @@ def _parse_language_choices(names: dict[str, Any], prefixes: frozenset[str]
     return choices
 
 
-def _parse_tiers(raw: dict[str, Any]) -> TierSettings:
+def _parse_levels(raw: dict[str, Any]) -> LevelSettings:
     thresholds = _mapping(raw, "thresholds_usd", "tiers")
     where = "tiers.thresholds_usd"
     values = [_musd(thresholds, name, where, positive=True)
@@ -569,7 +569,7 @@ def _parse_tiers(raw: dict[str, Any]) -> TierSettings:
     if values != sorted(values) or len(set(values)) != len(values):
         raise CatalogError(f"{where}: reduced < basic < affiliate < payment_required is required")
     if "refusals_per_day" in raw:
-        raise CatalogError("tiers.refusals_per_day is now tiers.free_replies_per_day (the daily "
+        raise CatalogError("tiers.refusals_per_day is now levels.free_replies_per_day (the daily "
                            "budget of every free reply, refusals included): rename it")
     free = raw.get("free_replies_per_day")
     if type(free) is not int or free < 1:
@@ -581,7 +581,7 @@ def _parse_tiers(raw: dict[str, Any]) -> TierSettings:
     if type(flood) is not int or flood < 1:
         raise CatalogError("tiers.inbound_flood_per_day: a positive integer is required")
     reduced, basic, affiliate, payment_required = values
-    return TierSettings(reduced_musd=reduced, basic_musd=basic, affiliate_musd=affiliate,
+    return LevelSettings(reduced_musd=reduced, basic_musd=basic, affiliate_musd=affiliate,
                         payment_required_musd=payment_required, free_replies_per_day=free,
                         upsell_every_hours=_positive_int(raw, "upsell_every_hours", "tiers"),
                         affiliate_min_price=_positive_int(raw, "affiliate_min_price", "tiers"),
@@ -711,8 +711,8 @@ def _parse_llm(raw: dict[str, Any], costs: Costs, bot_name: str, description: st
             max_tokens=_positive_int(item, "max_tokens", where),
             max_input_chars=_positive_int(item, "max_input_chars", where),
         )
-    if DEFAULT_TIER not in tiers:
-        raise CatalogError(f"llm.tiers: settings for the {DEFAULT_TIER!r} tier are required")
+    if DEFAULT_LLM_TIER not in tiers:
+        raise CatalogError(f"llm.tiers: settings for the {DEFAULT_LLM_TIER!r} tier are required")
     history = raw.get("history_messages")
     if type(history) is not int or history < 0:
         raise CatalogError("llm.history_messages: a non-negative integer is required")

@@ -1168,7 +1168,7 @@ def clawback(
     return Posted(key, (entry.id,), take, ((lot.bucket, -take),), replayed=False)
 
 
-def refund_debit(
+def reverse_debit(
     session: Session,
     debit_key: str,
     *,
@@ -1186,7 +1186,7 @@ def refund_debit(
     Args:
         session: the caller's session; this function flushes, never commits.
         debit_key: the debit's operation key, e.g. "debit:<MessageSid>".
-        key: idempotency key of the refund, e.g. "refund:<MessageSid>".
+        key: idempotency key of the refund, e.g. "reversal:<MessageSid>".
         memo: why, shown in the person's history.
         now: the posting time (UTC).
 
@@ -1214,7 +1214,7 @@ def refund_debit(
     with session.begin_nested():
         _lock_account(session, account_id)
         # Checked under the lock: a concurrent refund of this debit, under any key, is done.
-        replay = _replay(session, key) or _earlier_refund(session, debits)
+        replay = _replay(session, key) or _earlier_reversal(session, debits)
         if replay is not None:
             return replay
         entries: list[LedgerEntry] = []
@@ -1474,11 +1474,11 @@ def _expiry_plan(
     return plan
 
 
-def _earlier_refund(session: Session, debits: Sequence[LedgerEntry]) -> Posted | None:
+def _earlier_reversal(session: Session, debits: Sequence[LedgerEntry]) -> Posted | None:
     """The refund already posted for any of `debits`, under whatever key, or None."""
     key = session.scalar(
         select(LedgerEntry.operation_key)
-        .where(LedgerEntry.kind == "refund",
+        .where(LedgerEntry.kind == "reversal",
                LedgerEntry.corrects_id.in_([debit.id for debit in debits]))
         .limit(1)
     )

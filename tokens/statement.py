@@ -20,7 +20,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, aliased
 
-from tokens import costs, ledger, payments, tiers
+from tokens import costs, ledger, levels, payments
 from tokens.auto_topup import AutoTopup
 from tokens.catalog import Catalog
 from tokens.ledger import LedgerEntry, Lot
@@ -136,7 +136,7 @@ class Statement:
         purchases: payments, newest first.
         premium: the subscription.
         auto_topup: auto top-up.
-        level: the level of the next answer (`tokens.tiers.LEVELS`).
+        level: the level of the next answer (`tokens.levels.LEVELS`).
         month: "YYYY-MM" of `usage`.
     """
 
@@ -202,7 +202,7 @@ def usage_since(session: Session, account_id: int, since: datetime) -> tuple[Usa
     refunded = dict(session.execute(
         select(debit.memo, func.sum(LedgerEntry.amount))
         .join(debit, debit.id == LedgerEntry.corrects_id)
-        .where(LedgerEntry.account_id == account_id, LedgerEntry.kind == "refund",
+        .where(LedgerEntry.account_id == account_id, LedgerEntry.kind == "reversal",
                debit.created_at >= since)
         .group_by(debit.memo)).tuples().all())
     lines = [UsageLine(memo or "", int(answers), int(tokens) - int(refunded.get(memo) or 0))
@@ -221,7 +221,7 @@ def recent_charges(session: Session, account_id: int, limit: int = RECENT_CHARGE
                func.max(LedgerEntry.id).label("last"))
         .outerjoin(debit, debit.id == LedgerEntry.corrects_id)
         .where(LedgerEntry.account_id == account_id,
-               LedgerEntry.kind.in_(("debit", "refund")))
+               LedgerEntry.kind.in_(("debit", "reversal")))
         .group_by(LedgerEntry.operation_key, LedgerEntry.kind,
                   func.coalesce(debit.memo, LedgerEntry.memo))
         .order_by(func.max(LedgerEntry.id).desc())
@@ -306,11 +306,11 @@ def level_of(session: Session, account_id: int, catalog: Catalog, by_bucket: Map
              premium: bool, now: datetime) -> str:
     """The level of the person's next answer, as the admin pages read it: an operator's
     override in force; NORMAL for premium or with purchased tokens left (paid service is never
-    degraded, docs/economy.md); else `tiers.decide` on this month's exposure."""
-    override = tiers.override_of(session, account_id, now)
+    degraded, docs/economy.md); else `levels.decide` on this month's exposure."""
+    override = levels.override_of(session, account_id, now)
     if override is not None:
         return override
     paying = premium or any(tokens for bucket, tokens in by_bucket.items() if bucket != "free")
-    zero = dict.fromkeys(tiers.LEVELS, 0)
+    zero = dict.fromkeys(levels.LEVELS, 0)
     exposure = costs.month(session, account_id, now).exposure_musd
-    return tiers.decide(exposure, zero, catalog, paying=paying)
+    return levels.decide(exposure, zero, catalog, paying=paying)

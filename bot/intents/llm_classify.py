@@ -27,7 +27,7 @@ from bot.knowledge import Knowledge, load_knowledge
 from bot.llm import ChatClient, ChatRequest, LlmError
 from tokens.catalog import Catalog, IntentSpec, LlmTier
 from tokens.costs import LlmUsage
-from tokens.tiers import TOKEN_OVERHEAD_PER_MESSAGE, UTF8_MAX_BYTES
+from tokens.levels import TOKEN_OVERHEAD_PER_MESSAGE, UTF8_MAX_BYTES
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +95,7 @@ def cheapest_tier(catalog: Catalog) -> LlmTier:
 def classification_ceiling_musd(catalog: Catalog, tier: LlmTier | None = None) -> int:
     """The most one classification call can cost, µUSD, for recording a call that reported no
     usage (`costs.record_llm_estimate`): input bounded by UTF-8 bytes of the instructions and
-    the capped message plus a per-message overhead (as `tokens.tiers.llm_ceiling_musd`
+    the capped message plus a per-message overhead (as `tokens.levels.llm_ceiling_musd`
     bounds an answer), output by `CLASSIFY_MAX_TOKENS`."""
     tier = tier or cheapest_tier(catalog)
     request = classification_request("", catalog, tier)

@@ -19,7 +19,7 @@ from bot.llm import ChatClient
 from bot.messages import InboundMessage
 from bot.models import Contact, Message
 from bot.ratelimit import SenderLimits
-from tokens import ledger, tiers
+from tokens import ledger, levels
 from tokens.catalog import Catalog, IntentSpec
 
 if TYPE_CHECKING:
@@ -39,7 +39,7 @@ HELP = frozenset({"HELP", "INFO", "AYUDA"})
 # notices (HELP, BALANCE, confirmations) are written short and sent whole.
 # Refusals, offers and "not enough tokens" replies are capped the same way (their texts are
 # written to fit): what one reply can cost is then bounded by the channel's cap
-# (`tokens.tiers.reply_ceiling_musd`). Only answers and their continuations replace a pending
+# (`tokens.levels.reply_ceiling_musd`). Only answers and their continuations replace a pending
 # MORE.
 CONTENT_OUTCOMES = frozenset({"answered", "failed", "more", "refused", "offers",
                               "insufficient"})
@@ -142,7 +142,7 @@ class Turn:
     # by the provider (read under the lock, `steps.serialise`).
     on_the_way_musd: int = 0
     charged: int = 0
-    level: str = tiers.NORMAL
+    level: str = levels.NORMAL
     suspended: bool = False  # an operator suspended the person (read under the lock)
     premium: bool = False  # a subscription gives premium now (read under the lock)
     flooded: bool = False  # inbound past `inbound_flood_per_day` today: silenced

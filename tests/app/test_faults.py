@@ -173,7 +173,7 @@ def refunded(sid: str) -> int:
     """Tokens given back for the message's charge (its `refund` entries)."""
     return int(db.session.scalar(
         select(func.coalesce(func.sum(LedgerEntry.amount), 0)).where(
-            LedgerEntry.kind == "refund", LedgerEntry.operation_key == f"refund:{sid}")) or 0)
+            LedgerEntry.kind == "reversal", LedgerEntry.operation_key == f"reversal:{sid}")) or 0)
 
 
 def row_counts() -> dict[str, int]:

@@ -98,7 +98,7 @@ def test_an_undelivered_paid_reply_gives_its_tokens_back_once(client, session, a
     assert session.get(Message, reply.id).status == "failed"
     assert ledger.balance(session, account).available == 100
     refunds = [line.entry for line in ledger.history(session, account)
-               if line.entry.kind == "refund"]
+               if line.entry.kind == "reversal"]
     assert sum(e.amount for e in refunds) == 5
     assert_consistent(session, account)
 
@@ -139,7 +139,7 @@ def test_a_free_reply_that_fails_refunds_nothing(client, session):
     contact = session.get(Contact, reply.contact_id)
     assert ledger.balance(session, contact.account_id).available == 100
     assert not [line for line in ledger.history(session, contact.account_id)
-                if line.entry.kind == "refund"]
+                if line.entry.kind == "reversal"]
 
 
 @pytest.mark.parametrize(
