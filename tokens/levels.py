@@ -2,8 +2,9 @@
 "Levels").
 
 Exposure E = this month's cost - this month's revenue (µUSD, `tokens.costs.AccountMonth`).
-Each level bounds what an answer may cost (its *ceiling*: the LLM call at the level's caps plus
-the reply's messaging at the channel's cap), and the decision is made on E + that ceiling:
+Each level bounds what an answer may cost (its *ceiling*: the LLM call at the caps of the
+level's LLM tier plus the reply's messaging at the channel's cap), and the decision is made on
+E + that ceiling:
 
     NORMAL            if E + ceiling(NORMAL)  < reduced           ($0.50)
     REDUCED           if E + ceiling(REDUCED) < basic             ($1.50)
@@ -13,8 +14,8 @@ the reply's messaging at the channel's cap), and the decision is made on E + tha
 
 so no answer can carry a person past the next threshold, nor past the cutoff (rule 1, bounded
 loss), and more exposure never gives a better level (rule 2, monotonic). A paying person (an
-active premium subscription, or purchased tokens that cover the price) gets NORMAL: free-tier
-rules never degrade what they paid for (rule 3). Past the cutoff a person gets only short
+active premium subscription, or purchased tokens that cover the price) gets NORMAL: the levels
+never degrade what they paid for (rule 3). Past the cutoff a person gets only short
 refusals. Every reply the bot sends that exposure does not gate (HELP, START and STOP
 confirmations, throttle notices, refusals, alerts and billing notices, free replies past the
 cutoff) draws on one daily budget, `free_replies_per_day`, and BALANCE/BUY/BUY PREMIUM past
@@ -62,7 +63,7 @@ CALLS_PER_ANSWER = 2
 
 
 def llm_ceiling_musd(catalog: Catalog, tier: LlmTier, spec: IntentSpec) -> int:
-    """The most one LLM answer at `tier` can cost, µUSD.
+    """The most one LLM answer at the LLM tier `tier` can cost, µUSD.
 
     Input tokens are bounded by UTF-8 bytes (a byte-level BPE token is at least one byte, and
     a character at most 4 bytes): the system and intent prompts, the constraints clause

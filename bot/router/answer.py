@@ -126,7 +126,7 @@ def pending_answer(
     if row is None:
         return None
     message, hold, contact = row
-    if message.intent is None or message.outcome != "queued":
+    if message.intent is None or message.outcome != OutcomeKind.QUEUED:
         return None
     spec = settings.catalog.intent(message.intent)
     return PendingAnswer(
@@ -236,7 +236,7 @@ def settle(
         .where(Message.id == pending.message_id)
         .execution_options(populate_existing=True)
     ).one()
-    if message.outcome != "queued":
+    if message.outcome != OutcomeKind.QUEUED:
         log.info("answer already settled", extra={"message_sid": pending.message_sid})
         return Outcome(kind=OutcomeKind.DUPLICATE, intent=pending.intent.name,
                        message_id=pending.message_id)
@@ -253,7 +253,7 @@ def store_replies(
     session: Session,
     contact: Contact,
     inbound: Message,
-    kind: str,
+    kind: OutcomeKind,
     texts: tuple[str, ...],
     settings: BotSettings,
     *,
@@ -387,7 +387,7 @@ def settle_ledger(
     result: SkillResult,
     settings: BotSettings,
     now: datetime,
-) -> tuple[str, tuple[str, ...], int]:
+) -> tuple[OutcomeKind, tuple[str, ...], int]:
     """Capture or void the hold and record the LLM cost: (outcome kind, texts, tokens).
 
     The caller holds the account's row lock (taken before any other row, so no deadlock).
@@ -400,10 +400,10 @@ def settle_ledger(
             except HoldNotPending:
                 log.error("a failed answer's hold was captured",
                           extra={"hold": pending.hold_id})
-        return "failed", (result.failure_reply,) if result.failure_reply else (), 0
+        return OutcomeKind.FAILED, (result.failure_reply,) if result.failure_reply else (), 0
     charged = _charge(session, pending, now)
     if charged is None:
-        return "answered", (result.answer.text,), 0
+        return OutcomeKind.ANSWERED, (result.answer.text,), 0
     posted, released = charged
     watch = alerts.AfterDebit()
     if not posted.replayed:
@@ -433,8 +433,8 @@ def settle_ledger(
                                        now=now)
         alert = replies.low_balance_text(settings.catalog, watch.available,
                                          settings.pay_url(link.token), lang)
-        return "answered", (text, alert), posted.amount
-    return "answered", (text,), posted.amount
+        return OutcomeKind.ANSWERED, (text, alert), posted.amount
+    return OutcomeKind.ANSWERED, (text,), posted.amount
 
 
 def _charge(session: Session, pending: PendingAnswer, now: datetime

@@ -1,8 +1,9 @@
 """The turn: what the router's steps share while one message is routed, and what it did.
 
-`BotSettings` (configuration), `Outcome` (what happened to one inbound message), `ReplyNow`
-(a step's final answer) and `Turn` (the shared context); the compliance keyword families and
-the outcome kinds whose replies are capped. docs/pipeline.md explains the whole flow.
+`BotSettings` (configuration), `Outcome` (what happened to one inbound message: its
+`bot.models.OutcomeKind`), `ReplyNow` (a step's final answer) and `Turn` (the shared context);
+the compliance keyword families and the outcome kinds whose replies are capped.
+docs/pipeline.md explains the whole flow.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from sqlalchemy.orm import Session
 from bot.contacts import LanguageState
 from bot.llm import ChatClient
 from bot.messages import InboundMessage
-from bot.models import Contact, Message
+from bot.models import Contact, Message, OutcomeKind
 from bot.ratelimit import SenderLimits
 from tokens import ledger, levels
 from tokens.catalog import Catalog, IntentSpec
@@ -41,9 +42,9 @@ HELP = frozenset({"HELP", "INFO", "AYUDA"})
 # written to fit): what one reply can cost is then bounded by the channel's cap
 # (`tokens.levels.reply_ceiling_musd`). Only answers and their continuations replace a pending
 # MORE.
-CONTENT_OUTCOMES = frozenset({"answered", "failed", "more", "refused", "offers",
-                              "insufficient"})
-ANSWER_OUTCOMES = frozenset({"answered", "failed", "more"})
+CONTENT_OUTCOMES = frozenset({OutcomeKind.ANSWERED, OutcomeKind.FAILED, OutcomeKind.MORE,
+                              OutcomeKind.REFUSED, OutcomeKind.OFFERS, OutcomeKind.INSUFFICIENT})
+ANSWER_OUTCOMES = frozenset({OutcomeKind.ANSWERED, OutcomeKind.FAILED, OutcomeKind.MORE})
 
 
 @dataclass(frozen=True)
@@ -89,7 +90,8 @@ class Outcome:
     """What the router did with one inbound message.
 
     Attributes:
-        kind: "duplicate", "flooded" (inbound past `inbound_flood_per_day` today), "opted_out",
+        kind: an `OutcomeKind` (bot.models): "duplicate", "flooded" (inbound past
+            `inbound_flood_per_day` today), "opted_out",
             "suspended", "throttled", "opt_out", "opt_in", "help",
             "no_text", "balance", "buy", "premium", "auto_topup" (AUTO ON / AUTO OFF),
             "account" (ACCOUNT: the account page's link), "more",
@@ -104,7 +106,7 @@ class Outcome:
         message_id: the inbound `Message` row; None for a repeat delivery that stored none.
     """
 
-    kind: str
+    kind: OutcomeKind
     replies: tuple[str, ...] = ()
     intent: str | None = None
     tokens_charged: int = 0
@@ -114,7 +116,7 @@ class Outcome:
 class ReplyNow(Exception):  # noqa: N818  (control flow, not an error)
     """Raised by a step that has the final answer; carries the outcome kind and reply texts."""
 
-    def __init__(self, kind: str, *texts: str) -> None:
+    def __init__(self, kind: OutcomeKind, *texts: str) -> None:
         super().__init__(kind)
         self.kind = kind
         self.texts = texts

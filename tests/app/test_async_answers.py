@@ -22,7 +22,7 @@ from sqlalchemy import select
 from app.jobs import answer_job
 from app.queue import QUEUE_NAME, enqueue_answer, job_id_for, redis_connection
 from bot import replies
-from bot.models import Contact, InboxMessage, Message
+from bot.models import Contact, InboxMessage, Message, OutcomeKind
 from tests.conftest import (
     PUBLIC_BASE_URL,
     SMS_FROM,
@@ -94,7 +94,7 @@ def test_meal_plan_is_queued_then_answered_by_the_worker(queued_app: Flask, sess
     reply = session.scalar(select(Message).where(Message.direction == "out"))
     assert reply.status == "queued" and reply.message_sid == send["sid"]
     inbound = session.scalar(select(Message).where(Message.message_sid == "SMqueued1"))
-    assert inbound.outcome == "answered" and inbound.tokens_charged == 5
+    assert inbound.outcome == OutcomeKind.ANSWERED and inbound.tokens_charged == 5
 
     # The LLM cost is on the person's month, priced from the response's usage.
     [call] = openai_api.bodies
