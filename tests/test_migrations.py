@@ -54,6 +54,7 @@ def _rows(sql: str) -> list[tuple[object, ...]]:
 
 
 def test_0016_renames_tier_states_and_turns_refund_entries_into_reversals(app):
+    # rename_levels: skip (this test writes the names of before 0016)
     """The data of 0016: a `tier_states` row moves to `level_states` (with constraints named
     after it), a debit's `refund` entries become `reversal` ones with their keys, the ledger
     stays append-only, and the downgrade puts everything back."""

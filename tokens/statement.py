@@ -55,7 +55,7 @@ class ChargeLine:
     """One charge or refund of tokens.
 
     Attributes:
-        kind: "debit" (an answer was charged) or "refund" (its reply was not delivered, so
+        kind: "debit" (an answer was charged) or "reversal" (its reply was not delivered, so
             its tokens came back).
         intent: what the answer was (the catalog's intent name), None when not known.
         tokens: how many tokens, positive for both kinds.

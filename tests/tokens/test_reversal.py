@@ -86,7 +86,7 @@ def test_a_refund_gives_the_tokens_back_to_the_lot_they_came_from(session, ana):
         select(LedgerEntry).where(LedgerEntry.idempotency_key == "debit:SM1")
     ).one()
     assert refunded.entry_ids == (entry.id,)
-    assert (entry.kind, entry.bucket, entry.amount) == ("refund", "free", 5)
+    assert (entry.kind, entry.bucket, entry.amount) == ("reversal", "free", 5)
     assert entry.lot_id == debit.lot_id == lot_of(session, "grant:free:nov").id
     assert entry.corrects_id == debit.id
     assert (entry.idempotency_key, entry.operation_key) == ("reversal:SM1", "reversal:SM1")

@@ -59,7 +59,7 @@ def test_ana_asks_twice_one_reply_is_lost_and_she_buys_a_pack(session, ana):
     assert [(u.intent, u.answers, u.tokens) for u in s.usage] == [
         ("meal_plan", 1, 5), ("recipe_search", 1, 0)]
     assert [(c.kind, c.intent, c.tokens) for c in s.charges] == [
-        ("refund", "recipe_search", 2), ("debit", "recipe_search", 2), ("debit", "meal_plan", 5)]
+        ("reversal", "recipe_search", 2), ("debit", "recipe_search", 2), ("debit", "meal_plan", 5)]
     (bought,) = s.purchases
     assert (bought.kind, bought.amount_cents, bought.tokens, bought.refunded_cents) == (
         "auto_topup", 500, 120, 100)
