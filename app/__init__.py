@@ -247,7 +247,7 @@ def _payment_provider(app: Flask) -> PaymentProvider | None:
 
 
 def _with_model_override(catalog: Catalog, model: str | None) -> Catalog:
-    """`OPENAI_MODEL` replaces the normal tier's model; it must have a price in the catalog,
+    """`OPENAI_MODEL` replaces the normal LLM tier's model; it must have a price in the catalog,
     or its cost could not be recorded."""
     if not model:
         return catalog

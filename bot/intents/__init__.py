@@ -25,7 +25,8 @@ class SkillRequest:
         channel: "sms" or "whatsapp" (an SMS answer should stay short).
         history: earlier turns of the conversation, oldest first, as (role, text) with role
             "user" or "assistant".
-        tier: the restriction level whose LLM settings apply ("normal", "reduced").
+        tier: the LLM tier to answer with ("normal", "reduced"; `tokens.levels.LLM_TIER_OF`
+            of the answer's level).
         language: "en" or "es" to answer in; None to use the language detected from `text`
             (`bot.intents.classifier.detect_language`).
     """

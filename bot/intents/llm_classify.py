@@ -5,7 +5,7 @@ The rules (`bot.intents.classifier.classify`) end in small talk when nothing els
 catalog's default intent, which is "chat". For a short greeting that is right; for "can you
 help me figure out what to feed my kids this week, they hate broccoli" it is a guess. When the
 rules' intent is small talk and the message is long enough or names food, diets or calories
-(`unsure`), one call asks the cheapest model of the catalog's tiers for one intent name, with
+(`unsure`), one call asks the cheapest model of the catalog's LLM tiers for one intent name, with
 `max_tokens` of `CLASSIFY_MAX_TOKENS`; anything but exactly one of the catalog's names keeps
 the rules' answer. So does a name priced below the rules' intent: the call can make a vague
 message cost what it asks for, never less than the rules say, whatever its language.
