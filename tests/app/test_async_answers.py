@@ -223,7 +223,7 @@ def test_63016_falls_back_to_the_configured_template(queued_app, session, twilio
     assert ledger.balance(session, contact.account_id).available == 95
 
 
-def test_63016_without_a_template_fails_and_refunds(queued_app, session, twilio_api):
+def test_63016_without_a_template_fails_and_reverses_the_charge(queued_app, session, twilio_api):
     twilio_api.fail_next(400, 63016, "outside the allowed window")
     post_signed(queued_app.test_client(), whatsapp("meal plan", sid="SM63016b"))
     run_worker(queued_app)
@@ -534,7 +534,7 @@ def test_63016_in_the_status_callback_resends_the_answer_as_the_template(
     assert_consistent(session, account)
 
 
-def test_63016_in_the_status_callback_without_a_template_refunds(queued_app, session,
+def test_63016_in_the_status_callback_without_a_template_reverses_the_charge(queued_app, session,
                                                                   twilio_api):
     from tests.conftest import twilio_fields
 
