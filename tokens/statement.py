@@ -2,8 +2,8 @@
 
 `statement(session, account_id, catalog, now)` gathers it in one place (docs/account.md,
 "What the page shows"): the balance by bucket with when each bucket's tokens renew or expire,
-this month's usage by intent, the recent charges and the refunds of replies that were not
-delivered, the purchases with their receipts, premium, auto top-up and the service level.
+this month's usage by intent, the recent charges and the reversals of those whose replies
+were not delivered, the purchases with their receipts, premium, auto top-up and the service level.
 
 Everything here is about one account and holds no phone number and no message text: usage
 and charges come from ledger entries (an answer's debit carries its intent in `memo`),
@@ -43,7 +43,7 @@ class BucketLine:
 
 @dataclass(frozen=True)
 class UsageLine:
-    """This month's answers of one intent: how many, and the tokens they cost net of refunds."""
+    """This month's answers of one intent: how many, and the tokens they cost net of reversals."""
 
     intent: str
     answers: int
@@ -52,7 +52,7 @@ class UsageLine:
 
 @dataclass(frozen=True)
 class ChargeLine:
-    """One charge or refund of tokens.
+    """One charge of tokens, or its reversal.
 
     Attributes:
         kind: "debit" (an answer was charged) or "reversal" (its reply was not delivered, so
@@ -132,7 +132,7 @@ class Statement:
         buckets: tokens left by bucket, in spending order.
         free_renews_at: when the next free allowance is granted (first of next month, UTC).
         usage: this month's answers by intent, most tokens first.
-        charges: recent charges and refunds, newest first.
+        charges: recent charges and reversals, newest first.
         purchases: payments, newest first.
         premium: the subscription.
         auto_topup: auto top-up.
@@ -191,7 +191,7 @@ def buckets_of(session: Session, account_id: int, by_bucket: Mapping[str, int], 
 
 def usage_since(session: Session, account_id: int, since: datetime) -> tuple[UsageLine, ...]:
     """Answers by intent since `since`: answers charged (distinct debit operations), and their
-    tokens less those refunded because the reply was not delivered; most tokens first."""
+    tokens less those reversed because the reply was not delivered; most tokens first."""
     debits = session.execute(
         select(LedgerEntry.memo, func.count(func.distinct(LedgerEntry.operation_key)),
                -func.sum(LedgerEntry.amount))
@@ -199,20 +199,20 @@ def usage_since(session: Session, account_id: int, since: datetime) -> tuple[Usa
                LedgerEntry.created_at >= since)
         .group_by(LedgerEntry.memo)).tuples().all()
     debit = aliased(LedgerEntry)
-    refunded = dict(session.execute(
+    reversed_ = dict(session.execute(
         select(debit.memo, func.sum(LedgerEntry.amount))
         .join(debit, debit.id == LedgerEntry.corrects_id)
         .where(LedgerEntry.account_id == account_id, LedgerEntry.kind == "reversal",
                debit.created_at >= since)
         .group_by(debit.memo)).tuples().all())
-    lines = [UsageLine(memo or "", int(answers), int(tokens) - int(refunded.get(memo) or 0))
+    lines = [UsageLine(memo or "", int(answers), int(tokens) - int(reversed_.get(memo) or 0))
              for memo, answers, tokens in debits]
     return tuple(sorted(lines, key=lambda line: (-line.tokens, line.intent)))
 
 
 def recent_charges(session: Session, account_id: int, limit: int = RECENT_CHARGES
                    ) -> tuple[ChargeLine, ...]:
-    """The latest `limit` charges (debits) and refunds of tokens, newest first, one line per
+    """The latest `limit` charges (debits) and reversals of tokens, newest first, one line per
     operation (an answer drawn from two lots is one charge)."""
     debit = aliased(LedgerEntry)
     rows = session.execute(
