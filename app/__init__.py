@@ -17,7 +17,7 @@ from bot.llm import AnswerCache, CachedChat, ChatClient, MemoryCache, RedisCache
 from bot.outbound import OutboundSettings
 from bot.ratelimit import SenderLimits
 from bot.router import BotSettings
-from tokens.catalog import DEFAULT_TIER, Catalog, load_catalog
+from tokens.catalog import DEFAULT_LLM_TIER, Catalog, load_catalog
 from tokens.errors import CatalogError
 from tokens.providers import PaymentProvider, SandboxProvider, StripeProvider
 
@@ -48,9 +48,9 @@ def create_app(config_class: type[Config] = Config) -> Flask:
     import tokens.affiliates  # noqa: F401
     import tokens.costs  # noqa: F401
     import tokens.ledger  # noqa: F401
+    import tokens.levels  # noqa: F401
     import tokens.payment_events  # noqa: F401
     import tokens.payments  # noqa: F401
-    import tokens.tiers  # noqa: F401
 
     db.init_app(app)
     migrate.init_app(
@@ -247,7 +247,7 @@ def _payment_provider(app: Flask) -> PaymentProvider | None:
 
 
 def _with_model_override(catalog: Catalog, model: str | None) -> Catalog:
-    """`OPENAI_MODEL` replaces the normal tier's model; it must have a price in the catalog,
+    """`OPENAI_MODEL` replaces the normal LLM tier's model; it must have a price in the catalog,
     or its cost could not be recorded."""
     if not model:
         return catalog
@@ -257,7 +257,7 @@ def _with_model_override(catalog: Catalog, model: str | None) -> Catalog:
             f"(known: {', '.join(sorted(catalog.costs.llm_models))})"
         )
     tiers = dict(catalog.llm.tiers)
-    tiers[DEFAULT_TIER] = replace(tiers[DEFAULT_TIER], model=model)
+    tiers[DEFAULT_LLM_TIER] = replace(tiers[DEFAULT_LLM_TIER], model=model)
     return replace(catalog, llm=replace(catalog.llm, tiers=tiers))
 
 
@@ -272,7 +272,7 @@ def _chat_client(app: Flask, catalog: Catalog) -> ChatClient | None:
 
     connection = redis_connection(app)
     # No library retries: one answer is one call, so its cost stays within the ceiling the
-    # tier policy counted (tokens.tiers.llm_ceiling_musd); a failed call falls back offline.
+    # level policy counted (tokens.levels.llm_ceiling_musd); a failed call falls back offline.
     client = MeteredOpenAIChat(
         key, base_url=app.config["OPENAI_BASE_URL"],
         timeout_seconds=app.config["OPENAI_TIMEOUT_SECONDS"], max_retries=0,

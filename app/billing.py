@@ -23,7 +23,7 @@ from app.queue import enqueue_delivery
 from bot import replies
 from bot.models import Contact
 from bot.notify import queue_notice
-from tokens import auto_topup, payments, tiers
+from tokens import auto_topup, levels, payments
 from tokens.base import utcnow
 from tokens.payment_events import (
     EventContext,
@@ -102,7 +102,7 @@ def _keep_failure(provider: PaymentProvider, event: dict[str, object], error: Ex
 
 
 # Notices that follow money in: the payment covers what they cost, so they are outside the
-# daily budget of free replies (`tokens.tiers.monthly_loss_ceiling_musd`).
+# daily budget of free replies (`tokens.levels.monthly_loss_ceiling_musd`).
 PAID_NOTICES = frozenset({"pack_credited", "premium_started", "auto_topup_on",
                           "auto_topup_credited"})
 
@@ -111,7 +111,7 @@ def queue_notices(app: Flask, session: Session, notices: tuple[Notice, ...],
                   now: datetime | None = None) -> list[int]:
     """Word each notice and store it as pending messages; none when nothing can be sent.
     Notices other than `PAID_NOTICES` draw on the person's daily budget of free replies
-    (`tiers.take_free_reply`) and are dropped once it is spent. The caller holds the
+    (`levels.take_free_reply`) and are dropped once it is spent. The caller holds the
     account's lock (the payment event's handler took it)."""
     if not can_send(app) or not notices:
         return []
@@ -119,7 +119,7 @@ def queue_notices(app: Flask, session: Session, notices: tuple[Notice, ...],
     moment = now or utcnow()
     ids: list[int] = []
     for notice in notices:
-        if notice.kind not in PAID_NOTICES and not tiers.take_free_reply(
+        if notice.kind not in PAID_NOTICES and not levels.take_free_reply(
                 session, notice.account_id, settings.catalog, moment):
             log.info("notice dropped: the day's free replies are spent",
                      extra={"kind": notice.kind})

@@ -262,7 +262,8 @@ def messages_group() -> None:
               help="Re-enqueue priced messages still waiting for their answer after this long.")
 @click.option("--unconfirmed-minutes", default=15, show_default=True,
               type=click.IntRange(min=1),
-              help="Fail (and refund) replies whose send no callback confirmed after this long.")
+              help="Fail replies whose send no callback confirmed after this long (their "
+                   "charge reversed).")
 @with_appcontext
 def messages_sweep(queued_minutes: int, unconfirmed_minutes: int) -> None:
     """Expire stale holds, re-enqueue lost answer jobs, give up on replies whose send was

@@ -40,7 +40,7 @@ from app.turns import PersonTurn
 from bot import outbound, router
 from bot.channels.twilio import TwilioRestSender
 from bot.messages import InboundMessage
-from bot.models import Contact, InboxMessage, Message
+from bot.models import Contact, InboxMessage, Message, OutcomeKind
 from bot.router.pipeline import INBOX_OF_SENDER_OF
 
 log = logging.getLogger(__name__)
@@ -79,7 +79,7 @@ _REPLY = aliased(Message)
 _UNFINISHED_SENDER = (
     select(Contact.address).join(Message, Message.contact_id == Contact.id)
     .where(Message.message_sid == bindparam("sid", type_=String()),
-           or_(Message.outcome == "queued",
+           or_(Message.outcome == OutcomeKind.QUEUED,
                select(_REPLY.id)
                .where(_REPLY.in_reply_to_id == Message.id, _REPLY.status == "pending")
                .exists()))

@@ -1,7 +1,7 @@
 """LLM access: chat completions through the official `openai` library, with an answer cache.
 
-Every call carries an explicit timeout, `max_tokens` and an input cap from the catalog's tier
-settings (docs/economy.md, "Cost and revenue": the actual cost of an answer is bounded
+Every call carries an explicit timeout, `max_tokens` and an input cap from the catalog's LLM
+tier settings (docs/economy.md, "Cost and revenue": the actual cost of an answer is bounded
 by its ceiling). The cost is computed by the caller from `usage` and the catalog's price table.
 
 An identical request (same model, `max_tokens`, system prompt, context and message) is answered
@@ -261,7 +261,7 @@ def build_request(
     channel: str = "sms",
     constraints: str = "",
 ) -> ChatRequest:
-    """The chat request for one message, within the tier's caps.
+    """The chat request for one message, within the LLM tier's caps.
 
     Args:
         settings: the catalog's LLM settings (system prompt).

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
+from enum import StrEnum
 
 from sqlalchemy import (
     BigInteger,
@@ -33,6 +34,39 @@ OUTBOUND_STATES = (
     "accepted", "scheduled", "queued", "sending", "sent", "delivered", "read",
     "undelivered", "failed", "canceled",
 )
+
+
+
+class OutcomeKind(StrEnum):
+    """What the router did with one inbound message (`bot.router.turn.Outcome.kind`), stored
+    in `Message.outcome`. The values are the stored strings."""
+
+    DUPLICATE = "duplicate"  # a repeat delivery: nothing done
+    FLOODED = "flooded"  # inbound past `inbound_flood_per_day` today
+    OPTED_OUT = "opted_out"  # the person opted out on this channel
+    SUSPENDED = "suspended"  # an operator suspended the account
+    THROTTLED = "throttled"  # a per-sender rate limit
+    OPT_OUT = "opt_out"  # STOP
+    OPT_IN = "opt_in"  # START
+    HELP = "help"
+    NO_TEXT = "no_text"
+    BALANCE = "balance"
+    BUY = "buy"
+    PREMIUM = "premium"
+    AUTO_TOPUP = "auto_topup"  # AUTO ON / AUTO OFF
+    ACCOUNT = "account"  # ACCOUNT: the account page's link
+    MORE = "more"
+    LANGUAGE = "language"  # LANGUAGE / IDIOMA
+    SMALL_TALK = "small_talk"  # thanks, ok, an emoji...: free
+    INSUFFICIENT = "insufficient"  # not enough tokens
+    REFUSED = "refused"  # PAYMENT_REQUIRED
+    OFFERS = "offers"  # AFFILIATE
+    QUEUED = "queued"  # the skill runs in a job
+    FAILED = "failed"
+    ANSWERED = "answered"
+
+
+OUTCOME_KINDS = tuple(kind.value for kind in OutcomeKind)
 
 
 class Contact(Base):
@@ -163,6 +197,10 @@ class Message(Base):
         CheckConstraint(
             f"status IS NULL OR status IN ({', '.join(repr(s) for s in OUTBOUND_STATES)})",
             name="status_known",
+        ),
+        CheckConstraint(
+            f"outcome IS NULL OR outcome IN ({', '.join(repr(k) for k in OUTCOME_KINDS)})",
+            name="outcome_known",
         ),
     )
 

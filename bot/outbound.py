@@ -8,7 +8,8 @@ The rules (docs/messaging.md, "Outbound"):
 - No idempotency key exists for sending, so a row that may have reached the provider is never
   sent again: a read timeout marks it `unknown`, and a process that dies mid-call leaves it
   `submitting`. A later status callback for the same address adopts an `unknown` row
-  (`apply_status`); `give_up_unconfirmed` fails (and refunds) the ones no callback confirmed.
+  (`apply_status`); `give_up_unconfirmed` fails the ones no callback confirmed (and reverses
+  their charge).
   Only 429 and 5xx (and a connection that never opened) are retried, with jittered
   exponential backoff.
 - A transaction here that writes anything but one outbound row locks the person's account
@@ -18,7 +19,7 @@ The rules (docs/messaging.md, "Outbound"):
   delivery status (`apply_status`, after inserting its own status event, which only a repeat
   of that callback can wait for). Such a transaction waits for at most that row, and holds
   nothing meanwhile that the row's holder could wait for, so no deadlock cycle can go through
-  it. Whatever writes more (a skip, a refund, an opt-out, a cost, an adoption) takes the
+  it. Whatever writes more (a skip, a reversal, an opt-out, a cost, an adoption) takes the
   account lock first. A claim does not wait for a webhook holding the lock: a STOP being
   committed at that moment counts from the next send, as if it had come a moment later.
 - Permanent errors end the row `failed` with the error code: 21610 (the person replied STOP)
@@ -35,7 +36,7 @@ The rules (docs/messaging.md, "Outbound"):
   forward (queued < sending < sent < delivered < read; failed and undelivered are final), so a
   late "sent" never overwrites "delivered".
 - A paid reply that is skipped, fails or is undelivered gives its tokens back
-  (`ledger.refund_debit`, once per inbound message).
+  (`ledger.reverse_debit`, once per inbound message).
 
 Statements (on every answered message's path, so counted: tests/bot/test_outbound_statements.py).
 The common cases are SQLAlchemy Core statements on the tables, not ORM loads:
@@ -522,7 +523,7 @@ def _apply_locked(
             and row.channel == "whatsapp" and row.error_code != OUTSIDE_WINDOW
             and settings is not None and settings.whatsapp_template_sid is not None
             and _is_forward(row.status, update.status)):
-        _finish(session, row, update.status, OUTSIDE_WINDOW, now, refund=False)
+        _finish(session, row, update.status, OUTSIDE_WINDOW, now, release=False)
         resent = _resend_as_template(session, row, found[1], now)
         if resent is not None and resends is not None:
             resends.append(resent)
@@ -600,7 +601,7 @@ def pending_outbound(session: Session, inbound_id: int) -> list[int]:
 def release_charge(session: Session, row: Message, now: datetime | None = None) -> int:
     """Give back what the inbound message `row` answers was charged; returns the tokens.
 
-    Once per inbound message (key `refund:<MessageSid>`), whichever of its replies failed. The
+    Once per inbound message (key `reversal:<MessageSid>`), whichever of its replies failed. The
     month's tokens charged go down in the month of the charge. The caller holds the account's
     row lock.
     """
@@ -610,18 +611,18 @@ def release_charge(session: Session, row: Message, now: datetime | None = None) 
     if inbound is None or not inbound.tokens_charged or inbound.message_sid is None:
         return 0
     now = now or utcnow()
-    refunded = ledger.refund_debit(
-        session, f"debit:{inbound.message_sid}", key=f"refund:{inbound.message_sid}",
+    reversal = ledger.reverse_debit(
+        session, f"debit:{inbound.message_sid}", key=f"reversal:{inbound.message_sid}",
         memo="reply not delivered", now=now,
     )
-    if refunded.replayed or not refunded.amount:
+    if reversal.replayed or not reversal.amount:
         return 0
     account_id = session.scalar(select(Contact.account_id).where(Contact.id == inbound.contact_id))
     assert account_id is not None
-    costs.note_tokens_charged(session, account_id, [(b, -n) for b, n in refunded.by_bucket],
+    costs.note_tokens_charged(session, account_id, [(b, -n) for b, n in reversal.by_bucket],
                               inbound.created_at)
-    log.info("charge released", extra={"tokens": refunded.amount, "status": row.status})
-    return refunded.amount
+    log.info("charge released", extra={"tokens": reversal.amount, "status": row.status})
+    return reversal.amount
 
 
 def _lock_row(session: Session, message_id: int) -> tuple[Message, Contact] | None:
@@ -666,7 +667,7 @@ def _advance(
 
 def _finish(
     session: Session, row: Message, status: str, code: int | None, now: datetime,
-    *, refund: bool = True,
+    *, release: bool = True,
 ) -> None:
     """End a row in a not-delivered state and (by default) give back its charge."""
     row.status = status
@@ -674,7 +675,7 @@ def _finish(
     if code is not None:
         row.error_code = code
     session.flush()
-    if refund:
+    if release:
         release_charge(session, row, now)
 
 
@@ -687,7 +688,7 @@ def _template_or_skip(
     now: datetime,
 ) -> SendPlan | None:
     """Outside the WhatsApp window: one template for the whole answer, which waits on the
-    contact for MORE (the answer's other parts are skipped, not refunded); or skip it all."""
+    contact for MORE (the answer's other parts are skipped, their charge kept); or skip it all."""
     if settings.whatsapp_template_sid is None:
         _finish(session, row, "skipped", OUTSIDE_WINDOW, now)
         return None
@@ -700,7 +701,7 @@ def _template_or_skip(
     row.error_code = OUTSIDE_WINDOW  # marks the row as sent as the template
     contact.more_text = "\n".join([row.body, *(s.body for s in siblings)])
     for sibling in siblings:
-        _finish(session, sibling, "skipped", OUTSIDE_WINDOW, now, refund=False)
+        _finish(session, sibling, "skipped", OUTSIDE_WINDOW, now, release=False)
     variables = json.dumps({"1": catalog.bot_name})
     log.info("outside the WhatsApp window: template sent",
              extra={"to": mask_address(contact.address)})

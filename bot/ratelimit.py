@@ -9,7 +9,7 @@ router's `now`), so the simulator's simulated time and the tests' frozen time co
 window start = floor(now / window length); the counter expires with its window.
 
 If the storage fails (Redis down), the message is let through and the failure logged: a rate
-limit is abuse control, and the loss ceiling (tokens.tiers) still bounds what anyone can cost.
+limit is abuse control, and the loss ceiling (tokens.levels) still bounds what anyone can cost.
 """
 
 from __future__ import annotations
@@ -85,7 +85,7 @@ class SenderLimits:
     def count_day(self, sender: str, now: datetime, kind: str = "inbound") -> int | None:
         """Count one `kind` of `sender` in its UTC day and return the day's count so far
         (this one included): "inbound" messages, for the flood threshold
-        (`tiers.inbound_flood_per_day`), or "classify" calls (`llm.classify_per_day`); None
+        (`levels.inbound_flood_per_day`), or "classify" calls (`llm.classify_per_day`); None
         when the storage fails (logged)."""
         day = int(now.timestamp()) // DAY_SECONDS
         try:

@@ -224,7 +224,7 @@ def help_text(catalog: Catalog, now: datetime, lang: str = DEFAULT_LANGUAGE) -> 
 
 def help_short_text(catalog: Catalog, lang: str = DEFAULT_LANGUAGE) -> str:
     """HELP again the same day: the one-line form (who we are, the commands, how to stop);
-    the full answer goes out once a day (`tokens.tiers.take_help`)."""
+    the full answer goes out once a day (`tokens.levels.take_help`)."""
     return reply("help_short", lang, bot_name=catalog.bot_name)
 
 
@@ -363,7 +363,7 @@ def insufficient_text(
     lang: str = DEFAULT_LANGUAGE,
 ) -> str:
     """The refusal when the balance is below the price: nothing charged, a pay link, and the
-    cheaper things the person can still do (docs/economy.md, Tiers: "whatever the level")."""
+    cheaper things the person can still do (docs/economy.md, Levels: "whatever the level")."""
     pack = catalog.pack()
     label = spec.label_in(language(lang))
     if language(lang) == "en":
@@ -423,7 +423,7 @@ def offers_text(catalog: Catalog, spec: IntentSpec, available: int,
 def payment_required_text(catalog: Catalog, available: int, url: str, now: datetime,
                           lang: str = DEFAULT_LANGUAGE) -> str:
     """PAYMENT_REQUIRED: no answer, nothing charged. Says why in plain words (this month's
-    free service reached its cost budget, `tiers.payment_required_usd`; the token balance is
+    free service reached its cost budget, `levels.payment_required_usd`; the token balance is
     not the reason), what BUY gives (the pack's tokens for its price, and full answers at
     once: purchased tokens are always served, README "How service steps down"), a pay link,
     and when free service returns."""

@@ -15,7 +15,7 @@ from typing import Any
 
 from sim.personas import PERSONAS
 from sim.report import MUSD, PersonResult
-from tokens import tiers
+from tokens import levels
 from tokens.reports import MonthReport
 
 INSTALL_HINT = "pip install -r requirements-sim.txt"
@@ -83,11 +83,11 @@ def write_charts(out: Path, report: MonthReport, results: Sequence[PersonResult]
     paths.append(_save(fig, out / "daily_revenue_cost.png"))
 
     fig, ax = plt.subplots(figsize=(9, 5))
-    bottom = [0] * len(tiers.LEVELS)
+    bottom = [0] * len(levels.LEVELS)
     for name in names:
         counts = [sum(1 for r in results if r.persona == name and r.level == level)
-                  for level in tiers.LEVELS]
-        ax.bar(tiers.LEVELS, counts, bottom=bottom, label=name, color=colours.get(name))
+                  for level in levels.LEVELS]
+        ax.bar(levels.LEVELS, counts, bottom=bottom, label=name, color=colours.get(name))
         bottom = [b + c for b, c in zip(bottom, counts, strict=True)]
     ax.set(title=f"Level at the month's end (by exposure), {report.month}", ylabel="people")
     ax.tick_params(axis="x", labelsize=8)
@@ -129,8 +129,8 @@ def write_charts(out: Path, report: MonthReport, results: Sequence[PersonResult]
         fig, ax = plt.subplots(figsize=(9, 5))
         days = list(levels_daily)
         ax.stackplot([d[-2:] for d in days],
-                     [[levels_daily[d].get(level, 0) for d in days] for level in tiers.LEVELS],
-                     labels=tiers.LEVELS)
+                     [[levels_daily[d].get(level, 0) for d in days] for level in levels.LEVELS],
+                     labels=levels.LEVELS)
         ax.set(title=f"Level over the month (month-to-date exposure), {report.month}",
                xlabel="day", ylabel="people")
         ax.tick_params(axis="x", labelsize=7)

@@ -19,7 +19,7 @@ from sim import charts as charts_module
 from sim.replay import SimulationOptions
 from sim.report import share, usd
 from sim.run import simulate_month
-from tokens import tiers
+from tokens import levels
 
 
 def compare_catalogs(options: SimulationOptions, environ: Mapping[str, str],
@@ -64,9 +64,9 @@ def compare_catalogs(options: SimulationOptions, environ: Mapping[str, str],
         labels = list(columns)
         money = {name: [columns[c][f"{name}_musd"] for c in labels]
                  for name in ("revenue", "cost", "profit")}
-        levels = {level: [columns[c]["levels"][level] for c in labels]
-                  for level in tiers.LEVELS}
-        click.echo(f"Wrote {charts_module.compare_chart(out, labels, money, levels)}")
+        by_level = {level: [columns[c]["levels"][level] for c in labels]
+                    for level in levels.LEVELS}
+        click.echo(f"Wrote {charts_module.compare_chart(out, labels, money, by_level)}")
     elif charts:
         click.echo(f"Chart skipped: matplotlib is not installed ({charts_module.INSTALL_HINT})")
     return columns
@@ -74,7 +74,7 @@ def compare_catalogs(options: SimulationOptions, environ: Mapping[str, str],
 
 def _ever_reached(levels_by_day: Mapping[str, Mapping[str, int]]) -> dict[str, int]:
     """The most people at each level on any one day of the month."""
-    best = dict.fromkeys(tiers.LEVELS, 0)
+    best = dict.fromkeys(levels.LEVELS, 0)
     for counts in levels_by_day.values():
         for level, count in counts.items():
             best[level] = max(best[level], count)
@@ -108,12 +108,12 @@ def compare_markdown(columns: Mapping[str, Mapping[str, Any]]) -> str:
         ("profit", money("profit_musd")),
         ("gross margin", [c["margin"] for c in columns.values()] + [""]),
     ]
-    for level in tiers.LEVELS:
+    for level in levels.LEVELS:
         rows.append((f"at {level} at the end",
                      [f"{c['levels'][level]:,} ({c['level_shares'][level]})"
                       for c in columns.values()]
                      + [f"{last['levels'][level] - first['levels'][level]:+,}"]))
-    for level in tiers.LEVELS[1:]:
+    for level in levels.LEVELS[1:]:
         rows.append((f"most at {level} on one day",
                      count([c["ever_reached"][level] for c in columns.values()])))
     rows += [

@@ -45,7 +45,7 @@ from sim.clock import SimulatedClockStorage
 from sim.fake_llm import SimulatedCache, unwrap
 from sim.personas import COMMANDS, PERSONAS, Persona
 from sim.population import DAY, Person, schedule
-from tokens import affiliates, payments, tiers
+from tokens import affiliates, levels, payments
 from tokens.errors import PayLinkExpired, PayLinkNotFound
 from tokens.ledger import Account
 from tokens.payment_events import EventContext, prefetch, receive_event
@@ -99,7 +99,7 @@ class SimulationOptions:
     @property
     def days_in_month(self) -> int:
         """Days in the month."""
-        return tiers.days_in(self.start)
+        return levels.days_in(self.start)
 
     @property
     def days_simulated(self) -> int:

@@ -23,7 +23,7 @@ from sqlalchemy.orm import Session, aliased
 from bot.models import Contact, Message
 from sim.personas import PERSONAS
 from sim.population import Person
-from tokens import tiers
+from tokens import levels
 from tokens.catalog import Catalog
 from tokens.costs import CostEntry
 from tokens.money import MUSD_PER_USD
@@ -85,7 +85,7 @@ class PersonResult:
 def loss_check(session: Session, report: MonthReport, catalog: Catalog,
                persona_of: Mapping[int, str], days_in_month: int, *,
                classify_call_musd: int = 0) -> list[PersonResult]:
-    """Every active person's loss against `tiers.monthly_loss_ceiling_musd`.
+    """Every active person's loss against `levels.monthly_loss_ceiling_musd`.
 
     The ceiling leaves out the person's own inbound messages (its docstring), so those are
     taken out of the loss too: the inbound messaging cost (the `messaging` cost entries of
@@ -114,9 +114,9 @@ def loss_check(session: Session, report: MonthReport, catalog: Catalog,
                    into.outcome.in_(("help", "opt_out", "opt_in")))
             .group_by(Contact.account_id, out.channel)):
         carrier[account_id] += int(units or 0) * rates[channel].outbound_musd
-    plain = tiers.monthly_loss_ceiling_musd(catalog, days_in_month,
+    plain = levels.monthly_loss_ceiling_musd(catalog, days_in_month,
                                             classify_call_musd=classify_call_musd)
-    buyer = tiers.monthly_loss_ceiling_musd(catalog, days_in_month,
+    buyer = levels.monthly_loss_ceiling_musd(catalog, days_in_month,
                                             holds_purchased_tokens=True,
                                             classify_call_musd=classify_call_musd)
     results = []
@@ -180,7 +180,7 @@ def persona_table(results: Sequence[PersonResult], people: Sequence[Person]
         if not rows:
             continue
         profits = [r.profit_musd for r in rows]
-        levels = Counter(r.level for r in rows)
+        by_level = Counter(r.level for r in rows)
         table[name] = {
             "people": len(rows),
             "messages_in": sum(r.messages_in for r in rows),
@@ -193,7 +193,7 @@ def persona_table(results: Sequence[PersonResult], people: Sequence[Person]
             "worst_loss_musd": max(r.loss_musd for r in rows),
             "worst_raw_loss_musd": max(r.raw_loss_musd for r in rows),
             "within_ceiling": sum(1 for r in rows if r.within),
-            "levels": {level: levels[level] for level in tiers.LEVELS if levels[level]},
+            "levels": {level: by_level[level] for level in levels.LEVELS if by_level[level]},
             **dict(actions.get(name, Counter())),
         }
     return table
@@ -226,9 +226,9 @@ def build_report(month: str, people: Iterable[PersonRow], daily: Mapping[str, tu
         "subscription": sum(p.revenue_subscription_musd for p in rows),
         "affiliate": sum(p.revenue_affiliate_musd for p in rows),
     }
-    levels = dict.fromkeys(tiers.LEVELS, 0)
+    by_level = dict.fromkeys(levels.LEVELS, 0)
     for person in rows:
-        levels[person.level] += 1
+        by_level[person.level] += 1
     top = sorted(((name, llm, answers) for name, (llm, answers) in intents.items()),
                  key=lambda item: (-item[1], item[0]))[:10]
     return MonthReport(
@@ -245,7 +245,7 @@ def build_report(month: str, people: Iterable[PersonRow], daily: Mapping[str, tu
         share_at_target=_ratio(sum(1 for p in rows if p.profit_musd >= target_musd), active),
         revenue_mix={kind: _ratio(amount, revenue) or Decimal(0) for kind, amount in mix.items()},
         revenue_by_kind=mix,
-        level_distribution=levels,
+        level_distribution=by_level,
         top_intents=top,
         pack_conversion=_ratio(sum(1 for p in rows if p.revenue_pack_musd > 0), active),
         daily=[(day, *daily.get(day, (0, 0))) for day in Month.parse(month).days],
@@ -311,9 +311,9 @@ def levels_by_day(daily: Mapping[int, Mapping[str, tuple[int, int]]], month: str
     month-to-date exposure (cost - revenue, µUSD) at the day's end, as the report decides the
     month's level; people count from their first active day. `daily`: person -> day ->
     (revenue, cost) µUSD."""
-    zero = dict.fromkeys(tiers.LEVELS, 0)
+    zero = dict.fromkeys(levels.LEVELS, 0)
     days = Month.parse(month).days
-    result = {day: dict.fromkeys(tiers.LEVELS, 0) for day in days}
+    result = {day: dict.fromkeys(levels.LEVELS, 0) for day in days}
     for per_day in daily.values():
         exposure, seen = 0, False
         for day in days:
@@ -322,7 +322,7 @@ def levels_by_day(daily: Mapping[int, Mapping[str, tuple[int, int]]], month: str
                 exposure += cost - revenue
                 seen = True
             if seen:
-                result[day][tiers.decide(exposure, zero, catalog, paying=False)] += 1
+                result[day][levels.decide(exposure, zero, catalog, paying=False)] += 1
     return result
 
 
@@ -357,7 +357,7 @@ def summarise(options: Any, catalog: Catalog, report: MonthReport,
         "preset": preset,
         "mix": {name: str(value) for name, value in options.mix.items()},
         "llm": "simulated" if options.llm else "off",
-        "thresholds_musd": dict(tiers.upper_bounds(catalog)),
+        "thresholds_musd": dict(levels.upper_bounds(catalog)),
         "events": stats.events,
         "messages": stats.messages,
         "shards": shards,
@@ -380,8 +380,8 @@ def summarise(options: Any, catalog: Catalog, report: MonthReport,
             "worst_persona": worst.persona if worst else None,
             "worst_loss_musd": worst.loss_musd if worst else 0,
             "worst_ceiling_musd": worst.ceiling_musd if worst else 0,
-            "ceiling_musd": tiers.monthly_loss_ceiling_musd(catalog, catalog_days),
-            "ceiling_buyer_musd": tiers.monthly_loss_ceiling_musd(
+            "ceiling_musd": levels.monthly_loss_ceiling_musd(catalog, catalog_days),
+            "ceiling_buyer_musd": levels.monthly_loss_ceiling_musd(
                 catalog, catalog_days, holds_purchased_tokens=True),
             "within_if_platform_counted": with_platform,
             "worst_raw_loss_musd": worst_raw.raw_loss_musd if worst_raw else 0,
@@ -500,13 +500,13 @@ def print_summary(summary: dict[str, Any], report: MonthReport, out: Path,
          f"{'revenue':>12} {'cost':>12} {'profit':>12} {'mean':>8} {'median':>8} "
          f"{'worst loss':>10} {'packs':>6} {'subs':>5} {'clicks':>6} {'conv':>5}  levels")
     for name, row in summary["personas"].items():
-        levels = ", ".join(f"{k} {v}" for k, v in row["levels"].items())
+        by_level = ", ".join(f"{k} {v}" for k, v in row["levels"].items())
         echo(f"{name:<8} {row['people']:>7,} {row['messages_in']:>9,} {row['paying']:>7,} "
              f"{usd(row['revenue_musd']):>12} {usd(row['cost_musd']):>12} "
              f"{usd(row['profit_musd']):>12} {usd(row['mean_profit_musd']):>8} "
              f"{usd(row['median_profit_musd']):>8} {usd(row['worst_loss_musd']):>10} "
              f"{row.get('packs', 0):>6,} {row.get('subscriptions', 0):>5,} "
-             f"{row.get('clicks', 0):>6,} {row.get('conversions', 0):>5,}  {levels}")
+             f"{row.get('clicks', 0):>6,} {row.get('conversions', 0):>5,}  {by_level}")
     if summary["errors"]:
         echo("\nPipeline errors: " + "; ".join(f"{k} x{v}" for k, v in summary["errors"].items()))
     if summary["warnings"]:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.config import Config as AlembicConfig
 from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from flask_migrate import downgrade, upgrade
-from sqlalchemy import inspect
+from sqlalchemy import inspect, text
+from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from app.config import PROJECT_ROOT
 from app.extensions import db
@@ -44,3 +46,72 @@ def test_models_and_migrations_agree(app):
             connection, opts={"compare_type": True, "render_as_batch": True}
         )
         assert compare_metadata(context, Base.metadata) == []
+
+
+def _rows(sql: str) -> list[tuple[object, ...]]:
+    with db.engine.connect() as connection:
+        return [tuple(row) for row in connection.execute(text(sql))]
+
+
+def test_0016_renames_tier_states_and_turns_refund_entries_into_reversals(app):
+    # rename_levels: skip (this test writes the names of before 0016)
+    """The data of 0016: a `tier_states` row moves to `level_states` (with constraints named
+    after it), a debit's `refund` entries become `reversal` ones with their keys, the ledger
+    stays append-only, and the downgrade puts everything back."""
+    downgrade(revision="0015")
+    db.engine.dispose()
+    at = "2026-11-01 00:00:00"
+    with db.engine.begin() as connection:
+        connection.execute(text(
+            "INSERT INTO accounts (id, public_id, balance, held, created_at)"
+            " VALUES (1, 'acct_1', 10, 0, :at)"), {"at": at})
+        connection.execute(text(
+            "INSERT INTO ledger_entries (id, account_id, kind, bucket, amount, idempotency_key,"
+            " operation_key, created_at) VALUES"
+            " (1, 1, 'grant', 'free', 10, 'grant:1', 'grant:1', :at)"), {"at": at})
+        connection.execute(text(
+            "INSERT INTO ledger_lots (id, account_id, credit_entry_id, bucket, remaining)"
+            " VALUES (1, 1, 1, 'free', 10)"))
+        connection.execute(text(
+            "INSERT INTO ledger_entries (id, account_id, kind, bucket, amount, idempotency_key,"
+            " operation_key, lot_id, corrects_id, created_at) VALUES"
+            " (2, 1, 'debit', 'free', -5, 'debit:SM1', 'debit:SM1', 1, NULL, :at),"
+            " (3, 1, 'refund', 'free', 3, 'refund:SM1', 'refund:SM1', 1, 2, :at),"
+            " (4, 1, 'refund', 'free', 2, 'refund:SM1#2', 'refund:SM1', 1, 2, :at)"),
+            {"at": at})
+        connection.execute(text(
+            "INSERT INTO tier_states (account_id, free_replies, billing_replies, reply_day)"
+            " VALUES (1, 2, 1, '2026-11-01')"))
+    upgrade()
+    db.engine.dispose()
+    assert _rows("SELECT id, kind, idempotency_key, operation_key FROM ledger_entries"
+                 " WHERE id > 2 ORDER BY id") == [
+        (3, "reversal", "reversal:SM1", "reversal:SM1"),
+        (4, "reversal", "reversal:SM1#2", "reversal:SM1")]
+    assert _rows("SELECT account_id, free_replies, billing_replies, reply_day"
+                 " FROM level_states") == [(1, 2, 1, "2026-11-01")]
+    inspector = inspect(db.engine)
+    assert "tier_states" not in inspector.get_table_names()
+    assert inspector.get_pk_constraint("level_states")["name"] == "pk_level_states"
+    assert [fk["name"] for fk in inspector.get_foreign_keys("level_states")] == [
+        "fk_level_states_account_id_accounts"]
+    assert "ck_messages_outcome_known" in {
+        c["name"] for c in inspector.get_check_constraints("messages")}
+    with pytest.raises(DBAPIError, match="append-only"), db.engine.begin() as connection:
+        connection.execute(text("UPDATE ledger_entries SET memo = 'x' WHERE id = 3"))
+    with pytest.raises(IntegrityError), db.engine.begin() as connection:
+        connection.execute(text(
+            "INSERT INTO ledger_entries (account_id, kind, bucket, amount, idempotency_key,"
+            " operation_key, created_at) VALUES (1, 'refund', 'free', 1, 'k', 'k', :at)"),
+            {"at": at})
+
+    downgrade(revision="0015")
+    db.engine.dispose()
+    assert _rows("SELECT id, kind, idempotency_key, operation_key FROM ledger_entries"
+                 " WHERE id > 2 ORDER BY id") == [
+        (3, "refund", "refund:SM1", "refund:SM1"), (4, "refund", "refund:SM1#2", "refund:SM1")]
+    assert _rows("SELECT account_id, free_replies FROM tier_states") == [(1, 2)]
+    assert inspect(db.engine).get_pk_constraint("tier_states")["name"] == "pk_tier_states"
+    with pytest.raises(DBAPIError, match="append-only"), db.engine.begin() as connection:
+        connection.execute(text("DELETE FROM ledger_entries WHERE id = 3"))
+    upgrade()

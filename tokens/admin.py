@@ -21,7 +21,7 @@ from argon2.exceptions import InvalidHashError, VerificationError
 from sqlalchemy import ForeignKey, Integer, String, select
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
-from tokens import ledger, tiers
+from tokens import ledger, levels
 from tokens.base import Base, UTCDateTime, insert_once, utcnow
 from tokens.errors import TokensError, UnknownAccount
 
@@ -348,7 +348,7 @@ def override_level(session: Session, actor: Actor, account_id: int, level: str |
                    until: datetime | None, reason: str, now: datetime | None = None) -> None:
     """Set the person's restriction level until `until` (UTC), or clear it (`level` None).
 
-    The override replaces `tiers.decide` in the router; a better level than the policy's lets
+    The override replaces `levels.decide` in the router; a better level than the policy's lets
     the person cost more than the loss ceiling, which the operator accepts by setting it.
 
     Raises:
@@ -357,7 +357,7 @@ def override_level(session: Session, actor: Actor, account_id: int, level: str |
     """
     moment = now or utcnow()
     _locked(session, account_id)
-    state = tiers.state_of(session, account_id)
+    state = levels.state_of(session, account_id)
     if level is None:
         if state.override_level is None:
             return
@@ -365,8 +365,8 @@ def override_level(session: Session, actor: Actor, account_id: int, level: str |
         record(session, actor, "override", f"cleared: {reason.strip()}".rstrip(": "),
                account_id, now)
         return
-    if level not in tiers.LEVELS:
-        raise AdminError(f"unknown level {level!r} (one of {', '.join(tiers.LEVELS)})")
+    if level not in levels.LEVELS:
+        raise AdminError(f"unknown level {level!r} (one of {', '.join(levels.LEVELS)})")
     if until is None or until <= moment:
         raise AdminError("an override needs an expiry in the future")
     if not reason.strip():

@@ -10,8 +10,8 @@ balance from at or above the threshold to under it, or from above 0 to 0. Then:
   charges it after the commit. While the balance stays under the threshold, each later
   debit asks `due` again, which gives back an attempt left open by a transient error (same
   key: never charged twice).
-- otherwise: a low-balance alert, at most one a UTC day (`TierState.alert_day`) and from the
-  person's daily budget of free replies (`tiers.take_free_reply`).
+- otherwise: a low-balance alert, at most one a UTC day (`LevelState.alert_day`) and from the
+  person's daily budget of free replies (`levels.take_free_reply`).
 
 Nothing is read for a debit that leaves the balance at or above the threshold (the common
 case): the caller passes the balance it knows.
@@ -25,7 +25,7 @@ from datetime import datetime
 
 from sqlalchemy.orm import Session
 
-from tokens import auto_topup, tiers
+from tokens import auto_topup, levels
 from tokens.catalog import Catalog
 from tokens.errors import CatalogError
 
@@ -76,11 +76,11 @@ def after_debit(session: Session, account_id: int, catalog: Catalog, *, before: 
                 return AfterDebit(available=after, top_up=due)
     if not crossed:
         return AfterDebit(available=after)
-    state_row = tiers.state_of(session, account_id)
+    state_row = levels.state_of(session, account_id)
     today = f"{now:%Y-%m-%d}"
     if state_row.alert_day == today:
         return AfterDebit(available=after)
-    if not tiers.take_free_reply(session, account_id, catalog, now):
+    if not levels.take_free_reply(session, account_id, catalog, now):
         return AfterDebit(available=after)
     state_row.alert_day = today
     return AfterDebit(alert="empty" if after == 0 else "low", available=after)

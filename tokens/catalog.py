@@ -32,7 +32,7 @@ LANGUAGES = ("en", "es")
 default."""
 MESSAGING_CHANNELS = ("sms", "whatsapp")
 MESSAGING_UNITS = ("segment", "message")
-DEFAULT_TIER = "normal"
+DEFAULT_LLM_TIER = "normal"
 
 
 @dataclass(frozen=True)
@@ -146,7 +146,9 @@ class ModelPrice:
 
 @dataclass(frozen=True)
 class LlmTier:
-    """What one restriction tier allows an LLM answer (docs/economy.md, "Tiers").
+    """One LLM tier: the model and the caps an LLM answer is asked with (docs/economy.md,
+    "Levels": NORMAL answers at the "normal" tier, REDUCED at the "reduced" one,
+    `tokens.levels.LLM_TIER_OF`).
 
     Attributes:
         name: "normal", "reduced", ...
@@ -170,11 +172,11 @@ class LlmSettings:
         system_prompt: the catalog's system prompt with the bot's name and description filled in.
         history_messages: earlier messages of the conversation sent as context.
         cache_ttl_seconds: how long an identical request is answered from the cache.
-        tiers: tier name -> `LlmTier`; always has "normal".
+        tiers: LLM tier name -> `LlmTier` (the catalog's `llm.tiers`); always has "normal".
         classify_per_day: LLM classification calls a sender address may use in a UTC day,
             for the messages the rules are unsure of (`bot.intents.llm_classify`); then the
             rules' intent stands. It bounds what classification costs
-            (`tokens.tiers.monthly_loss_ceiling_musd`).
+            (`tokens.levels.monthly_loss_ceiling_musd`).
     """
 
     system_prompt: str
@@ -183,8 +185,8 @@ class LlmSettings:
     tiers: Mapping[str, LlmTier]
     classify_per_day: int = 5
 
-    def tier(self, name: str = DEFAULT_TIER) -> LlmTier:
-        """The LLM settings of tier `name`. Raises `CatalogError` if the tier has none."""
+    def tier(self, name: str = DEFAULT_LLM_TIER) -> LlmTier:
+        """The LLM tier `name`. Raises `CatalogError` if the catalog has no such LLM tier."""
         try:
             return self.tiers[name]
         except KeyError:
@@ -226,18 +228,18 @@ class Costs:
 
 
 @dataclass(frozen=True)
-class TierSettings:
-    """The progressive-restriction policy's numbers (docs/economy.md, "Tiers").
+class LevelSettings:
+    """The progressive-restriction policy's numbers (docs/economy.md, "Levels").
 
     Attributes:
         reduced_musd, basic_musd, affiliate_musd, payment_required_musd: the exposure (µUSD)
             at which each level starts (defaults $0.50, $1.50, $1.75, $2.00).
         free_replies_per_day: the daily budget of replies exposure does not gate (HELP,
             START/STOP confirmations, throttle notices, refusals, alerts, billing notices,
-            free replies past the cutoff), then silence (`tokens.tiers.take_free_reply`).
+            free replies past the cutoff), then silence (`tokens.levels.take_free_reply`).
         billing_replies_per_day: BALANCE, BUY and BUY PREMIUM replies a day past the cutoff
             (their own budget, so the free replies never silence the way to pay; it bounds
-            what they can cost, `tokens.tiers.monthly_loss_ceiling_musd`).
+            what they can cost, `tokens.levels.monthly_loss_ceiling_musd`).
         inbound_flood_per_day: a person's inbound messages in a UTC day past which the bot
             stays silent for the rest of the day (STOP still opts out) and the admin pages
             flag them.
@@ -346,7 +348,7 @@ class Catalog:
         whatsapp_max_messages: WhatsApp replies longer than this many messages are cut the same
             way.
         premium: the premium subscription plan.
-        tiers: the progressive-restriction policy's numbers.
+        levels: the progressive-restriction policy's numbers (the catalog's `levels`).
         affiliates: partner offers for the AFFILIATE level.
     """
 
@@ -366,7 +368,7 @@ class Catalog:
     sms_max_segments: int
     whatsapp_max_messages: int
     premium: Plan
-    tiers: TierSettings
+    levels: LevelSettings
     affiliates: AffiliateSettings
     language_choices: Mapping[str, str]
     bot_description_es: str = ""
@@ -453,6 +455,7 @@ def load_catalog(path: str | Path | None = None) -> Catalog:
 
 
 def _parse(raw: dict[str, Any]) -> Catalog:
+    _refuse_renamed_sections(raw)
     bot = _mapping(raw, "bot")
     intents = tuple(_parse_intent(item, i) for i, item in enumerate(_list(raw, "intents")))
     names = [spec.name for spec in intents]
@@ -507,7 +510,7 @@ def _parse(raw: dict[str, Any]) -> Catalog:
         sms_max_segments=_positive_int(raw, "sms_max_segments"),
         whatsapp_max_messages=_positive_int(raw, "whatsapp_max_messages"),
         premium=_parse_plan(_mapping(raw, "premium"), packs),
-        tiers=_parse_tiers(_mapping(raw, "tiers")),
+        levels=_parse_levels(_mapping(raw, "levels")),
         affiliates=_parse_affiliates(_mapping(raw, "affiliates"), names),
         language_choices=language_choices,
         bot_description_es=_optional_str(bot, "description_es", "bot"),
@@ -561,30 +564,42 @@ def _parse_language_choices(names: dict[str, Any], prefixes: frozenset[str]
     return choices
 
 
-def _parse_tiers(raw: dict[str, Any]) -> TierSettings:
-    thresholds = _mapping(raw, "thresholds_usd", "tiers")
-    where = "tiers.thresholds_usd"
+def _refuse_renamed_sections(raw: Mapping[str, Any]) -> None:
+    """A catalog written before issue #18 names the restriction ladder `tiers`: say what it is
+    called now, rather than that `levels` is missing."""
+    if "tiers" in raw:
+        raise CatalogError("tiers: the section is now called levels (the restriction levels; "
+                           "\"LLM tier\" is only llm.tiers, the model settings): rename it")
+    llm = raw.get("llm")
+    if isinstance(llm, Mapping) and "levels" in llm and "tiers" not in llm:
+        raise CatalogError("llm.levels: the LLM tiers are llm.tiers (the model settings the "
+                           "levels answer with): rename it")
+
+
+def _parse_levels(raw: dict[str, Any]) -> LevelSettings:
+    thresholds = _mapping(raw, "thresholds_usd", "levels")
+    where = "levels.thresholds_usd"
     values = [_musd(thresholds, name, where, positive=True)
               for name in ("reduced", "basic", "affiliate", "payment_required")]
     if values != sorted(values) or len(set(values)) != len(values):
         raise CatalogError(f"{where}: reduced < basic < affiliate < payment_required is required")
     if "refusals_per_day" in raw:
-        raise CatalogError("tiers.refusals_per_day is now tiers.free_replies_per_day (the daily "
+        raise CatalogError("levels.refusals_per_day is now levels.free_replies_per_day (the daily "
                            "budget of every free reply, refusals included): rename it")
     free = raw.get("free_replies_per_day")
     if type(free) is not int or free < 1:
-        raise CatalogError("tiers.free_replies_per_day: a positive integer is required")
+        raise CatalogError("levels.free_replies_per_day: a positive integer is required")
     billing = raw.get("billing_replies_per_day", 5)
     if type(billing) is not int or billing < 1:
-        raise CatalogError("tiers.billing_replies_per_day: a positive integer is required")
+        raise CatalogError("levels.billing_replies_per_day: a positive integer is required")
     flood = raw.get("inbound_flood_per_day", 300)
     if type(flood) is not int or flood < 1:
-        raise CatalogError("tiers.inbound_flood_per_day: a positive integer is required")
+        raise CatalogError("levels.inbound_flood_per_day: a positive integer is required")
     reduced, basic, affiliate, payment_required = values
-    return TierSettings(reduced_musd=reduced, basic_musd=basic, affiliate_musd=affiliate,
+    return LevelSettings(reduced_musd=reduced, basic_musd=basic, affiliate_musd=affiliate,
                         payment_required_musd=payment_required, free_replies_per_day=free,
-                        upsell_every_hours=_positive_int(raw, "upsell_every_hours", "tiers"),
-                        affiliate_min_price=_positive_int(raw, "affiliate_min_price", "tiers"),
+                        upsell_every_hours=_positive_int(raw, "upsell_every_hours", "levels"),
+                        affiliate_min_price=_positive_int(raw, "affiliate_min_price", "levels"),
                         billing_replies_per_day=billing, inbound_flood_per_day=flood)
 
 
@@ -711,8 +726,9 @@ def _parse_llm(raw: dict[str, Any], costs: Costs, bot_name: str, description: st
             max_tokens=_positive_int(item, "max_tokens", where),
             max_input_chars=_positive_int(item, "max_input_chars", where),
         )
-    if DEFAULT_TIER not in tiers:
-        raise CatalogError(f"llm.tiers: settings for the {DEFAULT_TIER!r} tier are required")
+    if DEFAULT_LLM_TIER not in tiers:
+        raise CatalogError(
+            f"llm.tiers: settings for the {DEFAULT_LLM_TIER!r} LLM tier are required")
     history = raw.get("history_messages")
     if type(history) is not int or history < 0:
         raise CatalogError("llm.history_messages: a non-negative integer is required")

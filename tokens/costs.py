@@ -131,7 +131,7 @@ def revenue_musd(month: MonthAmounts) -> Any:
 
 def exposure_musd(month: MonthAmounts) -> Any:
     """What the person has cost and not paid for in the month: COGS - revenue, µUSD
-    (docs/economy.md, "Tiers"); negative for a paying person."""
+    (docs/economy.md, "Levels"); negative for a paying person."""
     return cogs_musd(month) - revenue_musd(month)
 
 

@@ -4,7 +4,7 @@ Design (docs/economy.md, "Ledger"):
 
 - An `Account` is one person's wallet, shared by that person's SMS and WhatsApp identities.
 - Every change of a balance is a `LedgerEntry`: a kind (`grant`, `purchase`, `bonus`, `debit`,
-  `refund`, `clawback`, `expiry`, `adjustment`), a signed integer amount of tokens, a bucket
+  `reversal`, `clawback`, `expiry`, `adjustment`), a signed integer amount of tokens, a bucket
   (`free`, `subscription`, `bonus`, `paid`) and a unique idempotency key such as
   `grant:free:<account>:2026-11` or `debit:<MessageSid>`. Entries are never updated or deleted.
   A correction is a new entry whose `corrects_id` points at the entry it corrects (a clawback
@@ -92,8 +92,11 @@ from tokens.errors import (
 )
 from tokens.periods import Month, next_month_start
 
-ENTRY_KINDS = ("grant", "purchase", "bonus", "debit", "refund", "clawback", "expiry", "adjustment")
-CREDIT_KINDS = ("grant", "purchase", "bonus", "refund")  # always positive
+ENTRY_KINDS = ("grant", "purchase", "bonus", "debit", "reversal", "clawback", "expiry",
+               "adjustment")
+# A `reversal` gives back a debit whose reply was not delivered; money back from the payment
+# provider (a refund) is a `clawback` of the tokens it bought.
+CREDIT_KINDS = ("grant", "purchase", "bonus", "reversal")  # always positive
 SPEND_KINDS = ("debit", "clawback", "expiry")  # always negative; adjustments go either way
 BUCKETS = ("free", "subscription", "bonus", "paid")
 # docs/economy.md: free allowance first, then subscription, bonus, then paid.
@@ -1171,7 +1174,7 @@ def clawback(
     return Posted(key, (entry.id,), take, ((lot.bucket, -take),), replayed=False)
 
 
-def refund_debit(
+def reverse_debit(
     session: Session,
     debit_key: str,
     *,
@@ -1181,7 +1184,7 @@ def refund_debit(
 ) -> Posted:
     """Give back the tokens of a debit whose reply never reached the person.
 
-    Each debit entry of the operation `debit_key` gets a `refund` entry of the same size, into
+    Each debit entry of the operation `debit_key` gets a `reversal` entry of the same size, into
     the lot it drew on (same bucket, `corrects_id` -> the debit entry), so the tokens come back
     as what they were. Tokens whose lot has expired by `now` are not given back: they would
     expire at once (a free allowance of a past month stays expired).
@@ -1189,15 +1192,15 @@ def refund_debit(
     Args:
         session: the caller's session; this function flushes, never commits.
         debit_key: the debit's operation key, e.g. "debit:<MessageSid>".
-        key: idempotency key of the refund, e.g. "refund:<MessageSid>".
+        key: idempotency key of the reversal, e.g. "reversal:<MessageSid>".
         memo: why, shown in the person's history.
         now: the posting time (UTC).
 
     Returns:
-        `Posted` with the refund entries (none, `amount` 0, when every lot had expired). A debit
-        is refunded once: a repeat, with this key or another, returns the first refund with
-        `replayed=True`. (A refund that gave nothing back leaves no entry, so its repeat finds
-        nothing to give either and returns `amount` 0 again.)
+        `Posted` with the reversal entries (none, `amount` 0, when every lot had expired). A
+        debit is reversed once: a repeat, with this key or another, returns the first reversal
+        with `replayed=True`. (A reversal that gave nothing back leaves no entry, so its repeat
+        finds nothing to give either and returns `amount` 0 again.)
 
     Raises:
         UnknownEntry: no debit was posted under `debit_key`.
@@ -1216,8 +1219,8 @@ def refund_debit(
     now = now or utcnow()
     with session.begin_nested():
         _lock_account(session, account_id)
-        # Checked under the lock: a concurrent refund of this debit, under any key, is done.
-        replay = _replay(session, key) or _earlier_refund(session, debits)
+        # Checked under the lock: a concurrent reversal of this debit, under any key, is done.
+        replay = _replay(session, key) or _earlier_reversal(session, debits)
         if replay is not None:
             return replay
         entries: list[LedgerEntry] = []
@@ -1228,7 +1231,7 @@ def refund_debit(
             if lot.expires_at is not None and lot.expires_at <= now:
                 continue
             entry_key = key if not entries else f"{key}#{len(entries) + 1}"
-            entries.append(_new_entry(session, account_id, "refund", lot.bucket, -debit.amount,
+            entries.append(_new_entry(session, account_id, "reversal", lot.bucket, -debit.amount,
                                       entry_key, operation_key=key, lot_id=lot.id,
                                       corrects_id=debit.id, memo=memo, now=now))
             lot.remaining -= debit.amount
@@ -1477,11 +1480,11 @@ def _expiry_plan(
     return plan
 
 
-def _earlier_refund(session: Session, debits: Sequence[LedgerEntry]) -> Posted | None:
-    """The refund already posted for any of `debits`, under whatever key, or None."""
+def _earlier_reversal(session: Session, debits: Sequence[LedgerEntry]) -> Posted | None:
+    """The reversal already posted for any of `debits`, under whatever key, or None."""
     key = session.scalar(
         select(LedgerEntry.operation_key)
-        .where(LedgerEntry.kind == "refund",
+        .where(LedgerEntry.kind == "reversal",
                LedgerEntry.corrects_id.in_([debit.id for debit in debits]))
         .limit(1)
     )

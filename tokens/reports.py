@@ -19,7 +19,7 @@ from typing import Any
 from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session
 
-from tokens import costs, tiers
+from tokens import costs, levels
 from tokens.catalog import Catalog
 from tokens.costs import AccountDay, AccountMonth, AccountMonthIntent
 from tokens.money import MUSD_PER_USD
@@ -131,11 +131,11 @@ def month_report(session: Session, label: str, catalog: Catalog,
             AccountMonth.revenue_affiliate_musd != 0))
         .order_by(AccountMonth.account_id)
     ).all()
-    zero = dict.fromkeys(tiers.LEVELS, 0)
+    zero = dict.fromkeys(levels.LEVELS, 0)
     people = []
     for row in rows:
         exposure: int = costs.exposure_musd(row)  # a Row has its columns as attributes
-        people.append(PersonRow(level=tiers.decide(exposure, zero, catalog, paying=False),
+        people.append(PersonRow(level=levels.decide(exposure, zero, catalog, paying=False),
                                 **dict(zip(fields, row, strict=True))))
     active = len(people)
     revenue = sum(p.revenue_musd for p in people)
@@ -145,9 +145,9 @@ def month_report(session: Session, label: str, catalog: Catalog,
         "subscription": sum(p.revenue_subscription_musd for p in people),
         "affiliate": sum(p.revenue_affiliate_musd for p in people),
     }
-    levels = dict.fromkeys(tiers.LEVELS, 0)
+    by_level = dict.fromkeys(levels.LEVELS, 0)
     for person in people:
-        levels[person.level] += 1
+        by_level[person.level] += 1
     intents = session.execute(
         select(AccountMonthIntent.intent, func.sum(AccountMonthIntent.cost_llm_musd),
                func.sum(AccountMonthIntent.answers))
@@ -170,7 +170,7 @@ def month_report(session: Session, label: str, catalog: Catalog,
         share_at_target=_ratio(sum(1 for p in people if p.profit_musd >= target_musd), active),
         revenue_mix={kind: _ratio(amount, revenue) or Decimal(0) for kind, amount in mix.items()},
         revenue_by_kind=mix,
-        level_distribution=levels,
+        level_distribution=by_level,
         top_intents=[(name, int(llm or 0), int(answers or 0)) for name, llm, answers in intents],
         pack_conversion=_ratio(sum(1 for p in people if p.revenue_pack_musd > 0), active),
         daily=daily_totals(session, label),

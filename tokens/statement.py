@@ -2,8 +2,8 @@
 
 `statement(session, account_id, catalog, now)` gathers it in one place (docs/account.md,
 "What the page shows"): the balance by bucket with when each bucket's tokens renew or expire,
-this month's usage by intent, the recent charges and the refunds of replies that were not
-delivered, the purchases with their receipts, premium, auto top-up and the service level.
+this month's usage by intent, the recent charges and the reversals of those whose replies
+were not delivered, the purchases with their receipts, premium, auto top-up and the service level.
 
 Everything here is about one account and holds no phone number and no message text: usage
 and charges come from ledger entries (an answer's debit carries its intent in `memo`),
@@ -20,7 +20,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, aliased
 
-from tokens import costs, ledger, payments, tiers
+from tokens import costs, ledger, levels, payments
 from tokens.auto_topup import AutoTopup
 from tokens.catalog import Catalog
 from tokens.ledger import LedgerEntry, Lot
@@ -43,7 +43,7 @@ class BucketLine:
 
 @dataclass(frozen=True)
 class UsageLine:
-    """This month's answers of one intent: how many, and the tokens they cost net of refunds."""
+    """This month's answers of one intent: how many, and the tokens they cost net of reversals."""
 
     intent: str
     answers: int
@@ -52,10 +52,10 @@ class UsageLine:
 
 @dataclass(frozen=True)
 class ChargeLine:
-    """One charge or refund of tokens.
+    """One charge of tokens, or its reversal.
 
     Attributes:
-        kind: "debit" (an answer was charged) or "refund" (its reply was not delivered, so
+        kind: "debit" (an answer was charged) or "reversal" (its reply was not delivered, so
             its tokens came back).
         intent: what the answer was (the catalog's intent name), None when not known.
         tokens: how many tokens, positive for both kinds.
@@ -132,11 +132,11 @@ class Statement:
         buckets: tokens left by bucket, in spending order.
         free_renews_at: when the next free allowance is granted (first of next month, UTC).
         usage: this month's answers by intent, most tokens first.
-        charges: recent charges and refunds, newest first.
+        charges: recent charges and reversals, newest first.
         purchases: payments, newest first.
         premium: the subscription.
         auto_topup: auto top-up.
-        level: the level of the next answer (`tokens.tiers.LEVELS`).
+        level: the level of the next answer (`tokens.levels.LEVELS`).
         month: "YYYY-MM" of `usage`.
     """
 
@@ -191,7 +191,7 @@ def buckets_of(session: Session, account_id: int, by_bucket: Mapping[str, int], 
 
 def usage_since(session: Session, account_id: int, since: datetime) -> tuple[UsageLine, ...]:
     """Answers by intent since `since`: answers charged (distinct debit operations), and their
-    tokens less those refunded because the reply was not delivered; most tokens first."""
+    tokens less those reversed because the reply was not delivered; most tokens first."""
     debits = session.execute(
         select(LedgerEntry.memo, func.count(func.distinct(LedgerEntry.operation_key)),
                -func.sum(LedgerEntry.amount))
@@ -199,20 +199,20 @@ def usage_since(session: Session, account_id: int, since: datetime) -> tuple[Usa
                LedgerEntry.created_at >= since)
         .group_by(LedgerEntry.memo)).tuples().all()
     debit = aliased(LedgerEntry)
-    refunded = dict(session.execute(
+    reversed_ = dict(session.execute(
         select(debit.memo, func.sum(LedgerEntry.amount))
         .join(debit, debit.id == LedgerEntry.corrects_id)
-        .where(LedgerEntry.account_id == account_id, LedgerEntry.kind == "refund",
+        .where(LedgerEntry.account_id == account_id, LedgerEntry.kind == "reversal",
                debit.created_at >= since)
         .group_by(debit.memo)).tuples().all())
-    lines = [UsageLine(memo or "", int(answers), int(tokens) - int(refunded.get(memo) or 0))
+    lines = [UsageLine(memo or "", int(answers), int(tokens) - int(reversed_.get(memo) or 0))
              for memo, answers, tokens in debits]
     return tuple(sorted(lines, key=lambda line: (-line.tokens, line.intent)))
 
 
 def recent_charges(session: Session, account_id: int, limit: int = RECENT_CHARGES
                    ) -> tuple[ChargeLine, ...]:
-    """The latest `limit` charges (debits) and refunds of tokens, newest first, one line per
+    """The latest `limit` charges (debits) and reversals of tokens, newest first, one line per
     operation (an answer drawn from two lots is one charge)."""
     debit = aliased(LedgerEntry)
     rows = session.execute(
@@ -221,7 +221,7 @@ def recent_charges(session: Session, account_id: int, limit: int = RECENT_CHARGE
                func.max(LedgerEntry.id).label("last"))
         .outerjoin(debit, debit.id == LedgerEntry.corrects_id)
         .where(LedgerEntry.account_id == account_id,
-               LedgerEntry.kind.in_(("debit", "refund")))
+               LedgerEntry.kind.in_(("debit", "reversal")))
         .group_by(LedgerEntry.operation_key, LedgerEntry.kind,
                   func.coalesce(debit.memo, LedgerEntry.memo))
         .order_by(func.max(LedgerEntry.id).desc())
@@ -306,11 +306,11 @@ def level_of(session: Session, account_id: int, catalog: Catalog, by_bucket: Map
              premium: bool, now: datetime) -> str:
     """The level of the person's next answer, as the admin pages read it: an operator's
     override in force; NORMAL for premium or with purchased tokens left (paid service is never
-    degraded, docs/economy.md); else `tiers.decide` on this month's exposure."""
-    override = tiers.override_of(session, account_id, now)
+    degraded, docs/economy.md); else `levels.decide` on this month's exposure."""
+    override = levels.override_of(session, account_id, now)
     if override is not None:
         return override
     paying = premium or any(tokens for bucket, tokens in by_bucket.items() if bucket != "free")
-    zero = dict.fromkeys(tiers.LEVELS, 0)
+    zero = dict.fromkeys(levels.LEVELS, 0)
     exposure = costs.month(session, account_id, now).exposure_musd
-    return tiers.decide(exposure, zero, catalog, paying=paying)
+    return levels.decide(exposure, zero, catalog, paying=paying)

@@ -27,7 +27,7 @@ from app.admin.web import actor, bp
 from app.extensions import bot_settings, db
 from bot.contacts import consent_log, mask_address
 from bot.models import Contact, Message
-from tokens import admin, costs, ledger, money, payments, tiers
+from tokens import admin, costs, ledger, levels, money, payments
 from tokens.base import utcnow
 from tokens.costs import AccountMonth
 from tokens.errors import TokensError
@@ -209,9 +209,9 @@ def people() -> ResponseReturnValue:
     query = request.args.get("q", "")
     statement = (
         select(AccountMonth, ledger.Account.balance, ledger.Account.held,
-               ledger.Account.suspended_at, tiers.TierState.flooded_day)
+               ledger.Account.suspended_at, levels.LevelState.flooded_day)
         .join(ledger.Account, ledger.Account.id == AccountMonth.account_id)
-        .outerjoin(tiers.TierState, tiers.TierState.account_id == AccountMonth.account_id)
+        .outerjoin(levels.LevelState, levels.LevelState.account_id == AccountMonth.account_id)
         .where(AccountMonth.month == label, or_(COST != 0, REVENUE != 0,
                                                 AccountMonth.messages_in > 0))
     )
@@ -225,12 +225,12 @@ def people() -> ResponseReturnValue:
     rows = db.session.execute(statement.order_by(order, AccountMonth.account_id)
                               .offset((page - 1) * PAGE_SIZE).limit(PAGE_SIZE)).all()
     phones = _phones(db.session, [row[0].account_id for row in rows])
-    zero = dict.fromkeys(tiers.LEVELS, 0)
+    zero = dict.fromkeys(levels.LEVELS, 0)
     catalog = _catalog()
     lines = [
         PersonLine(
             account_id=month.account_id, phone=phones.get(month.account_id, "-"),
-            level=tiers.decide(month.exposure_musd, zero, catalog, paying=False),
+            level=levels.decide(month.exposure_musd, zero, catalog, paying=False),
             available=balance - held, cost_musd=month.cost_musd,
             revenue_musd=month.revenue_musd, messages_in=month.messages_in,
             tokens_charged=month.tokens_charged, suspended=suspended is not None,
@@ -296,15 +296,15 @@ def _person_page(account_id: int, error: str | None = None, status: int = 200
     limit = entries if request.args.get("entries") == "all" else LEDGER_ROWS
     catalog = _catalog()
     month = costs.month(session, account_id, now)
-    zero = dict.fromkeys(tiers.LEVELS, 0)
-    state = session.get(tiers.TierState, account_id)
+    zero = dict.fromkeys(levels.LEVELS, 0)
+    state = session.get(levels.LevelState, account_id)
     context = {
         "account": account,
         "contacts": [(mask_address(c.address), c) for c in contacts],
         "balance": ledger.balance(session, account_id, now),
         "month": month,
-        "level": tiers.decide(month.exposure_musd, zero, catalog, paying=False),
-        "override": tiers.override_of(session, account_id, now),
+        "level": levels.decide(month.exposure_musd, zero, catalog, paying=False),
+        "override": levels.override_of(session, account_id, now),
         "override_until": state.override_until if state else None,
         "flooded_day": state.flooded_day if state else None,
         "history": ledger.history(session, account_id, limit=max(limit, 1)),
@@ -328,7 +328,7 @@ def _person_page(account_id: int, error: str | None = None, status: int = 200
             .where(admin.AdminAction.account_id == account_id)
             .order_by(admin.AdminAction.id.desc()).limit(50))),
         "consent": consent_log(session, account_id, limit=CONSENT_ROWS),
-        "levels": tiers.LEVELS,
+        "levels": levels.LEVELS,
         "form_key": uuid.uuid4().hex,
         "error": error,
         "default_until": f"{now + timedelta(days=7):%Y-%m-%dT%H:%M}",
@@ -403,7 +403,7 @@ def unsuspend(account_id: int) -> ResponseReturnValue:
 @bp.post("/people/<id:account_id>/override")
 def override(account_id: int) -> ResponseReturnValue:
     """Set (`level`, `until` as "YYYY-MM-DDTHH:MM" UTC, `reason`) or clear (`level` empty)
-    the person's tier override."""
+    the person's level override."""
     def run() -> None:
         level = request.form.get("level") or None
         until = None

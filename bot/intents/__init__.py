@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from bot.errors import BotError
-from tokens.catalog import DEFAULT_TIER
+from tokens.catalog import DEFAULT_LLM_TIER
 from tokens.costs import LlmUsage
 
 
@@ -25,7 +25,8 @@ class SkillRequest:
         channel: "sms" or "whatsapp" (an SMS answer should stay short).
         history: earlier turns of the conversation, oldest first, as (role, text) with role
             "user" or "assistant".
-        tier: the restriction tier whose LLM settings apply ("normal", "reduced").
+        tier: the LLM tier to answer with ("normal", "reduced"; `tokens.levels.LLM_TIER_OF`
+            of the answer's level).
         language: "en" or "es" to answer in; None to use the language detected from `text`
             (`bot.intents.classifier.detect_language`).
     """
@@ -34,7 +35,7 @@ class SkillRequest:
     text: str
     channel: str
     history: tuple[tuple[str, str], ...] = ()
-    tier: str = DEFAULT_TIER
+    tier: str = DEFAULT_LLM_TIER
     language: str | None = None
 
 

@@ -254,7 +254,7 @@ class LlmSkill:
 
     Args:
         spec: the intent (its `prompt` is sent after the system prompt).
-        settings: the catalog's LLM settings (system prompt, tiers).
+        settings: the catalog's LLM settings (system prompt, LLM tiers).
         chat: the client (usually a `CachedChat` around `OpenAIChat`).
         fallback: the offline skill of the intent, used when the LLM fails; None for none.
         knowledge: the content the constraints are read with; None for the shipped content.
@@ -272,7 +272,7 @@ class LlmSkill:
         self.knowledge = knowledge
 
     def answer(self, request: SkillRequest) -> SkillAnswer:
-        """Ask the LLM within the tier's caps and the person's constraints; check the answer.
+        """Ask the LLM within the LLM tier's caps and the person's constraints; check the answer.
 
         Returns:
             The LLM's answer as it came (source "llm", or "cache"), with the usage of every
@@ -284,7 +284,7 @@ class LlmSkill:
                 marked as free, or the apology, when the LLM gave no usable answer; a plain
                 refusal when the answer broke the constraints twice. `usage` is what the calls
                 used (summed, `bot.llm.combine_usage`).
-            CatalogError: the catalog has no LLM settings for `request.tier`.
+            CatalogError: the catalog has no LLM tier `request.tier`.
         """
         knowledge = self.knowledge or load_knowledge()
         c = parse_constraints(request.text, knowledge, request.language)

@@ -5,7 +5,7 @@ The rules (`bot.intents.classifier.classify`) end in small talk when nothing els
 catalog's default intent, which is "chat". For a short greeting that is right; for "can you
 help me figure out what to feed my kids this week, they hate broccoli" it is a guess. When the
 rules' intent is small talk and the message is long enough or names food, diets or calories
-(`unsure`), one call asks the cheapest model of the catalog's tiers for one intent name, with
+(`unsure`), one call asks the cheapest model of the catalog's LLM tiers for one intent name, with
 `max_tokens` of `CLASSIFY_MAX_TOKENS`; anything but exactly one of the catalog's names keeps
 the rules' answer. So does a name priced below the rules' intent: the call can make a vague
 message cost what it asks for, never less than the rules say, whatever its language.
@@ -27,7 +27,7 @@ from bot.knowledge import Knowledge, load_knowledge
 from bot.llm import ChatClient, ChatRequest, LlmError
 from tokens.catalog import Catalog, IntentSpec, LlmTier
 from tokens.costs import LlmUsage
-from tokens.tiers import TOKEN_OVERHEAD_PER_MESSAGE, UTF8_MAX_BYTES
+from tokens.levels import TOKEN_OVERHEAD_PER_MESSAGE, UTF8_MAX_BYTES
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +95,7 @@ def cheapest_tier(catalog: Catalog) -> LlmTier:
 def classification_ceiling_musd(catalog: Catalog, tier: LlmTier | None = None) -> int:
     """The most one classification call can cost, µUSD, for recording a call that reported no
     usage (`costs.record_llm_estimate`): input bounded by UTF-8 bytes of the instructions and
-    the capped message plus a per-message overhead (as `tokens.tiers.llm_ceiling_musd`
+    the capped message plus a per-message overhead (as `tokens.levels.llm_ceiling_musd`
     bounds an answer), output by `CLASSIFY_MAX_TOKENS`."""
     tier = tier or cheapest_tier(catalog)
     request = classification_request("", catalog, tier)

@@ -23,7 +23,7 @@ from bot.contacts import reply_language
 from bot.errors import SkillFailed
 from bot.intents import Skill, SkillAnswer, SkillRequest, UnknownIntent, skill_for
 from bot.intents.llm import LlmSkill
-from bot.models import Contact, InboxMessage, Message
+from bot.models import Contact, InboxMessage, Message, OutcomeKind
 from bot.router.turn import ANSWER_OUTCOMES, CONTENT_OUTCOMES, BotSettings, Outcome
 from bot.segments import (
     MAX_MESSAGE_CHARS,
@@ -33,7 +33,7 @@ from bot.segments import (
     normalise_for_gsm,
     split_message,
 )
-from tokens import alerts, costs, ledger, payments, tiers
+from tokens import alerts, costs, ledger, levels, payments
 from tokens.base import utcnow
 from tokens.catalog import IntentSpec
 from tokens.costs import LlmUsage
@@ -84,7 +84,7 @@ class PendingAnswer:
     request: SkillRequest
     hold_live: bool = True
     opted_out: bool = False
-    level: str = tiers.NORMAL
+    level: str = levels.NORMAL
     placed: ledger.HoldResult | None = None
     available_after_hold: int | None = None
 
@@ -128,7 +128,7 @@ def pending_answer(
     if row is None:
         return None
     message, hold, contact = row
-    if message.intent is None or message.outcome != "queued":
+    if message.intent is None or message.outcome != OutcomeKind.QUEUED:
         return None
     spec = settings.catalog.intent(message.intent)
     return PendingAnswer(
@@ -141,7 +141,7 @@ def pending_answer(
         request=skill_request(session, settings, spec, message, message.level,
                               language=contact.language),
         hold_live=hold.status == "pending" and hold.expires_at > now,
-        level=message.level or tiers.NORMAL,
+        level=message.level or levels.NORMAL,
         opted_out=contact.opted_out_at(message.channel) is not None,
     )
 
@@ -158,18 +158,18 @@ def waiting_answers(session: Session, older_than: timedelta, now: datetime | Non
         .order_by(InboxMessage.id))
     queued = session.scalars(
         select(Message.message_sid)
-        .where(Message.outcome == "queued", Message.direction == "in",
+        .where(Message.outcome == OutcomeKind.QUEUED, Message.direction == "in",
                Message.created_at <= cutoff)
         .order_by(Message.id)
     )
     return [sid for sid in [*inbox, *queued] if sid is not None]
 
 
-def skill(settings: BotSettings, spec: IntentSpec, level: str = tiers.NORMAL) -> Skill:
+def skill(settings: BotSettings, spec: IntentSpec, level: str = levels.NORMAL) -> Skill:
     """The skill that answers `spec` at `level`: the LLM (with the offline skill as fallback)
     when a client is configured and the level allows it (NORMAL, REDUCED), else the offline
     skill (templates: no LLM cost)."""
-    use_llm = settings.chat is not None and level in tiers.LLM_TIER_OF
+    use_llm = settings.chat is not None and level in levels.LLM_TIER_OF
     try:
         offline: Skill | None = skill_for(spec.name)
     except UnknownIntent:
@@ -238,9 +238,9 @@ def settle(
         .where(Message.id == pending.message_id)
         .execution_options(populate_existing=True)
     ).one()
-    if message.outcome != "queued":
+    if message.outcome != OutcomeKind.QUEUED:
         log.info("answer already settled", extra={"message_sid": pending.message_sid})
-        return Outcome(kind="duplicate", intent=pending.intent.name,
+        return Outcome(kind=OutcomeKind.DUPLICATE, intent=pending.intent.name,
                        message_id=pending.message_id)
     kind, texts, charged = settle_ledger(session, pending, result, settings, now)
     message.outcome = kind
@@ -255,7 +255,7 @@ def store_replies(
     session: Session,
     contact: Contact,
     inbound: Message,
-    kind: str,
+    kind: OutcomeKind,
     texts: tuple[str, ...],
     settings: BotSettings,
     *,
@@ -272,7 +272,7 @@ def store_replies(
     language, counted in the cap (the rest waits on the contact for the free MORE command).
     Every message stays within 1,600 characters; a long WhatsApp reply is split on sentence
     boundaries, and cut the same way after `whatsapp_max_messages` (`bot.segments`). The caps
-    bound what one reply can cost (`tokens.tiers.reply_ceiling_musd`).
+    bound what one reply can cost (`tokens.levels.reply_ceiling_musd`).
 
     TwiML replies are costed now (they are sent with the webhook's answer); REST replies are
     stored `pending` and costed when Twilio accepts them.
@@ -378,9 +378,9 @@ def _record_llm(session: Session, pending: PendingAnswer, result: SkillResult,
                          key=f"llm:{pending.message_sid}", intent=pending.intent.name, now=now)
     elif result.unbilled_call:
         catalog = settings.catalog
-        tier = catalog.llm.tier(tiers.LLM_TIER_OF.get(pending.level, "normal"))
+        tier = catalog.llm.tier(levels.LLM_TIER_OF.get(pending.level, "normal"))
         costs.record_llm_estimate(
-            session, pending.account_id, tiers.llm_ceiling_musd(catalog, tier, pending.intent),
+            session, pending.account_id, levels.llm_ceiling_musd(catalog, tier, pending.intent),
             tier.model, key=f"llm:{pending.message_sid}", intent=pending.intent.name, now=now)
 
 
@@ -390,7 +390,7 @@ def settle_ledger(
     result: SkillResult,
     settings: BotSettings,
     now: datetime,
-) -> tuple[str, tuple[str, ...], int]:
+) -> tuple[OutcomeKind, tuple[str, ...], int]:
     """Capture or void the hold and record the LLM cost: (outcome kind, texts, tokens).
 
     The caller holds the account's row lock (taken before any other row, so no deadlock).
@@ -403,10 +403,10 @@ def settle_ledger(
             except HoldNotPending:
                 log.error("a failed answer's hold was captured",
                           extra={"hold": pending.hold_id})
-        return "failed", (result.failure_reply,) if result.failure_reply else (), 0
+        return OutcomeKind.FAILED, (result.failure_reply,) if result.failure_reply else (), 0
     charged = _charge(session, pending, now)
     if charged is None:
-        return "answered", (result.answer.text,), 0
+        return OutcomeKind.ANSWERED, (result.answer.text,), 0
     posted, released = charged
     watch = alerts.AfterDebit()
     if not posted.replayed:
@@ -424,7 +424,7 @@ def settle_ledger(
                 session.info.setdefault(TOP_UPS, []).append(watch.top_up)
     text = result.answer.text
     lang = pending.request.language or reply_language(None, pending.request.text)
-    if pending.level != tiers.NORMAL and tiers.take_upsell(
+    if pending.level != levels.NORMAL and levels.take_upsell(
             session, pending.account_id, settings.catalog, now, pending.level):
         available = ledger.balance(session, pending.account_id, now).available
         notice = replies.level_notice(settings.catalog, pending.level, available, lang=lang)
@@ -436,8 +436,8 @@ def settle_ledger(
                                        now=now)
         alert = replies.low_balance_text(settings.catalog, watch.available,
                                          settings.pay_url(link.token), lang)
-        return "answered", (text, alert), posted.amount
-    return "answered", (text,), posted.amount
+        return OutcomeKind.ANSWERED, (text, alert), posted.amount
+    return OutcomeKind.ANSWERED, (text,), posted.amount
 
 
 def _charge(session: Session, pending: PendingAnswer, now: datetime
@@ -502,7 +502,7 @@ def skill_request(
         )
     return SkillRequest(intent=spec.name, text=message.body, channel=message.channel,
                         history=history,
-                        tier=tiers.LLM_TIER_OF.get(level or tiers.NORMAL, "normal"),
+                        tier=levels.LLM_TIER_OF.get(level or levels.NORMAL, "normal"),
                         language=language)
 
 

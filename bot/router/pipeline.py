@@ -31,7 +31,7 @@ from sqlalchemy.orm import Session
 from bot.intents.classifier import classify
 from bot.intents.llm_classify import LlmClassification, classify_with_llm, unsure
 from bot.messages import InboundMessage, from_payload
-from bot.models import InboxMessage, Message
+from bot.models import InboxMessage, Message, OutcomeKind
 from bot.router.answer import (
     REPLY_IDS,
     TOP_UPS,
@@ -206,7 +206,7 @@ def resume_answer(
     Returns:
         The settled `Outcome`, or kind "duplicate" when there was nothing to settle.
     """
-    outcome = Outcome(kind="duplicate")
+    outcome = Outcome(kind=OutcomeKind.DUPLICATE)
     routed = session.execute(select(Message.id, Message.outcome)
                              .where(Message.message_sid == message_sid)).first()
     session.commit()
@@ -322,7 +322,7 @@ def _answer_deferred(session: Session, message_sid: str, settings: BotSettings,
         pending = pending_answer(session, message_sid, settings, clock())
         session.commit()
     if pending is None:
-        return Outcome(kind="duplicate")
+        return Outcome(kind=OutcomeKind.DUPLICATE)
     result = run_skill(settings, pending)
     try:
         outcome = settle(session, pending, result, settings, transport=transport, now=clock())

@@ -9,7 +9,7 @@
 Every reply is in the person's language (`Contact.language`, `bot.contacts.note_language`).
 Compliance keywords come first and are free; after STOP nothing is charged or sent. Free
 commands (BALANCE, BUY, BUY PREMIUM, AUTO ON/OFF, ACCOUNT, MORE, LANGUAGE) and small talk
-("thanks", "ok") never reach pricing. The level (`tokens.tiers`) decides what the answer may
+("thanks", "ok") never reach pricing. The level (`tokens.levels`) decides what the answer may
 cost: a cheaper LLM tier, templates, partner offers, or a pay link instead. The
 price is held before the skill runs (`hold:<MessageSid>`) and captured (`debit:<MessageSid>`)
 only when the skill answered; a skill that fails voids the hold, so a repeat delivery or a
@@ -55,7 +55,7 @@ from bot.intents.llm_classify import (
 )
 from bot.intents.offline import small_talk as small_talk_kind
 from bot.messages import InboundMessage
-from bot.models import ConsentEvent, Contact, Message
+from bot.models import ConsentEvent, Contact, Message, OutcomeKind
 from bot.router.answer import (
     PendingAnswer,
     billed_units,
@@ -74,7 +74,7 @@ from bot.router.turn import (
     Step,
     Turn,
 )
-from tokens import account_links, auto_topup, costs, ledger, payments, tiers
+from tokens import account_links, auto_topup, costs, ledger, levels, payments
 from tokens.base import UTCDateTime, insert_on_conflict, utcnow
 from tokens.catalog import normalise_command
 from tokens.errors import InsufficientTokens, UnknownAccount
@@ -93,7 +93,7 @@ def serialise(turn: Turn) -> None:
     an operator, a second delivery of the same MessageSid) races on the balance or the
     conversation. The same statement reads the person's standing for the turn: suspended by
     an operator, premium (`payments.premium_exists`), an operator's level override in force
-    (`tiers.override_of`), whether this month's allowance was granted, and the purchased and
+    (`levels.override_of`), whether this month's allowance was granted, and the purchased and
     premium tokens left (`ledger.purchased_available`, for `choose_level`), the available
     balance, whether a lot is due to expire (`ledger.lots_due`, for `reserve`), and what is
     on its way and not yet costed (`_on_the_way`, for the exposure of the level decisions).
@@ -150,7 +150,7 @@ def _on_the_way(channels: tuple[str, ...]) -> tuple[ColumnElement[int], ColumnEl
                   .where(Contact.account_id == ledger.Account.id))
     queued = (of_account.with_only_columns(
         func.coalesce(func.sum(Message.estimate_musd), 0))
-        .where(Message.outcome == "queued").scalar_subquery())
+        .where(Message.outcome == OutcomeKind.QUEUED).scalar_subquery())
     sending = (of_account.with_only_columns(
         func.coalesce(func.sum(Message.units * rate), 0))
         .where(on_the_way).scalar_subquery())
@@ -165,9 +165,9 @@ def _standing(queued: ColumnElement[int], sending: ColumnElement[int]) -> Select
             ledger.Account.suspended_at,
             payments.premium_exists(payments.Subscription.account_id == ledger.Account.id,
                                     bindparam("grace_start", type_=UTCDateTime())),
-            select(tiers.TierState.override_level)
-            .where(tiers.TierState.account_id == ledger.Account.id,
-                   tiers.TierState.override_until > now)
+            select(levels.LevelState.override_level)
+            .where(levels.LevelState.account_id == ledger.Account.id,
+                   levels.LevelState.override_until > now)
             .scalar_subquery(),
             ledger.monthly_allowance_granted(bindparam("allowance_key", type_=String())),
             ledger.purchased_available(ledger.Account.id, now),
@@ -201,7 +201,7 @@ def store_inbound(turn: Turn) -> None:
     }
     stored = session.execute(_STORE_INBOUND, values).scalar()
     if stored is None:
-        raise ReplyNow("duplicate")
+        raise ReplyNow(OutcomeKind.DUPLICATE)
     # The row as stored, known to the session without reading it back.
     message = Message(id=stored, **values)
     make_transient_to_detached(message)
@@ -274,7 +274,7 @@ def compliance_keywords(turn: Turn) -> None:
     if family == "START" and contact.opted_out_at(channel) is None:
         if turn.msg.opt_out_type == "START":
             # Twilio's own opt-in handling has answered it (SMS); there is nothing to undo.
-            raise ReplyNow("opt_in")
+            raise ReplyNow(OutcomeKind.OPT_IN)
         return  # "yes", "start" from someone not opted out here: ordinary text
     if family in ("STOP", "START"):
         _log_consent(turn, "opt_out" if family == "STOP" else "opt_in")
@@ -286,50 +286,50 @@ def compliance_keywords(turn: Turn) -> None:
         log.info("contact opted out", extra={"contact": mask_address(contact.address),
                                              "channel": channel})
         if confirms and first_time and not turn.flooded and _take_free_reply(turn):
-            raise ReplyNow("opt_out", replies.stop_text(turn.catalog, turn.language))
-        raise ReplyNow("opt_out")
+            raise ReplyNow(OutcomeKind.OPT_OUT, replies.stop_text(turn.catalog, turn.language))
+        raise ReplyNow(OutcomeKind.OPT_OUT)
     if family == "START":
         contact.set_opted_out(channel, None, None)
         if confirms and not turn.flooded and _take_free_reply(turn):
-            raise ReplyNow("opt_in", replies.start_text(turn.catalog, turn.language))
-        raise ReplyNow("opt_in")
+            raise ReplyNow(OutcomeKind.OPT_IN, replies.start_text(turn.catalog, turn.language))
+        raise ReplyNow(OutcomeKind.OPT_IN)
     if turn.flooded:
-        raise ReplyNow("flooded")
+        raise ReplyNow(OutcomeKind.FLOODED)
     if contact.opted_out_at(channel) is not None:
-        raise ReplyNow("opted_out")
-    allowed = tiers.take_help(turn.session, turn.account_id, turn.catalog, turn.now)
+        raise ReplyNow(OutcomeKind.OPTED_OUT)
+    allowed = levels.take_help(turn.session, turn.account_id, turn.catalog, turn.now)
     if allowed == "full":
-        raise ReplyNow("help", replies.help_text(turn.catalog, turn.now, turn.language))
+        raise ReplyNow(OutcomeKind.HELP, replies.help_text(turn.catalog, turn.now, turn.language))
     if allowed == "short":
-        raise ReplyNow("help", replies.help_short_text(turn.catalog, turn.language))
-    raise ReplyNow("help")
+        raise ReplyNow(OutcomeKind.HELP, replies.help_short_text(turn.catalog, turn.language))
+    raise ReplyNow(OutcomeKind.HELP)
 
 
 def _take_free_reply(turn: Turn) -> bool:
-    """One reply from the person's daily budget of free replies (`tiers.take_free_reply`)."""
-    return tiers.take_free_reply(turn.session, turn.account_id, turn.catalog, turn.now)
+    """One reply from the person's daily budget of free replies (`levels.take_free_reply`)."""
+    return levels.take_free_reply(turn.session, turn.account_id, turn.catalog, turn.now)
 
 
 def inbound_flood(turn: Turn) -> None:
     """A person whose inbound messages pass `inbound_flood_per_day` today is silenced for
     the rest of the day: no reply at all (STOP and START still change their consent, without
     a confirmation), and the first message past it flags them for the admin pages
-    (`tiers.mark_flooded`). The count lives with the rate limits
+    (`levels.mark_flooded`). The count lives with the rate limits
     (`bot.ratelimit.SenderLimits.count_day`): no SQL for ordinary messages."""
     limits = turn.settings.sender_limits
     if limits is None:
         return
     count = limits.count_day(f"account:{turn.account_id}", turn.now)
-    threshold = turn.catalog.tiers.inbound_flood_per_day
+    threshold = turn.catalog.levels.inbound_flood_per_day
     if count is None or count <= threshold:
         return
     turn.flooded = True
     if count == threshold + 1:
-        tiers.mark_flooded(turn.session, turn.account_id, turn.now)
+        levels.mark_flooded(turn.session, turn.account_id, turn.now)
         log.warning("inbound flood: person silenced for the day",
                     extra={"contact": mask_address(turn.msg.sender)})
     if keyword_family(turn.msg) not in ("STOP", "START"):
-        raise ReplyNow("flooded")
+        raise ReplyNow(OutcomeKind.FLOODED)
 
 
 def _log_consent(turn: Turn, action: str) -> None:
@@ -348,20 +348,20 @@ def silence_opted_out(turn: Turn) -> None:
     """After STOP on this channel nothing is charged or sent on it until START."""
     assert turn.contact is not None
     if turn.contact.opted_out_at(turn.msg.channel) is not None:
-        raise ReplyNow("opted_out")
+        raise ReplyNow(OutcomeKind.OPTED_OUT)
 
 
 def silence_suspended(turn: Turn) -> None:
     """An operator suspended this person (admin pages): no answer and nothing charged, until
     unsuspended. STOP and HELP, answered above, still work."""
     if turn.suspended:
-        raise ReplyNow("suspended")
+        raise ReplyNow(OutcomeKind.SUSPENDED)
 
 
 def rate_limit(turn: Turn) -> None:
     """Per-sender rate limits (`bot.ratelimit`), per person: past them, no skill
     and no charge; one short notice an hour at most, and only within the daily budget of
-    free replies (`tiers.take_free_reply`), so that throttling itself cannot cost without
+    free replies (`levels.take_free_reply`), so that throttling itself cannot cost without
     limit. STOP, START and HELP were answered above and are never throttled (they draw on the
     same budget)."""
     limits = turn.settings.sender_limits
@@ -372,8 +372,8 @@ def rate_limit(turn: Turn) -> None:
         return
     log.info("message throttled", extra={"limit": verdict.limit})
     if verdict.notify and _take_free_reply(turn):
-        raise ReplyNow("throttled", replies.throttled(turn.language))
-    raise ReplyNow("throttled")
+        raise ReplyNow(OutcomeKind.THROTTLED, replies.throttled(turn.language))
+    raise ReplyNow(OutcomeKind.THROTTLED)
 
 
 def monthly_allowance(turn: Turn) -> None:
@@ -400,7 +400,7 @@ def past_the_cutoff(turn: Turn) -> None:
     (`billing_replies_per_day`, default 5): the free replies never use it up, so the way
     out of the cutoff is not silenced (issue #16), and what these replies cost stays within
     the loss bound
-    (`tiers.monthly_loss_ceiling_musd`). Priced requests are decided in `choose_level`;
+    (`levels.monthly_loss_ceiling_musd`). Priced requests are decided in `choose_level`;
     HELP, STOP and START, answered before this step, draw on the budget of free replies."""
     catalog = turn.catalog
     command = normalise_command(turn.msg.text)
@@ -410,20 +410,20 @@ def past_the_cutoff(turn: Turn) -> None:
     if (not billing and turn.msg.text.strip() and command not in catalog.command_words
             and read_small_talk(turn) is None):
         return  # a priced request: `choose_level` decides
-    ceiling = tiers.reply_ceiling_musd(catalog, turn.msg.channel)
-    if _exposure(turn) + ceiling < catalog.tiers.payment_required_musd:
+    ceiling = levels.reply_ceiling_musd(catalog, turn.msg.channel)
+    if _exposure(turn) + ceiling < catalog.levels.payment_required_musd:
         return
     if turn.premium:
         return
-    take = tiers.take_billing_reply if billing else tiers.take_free_reply
+    take = levels.take_billing_reply if billing else levels.take_free_reply
     if not take(turn.session, turn.account_id, catalog, turn.now):
-        raise ReplyNow("refused")
+        raise ReplyNow(OutcomeKind.REFUSED)
 
 
 def no_text(turn: Turn) -> None:
     """A photo or a location without words cannot be priced or answered yet: say so, free."""
     if not turn.msg.text.strip():
-        raise ReplyNow("no_text", replies.no_text(turn.language))
+        raise ReplyNow(OutcomeKind.NO_TEXT, replies.no_text(turn.language))
 
 
 def free_commands(turn: Turn) -> None:
@@ -436,25 +436,27 @@ def free_commands(turn: Turn) -> None:
     commands = catalog.commands
     if command in commands["balance"]:
         available = ledger.balance(turn.session, turn.account_id, turn.now).available
-        raise ReplyNow("balance", replies.balance_text(catalog, available, turn.now, lang))
+        raise ReplyNow(OutcomeKind.BALANCE, replies.balance_text(catalog, available, turn.now,
+                                                                 lang))
     if command in commands["buy"]:
-        raise ReplyNow("buy", replies.buy_text(catalog.pack(), _pay_url(turn), lang))
+        raise ReplyNow(OutcomeKind.BUY, replies.buy_text(catalog.pack(), _pay_url(turn), lang))
     if command in commands["premium"]:
-        raise ReplyNow("premium", _premium_reply(turn))
+        raise ReplyNow(OutcomeKind.PREMIUM, _premium_reply(turn))
     if command in commands["auto_on"] | commands["auto_off"]:
-        raise ReplyNow("auto_topup", _auto_topup_reply(turn, on=command in commands["auto_on"]))
+        raise ReplyNow(OutcomeKind.AUTO_TOPUP, _auto_topup_reply(turn,
+                                                                 on=command in commands["auto_on"]))
     if command in commands["account"]:
         link = account_links.issue_link(turn.session, turn.account_id, turn.now)
-        raise ReplyNow("account", replies.account_text(
+        raise ReplyNow(OutcomeKind.ACCOUNT, replies.account_text(
             catalog, turn.settings.account_url(link.token), lang))
     if command in commands["more"]:
         assert turn.contact is not None
         if turn.contact.more_text:
-            raise ReplyNow("more", turn.contact.more_text)
-        raise ReplyNow("more", replies.nothing_more(lang))
+            raise ReplyNow(OutcomeKind.MORE, turn.contact.more_text)
+        raise ReplyNow(OutcomeKind.MORE, replies.nothing_more(lang))
     if command in commands["language"]:
         chosen = catalog.language_choices[command]  # applied by the `language` step
-        raise ReplyNow("language", replies.language_set_text(chosen) if chosen
+        raise ReplyNow(OutcomeKind.LANGUAGE, replies.language_set_text(chosen) if chosen
                        else replies.language_help_text(lang))
 
 
@@ -509,9 +511,10 @@ def small_talk(turn: Turn) -> None:
         return
     if kind == "cancel_subscription":
         if turn.premium:
-            raise ReplyNow("small_talk", _premium_reply(turn))
+            raise ReplyNow(OutcomeKind.SMALL_TALK, _premium_reply(turn))
         kind = "no_subscription"
-    raise ReplyNow("small_talk", replies.small_talk_text(kind, turn.catalog, turn.language))
+    raise ReplyNow(OutcomeKind.SMALL_TALK, replies.small_talk_text(kind, turn.catalog,
+                                                                   turn.language))
 
 
 def classify_intent(turn: Turn) -> None:
@@ -526,7 +529,7 @@ def classify_intent(turn: Turn) -> None:
 
 def choose_level(turn: Turn) -> None:
     """The restriction level of this answer (README, "How service steps down";
-    `tokens.tiers.decide`), on the exposure including answers still queued, under the
+    `tokens.levels.decide`), on the exposure including answers still queued, under the
     account's lock.
 
     PAYMENT_REQUIRED: a pay link and nothing charged (from the daily budget of free replies,
@@ -538,29 +541,29 @@ def choose_level(turn: Turn) -> None:
     exposure = _exposure(turn)
     # Paying: purchased tokens cover the price, or premium. Their tokens are honoured even
     # while free tokens (spent first) remain, so a paying person is never refused; the cost
-    # of that is bounded by the free allowance (`tiers.monthly_loss_ceiling_musd`). The
+    # of that is bounded by the free allowance (`levels.monthly_loss_ceiling_musd`). The
     # purchased tokens were read with the lock (`serialise`); the whole balance is read only
     # for a refusal's or an offer's text.
     paying = turn.purchased >= spec.price or turn.premium
-    ceiling = tiers.ceilings(catalog, spec, turn.msg.channel, turn.settings.chat is not None)
+    ceiling = levels.ceilings(catalog, spec, turn.msg.channel, turn.settings.chat is not None)
     # An operator's override (admin pages, with an expiry) replaces the policy's level.
-    turn.level = turn.override or tiers.decide(exposure, ceiling, catalog, paying=paying)
+    turn.level = turn.override or levels.decide(exposure, ceiling, catalog, paying=paying)
     turn.estimate_musd = ceiling[turn.level]
-    if turn.level == tiers.PAYMENT_REQUIRED:
+    if turn.level == levels.PAYMENT_REQUIRED:
         if not _take_free_reply(turn):
-            raise ReplyNow("refused")  # silence until they pay or the day turns
+            raise ReplyNow(OutcomeKind.REFUSED)  # silence until they pay or the day turns
         available = ledger.balance(session, turn.account_id, turn.now).available
-        raise ReplyNow("refused", replies.payment_required_text(
+        raise ReplyNow(OutcomeKind.REFUSED, replies.payment_required_text(
             catalog, available, _pay_url(turn), turn.now, turn.language))
-    if turn.level == tiers.AFFILIATE and spec.price >= catalog.tiers.affiliate_min_price:
+    if turn.level == levels.AFFILIATE and spec.price >= catalog.levels.affiliate_min_price:
         if _unlocked_by_click(turn, exposure, ceiling):
-            turn.level = tiers.NORMAL
-            turn.estimate_musd = ceiling[tiers.NORMAL]
+            turn.level = levels.NORMAL
+            turn.estimate_musd = ceiling[levels.NORMAL]
             return
         offers = _offers(turn)
         if offers:
             available = ledger.balance(session, turn.account_id, turn.now).available
-            raise ReplyNow("offers", replies.offers_text(catalog, spec, available,
+            raise ReplyNow(OutcomeKind.OFFERS, replies.offers_text(catalog, spec, available,
                                                          offers, turn.now, turn.language))
 
 
@@ -588,8 +591,8 @@ def reserve(turn: Turn) -> None:
         # From the daily budget of free replies, then silence: replies that charge nothing
         # must not cost without limit.
         if not _take_free_reply(turn):
-            raise ReplyNow("insufficient") from None
-        raise ReplyNow("insufficient", _insufficient(turn, refused.available)) from None
+            raise ReplyNow(OutcomeKind.INSUFFICIENT) from None
+        raise ReplyNow(OutcomeKind.INSUFFICIENT, _insufficient(turn, refused.available)) from None
     turn.hold_id = placed.hold_id
     turn.placed = placed
     turn.available -= turn.intent.price
@@ -618,7 +621,7 @@ def defer_or_answer(turn: Turn) -> None:
         # Everything the skill needs is known here; the caller commits and runs it with no
         # transaction open, without reading it back (the capture does not read the hold).
         turn.pending = pending
-        raise ReplyNow("queued")
+        raise ReplyNow(OutcomeKind.QUEUED)
     result = run_skill(turn.settings, pending)
     kind, texts, charged = settle_ledger(turn.session, pending, result, turn.settings, turn.now)
     turn.charged = charged
@@ -756,7 +759,7 @@ def _unlocked_by_click(turn: Turn, exposure: int, ceiling: dict[str, int]) -> bo
     catalog = turn.catalog
     if catalog.affiliates.mode != "click_to_unlock":
         return False
-    if exposure + ceiling[tiers.NORMAL] >= catalog.tiers.payment_required_musd:
+    if exposure + ceiling[levels.NORMAL] >= catalog.levels.payment_required_musd:
         return False
     return affiliates.use_unlock(turn.session, turn.account_id, turn.now)
 

@@ -1,8 +1,9 @@
 """The turn: what the router's steps share while one message is routed, and what it did.
 
-`BotSettings` (configuration), `Outcome` (what happened to one inbound message), `ReplyNow`
-(a step's final answer) and `Turn` (the shared context); the compliance keyword families and
-the outcome kinds whose replies are capped. docs/pipeline.md explains the whole flow.
+`BotSettings` (configuration), `Outcome` (what happened to one inbound message: its
+`bot.models.OutcomeKind`), `ReplyNow` (a step's final answer) and `Turn` (the shared context);
+the compliance keyword families and the outcome kinds whose replies are capped.
+docs/pipeline.md explains the whole flow.
 """
 
 from __future__ import annotations
@@ -17,9 +18,9 @@ from sqlalchemy.orm import Session
 from bot.contacts import LanguageState
 from bot.llm import ChatClient
 from bot.messages import InboundMessage
-from bot.models import Contact, Message
+from bot.models import Contact, Message, OutcomeKind
 from bot.ratelimit import SenderLimits
-from tokens import ledger, tiers
+from tokens import ledger, levels
 from tokens.catalog import Catalog, IntentSpec
 
 if TYPE_CHECKING:
@@ -40,11 +41,11 @@ HELP = frozenset({"HELP", "INFO", "AYUDA"})
 # notices (HELP, BALANCE, confirmations) are written short and sent whole.
 # Refusals, offers and "not enough tokens" replies are capped the same way (their texts are
 # written to fit): what one reply can cost is then bounded by the channel's cap
-# (`tokens.tiers.reply_ceiling_musd`). Only answers and their continuations replace a pending
+# (`tokens.levels.reply_ceiling_musd`). Only answers and their continuations replace a pending
 # MORE.
-CONTENT_OUTCOMES = frozenset({"answered", "failed", "more", "refused", "offers",
-                              "insufficient"})
-ANSWER_OUTCOMES = frozenset({"answered", "failed", "more"})
+CONTENT_OUTCOMES = frozenset({OutcomeKind.ANSWERED, OutcomeKind.FAILED, OutcomeKind.MORE,
+                              OutcomeKind.REFUSED, OutcomeKind.OFFERS, OutcomeKind.INSUFFICIENT})
+ANSWER_OUTCOMES = frozenset({OutcomeKind.ANSWERED, OutcomeKind.FAILED, OutcomeKind.MORE})
 
 
 @dataclass(frozen=True)
@@ -90,7 +91,8 @@ class Outcome:
     """What the router did with one inbound message.
 
     Attributes:
-        kind: "duplicate", "flooded" (inbound past `inbound_flood_per_day` today), "opted_out",
+        kind: an `OutcomeKind` (bot.models): "duplicate", "flooded" (inbound past
+            `inbound_flood_per_day` today), "opted_out",
             "suspended", "throttled", "opt_out", "opt_in", "help",
             "no_text", "balance", "buy", "premium", "auto_topup" (AUTO ON / AUTO OFF),
             "account" (ACCOUNT: the account page's link), "more",
@@ -109,7 +111,7 @@ class Outcome:
             Not part of the outcome's equality.
     """
 
-    kind: str
+    kind: OutcomeKind
     replies: tuple[str, ...] = ()
     intent: str | None = None
     tokens_charged: int = 0
@@ -120,7 +122,7 @@ class Outcome:
 class ReplyNow(Exception):  # noqa: N818  (control flow, not an error)
     """Raised by a step that has the final answer; carries the outcome kind and reply texts."""
 
-    def __init__(self, kind: str, *texts: str) -> None:
+    def __init__(self, kind: OutcomeKind, *texts: str) -> None:
         super().__init__(kind)
         self.kind = kind
         self.texts = texts
@@ -149,7 +151,7 @@ class Turn:
     # by the provider (read under the lock, `steps.serialise`).
     on_the_way_musd: int = 0
     charged: int = 0
-    level: str = tiers.NORMAL
+    level: str = levels.NORMAL
     suspended: bool = False  # an operator suspended the person (read under the lock)
     premium: bool = False  # a subscription gives premium now (read under the lock)
     flooded: bool = False  # inbound past `inbound_flood_per_day` today: silenced

@@ -93,7 +93,7 @@ def seeded(database_url: str) -> Iterator[tuple[Flask, Person]]:
         undelivered = sms(UNDELIVERED, sender=PHONE)
         assert post_signed(client, undelivered).status_code == 200
         sid = undelivered["MessageSid"]
-        refunded = ledger.refund_debit(db.session, f"debit:{sid}", key=f"refund:{sid}",
+        refunded = ledger.reverse_debit(db.session, f"debit:{sid}", key=f"reversal:{sid}",
                                        memo="reply not delivered")
         assert refunded.amount > 0
         db.session.commit()
@@ -200,11 +200,11 @@ def figures(application: Flask, account_id: int) -> dict[str, Any]:
             for entry in entries:
                 if entry.kind == "debit":
                     net[entry.memo or ""] = net.get(entry.memo or "", 0) - entry.amount
-                elif entry.kind == "refund" and entry.corrects_id in intent_of:
+                elif entry.kind == "reversal" and entry.corrects_id in intent_of:
                     memo = intent_of[entry.corrects_id] or ""
                     net[memo] = net.get(memo, 0) - entry.amount
             refunds = session.scalar(select(func.count()).select_from(LedgerEntry).where(
-                LedgerEntry.account_id == account_id, LedgerEntry.kind == "refund"))
+                LedgerEntry.account_id == account_id, LedgerEntry.kind == "reversal"))
             return {"balance": balance, "net": net, "refunds": refunds}
         finally:
             db.session.remove()
@@ -258,8 +258,8 @@ def test_the_account_page_from_a_chat_link_to_deleting_my_data(page, seeded, pro
         row = page.locator(f'#usage-table tr[data-intent="{intent}"]')
         expect(row).to_have_count(1)
         assert number(row.locator("td").nth(1).inner_text()) == tokens, intent
-    expect(page.locator('#charges-list li[data-kind="refund"]')).to_have_count(known["refunds"])
-    expect(page.locator('#charges-list li[data-kind="refund"]')).to_contain_text(
+    expect(page.locator('#charges-list li[data-kind="reversal"]')).to_have_count(known["refunds"])
+    expect(page.locator('#charges-list li[data-kind="reversal"]')).to_contain_text(
         "not delivered")
     expect(page.locator("#level-text")).to_have_attribute("data-level", "NORMAL")
     expect(page.locator("#purchases")).to_contain_text("No purchases yet.")

@@ -16,7 +16,7 @@ from tests.app.admin_support import PASSWORD, csrf_token, logged_in, make_admin
 from tests.app.test_twilio_webhook import messages_of
 from tests.conftest import post_signed, sms
 from tests.tokens.test_reports import fill_month
-from tokens import ledger, tiers
+from tokens import ledger, levels
 from tokens.admin import AdminAction, AdminError, AdminUser, authenticate, create_user
 from tokens.ledger import Account, LedgerEntry
 
@@ -297,7 +297,7 @@ def test_a_suspended_person_gets_no_answer_and_pays_nothing(app, client, session
     assert "meal plan" in messages_of(post_signed(client, sms("meal plan", sid="SM4")))[0].lower()
 
 
-def test_a_tier_override_applies_until_it_expires(app, client, session):
+def test_a_level_override_applies_until_it_expires(app, client, session):
     post_signed(client, sms("BALANCE", sid="SM1"))
     account_id = person_of(session)
     admin_client = logged_in(app)
@@ -314,7 +314,7 @@ def test_a_tier_override_applies_until_it_expires(app, client, session):
     assert refused and "meal plan" not in refused[0].lower()  # a pay link, nothing charged
     session.expire_all()
     assert session.get(Account, account_id).held == 0
-    state = session.get(tiers.TierState, account_id)
+    state = session.get(levels.LevelState, account_id)
     state.override_until = datetime.now(UTC) - timedelta(minutes=1)  # expired
     session.commit()
     assert "meal plan" in messages_of(post_signed(client, sms("meal plan", sid="SM3")))[0].lower()

@@ -22,7 +22,7 @@ from sqlalchemy import select
 from app.jobs import answer_job
 from app.queue import QUEUE_NAME, enqueue_answer, job_id_for, redis_connection
 from bot import replies
-from bot.models import Contact, InboxMessage, Message
+from bot.models import Contact, InboxMessage, Message, OutcomeKind
 from tests.conftest import (
     PUBLIC_BASE_URL,
     SMS_FROM,
@@ -94,7 +94,7 @@ def test_meal_plan_is_queued_then_answered_by_the_worker(queued_app: Flask, sess
     reply = session.scalar(select(Message).where(Message.direction == "out"))
     assert reply.status == "queued" and reply.message_sid == send["sid"]
     inbound = session.scalar(select(Message).where(Message.message_sid == "SMqueued1"))
-    assert inbound.outcome == "answered" and inbound.tokens_charged == 5
+    assert inbound.outcome == OutcomeKind.ANSWERED and inbound.tokens_charged == 5
 
     # The LLM cost is on the person's month, priced from the response's usage.
     [call] = openai_api.bodies
@@ -248,7 +248,7 @@ def test_63016_falls_back_to_the_configured_template(queued_app, session, twilio
     assert ledger.balance(session, contact.account_id).available == 95
 
 
-def test_63016_without_a_template_fails_and_refunds(queued_app, session, twilio_api):
+def test_63016_without_a_template_fails_and_reverses_the_charge(queued_app, session, twilio_api):
     twilio_api.fail_next(400, 63016, "outside the allowed window")
     post_signed(queued_app.test_client(), whatsapp("meal plan", sid="SM63016b"))
     run_worker(queued_app)
@@ -559,7 +559,7 @@ def test_63016_in_the_status_callback_resends_the_answer_as_the_template(
     assert_consistent(session, account)
 
 
-def test_63016_in_the_status_callback_without_a_template_refunds(queued_app, session,
+def test_63016_in_the_status_callback_without_a_template_reverses_the_charge(queued_app, session,
                                                                   twilio_api):
     from tests.conftest import twilio_fields
 

@@ -173,7 +173,7 @@ def refunded(sid: str) -> int:
     """Tokens given back for the message's charge (its `refund` entries)."""
     return int(db.session.scalar(
         select(func.coalesce(func.sum(LedgerEntry.amount), 0)).where(
-            LedgerEntry.kind == "refund", LedgerEntry.operation_key == f"refund:{sid}")) or 0)
+            LedgerEntry.kind == "reversal", LedgerEntry.operation_key == f"reversal:{sid}")) or 0)
 
 
 def row_counts() -> dict[str, int]:
@@ -687,7 +687,7 @@ def test_twilio_5xx_then_success_is_retried_and_sent_once(rest_app, twilio_api):
 
 
 @pytest.mark.parametrize("fault", ["503 every time", "connection refused"])
-def test_twilio_failing_every_attempt_fails_the_reply_and_refunds_once(
+def test_twilio_failing_every_attempt_fails_the_reply_and_reverses_its_charge_once(
         database_url, redis_url, twilio_api, openai_api, fault):
     overrides = {}
     if fault == "connection refused":
@@ -714,7 +714,7 @@ def test_twilio_failing_every_attempt_fails_the_reply_and_refunds_once(
         assert_consistent(db.session, account)
 
 
-def test_twilio_timeout_is_unknown_never_resent_and_the_sweep_gives_it_up_and_refunds(
+def test_twilio_timeout_is_unknown_never_resent_and_the_sweep_gives_it_up_and_reverses(
         database_url, redis_url, twilio_api, openai_api):
     env = queued(redis_url, twilio_api, openai_api, TWILIO_TIMEOUT_SECONDS="0.3")
     with running(database_url, **env) as application:

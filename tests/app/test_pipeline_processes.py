@@ -27,7 +27,7 @@ from sqlalchemy import select
 
 from app.config import PROJECT_ROOT
 from app.extensions import db
-from bot.models import Contact, InboxMessage, Message
+from bot.models import Contact, InboxMessage, Message, OutcomeKind
 from tests.conftest import (
     AUTH_TOKEN,
     PUBLIC_BASE_URL,
@@ -144,7 +144,7 @@ def test_two_web_and_two_worker_processes_answer_everyone_once_in_order(
             sending = session.scalar(select(db.func.count()).select_from(Message).where(
                 Message.status.in_(("pending", "submitting"))))
             answering = session.scalar(select(db.func.count()).select_from(Message).where(
-                Message.outcome == "queued"))
+                Message.outcome == OutcomeKind.QUEUED))
             session.commit()
             if (routed == PEOPLE * len(SCRIPT) and not waiting and not sending
                     and not answering):

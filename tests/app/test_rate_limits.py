@@ -12,7 +12,7 @@ from sqlalchemy import func, select
 from app import create_app
 from app.extensions import db
 from bot.messages import InboundMessage
-from bot.models import Contact, Message
+from bot.models import Contact, Message, OutcomeKind
 from bot.ratelimit import SenderLimits
 from bot.router import handle_inbound
 from tests.app.test_twilio_webhook import messages_of
@@ -56,7 +56,8 @@ def test_the_eleventh_message_in_a_minute_is_throttled_once_with_one_notice(limi
     assert balance.held == 0 and balance.available == 100 - charged
     assert charged == 10 * limited.extensions["bot_settings"].catalog.intent(
         "nutrition_analysis").price
-    throttled = db.session.scalars(select(Message).where(Message.outcome == "throttled")).all()
+    throttled = db.session.scalars(select(Message).where(
+        Message.outcome == OutcomeKind.THROTTLED)).all()
     assert len(throttled) == 3 and all(m.tokens_charged == 0 for m in throttled)
     replies = db.session.scalars(select(Message.body).where(
         Message.direction == "out", Message.in_reply_to_id.in_([m.id for m in throttled]))).all()
@@ -81,7 +82,7 @@ def test_the_hourly_limit_and_one_notice_an_hour(limited):
     assert kinds.count("throttled") == 30 and kinds[100] == "throttled"
     notices = db.session.scalar(select(func.count()).select_from(Message).where(
         Message.direction == "out", Message.in_reply_to_id.in_(
-            select(Message.id).where(Message.outcome == "throttled"))))
+            select(Message.id).where(Message.outcome == OutcomeKind.THROTTLED))))
     assert notices == 1
 
 

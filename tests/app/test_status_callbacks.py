@@ -98,7 +98,7 @@ def test_an_undelivered_paid_reply_gives_its_tokens_back_once(client, session, a
     assert session.get(Message, reply.id).status == "failed"
     assert ledger.balance(session, account).available == 100
     refunds = [line.entry for line in ledger.history(session, account)
-               if line.entry.kind == "refund"]
+               if line.entry.kind == "reversal"]
     assert sum(e.amount for e in refunds) == 5
     assert_consistent(session, account)
 
@@ -126,7 +126,7 @@ def test_21610_in_a_callback_marks_the_channel_opted_out(client, session, app):
     assert ledger.balance(session, contact.account_id).available == 100
 
 
-def test_a_free_reply_that_fails_refunds_nothing(client, session):
+def test_a_free_reply_that_fails_reverses_nothing(client, session):
     post_signed(client, sms("BALANCE"))
     reply = session.scalar(select(Message).where(Message.direction == "out"))
     reply.message_sid, reply.status = "SMfree", "queued"
@@ -139,7 +139,7 @@ def test_a_free_reply_that_fails_refunds_nothing(client, session):
     contact = session.get(Contact, reply.contact_id)
     assert ledger.balance(session, contact.account_id).available == 100
     assert not [line for line in ledger.history(session, contact.account_id)
-                if line.entry.kind == "refund"]
+                if line.entry.kind == "reversal"]
 
 
 @pytest.mark.parametrize(
@@ -217,7 +217,7 @@ def test_a_callback_that_beats_the_send_result_is_not_lost(client, session, app,
     assert (row.message_sid, row.status) == (sid, "delivered")
 
 
-def test_unconfirmed_sends_are_given_up_and_refunded(client, session, app):
+def test_unconfirmed_sends_are_given_up_and_their_charge_reversed(client, session, app):
     """A send that timed out and that no callback confirmed within the sweep's delay fails,
     and a paid reply's tokens come back (nobody pays for a reply they did not get)."""
     post_signed(client, sms("meal plan"))

@@ -168,7 +168,7 @@ def test_the_status_webhook_end_to_end(app, client, session):
 
 
 @pytest.mark.parametrize("status", ["undelivered", "failed"])
-def test_a_not_delivered_end_still_refunds(app, client, session, status):
+def test_a_not_delivered_end_still_reverses_the_charge(app, client, session, status):
     """The slow path (the account's lock, the refund) is kept for what the fast one skips."""
     from tokens import ledger
 

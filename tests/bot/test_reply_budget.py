@@ -1,7 +1,7 @@
 """Every reply the bot sends counts (issue #16, point 6): HELP, START and STOP confirmations,
 throttle notices and refusals draw on one daily budget of free replies; an inbound flood
 silences the person for the day and flags them; and over random message streams (any keyword
-mix, any rate) the controllable cost never passes `tiers.monthly_loss_ceiling_musd`."""
+mix, any rate) the controllable cost never passes `levels.monthly_loss_ceiling_musd`."""
 
 from __future__ import annotations
 
@@ -19,21 +19,21 @@ from app.extensions import db
 from bot.messages import InboundMessage
 from bot.models import Contact
 from bot.router import BotSettings, Outcome, handle_inbound
-from tokens import costs, tiers
+from tokens import costs, levels
 from tokens.costs import CostEntry, LlmUsage
 
 NOW = datetime(2026, 11, 10, 9, 0, tzinfo=UTC)
 ANA = "+15551234567"
 
 
-def bot_settings(app: Flask, **tier_changes: int) -> BotSettings:
-    """The app's settings, with the catalog's `tiers` changed as given."""
+def bot_settings(app: Flask, **level_changes: int) -> BotSettings:
+    """The app's settings, with the catalog's `levels` changed as given."""
     settings_: BotSettings = app.extensions["bot_settings"]
-    if not tier_changes:
+    if not level_changes:
         return settings_
     catalog = settings_.catalog
     changed = dataclasses.replace(catalog,
-                                  tiers=dataclasses.replace(catalog.tiers, **tier_changes))
+                                  levels=dataclasses.replace(catalog.levels, **level_changes))
     return dataclasses.replace(settings_, catalog=changed)
 
 
@@ -53,7 +53,7 @@ def account_of_ana() -> int:
 
 def test_help_is_full_once_a_day_then_one_line_then_silent(llm_app):
     catalog = llm_app.extensions["bot_settings"].catalog
-    budget = catalog.tiers.free_replies_per_day
+    budget = catalog.levels.free_replies_per_day
     helps = [say(llm_app, "HELP", NOW + timedelta(minutes=i)) for i in range(budget + 3)]
     assert all(o.kind == "help" and o.tokens_charged == 0 for o in helps)
     full, *rest = [o.replies for o in helps]
@@ -68,7 +68,7 @@ def test_help_is_full_once_a_day_then_one_line_then_silent(llm_app):
 
 def test_confirmations_and_refusals_share_the_budget_and_stop_still_works(llm_app):
     catalog = llm_app.extensions["bot_settings"].catalog
-    for i in range(catalog.tiers.free_replies_per_day):  # spend the day's budget
+    for i in range(catalog.levels.free_replies_per_day):  # spend the day's budget
         assert say(llm_app, "HELP", NOW + timedelta(minutes=i), channel="whatsapp").replies
     stop = say(llm_app, "STOP", NOW + timedelta(hours=1), channel="whatsapp")
     assert stop.kind == "opt_out" and not stop.replies  # opted out, no confirmation
@@ -92,7 +92,7 @@ def test_an_inbound_flood_silences_for_the_day_and_flags(llm_app):
     assert all(o.replies for o in outcomes[:6])
     assert [o.kind for o in outcomes[6:]] == ["flooded"] * 3
     assert not any(o.replies for o in outcomes[6:])
-    state = db.session.get(tiers.TierState, account_of_ana())
+    state = db.session.get(levels.LevelState, account_of_ana())
     assert state.flooded_day == "2026-11-10"
     # STOP still opts out during the flood (no confirmation), and HELP gets nothing.
     assert say(llm_app, "HELP", NOW + timedelta(minutes=4), bot=bot).kind == "flooded"
@@ -177,5 +177,5 @@ def test_no_stream_costs_more_than_the_bound(llm_app, openai_api, start_exposure
         handle_inbound(db.session, msg, llm_app.extensions["bot_settings"], now=now)
         db.session.commit()
     spent = controllable_musd(account)
-    bound = tiers.monthly_loss_ceiling_musd(catalog, days_in_month=len(days))
+    bound = levels.monthly_loss_ceiling_musd(catalog, days_in_month=len(days))
     assert spent <= bound, (spent, bound, len(days))

@@ -10,7 +10,7 @@ from sqlalchemy import func, select
 
 from bot.intents import SkillAnswer, offline
 from bot.messages import InboundMessage
-from bot.models import Contact, Message
+from bot.models import Contact, Message, OutcomeKind
 from bot.router import Outcome, handle_inbound
 from tokens import ledger
 from tokens.ledger import Hold, LedgerEntry
@@ -224,7 +224,7 @@ def test_a_repeat_sid_changes_nothing(say, session):
     first = say("meal plan", sid="SMrepeat")
     again = say("meal plan", sid="SMrepeat")
     assert first.tokens_charged == 5
-    assert again == Outcome(kind="duplicate")
+    assert again == Outcome(kind=OutcomeKind.DUPLICATE)
     assert available(session) == 95
     assert session.scalar(select(func.count()).select_from(Message)) == 2
 

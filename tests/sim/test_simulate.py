@@ -28,8 +28,8 @@ from tests.conftest import config_for
 from tests.tokens.ledger_checks import assert_consistent
 from tokens.catalog import load_catalog
 from tokens.ledger import Account
+from tokens.levels import monthly_loss_ceiling_musd
 from tokens.reports import month_report
-from tokens.tiers import monthly_loss_ceiling_musd
 
 MONTH = "2026-11"
 CHARTS = ("profit_distribution.png", "daily_revenue_cost.png", "levels.png",

@@ -15,7 +15,7 @@ from argon2 import PasswordHasher
 from sqlalchemy import select
 
 from tests.tokens.ledger_checks import assert_consistent
-from tokens import admin, ledger, tiers
+from tokens import admin, ledger, levels
 from tokens.admin import AdminAction, AdminError, AdminUser
 from tokens.errors import InsufficientTokens, InvalidAmount, UnknownAccount
 
@@ -205,14 +205,14 @@ def test_suspend_and_unsuspend_are_recorded_once_each(session, actor, account_id
 def test_a_level_override_holds_until_its_expiry_and_can_be_cleared(session, actor,
                                                                     account_id):
     until = NOW + timedelta(days=7)
-    admin.override_level(session, actor, account_id, tiers.BASIC, until, "cost spike", NOW)
+    admin.override_level(session, actor, account_id, levels.BASIC, until, "cost spike", NOW)
     session.commit()
-    assert tiers.override_of(session, account_id, NOW + timedelta(days=6)) == tiers.BASIC
-    assert tiers.override_of(session, account_id, until) is None  # ends at the expiry
+    assert levels.override_of(session, account_id, NOW + timedelta(days=6)) == levels.BASIC
+    assert levels.override_of(session, account_id, until) is None  # ends at the expiry
     admin.override_level(session, actor, account_id, None, None, "resolved", NOW)
     admin.override_level(session, actor, account_id, None, None, "again", NOW)  # nothing set
     session.commit()
-    assert tiers.override_of(session, account_id, NOW) is None
+    assert levels.override_of(session, account_id, NOW) is None
     assert actions(session, account_id) == [
         ("override", "BASIC until 2026-11-28 12:00 UTC: cost spike"),
         ("override", "cleared: resolved")]
@@ -221,10 +221,10 @@ def test_a_level_override_holds_until_its_expiry_and_can_be_cleared(session, act
 def test_an_override_needs_a_known_level_a_future_expiry_and_a_reason(session, actor,
                                                                        account_id):
     for level, until, reason, why in [("GOLD", NOW + timedelta(days=1), "x", "unknown level"),
-                                      (tiers.NORMAL, None, "x", "expiry"),
-                                      (tiers.NORMAL, NOW, "x", "expiry"),
-                                      (tiers.NORMAL, NOW + timedelta(days=1), " ", "reason")]:
+                                      (levels.NORMAL, None, "x", "expiry"),
+                                      (levels.NORMAL, NOW, "x", "expiry"),
+                                      (levels.NORMAL, NOW + timedelta(days=1), " ", "reason")]:
         with pytest.raises(AdminError, match=why):
             admin.override_level(session, actor, account_id, level, until, reason, NOW)
-    assert tiers.override_of(session, account_id, NOW) is None
+    assert levels.override_of(session, account_id, NOW) is None
     assert actions(session, account_id) == []

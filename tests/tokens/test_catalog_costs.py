@@ -190,7 +190,7 @@ def _delete(*path: str | int) -> Callable[[dict[str, Any]], None]:
         (_set("costs", "messaging", "sms", "outbound_usd", value="cheap"),
          r"costs\.messaging\.sms\.outbound_usd: a decimal string"),
         (_delete("llm", "tiers", "normal"),
-         r"llm\.tiers: settings for the 'normal' tier are required"),
+         r"llm\.tiers: settings for the 'normal' LLM tier are required"),
         (_set("llm", "system_prompt", value="You are {bot_name}. {oops}"),
          r"llm\.system_prompt: only \{bot_name\} and \{bot_description\}"),
         (_set("llm", "system_prompt", value="You are {0}."), r"llm\.system_prompt"),
@@ -241,7 +241,7 @@ def test_an_unquoted_float_in_yaml_text_is_refused(tmp_path):
         load_catalog(path)
 
 
-def test_another_catalog_can_change_rates_models_and_tiers(tmp_path):
+def test_another_catalog_can_change_rates_models_and_llm_tiers(tmp_path):
     def edit(raw: dict[str, Any]) -> None:
         raw["costs"]["platform_usd"] = "0.001"
         raw["costs"]["messaging"]["sms"]["outbound_usd"] = "0.0083"
@@ -275,3 +275,24 @@ def test_prices_other_than_usd_are_refused(tmp_path):
     path.write_text(yaml.safe_dump(raw))
     with pytest.raises(CatalogError, match=r"premium\.currency: only usd"):
         load_catalog(path)
+
+
+def test_a_catalog_with_the_old_tiers_section_is_told_it_is_now_levels(tmp_path):
+    """Before issue #18 the restriction ladder was `tiers:`; such a file is refused with the
+    new name, not with "levels: a mapping is required"."""
+    def edit(raw: dict[str, Any]) -> None:
+        raw["tiers"] = raw.pop("levels")
+
+    with pytest.raises(CatalogError, match=r"economy\.yaml: tiers: the section is now called "
+                                           r"levels"):
+        load_catalog(write_catalog(tmp_path, edit))
+
+
+def test_the_llm_tiers_are_not_levels(tmp_path):
+    """The model settings stay `llm.tiers` (an LLM tier is not a level): `llm.levels` is
+    refused with the name to use."""
+    def edit(raw: dict[str, Any]) -> None:
+        raw["llm"]["levels"] = raw["llm"].pop("tiers")
+
+    with pytest.raises(CatalogError, match=r"llm\.levels: the LLM tiers are llm\.tiers"):
+        load_catalog(write_catalog(tmp_path, edit))

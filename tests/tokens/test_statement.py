@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from sqlalchemy import select
 
-from tokens import account_links, ledger, statement, tiers
+from tokens import account_links, ledger, levels, statement
 from tokens.catalog import load_catalog
 from tokens.errors import AccountLinkExpired, AccountLinkNotFound
 from tokens.payment_events import receipt_url
@@ -39,7 +39,7 @@ def answer(session, account_id: int, intent: str, tokens: int, sid: str,
 def test_ana_asks_twice_one_reply_is_lost_and_she_buys_a_pack(session, ana):
     answer(session, ana, "meal_plan", 5, "SM1")
     answer(session, ana, "recipe_search", 2, "SM2", NOV + timedelta(minutes=1))
-    ledger.refund_debit(session, "debit:SM2", key="refund:SM2", memo="reply not delivered",
+    ledger.reverse_debit(session, "debit:SM2", key="reversal:SM2", memo="reply not delivered",
                         now=NOV + timedelta(minutes=2))
     session.add(Checkout(
         pay_link_id=None, account_id=ana, provider="sandbox", mode="payment",
@@ -59,13 +59,13 @@ def test_ana_asks_twice_one_reply_is_lost_and_she_buys_a_pack(session, ana):
     assert [(u.intent, u.answers, u.tokens) for u in s.usage] == [
         ("meal_plan", 1, 5), ("recipe_search", 1, 0)]
     assert [(c.kind, c.intent, c.tokens) for c in s.charges] == [
-        ("refund", "recipe_search", 2), ("debit", "recipe_search", 2), ("debit", "meal_plan", 5)]
+        ("reversal", "recipe_search", 2), ("debit", "recipe_search", 2), ("debit", "meal_plan", 5)]
     (bought,) = s.purchases
     assert (bought.kind, bought.amount_cents, bought.tokens, bought.refunded_cents) == (
         "auto_topup", 500, 120, 100)
     assert s.premium == statement.Premium(None, False, None, None, False)
     assert not s.auto_topup.enabled and s.auto_topup.pack_code == CATALOG.auto_topup_pack().code
-    assert s.level == tiers.NORMAL  # bought tokens left: paid service is never degraded
+    assert s.level == levels.NORMAL  # bought tokens left: paid service is never degraded
 
 
 def test_a_premium_month_shows_its_receipt_and_its_renewal(session, ana):
@@ -103,10 +103,10 @@ def test_premium_ending_or_past_due_shows_its_end(session, ana):
 def test_a_free_user_past_the_cutoff_is_at_payment_required(session, ana):
     from tokens import costs
 
-    costs.record_llm_estimate(session, ana, CATALOG.tiers.payment_required_musd, "gpt-4o-mini",
+    costs.record_llm_estimate(session, ana, CATALOG.levels.payment_required_musd, "gpt-4o-mini",
                               key="llm:big", now=NOV)
     session.commit()
-    assert statement.statement(session, ana, CATALOG, NOV).level == tiers.PAYMENT_REQUIRED
+    assert statement.statement(session, ana, CATALOG, NOV).level == levels.PAYMENT_REQUIRED
 
 
 def test_receipt_links_are_https_only():

@@ -1,9 +1,10 @@
 """Progressive restriction: the level a person's next answer gets (docs/economy.md,
-"Tiers").
+"Levels").
 
 Exposure E = this month's cost - this month's revenue (µUSD, `tokens.costs.AccountMonth`).
-Each level bounds what an answer may cost (its *ceiling*: the LLM call at the level's caps plus
-the reply's messaging at the channel's cap), and the decision is made on E + that ceiling:
+Each level bounds what an answer may cost (its *ceiling*: the LLM call at the caps of the
+level's LLM tier plus the reply's messaging at the channel's cap), and the decision is made on
+E + that ceiling:
 
     NORMAL            if E + ceiling(NORMAL)  < reduced           ($0.50)
     REDUCED           if E + ceiling(REDUCED) < basic             ($1.50)
@@ -13,15 +14,15 @@ the reply's messaging at the channel's cap), and the decision is made on E + tha
 
 so no answer can carry a person past the next threshold, nor past the cutoff (rule 1, bounded
 loss), and more exposure never gives a better level (rule 2, monotonic). A paying person (an
-active premium subscription, or purchased tokens that cover the price) gets NORMAL: free-tier
-rules never degrade what they paid for (rule 3). Past the cutoff a person gets only short
+active premium subscription, or purchased tokens that cover the price) gets NORMAL: the levels
+never degrade what they paid for (rule 3). Past the cutoff a person gets only short
 refusals. Every reply the bot sends that exposure does not gate (HELP, START and STOP
 confirmations, throttle notices, refusals, alerts and billing notices, free replies past the
 cutoff) draws on one daily budget, `free_replies_per_day`, and BALANCE/BUY/BUY PREMIUM past
 the cutoff on `billing_replies_per_day`, so the month's loss has a ceiling computable from the
 catalog (`monthly_loss_ceiling_musd`).
 
-`decide` is a pure function; `TierState` keeps the throttles (last upsell, the day's budgets).
+`decide` is a pure function; `LevelState` keeps the throttles (last upsell, the day's budgets).
 """
 
 from __future__ import annotations
@@ -48,7 +49,7 @@ UTF8_MAX_BYTES = 4
 
 def upper_bounds(catalog: Catalog) -> dict[str, int]:
     """The exposure (µUSD) each level must stay under, answer included."""
-    t = catalog.tiers
+    t = catalog.levels
     return {NORMAL: t.reduced_musd, REDUCED: t.basic_musd, BASIC: t.affiliate_musd,
             AFFILIATE: t.payment_required_musd}
 
@@ -62,7 +63,7 @@ CALLS_PER_ANSWER = 2
 
 
 def llm_ceiling_musd(catalog: Catalog, tier: LlmTier, spec: IntentSpec) -> int:
-    """The most one LLM answer at `tier` can cost, µUSD.
+    """The most one LLM answer at the LLM tier `tier` can cost, µUSD.
 
     Input tokens are bounded by UTF-8 bytes (a byte-level BPE token is at least one byte, and
     a character at most 4 bytes): the system and intent prompts, the constraints clause
@@ -100,9 +101,9 @@ def ceilings(catalog: Catalog, spec: IntentSpec, channel: str, llm_enabled: bool
     result = {}
     for level in LEVELS:
         cost = reply
-        tier_name = LLM_TIER_OF.get(level)
-        if llm_enabled and tier_name is not None:
-            cost += llm_ceiling_musd(catalog, catalog.llm.tier(tier_name), spec)
+        llm_tier_name = LLM_TIER_OF.get(level)
+        if llm_enabled and llm_tier_name is not None:
+            cost += llm_ceiling_musd(catalog, catalog.llm.tier(llm_tier_name), spec)
         result[level] = cost
     return result
 
@@ -158,8 +159,8 @@ def monthly_loss_ceiling_musd(catalog: Catalog, days_in_month: int = 31, *,
     ceiling (`bot.intents.llm_classify.classification_ceiling_musd`), 0 without an LLM.
     """
     reply = max(reply_ceiling_musd(catalog, channel) for channel in catalog.costs.messaging)
-    ceiling = (catalog.tiers.payment_required_musd
-               + (catalog.tiers.free_replies_per_day + catalog.tiers.billing_replies_per_day)
+    ceiling = (catalog.levels.payment_required_musd
+               + (catalog.levels.free_replies_per_day + catalog.levels.billing_replies_per_day)
                * days_in_month * reply)
     ceiling += (days_in_month * catalog.llm.classify_per_day * len(catalog.costs.messaging)
                 * classify_call_musd)
@@ -176,8 +177,8 @@ def days_in(moment: datetime) -> int:
     return Month(moment.year, moment.month).day_count
 
 
-class TierState(Base):
-    """Per-person throttles of the tier notices and the daily budgets of free replies.
+class LevelState(Base):
+    """Per-person throttles of the level notices and the daily budgets of free replies.
 
     Attributes:
         last_upsell_at: when the last upsell line went out (at most one per
@@ -200,7 +201,7 @@ class TierState(Base):
             used instead of `decide` (admin pages; the operator owns the cost it allows).
     """
 
-    __tablename__ = "tier_states"
+    __tablename__ = "level_states"
 
     account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id"), primary_key=True)
     last_upsell_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
@@ -215,11 +216,11 @@ class TierState(Base):
     override_until: Mapped[datetime | None] = mapped_column(UTCDateTime())
 
 
-def state_of(session: Session, account_id: int) -> TierState:
+def state_of(session: Session, account_id: int) -> LevelState:
     """The person's throttle state (created on first use; the caller holds the account lock)."""
-    state = session.get(TierState, account_id)
+    state = session.get(LevelState, account_id)
     if state is None:
-        state = TierState(account_id=account_id, free_replies=0, billing_replies=0)
+        state = LevelState(account_id=account_id, free_replies=0, billing_replies=0)
         session.add(state)
         session.flush()
     return state
@@ -227,7 +228,7 @@ def state_of(session: Session, account_id: int) -> TierState:
 
 def override_of(session: Session, account_id: int, now: datetime) -> str | None:
     """The operator's level for this person at `now` (UTC), or None when none is in force."""
-    state = session.get(TierState, account_id)
+    state = session.get(LevelState, account_id)
     if (state is None or state.override_level is None or state.override_until is None
             or state.override_until <= now):
         return None
@@ -240,7 +241,7 @@ def take_upsell(session: Session, account_id: int, catalog: Catalog, now: dateti
     level than the one last explained, else at most once per `upsell_every_hours` (so a person
     whose level flips back and forth is not told every time); if so, it is counted."""
     state = state_of(session, account_id)
-    every = timedelta(hours=catalog.tiers.upsell_every_hours)
+    every = timedelta(hours=catalog.levels.upsell_every_hours)
     worse = (state.last_upsell_level is None
              or LEVELS.index(level) > LEVELS.index(state.last_upsell_level))
     if not worse and state.last_upsell_at is not None and now - state.last_upsell_at < every:
@@ -256,7 +257,7 @@ def take_free_reply(session: Session, account_id: int, catalog: Catalog, now: da
     refusals, alerts, billing notices, free replies past the cutoff); if so, it is counted.
     The caller holds the account's lock."""
     state = _today(session, account_id, now)
-    if state.free_replies >= catalog.tiers.free_replies_per_day:
+    if state.free_replies >= catalog.levels.free_replies_per_day:
         return False
     state.free_replies += 1
     return True
@@ -290,14 +291,14 @@ def take_billing_reply(session: Session, account_id: int, catalog: Catalog, now:
     it up);
     if so, it is counted."""
     state = _today(session, account_id, now)
-    if state.billing_replies >= catalog.tiers.billing_replies_per_day:
+    if state.billing_replies >= catalog.levels.billing_replies_per_day:
         return False
     state.billing_replies += 1
     return True
 
 
-def _today(session: Session, account_id: int, now: datetime) -> TierState:
-    """The person's `TierState` with its day counters reset on a new UTC day."""
+def _today(session: Session, account_id: int, now: datetime) -> LevelState:
+    """The person's `LevelState` with its day counters reset on a new UTC day."""
     state = state_of(session, account_id)
     day = f"{now:%Y-%m-%d}"
     if state.reply_day != day:

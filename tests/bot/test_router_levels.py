@@ -19,9 +19,9 @@ from bot.router import Outcome, handle_inbound
 from tests.conftest import config_for
 from tests.support.openai_standin import OpenAIStandIn
 from tests.tokens.ledger_checks import assert_consistent
-from tokens import costs, ledger, tiers
+from tokens import costs, ledger, levels
 from tokens.costs import CostEntry, RevenueEntry
-from tokens.tiers import LEVELS, NORMAL, PAYMENT_REQUIRED
+from tokens.levels import LEVELS, NORMAL, PAYMENT_REQUIRED
 
 START = datetime(2026, 11, 2, 8, 0, tzinfo=UTC)
 ANA = "+15551234567"
@@ -56,7 +56,7 @@ def exposure(account: int, now: datetime) -> int:
 
 def test_a_heavy_free_users_month(llm_app: Flask):
     catalog = llm_app.extensions["bot_settings"].catalog
-    bounds = tiers.upper_bounds(catalog)
+    bounds = levels.upper_bounds(catalog)
     now = START
     seen: list[str] = []
     replies: list[str] = []
@@ -92,7 +92,7 @@ def test_a_heavy_free_users_month(llm_app: Flask):
     assert account is not None
     # The loss ceiling, beyond what the person's own inbound messages cost once refused.
     loss = exposure(account, now) - refusal_inbound_cost
-    assert loss <= tiers.monthly_loss_ceiling_musd(catalog)
+    assert loss <= levels.monthly_loss_ceiling_musd(catalog)
     # Plain words: every restricted level was explained, with the balance and how to restore
     # full service; nothing ever claims "unlimited".
     text = "\n".join(replies)
@@ -110,7 +110,7 @@ def test_a_heavy_free_users_month(llm_app: Flask):
     day = now.replace(hour=23, minute=0)
     silent = [say(llm_app, "what is a good snack?", day + timedelta(minutes=m))[0]
               for m in range(6)]
-    assert sum(1 for o in silent if o.replies) <= catalog.tiers.free_replies_per_day
+    assert sum(1 for o in silent if o.replies) <= catalog.levels.free_replies_per_day
     assert all(o.kind == "refused" and o.tokens_charged == 0 for o in silent)
 
     # Buying a pack restores NORMAL at once.
@@ -142,7 +142,7 @@ def assert_rollups_match_events(account: int, label: str) -> None:
     charged = sum(-e.entry.amount for e in ledger.history(db.session, account, 10_000)
                   if e.entry.kind == "debit") - sum(
         e.entry.amount for e in ledger.history(db.session, account, 10_000)
-        if e.entry.kind == "refund")
+        if e.entry.kind == "reversal")
     assert month.tokens_charged == charged
     assert month.tokens_charged == (month.tokens_free + month.tokens_subscription
                                     + month.tokens_bonus + month.tokens_paid)
@@ -153,7 +153,7 @@ def assert_rollups_match_events(account: int, label: str) -> None:
 
 def test_a_paying_person_keeps_normal_service(llm_app: Flask):
     """A person holding purchased tokens gets NORMAL service whatever their exposure, also
-    while their free tokens (spent first) last: free-tier rules never degrade or refuse what
+    while their free tokens (spent first) last: the levels' rules never degrade or refuse what
     was paid for (rule 3). The loss that allows is bounded by the free allowance."""
     catalog = llm_app.extensions["bot_settings"].catalog
     now = START
@@ -172,8 +172,8 @@ def test_a_paying_person_keeps_normal_service(llm_app: Flask):
     assert ledger.balance(db.session, account, now).by_bucket == {"bonus": 20, "paid": 100}
     inbound = 100 * (catalog.costs.messaging["sms"].inbound_musd + catalog.costs.platform_musd)
     spent = exposure(account, now) - start - inbound
-    assert spent <= tiers.monthly_loss_ceiling_musd(catalog, holds_purchased_tokens=True) - \
-        tiers.monthly_loss_ceiling_musd(catalog)
+    assert spent <= levels.monthly_loss_ceiling_musd(catalog, holds_purchased_tokens=True) - \
+        levels.monthly_loss_ceiling_musd(catalog)
     for minute in range(101, 120):  # then their purchased tokens
         _, message = say(llm_app, "what is a good snack?", now + timedelta(minutes=minute))
         assert message.level == NORMAL

@@ -18,7 +18,7 @@ from bot.models import Contact, Message
 from bot.router import Outcome, handle_inbound
 from tests.conftest import config_for
 from tests.support.openai_standin import OpenAIStandIn
-from tokens import costs, tiers
+from tokens import costs, levels
 from tokens.costs import CostEntry, LlmUsage
 
 NOW = datetime(2026, 11, 10, 9, 0, tzinfo=UTC)
@@ -76,7 +76,7 @@ def test_free_replies_past_the_cutoff_share_the_daily_budget(llm_app):
     outcomes = [say(llm_app, text, NOW + timedelta(minutes=i))
                 for i, text in enumerate(["MORE", "IDIOMA", "thanks"] * 5)]
     answered = [o for o in outcomes if o.replies]
-    assert len(answered) == catalog.tiers.free_replies_per_day - 1
+    assert len(answered) == catalog.levels.free_replies_per_day - 1
     assert all(o.kind == "refused" for o in outcomes if not o.replies)
     assert not say(llm_app, "HELP", NOW + timedelta(hours=1)).replies  # the budget is spent
     assert all(say(llm_app, text, NOW + timedelta(minutes=30 + i)).replies
@@ -90,19 +90,19 @@ def test_a_long_answers_continuation_stops_at_the_cutoff(llm_app, openai_api):
     """MORE is free, but never carries a person past the cutoff: past it, the continuation
     takes from the daily budget of free replies, then stops."""
     catalog = llm_app.extensions["bot_settings"].catalog
-    cutoff = catalog.tiers.payment_required_musd
+    cutoff = catalog.levels.payment_required_musd
     account = account_with_exposure(llm_app, cutoff - 200_000)
     openai_api.reply = "Eat more beans and greens today. " * 60  # about 13 SMS segments
     first = say(llm_app, "what is a good snack?", NOW + timedelta(minutes=1))
     assert first.kind == "answered" and first.replies[0].endswith("(Reply MORE for the rest)")
-    reply = tiers.reply_ceiling_musd(catalog, "sms")
+    reply = levels.reply_ceiling_musd(catalog, "sms")
     sent = 0
     for i in range(40):
         outcome = say(llm_app, "MORE", NOW + timedelta(minutes=2 + i))
         sent += bool(outcome.replies)
     exposure = costs.month(db.session, account, NOW).exposure_musd
     inbound = 41 * (catalog.costs.messaging["sms"].inbound_musd + catalog.costs.platform_musd)
-    assert exposure - inbound < cutoff + catalog.tiers.free_replies_per_day * reply
+    assert exposure - inbound < cutoff + catalog.levels.free_replies_per_day * reply
     assert sent < 40  # it stopped
 
 
@@ -110,8 +110,8 @@ def test_replies_on_their_way_count_as_exposure(llm_app):
     """A stored reply not yet accepted by Twilio (pending, submitting, unknown) is not costed
     yet; the next decision counts it anyway."""
     catalog = llm_app.extensions["bot_settings"].catalog
-    bounds = tiers.upper_bounds(catalog)
-    ceiling = tiers.ceilings(catalog, catalog.intent("chat"), "sms", llm_enabled=True)
+    bounds = levels.upper_bounds(catalog)
+    ceiling = levels.ceilings(catalog, catalog.intent("chat"), "sms", llm_enabled=True)
     account_with_exposure(llm_app, bounds["NORMAL"] - ceiling["NORMAL"] - 30_000)
     contact = db.session.scalar(select(Contact).where(Contact.address == ANA))
     for status in ("pending", "submitting", "unknown"):
@@ -120,7 +120,7 @@ def test_replies_on_their_way_count_as_exposure(llm_app):
     db.session.commit()
     say(llm_app, "what is a good snack?", NOW + timedelta(minutes=1))
     level = db.session.scalar(select(Message.level).where(Message.level.is_not(None)))
-    assert level == tiers.REDUCED  # 6 segments on their way (47,400 µUSD) tipped it over
+    assert level == levels.REDUCED  # 6 segments on their way (47,400 µUSD) tipped it over
 
 
 def test_an_llm_call_that_timed_out_is_costed_at_its_ceiling(impatient_app, openai_api):
@@ -133,7 +133,7 @@ def test_an_llm_call_that_timed_out_is_costed_at_its_ceiling(impatient_app, open
     [entry] = db.session.scalars(select(CostEntry).where(
         CostEntry.account_id == account, CostEntry.kind == "llm")).all()
     tier = catalog.llm.tier("normal")
-    assert entry.amount_musd == tiers.llm_ceiling_musd(catalog, tier, catalog.intent("meal_plan"))
+    assert entry.amount_musd == levels.llm_ceiling_musd(catalog, tier, catalog.intent("meal_plan"))
     assert entry.prompt_tokens is None
 
 
@@ -142,5 +142,5 @@ def test_the_llm_ceiling_counts_the_constraints_clause_and_the_retry():
     answer is at most two calls (a violating answer is asked for once more)."""
     from bot.llm import MAX_CONSTRAINTS_CHARS
 
-    assert tiers.CONSTRAINTS_MAX_CHARS == MAX_CONSTRAINTS_CHARS
-    assert tiers.CALLS_PER_ANSWER == 2
+    assert levels.CONSTRAINTS_MAX_CHARS == MAX_CONSTRAINTS_CHARS
+    assert levels.CALLS_PER_ANSWER == 2

@@ -30,10 +30,10 @@ from bot.models import Contact, Message
 from bot.router import handle_inbound
 from tests.conftest import config_for, post_signed, run_worker, sms
 from tests.support.openai_standin import OpenAIStandIn
-from tokens import costs, ledger, tiers
+from tokens import costs, ledger, levels
 from tokens.costs import LlmUsage
 from tokens.ledger import LedgerEntry
-from tokens.tiers import LEVELS, NORMAL, PAYMENT_REQUIRED
+from tokens.levels import LEVELS, NORMAL, PAYMENT_REQUIRED
 
 START = datetime(2026, 11, 2, 8, 0, tzinfo=UTC)
 RANK = {level: rank for rank, level in enumerate(LEVELS)}
@@ -91,7 +91,7 @@ step = st.one_of(
 def test_the_four_rules_hold_over_random_histories(llm_app, openai_api, start_exposure, steps,
                                                    fail_llm):
     catalog = llm_app.extensions["bot_settings"].catalog
-    bounds = tiers.upper_bounds(catalog)
+    bounds = levels.upper_bounds(catalog)
     sender = f"+1555{uuid.uuid4().int % 10**7:07d}"
     now = START
     sid = f"SM{uuid.uuid4().hex}"
@@ -160,8 +160,8 @@ def test_concurrent_messages_cannot_cross_the_cutoff(queued_app, openai_api):
     run_worker(queued_app)  # the worker routes it: the contact and account now exist
     account = db.session.scalar(select(Contact.account_id).where(Contact.address == sender))
     spec = catalog.intent("chat")
-    ceiling = tiers.ceilings(catalog, spec, "sms", llm_enabled=True)
-    start = catalog.tiers.payment_required_musd - 4 * ceiling[tiers.AFFILIATE]
+    ceiling = levels.ceilings(catalog, spec, "sms", llm_enabled=True)
+    start = catalog.levels.payment_required_musd - 4 * ceiling[levels.AFFILIATE]
     preload(queued_app, account, start - costs.month(db.session, account).exposure_musd,
             datetime.now(UTC))
     barrier = threading.Barrier(8)
@@ -195,4 +195,4 @@ def test_concurrent_messages_cannot_cross_the_cutoff(queued_app, openai_api):
     inbound = len(rows) * (catalog.costs.messaging["sms"].inbound_musd
                            + catalog.costs.platform_musd)
     # What the answers cost stays under the cutoff; beyond it only refusals and inbound.
-    assert exposure - refusal_out - inbound < catalog.tiers.payment_required_musd
+    assert exposure - refusal_out - inbound < catalog.levels.payment_required_musd

@@ -1,4 +1,4 @@
-"""Refunding a debit whose reply never reached the person (`ledger.refund_debit`), as worked
+"""Reversing a debit whose reply never reached the person (`ledger.reverse_debit`), as worked
 examples in plain words, on SQLite and PostgreSQL."""
 
 from __future__ import annotations
@@ -39,10 +39,10 @@ def lot_of(session, credit_key: str) -> Lot:
     return session.scalars(select(Lot).where(Lot.credit_entry_id == credit.id)).one()
 
 
-def refunds(session, account_id: int) -> list[LedgerEntry]:
+def reversals(session, account_id: int) -> list[LedgerEntry]:
     return list(session.scalars(
         select(LedgerEntry)
-        .where(LedgerEntry.account_id == account_id, LedgerEntry.kind == "refund")
+        .where(LedgerEntry.account_id == account_id, LedgerEntry.kind == "reversal")
         .order_by(LedgerEntry.id)
     ))
 
@@ -68,7 +68,7 @@ def ana(session, account) -> int:
     return account
 
 
-def test_a_refund_gives_the_tokens_back_to_the_lot_they_came_from(session, ana):
+def test_a_reversal_gives_the_tokens_back_to_the_lot_they_came_from(session, ana):
     """Ana pays 5 for a meal plan that is never delivered: the 5 go back to her free lot."""
     captured = spend(session, ana, 5, "SM1")
     session.commit()
@@ -76,20 +76,20 @@ def test_a_refund_gives_the_tokens_back_to_the_lot_they_came_from(session, ana):
     assert ledger.balance(session, ana, NOV).by_bucket["free"] == 95
     assert_consistent(session, ana, NOV)
 
-    refunded = ledger.refund_debit(session, "debit:SM1", key="refund:SM1",
+    reversal = ledger.reverse_debit(session, "debit:SM1", key="reversal:SM1",
                                    memo="reply not delivered", now=LATER)
     session.commit()
-    assert (refunded.key, refunded.amount, refunded.replayed) == ("refund:SM1", 5, False)
-    assert refunded.by_bucket == (("free", 5),)
-    (entry,) = refunds(session, ana)
+    assert (reversal.key, reversal.amount, reversal.replayed) == ("reversal:SM1", 5, False)
+    assert reversal.by_bucket == (("free", 5),)
+    (entry,) = reversals(session, ana)
     debit = session.scalars(
         select(LedgerEntry).where(LedgerEntry.idempotency_key == "debit:SM1")
     ).one()
-    assert refunded.entry_ids == (entry.id,)
-    assert (entry.kind, entry.bucket, entry.amount) == ("refund", "free", 5)
+    assert reversal.entry_ids == (entry.id,)
+    assert (entry.kind, entry.bucket, entry.amount) == ("reversal", "free", 5)
     assert entry.lot_id == debit.lot_id == lot_of(session, "grant:free:nov").id
     assert entry.corrects_id == debit.id
-    assert (entry.idempotency_key, entry.operation_key) == ("refund:SM1", "refund:SM1")
+    assert (entry.idempotency_key, entry.operation_key) == ("reversal:SM1", "reversal:SM1")
     assert (entry.memo, entry.created_at) == ("reply not delivered", LATER)
     assert lot_of(session, "grant:free:nov").remaining == 100
     balance = ledger.balance(session, ana, LATER)
@@ -98,24 +98,24 @@ def test_a_refund_gives_the_tokens_back_to_the_lot_they_came_from(session, ana):
     assert_consistent(session, ana, LATER)
 
 
-def test_a_capture_spanning_two_lots_gets_two_refund_entries(session, account):
+def test_a_capture_spanning_two_lots_gets_two_reversal_entries(session, account):
     """Ben has 3 free tokens left and the pack; a 10-token answer takes 3 free + 7 bonus. The
-    refund gives 3 back to the free lot and 7 to the bonus lot, each pointing at its debit."""
+    reversal gives 3 back to the free lot and 7 to the bonus lot, each pointing at its debit."""
     ledger.grant(session, account, 3, key="grant:free:nov", expires_at=DEC, now=NOV)
     ledger.purchase(session, account, 100, 20, key="checkout:cs_2", now=NOV)
     captured = spend(session, account, 10, "SM2")
     session.commit()
     assert captured.posted.by_bucket == (("free", -3), ("bonus", -7))
 
-    refunded = ledger.refund_debit(session, "debit:SM2", key="refund:SM2", now=LATER)
+    reversal = ledger.reverse_debit(session, "debit:SM2", key="reversal:SM2", now=LATER)
     session.commit()
-    assert (refunded.amount, refunded.by_bucket) == (10, (("free", 3), ("bonus", 7)))
-    entries = refunds(session, account)
+    assert (reversal.amount, reversal.by_bucket) == (10, (("free", 3), ("bonus", 7)))
+    entries = reversals(session, account)
     debits = {e.idempotency_key: e for e in session.scalars(
         select(LedgerEntry).where(LedgerEntry.kind == "debit"))}
     assert [(e.idempotency_key, e.operation_key, e.bucket, e.amount) for e in entries] == [
-        ("refund:SM2", "refund:SM2", "free", 3),
-        ("refund:SM2#2", "refund:SM2", "bonus", 7),
+        ("reversal:SM2", "reversal:SM2", "free", 3),
+        ("reversal:SM2#2", "reversal:SM2", "bonus", 7),
     ]
     assert [e.corrects_id for e in entries] == [debits["debit:SM2"].id, debits["debit:SM2#2"].id]
     assert [e.lot_id for e in entries] == [
@@ -128,19 +128,19 @@ def test_a_capture_spanning_two_lots_gets_two_refund_entries(session, account):
 
 
 def test_after_the_free_lot_expired_only_the_unexpired_part_comes_back(session, account):
-    """Ben's 10-token answer took 3 free (November) + 7 bonus; the refund comes in December:
+    """Ben's 10-token answer took 3 free (November) + 7 bonus; the reversal comes in December:
     November's free tokens would expire at once, so only the 7 bonus tokens come back."""
     ledger.grant(session, account, 3, key="grant:free:nov", expires_at=DEC, now=NOV)
     ledger.purchase(session, account, 100, 20, key="checkout:cs_3", now=NOV)
     spend(session, account, 10, "SM3")
     session.commit()
 
-    refunded = ledger.refund_debit(session, "debit:SM3", key="refund:SM3",
+    reversal = ledger.reverse_debit(session, "debit:SM3", key="reversal:SM3",
                                    now=DEC + timedelta(hours=1))
     session.commit()
-    assert (refunded.amount, refunded.by_bucket) == (7, (("bonus", 7),))
-    assert [(e.idempotency_key, e.bucket, e.amount) for e in refunds(session, account)] == [
-        ("refund:SM3", "bonus", 7),
+    assert (reversal.amount, reversal.by_bucket) == (7, (("bonus", 7),))
+    assert [(e.idempotency_key, e.bucket, e.amount) for e in reversals(session, account)] == [
+        ("reversal:SM3", "bonus", 7),
     ]
     assert lot_of(session, "grant:free:nov").remaining == 0
     balance = ledger.balance(session, account, DEC + timedelta(hours=1))
@@ -149,69 +149,69 @@ def test_after_the_free_lot_expired_only_the_unexpired_part_comes_back(session, 
     assert_consistent(session, account, DEC + timedelta(hours=1))
 
 
-def test_a_lot_expiring_at_the_refund_instant_counts_as_expired(session, ana):
+def test_a_lot_expiring_at_the_reversal_instant_counts_as_expired(session, ana):
     spend(session, ana, 5, "SM4")
     session.commit()
-    just_before = ledger.refund_debit(session, "debit:SM4", key="refund:SM4:a",
+    just_before = ledger.reverse_debit(session, "debit:SM4", key="reversal:SM4:a",
                                       now=DEC - timedelta(microseconds=1))
     session.rollback()
-    at_expiry = ledger.refund_debit(session, "debit:SM4", key="refund:SM4:b", now=DEC)
+    at_expiry = ledger.reverse_debit(session, "debit:SM4", key="reversal:SM4:b", now=DEC)
     session.rollback()
     assert just_before.amount == 5
     assert (at_expiry.amount, at_expiry.entry_ids, at_expiry.by_bucket) == (0, (), ())
 
 
 def test_when_every_lot_expired_nothing_is_given_back(session, ana):
-    """Ana's 5 free November tokens are refunded in December: nothing comes back, and the
+    """Ana's 5 free November tokens are reversed in December: nothing comes back, and the
     free lot's remaining 95 still expire (before or after a sweep)."""
     spend(session, ana, 5, "SM5")
     session.commit()
-    refunded = ledger.refund_debit(session, "debit:SM5", key="refund:SM5", now=DEC)
+    reversal = ledger.reverse_debit(session, "debit:SM5", key="reversal:SM5", now=DEC)
     session.commit()
-    assert (refunded.amount, refunded.entry_ids, refunded.replayed) == (0, (), False)
-    assert refunds(session, ana) == []
+    assert (reversal.amount, reversal.entry_ids, reversal.replayed) == (0, (), False)
+    assert reversals(session, ana) == []
     assert ledger.balance(session, ana, DEC).available == 120
     assert_consistent(session, ana, DEC)
     assert ledger.expire_lots(session, ana, DEC) == 95
     session.commit()
-    again = ledger.refund_debit(session, "debit:SM5", key="refund:SM5", now=DEC)
+    again = ledger.reverse_debit(session, "debit:SM5", key="reversal:SM5", now=DEC)
     session.commit()
     assert (again.amount, again.entry_ids) == (0, ())
-    assert refunds(session, ana) == []
+    assert reversals(session, ana) == []
     assert ledger.balance(session, ana, DEC).posted == 120
     assert_consistent(session, ana, DEC)
 
 
-def test_a_repeat_of_a_refund_that_gave_nothing_back_gives_nothing_again(session, ana):
-    """Such a refund leaves no entry, so its repeat cannot be told apart; it gives 0 again."""
+def test_a_repeat_of_a_reversal_that_gave_nothing_back_gives_nothing_again(session, ana):
+    """Such a reversal leaves no entry, so its repeat cannot be told apart; it gives 0 again."""
     spend(session, ana, 5, "SM6")
     session.commit()
-    first = ledger.refund_debit(session, "debit:SM6", key="refund:SM6", now=DEC)
+    first = ledger.reverse_debit(session, "debit:SM6", key="reversal:SM6", now=DEC)
     session.commit()
-    again = ledger.refund_debit(session, "debit:SM6", key="refund:SM6", now=DEC)
+    again = ledger.reverse_debit(session, "debit:SM6", key="reversal:SM6", now=DEC)
     assert first.amount == again.amount == 0 and again.entry_ids == ()
 
 
-def test_a_debit_is_refunded_once_whatever_the_key(session, account):
+def test_a_debit_is_reversed_once_whatever_the_key(session, account):
     ledger.purchase(session, account, 100, 0, key="checkout:cs_8", now=NOV)
     spend(session, account, 5, "SM8")
-    first = ledger.refund_debit(session, "debit:SM8", key="refund:SM8", now=LATER)
-    other = ledger.refund_debit(session, "debit:SM8", key="refund:SM8:again", now=LATER)
-    assert other.replayed and other.key == "refund:SM8" and other.amount == first.amount == 5
+    first = ledger.reverse_debit(session, "debit:SM8", key="reversal:SM8", now=LATER)
+    other = ledger.reverse_debit(session, "debit:SM8", key="reversal:SM8:again", now=LATER)
+    assert other.replayed and other.key == "reversal:SM8" and other.amount == first.amount == 5
     assert ledger.balance(session, account, LATER).posted == 100
     assert_consistent(session, account, LATER)
 
 
-def test_a_repeated_refund_is_a_replay_that_changes_nothing(session, account):
+def test_a_repeated_reversal_is_a_replay_that_changes_nothing(session, account):
     ledger.grant(session, account, 3, key="grant:free:nov", expires_at=DEC, now=NOV)
     ledger.purchase(session, account, 100, 20, key="checkout:cs_7", now=NOV)
     spend(session, account, 10, "SM7")
-    first = ledger.refund_debit(session, "debit:SM7", key="refund:SM7", now=LATER)
+    first = ledger.reverse_debit(session, "debit:SM7", key="reversal:SM7", now=LATER)
     session.commit()
     before = wallet(session, account)
 
-    again = ledger.refund_debit(session, "debit:SM7", key="refund:SM7", now=LATER)
-    later = ledger.refund_debit(session, "debit:SM7", key="refund:SM7",
+    again = ledger.reverse_debit(session, "debit:SM7", key="reversal:SM7", now=LATER)
+    later = ledger.reverse_debit(session, "debit:SM7", key="reversal:SM7",
                                 now=LATER + timedelta(days=3))
     session.commit()
     for replay in (again, later):
@@ -220,43 +220,43 @@ def test_a_repeated_refund_is_a_replay_that_changes_nothing(session, account):
             first.key, first.entry_ids, first.amount, first.by_bucket,
         )
     assert wallet(session, account) == before
-    assert len(refunds(session, account)) == 2
+    assert len(reversals(session, account)) == 2
     assert_consistent(session, account, LATER)
 
 
-def test_refunded_tokens_can_be_spent_again(session, ana):
+def test_reversed_tokens_can_be_spent_again(session, ana):
     """The 5 tokens come back as free tokens and are spent first again, from the same lot."""
     spend(session, ana, 5, "SM8")
-    ledger.refund_debit(session, "debit:SM8", key="refund:SM8", now=LATER)
+    ledger.reverse_debit(session, "debit:SM8", key="reversal:SM8", now=LATER)
     session.commit()
     assert_consistent(session, ana, LATER)
     again = spend(session, ana, 100, "SM9", now=LATER)
     session.commit()
-    assert again.posted.by_bucket == (("free", -100),)  # all 100 free tokens, refunded 5 included
+    assert again.posted.by_bucket == (("free", -100),)  # all 100 free tokens, reversed 5 included
     assert lot_of(session, "grant:free:nov").remaining == 0
     assert ledger.balance(session, ana, LATER).by_bucket == {"bonus": 20, "paid": 100}
     assert_consistent(session, ana, LATER)
-    # and the second debit can be refunded in turn
-    assert ledger.refund_debit(session, "debit:SM9", key="refund:SM9", now=LATER).amount == 100
+    # and the second debit can be reversed in turn
+    assert ledger.reverse_debit(session, "debit:SM9", key="reversal:SM9", now=LATER).amount == 100
     session.commit()
     assert ledger.balance(session, ana, LATER).available == 220
     assert_consistent(session, ana, LATER)
 
 
-def test_a_partial_capture_refunds_what_was_captured(session, ana):
+def test_a_partial_capture_reverses_what_was_captured(session, ana):
     placed = ledger.hold(session, ana, 5, key="hold:SM10", now=NOV)
     ledger.capture(session, placed.hold_id, key="debit:SM10", amount=3, now=NOV)
-    refunded = ledger.refund_debit(session, "debit:SM10", key="refund:SM10", now=LATER)
+    reversal = ledger.reverse_debit(session, "debit:SM10", key="reversal:SM10", now=LATER)
     session.commit()
-    assert (refunded.amount, refunded.by_bucket) == (3, (("free", 3),))
+    assert (reversal.amount, reversal.by_bucket) == (3, (("free", 3),))
     assert ledger.balance(session, ana, LATER).available == 220
     assert_consistent(session, ana, LATER)
 
 
-def test_a_refund_while_a_hold_is_pending_keeps_the_hold(session, ana):
+def test_a_reversal_while_a_hold_is_pending_keeps_the_hold(session, ana):
     spend(session, ana, 5, "SM11")
     pending = ledger.hold(session, ana, 50, key="hold:SM12", now=LATER)
-    ledger.refund_debit(session, "debit:SM11", key="refund:SM11", now=LATER)
+    ledger.reverse_debit(session, "debit:SM11", key="reversal:SM11", now=LATER)
     session.commit()
     balance = ledger.balance(session, ana, LATER)
     assert (balance.posted, balance.held, balance.available) == (220, 50, 170)
@@ -269,16 +269,16 @@ def test_a_refund_while_a_hold_is_pending_keeps_the_hold(session, ana):
 
 def test_an_unknown_debit_key_is_refused(session, ana):
     with pytest.raises(UnknownEntry):
-        ledger.refund_debit(session, "debit:nope", key="refund:nope", now=LATER)
+        ledger.reverse_debit(session, "debit:nope", key="reversal:nope", now=LATER)
     # a credit's key is not a debit
     with pytest.raises(UnknownEntry):
-        ledger.refund_debit(session, "checkout:cs_1", key="refund:cs_1", now=LATER)
+        ledger.reverse_debit(session, "checkout:cs_1", key="reversal:cs_1", now=LATER)
     # nor is an operation that only placed a hold
     ledger.hold(session, ana, 5, key="hold:SM13", now=NOV)
     with pytest.raises(UnknownEntry):
-        ledger.refund_debit(session, "hold:SM13", key="refund:SM13", now=LATER)
+        ledger.reverse_debit(session, "hold:SM13", key="reversal:SM13", now=LATER)
     session.rollback()
-    assert refunds(session, ana) == []
+    assert reversals(session, ana) == []
     assert_consistent(session, ana, LATER)
 
 
