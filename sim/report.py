@@ -28,7 +28,13 @@ from tokens.catalog import Catalog
 from tokens.costs import CostEntry
 from tokens.money import MUSD_PER_USD
 from tokens.periods import Month
-from tokens.reports import DEFAULT_TARGET_MUSD, MonthReport, PersonRow
+from tokens.reports import (
+    DEFAULT_TARGET_MUSD,
+    TOP_INTENTS,
+    MonthReport,
+    PersonRow,
+    report_from_rows,
+)
 
 MUSD = MUSD_PER_USD
 PERCENTILES = (0, 1, 5, 10, 25, 50, 75, 90, 95, 99, 100)
@@ -199,15 +205,7 @@ def persona_table(results: Sequence[PersonResult], people: Sequence[Person]
     return table
 
 
-
-
 # --- the merge -----------------------------------------------------------------------------
-
-
-def _ratio(part: int, whole: int) -> Decimal | None:
-    if not whole:
-        return None
-    return (Decimal(part) / Decimal(whole)).quantize(Decimal("0.0001"), ROUND_HALF_EVEN)
 
 
 def build_report(month: str, people: Iterable[PersonRow], daily: Mapping[str, tuple[int, int]],
@@ -215,42 +213,14 @@ def build_report(month: str, people: Iterable[PersonRow], daily: Mapping[str, tu
                  target_musd: int = DEFAULT_TARGET_MUSD) -> MonthReport:
     """One `MonthReport` from per-person rows (any shards; sorted by `account_id`, which is
     the person's number + 1), per-day (revenue, cost) µUSD sums and per-intent (LLM µUSD,
-    answers) sums: the figures `tokens.reports.month_report` computes from one database,
-    computed the same way, so that 1 shard and N shards give the same report."""
+    answers) sums, derived by `tokens.reports.report_from_rows`, the function behind
+    `tokens.reports.month_report` on one database, so 1 shard and N shards give its report."""
     rows = sorted(people, key=lambda p: p.account_id)
-    active = len(rows)
-    revenue = sum(p.revenue_musd for p in rows)
-    cost = sum(p.cost_musd for p in rows)
-    mix = {
-        "pack": sum(p.revenue_pack_musd for p in rows),
-        "subscription": sum(p.revenue_subscription_musd for p in rows),
-        "affiliate": sum(p.revenue_affiliate_musd for p in rows),
-    }
-    by_level = dict.fromkeys(levels.LEVELS, 0)
-    for person in rows:
-        by_level[person.level] += 1
     top = sorted(((name, llm, answers) for name, (llm, answers) in intents.items()),
-                 key=lambda item: (-item[1], item[0]))[:10]
-    return MonthReport(
-        month=month,
-        active_people=active,
-        paying_people=sum(1 for p in rows if p.revenue_musd > 0),
-        revenue_musd=revenue,
-        cost_musd=cost,
-        profit_musd=revenue - cost,
-        gross_margin=_ratio(revenue - cost, revenue),
-        arpu_musd=revenue // active if active else 0,
-        average_cost_musd=cost // active if active else 0,
-        share_profitable=_ratio(sum(1 for p in rows if p.profit_musd >= 0), active),
-        share_at_target=_ratio(sum(1 for p in rows if p.profit_musd >= target_musd), active),
-        revenue_mix={kind: _ratio(amount, revenue) or Decimal(0) for kind, amount in mix.items()},
-        revenue_by_kind=mix,
-        level_distribution=by_level,
-        top_intents=top,
-        pack_conversion=_ratio(sum(1 for p in rows if p.revenue_pack_musd > 0), active),
-        daily=[(day, *daily.get(day, (0, 0))) for day in Month.parse(month).days],
-        people=rows,
-    )
+                 key=lambda item: (-item[1], item[0]))[:TOP_INTENTS]
+    return report_from_rows(month, rows, top,
+                            [(day, *daily.get(day, (0, 0))) for day in Month.parse(month).days],
+                            target_musd)
 
 
 # --- the seed's targets ----------------------------------------------------------------------

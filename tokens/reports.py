@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import csv
 import io
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from decimal import ROUND_HALF_EVEN, Decimal
 from typing import Any
@@ -28,6 +28,8 @@ from tokens.periods import Month
 # docs/economy.md, "Reports": the share of people at or above a $3.00 target (profit per person).
 DEFAULT_TARGET_MUSD = 3 * MUSD_PER_USD
 RATIO = Decimal("0.0001")
+# The report's top intents: the intents that cost the most LLM µUSD in the month.
+TOP_INTENTS = 10
 
 
 @dataclass(frozen=True)
@@ -137,6 +139,29 @@ def month_report(session: Session, label: str, catalog: Catalog,
         exposure: int = costs.exposure_musd(row)  # a Row has its columns as attributes
         people.append(PersonRow(level=levels.decide(exposure, zero, catalog, paying=False),
                                 **dict(zip(fields, row, strict=True))))
+    intents = session.execute(
+        select(AccountMonthIntent.intent, func.sum(AccountMonthIntent.cost_llm_musd),
+               func.sum(AccountMonthIntent.answers))
+        .where(AccountMonthIntent.month == label)
+        .group_by(AccountMonthIntent.intent)
+        .order_by(func.sum(AccountMonthIntent.cost_llm_musd).desc(), AccountMonthIntent.intent)
+        .limit(TOP_INTENTS)
+    ).all()
+    return report_from_rows(
+        label, people,
+        [(name, int(llm or 0), int(answers or 0)) for name, llm, answers in intents],
+        daily_totals(session, label), target_musd)
+
+
+def report_from_rows(label: str, people: Sequence[PersonRow],
+                     top_intents: Sequence[tuple[str, int, int]],
+                     daily: Sequence[tuple[str, int, int]],
+                     target_musd: int = DEFAULT_TARGET_MUSD) -> MonthReport:
+    """The `MonthReport` of month `label` ("YYYY-MM") from its rows: `people` (one
+    `PersonRow` each, in account order), `top_intents` ((intent, LLM µUSD, answers), most
+    costly first, at most `TOP_INTENTS`) and `daily` ((day, revenue µUSD, cost µUSD) for every
+    day). The one place the report's totals, ratios and level counts are derived, for
+    `month_report` (one database) and the simulator's merge of shards (`sim.report`)."""
     active = len(people)
     revenue = sum(p.revenue_musd for p in people)
     cost = sum(p.cost_musd for p in people)
@@ -148,14 +173,6 @@ def month_report(session: Session, label: str, catalog: Catalog,
     by_level = dict.fromkeys(levels.LEVELS, 0)
     for person in people:
         by_level[person.level] += 1
-    intents = session.execute(
-        select(AccountMonthIntent.intent, func.sum(AccountMonthIntent.cost_llm_musd),
-               func.sum(AccountMonthIntent.answers))
-        .where(AccountMonthIntent.month == label)
-        .group_by(AccountMonthIntent.intent)
-        .order_by(func.sum(AccountMonthIntent.cost_llm_musd).desc(), AccountMonthIntent.intent)
-        .limit(10)
-    ).all()
     return MonthReport(
         month=label,
         active_people=active,
@@ -171,10 +188,10 @@ def month_report(session: Session, label: str, catalog: Catalog,
         revenue_mix={kind: _ratio(amount, revenue) or Decimal(0) for kind, amount in mix.items()},
         revenue_by_kind=mix,
         level_distribution=by_level,
-        top_intents=[(name, int(llm or 0), int(answers or 0)) for name, llm, answers in intents],
+        top_intents=list(top_intents),
         pack_conversion=_ratio(sum(1 for p in people if p.revenue_pack_musd > 0), active),
-        daily=daily_totals(session, label),
-        people=people,
+        daily=list(daily),
+        people=list(people),
     )
 
 
