@@ -119,15 +119,7 @@ def measure(url: str, layout: str, clients: int, seconds: float) -> Row:
 @contextmanager
 def database(url: str | None, durable: bool = True) -> Iterator[str]:
     """The URL of an empty PostgreSQL database with the schema migrated."""
-    from flask_migrate import upgrade
-
-    from app import create_app
-    from tests.conftest import config_for
-
-    def migrate(target: str) -> None:
-        app = create_app(config_for(target))
-        with app.app_context():
-            upgrade()
+    from testing.deployment import migrate
 
     if url:
         migrate(url)
@@ -135,8 +127,8 @@ def database(url: str | None, durable: bool = True) -> Iterator[str]:
         return
     from pytest_postgresql.janitor import DatabaseJanitor
 
-    from tests.support.postgres import FAST_BUT_UNSAFE, PG_USER, postgres_server
-    from tests.support.postgres import url as postgres_url
+    from testing.postgres import FAST_BUT_UNSAFE, PG_USER, postgres_server
+    from testing.postgres import url as postgres_url
 
     options = "-c max_connections=100" + ("" if durable else f" {FAST_BUT_UNSAFE}")
     with postgres_server(options=options) as server:

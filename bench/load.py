@@ -87,7 +87,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
-from tests.support.twilio_standin import TwilioStandIn
+from testing.twilio_standin import TwilioStandIn
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = ROOT / ".venv" / "bin"
@@ -143,7 +143,8 @@ class MessageFactory:
     """Signed inbound SMS requests, as Twilio posts them, for one server port."""
 
     def __init__(self, people: int, seed: int) -> None:
-        from tests.conftest import ACCOUNT_SID, SMS_FROM, sms
+        from testing.deployment import ACCOUNT_SID, SMS_FROM
+        from testing.payloads import sms
 
         self.rng = random.Random(seed)
         # The recorded SMS fixture's field set, addressed to our number and account.
@@ -162,7 +163,7 @@ class MessageFactory:
     def plan(self, n: int, port: int, senders: list[str] | None = None) -> list[Planned]:
         """`n` messages, each with a fresh MessageSid ("SM" + 32 hex digits like Twilio's),
         from senders drawn at random from the pool (or from `senders`, in order)."""
-        from tests.conftest import PUBLIC_BASE_URL, sign
+        from testing.deployment import PUBLIC_BASE_URL, sign
 
         url = PUBLIC_BASE_URL + INBOUND_PATH
         planned = []
@@ -450,7 +451,7 @@ def llm_standin(median_s: float, p95_s: float) -> Any:
     and 95th percentile (s); 0 for both: at once."""
     import math
 
-    from tests.support.openai_standin import OpenAIStandIn
+    from testing.openai_standin import OpenAIStandIn
 
     class LatentOpenAIStandIn(OpenAIStandIn):
         """Each request waits its own draw (`delay_seconds` is read once per request)."""
@@ -467,7 +468,7 @@ def llm_standin(median_s: float, p95_s: float) -> Any:
 
 def _standins(conn: Connection, llm: bool, llm_median: float, llm_p95: float) -> None:
     """Child process: serve the Twilio (and OpenAI) stand-ins until told to stop."""
-    from tests.conftest import ACCOUNT_SID, AUTH_TOKEN
+    from testing.deployment import ACCOUNT_SID, AUTH_TOKEN
 
     with ExitStack() as stack:
         twilio = stack.enter_context(TimedTwilioStandIn(ACCOUNT_SID, AUTH_TOKEN))
@@ -601,13 +602,7 @@ def gunicorn_command(target: str, port: int, workers: int, worker_class: str) ->
 
 def app_environment(database_url: str, redis_url: str, standins: StandIns) -> dict[str, str]:
     """A queued production deployment: PostgreSQL, Redis + RQ, the REST API (stand-in)."""
-    from tests.conftest import (
-        ACCOUNT_SID,
-        AUTH_TOKEN,
-        PUBLIC_BASE_URL,
-        SMS_FROM,
-        WHATSAPP_FROM,
-    )
+    from testing.deployment import ACCOUNT_SID, AUTH_TOKEN, PUBLIC_BASE_URL, SMS_FROM, WHATSAPP_FROM
 
     env = {name: os.environ[name] for name in ("PATH", "HOME", "LANG", "TZ", "TMPDIR")
            if name in os.environ}
@@ -821,7 +816,7 @@ class Settings:
 def servers(settings: Settings, logdir: Path) -> Iterator[dict[str, Any]]:
     """Everything up and healthy; yields ports, URLs, the queue and the CPU meter."""
     from bench.ledger import database
-    from tests.support.redis_server import free_port, redis_server
+    from testing.redis_server import free_port, redis_server
 
     processes = Subprocesses(logdir)
     meter = CpuMeter()

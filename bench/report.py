@@ -106,8 +106,8 @@ def show(name: str, args: argparse.Namespace, run: Callable[[], None]) -> None:
 def admin_client(url: str) -> object:
     """A test client of the app on `url`, logged in as a new admin."""
     from app import create_app
-    from tests.app.admin_support import logged_in
-    from tests.conftest import config_for
+    from testing.admin import logged_in
+    from testing.deployment import config_for
 
     app = create_app(config_for(url))
     with app.app_context():

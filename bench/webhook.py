@@ -83,7 +83,8 @@ class Meter:
 
 def post_all(app: Flask, n: int, prefix: str) -> tuple[list[float], float]:
     """POST `n` signed meal plan messages, each from a new sender; (latencies s, total s)."""
-    from tests.conftest import post_signed, sms
+    from testing.deployment import post_signed
+    from testing.payloads import sms
 
     client = app.test_client()
     latencies = []
@@ -101,7 +102,7 @@ def post_all(app: Flask, n: int, prefix: str) -> tuple[list[float], float]:
 
 def post_callbacks(app: Flask, sends: list[dict[str, str]]) -> tuple[list[float], float]:
     """POST a signed "delivered" status callback for each accepted send."""
-    from tests.conftest import post_signed
+    from testing.deployment import post_signed
 
     client = app.test_client()
     latencies = []
@@ -119,7 +120,7 @@ def post_callbacks(app: Flask, sends: list[dict[str, str]]) -> tuple[list[float]
 def queued_rows(app: Flask, messages: int, prefix: str, skills: str,
                 twilio: object) -> list[Row]:
     """The webhook's acknowledgement, then the worker, then the status callbacks."""
-    from tests.conftest import run_worker
+    from testing.deployment import run_worker
 
     rows = []
     with Meter() as meter:
@@ -143,33 +144,24 @@ def queued_rows(app: Flask, messages: int, prefix: str, skills: str,
 
 
 def run(messages: int) -> list[Row]:
-    from app import create_app
-    from app.extensions import db
-    from tests.conftest import config_for, queued_environment
-    from tests.support.openai_standin import OpenAIStandIn
-    from tests.support.redis_server import redis_server
-    from tests.support.twilio_standin import TwilioStandIn
+    from testing.deployment import queued_environment, running_app
+    from testing.openai_standin import OpenAIStandIn
+    from testing.redis_server import redis_server
+    from testing.twilio_standin import TwilioStandIn
 
     rows = []
     with database(None) as url, redis_server() as server, TwilioStandIn() as twilio, \
             OpenAIStandIn() as llm:
-        inline = create_app(config_for(url))
-        with inline.app_context():
+        with running_app(url) as inline:
             with Meter() as meter:
                 latencies, seconds = post_all(inline, messages, "inline")
             rows.append(_row("inline (offline skill, TwiML)", latencies, seconds, meter.cpu,
                              meter.statements))
-            db.session.remove()
-            db.engine.dispose()
 
         for skills, openai in (("offline", None), ("LLM", llm)):
             redis.Redis.from_url(server.url).flushdb()
-            queued = create_app(config_for(url, **queued_environment(server.url, twilio,
-                                                                     openai)))
-            with queued.app_context():
+            with running_app(url, **queued_environment(server.url, twilio, openai)) as queued:
                 rows += queued_rows(queued, messages, f"q{skills}", skills, twilio)
-                db.session.remove()
-                db.engine.dispose()
     return rows
 
 

@@ -7,33 +7,40 @@ database, and every test gets a fresh copy of it. SQLite tests get a copy of a m
 
 from __future__ import annotations
 
-import json
+import contextlib
 import os
 import shutil
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient, FlaskCliRunner
-from flask_migrate import upgrade
 from hypothesis import HealthCheck, settings
 from pytest_postgresql.executors import PostgreSQLExecutor
 from pytest_postgresql.janitor import DatabaseJanitor
 from sqlalchemy import Engine, create_engine
 from sqlalchemy.orm import Session
-from twilio.request_validator import RequestValidator
 
-from app import create_app
-from app.config import Config
 from app.extensions import configure_sqlite, db
-from tests.support.openai_standin import OpenAIStandIn
-from tests.support.postgres import PG_USER, postgres_server
-from tests.support.postgres import url as postgres_url
-from tests.support.redis_server import RedisServer, redis_server
-from tests.support.twilio_standin import TwilioStandIn
+from testing.deployment import (
+    ACCOUNT_SID,
+    AUTH_TOKEN,
+    STRIPE_API_KEY,
+    migrate,
+    post_signed,
+    queued_environment,
+    running_app,
+    stripe_environment,
+)
+from testing.openai_standin import OpenAIStandIn
+from testing.postgres import PG_USER, postgres_server
+from testing.postgres import url as postgres_url
+from testing.redis_server import RedisServer, redis_server
+from testing.stripe_standin import StripeStandIn
+from testing.twilio_standin import TwilioStandIn
 
 # In CI the property tests draw the same examples on every run, so a release never waits on a
 # rare example; locally they stay random (and remember failures in .hypothesis/).
@@ -44,48 +51,7 @@ settings.register_profile(
 if os.environ.get("CI"):
     settings.load_profile("ci")
 
-TESTS = Path(__file__).resolve().parent
-FIXTURES = TESTS / "fixtures"
-AUTH_TOKEN = "test-auth-token-0123456789abcdef"
-ACCOUNT_SID = "AC" + "0123456789abcdef" * 2
-SMS_FROM = "+15005550006"
-WHATSAPP_FROM = "+14155238886"
-PUBLIC_BASE_URL = "https://bot.example.com"
-INBOUND_PATH = "/webhooks/twilio/messages"
 TEMPLATE_DB = "bot_template"
-
-
-def config_for(database_url: str, **overrides: str) -> type[Config]:
-    """A `Config` subclass for tests: no `.env`, a known auth token and public URL."""
-    environ = {
-        "APP_ENV": "test",
-        "DATABASE_URL": database_url,
-        "TWILIO_AUTH_TOKEN": AUTH_TOKEN,
-        "PUBLIC_BASE_URL": PUBLIC_BASE_URL,
-        "SECRET_KEY": "test-secret",
-        # Many tests send dozens of messages from one number within a second; the rate limit
-        # tests (tests/app/test_rate_limits.py) pass "" for the product's default.
-        "SENDER_RATE_LIMIT": "1000 per minute",
-        # `flask worker` run in the test process must not lower the whole suite's priority.
-        "WORKER_NICE": "0",
-        **overrides,
-    }
-
-    class TestConfig(Config):
-        load_dotenv_file = False
-
-        def __init__(self) -> None:
-            super().__init__(environ=environ)
-
-    return TestConfig
-
-
-def migrate(database_url: str) -> None:
-    """Build the schema with the project's Alembic migrations (`flask db upgrade`)."""
-    app = create_app(config_for(database_url))
-    with app.app_context():
-        upgrade()
-        db.engine.dispose()
 
 
 # --- servers -----------------------------------------------------------------------------
@@ -116,6 +82,13 @@ def openai_api() -> Iterator[OpenAIStandIn]:
 def twilio_api() -> Iterator[TwilioStandIn]:
     """A local stand-in for Twilio's Messages REST resource, recording every send."""
     with TwilioStandIn(account_sid=ACCOUNT_SID, auth_token=AUTH_TOKEN) as standin:
+        yield standin
+
+
+@pytest.fixture
+def stripe_api() -> Iterator[StripeStandIn]:
+    """The Stripe API stand-in, accepting `testing.deployment.STRIPE_API_KEY`."""
+    with StripeStandIn(api_key=STRIPE_API_KEY) as standin:
         yield standin
 
 
@@ -178,70 +151,45 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 
 
 @pytest.fixture
-def app(database_url: str) -> Iterator[Flask]:
-    """The app on a fresh database, inside an app context."""
-    application = create_app(config_for(database_url))
-    with application.app_context():
-        yield application
-        db.session.remove()
-        db.engine.dispose()
+def make_app(database_url: str) -> Iterator[Callable[..., Flask]]:
+    """`make_app(**env) -> Flask`: the app on this test's fresh database with `env` on top of
+    the test settings (`testing.deployment.config_for`), inside its app context until the
+    test ends; then each app's session is removed and its engine disposed, last made first.
 
+    `make_app(database_url=..., **env)` builds it on another database. An error of
+    `create_app` (a `ConfigError`) propagates and leaves nothing to clean up."""
+    with contextlib.ExitStack() as stack:
 
-def queued_environment(
-    redis_url: str, twilio: TwilioStandIn, openai_api: OpenAIStandIn | None
-) -> dict[str, str]:
-    """The environment of a deployment with Redis, Twilio REST and (optionally) OpenAI."""
-    env = {
-        "REDIS_URL": redis_url,
-        "TWILIO_ACCOUNT_SID": ACCOUNT_SID,
-        "TWILIO_SMS_FROM": SMS_FROM,
-        "TWILIO_WHATSAPP_FROM": WHATSAPP_FROM,
-        "TWILIO_API_BASE": twilio.base_url,
-        "TWILIO_TIMEOUT_SECONDS": "2",
-        "TWILIO_RETRY_BACKOFF_SECONDS": "0",
-    }
-    if openai_api is not None:
-        env.update(OPENAI_API_KEY="sk-test", OPENAI_BASE_URL=openai_api.base_url,
-                   OPENAI_TIMEOUT_SECONDS="2")
-    return env
+        def make(database_url: str = database_url, **env: str) -> Flask:
+            return stack.enter_context(running_app(database_url, **env))
+
+        yield make
 
 
 @pytest.fixture
-def queued_app(
-    database_url: str, redis_srv: RedisServer, twilio_api: TwilioStandIn,
-    openai_api: OpenAIStandIn,
-) -> Iterator[Flask]:
+def app(make_app: Callable[..., Flask]) -> Flask:
+    """The app on a fresh database, inside an app context."""
+    return make_app()
+
+
+@pytest.fixture
+def stripe_app(make_app: Callable[..., Flask], stripe_api: StripeStandIn,
+               twilio_api: TwilioStandIn) -> Flask:
+    """The app with Stripe (the stand-in) and Twilio REST sending (the stand-in), no Redis:
+    notices are sent right after the event's commit."""
+    return make_app(**stripe_environment(stripe_api, twilio_api))
+
+
+@pytest.fixture
+def queued_app(make_app: Callable[..., Flask], redis_srv: RedisServer,
+               twilio_api: TwilioStandIn, openai_api: OpenAIStandIn) -> Flask:
     """The app as deployed with Redis + RQ, the Twilio REST API and OpenAI (all local)."""
     import redis
 
     connection = redis.Redis.from_url(redis_srv.url)
     connection.flushdb()
     connection.close()
-    application = create_app(config_for(
-        database_url, **queued_environment(redis_srv.url, twilio_api, openai_api)
-    ))
-    with application.app_context():
-        yield application
-        db.session.remove()
-        db.engine.dispose()
-
-
-def run_worker(application: Flask, concurrency: int = 4, cpu_slots: int | None = None) -> int:
-    """Run the real worker (`app.worker.ThreadedWorker`, burst mode, in this process) until
-    the queue is empty and no job is in flight; returns the number of jobs it finished.
-    `cpu_slots`: its CPU gate (`bot.waits`), the worker's default when None."""
-    from app.extensions import db
-    from app.queue import answers_queue, redis_connection
-    from app.worker import ThreadedWorker
-
-    db.session.commit()  # the test's own transaction must not hold SQLite's write lock
-    queue = answers_queue(application)
-    assert queue is not None
-    finished = queue.finished_job_registry.count
-    gate = {} if cpu_slots is None else {"cpu_slots": cpu_slots}
-    ThreadedWorker([queue], connection=redis_connection(application), app=application,
-                   concurrency=concurrency, **gate).work(burst=True)
-    return int(queue.finished_job_registry.count - finished)
+    return make_app(**queued_environment(redis_srv.url, twilio_api, openai_api))
 
 
 def routed_not_answered(app: Flask, session: Any, fields: dict[str, str]) -> None:
@@ -307,63 +255,3 @@ def db_session(db_engine: Engine) -> Iterator[Session]:
 # --- Twilio helpers ----------------------------------------------------------------------
 
 
-def load_fixture(name: str) -> dict[str, Any]:
-    """A recorded provider payload from tests/fixtures (real Twilio and Stripe payloads)."""
-    data: dict[str, Any] = json.loads((FIXTURES / name).read_text(encoding="utf-8"))
-    return data
-
-
-def twilio_fields(name: str, **changes: str) -> dict[str, str]:
-    """The form fields of a Twilio fixture, with `changes` applied."""
-    fields = dict(load_fixture(f"twilio/{name}")["fields"])
-    fields.update(changes)
-    return fields
-
-
-def sign(url: str, fields: dict[str, str], token: str = AUTH_TOKEN) -> str:
-    """`X-Twilio-Signature` as Twilio computes it (the library's own algorithm)."""
-    return str(RequestValidator(token).compute_signature(url, fields))
-
-
-def post_signed(
-    client: FlaskClient,
-    fields: dict[str, str],
-    *,
-    query: str = "",
-    signed_url: str | None = None,
-    token: str = AUTH_TOKEN,
-    path: str = INBOUND_PATH,
-) -> Any:
-    """POST `fields` to a Twilio webhook the way Twilio does, signed over the public URL."""
-    target = path + (f"?{query}" if query else "")
-    url = signed_url if signed_url is not None else PUBLIC_BASE_URL + target
-    return client.post(
-        target,
-        data=fields,
-        headers={"X-Twilio-Signature": sign(url, fields, token)},
-    )
-
-
-SMS_FIXTURE = "sms_inbound_text_rawbody_specialchars__tigerfarm.json"
-WHATSAPP_FIXTURE = "whatsapp_inbound_text__botbuilder_test.json"
-INBOUND_FIXTURES = (
-    SMS_FIXTURE,
-    WHATSAPP_FIXTURE,
-    "whatsapp_inbound_image__botbuilder_test.json",
-    "whatsapp_inbound_location__botbuilder_test.json",
-    "whatsapp_inbound_button_reply__100eyes_fixture.json",
-)
-
-
-def sms(body: str, sid: str | None = None, sender: str = "+16505558893") -> dict[str, str]:
-    """The real SMS fixture with another Body, MessageSid and sender."""
-    sid = sid or f"SM{uuid.uuid4().hex}"
-    return twilio_fields(SMS_FIXTURE, Body=body, MessageSid=sid, SmsMessageSid=sid, SmsSid=sid,
-                         From=sender)
-
-
-def whatsapp(body: str, sid: str | None = None, sender: str = "+16505558893") -> dict[str, str]:
-    """The real WhatsApp fixture with another Body, MessageSid and sender."""
-    sid = sid or f"SM{uuid.uuid4().hex}"
-    return twilio_fields(WHATSAPP_FIXTURE, Body=body, MessageSid=sid, SmsMessageSid=sid,
-                         SmsSid=sid, From=f"whatsapp:{sender}")

@@ -4,6 +4,7 @@ the README names a file in docs/, and every section it cites by title is a headi
 from __future__ import annotations
 
 import re
+import subprocess
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -51,3 +52,21 @@ def test_every_design_note_cited_exists_with_its_sections():
             elif section and not cited(note, section):
                 missing.append(f"{where}: docs/{name}, section {section!r}")
     assert not missing, "\n".join(sorted(set(missing)))
+
+
+def _map_entries() -> set[str]:
+    """The first word of each line of the README's map ("## How it is built")."""
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    block = text.split("## How it is built", 1)[1].split("```", 2)[1]
+    return {line.split()[0] for line in block.splitlines() if line and not line[0].isspace()}
+
+
+def test_the_readme_map_names_exactly_the_tree():
+    """Every top-level folder the repository tracks (and wsgi.py) has a line in the README's
+    map, and every line names one of them; the subfolders of tests/ it names exist."""
+    listed = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True,
+                            check=True).stdout.splitlines()
+    folders = {path.split("/", 1)[0] + "/" for path in listed if "/" in path}
+    assert _map_entries() == folders | {"wsgi.py"}
+    for folder in ("app", "bot", "tokens", "sim", "testing", "system"):
+        assert (ROOT / "tests" / folder).is_dir(), folder

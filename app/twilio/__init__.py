@@ -34,7 +34,7 @@ def public_url() -> str:
     """The URL Twilio signed: `PUBLIC_BASE_URL` + path + the raw query string, undecoded.
 
     Flask's `request.url` decodes `%27` to `'` and breaks validation (the signature test
-    vectors in tests/fixtures/twilio).
+    vectors in testing/fixtures/twilio).
     """
     url = current_app.config["PUBLIC_BASE_URL"] + request.path
     if request.query_string:

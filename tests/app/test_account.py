@@ -14,7 +14,8 @@ from sqlalchemy import func, select
 
 from app.account import ACCOUNT_CSP, masked_number, texts
 from bot.models import Contact, ErasedContact, Message
-from tests.conftest import post_signed, sms
+from testing.deployment import post_signed
+from testing.payloads import sms
 from tokens import account_links, ledger
 from tokens.account_links import AccountAction, AccountLink
 from tokens.auto_topup import AutoTopup

@@ -10,7 +10,7 @@ from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import select
 
-from tests.app.admin_support import logged_in
+from testing.admin import logged_in
 from tokens import ledger
 from tokens.affiliates import Click, issue_offer_links, record_click, record_conversion
 from tokens.periods import Month

@@ -4,7 +4,7 @@ enumeration; and out-of-range ids in admin paths (app.ids)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -12,11 +12,10 @@ from flask import Flask
 from flask.testing import FlaskClient
 from sqlalchemy import func, select
 
-from app import create_app
 from app.admin import guard
 from app.extensions import db
-from tests.app.admin_support import CSRF, PASSWORD, csrf_token, logged_in, make_admin
-from tests.conftest import config_for, queued_environment
+from testing.admin import CSRF, PASSWORD, csrf_token, logged_in, make_admin
+from testing.deployment import queued_environment
 from tokens import admin
 from tokens.admin import (
     FAILED_LOGINS_FORGOTTEN_AFTER,
@@ -51,13 +50,9 @@ def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
 
 
 @pytest.fixture
-def roomy(database_url: str) -> Iterator[Flask]:
+def roomy(make_app: Callable[..., Flask]) -> Flask:
     """The app with a per-address limit that the tests of per-username delays never reach."""
-    application = create_app(config_for(database_url, ADMIN_LOGIN_RATE_LIMIT="1000 per minute"))
-    with application.app_context():
-        yield application
-        db.session.remove()
-        db.engine.dispose()
+    return make_app(ADMIN_LOGIN_RATE_LIMIT="1000 per minute")
 
 
 def attempt(client: FlaskClient, username: str, password: str, address: str = "127.0.0.1"):
@@ -178,8 +173,8 @@ def test_a_successful_login_makes_the_browser_a_trusted_device(roomy):
     assert PASSWORD not in cookie
 
 
-def test_the_device_cookie_is_secure_like_the_session_cookie(database_url):
-    application = create_app(config_for(database_url))
+def test_the_device_cookie_is_secure_like_the_session_cookie(make_app):
+    application = make_app()
     application.config["SESSION_COOKIE_SECURE"] = True
     with application.app_context():
         try:
@@ -305,7 +300,7 @@ def test_an_unknown_username_looks_exactly_like_a_known_one(roomy, clock):
 
 
 def test_unknown_usernames_are_counted_in_redis_across_processes(
-        database_url, redis_srv, twilio_api, clock):
+        make_app, redis_srv, twilio_api, clock):
     """Two app processes (two apps here) share an unknown username's count through Redis,
     as they share a known one's through the database; nothing of it is in clear there."""
     import redis
@@ -313,7 +308,7 @@ def test_unknown_usernames_are_counted_in_redis_across_processes(
     connection = redis.Redis.from_url(redis_srv.url)
     connection.flushdb()
     env = queued_environment(redis_srv.url, twilio_api, None)
-    first, second = (create_app(config_for(database_url, **env)) for _ in range(2))
+    first, second = (make_app(**env) for _ in range(2))
     with first.app_context():
         for i in range(3):
             assert attempt(first.test_client(), "Mallory", WRONG,
@@ -330,9 +325,9 @@ def test_unknown_usernames_are_counted_in_redis_across_processes(
     connection.close()
 
 
-def test_the_login_works_while_redis_is_down(database_url, twilio_api, clock):
+def test_the_login_works_while_redis_is_down(make_app, twilio_api, clock):
     env = queued_environment("redis://127.0.0.1:9/0", twilio_api, None)
-    application = create_app(config_for(database_url, **env))
+    application = make_app(**env)
     with application.app_context():
         try:
             for i in range(3):

@@ -7,7 +7,7 @@ from __future__ import annotations
 import html
 import re
 import secrets
-from collections.abc import Iterator
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -15,23 +15,21 @@ from flask import Flask
 from flask.testing import FlaskClient
 from sqlalchemy import func, select
 
-from app import create_app
 from app.admin.ops import MONTH_YEARS, QUEUE_NAMES, last_line, money, usd_musd
 from app.billing import apply_event, payment_provider
 from app.extensions import db
 from app.queue import QUEUE_NAME, answers_queue
 from bot.models import Contact
-from tests.app.admin_support import csrf_token, logged_in
-from tests.conftest import (
+from testing.admin import csrf_token, logged_in
+from testing.deployment import (
     PUBLIC_BASE_URL,
-    config_for,
     post_signed,
     queued_environment,
     run_worker,
-    sms,
 )
-from tests.support.redis_server import free_port
-from tests.support.twilio_standin import TwilioStandIn
+from testing.payloads import sms
+from testing.redis_server import free_port
+from testing.twilio_standin import TwilioStandIn
 from tokens import ledger, payment_events
 from tokens.admin import AdminAction
 from tokens.affiliates import Click, issue_offer_links, record_click, record_conversion
@@ -496,16 +494,11 @@ def test_queues_without_redis_say_answers_run_inline(app):
 
 
 @pytest.fixture
-def redis_down_app(database_url: str, twilio_api: TwilioStandIn) -> Iterator[Flask]:
+def redis_down_app(make_app: Callable[..., Flask], twilio_api: TwilioStandIn) -> Flask:
     """The app as deployed with Redis, but REDIS_URL points at a loopback port nobody
     listens on."""
     closed = f"redis://127.0.0.1:{free_port()}/0"
-    application = create_app(config_for(
-        database_url, **queued_environment(closed, twilio_api, None)))
-    with application.app_context():
-        yield application
-        db.session.remove()
-        db.engine.dispose()
+    return make_app(**queued_environment(closed, twilio_api, None))
 
 
 def test_queues_with_redis_down_show_the_error_not_a_500(redis_down_app):

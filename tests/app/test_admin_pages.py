@@ -12,9 +12,10 @@ from sqlalchemy import func, select
 from app.config import Config
 from app.extensions import db
 from bot.models import Contact
-from tests.app.admin_support import PASSWORD, csrf_token, logged_in, make_admin
+from testing.admin import PASSWORD, csrf_token, logged_in, make_admin
+from testing.deployment import post_signed
+from testing.payloads import sms
 from tests.app.test_twilio_webhook import messages_of
-from tests.conftest import post_signed, sms
 from tests.tokens.test_reports import fill_month
 from tokens import ledger, levels
 from tokens.admin import AdminAction, AdminError, AdminUser, authenticate, create_user
@@ -322,14 +323,13 @@ def test_a_level_override_applies_until_it_expires(app, client, session):
     assert details and details[0].startswith("PAYMENT_REQUIRED until")
 
 
-def test_admins_can_log_in_while_redis_is_down(database_url, twilio_api):
+def test_admins_can_log_in_while_redis_is_down(make_app, twilio_api):
     """The login limit counts in memory when Redis is unreachable (the Queues page must stay
     reachable during the outage it shows)."""
-    from app import create_app
-    from tests.conftest import config_for, queued_environment
+    from testing.deployment import queued_environment
 
     env = queued_environment("redis://127.0.0.1:9/0", twilio_api, None)
-    application = create_app(config_for(database_url, **env))
+    application = make_app(**env)
     with application.app_context():
         try:
             client = logged_in(application)

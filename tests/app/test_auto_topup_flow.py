@@ -14,7 +14,8 @@ from sqlalchemy import func, select
 
 from app.extensions import db
 from bot.models import Contact
-from tests.conftest import PUBLIC_BASE_URL, post_signed, sms
+from testing.deployment import PUBLIC_BASE_URL, post_signed
+from testing.payloads import sms
 from tests.tokens.ledger_checks import assert_consistent
 from tokens import auto_topup, costs, ledger
 from tokens.payments import Checkout

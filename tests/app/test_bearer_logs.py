@@ -32,12 +32,12 @@ import pytest
 from flask import Flask
 from werkzeug.serving import make_server
 
-from app import create_app
 from app.config import PROJECT_ROOT
 from app.extensions import db
 from app.logs import BearerPathFilter, configure, mask_bearer, mask_environ
-from tests.conftest import AUTH_TOKEN, INBOUND_PATH, PUBLIC_BASE_URL, config_for, sign, sms
-from tests.support.redis_server import HOST, free_port
+from testing.deployment import AUTH_TOKEN, INBOUND_PATH, PUBLIC_BASE_URL, sign
+from testing.payloads import sms
+from testing.redis_server import HOST, free_port
 from tokens import ledger
 from tokens.affiliates import issue_offer_links
 from tokens.base import utcnow
@@ -262,8 +262,8 @@ def test_werkzeug_dev_server_and_app_logs_show_no_secret(app, json_logs, caplog)
     assert any('"logger": "werkzeug"' in line and "/pay/***" in line for line in lines)
 
 
-def test_gunicorn_access_and_error_logs_show_no_secret(database_url, tmp_path: Path):
-    setup = create_app(config_for(database_url))
+def test_gunicorn_access_and_error_logs_show_no_secret(make_app, database_url, tmp_path: Path):
+    setup = make_app()
     with setup.app_context():
         offer = offer_token(setup)
         db.session.remove()

@@ -16,9 +16,10 @@ from sqlalchemy import func, select
 from app import BODY_LIMITS, DEFAULT_BODY_LIMIT
 from app.config import PROJECT_ROOT
 from bot.models import InboxMessage, Message
-from tests.conftest import AUTH_TOKEN, INBOUND_PATH, PUBLIC_BASE_URL, post_signed, sms
-from tests.support.processes import wait_until_serving
-from tests.support.redis_server import HOST, free_port
+from testing.deployment import AUTH_TOKEN, INBOUND_PATH, PUBLIC_BASE_URL, post_signed
+from testing.payloads import sms
+from testing.processes import wait_until_serving
+from testing.redis_server import HOST, free_port
 
 MB = 1024 * 1024
 

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from app import create_app
 from app.config import PROJECT_ROOT, Config, ConfigError, database_url
-from tests.conftest import config_for
 
 
 def test_production_refuses_missing_secrets():
@@ -41,11 +39,11 @@ def test_database_urls():
     assert database_url("sqlite:////tmp/x.db") == "sqlite:////tmp/x.db"
 
 
-def test_a_broken_economy_file_stops_the_app_at_start(tmp_path):
+def test_a_broken_economy_file_stops_the_app_at_start(make_app, tmp_path):
     bad = tmp_path / "economy.yaml"
     bad.write_text("intents: [")
     with pytest.raises(ConfigError, match="ECONOMY_FILE"):
-        create_app(config_for(f"sqlite:///{tmp_path / 'x.db'}", ECONOMY_FILE=str(bad)))
+        make_app(database_url=f"sqlite:///{tmp_path / 'x.db'}", ECONOMY_FILE=str(bad))
 
 
 PRODUCTION = {"APP_ENV": "production", "SECRET_KEY": "s" * 32, "TWILIO_AUTH_TOKEN": "t",
@@ -64,8 +62,8 @@ def test_production_refuses_weak_or_missing_secrets(change, reason):
         Config(environ={**PRODUCTION, **change})
 
 
-def test_production_never_uses_the_sandbox_payment_provider(tmp_path):
-    app = create_app(config_for(f"sqlite:///{tmp_path / 'x.db'}", **PRODUCTION))
+def test_production_never_uses_the_sandbox_payment_provider(make_app, tmp_path):
+    app = make_app(database_url=f"sqlite:///{tmp_path / 'x.db'}", **PRODUCTION)
     assert app.extensions["payment_provider"] is None
     client = app.test_client()
     assert client.get("/sandbox/checkout/cs_test_1").status_code == 404

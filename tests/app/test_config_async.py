@@ -5,11 +5,9 @@ from __future__ import annotations
 
 import pytest
 
-from app import create_app
 from app.config import Config, ConfigError
 from bot.llm import CachedChat, ChatRequest, MemoryCache, OpenAIChat
-from tests.conftest import config_for
-from tests.support.openai_standin import OpenAIStandIn
+from testing.openai_standin import OpenAIStandIn
 from tokens.catalog import load_catalog
 
 SENDER = {"TWILIO_ACCOUNT_SID": "AC" + "0" * 32, "TWILIO_SMS_FROM": "+15005550006"}
@@ -127,8 +125,8 @@ def test_without_redis_no_sender_is_needed():
 # --- the app: OPENAI_MODEL and the chat client ------------------------------------------------
 
 
-def test_openai_model_replaces_the_normal_tiers_model(database_url):
-    app = create_app(config_for(database_url, OPENAI_API_KEY="k", OPENAI_MODEL="gpt-4.1-mini"))
+def test_openai_model_replaces_the_normal_tiers_model(make_app):
+    app = make_app(OPENAI_API_KEY="k", OPENAI_MODEL="gpt-4.1-mini")
     catalog = app.extensions["bot_settings"].catalog
     shipped = load_catalog()
     normal = catalog.llm.tier("normal")
@@ -145,21 +143,20 @@ def test_openai_model_replaces_the_normal_tiers_model(database_url):
     assert load_catalog().llm.tier("normal").model == "gpt-4o-mini"
 
 
-def test_an_unpriced_openai_model_stops_the_app_listing_the_known_ones(database_url):
+def test_an_unpriced_openai_model_stops_the_app_listing_the_known_ones(make_app):
     with pytest.raises(ConfigError, match="OPENAI_MODEL 'gpt-5'") as error:
-        create_app(config_for(database_url, OPENAI_API_KEY="k", OPENAI_MODEL="gpt-5"))
+        make_app(OPENAI_API_KEY="k", OPENAI_MODEL="gpt-5")
     for known in ("gpt-4.1-mini", "gpt-4.1-nano", "gpt-4o-mini"):
         assert known in str(error.value)
 
 
-def test_without_openai_model_the_catalog_model_is_kept(database_url):
-    app = create_app(config_for(database_url, OPENAI_API_KEY="k"))
+def test_without_openai_model_the_catalog_model_is_kept(make_app):
+    app = make_app(OPENAI_API_KEY="k")
     assert app.extensions["bot_settings"].catalog.llm.tier("normal").model == "gpt-4o-mini"
 
 
-def test_with_an_api_key_the_bot_gets_a_cached_openai_client(database_url):
-    app = create_app(config_for(database_url, OPENAI_API_KEY="k", OPENAI_TIMEOUT_SECONDS="3",
-                                OPENAI_BASE_URL="http://127.0.0.1:9/v1"))
+def test_with_an_api_key_the_bot_gets_a_cached_openai_client(make_app):
+    app = make_app(OPENAI_API_KEY="k", OPENAI_TIMEOUT_SECONDS="3", OPENAI_BASE_URL="http://127.0.0.1:9/v1")
     chat = app.extensions["bot_settings"].chat
     assert isinstance(chat, CachedChat)
     assert isinstance(chat.cache, MemoryCache)  # no REDIS_URL: the in-process cache
@@ -172,20 +169,19 @@ def test_with_an_api_key_the_bot_gets_a_cached_openai_client(database_url):
     assert client.timeout == 3.0
 
 
-def test_without_an_api_key_there_is_no_chat_client(database_url):
-    app = create_app(config_for(database_url))
+def test_without_an_api_key_there_is_no_chat_client(make_app):
+    app = make_app()
     assert app.extensions["bot_settings"].chat is None
-    app = create_app(config_for(database_url, OPENAI_API_KEY=""))
+    app = make_app(OPENAI_API_KEY="")
     assert app.extensions["bot_settings"].chat is None
 
 
-def test_the_app_chat_client_answers_through_the_configured_api(database_url):
+def test_the_app_chat_client_answers_through_the_configured_api(make_app):
     """End to end: the app's client sends the overridden model to OPENAI_BASE_URL with the key,
     and answers an identical request from its cache."""
     with OpenAIStandIn(reply="Oats, lentils, tofu.") as standin:
-        app = create_app(config_for(database_url, OPENAI_API_KEY="sk-app",
-                                    OPENAI_BASE_URL=standin.base_url,
-                                    OPENAI_MODEL="gpt-4.1-mini"))
+        app = make_app(OPENAI_API_KEY="sk-app", OPENAI_BASE_URL=standin.base_url,
+                       OPENAI_MODEL="gpt-4.1-mini")
         settings = app.extensions["bot_settings"]
         tier = settings.catalog.llm.tier("normal")
         request = ChatRequest(tier.model, (("system", "be brief"), ("user", "meal plan")),
@@ -199,9 +195,9 @@ def test_the_app_chat_client_answers_through_the_configured_api(database_url):
         assert standin.requests[0]["headers"]["authorization"] == "Bearer sk-app"
 
 
-def test_the_outbound_settings_come_from_the_config(database_url):
-    app = create_app(config_for(database_url, TWILIO_WHATSAPP_TEMPLATE_SID="HX" + "b" * 32,
-                                TWILIO_RETRY_BACKOFF_SECONDS="0.25"))
+def test_the_outbound_settings_come_from_the_config(make_app):
+    app = make_app(TWILIO_WHATSAPP_TEMPLATE_SID="HX" + "b" * 32,
+                   TWILIO_RETRY_BACKOFF_SECONDS="0.25")
     outbound = app.extensions["outbound"]
     assert outbound.whatsapp_template_sid == "HX" + "b" * 32
     assert outbound.backoff_seconds == 0.25

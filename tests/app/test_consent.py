@@ -9,8 +9,9 @@ import io
 from sqlalchemy import select
 
 from bot.models import ConsentEvent, Contact
-from tests.app.admin_support import logged_in
-from tests.conftest import post_signed, sms
+from testing.admin import logged_in
+from testing.deployment import post_signed
+from testing.payloads import sms
 
 PHONE = "+16505558893"
 

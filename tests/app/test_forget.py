@@ -7,7 +7,8 @@ from sqlalchemy import func, select
 
 from bot.contacts import address_hmac, erasure_key
 from bot.models import Contact, ErasedContact, Message, MessageStatusEvent
-from tests.conftest import post_signed, sms
+from testing.deployment import post_signed
+from testing.payloads import sms
 from tokens import costs, ledger
 from tokens.ledger import LedgerEntry
 
@@ -88,7 +89,7 @@ def test_forget_also_deletes_messages_still_waiting_in_the_inbox(queued_app, twi
     erasure takes it too, for a person the bot has answered before or never yet."""
     from app.extensions import db
     from bot.models import InboxMessage
-    from tests.conftest import run_worker
+    from testing.deployment import run_worker
 
     client = queued_app.test_client()
     post_signed(client, sms("meal plan", sid="SMforget1"))

@@ -23,7 +23,7 @@ from bot.channels.twilio import TwilioRestSender
 from bot.contacts import resolve_contact
 from bot.messages import InboundMessage, to_payload
 from bot.models import Contact, InboxMessage, Message
-from tests.conftest import SMS_FROM
+from testing.deployment import SMS_FROM
 
 PHONE = "+16505558893"
 NOW = datetime(2026, 11, 21, 12, 0, tzinfo=UTC)

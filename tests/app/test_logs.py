@@ -9,7 +9,8 @@ import pytest
 import structlog
 
 from app.logs import bind_job_id, configure, redact_phones
-from tests.conftest import post_signed, sign, sms
+from testing.deployment import post_signed, sign
+from testing.payloads import sms
 
 
 @pytest.fixture

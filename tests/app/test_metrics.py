@@ -6,8 +6,8 @@ import pytest
 from flask import Flask
 from prometheus_client.parser import text_string_to_metric_families
 
-from app import create_app
-from tests.conftest import config_for, post_signed, run_worker, sms
+from testing.deployment import post_signed, run_worker
+from testing.payloads import sms
 
 
 def samples(app: Flask) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -63,13 +63,13 @@ def production_env() -> dict[str, str]:
             "PUBLIC_BASE_URL": "https://bot.example.com"}
 
 
-def test_production_serves_no_metrics_without_a_token(database_url, production_env):
-    app = create_app(config_for(database_url, **production_env))
+def test_production_serves_no_metrics_without_a_token(make_app, production_env):
+    app = make_app(**production_env)
     assert app.test_client().get("/metrics").status_code == 404
 
 
-def test_with_a_token_metrics_need_it(database_url, production_env):
-    app = create_app(config_for(database_url, **production_env, METRICS_TOKEN="m" * 32))
+def test_with_a_token_metrics_need_it(make_app, production_env):
+    app = make_app(**production_env, METRICS_TOKEN="m" * 32)
     client = app.test_client()
     assert client.get("/metrics").status_code == 401
     assert client.get("/metrics", headers={"Authorization": "Bearer wrong"}).status_code == 401

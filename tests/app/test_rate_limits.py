@@ -9,27 +9,23 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from sqlalchemy import func, select
 
-from app import create_app
 from app.extensions import db
 from bot.messages import InboundMessage
 from bot.models import Contact, Message, OutcomeKind
 from bot.ratelimit import SenderLimits
 from bot.router import handle_inbound
+from testing.deployment import post_signed
+from testing.payloads import sms, whatsapp
 from tests.app.test_twilio_webhook import messages_of
-from tests.conftest import config_for, post_signed, sms, whatsapp
 from tokens import ledger
 
 T0 = datetime(2026, 11, 10, 9, 0, 5, tzinfo=UTC)
 
 
 @pytest.fixture
-def limited(database_url):
+def limited(make_app):
     """The app with the product's default limits (10 a minute, 100 an hour), in memory."""
-    application = create_app(config_for(database_url, SENDER_RATE_LIMIT=""))
-    with application.app_context():
-        yield application
-        db.session.remove()
-        db.engine.dispose()
+    return make_app(SENDER_RATE_LIMIT="")
 
 
 def inbound(body: str, n: int, sender: str = "+15550001111", channel: str = "sms"
@@ -125,8 +121,8 @@ def test_a_failing_store_lets_messages_through():
     assert all(limits.check("account:1", T0).allowed for _ in range(3))
 
 
-def test_a_bad_limit_setting_stops_the_app(database_url):
+def test_a_bad_limit_setting_stops_the_app(make_app):
     from app.config import ConfigError
 
     with pytest.raises(ConfigError, match="SENDER_RATE_LIMIT"):
-        create_app(config_for(database_url, SENDER_RATE_LIMIT="lots"))
+        make_app(SENDER_RATE_LIMIT="lots")

@@ -11,7 +11,8 @@ import re
 from sqlalchemy import select
 
 from bot.models import Contact
-from tests.conftest import PUBLIC_BASE_URL, post_signed, sms
+from testing.deployment import PUBLIC_BASE_URL, post_signed
+from testing.payloads import sms
 from tests.tokens.ledger_checks import assert_consistent
 from tokens import costs, ledger
 from tokens.payments import Checkout, PaymentEvent, Subscription
@@ -95,13 +96,10 @@ def test_purchases_lists_what_a_person_bought(client, session, runner):
     assert "+16505558893" not in result.output  # masked
 
 
-def test_the_sandbox_is_refused_in_production(database_url):
-    from app import create_app
+def test_the_sandbox_is_refused_in_production(make_app):
     from app.extensions import db
-    from tests.conftest import config_for
 
-    application = create_app(config_for(database_url, APP_ENV="production",
-                                        SECRET_KEY="production-secret-" + "x" * 32))
+    application = make_app(APP_ENV="production", SECRET_KEY="production-secret-" + "x" * 32)
     with application.app_context():
         client = application.test_client()
         assert client.get("/sandbox/checkout/cs_sandbox_x").status_code == 404
@@ -113,16 +111,14 @@ def test_the_sandbox_is_refused_in_production(database_url):
         db.engine.dispose()
 
 
-def test_sandbox_premium_with_twilio_configured_tells_the_person(database_url, twilio_api):
+def test_sandbox_premium_with_twilio_configured_tells_the_person(make_app, twilio_api):
     """Applying the first event sends a notice (ending the request's session objects); the
     sandbox still applies the first invoice."""
-    from app import create_app
     from app.extensions import db
-    from tests.conftest import ACCOUNT_SID, SMS_FROM, config_for
+    from testing.deployment import ACCOUNT_SID, SMS_FROM
 
-    application = create_app(config_for(
-        database_url, TWILIO_ACCOUNT_SID=ACCOUNT_SID, TWILIO_SMS_FROM=SMS_FROM,
-        TWILIO_API_BASE=twilio_api.base_url))
+    application = make_app(TWILIO_ACCOUNT_SID=ACCOUNT_SID, TWILIO_SMS_FROM=SMS_FROM,
+                           TWILIO_API_BASE=twilio_api.base_url)
     with application.app_context():
         client = application.test_client()
         checkout_url = client.get(link_in(post_signed(client, sms("BUY PREMIUM")))).headers[

@@ -3,7 +3,7 @@ in one line and exits 1, and `/readyz` answers 503 with the reason (app.schema).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -11,11 +11,9 @@ from flask import Flask
 from flask_migrate import downgrade, upgrade
 from sqlalchemy import text
 
-from app import create_app
 from app.cli import OWN_DATABASE
 from app.extensions import db
 from app.schema import forget_cached_states, migration_heads, schema_state
-from tests.conftest import config_for
 
 UPGRADE = "flask --app wsgi db upgrade"
 # One invocation of each kind of app command; all fail before touching their own tables.
@@ -38,14 +36,10 @@ def head(app: Flask) -> str:
 
 
 @pytest.fixture
-def empty_app(tmp_path: Path) -> Iterator[Flask]:
+def empty_app(make_app: Callable[..., Flask], tmp_path: Path) -> Flask:
     """The app on a new, empty SQLite file: `db upgrade` never ran."""
     forget_cached_states()
-    application = create_app(config_for(f"sqlite:///{tmp_path / 'empty.db'}"))
-    with application.app_context():
-        yield application
-        db.session.remove()
-        db.engine.dispose()
+    return make_app(database_url=f"sqlite:///{tmp_path / 'empty.db'}")
 
 
 def assert_refused(app: Flask, args: list[str], line: str) -> None:
@@ -135,8 +129,8 @@ def test_readiness_remembers_an_ok_for_a_while_but_checks_again_after(app, datab
     assert app.test_cli_runner().invoke(args=["report"]).exit_code == 1
 
 
-def test_commands_are_wrapped_once_and_migrate_and_simulate_are_left_alone(empty_app):
-    again = create_app(config_for("sqlite://"))  # register_cli runs again on the same commands
+def test_commands_are_wrapped_once_and_migrate_and_simulate_are_left_alone(make_app, empty_app):
+    again = make_app(database_url="sqlite://")  # register_cli runs again on the same commands
     report = again.cli.commands["report"]
     assert report.callback is not None
     assert getattr(report.callback, "_checks_schema", False)

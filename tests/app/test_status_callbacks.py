@@ -10,7 +10,8 @@ from sqlalchemy import func, select
 
 from bot import outbound
 from bot.models import Contact, Message, MessageStatusEvent
-from tests.conftest import post_signed, sms, twilio_fields, whatsapp
+from testing.deployment import post_signed
+from testing.payloads import sms, twilio_fields, whatsapp
 from tests.tokens.ledger_checks import assert_consistent
 from tokens import costs, ledger
 from tokens.base import utcnow

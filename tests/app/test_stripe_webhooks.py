@@ -1,7 +1,7 @@
 """Stripe: pay links create Checkout Sessions (against a local Stripe API stand-in), and
 `POST /webhooks/stripe` applies the real fixture events, signed with the real algorithm, once.
 
-Fixtures are the real payloads in tests/fixtures/stripe (old and current API shapes); a test
+Fixtures are the real payloads in testing/fixtures/stripe (old and current API shapes); a test
 edits a copy where it needs our ids (our session id, amounts, payment intent).
 """
 
@@ -12,7 +12,6 @@ import json
 import re
 import threading
 import time
-from collections.abc import Iterator
 from datetime import timedelta
 from typing import Any
 
@@ -20,51 +19,22 @@ import pytest
 from flask import Flask
 from sqlalchemy import func, select
 
-from app import create_app
 from app.extensions import db
 from bot.models import Contact, Message
-from tests.conftest import (
-    ACCOUNT_SID,
+from testing.deployment import (
     PUBLIC_BASE_URL,
-    SMS_FROM,
-    config_for,
+    STRIPE_WEBHOOK_SECRET,
     post_signed,
-    sms,
 )
-from tests.support.stripe_standin import StripeStandIn, load_fixture, sign_event
-from tests.support.twilio_standin import TwilioStandIn
+from testing.payloads import sms
+from testing.stripe_standin import load_fixture, sign_event
 from tests.tokens.ledger_checks import assert_consistent
 from tokens import costs, ledger
 from tokens.ledger import Hold
 from tokens.payments import Checkout, Invoice, PaymentEvent, Subscription
 
-SECRET = "whsec_test_0123456789"
-API_KEY = "stand-in-stripe-key"
 PHONE = "+16505558893"
 PI = "pi_3Test0000000000000000"
-
-
-@pytest.fixture
-def stripe_api() -> Iterator[StripeStandIn]:
-    with StripeStandIn(api_key=API_KEY) as standin:
-        yield standin
-
-
-@pytest.fixture
-def stripe_app(database_url: str, stripe_api: StripeStandIn, twilio_api: TwilioStandIn
-               ) -> Iterator[Flask]:
-    """The app with Stripe (the stand-in) and Twilio REST sending (the stand-in), no Redis:
-    notices are sent right after the event's commit."""
-    application = create_app(config_for(
-        database_url, STRIPE_SECRET_KEY=API_KEY, STRIPE_WEBHOOK_SECRET=SECRET,
-        STRIPE_API_BASE=stripe_api.base_url, TWILIO_ACCOUNT_SID=ACCOUNT_SID,
-        TWILIO_SMS_FROM=SMS_FROM, TWILIO_API_BASE=twilio_api.base_url,
-        TWILIO_RETRY_BACKOFF_SECONDS="0",
-    ))
-    with application.app_context():
-        yield application
-        db.session.remove()
-        db.engine.dispose()
 
 
 @pytest.fixture
@@ -84,7 +54,8 @@ def fixture(path: str) -> dict[str, Any]:
 def post_event(client, event: dict[str, Any] | bytes, *, timestamp: int | None = None,
                signature: str | None = None):
     body = event if isinstance(event, bytes) else json.dumps(event).encode()
-    header = signature if signature is not None else sign_event(body, SECRET, timestamp)
+    header = (signature if signature is not None
+              else sign_event(body, STRIPE_WEBHOOK_SECRET, timestamp))
     return client.post("/webhooks/stripe", data=body,
                        headers={"Stripe-Signature": header, "Content-Type": "application/json"})
 
@@ -193,7 +164,7 @@ def test_a_completed_session_credits_the_pack_once_and_tells_the_person(client, 
 def test_five_concurrent_deliveries_credit_once(stripe_app, client, session):
     session_id, account = buy(client, session)
     body = json.dumps(completed(session_id)).encode()
-    header = sign_event(body, SECRET)
+    header = sign_event(body, STRIPE_WEBHOOK_SECRET)
     statuses: list[int] = []
     barrier = threading.Barrier(5)
 
@@ -256,13 +227,13 @@ def test_a_session_that_is_not_ours_is_ignored(client, session):
 def test_a_bad_signature_is_a_400_that_changes_nothing(client, session, problem):
     session_id, account = buy(client, session)
     body = json.dumps(completed(session_id)).encode()
-    header = sign_event(body, SECRET)
+    header = sign_event(body, STRIPE_WEBHOOK_SECRET)
     if problem == "tampered":
         body = body.replace(b'"amount_total": 500', b'"amount_total": 501')
     elif problem == "stale":
-        header = sign_event(body, SECRET, timestamp=int(time.time()) - 301)
+        header = sign_event(body, STRIPE_WEBHOOK_SECRET, timestamp=int(time.time()) - 301)
     elif problem == "future":  # an hour ahead: replayable for an hour more than allowed
-        header = sign_event(body, SECRET, timestamp=int(time.time()) + 3600)
+        header = sign_event(body, STRIPE_WEBHOOK_SECRET, timestamp=int(time.time()) + 3600)
     elif problem == "missing":
         header = ""
     else:

@@ -8,7 +8,7 @@ import pytest
 import redis
 
 from app.turns import PersonTurn, TurnLost, turn_key
-from tests.support.redis_server import RedisServer
+from testing.redis_server import RedisServer
 
 PHONE = "+16505558893"
 

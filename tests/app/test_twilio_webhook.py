@@ -8,16 +8,8 @@ import pytest
 from sqlalchemy import func, select
 
 from bot.models import Contact, Message
-from tests.conftest import (
-    INBOUND_FIXTURES,
-    INBOUND_PATH,
-    PUBLIC_BASE_URL,
-    post_signed,
-    sign,
-    sms,
-    twilio_fields,
-    whatsapp,
-)
+from testing.deployment import INBOUND_PATH, PUBLIC_BASE_URL, post_signed, sign
+from testing.payloads import INBOUND_FIXTURES, sms, twilio_fields, whatsapp
 from tokens.ledger import Account, LedgerEntry
 
 

@@ -9,7 +9,8 @@ from sqlalchemy import select
 
 from app.worker import ThreadedWorker
 from bot.models import Contact, InboxMessage, Message
-from tests.conftest import post_signed, run_worker, sms
+from testing.deployment import post_signed, run_worker
+from testing.payloads import sms
 from tests.tokens.ledger_checks import assert_consistent
 
 

@@ -14,7 +14,7 @@ from sqlalchemy import select
 from app.extensions import db
 from bot.messages import InboundMessage
 from bot.router import answer_message
-from tests.support.openai_standin import OpenAIStandIn
+from testing.openai_standin import OpenAIStandIn
 from tokens.costs import CostEntry
 
 NOW = datetime(2026, 11, 10, 9, 0, tzinfo=UTC)

@@ -4,20 +4,18 @@ commands past the cutoff, replies still on their way, and LLM calls that report 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
 import pytest
 from flask import Flask
 from sqlalchemy import select
 
-from app import create_app
 from app.extensions import db
 from bot.messages import InboundMessage
 from bot.models import Contact, Message
 from bot.router import Outcome, handle_inbound
-from tests.conftest import config_for
-from tests.support.openai_standin import OpenAIStandIn
+from testing.openai_standin import OpenAIStandIn
 from tokens import costs, levels
 from tokens.costs import CostEntry, LlmUsage
 
@@ -25,26 +23,12 @@ NOW = datetime(2026, 11, 10, 9, 0, tzinfo=UTC)
 ANA = "+15551234567"
 
 
-def app_with_llm(database_url: str, openai_api: OpenAIStandIn, timeout: str) -> Iterator[Flask]:
-    application = create_app(config_for(database_url, OPENAI_API_KEY="sk-test",
-                                         OPENAI_BASE_URL=openai_api.base_url,
-                                         OPENAI_TIMEOUT_SECONDS=timeout))
-    with application.app_context():
-        yield application
-        db.session.remove()
-        db.engine.dispose()
-
-
 @pytest.fixture
-def llm_app(database_url: str, openai_api: OpenAIStandIn) -> Iterator[Flask]:
-    """The app on the OpenAI stand-in, with a timeout no loaded machine reaches."""
-    yield from app_with_llm(database_url, openai_api, "10")
-
-
-@pytest.fixture
-def impatient_app(database_url: str, openai_api: OpenAIStandIn) -> Iterator[Flask]:
-    """The app on the OpenAI stand-in with a 0.3 s timeout, for a stand-in made slow."""
-    yield from app_with_llm(database_url, openai_api, "0.3")
+def impatient_app(make_app: Callable[..., Flask], openai_api: OpenAIStandIn) -> Flask:
+    """The app on the OpenAI stand-in with a 0.3 s timeout, for a stand-in made slow (the
+    patient one is tests/bot/conftest.py's `llm_app`)."""
+    return make_app(OPENAI_API_KEY="sk-test", OPENAI_BASE_URL=openai_api.base_url,
+                    OPENAI_TIMEOUT_SECONDS="0.3")
 
 
 def say(app: Flask, text: str, now: datetime) -> Outcome:

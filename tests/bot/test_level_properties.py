@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import threading
 import uuid
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -23,13 +22,12 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import func, select
 
-from app import create_app
 from app.extensions import db
 from bot.messages import InboundMessage
 from bot.models import Contact, Message
 from bot.router import handle_inbound
-from tests.conftest import config_for, post_signed, run_worker, sms
-from tests.support.openai_standin import OpenAIStandIn
+from testing.deployment import post_signed, run_worker
+from testing.payloads import sms
 from tokens import costs, ledger, levels
 from tokens.costs import LlmUsage
 from tokens.ledger import LedgerEntry
@@ -42,16 +40,6 @@ TEXTS = ("what is a good snack?", "meal plan", "recipe for soup", "calories in a
 NOTICES = {"REDUCED": "Free service is reduced this month",
            "BASIC": "most of this month's free service",
            "AFFILIATE": "free service is nearly used up"}
-
-
-@pytest.fixture
-def llm_app(database_url: str, openai_api: OpenAIStandIn) -> Iterator[Flask]:
-    application = create_app(config_for(database_url, OPENAI_API_KEY="sk-test",
-                                         OPENAI_BASE_URL=openai_api.base_url))
-    with application.app_context():
-        yield application
-        db.session.remove()
-        db.engine.dispose()
 
 
 def preload(app: Flask, account: int, exposure_musd: int, when: datetime) -> None:

@@ -25,7 +25,7 @@ from bot.llm import (
     build_request,
     combine_usage,
 )
-from tests.support.openai_standin import (
+from testing.openai_standin import (
     DEFAULT_REPLY_PREFIX,
     OpenAIStandIn,
     estimate_tokens,

@@ -16,7 +16,8 @@ from sqlalchemy import func, select
 from app.extensions import db
 from bot import outbound
 from bot.models import Contact, Message, MessageStatusEvent
-from tests.conftest import post_signed, sms, twilio_fields
+from testing.deployment import post_signed
+from testing.payloads import sms, twilio_fields
 from tests.support.statements import counted
 from tokens.costs import CostEntry
 

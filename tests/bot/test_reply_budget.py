@@ -110,7 +110,7 @@ def test_an_inbound_flood_silences_for_the_day_and_flags(llm_app):
 
 
 def test_the_admin_pages_flag_a_flooded_person(llm_app):
-    from tests.app.admin_support import logged_in
+    from testing.admin import logged_in
 
     bot = bot_settings(llm_app, inbound_flood_per_day=2)
     moment = datetime.now(UTC)

@@ -9,7 +9,6 @@ import pytest
 from flask import Flask
 from sqlalchemy import select
 
-from app import create_app
 from app.extensions import db
 from bot import intents
 from bot.intents import SkillAnswer, SkillRequest, skill_for
@@ -17,7 +16,6 @@ from bot.messages import InboundMessage
 from bot.models import Contact, Message
 from bot.router import Outcome, handle_inbound
 from bot.segments import MAX_MESSAGE_CHARS, count_segments
-from tests.conftest import config_for
 from tokens import costs, ledger
 
 NOV = datetime(2026, 11, 21, 12, 0, tzinfo=UTC)
@@ -117,17 +115,6 @@ def test_whatsapp_is_billed_per_message(app, session):
     route(app, "HELP", channel="whatsapp")
     month = costs.month(session, account(session), NOV)
     assert month.cost_messaging_musd == 7500 * 2 and month.units_out == 1
-
-
-@pytest.fixture
-def llm_app(database_url, openai_api):
-    """The embedded default plus OpenAI: answers inline (no Redis) from the LLM stand-in."""
-    application = create_app(config_for(database_url, OPENAI_API_KEY="sk-test",
-                                         OPENAI_BASE_URL=openai_api.base_url))
-    with application.app_context():
-        yield application
-        db.session.remove()
-        db.engine.dispose()
 
 
 def test_an_inline_llm_answer_is_charged_and_its_cost_recorded(llm_app, openai_api):

@@ -4,20 +4,17 @@ and the rollups against the events (issue #6's "done")."""
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
 import pytest
 from flask import Flask
 from sqlalchemy import func, select
 
-from app import create_app
 from app.extensions import db
 from bot.messages import InboundMessage
 from bot.models import Contact, Message
 from bot.router import Outcome, handle_inbound
-from tests.conftest import config_for
-from tests.support.openai_standin import OpenAIStandIn
+from testing.openai_standin import OpenAIStandIn
 from tests.tokens.ledger_checks import assert_consistent
 from tokens import costs, ledger, levels
 from tokens.costs import CostEntry, RevenueEntry
@@ -29,16 +26,12 @@ RANK = {level: rank for rank, level in enumerate(LEVELS)}
 
 
 @pytest.fixture
-def llm_app(database_url: str, openai_api: OpenAIStandIn) -> Iterator[Flask]:
-    """The embedded default plus OpenAI (the stand-in), answering inline."""
+def llm_app(llm_app: Flask, openai_api: OpenAIStandIn) -> Flask:
+    """tests/bot/conftest.py's app on the OpenAI stand-in (inline answers), which answers
+    with a long snack tip."""
     openai_api.reply = ("A handful of almonds and an apple make a good snack: fibre, protein "
                         "and healthy fats keep you full until dinner. " * 3)
-    application = create_app(config_for(database_url, OPENAI_API_KEY="sk-test",
-                                         OPENAI_BASE_URL=openai_api.base_url))
-    with application.app_context():
-        yield application
-        db.session.remove()
-        db.engine.dispose()
+    return llm_app
 
 
 def say(app: Flask, text: str, now: datetime, sender: str = ANA) -> tuple[Outcome, Message]:

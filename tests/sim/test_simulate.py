@@ -16,7 +16,6 @@ from click.testing import Result
 from sqlalchemy import create_engine, func, select
 from sqlalchemy.orm import Session
 
-from app import create_app
 from app.simulate import simulate
 from bot.models import Message
 from sim import charts as sim_charts
@@ -24,7 +23,7 @@ from sim.clock import SimulatedClockStorage
 from sim.personas import TEXTS, TEXTS_ES, parse_mix, persona_counts
 from sim.population import check_texts
 from sim.report import TIMINGS, percentiles, usd
-from tests.conftest import config_for
+from testing.deployment import running_app
 from tests.tokens.ledger_checks import assert_consistent
 from tokens.catalog import load_catalog
 from tokens.ledger import Account
@@ -42,8 +41,9 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 def invoke(tmp: Path, *args: str) -> Result:
     """Run `simulate` through Flask's CLI runner on an app whose own database is never
     touched (the simulation gets a fresh SQLite file in --out unless --database says)."""
-    app = create_app(config_for(f"sqlite:///{tmp / 'app.db'}"))
-    result = app.test_cli_runner().invoke(simulate, ["--month", MONTH, "--no-progress", *args])
+    with running_app(f"sqlite:///{tmp / 'app.db'}") as app:
+        result = app.test_cli_runner().invoke(simulate,
+                                              ["--month", MONTH, "--no-progress", *args])
     assert not (tmp / "app.db").exists() or (tmp / "app.db").stat().st_size == 0
     return result
 

@@ -24,7 +24,7 @@ from typing import Self
 from flask import Flask
 from werkzeug.serving import BaseWSGIServer, make_server
 
-from tests.support.loopback import HOST, QuietHandler
+from testing.loopback import HOST, QuietHandler
 
 DEFAULT_CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = (

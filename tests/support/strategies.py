@@ -1,6 +1,6 @@
-"""Hypothesis strategies for fuzzing the provider webhooks (tests/app/test_fuzz_webhooks.py).
+"""Hypothesis strategies for fuzzing the provider webhooks (tests/system/test_fuzz_webhooks.py).
 
-Every strategy starts from the real recorded payloads in tests/fixtures and mutates them the
+Every strategy starts from the real recorded payloads in testing/fixtures and mutates them the
 way a broken provider, a proxy or an attacker with the signing secret could:
 
 * Twilio forms (`inbound_forms`, `status_forms`): any subset of fields dropped; huge,
@@ -23,12 +23,11 @@ from __future__ import annotations
 import copy
 import json
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from hypothesis import strategies as st
 
-FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
+from testing.payloads import FIXTURES
 
 # --- text ------------------------------------------------------------------------------------
 

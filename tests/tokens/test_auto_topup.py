@@ -8,14 +8,14 @@ and the Starter pack (500 cents, 100 + 20 tokens) is bought off-session, once pe
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 from sqlalchemy import func, select
 
-from tests.support.stripe_standin import PAYMENT_INTENTS, StripeStandIn, event_for
+from testing.deployment import STRIPE_API_KEY
+from testing.stripe_standin import PAYMENT_INTENTS, StripeStandIn, event_for
 from tokens import auto_topup, costs, ledger, money
 from tokens.auto_topup import AutoTopup
 from tokens.catalog import load_catalog
@@ -34,18 +34,11 @@ DEC = datetime(2026, 12, 2, 12, 0, tzinfo=UTC)
 CATALOG = load_catalog()
 THRESHOLD = CATALOG.auto_topup_threshold()
 CAP = CATALOG.auto_topup.max_per_month
-API_KEY = "sk_test_auto_topup_0123"
-
-
-@pytest.fixture
-def stripe_api() -> Iterator[StripeStandIn]:
-    with StripeStandIn(api_key=API_KEY) as standin:
-        yield standin
 
 
 @pytest.fixture
 def stripe(stripe_api: StripeStandIn) -> StripeProvider:
-    return StripeProvider(API_KEY, "whsec_x", api_base=stripe_api.base_url,
+    return StripeProvider(STRIPE_API_KEY, "whsec_x", api_base=stripe_api.base_url,
                           timeout_seconds=5)
 
 

@@ -2,7 +2,7 @@
 PostgreSQL: worked examples in plain words, every order of one charge's events, and a property
 test over random orders with repeats.
 
-Events are the real fixtures (tests/fixtures/stripe), pointed at our checkout, and go through
+Events are the real fixtures (testing/fixtures/stripe), pointed at our checkout, and go through
 `receive_event` as the webhook's do, one transaction each. Ana buys the Starter pack: 500
 cents for 100 paid + 20 bonus tokens, paid by one payment intent and charge.
 """
@@ -22,7 +22,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import func, select
 
-from tests.support.stripe_standin import load_fixture
+from testing.stripe_standin import load_fixture
 from tests.tokens.ledger_checks import assert_consistent
 from tokens import costs, ledger, money
 from tokens.catalog import load_catalog

@@ -3,7 +3,7 @@ keeps an event once; a repeat is None and changes nothing; an unknown type is ke
 ignored; unstorable text is cleaned), a checkout's completion crediting once whichever event
 brings it, unpaid / foreign / mispriced / expired / failed checkouts, a refund repeated or
 arriving before its checkout, the failed-event inbox (`record_failure`, `resolve_failure`)
-and `prefetch`. Events are the real fixtures in tests/fixtures/stripe, pointed at our
+and `prefetch`. Events are the real fixtures in testing/fixtures/stripe, pointed at our
 checkout. The orders of refunds and disputes are in tests/tokens/test_payment_event_order.py.
 """
 
@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 from sqlalchemy import func, select
 
-from tests.conftest import load_fixture
+from testing.payloads import load_fixture
 from tests.tokens.ledger_checks import assert_consistent
 from tokens import costs, ledger, money
 from tokens.catalog import load_catalog

@@ -1,5 +1,5 @@
 """`tokens.providers` called directly: the Stripe provider's requests and answers against the
-local Stripe stand-in (tests/support/stripe_standin.py) through the real `stripe` client
+local Stripe stand-in (testing/stripe_standin.py) through the real `stripe` client
 (checkout request shapes, idempotency keys, errors permanent or worth a retry, webhook
 verification, off-session payments), and the sandbox provider's fake objects. No database.
 """
@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from tests.support.stripe_standin import (
+from testing.deployment import STRIPE_API_KEY
+from testing.stripe_standin import (
     CHECKOUT_SESSIONS,
     INVOICES,
     PAYMENT_INTENTS,
@@ -34,7 +34,6 @@ from tokens.providers import (
     sandbox_card_for,
 )
 
-API_KEY = "sk_test_providers_0123456789"
 SECRET = "whsec_providers_test"
 EVENT_BODY = load_fixture("stripe_ruby_mock/checkout.session.completed.payment_mode.json")
 
@@ -56,14 +55,8 @@ def off_session(card: str, key: str = "auto_topup:1:1") -> OffSessionCharge:
 
 
 @pytest.fixture
-def stripe_api() -> Iterator[StripeStandIn]:
-    with StripeStandIn(api_key=API_KEY) as standin:
-        yield standin
-
-
-@pytest.fixture
 def provider(stripe_api: StripeStandIn) -> StripeProvider:
-    return StripeProvider(API_KEY, SECRET, api_base=stripe_api.base_url, timeout_seconds=5)
+    return StripeProvider(STRIPE_API_KEY, SECRET, api_base=stripe_api.base_url, timeout_seconds=5)
 
 
 # --- Stripe: checkouts -----------------------------------------------------------------------
@@ -187,7 +180,7 @@ def test_a_webhook_that_does_not_verify_is_refused(provider, case):
 
 
 def test_without_a_webhook_secret_nothing_verifies(stripe_api):
-    provider = StripeProvider(API_KEY, None, api_base=stripe_api.base_url)
+    provider = StripeProvider(STRIPE_API_KEY, None, api_base=stripe_api.base_url)
     with pytest.raises(InvalidWebhook, match="STRIPE_WEBHOOK_SECRET"):
         provider.parse_webhook(EVENT_BODY, sign_event(EVENT_BODY, SECRET))
 

@@ -106,17 +106,9 @@ def test_the_report_command(runner, session, month):
 
 
 @pytest.fixture
-def api(database_url):
+def api(make_app):
     """The app with the admin API on."""
-    from app import create_app
-    from app.extensions import db
-    from tests.conftest import config_for
-
-    application = create_app(config_for(database_url, ADMIN_API_TOKEN="admin-test-token"))
-    with application.app_context():
-        yield application
-        db.session.remove()
-        db.engine.dispose()
+    return make_app(ADMIN_API_TOKEN="admin-test-token")
 
 
 def test_the_report_api_needs_the_bearer_token(api):

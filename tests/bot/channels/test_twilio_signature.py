@@ -1,4 +1,4 @@
-"""The signature test vectors (tests/fixtures/twilio), through the adapter's check."""
+"""The signature test vectors (testing/fixtures/twilio), through the adapter's check."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from werkzeug.datastructures import MultiDict
 
 from bot.channels.twilio import TWILIO, normalise_sender
 from bot.errors import InvalidSender
-from tests.conftest import load_fixture
+from testing.payloads import load_fixture
 
 VECTORS = load_fixture("twilio/twilio_signature_test_vectors.json")
 

@@ -20,7 +20,7 @@ from bot.intents.llm_classify import (
     unsure,
 )
 from bot.llm import CachedChat, MemoryCache, OpenAIChat
-from tests.support.openai_standin import (
+from testing.openai_standin import (
     OpenAIStandIn,
     estimate_tokens,
     last_user_text,

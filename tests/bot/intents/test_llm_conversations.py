@@ -34,14 +34,14 @@ from bot.intents.llm import PLAN_INTENTS, LlmSkill
 from bot.intents.offline import DEFAULT_DAILY_KCAL
 from bot.knowledge import load_knowledge
 from bot.llm import OpenAIChat
-from tests.bot.intents.answers import family_terms, fold
-from tests.bot.intents.test_utterances import CASES, Case, previous_turn
-from tests.support.openai_standin import (
+from testing.openai_standin import (
     OpenAIStandIn,
     estimate_tokens,
     prompt_tokens,
     system_text,
 )
+from tests.bot.intents.answers import family_terms, fold
+from tests.bot.intents.test_utterances import CASES, Case, previous_turn
 from tokens.catalog import load_catalog
 from tokens.costs import LlmUsage
 

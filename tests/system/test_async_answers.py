@@ -23,16 +23,9 @@ from app.jobs import answer_job
 from app.queue import QUEUE_NAME, enqueue_answer, job_id_for, redis_connection
 from bot import replies
 from bot.models import Contact, InboxMessage, Message, OutcomeKind
-from tests.conftest import (
-    PUBLIC_BASE_URL,
-    SMS_FROM,
-    WHATSAPP_FROM,
-    post_signed,
-    routed_not_answered,
-    run_worker,
-    sms,
-    whatsapp,
-)
+from testing.deployment import PUBLIC_BASE_URL, SMS_FROM, WHATSAPP_FROM, post_signed, run_worker
+from testing.payloads import sms, whatsapp
+from tests.conftest import routed_not_answered
 from tests.tokens.ledger_checks import assert_consistent
 from tokens import costs, ledger
 from tokens.ledger import Hold
@@ -291,14 +284,13 @@ def test_a_send_that_times_out_is_unknown_and_never_resent(queued_app, session, 
     assert (reply.message_sid, reply.status) == (sid, "delivered")
 
 
-def test_redis_down_answers_inline_as_twiml(database_url, twilio_api, openai_api):
+def test_redis_down_answers_inline_as_twiml(make_app, twilio_api, openai_api):
     """Without a reachable Redis the web process answers itself, as TwiML, after the commit."""
-    from app import create_app
     from app.extensions import db
-    from tests.conftest import config_for, queued_environment
+    from testing.deployment import queued_environment
 
     env = queued_environment("redis://127.0.0.1:1/0", twilio_api, openai_api)
-    application = create_app(config_for(database_url, **env))
+    application = make_app(**env)
     with application.app_context():
         response = post_signed(application.test_client(), sms("meal plan", sid="SMnoredis"))
         assert "<Message>Here is your answer about: meal plan</Message>" in response.get_data(
@@ -356,11 +348,9 @@ def test_one_persons_jobs_run_one_at_a_time(queued_app, session, openai_api, twi
     assert len(twilio_api.accepted) == 4
 
 
-def test_worker_command_needs_redis(database_url):
-    from app import create_app
-    from tests.conftest import config_for
+def test_worker_command_needs_redis(make_app):
 
-    result = create_app(config_for(database_url)).test_cli_runner().invoke(
+    result = make_app().test_cli_runner().invoke(
         args=["worker", "--burst"])
     assert result.exit_code != 0
     assert "REDIS_URL is not set" in result.output
@@ -381,14 +371,12 @@ def test_the_turn_is_given_back_after_a_job(queued_app):
     assert connection.keys("bot:turn:*") == []
 
 
-def test_readyz_checks_redis_when_configured(queued_app, database_url, twilio_api):
+def test_readyz_checks_redis_when_configured(queued_app, make_app, twilio_api):
     assert queued_app.test_client().get("/readyz").get_json() == {
         "status": "ok", "database": "ok", "redis": "ok"}
-    from app import create_app
-    from tests.conftest import config_for, queued_environment
+    from testing.deployment import queued_environment
 
-    down = create_app(config_for(database_url, **queued_environment(
-        "redis://127.0.0.1:1/0", twilio_api, None)))
+    down = make_app(**queued_environment("redis://127.0.0.1:1/0", twilio_api, None))
     with down.app_context():
         response = down.test_client().get("/readyz")
     assert response.status_code == 503 and response.get_json()["redis"] == "unreachable"
@@ -511,7 +499,7 @@ def test_63016_in_the_status_callback_resends_the_answer_as_the_template(
     callback. The answer goes out again as the approved template (it waits for MORE), the
     charge stays (once), a repeat of the callback sends nothing more, and a template that
     fails too gives the charge back."""
-    from tests.conftest import twilio_fields
+    from testing.payloads import twilio_fields
 
     template = "HX" + "d" * 32
     queued_app.extensions["outbound"] = type(queued_app.extensions["outbound"])(
@@ -561,7 +549,7 @@ def test_63016_in_the_status_callback_resends_the_answer_as_the_template(
 
 def test_63016_in_the_status_callback_without_a_template_reverses_the_charge(queued_app, session,
                                                                   twilio_api):
-    from tests.conftest import twilio_fields
+    from testing.payloads import twilio_fields
 
     client = queued_app.test_client()
     post_signed(client, whatsapp("meal plan", sid="SMcb63016b"))

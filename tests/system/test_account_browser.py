@@ -27,13 +27,13 @@ import pytest
 from flask import Flask
 from sqlalchemy import func, select
 
-from app import create_app
 from app.account import masked_number
 from app.extensions import db
 from bot.models import Contact, Message
-from tests.app.test_admin_browser import IN_CI, TIMEOUT_MS, artifacts_dir
-from tests.conftest import config_for, post_signed, sms
+from testing.deployment import post_signed
+from testing.payloads import sms
 from tests.support.browser import CHROMIUM_ARGS, LiveServer, chromium_executable
+from tests.system.test_admin_browser import IN_CI, TIMEOUT_MS, artifacts_dir
 from tests.tokens.ledger_checks import assert_consistent
 from tokens import ledger
 from tokens.ledger import LedgerEntry
@@ -82,11 +82,11 @@ def browser() -> Iterator[Any]:
 
 
 @pytest.fixture
-def seeded(database_url: str) -> Iterator[tuple[Flask, Person]]:
+def seeded(make_app) -> Iterator[tuple[Flask, Person]]:
     """The app on its embedded defaults and one person with a history, committed before any
     page is served: two priced answers, the second one's reply undelivered and refunded, and
     the ACCOUNT reply whose link the test opens."""
-    application = create_app(config_for(database_url))
+    application = make_app()
     with application.app_context():
         client = application.test_client()
         assert post_signed(client, sms(ANSWERED, sender=PHONE)).status_code == 200

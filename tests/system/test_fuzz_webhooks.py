@@ -58,22 +58,18 @@ from twilio.request_validator import RequestValidator
 from werkzeug.test import EnvironBuilder
 from werkzeug.wrappers import Request
 
-from app import create_app
 from app.extensions import db
 from bot.models import Message
-from tests.conftest import (
-    ACCOUNT_SID,
+from testing.deployment import (
     AUTH_TOKEN,
     INBOUND_PATH,
     PUBLIC_BASE_URL,
-    SMS_FROM,
-    config_for,
+    STRIPE_WEBHOOK_SECRET,
     post_signed,
-    sms,
 )
+from testing.payloads import sms
+from testing.stripe_standin import StripeStandIn, sign_event
 from tests.support import strategies as fuzz
-from tests.support.stripe_standin import StripeStandIn, sign_event
-from tests.support.twilio_standin import TwilioStandIn
 from tests.tokens.ledger_checks import assert_consistent
 from tokens import ledger
 from tokens.affiliates import Click, issue_offer_links
@@ -83,8 +79,6 @@ from tokens.payments import Checkout, Subscription
 ROOT = Path(__file__).resolve().parents[2]
 STATUS_PATH = "/webhooks/twilio/status"
 STRIPE_PATH = "/webhooks/stripe"
-STRIPE_SECRET = "whsec_fuzz_0123456789"
-STRIPE_KEY = "stand-in-stripe-key"
 AFFILIATE_SECRET = "whsec-affiliate-fuzz-0123456789"
 AFFILIATE_PATH = "/webhooks/affiliates/awin"
 PHONE = "+16505558893"
@@ -103,7 +97,7 @@ def fuzz_settings(examples: int) -> settings:
     involved), nothing written to .hypothesis.
 
     For a longer hunt with fresh examples: `FUZZ_SCALE=20 FUZZ_RANDOM=1 pytest
-    tests/app/test_fuzz_webhooks.py -k fuzzed --hypothesis-show-statistics`."""
+    tests/system/test_fuzz_webhooks.py -k fuzzed --hypothesis-show-statistics`."""
     return settings(
         max_examples=examples * int(os.environ.get("FUZZ_SCALE") or 1), deadline=None,
         database=None, derandomize=not os.environ.get("FUZZ_RANDOM"),
@@ -413,29 +407,6 @@ def test_fuzzed_status_callbacks_never_fail_and_never_half_write(client, server_
 # --- Stripe ------------------------------------------------------------------------------------
 
 
-@pytest.fixture
-def stripe_api() -> Iterator[StripeStandIn]:
-    with StripeStandIn(api_key=STRIPE_KEY) as standin:
-        yield standin
-
-
-@pytest.fixture
-def stripe_app(database_url: str, stripe_api: StripeStandIn, twilio_api: TwilioStandIn
-               ) -> Iterator[Flask]:
-    """As in test_stripe_webhooks.py: Stripe is the stand-in, notices go out through the
-    Twilio REST stand-in right after the event's commit."""
-    application = create_app(config_for(
-        database_url, STRIPE_SECRET_KEY=STRIPE_KEY, STRIPE_WEBHOOK_SECRET=STRIPE_SECRET,
-        STRIPE_API_BASE=stripe_api.base_url, TWILIO_ACCOUNT_SID=ACCOUNT_SID,
-        TWILIO_SMS_FROM=SMS_FROM, TWILIO_API_BASE=twilio_api.base_url,
-        TWILIO_RETRY_BACKOFF_SECONDS="0",
-    ))
-    with application.app_context():
-        yield application
-        db.session.remove()
-        db.engine.dispose()
-
-
 def open_checkout(client: FlaskClient, text: str) -> None:
     """Text `text` (BUY or BUY PREMIUM) and open the pay link (a Checkout Session)."""
     reply = reason_of(post_twilio(client, sms(text, sender=PHONE)))
@@ -475,7 +446,8 @@ def stripe_targets(client: FlaskClient, stripe_api: StripeStandIn) -> fuzz.Strip
 
 def post_stripe(client: FlaskClient, body: bytes) -> Any:
     return settled(client.post(STRIPE_PATH, data=body, headers={
-        "Stripe-Signature": sign_event(body, STRIPE_SECRET), "Content-Type": "application/json"}))
+        "Stripe-Signature": sign_event(body, STRIPE_WEBHOOK_SECRET),
+        "Content-Type": "application/json"}))
 
 
 @fuzz_settings(examples=70)

@@ -13,7 +13,7 @@ library turns into `TwilioRestException(status=..., code=...)`. Tests steer it t
 Pointing the real client at it: `twilio.rest.Client` builds absolute `https://api.twilio.com/...`
 URLs and hands them to its `http_client.request(method, url, ...)`, so give the client a
 `twilio.http.http_client.TwilioHttpClient` subclass whose `request()` swaps the scheme and host
-of `*.twilio.com` URLs for `base_url` (tests/test_standins.py has one). Setting
+of `*.twilio.com` URLs for `base_url` (tests/testing/test_standins.py has one). Setting
 `client.api.base_url = base_url` also works, but only for `client.api` and only while no
 edge/region (TWILIO_EDGE / TWILIO_REGION) is configured.
 """
@@ -30,8 +30,8 @@ from typing import Any
 
 from werkzeug.wrappers import Request, Response
 
-from tests.support.loopback import HOST as HOST
-from tests.support.loopback import FailureQueue, LoopbackServer, json_response
+from testing.loopback import HOST as HOST
+from testing.loopback import FailureQueue, LoopbackServer, json_response
 
 API_VERSION = "2010-04-01"
 MAX_BODY_CHARS = 1600

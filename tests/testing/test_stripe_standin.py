@@ -1,6 +1,6 @@
 """The Stripe stand-in works with the real `stripe` client, and `sign_event` with its verifier.
 
-Every test talks to `tests.support.stripe_standin.StripeStandIn` through
+Every test talks to `testing.stripe_standin.StripeStandIn` through
 `stripe.StripeClient(..., base_addresses={"api": standin.base_url})` exactly as the app does.
 """
 
@@ -16,7 +16,7 @@ import requests
 import stripe
 from stripe.params.checkout import SessionCreateParams
 
-from tests.support.stripe_standin import (
+from testing.stripe_standin import (
     BILLING_PORTAL_SESSIONS,
     CHECKOUT_SESSIONS,
     PAYMENT_INTENTS,

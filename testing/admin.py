@@ -1,4 +1,4 @@
-"""Helpers for the admin pages' tests: an admin user and a logged-in test client."""
+"""An admin user and a logged-in test client, for the admin pages' tests and bench/report.py."""
 
 from __future__ import annotations
 

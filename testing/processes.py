@@ -8,7 +8,7 @@ import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
 
-from tests.support.redis_server import HOST
+from testing.redis_server import HOST
 
 
 def wait_until_serving(port: int, processes: Sequence[subprocess.Popen[bytes]], log: Path,

@@ -26,23 +26,17 @@ import redis
 from flask import Flask
 from sqlalchemy import select
 
-from app import create_app
 from app.extensions import db
 from bot.contacts import mask_address
 from bot.models import Contact, Message
-from tests.app.admin_support import PASSWORD, make_admin
-from tests.conftest import (
-    config_for,
-    post_signed,
-    queued_environment,
-    routed_not_answered,
-    run_worker,
-    sms,
-)
+from testing.admin import PASSWORD, make_admin
+from testing.deployment import post_signed, queued_environment, run_worker
+from testing.openai_standin import OpenAIStandIn
+from testing.payloads import sms
+from testing.redis_server import RedisServer
+from testing.twilio_standin import TwilioStandIn
+from tests.conftest import routed_not_answered
 from tests.support.browser import CHROMIUM_ARGS, LiveServer, chromium_executable
-from tests.support.openai_standin import OpenAIStandIn
-from tests.support.redis_server import RedisServer
-from tests.support.twilio_standin import TwilioStandIn
 from tests.tokens.ledger_checks import assert_consistent
 from tokens import ledger
 
@@ -101,7 +95,7 @@ def browser() -> Iterator[Any]:
 
 @pytest.fixture
 def seeded(
-    database_url: str, redis_srv: RedisServer, twilio_api: TwilioStandIn,
+    make_app, redis_srv: RedisServer, twilio_api: TwilioStandIn,
     openai_api: OpenAIStandIn,
 ) -> Iterator[tuple[Flask, Person]]:
     """The app as deployed (Redis + RQ, OpenAI, Twilio REST, all local) with an admin "alice"
@@ -109,8 +103,7 @@ def seeded(
     connection = redis.Redis.from_url(redis_srv.url)
     connection.flushdb()
     connection.close()
-    application = create_app(config_for(
-        database_url, **queued_environment(redis_srv.url, twilio_api, openai_api)))
+    application = make_app(**queued_environment(redis_srv.url, twilio_api, openai_api))
     openai_api.reply = LLM_REPLY
     with application.app_context():
         make_admin()

@@ -27,8 +27,8 @@ from typing import Any
 
 from werkzeug.wrappers import Request, Response
 
-from tests.support.loopback import HOST as HOST
-from tests.support.loopback import FailureQueue, LoopbackServer, json_response
+from testing.loopback import HOST as HOST
+from testing.loopback import FailureQueue, LoopbackServer, json_response
 
 API_PREFIX = "/v1"
 CHAT_COMPLETIONS = f"{API_PREFIX}/chat/completions"

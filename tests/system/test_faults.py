@@ -16,7 +16,7 @@ code under test:
   LLM, between the hold and the capture.
 
 Time passing (a hold's TTL, the sweep's delays) is simulated by moving the stored timestamps
-back, as tests/app/test_async_answers.py does. The retry schedule of answer jobs is compressed
+back, as tests/system/test_async_answers.py does. The retry schedule of answer jobs is compressed
 to no delay (`app.queue.RETRY`) where a test needs RQ's retries to run in one worker burst.
 
 The bugs these faults found were fixed with them; each test states the behaviour it keeps.
@@ -51,7 +51,6 @@ from sqlalchemy import event, func, select, update
 from sqlalchemy.engine import make_url
 
 import app.queue
-from app import create_app
 from app.config import PROJECT_ROOT
 from app.extensions import db
 from app.jobs import answer_job
@@ -59,22 +58,22 @@ from app.queue import QUEUE_NAME, job_id_for, redis_connection
 from app.turns import turn_key
 from bot import replies
 from bot.models import Contact, InboxMessage, Message
-from tests.conftest import (
+from testing.deployment import (
     ACCOUNT_SID,
     AUTH_TOKEN,
     PUBLIC_BASE_URL,
-    SMS_FROM,
-    config_for,
+    STRIPE_WEBHOOK_SECRET,
     post_signed,
     queued_environment,
-    routed_not_answered,
     run_worker,
-    sms,
+    running_app,
 )
-from tests.support.openai_standin import OpenAIStandIn
-from tests.support.redis_server import HOST, RedisServer, free_port
-from tests.support.stripe_standin import StripeStandIn, load_fixture, sign_event
-from tests.support.twilio_standin import TwilioStandIn
+from testing.openai_standin import OpenAIStandIn
+from testing.payloads import sms
+from testing.redis_server import HOST, RedisServer, free_port
+from testing.stripe_standin import load_fixture, sign_event
+from testing.twilio_standin import TwilioStandIn
+from tests.conftest import routed_not_answered
 from tests.tokens.ledger_checks import assert_consistent
 from tokens import costs, ledger
 from tokens.base import utcnow
@@ -85,24 +84,10 @@ PHONE = "+16505558893"  # the sender of `sms()`
 EMPTY = '<?xml version="1.0" encoding="UTF-8"?><Response />'
 TWILIO_WEBHOOK_SECONDS = 15  # Twilio gives up on a webhook that has not answered by then
 STATUS_PATH = "/webhooks/twilio/status"
-STRIPE_KEY = "stand-in-stripe-key"
-STRIPE_SECRET = "whsec_fault_0123456789"
 PI = "pi_3Fault000000000000000"
 
 
 # --- the app -------------------------------------------------------------------------------
-
-
-@contextlib.contextmanager
-def running(database_url: str, **env: str) -> Iterator[Flask]:
-    """The app with `env` on top of the test settings, inside an app context."""
-    application = create_app(config_for(database_url, **env))
-    with application.app_context():
-        try:
-            yield application
-        finally:
-            db.session.remove()
-            db.engine.dispose()
 
 
 def queued(redis_url: str, twilio: TwilioStandIn, openai_api: OpenAIStandIn | None,
@@ -398,7 +383,7 @@ def test_redis_stopped_then_back_nothing_is_lost_and_each_message_is_answered_on
     once; Twilio's retry of it changes nothing. The message queued before the outage waits;
     a sweep while Redis is still down fails loudly (exit 1) after expiring holds; once Redis
     is back the sweep re-enqueues it and the worker answers it once."""
-    with PrivateRedis() as server, running(
+    with PrivateRedis() as server, running_app(
             database_url, **queued(server.url, twilio_api, openai_api)) as application:
         client = application.test_client()
         assert post_signed(client, sms("meal plan", sid="SMbefore")).get_data(
@@ -440,7 +425,7 @@ def test_redis_stopped_then_back_nothing_is_lost_and_each_message_is_answered_on
 @pytest.mark.backends("sqlite")  # the delays are Redis's; the database plays no part
 def test_a_frozen_redis_does_not_keep_the_webhook_past_twilios_15_seconds(
         database_url, twilio_api, openai_api):
-    with PrivateRedis() as server, running(
+    with PrivateRedis() as server, running_app(
             database_url, **queued(server.url, twilio_api, openai_api)) as application:
         post_signed(application.test_client(), sms("BALANCE"))  # connections are open
         server.freeze()
@@ -530,7 +515,7 @@ def _lose_the_connection_at_the_capture(application: Flask, database_url: str) -
 
 def test_connection_lost_in_a_job_rq_retries_it_and_it_answers_once(
         database_url, redis_url, twilio_api, openai_api, no_retry_delay):
-    with running(database_url, **queued(redis_url, twilio_api, openai_api)) as application:
+    with running_app(database_url, **queued(redis_url, twilio_api, openai_api)) as application:
         _lose_the_connection_at_the_capture(application, database_url)
         # The retry's answer came from the answer cache, which the first attempt filled.
         assert len(openai_api.requests) == 1
@@ -549,7 +534,7 @@ def test_the_llm_call_of_an_attempt_that_failed_is_still_costed(
     """The LLM cost is recorded with the capture; when that transaction is lost, it is
     recorded alone (`router.record_llm_cost`) before the job fails: a call the provider
     billed stays costed, though the retry is answered from the cache (no usage of its own)."""
-    with running(database_url, **queued(redis_url, twilio_api, openai_api)) as application:
+    with running_app(database_url, **queued(redis_url, twilio_api, openai_api)) as application:
         _lose_the_connection_at_the_capture(application, database_url)
         assert len(openai_api.requests) == 1
         account = account_of()
@@ -561,7 +546,7 @@ def test_the_llm_call_of_an_attempt_that_failed_is_still_costed(
 @pytest.mark.backends("sqlite")  # the same on PostgreSQL; one backend shows it
 def test_an_answer_whose_job_failed_for_good_is_given_after_the_database_is_back(
         database_url, redis_url, twilio_api, openai_api, no_retry_delay):
-    with running(database_url, **queued(redis_url, twilio_api, openai_api)) as application:
+    with running_app(database_url, **queued(redis_url, twilio_api, openai_api)) as application:
         post_signed(application.test_client(), sms("meal plan", sid="SMgone"))
         with DatabaseOutage(database_url) as outage:
             outage.down()
@@ -581,7 +566,7 @@ def test_an_answer_whose_job_failed_for_good_is_given_after_the_database_is_back
 def test_inline_llm_connection_lost_before_the_capture_the_retry_is_answered(
         database_url, openai_api):
     env = {"OPENAI_API_KEY": "sk-test", "OPENAI_BASE_URL": openai_api.base_url}
-    with running(database_url, **env) as application:
+    with running_app(database_url, **env) as application:
         client = application.test_client()
         with connection_lost_at(database_url, "UPDATE ledger_holds") as failed:
             first = post_signed(client, sms("meal plan", sid="SMinl"))
@@ -596,7 +581,7 @@ def test_inline_llm_connection_lost_before_the_capture_the_retry_is_answered(
 def test_inline_llm_connection_lost_before_the_capture_charges_nothing(database_url, openai_api):
     """The part of the fault above that holds: the hold lapses and nothing is charged."""
     env = {"OPENAI_API_KEY": "sk-test", "OPENAI_BASE_URL": openai_api.base_url}
-    with running(database_url, **env) as application:
+    with running_app(database_url, **env) as application:
         client = application.test_client()
         with connection_lost_at(database_url, "UPDATE ledger_holds"):
             assert post_signed(client, sms("meal plan", sid="SMinl2")).status_code == 503
@@ -645,7 +630,7 @@ def _assert_free_offline_answer(text: str, sid: str, fault: str) -> None:
 @pytest.mark.parametrize("fault", LLM_FAULTS)
 def test_openai_fails_inline_the_person_gets_the_offline_answer_free(database_url, openai_api,
                                                                       fault):
-    with running(database_url, **_break_openai(fault, openai_api)) as application:
+    with running_app(database_url, **_break_openai(fault, openai_api)) as application:
         client = application.test_client()
         started = time.monotonic()
         response = post_signed(client, sms("meal plan", sid="SMllm"))
@@ -659,7 +644,7 @@ def test_openai_fails_inline_the_person_gets_the_offline_answer_free(database_ur
 def test_openai_fails_in_a_job_the_person_gets_the_offline_answer_free(
         database_url, redis_url, twilio_api, openai_api, fault):
     env = queued(redis_url, twilio_api, openai_api, **_break_openai(fault, openai_api))
-    with running(database_url, **env) as application:
+    with running_app(database_url, **env) as application:
         assert post_signed(application.test_client(), sms("meal plan", sid="SMllmq")
                            ).get_data(as_text=True) == EMPTY
         assert run_worker(application) == 1
@@ -672,7 +657,7 @@ def test_openai_fails_in_a_job_the_person_gets_the_offline_answer_free(
 
 @pytest.fixture
 def rest_app(database_url, redis_url, twilio_api, openai_api) -> Iterator[Flask]:
-    with running(database_url, **queued(redis_url, twilio_api, openai_api)) as application:
+    with running_app(database_url, **queued(redis_url, twilio_api, openai_api)) as application:
         yield application
 
 
@@ -695,7 +680,7 @@ def test_twilio_failing_every_attempt_fails_the_reply_and_reverses_its_charge_on
     else:
         twilio_api.fail_next(503, 20503, times=10)
     env = queued(redis_url, twilio_api, openai_api, **overrides)
-    with running(database_url, **env) as application:
+    with running_app(database_url, **env) as application:
         post_signed(application.test_client(), sms("meal plan", sid="SMdown"))
         run_worker(application)
         tried = len(twilio_api.sent)
@@ -717,7 +702,7 @@ def test_twilio_failing_every_attempt_fails_the_reply_and_reverses_its_charge_on
 def test_twilio_timeout_is_unknown_never_resent_and_the_sweep_gives_it_up_and_reverses(
         database_url, redis_url, twilio_api, openai_api):
     env = queued(redis_url, twilio_api, openai_api, TWILIO_TIMEOUT_SECONDS="0.3")
-    with running(database_url, **env) as application:
+    with running_app(database_url, **env) as application:
         twilio_api.delay_seconds = 1.0
         post_signed(application.test_client(), sms("meal plan", sid="SMslowtw"))
         run_worker(application)
@@ -756,26 +741,10 @@ def test_twilio_timeout_is_unknown_never_resent_and_the_sweep_gives_it_up_and_re
 # --- 5. Stripe: the checkout row and the completed event -----------------------------------
 
 
-@pytest.fixture
-def stripe_api() -> Iterator[StripeStandIn]:
-    with StripeStandIn(api_key=STRIPE_KEY) as standin:
-        yield standin
-
-
-@pytest.fixture
-def stripe_app(database_url, stripe_api, twilio_api) -> Iterator[Flask]:
-    env = {"STRIPE_SECRET_KEY": STRIPE_KEY, "STRIPE_WEBHOOK_SECRET": STRIPE_SECRET,
-           "STRIPE_API_BASE": stripe_api.base_url, "TWILIO_ACCOUNT_SID": ACCOUNT_SID,
-           "TWILIO_SMS_FROM": SMS_FROM, "TWILIO_API_BASE": twilio_api.base_url,
-           "TWILIO_RETRY_BACKOFF_SECONDS": "0"}
-    with running(database_url, **env) as application:
-        yield application
-
-
 def post_event(client: Any, event_body: dict[str, Any]) -> Any:
     body = json.dumps(event_body).encode()
     return client.post("/webhooks/stripe", data=body, headers={
-        "Stripe-Signature": sign_event(body, STRIPE_SECRET),
+        "Stripe-Signature": sign_event(body, STRIPE_WEBHOOK_SECRET),
         "Content-Type": "application/json"})
 
 
@@ -892,7 +861,7 @@ def _wait_for(condition: Callable[[], bool], seconds: float, what: str) -> None:
 def test_worker_killed_between_hold_and_capture_the_hold_expires_and_nothing_is_charged(
         database_url, redis_url, twilio_api, openai_api, no_retry_delay, tmp_path):
     env = queued(redis_url, twilio_api, openai_api)
-    with running(database_url, **env) as application:
+    with running_app(database_url, **env) as application:
         post_signed(application.test_client(), sms("meal plan", sid="SMkill"))
         db.session.commit()
         openai_api.delay_seconds = 60  # the worker waits for the LLM ...

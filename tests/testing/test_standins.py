@@ -22,9 +22,9 @@ from twilio.base.exceptions import TwilioRestException
 from twilio.rest import Client as TwilioClient
 
 from bot.channels.twilio import BaseUrlHttpClient
-from tests.support.openai_standin import OpenAIStandIn, last_user_text, system_text
-from tests.support.redis_server import RedisServer, redis_server
-from tests.support.twilio_standin import TwilioStandIn
+from testing.openai_standin import OpenAIStandIn, last_user_text, system_text
+from testing.redis_server import RedisServer, redis_server
+from testing.twilio_standin import TwilioStandIn
 
 ACCOUNT_SID = "AC" + "0123456789abcdef" * 2
 AUTH_TOKEN = "standin-auth-token"

@@ -63,7 +63,7 @@ Every request is recorded in `requests`. Everything is thread-safe: each request
 thread, and the routes run one at a time under `_lock`.
 
 `sign_event()` computes a webhook's `Stripe-Signature` header; `load_fixture()` reads the
-webhook bodies under `tests/fixtures/stripe/`.
+webhook bodies under `testing/fixtures/stripe/`.
 """
 
 from __future__ import annotations
@@ -83,8 +83,8 @@ from typing import Any, Self
 from werkzeug.datastructures import MultiDict
 from werkzeug.wrappers import Request, Response
 
-from tests.support.loopback import HOST as HOST
-from tests.support.loopback import FailureQueue, LoopbackServer, QuietHandler, json_response
+from testing.loopback import HOST as HOST
+from testing.loopback import FailureQueue, LoopbackServer, QuietHandler, json_response
 
 API_PREFIX = "/v1"
 CHECKOUT_SESSIONS = f"{API_PREFIX}/checkout/sessions"
@@ -216,7 +216,7 @@ def sign_event(payload: bytes | str, secret: str, timestamp: int | None = None) 
 
 
 def load_fixture(relative_path: str) -> bytes:
-    """The raw bytes of `tests/fixtures/stripe/<relative_path>`.
+    """The raw bytes of `testing/fixtures/stripe/<relative_path>`.
 
     E.g. `load_fixture("pay_rails/charge.refunded.json")`: sign and post these bytes as they are.
     """

@@ -28,18 +28,12 @@ from sqlalchemy import select
 from app.config import PROJECT_ROOT
 from app.extensions import db
 from bot.models import Contact, InboxMessage, Message, OutcomeKind
-from tests.conftest import (
-    AUTH_TOKEN,
-    PUBLIC_BASE_URL,
-    config_for,
-    queued_environment,
-    sign,
-    sms,
-)
-from tests.support.openai_standin import OpenAIStandIn
-from tests.support.processes import wait_until_serving
-from tests.support.redis_server import HOST, RedisServer, free_port
-from tests.support.twilio_standin import TwilioStandIn
+from testing.deployment import AUTH_TOKEN, PUBLIC_BASE_URL, queued_environment, sign
+from testing.openai_standin import OpenAIStandIn
+from testing.payloads import sms
+from testing.processes import wait_until_serving
+from testing.redis_server import HOST, RedisServer, free_port
+from testing.twilio_standin import TwilioStandIn
 from tests.tokens.ledger_checks import assert_consistent
 
 pytestmark = pytest.mark.backends("postgresql")
@@ -106,7 +100,7 @@ def _post(port: int, fields: dict[str, str]) -> int:
 
 
 def test_two_web_and_two_worker_processes_answer_everyone_once_in_order(
-        deployment, database_url, twilio_api, openai_api):
+        deployment, make_app, twilio_api, openai_api):
     openai_api.delay_seconds = 0.05
     people = [f"+1650555{i:04d}" for i in range(PEOPLE)]
     sent_order: dict[str, list[str]] = {}
@@ -131,9 +125,8 @@ def test_two_web_and_two_worker_processes_answer_everyone_once_in_order(
         thread.join(60)
     assert not errors
 
-    from app import create_app
 
-    application = create_app(config_for(database_url))
+    application = make_app()
     with application.app_context():
         session = db.session
         deadline = time.monotonic() + 90
