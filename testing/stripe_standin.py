@@ -62,7 +62,7 @@ stripe-python maps by status: 400/404 `InvalidRequestError` (or `IdempotencyErro
 Every request is recorded in `requests`. Everything is thread-safe: each request has its own
 thread, and the routes run one at a time under `_lock`.
 
-`sign_event()` computes a webhook's `Stripe-Signature` header; `load_fixture()` reads the
+`sign_event()` computes a webhook's `Stripe-Signature` header; `stripe_event_bytes()` reads the
 webhook bodies under `testing/fixtures/stripe/`.
 """
 
@@ -77,7 +77,6 @@ import string
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Self
 
 from werkzeug.datastructures import MultiDict
@@ -85,6 +84,7 @@ from werkzeug.wrappers import Request, Response
 
 from testing.loopback import HOST as HOST
 from testing.loopback import FailureQueue, LoopbackServer, QuietHandler, json_response
+from testing.payloads import FIXTURES
 
 API_PREFIX = "/v1"
 CHECKOUT_SESSIONS = f"{API_PREFIX}/checkout/sessions"
@@ -106,7 +106,7 @@ TEST_CARDS: dict[str, tuple[str, str] | None] = {
 DEFAULT_API_VERSION = "2025-08-27.basil"
 SESSION_LIFETIME_SECONDS = 24 * 60 * 60
 SIGNATURE_TOLERANCE_SECONDS = 300
-STRIPE_FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "stripe"
+STRIPE_FIXTURES = FIXTURES / "stripe"
 
 _ID_ALPHABET = string.ascii_letters + string.digits
 _SESSION = re.compile(rf"{CHECKOUT_SESSIONS}/(?P<id>[^/]+)")
@@ -215,10 +215,11 @@ def sign_event(payload: bytes | str, secret: str, timestamp: int | None = None) 
     return f"t={t},v1={digest.hexdigest()}"
 
 
-def load_fixture(relative_path: str) -> bytes:
+def stripe_event_bytes(relative_path: str) -> bytes:
     """The raw bytes of `testing/fixtures/stripe/<relative_path>`.
 
-    E.g. `load_fixture("pay_rails/charge.refunded.json")`: sign and post these bytes as they are.
+    E.g. `stripe_event_bytes("pay_rails/charge.refunded.json")`: sign and post these bytes as
+    they are (`testing.payloads.load_fixture` gives a fixture parsed).
     """
     return (STRIPE_FIXTURES / relative_path).read_bytes()
 

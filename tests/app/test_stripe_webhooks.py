@@ -27,7 +27,7 @@ from testing.deployment import (
     post_signed,
 )
 from testing.payloads import sms
-from testing.stripe_standin import load_fixture, sign_event
+from testing.stripe_standin import sign_event, stripe_event_bytes
 from tests.tokens.ledger_checks import assert_consistent
 from tokens import costs, ledger
 from tokens.ledger import Hold
@@ -48,7 +48,7 @@ def session(stripe_app: Flask):
 
 
 def fixture(path: str) -> dict[str, Any]:
-    return json.loads(load_fixture(path))
+    return json.loads(stripe_event_bytes(path))
 
 
 def post_event(client, event: dict[str, Any] | bytes, *, timestamp: int | None = None,

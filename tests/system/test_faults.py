@@ -71,7 +71,7 @@ from testing.deployment import (
 from testing.openai_standin import OpenAIStandIn
 from testing.payloads import sms
 from testing.redis_server import HOST, RedisServer, free_port
-from testing.stripe_standin import load_fixture, sign_event
+from testing.stripe_standin import sign_event, stripe_event_bytes
 from testing.twilio_standin import TwilioStandIn
 from tests.conftest import routed_not_answered
 from tests.tokens.ledger_checks import assert_consistent
@@ -751,7 +751,7 @@ def post_event(client: Any, event_body: dict[str, Any]) -> Any:
 def completed(session_id: str, event_id: str = "evt_fault_completed") -> dict[str, Any]:
     """The real `checkout.session.completed` fixture, for our session and price."""
     event_body: dict[str, Any] = json.loads(
-        load_fixture("stripe_ruby_mock/checkout.session.completed.payment_mode.json"))
+        stripe_event_bytes("stripe_ruby_mock/checkout.session.completed.payment_mode.json"))
     event_body["id"] = event_id
     event_body["data"]["object"].update(id=session_id, amount_total=500, currency="usd",
                                         payment_intent=PI)

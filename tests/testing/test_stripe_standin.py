@@ -24,8 +24,8 @@ from testing.stripe_standin import (
     StripeStandIn,
     event_for,
     invoice_payment,
-    load_fixture,
     sign_event,
+    stripe_event_bytes,
     unflatten,
 )
 
@@ -386,7 +386,7 @@ def test_subscription_retrieve_registered_and_missing(
 
 
 def test_charge_retrieve(standin: StripeStandIn, fast_client: stripe.StripeClient) -> None:
-    charge_event = json.loads(load_fixture("pay_rails/charge.refunded.json"))
+    charge_event = json.loads(stripe_event_bytes("pay_rails/charge.refunded.json"))
     charge = charge_event["data"]["object"]
     standin.charges[charge["id"]] = charge
     fetched = fast_client.v1.charges.retrieve(charge["id"])
@@ -401,7 +401,7 @@ def test_invoice_retrieve_includes_payments_only_when_expanded(
 ) -> None:
     """Stripe leaves `payments` out of an invoice unless it is expanded; the app's
     `fetch_invoice` expands it to learn which payment intent paid the invoice."""
-    fixture = json.loads(load_fixture("openapi_current_shape/objects/invoice.json"))
+    fixture = json.loads(stripe_event_bytes("openapi_current_shape/objects/invoice.json"))
     assert "payments" not in fixture  # the current shape names no charge or payment intent
     standin.invoices["in_1"] = {**fixture, "id": "in_1", "payments": {
         "object": "list", "has_more": False, "url": "/v1/invoice_payments",
@@ -504,7 +504,7 @@ def test_fixtures_were_copied() -> None:
 
 @pytest.mark.parametrize("name", EVENT_FIXTURES)
 def test_sign_event_is_accepted_by_construct_event(name: str) -> None:
-    payload = load_fixture(name)
+    payload = stripe_event_bytes(name)
     header = sign_event(payload, WEBHOOK_SECRET)
     event = stripe.Webhook.construct_event(payload, header, WEBHOOK_SECRET)
     assert event.type == json.loads(payload)["type"]
@@ -521,7 +521,7 @@ def test_sign_event_matches_the_library_and_header_format() -> None:
 
 
 def test_sign_event_tampered_body_is_rejected() -> None:
-    payload = load_fixture("pay_rails/charge.refunded.json")
+    payload = stripe_event_bytes("pay_rails/charge.refunded.json")
     header = sign_event(payload, WEBHOOK_SECRET)
     tampered = payload.replace(b'"amount_refunded": 500', b'"amount_refunded": 1500')
     assert tampered != payload
@@ -532,7 +532,7 @@ def test_sign_event_tampered_body_is_rejected() -> None:
 
 
 def test_sign_event_stale_timestamp_is_rejected() -> None:
-    payload = load_fixture("stripe_ruby_mock/checkout.session.completed.json")
+    payload = stripe_event_bytes("stripe_ruby_mock/checkout.session.completed.json")
     stale = sign_event(payload, WEBHOOK_SECRET, timestamp=int(time.time()) - 301)
     with pytest.raises(stripe.SignatureVerificationError, match="tolerance"):
         stripe.Webhook.construct_event(payload, stale, WEBHOOK_SECRET)

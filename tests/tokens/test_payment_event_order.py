@@ -22,7 +22,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import func, select
 
-from testing.stripe_standin import load_fixture
+from testing.stripe_standin import stripe_event_bytes
 from tests.tokens.ledger_checks import assert_consistent
 from tokens import costs, ledger, money
 from tokens.catalog import load_catalog
@@ -36,7 +36,7 @@ CATALOG = load_catalog()
 
 
 def fixture(path: str) -> dict[str, Any]:
-    return json.loads(load_fixture(path))
+    return json.loads(stripe_event_bytes(path))
 
 
 COMPLETED = fixture("stripe_ruby_mock/checkout.session.completed.payment_mode.json")

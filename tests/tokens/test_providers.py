@@ -18,8 +18,8 @@ from testing.stripe_standin import (
     INVOICES,
     PAYMENT_INTENTS,
     StripeStandIn,
-    load_fixture,
     sign_event,
+    stripe_event_bytes,
 )
 from tokens.providers import (
     OFF_SESSION,
@@ -35,7 +35,7 @@ from tokens.providers import (
 )
 
 SECRET = "whsec_providers_test"
-EVENT_BODY = load_fixture("stripe_ruby_mock/checkout.session.completed.payment_mode.json")
+EVENT_BODY = stripe_event_bytes("stripe_ruby_mock/checkout.session.completed.payment_mode.json")
 
 
 def pack_request(**changes) -> CheckoutRequest:
