@@ -1,7 +1,9 @@
-"""An admin user and a logged-in test client, for the admin pages' tests and bench/report.py."""
+"""An admin user and a logged-in test client, for the admin pages' tests and bench/report.py,
+and readers of the pages' tables, sections and KPI boxes."""
 
 from __future__ import annotations
 
+import html
 import re
 
 from flask import Flask
@@ -36,3 +38,28 @@ def logged_in(app: Flask, username: str = "alice", password: str = PASSWORD) -> 
         "username": username, "password": password, "csrf_token": csrf_token(client)})
     assert response.status_code == 303, response.get_data(as_text=True)
     return client
+
+
+def cells(page: str, marker: str) -> list[str]:
+    """The cell texts (tags stripped, whitespace collapsed) of the first table row holding
+    `marker`."""
+    for row in re.findall(r"<tr[^>]*>(.*?)</tr>", page, re.S):
+        if marker in row:
+            return [" ".join(html.unescape(re.sub(r"<[^>]+>", " ", cell)).split())
+                    for cell in re.findall(r"<td[^>]*>(.*?)</td>", row, re.S)]
+    raise AssertionError(f"no table row holds {marker!r}")
+
+
+def section(page: str, heading: str) -> str:
+    """The page from the <h2> starting with `heading` to the next <h2>."""
+    found = re.search(r"<h2>" + re.escape(heading) + r".*?</h2>(.*?)(?=<h2>|$)", page, re.S)
+    assert found, f"no section {heading!r}"
+    return found.group(1)
+
+
+def kpi(page: str, label: str) -> str:
+    """The value of the KPI box labelled `label`."""
+    found = re.search(re.escape(f'<div class="label">{label}</div>') + r"\s*"
+                      r'<div class="value[^"]*"[^>]*>([^<]*)</div>', page)
+    assert found, f"no KPI {label!r}"
+    return found.group(1).strip()

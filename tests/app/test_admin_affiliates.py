@@ -4,39 +4,15 @@ taken back in the month it is reversed), on SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
-import html
 import re
 from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import select
 
-from testing.admin import logged_in
+from testing.admin import cells, kpi, logged_in, section
 from tokens import ledger
 from tokens.affiliates import Click, issue_offer_links, record_click, record_conversion
 from tokens.periods import Month
-
-
-def cells(page: str, marker: str) -> list[str]:
-    """The cell texts (tags stripped, whitespace collapsed) of the first table row holding
-    `marker`."""
-    for row in re.findall(r"<tr[^>]*>(.*?)</tr>", page, re.S):
-        if marker in row:
-            return [" ".join(html.unescape(re.sub(r"<[^>]+>", " ", cell)).split())
-                    for cell in re.findall(r"<td[^>]*>(.*?)</td>", row, re.S)]
-    raise AssertionError(f"no table row holds {marker!r}")
-
-
-def section(page: str, heading: str) -> str:
-    found = re.search(r"<h2>" + re.escape(heading) + r".*?</h2>(.*?)(?=<h2>|$)", page, re.S)
-    assert found, f"no section {heading!r}"
-    return found.group(1)
-
-
-def kpi(page: str, label: str) -> str:
-    found = re.search(re.escape(f'<div class="label">{label}</div>') + r"\s*"
-                      r'<div class="value[^"]*"[^>]*>([^<]*)</div>', page)
-    assert found, f"no KPI {label!r}"
-    return found.group(1).strip()
 
 
 def test_affiliates_page_shows_clicks_openings_states_and_the_approval_month(app, session):

@@ -4,7 +4,6 @@ redis-server."""
 
 from __future__ import annotations
 
-import html
 import re
 import secrets
 from collections.abc import Callable
@@ -20,7 +19,7 @@ from app.billing import apply_event, payment_provider
 from app.extensions import db
 from app.queue import QUEUE_NAME, answers_queue
 from bot.models import Contact
-from testing.admin import csrf_token, logged_in
+from testing.admin import cells, csrf_token, kpi, logged_in, section
 from testing.deployment import (
     PUBLIC_BASE_URL,
     post_signed,
@@ -47,31 +46,6 @@ PAGES = ("/admin/payments", "/admin/affiliates", "/admin/webhooks", "/admin/queu
 
 def text_of(response) -> str:
     return response.get_data(as_text=True)
-
-
-def cells(page: str, marker: str) -> list[str]:
-    """The cell texts (tags stripped, whitespace collapsed) of the first table row holding
-    `marker`."""
-    for row in re.findall(r"<tr[^>]*>(.*?)</tr>", page, re.S):
-        if marker in row:
-            return [" ".join(html.unescape(re.sub(r"<[^>]+>", " ", cell)).split())
-                    for cell in re.findall(r"<td[^>]*>(.*?)</td>", row, re.S)]
-    raise AssertionError(f"no table row holds {marker!r}")
-
-
-def section(page: str, heading: str) -> str:
-    """The page from the <h2> starting with `heading` to the next <h2>."""
-    found = re.search(r"<h2>" + re.escape(heading) + r".*?</h2>(.*?)(?=<h2>|$)", page, re.S)
-    assert found, f"no section {heading!r}"
-    return found.group(1)
-
-
-def kpi(page: str, label: str) -> str:
-    """The value of the KPI box labelled `label`."""
-    found = re.search(re.escape(f'<div class="label">{label}</div>') + r"\s*"
-                      r'<div class="value[^"]*"[^>]*>([^<]*)</div>', page)
-    assert found, f"no KPI {label!r}"
-    return found.group(1).strip()
 
 
 def pay_link_checkout(client: FlaskClient, text: str = "BUY", phone: str = PHONE) -> str:

@@ -5,7 +5,6 @@ stand-in of the Chat Completions API; no database is needed."""
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -27,7 +26,6 @@ from bot.llm import (
 )
 from testing.openai_standin import (
     DEFAULT_REPLY_PREFIX,
-    OpenAIStandIn,
     estimate_tokens,
     prompt_tokens,
 )
@@ -41,23 +39,6 @@ NORMAL = SETTINGS.tier("normal")
 REDUCED = SETTINGS.tier("reduced")
 MEAL_PLAN = CATALOG.intent("meal_plan")
 MEAL_TEXT = "meal plan 1800 calories vegetarian"
-
-
-@pytest.fixture(scope="module")
-def running_standin() -> Iterator[OpenAIStandIn]:
-    with OpenAIStandIn() as server:
-        yield server
-
-
-@pytest.fixture
-def standin(running_standin: OpenAIStandIn) -> OpenAIStandIn:
-    running_standin.reset()
-    return running_standin
-
-
-@pytest.fixture
-def chat(standin: OpenAIStandIn) -> OpenAIChat:
-    return OpenAIChat("sk-test", base_url=standin.base_url, timeout_seconds=5.0)
 
 
 def request_for(text: str = MEAL_TEXT, history: tuple[tuple[str, str], ...] = (),

@@ -21,6 +21,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Self
 
+import pytest
 from flask import Flask
 from werkzeug.serving import BaseWSGIServer, make_server
 
@@ -46,6 +47,28 @@ def chromium_executable() -> str | None:
     if found and Path(found).is_file() and os.access(found, os.X_OK):
         return found
     return None
+
+
+IN_CI = os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
+# How long a page may take to load or an element to appear, in milliseconds.
+TIMEOUT_MS = 15_000
+REPO = Path(__file__).resolve().parents[2]
+
+# A browser test runs where chromium is; without it, it is skipped, except under CI=true where
+# it fails instead (CI must run it).
+needs_chromium = pytest.mark.skipif(
+    chromium_executable() is None and not IN_CI,
+    reason="chromium is not installed (apt-get install chromium, or set $CHROMIUM); "
+           "under CI=true this test fails instead",
+)
+
+
+def artifacts_dir() -> Path:
+    """Where screenshots go: `$TEST_ARTIFACTS_DIR`, else `<repo>/artifacts/screenshots`."""
+    configured = os.environ.get("TEST_ARTIFACTS_DIR")
+    folder = Path(configured) if configured else REPO / "artifacts" / "screenshots"
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
 
 
 class LiveServer:

@@ -32,8 +32,14 @@ from app.extensions import db
 from bot.models import Contact, Message
 from testing.deployment import post_signed
 from testing.payloads import sms
-from tests.support.browser import CHROMIUM_ARGS, LiveServer, chromium_executable
-from tests.system.test_admin_browser import IN_CI, TIMEOUT_MS, artifacts_dir
+from tests.support.browser import (
+    CHROMIUM_ARGS,
+    TIMEOUT_MS,
+    LiveServer,
+    artifacts_dir,
+    chromium_executable,
+    needs_chromium,
+)
 from tests.tokens.ledger_checks import assert_consistent
 from tokens import ledger
 from tokens.ledger import LedgerEntry
@@ -48,11 +54,7 @@ SERIOUS = ("serious", "critical")
 
 pytestmark = [
     pytest.mark.backends("postgresql"),
-    pytest.mark.skipif(
-        chromium_executable() is None and not IN_CI,
-        reason="chromium is not installed (apt-get install chromium, or set $CHROMIUM); "
-               "under CI=true this test fails instead",
-    ),
+    needs_chromium,
 ]
 
 

@@ -14,7 +14,6 @@ Without chromium the tests are skipped, except under CI (`CI=true`), where they 
 
 from __future__ import annotations
 
-import os
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -36,13 +35,17 @@ from testing.payloads import sms
 from testing.redis_server import RedisServer
 from testing.twilio_standin import TwilioStandIn
 from tests.conftest import routed_not_answered
-from tests.support.browser import CHROMIUM_ARGS, LiveServer, chromium_executable
+from tests.support.browser import (
+    CHROMIUM_ARGS,
+    TIMEOUT_MS,
+    LiveServer,
+    artifacts_dir,
+    chromium_executable,
+    needs_chromium,
+)
 from tests.tokens.ledger_checks import assert_consistent
 from tokens import ledger
 
-REPO = Path(__file__).resolve().parents[2]
-IN_CI = os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
-TIMEOUT_MS = 15_000
 PHONE = "+16505558893"
 CAPTURED_BODY = "vegetarian meal plan 1800 calories"
 PENDING_BODY = "keto grocery list for the week"
@@ -55,11 +58,7 @@ pytestmark = [
     # One backend is enough here: the pages' queries run on both in the test-client tests
     # (the browser test passes on SQLite too; it just doubles the time).
     pytest.mark.backends("postgresql"),
-    pytest.mark.skipif(
-        chromium_executable() is None and not IN_CI,
-        reason="chromium is not installed (apt-get install chromium, or set $CHROMIUM); "
-               "under CI=true this test fails instead",
-    ),
+    needs_chromium,
 ]
 
 
@@ -169,14 +168,6 @@ def page(browser: Any, live: LiveServer, problems: list[str]) -> Iterator[Any]:
 
 
 # --- helpers -----------------------------------------------------------------------------
-
-
-def artifacts_dir() -> Path:
-    """Where screenshots go: `$TEST_ARTIFACTS_DIR`, else `<repo>/artifacts/screenshots`."""
-    configured = os.environ.get("TEST_ARTIFACTS_DIR")
-    folder = Path(configured) if configured else REPO / "artifacts" / "screenshots"
-    folder.mkdir(parents=True, exist_ok=True)
-    return folder
 
 
 def screenshot(page: Any, name: str) -> Path:

@@ -5,7 +5,6 @@ for COGS. The real `openai` client talks to the local stand-in over loopback."""
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator
 
 import pytest
 
@@ -21,7 +20,6 @@ from bot.intents.llm_classify import (
 )
 from bot.llm import CachedChat, MemoryCache, OpenAIChat
 from testing.openai_standin import (
-    OpenAIStandIn,
     estimate_tokens,
     last_user_text,
     prompt_tokens,
@@ -33,23 +31,6 @@ from tokens.costs import LlmUsage
 CATALOG = load_catalog()
 VAGUE = "can you help me figure out what to feed my kids this week"
 VAGUE_ES = "me ayudas a organizar lo que comemos en casa esta semana"
-
-
-@pytest.fixture(scope="module")
-def running_standin() -> Iterator[OpenAIStandIn]:
-    with OpenAIStandIn() as server:
-        yield server
-
-
-@pytest.fixture
-def standin(running_standin: OpenAIStandIn) -> OpenAIStandIn:
-    running_standin.reset()
-    return running_standin
-
-
-@pytest.fixture
-def chat(standin: OpenAIStandIn) -> OpenAIChat:
-    return OpenAIChat("sk-test", base_url=standin.base_url, timeout_seconds=5.0)
 
 
 def rules(text: str, catalog=CATALOG):

@@ -21,7 +21,6 @@ first), and a violating one naming an ingredient of the first family the table e
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterator
 
 import pytest
 
@@ -63,23 +62,6 @@ PRINCIPLE_MARKERS = (
     "Aún no puedo seguir la dieta", "I don't know the \"", "No conozco la dieta",
     "I don't know which ingredients", "No sé qué ingredientes",
 )
-
-
-@pytest.fixture(scope="module")
-def running_standin() -> Iterator[OpenAIStandIn]:
-    with OpenAIStandIn() as server:
-        yield server
-
-
-@pytest.fixture(scope="module")
-def chat(running_standin: OpenAIStandIn) -> OpenAIChat:
-    return OpenAIChat("sk-test", base_url=running_standin.base_url, timeout_seconds=5.0)
-
-
-@pytest.fixture
-def standin(running_standin: OpenAIStandIn) -> OpenAIStandIn:
-    running_standin.reset()
-    return running_standin
 
 
 @functools.cache
