@@ -19,7 +19,7 @@ from twilio.request_validator import RequestValidator
 
 from app import create_app
 from app.config import Config
-from app.extensions import db
+from app.extensions import bot_settings, db
 from testing.openai_standin import OpenAIStandIn
 from testing.stripe_standin import StripeStandIn
 from testing.twilio_standin import TwilioStandIn
@@ -155,3 +155,26 @@ def post_signed(
         data=fields,
         headers={"X-Twilio-Signature": sign(url, fields, token)},
     )
+
+
+def routed_not_answered(app: Flask, session: Any, fields: dict[str, str]) -> None:
+    """A message the webhook stored and a worker routed (stored, held), which then died
+    before answering it: its job is gone, its message waits "queued"."""
+    from sqlalchemy import select
+
+    from app.queue import redis_connection
+    from bot.messages import from_payload
+    from bot.models import InboxMessage
+    from bot.router import handle_inbound
+
+    post_signed(app.test_client(), fields)
+    connection = redis_connection(app)
+    assert connection is not None
+    connection.flushdb()
+    row = session.scalar(select(InboxMessage).where(
+        InboxMessage.message_sid == fields["MessageSid"]))
+    outcome = handle_inbound(session, from_payload(row.payload), bot_settings(app),
+                             defer=True, transport="rest")
+    assert outcome.kind == "queued"
+    session.delete(row)
+    session.commit()

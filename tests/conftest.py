@@ -13,7 +13,6 @@ import shutil
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 from flask import Flask
@@ -30,7 +29,6 @@ from testing.deployment import (
     AUTH_TOKEN,
     STRIPE_API_KEY,
     migrate,
-    post_signed,
     queued_environment,
     running_app,
     stripe_environment,
@@ -190,29 +188,6 @@ def queued_app(make_app: Callable[..., Flask], redis_srv: RedisServer,
     connection.flushdb()
     connection.close()
     return make_app(**queued_environment(redis_srv.url, twilio_api, openai_api))
-
-
-def routed_not_answered(app: Flask, session: Any, fields: dict[str, str]) -> None:
-    """A message the webhook stored and a worker routed (stored, held), which then died
-    before answering it: its job is gone, its message waits "queued"."""
-    from sqlalchemy import select
-
-    from app.queue import redis_connection
-    from bot.messages import from_payload
-    from bot.models import InboxMessage
-    from bot.router import handle_inbound
-
-    post_signed(app.test_client(), fields)
-    connection = redis_connection(app)
-    assert connection is not None
-    connection.flushdb()
-    row = session.scalar(select(InboxMessage).where(
-        InboxMessage.message_sid == fields["MessageSid"]))
-    outcome = handle_inbound(session, from_payload(row.payload), app.extensions["bot_settings"],
-                             defer=True, transport="rest")
-    assert outcome.kind == "queued"
-    session.delete(row)
-    session.commit()
 
 
 @pytest.fixture

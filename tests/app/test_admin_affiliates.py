@@ -9,6 +9,7 @@ from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import select
 
+from app.extensions import bot_settings
 from testing.admin import cells, kpi, logged_in, section
 from tokens import ledger
 from tokens.affiliates import Click, issue_offer_links, record_click, record_conversion
@@ -16,7 +17,7 @@ from tokens.periods import Month
 
 
 def test_affiliates_page_shows_clicks_openings_states_and_the_approval_month(app, session):
-    catalog = app.extensions["bot_settings"].catalog
+    catalog = bot_settings(app).catalog
     account = ledger.open_account(session).id
     now = datetime.now(UTC)
     this_month = Month.of(now)

@@ -16,7 +16,7 @@ from sqlalchemy import func, select
 
 from app.admin.ops import MONTH_YEARS, QUEUE_NAMES, last_line, money, usd_musd
 from app.billing import apply_event, payment_provider
-from app.extensions import db
+from app.extensions import bot_settings, db
 from app.queue import QUEUE_NAME, answers_queue
 from bot.models import Contact
 from testing.admin import cells, csrf_token, kpi, logged_in, section
@@ -210,7 +210,7 @@ def test_payments_are_paginated_50_a_page(app, session):
 
 
 def test_affiliates_shows_the_months_links_clicks_conversions_and_commission(app, session):
-    catalog = app.extensions["bot_settings"].catalog
+    catalog = bot_settings(app).catalog
     account = ledger.open_account(session).id
     now = utcnow()
     offers = issue_offer_links(session, account, "meal_plan", catalog, now)

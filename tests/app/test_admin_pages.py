@@ -10,7 +10,7 @@ import pytest
 from sqlalchemy import func, select
 
 from app.config import Config
-from app.extensions import db
+from app.extensions import bot_settings, db
 from bot.models import Contact
 from testing.admin import PASSWORD, csrf_token, logged_in, make_admin
 from testing.deployment import post_signed
@@ -183,7 +183,7 @@ def test_the_people_table_pages_by_fifty(app, session):
     now = datetime(2026, 11, 3, tzinfo=UTC)
     for i in range(60):
         account = resolve_contact(session, f"+1555100{i:04d}", now).account_id
-        costs.record_platform(session, account, app.extensions["bot_settings"].catalog.costs,
+        costs.record_platform(session, account, bot_settings(app).catalog.costs,
                               key=f"p{i}", now=now)
     session.commit()
     client = logged_in(app)

@@ -15,6 +15,7 @@ from sqlalchemy import func, select
 
 import tokens.affiliates  # noqa: F401  (registers the models until app/__init__ imports them)
 from app.affiliates import affiliates_group, bp
+from app.extensions import bot_settings
 from tokens import costs, ledger, money
 from tokens.affiliates import (
     Click,
@@ -52,7 +53,7 @@ def account(session) -> int:
 
 
 def catalog(app):
-    return app.extensions["bot_settings"].catalog
+    return bot_settings(app).catalog
 
 
 def offer_token(app, session, account_id: int, intent: str = "meal_plan") -> str:
@@ -165,7 +166,7 @@ def test_unknown_tampered_and_expired_tokens_are_404_without_redirect(
 def test_a_partner_url_moved_off_the_allow_list_is_refused_at_click_time(
         app, client, session, account):
     token = offer_token(app, session, account)
-    settings = app.extensions["bot_settings"]
+    settings = bot_settings(app)
     affiliates = settings.catalog.affiliates
     partners = tuple(replace(p, url="https://evil.example/landing?subid={click_id}")
                      if p.code == "freshbox" else p for p in affiliates.partners)
@@ -498,7 +499,7 @@ def test_link_previews_and_head_requests_record_no_click(app, session):
     client = app.test_client()
     account = ledger.open_account(session)
     [(_, link)] = affiliates.issue_offer_links(session, account.id, "grocery_list",
-                                               app.extensions["bot_settings"].catalog)[:1]
+                                               bot_settings(app).catalog)[:1]
     session.commit()
     assert client.head(f"/r/{link.token}").status_code == 200
     preview = client.get(f"/r/{link.token}", headers={"User-Agent": "WhatsApp/2.23.20.0 A"})

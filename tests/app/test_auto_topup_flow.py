@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 from flask import Flask
 from sqlalchemy import func, select
 
-from app.extensions import db
+from app.extensions import bot_settings, db
 from bot.models import Contact
 from testing.deployment import PUBLIC_BASE_URL, post_signed
 from testing.payloads import sms
@@ -124,7 +124,7 @@ def test_without_auto_topup_one_alert_per_crossing_and_day(client, session):
 def test_auto_topup_without_a_provider_says_it_is_not_available(app: Flask, client):
     import dataclasses
 
-    settings = app.extensions["bot_settings"]
+    settings = bot_settings(app)
     app.extensions["bot_settings"] = dataclasses.replace(settings, payments=None)
     try:
         assert "not available" in text_of(post_signed(client, sms("AUTO ON")))

@@ -33,7 +33,7 @@ from flask import Flask
 from werkzeug.serving import make_server
 
 from app.config import PROJECT_ROOT
-from app.extensions import db
+from app.extensions import bot_settings, db
 from app.logs import BearerPathFilter, configure, mask_bearer, mask_environ
 from testing.deployment import AUTH_TOKEN, INBOUND_PATH, PUBLIC_BASE_URL, sign
 from testing.payloads import sms
@@ -104,7 +104,7 @@ def offer_token(app: Flask) -> str:
     session = db.session
     account_id = ledger.open_account(session).id
     (_, link), *_ = issue_offer_links(session, account_id, "meal_plan",
-                                      app.extensions["bot_settings"].catalog, utcnow())
+                                      bot_settings(app).catalog, utcnow())
     session.commit()
     return str(link.token)
 

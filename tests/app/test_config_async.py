@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 
 from app.config import Config, ConfigError
+from app.extensions import bot_settings, outbound_settings
 from bot.llm import CachedChat, ChatRequest, MemoryCache, OpenAIChat
 from testing.openai_standin import OpenAIStandIn
 from tokens.catalog import load_catalog
@@ -127,7 +128,7 @@ def test_without_redis_no_sender_is_needed():
 
 def test_openai_model_replaces_the_normal_tiers_model(make_app):
     app = make_app(OPENAI_API_KEY="k", OPENAI_MODEL="gpt-4.1-mini")
-    catalog = app.extensions["bot_settings"].catalog
+    catalog = bot_settings(app).catalog
     shipped = load_catalog()
     normal = catalog.llm.tier("normal")
     assert normal.model == "gpt-4.1-mini"
@@ -152,12 +153,12 @@ def test_an_unpriced_openai_model_stops_the_app_listing_the_known_ones(make_app)
 
 def test_without_openai_model_the_catalog_model_is_kept(make_app):
     app = make_app(OPENAI_API_KEY="k")
-    assert app.extensions["bot_settings"].catalog.llm.tier("normal").model == "gpt-4o-mini"
+    assert bot_settings(app).catalog.llm.tier("normal").model == "gpt-4o-mini"
 
 
 def test_with_an_api_key_the_bot_gets_a_cached_openai_client(make_app):
     app = make_app(OPENAI_API_KEY="k", OPENAI_TIMEOUT_SECONDS="3", OPENAI_BASE_URL="http://127.0.0.1:9/v1")
-    chat = app.extensions["bot_settings"].chat
+    chat = bot_settings(app).chat
     assert isinstance(chat, CachedChat)
     assert isinstance(chat.cache, MemoryCache)  # no REDIS_URL: the in-process cache
     assert chat.ttl_seconds == load_catalog().llm.cache_ttl_seconds
@@ -171,9 +172,9 @@ def test_with_an_api_key_the_bot_gets_a_cached_openai_client(make_app):
 
 def test_without_an_api_key_there_is_no_chat_client(make_app):
     app = make_app()
-    assert app.extensions["bot_settings"].chat is None
+    assert bot_settings(app).chat is None
     app = make_app(OPENAI_API_KEY="")
-    assert app.extensions["bot_settings"].chat is None
+    assert bot_settings(app).chat is None
 
 
 def test_the_app_chat_client_answers_through_the_configured_api(make_app):
@@ -182,7 +183,7 @@ def test_the_app_chat_client_answers_through_the_configured_api(make_app):
     with OpenAIStandIn(reply="Oats, lentils, tofu.") as standin:
         app = make_app(OPENAI_API_KEY="sk-app", OPENAI_BASE_URL=standin.base_url,
                        OPENAI_MODEL="gpt-4.1-mini")
-        settings = app.extensions["bot_settings"]
+        settings = bot_settings(app)
         tier = settings.catalog.llm.tier("normal")
         request = ChatRequest(tier.model, (("system", "be brief"), ("user", "meal plan")),
                               tier.max_tokens)
@@ -198,7 +199,7 @@ def test_the_app_chat_client_answers_through_the_configured_api(make_app):
 def test_the_outbound_settings_come_from_the_config(make_app):
     app = make_app(TWILIO_WHATSAPP_TEMPLATE_SID="HX" + "b" * 32,
                    TWILIO_RETRY_BACKOFF_SECONDS="0.25")
-    outbound = app.extensions["outbound"]
+    outbound = outbound_settings(app)
     assert outbound.whatsapp_template_sid == "HX" + "b" * 32
     assert outbound.backoff_seconds == 0.25
     assert outbound.status_callback_url == "https://bot.example.com/webhooks/twilio/status"

@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from sqlalchemy import func, select
 
-from app.extensions import db
+from app.extensions import bot_settings, db
 from bot.messages import InboundMessage
 from bot.models import Contact, Message, OutcomeKind
 from bot.ratelimit import SenderLimits
@@ -35,7 +35,7 @@ def inbound(body: str, n: int, sender: str = "+15550001111", channel: str = "sms
 
 
 def route(app, body: str, n: int, now: datetime, **kwargs):
-    settings = app.extensions["bot_settings"]
+    settings = bot_settings(app)
     outcome = handle_inbound(db.session, inbound(body, n, **kwargs), settings, now)
     db.session.commit()
     return outcome
@@ -50,7 +50,7 @@ def test_the_eleventh_message_in_a_minute_is_throttled_once_with_one_notice(limi
     charged = db.session.scalar(select(func.sum(Message.tokens_charged))) or 0
     balance = ledger.balance(db.session, account_id, T0)
     assert balance.held == 0 and balance.available == 100 - charged
-    assert charged == 10 * limited.extensions["bot_settings"].catalog.intent(
+    assert charged == 10 * bot_settings(limited).catalog.intent(
         "nutrition_analysis").price
     throttled = db.session.scalars(select(Message).where(
         Message.outcome == OutcomeKind.THROTTLED)).all()

@@ -8,6 +8,7 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import func, select
 
+from app.extensions import bot_settings
 from bot import outbound
 from bot.models import Contact, Message, MessageStatusEvent
 from testing.deployment import post_signed
@@ -161,7 +162,7 @@ def test_the_whatsapp_24_hour_window(client, session, app, hours_since_inbound, 
     contact.whatsapp_last_inbound_at = now - timedelta(hours=hours_since_inbound)
     session.commit()
     options = outbound.OutboundSettings(whatsapp_template_sid=template)
-    catalog = app.extensions["bot_settings"].catalog
+    catalog = bot_settings(app).catalog
     plan = outbound.plan_send(session, reply.id, options, catalog, now=now)
     session.commit()
     balance = ledger.balance(session, contact.account_id, now).available
@@ -184,7 +185,7 @@ def test_settle_is_not_repeated_for_a_captured_hold(client, session, app):
     """A job that runs twice cannot charge twice: the second finds no pending answer."""
     from bot.router import pending_answer
 
-    settings = app.extensions["bot_settings"]
+    settings = bot_settings(app)
     post_signed(client, sms("meal plan", sid="SMonce"))
     assert pending_answer(session, "SMonce", settings) is None
     assert pending_answer(session, "SMnever", settings) is None
@@ -201,7 +202,7 @@ def test_a_callback_that_beats_the_send_result_is_not_lost(client, session, app,
     reply.status = "pending"
     session.commit()
     options = outbound.OutboundSettings()
-    catalog = app.extensions["bot_settings"].catalog
+    catalog = bot_settings(app).catalog
     plan = outbound.plan_send(session, reply.id, options, catalog)
     session.commit()
     assert plan is not None and session.get(Message, reply.id).status == "submitting"

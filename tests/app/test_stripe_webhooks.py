@@ -19,7 +19,7 @@ import pytest
 from flask import Flask
 from sqlalchemy import func, select
 
-from app.extensions import db
+from app.extensions import bot_settings, db
 from bot.models import Contact, Message
 from testing.deployment import (
     PUBLIC_BASE_URL,
@@ -680,7 +680,7 @@ def test_a_packs_charge_receipt_is_kept_whichever_event_comes_first(client, sess
                                                                    charge]
     for event in events:
         assert post_event(client, event).status_code == 200
-    catalog = client.application.extensions["bot_settings"].catalog
+    catalog = bot_settings(client.application).catalog
     (bought,) = statement.purchases_of(session, account)
     assert bought.kind == "pack" and bought.receipt_url == receipt
     assert receipt.startswith("https://pay.stripe.com/receipts/")

@@ -7,6 +7,7 @@ import pytest
 from flask import Flask
 from sqlalchemy import select
 
+from app.extensions import bot_settings
 from app.worker import ThreadedWorker
 from bot.models import Contact, InboxMessage, Message
 from testing.deployment import post_signed, run_worker
@@ -34,7 +35,7 @@ def test_one_process_keeps_many_llm_calls_in_flight(queued_app, session, openai_
     for i, phone in enumerate(people):
         post_signed(client, sms(f"meal plan number {i}", sid=f"SMmany{i:03d}", sender=phone))
     openai_api.delay_seconds = 3.0
-    chat = queued_app.extensions["bot_settings"].chat.client  # the suite's 2 s timeout, raised
+    chat = bot_settings(queued_app).chat.client  # the suite's 2 s timeout, raised
     chat.client = chat.client.with_options(timeout=20)
     assert run_worker(queued_app, concurrency=64, cpu_slots=cpu_slots) == 40
     assert openai_api.max_concurrent >= 20  # not one at a time

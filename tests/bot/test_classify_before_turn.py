@@ -11,7 +11,7 @@ from datetime import UTC, datetime, timedelta
 from flask import Flask
 from sqlalchemy import select
 
-from app.extensions import db
+from app.extensions import bot_settings, db
 from bot.messages import InboundMessage
 from bot.router import answer_message
 from testing.openai_standin import OpenAIStandIn
@@ -24,7 +24,7 @@ VAGUE = "can you help me figure out what to feed my kids this week, they hate br
 def ask(app: Flask, text: str, now: datetime = NOW, sender: str = "+15551234567"):
     msg = InboundMessage(channel="sms", sender=sender, text=text,
                          message_sid=f"SM{uuid.uuid4().hex}")
-    outcome = answer_message(db.session, msg, app.extensions["bot_settings"],
+    outcome = answer_message(db.session, msg, bot_settings(app),
                              transport="twiml", now=now)
     return msg, outcome
 
@@ -60,7 +60,7 @@ def test_a_bad_answer_keeps_the_rules_intent(llm_app, openai_api):
 
 
 def test_at_most_the_daily_budget_of_calls_per_sender(llm_app, openai_api):
-    catalog = llm_app.extensions["bot_settings"].catalog
+    catalog = bot_settings(llm_app).catalog
     openai_api.reply = "chat"
     for i in range(catalog.llm.classify_per_day + 3):
         ask(llm_app, f"{VAGUE} {i}", NOW + timedelta(minutes=7 * i))

@@ -9,6 +9,7 @@ from datetime import UTC, datetime
 import pytest
 from sqlalchemy import select
 
+from app.extensions import bot_settings
 from bot import intents
 from bot.contacts import clear_language
 from bot.intents import SkillAnswer, SkillRequest, skill_for
@@ -34,7 +35,7 @@ def say(app, session):
              now: datetime = NOV) -> Outcome:
         message = InboundMessage(channel=channel, sender=sender, text=text,
                                  message_sid=f"SM{uuid.uuid4().hex}")
-        outcome = handle_inbound(session, message, app.extensions["bot_settings"], now=now)
+        outcome = handle_inbound(session, message, bot_settings(app), now=now)
         session.commit()
         return outcome
 

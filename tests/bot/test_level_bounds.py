@@ -11,7 +11,7 @@ import pytest
 from flask import Flask
 from sqlalchemy import select
 
-from app.extensions import db
+from app.extensions import bot_settings, db
 from bot.messages import InboundMessage
 from bot.models import Contact, Message
 from bot.router import Outcome, handle_inbound
@@ -34,7 +34,7 @@ def impatient_app(make_app: Callable[..., Flask], openai_api: OpenAIStandIn) -> 
 def say(app: Flask, text: str, now: datetime) -> Outcome:
     message = InboundMessage(channel="sms", sender=ANA, text=text,
                              message_sid=f"SM{uuid.uuid4().hex}")
-    outcome = handle_inbound(db.session, message, app.extensions["bot_settings"], now=now)
+    outcome = handle_inbound(db.session, message, bot_settings(app), now=now)
     db.session.commit()
     return outcome
 
@@ -42,7 +42,7 @@ def say(app: Flask, text: str, now: datetime) -> Outcome:
 def account_with_exposure(app: Flask, exposure_musd: int) -> int:
     say(app, "HELP", NOW)
     account = db.session.scalar(select(Contact.account_id).where(Contact.address == ANA))
-    price = app.extensions["bot_settings"].catalog.costs.model("gpt-4o-mini")
+    price = bot_settings(app).catalog.costs.model("gpt-4o-mini")
     needed = exposure_musd - costs.month(db.session, account, NOW).exposure_musd
     usage = LlmUsage("gpt-4o-mini", int(needed / price.input_usd_per_million), 0)
     costs.record_llm(db.session, account, usage, price, key="llm:preload", now=NOW)
@@ -55,7 +55,7 @@ def test_free_replies_past_the_cutoff_share_the_daily_budget(llm_app):
     replies (`free_replies_per_day`), then silence; BUY, BALANCE and BUY PREMIUM always
     answer (within their own budget): the one message that brings money in is never
     silenced."""
-    catalog = llm_app.extensions["bot_settings"].catalog
+    catalog = bot_settings(llm_app).catalog
     account_with_exposure(llm_app, 2_100_000)  # its HELP took one reply from the budget
     outcomes = [say(llm_app, text, NOW + timedelta(minutes=i))
                 for i, text in enumerate(["MORE", "IDIOMA", "thanks"] * 5)]
@@ -73,7 +73,7 @@ def test_free_replies_past_the_cutoff_share_the_daily_budget(llm_app):
 def test_a_long_answers_continuation_stops_at_the_cutoff(llm_app, openai_api):
     """MORE is free, but never carries a person past the cutoff: past it, the continuation
     takes from the daily budget of free replies, then stops."""
-    catalog = llm_app.extensions["bot_settings"].catalog
+    catalog = bot_settings(llm_app).catalog
     cutoff = catalog.levels.payment_required_musd
     account = account_with_exposure(llm_app, cutoff - 200_000)
     openai_api.reply = "Eat more beans and greens today. " * 60  # about 13 SMS segments
@@ -93,7 +93,7 @@ def test_a_long_answers_continuation_stops_at_the_cutoff(llm_app, openai_api):
 def test_replies_on_their_way_count_as_exposure(llm_app):
     """A stored reply not yet accepted by Twilio (pending, submitting, unknown) is not costed
     yet; the next decision counts it anyway."""
-    catalog = llm_app.extensions["bot_settings"].catalog
+    catalog = bot_settings(llm_app).catalog
     bounds = levels.upper_bounds(catalog)
     ceiling = levels.ceilings(catalog, catalog.intent("chat"), "sms", llm_enabled=True)
     account_with_exposure(llm_app, bounds["NORMAL"] - ceiling["NORMAL"] - 30_000)
@@ -109,7 +109,7 @@ def test_replies_on_their_way_count_as_exposure(llm_app):
 
 def test_an_llm_call_that_timed_out_is_costed_at_its_ceiling(impatient_app, openai_api):
     """The provider may bill a call whose answer never came back: its ceiling is recorded."""
-    catalog = impatient_app.extensions["bot_settings"].catalog
+    catalog = bot_settings(impatient_app).catalog
     openai_api.delay_seconds = 5.0
     outcome = say(impatient_app, "meal plan", NOW)
     assert outcome.kind == "failed" and outcome.tokens_charged == 0

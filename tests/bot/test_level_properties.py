@@ -22,7 +22,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import func, select
 
-from app.extensions import db
+from app.extensions import bot_settings, db
 from bot.messages import InboundMessage
 from bot.models import Contact, Message
 from bot.router import handle_inbound
@@ -46,7 +46,7 @@ def preload(app: Flask, account: int, exposure_musd: int, when: datetime) -> Non
     """Give the person a month-to-date cost of about `exposure_musd` (an LLM cost entry)."""
     if exposure_musd <= 0:
         return
-    catalog = app.extensions["bot_settings"].catalog
+    catalog = bot_settings(app).catalog
     price = catalog.costs.model("gpt-4o-mini")
     usage = LlmUsage("gpt-4o-mini", int(exposure_musd / price.input_usd_per_million), 0)
     costs.record_llm(db.session, account, usage, price, key=f"preload:{account}", now=when)
@@ -78,13 +78,13 @@ step = st.one_of(
          fail_llm=False)
 def test_the_four_rules_hold_over_random_histories(llm_app, openai_api, start_exposure, steps,
                                                    fail_llm):
-    catalog = llm_app.extensions["bot_settings"].catalog
+    catalog = bot_settings(llm_app).catalog
     bounds = levels.upper_bounds(catalog)
     sender = f"+1555{uuid.uuid4().int % 10**7:07d}"
     now = START
     sid = f"SM{uuid.uuid4().hex}"
     handle_inbound(db.session, InboundMessage("sms", sender, "BALANCE", sid),
-                   llm_app.extensions["bot_settings"], now=now)
+                   bot_settings(llm_app), now=now)
     db.session.commit()
     account = db.session.scalar(select(Contact.account_id).where(Contact.address == sender))
     preload(llm_app, account, start_exposure, now)
@@ -109,7 +109,7 @@ def test_the_four_rules_hold_over_random_histories(llm_app, openai_api, start_ex
             openai_api.fail_next(500)
         sid = f"SM{uuid.uuid4().hex}"
         outcome = handle_inbound(db.session, InboundMessage("sms", sender, text, sid),
-                                 llm_app.extensions["bot_settings"], now=now)
+                                 bot_settings(llm_app), now=now)
         db.session.commit()
         openai_api.reset()
         reply = "\n".join(outcome.replies)
@@ -141,7 +141,7 @@ def test_concurrent_messages_cannot_cross_the_cutoff(queued_app, openai_api):
     """Eight priced messages from one person arrive together, with exposure just under the
     cutoff: each decision counts the ceilings of the answers still queued, so together they
     stay under it; the rest are refused (free)."""
-    catalog = queued_app.extensions["bot_settings"].catalog
+    catalog = bot_settings(queued_app).catalog
     sender = "+16505551234"
     client = queued_app.test_client()
     post_signed(client, sms("BALANCE", sender=sender))

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from sqlalchemy import func, select
 
-from app.extensions import db
+from app.extensions import bot_settings, db
 from bot import outbound
 from bot.models import Contact, Message, MessageStatusEvent
 from testing.deployment import post_signed
@@ -61,7 +61,7 @@ def stored_reply(client, session, *, channel: str = "sms") -> Message:
 def send(app, session, message_id: int, sender: Accepting) -> None:
     """The job's send of one row (app.jobs.send_pending): plan, commit, call, record, commit."""
     options = outbound.OutboundSettings()
-    catalog = app.extensions["bot_settings"].catalog
+    catalog = bot_settings(app).catalog
     plan = outbound.plan_send(session, message_id, options, catalog)
     session.commit()
     assert plan is not None
@@ -106,7 +106,7 @@ def test_one_send_of_a_stored_reply(app, client, session):
     # Sent once: the row is no longer pending, so a second job finds nothing to send.
     options = outbound.OutboundSettings()
     assert outbound.plan_send(session, reply_id, options,
-                              app.extensions["bot_settings"].catalog) is None
+                              bot_settings(app).catalog) is None
     session.commit()
 
 
@@ -114,7 +114,7 @@ def test_a_loaded_row_sees_the_send(app, client, session):
     """The Core statements bypass the ORM; a row loaded in the session is not left stale."""
     reply = stored_reply(client, session)
     options = outbound.OutboundSettings()
-    catalog = app.extensions["bot_settings"].catalog
+    catalog = bot_settings(app).catalog
     assert reply.status == "pending"  # loaded
     plan = outbound.plan_send(session, reply.id, options, catalog)
     assert plan is not None and reply.status == "submitting"
@@ -201,7 +201,7 @@ def test_storing_a_send_waits_for_the_account_lock(app, client, session):
     reply_id = reply.id
     account = session.get(Contact, reply.contact_id).account_id
     options = outbound.OutboundSettings()
-    catalog = app.extensions["bot_settings"].catalog
+    catalog = bot_settings(app).catalog
     plan = outbound.plan_send(session, reply_id, options, catalog)
     session.commit()
     assert plan is not None

@@ -15,6 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import func, select
 
+from app.extensions import bot_settings as settings_of
 from app.extensions import db
 from bot.messages import InboundMessage
 from bot.models import Contact
@@ -28,7 +29,7 @@ ANA = "+15551234567"
 
 def bot_settings(app: Flask, **level_changes: int) -> BotSettings:
     """The app's settings, with the catalog's `levels` changed as given."""
-    settings_: BotSettings = app.extensions["bot_settings"]
+    settings_: BotSettings = settings_of(app)
     if not level_changes:
         return settings_
     catalog = settings_.catalog
@@ -41,7 +42,7 @@ def say(app: Flask, text: str, now: datetime, *, channel: str = "sms",
         bot: BotSettings | None = None) -> Outcome:
     message = InboundMessage(channel=channel, sender=ANA, text=text,
                              message_sid=f"SM{uuid.uuid4().hex}")
-    outcome = handle_inbound(db.session, message, bot or app.extensions["bot_settings"],
+    outcome = handle_inbound(db.session, message, bot or settings_of(app),
                              now=now)
     db.session.commit()
     return outcome
@@ -52,7 +53,7 @@ def account_of_ana() -> int:
 
 
 def test_help_is_full_once_a_day_then_one_line_then_silent(llm_app):
-    catalog = llm_app.extensions["bot_settings"].catalog
+    catalog = settings_of(llm_app).catalog
     budget = catalog.levels.free_replies_per_day
     helps = [say(llm_app, "HELP", NOW + timedelta(minutes=i)) for i in range(budget + 3)]
     assert all(o.kind == "help" and o.tokens_charged == 0 for o in helps)
@@ -67,7 +68,7 @@ def test_help_is_full_once_a_day_then_one_line_then_silent(llm_app):
 
 
 def test_confirmations_and_refusals_share_the_budget_and_stop_still_works(llm_app):
-    catalog = llm_app.extensions["bot_settings"].catalog
+    catalog = settings_of(llm_app).catalog
     for i in range(catalog.levels.free_replies_per_day):  # spend the day's budget
         assert say(llm_app, "HELP", NOW + timedelta(minutes=i), channel="whatsapp").replies
     stop = say(llm_app, "STOP", NOW + timedelta(hours=1), channel="whatsapp")
@@ -154,12 +155,12 @@ def controllable_musd(account: int) -> int:
        stream=st.lists(message, min_size=20, max_size=120))
 def test_no_stream_costs_more_than_the_bound(llm_app, openai_api, start_exposure, stream):
     openai_api.reply = "Eat more beans and greens today. " * 20  # several segments: MORE
-    catalog = llm_app.extensions["bot_settings"].catalog
+    catalog = settings_of(llm_app).catalog
     sender = f"+1555{uuid.uuid4().int % 10_000_000:07d}"
     now = NOW
     first = InboundMessage(channel="sms", sender=sender, text="hi",
                            message_sid=f"SM{uuid.uuid4().hex}")
-    handle_inbound(db.session, first, llm_app.extensions["bot_settings"], now=now)
+    handle_inbound(db.session, first, settings_of(llm_app), now=now)
     account = db.session.scalar(select(Contact.account_id).where(Contact.address == sender))
     if start_exposure:
         price = catalog.costs.model("gpt-4o-mini")
@@ -174,7 +175,7 @@ def test_no_stream_costs_more_than_the_bound(llm_app, openai_api, start_exposure
         days.add(now.date())
         msg = InboundMessage(channel=channel, sender=sender, text=text,
                              message_sid=f"SM{uuid.uuid4().hex}")
-        handle_inbound(db.session, msg, llm_app.extensions["bot_settings"], now=now)
+        handle_inbound(db.session, msg, settings_of(llm_app), now=now)
         db.session.commit()
     spent = controllable_musd(account)
     bound = levels.monthly_loss_ceiling_musd(catalog, days_in_month=len(days))

@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 import pytest
 from sqlalchemy import func, select
 
+from app.extensions import bot_settings
 from bot.intents import SkillAnswer, offline
 from bot.messages import InboundMessage
 from bot.models import Contact, Message, OutcomeKind
@@ -41,7 +42,7 @@ def say(app, session):
             message_sid=sid or f"SM{uuid.uuid4().hex}",
             opt_out_type=opt_out_type,
         )
-        outcome = handle_inbound(session, message, app.extensions["bot_settings"], now=now)
+        outcome = handle_inbound(session, message, bot_settings(app), now=now)
         session.commit()
         return outcome
 

@@ -9,7 +9,7 @@ import pytest
 from flask import Flask
 from sqlalchemy import select
 
-from app.extensions import db
+from app.extensions import bot_settings, db
 from bot import intents
 from bot.intents import SkillAnswer, SkillRequest, skill_for
 from bot.messages import InboundMessage
@@ -27,7 +27,7 @@ def route(app: Flask, text: str, *, channel: str = "sms", sid: str | None = None
           sender: str = ANA) -> Outcome:
     message = InboundMessage(channel=channel, sender=sender, text=text,
                              message_sid=sid or f"SM{uuid.uuid4().hex}")
-    outcome = handle_inbound(db.session, message, app.extensions["bot_settings"], now=NOV)
+    outcome = handle_inbound(db.session, message, bot_settings(app), now=NOV)
     db.session.commit()
     return outcome
 

@@ -9,6 +9,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from sqlalchemy import select
 
+from app.extensions import bot_settings
 from bot.messages import InboundMessage
 from bot.models import Contact
 from bot.router import Outcome, handle_inbound
@@ -27,7 +28,7 @@ def say(app, session):
     def _say(text: str, *, now: datetime = NOW, channel: str = "sms") -> Outcome:
         message = InboundMessage(channel=channel, sender=ANA, text=text,
                                  message_sid=f"SM{uuid.uuid4().hex}")
-        outcome = handle_inbound(session, message, app.extensions["bot_settings"], now=now)
+        outcome = handle_inbound(session, message, bot_settings(app), now=now)
         session.commit()
         return outcome
 
@@ -42,7 +43,7 @@ def past_the_cutoff(app, session, say) -> int:
     """Ana has cost $2.10 this month and paid nothing: past the $2.00 cutoff."""
     say("HELP")
     account = account_of(session)
-    price = app.extensions["bot_settings"].catalog.costs.model("gpt-4o-mini")
+    price = bot_settings(app).catalog.costs.model("gpt-4o-mini")
     costs.record_llm(session, account, LlmUsage("gpt-4o-mini", 14_000_000, 0), price,
                      key="llm:preload", now=NOW)
     session.commit()

@@ -10,7 +10,7 @@ import pytest
 from flask import Flask
 from sqlalchemy import func, select
 
-from app.extensions import db
+from app.extensions import bot_settings, db
 from bot.messages import InboundMessage
 from bot.models import Contact, Message
 from bot.router import Outcome, handle_inbound
@@ -37,7 +37,7 @@ def llm_app(llm_app: Flask, openai_api: OpenAIStandIn) -> Flask:
 def say(app: Flask, text: str, now: datetime, sender: str = ANA) -> tuple[Outcome, Message]:
     sid = f"SM{uuid.uuid4().hex}"
     message = InboundMessage(channel="sms", sender=sender, text=text, message_sid=sid)
-    outcome = handle_inbound(db.session, message, app.extensions["bot_settings"], now=now)
+    outcome = handle_inbound(db.session, message, bot_settings(app), now=now)
     db.session.commit()
     stored = db.session.scalar(select(Message).where(Message.message_sid == sid))
     return outcome, stored
@@ -48,7 +48,7 @@ def exposure(account: int, now: datetime) -> int:
 
 
 def test_a_heavy_free_users_month(llm_app: Flask):
-    catalog = llm_app.extensions["bot_settings"].catalog
+    catalog = bot_settings(llm_app).catalog
     bounds = levels.upper_bounds(catalog)
     now = START
     seen: list[str] = []
@@ -148,7 +148,7 @@ def test_a_paying_person_keeps_normal_service(llm_app: Flask):
     """A person holding purchased tokens gets NORMAL service whatever their exposure, also
     while their free tokens (spent first) last: the levels' rules never degrade or refuse what
     was paid for (rule 3). The loss that allows is bounded by the free allowance."""
-    catalog = llm_app.extensions["bot_settings"].catalog
+    catalog = bot_settings(llm_app).catalog
     now = START
     say(llm_app, "BALANCE", now)
     account = db.session.scalar(select(Contact.account_id).where(Contact.address == ANA))

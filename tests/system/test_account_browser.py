@@ -33,11 +33,9 @@ from bot.models import Contact, Message
 from testing.deployment import post_signed
 from testing.payloads import sms
 from tests.support.browser import (
-    CHROMIUM_ARGS,
     TIMEOUT_MS,
     LiveServer,
     artifacts_dir,
-    chromium_executable,
     needs_chromium,
 )
 from tests.tokens.ledger_checks import assert_consistent
@@ -62,25 +60,6 @@ pytestmark = [
 class Person:
     account_id: int
     link_path: str  # /account/link/<token>, from the ACCOUNT reply
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    """Debian's chromium, headless, driven by Playwright (no `playwright install`)."""
-    executable = chromium_executable()
-    if executable is None:  # only under CI: elsewhere the module is skipped
-        pytest.fail("CI is set but chromium is not installed: apt-get install chromium")
-    from playwright.sync_api import expect, sync_playwright
-
-    expect.set_options(timeout=TIMEOUT_MS)
-    with sync_playwright() as playwright:
-        launched = playwright.chromium.launch(executable_path=executable,
-                                              args=list(CHROMIUM_ARGS), headless=True,
-                                              timeout=TIMEOUT_MS)
-        try:
-            yield launched
-        finally:
-            launched.close()
 
 
 @pytest.fixture
@@ -117,18 +96,13 @@ def seeded(make_app) -> Iterator[tuple[Flask, Person]]:
 def live(seeded: tuple[Flask, Person]) -> Iterator[LiveServer]:
     """The seeded app on a free loopback port. The sandbox's checkout URLs are made from its
     base URL (`PUBLIC_BASE_URL` in production, where it is the public origin): here, this
-    server's, so that the browser reaches the checkout page."""
+    server's, so that the browser reaches the checkout page (tests/system/conftest.py's `live`,
+    with that one change)."""
     with LiveServer(seeded[0]) as server:
         provider = seeded[0].extensions["payment_provider"]
         assert isinstance(provider, SandboxProvider)
         provider.base_url = server.base_url
         yield server
-
-
-@pytest.fixture
-def problems() -> list[str]:
-    """Console and page errors (a CSP violation is one) and unexpected HTTP errors."""
-    return []
 
 
 @pytest.fixture

@@ -29,18 +29,15 @@ from app.extensions import db
 from bot.contacts import mask_address
 from bot.models import Contact, Message
 from testing.admin import PASSWORD, make_admin
-from testing.deployment import post_signed, queued_environment, run_worker
+from testing.deployment import post_signed, queued_environment, routed_not_answered, run_worker
 from testing.openai_standin import OpenAIStandIn
 from testing.payloads import sms
 from testing.redis_server import RedisServer
 from testing.twilio_standin import TwilioStandIn
-from tests.conftest import routed_not_answered
 from tests.support.browser import (
-    CHROMIUM_ARGS,
     TIMEOUT_MS,
     LiveServer,
     artifacts_dir,
-    chromium_executable,
     needs_chromium,
 )
 from tests.tokens.ledger_checks import assert_consistent
@@ -70,26 +67,6 @@ class Person:
     account_id: int
     phone: str
     bodies: tuple[str, ...]
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    """Debian's chromium, headless, driven by Playwright (no `playwright install`)."""
-    executable = chromium_executable()
-    if executable is None:  # only under CI: elsewhere the module is skipped
-        pytest.fail("CI is set but chromium is not installed: apt-get install chromium "
-                    "(as .ci/test does) or point $CHROMIUM at a chromium binary")
-    from playwright.sync_api import expect, sync_playwright
-
-    expect.set_options(timeout=TIMEOUT_MS)
-    with sync_playwright() as playwright:
-        launched = playwright.chromium.launch(executable_path=executable,
-                                              args=list(CHROMIUM_ARGS), headless=True,
-                                              timeout=TIMEOUT_MS)
-        try:
-            yield launched
-        finally:
-            launched.close()
 
 
 @pytest.fixture
@@ -124,19 +101,6 @@ def seeded(
         with application.app_context():
             db.session.remove()
             db.engine.dispose()
-
-
-@pytest.fixture
-def live(seeded: tuple[Flask, Person]) -> Iterator[LiveServer]:
-    """The seeded app served over HTTP on a free loopback port."""
-    with LiveServer(seeded[0]) as server:
-        yield server
-
-
-@pytest.fixture
-def problems() -> list[str]:
-    """The console errors and page errors of the test's page (a CSP violation is one)."""
-    return []
 
 
 @pytest.fixture

@@ -19,13 +19,20 @@ from flask import Flask
 from rq import Queue
 from sqlalchemy import select
 
+from app.extensions import bot_settings, outbound_settings
 from app.jobs import answer_job
 from app.queue import QUEUE_NAME, enqueue_answer, job_id_for, redis_connection
 from bot import replies
 from bot.models import Contact, InboxMessage, Message, OutcomeKind
-from testing.deployment import PUBLIC_BASE_URL, SMS_FROM, WHATSAPP_FROM, post_signed, run_worker
+from testing.deployment import (
+    PUBLIC_BASE_URL,
+    SMS_FROM,
+    WHATSAPP_FROM,
+    post_signed,
+    routed_not_answered,
+    run_worker,
+)
 from testing.payloads import sms, whatsapp
-from tests.conftest import routed_not_answered
 from tests.tokens.ledger_checks import assert_consistent
 from tokens import costs, ledger
 from tokens.ledger import Hold
@@ -94,7 +101,7 @@ def test_meal_plan_is_queued_then_answered_by_the_worker(queued_app: Flask, sess
     assert call["model"] == "gpt-4o-mini" and call["max_tokens"] == 400
     label = costs.month(session, account).month
     [llm] = [e for e in costs.entries(session, account, label) if e.kind == "llm"]
-    price = queued_app.extensions["bot_settings"].catalog.costs.model("gpt-4o-mini")
+    price = bot_settings(queued_app).catalog.costs.model("gpt-4o-mini")
     assert llm.amount_musd == price.cost_musd(llm.prompt_tokens, llm.completion_tokens) > 0
     month = costs.month(session, account)
     assert month.cost_llm_musd == llm.amount_musd and month.llm_calls == 1
@@ -150,7 +157,7 @@ def test_llm_failure_sends_the_offline_answer_and_charges_nothing(queued_app, se
 
 
 def test_llm_timeout_charges_nothing(queued_app, session, twilio_api, openai_api):
-    openai_chat = queued_app.extensions["bot_settings"].chat.client
+    openai_chat = bot_settings(queued_app).chat.client
     openai_chat.client = openai_chat.client.with_options(timeout=0.3, max_retries=0)
     openai_api.delay_seconds = 1.0
     post_signed(queued_app.test_client(), sms("grocery list for the week", sid="SMslow1"))
@@ -223,7 +230,7 @@ def test_21610_marks_the_contact_opted_out_and_gives_the_tokens_back(queued_app,
 
 
 def test_63016_falls_back_to_the_configured_template(queued_app, session, twilio_api):
-    queued_app.extensions["outbound"] = type(queued_app.extensions["outbound"])(
+    queued_app.extensions["outbound"] = type(outbound_settings(queued_app))(
         status_callback_url=None, whatsapp_template_sid="HX" + "a" * 32, backoff_seconds=0
     )
     twilio_api.fail_next(400, 63016, "outside the allowed window")
@@ -388,7 +395,7 @@ def test_two_runs_of_one_answer_settle_once(queued_app, session, twilio_api, ope
     from bot import router
 
     routed_not_answered(queued_app, session, sms("meal plan", sid="SMrace"))
-    settings = queued_app.extensions["bot_settings"]
+    settings = bot_settings(queued_app)
     first = router.pending_answer(session, "SMrace", settings)
     second = router.pending_answer(session, "SMrace", settings)
     session.commit()
@@ -466,10 +473,10 @@ def test_the_sweep_re_enqueues_waiting_answers(queued_app, session, twilio_api):
 
 def test_a_split_whatsapp_answer_outside_the_window_sends_one_template(
         queued_app, session, twilio_api, openai_api):
-    queued_app.extensions["outbound"] = type(queued_app.extensions["outbound"])(
+    queued_app.extensions["outbound"] = type(outbound_settings(queued_app))(
         status_callback_url=None, whatsapp_template_sid="HX" + "c" * 32, backoff_seconds=0
     )
-    settings = queued_app.extensions["bot_settings"]
+    settings = bot_settings(queued_app)
     llm = settings.catalog.llm
     longer = replace(llm, tiers={**llm.tiers, "normal": replace(llm.tier(), max_tokens=1000)})
     queued_app.extensions["bot_settings"] = replace(
@@ -502,7 +509,7 @@ def test_63016_in_the_status_callback_resends_the_answer_as_the_template(
     from testing.payloads import twilio_fields
 
     template = "HX" + "d" * 32
-    queued_app.extensions["outbound"] = type(queued_app.extensions["outbound"])(
+    queued_app.extensions["outbound"] = type(outbound_settings(queued_app))(
         status_callback_url=None, whatsapp_template_sid=template, backoff_seconds=0
     )
     client = queued_app.test_client()

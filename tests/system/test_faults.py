@@ -65,6 +65,7 @@ from testing.deployment import (
     STRIPE_WEBHOOK_SECRET,
     post_signed,
     queued_environment,
+    routed_not_answered,
     run_worker,
     running_app,
 )
@@ -73,7 +74,6 @@ from testing.payloads import sms
 from testing.redis_server import HOST, RedisServer, free_port
 from testing.stripe_standin import sign_event, stripe_event_bytes
 from testing.twilio_standin import TwilioStandIn
-from tests.conftest import routed_not_answered
 from tests.tokens.ledger_checks import assert_consistent
 from tokens import costs, ledger
 from tokens.base import utcnow

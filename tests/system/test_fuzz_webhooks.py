@@ -58,7 +58,7 @@ from twilio.request_validator import RequestValidator
 from werkzeug.test import EnvironBuilder
 from werkzeug.wrappers import Request
 
-from app.extensions import db
+from app.extensions import bot_settings, db
 from bot.models import Message
 from testing.deployment import (
     AUTH_TOKEN,
@@ -505,7 +505,7 @@ def ensure_click(app: Flask, client: FlaskClient) -> str:
     click_id = session.scalar(select(Click.click_id))
     if click_id is None:
         account_id = ledger.open_account(session).id
-        catalog = app.extensions["bot_settings"].catalog
+        catalog = bot_settings(app).catalog
         (_, link), *_ = issue_offer_links(session, account_id, "meal_plan", catalog, utcnow())
         session.commit()
         assert settled(client.get(f"/r/{link.token}")).status_code == 302

@@ -10,7 +10,7 @@ from urllib.parse import parse_qs, urlsplit
 from flask_migrate import downgrade, upgrade
 from sqlalchemy import bindparam, text
 
-from app.extensions import db
+from app.extensions import bot_settings, db
 from tokens.affiliates import record_click
 from tokens.base import UTCDateTime
 
@@ -68,7 +68,7 @@ def test_0011_migrates_existing_clicks_and_conversions(app):
     upgrade()
     db.engine.dispose()
     # A new opening in a migrated click's hour counts on it (the stored hour matches).
-    catalog = app.extensions["bot_settings"].catalog
+    catalog = bot_settings(app).catalog
     url = record_click(db.session, "tok", catalog, T0.replace(minute=30))
     db.session.commit()
     assert parse_qs(urlsplit(url).query)["subid"] == ["click-1"]
