@@ -11,6 +11,7 @@ ROOT = Path(__file__).resolve().parent.parent
 SOURCES = [*ROOT.glob("app/**/*.py"), *ROOT.glob("bot/**/*.py"), *ROOT.glob("tokens/**/*.py"),
            *ROOT.glob("tokens/*.yaml"), *ROOT.glob("migrations/**/*.py"),
            *ROOT.glob("tests/**/*.py"), *ROOT.glob("bench/**/*.py"), *ROOT.glob("sim/**/*.py"),
+           *ROOT.glob("testing/**/*.py"),
            ROOT / "README.md"]
 CITATION = re.compile(r"docs/([A-Za-z_-]+\.md)(?:,\s*\"([^\"]+)\")?")
 BARE_NOTE = re.compile(r"(?<![\w/.-])(architecture|economy|messaging|payments)\.md")

@@ -233,7 +233,7 @@ class LevelSettings:
 
     Attributes:
         reduced_musd, basic_musd, affiliate_musd, payment_required_musd: the exposure (µUSD)
-            at which each level starts (defaults $0.50, $1.50, $1.75, $2.00).
+            at which each level starts (the shipped catalog: $0.20, $0.40, $0.60, $2.00).
         free_replies_per_day: the daily budget of replies exposure does not gate (HELP,
             START/STOP confirmations, throttle notices, refusals, alerts, billing notices,
             free replies past the cutoff), then silence (`tokens.levels.take_free_reply`).

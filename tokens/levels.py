@@ -6,9 +6,9 @@ Each level bounds what an answer may cost (its *ceiling*: the LLM call at the ca
 level's LLM tier plus the reply's messaging at the channel's cap), and the decision is made on
 E + that ceiling:
 
-    NORMAL            if E + ceiling(NORMAL)  < reduced           ($0.50)
-    REDUCED           if E + ceiling(REDUCED) < basic             ($1.50)
-    BASIC             if E + ceiling(BASIC)   < affiliate         ($1.75)
+    NORMAL            if E + ceiling(NORMAL)  < reduced           ($0.20)
+    REDUCED           if E + ceiling(REDUCED) < basic             ($0.40)
+    BASIC             if E + ceiling(BASIC)   < affiliate         ($0.60)
     AFFILIATE         if E + ceiling(AFFILIATE) < payment_required ($2.00)
     PAYMENT_REQUIRED  otherwise
 

@@ -120,7 +120,7 @@ def test_targets() -> None:
 
 def test_levels_by_day() -> None:
     catalog = load_catalog()
-    daily = {0: {"2026-11-01": (0, 400_000), "2026-11-02": (0, 200_000)},
+    daily = {0: {"2026-11-01": (0, 100_000), "2026-11-02": (0, 200_000)},
              1: {"2026-11-02": (5_000_000, 0)}}
     levels = levels_by_day(daily, "2026-11", catalog)
     assert levels["2026-11-01"]["NORMAL"] == 1 and sum(levels["2026-11-01"].values()) == 1

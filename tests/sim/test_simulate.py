@@ -266,15 +266,15 @@ def test_presets_and_propensities(tmp_path: Path) -> None:
 def test_compare_runs_one_population_under_two_catalogs(tmp_path: Path) -> None:
     catalog = Path(__file__).resolve().parents[2] / "tokens" / "economy.yaml"
     other = tmp_path / "other.yaml"
-    other.write_text(catalog.read_text().replace('basic: "1.50"', 'basic: "1.00"'))
+    other.write_text(catalog.read_text().replace('basic: "0.40"', 'basic: "0.30"'))
     out = tmp_path / "ab"
     result = invoke(tmp_path, "--people", "10", "--days", "2", "--seed", "2", "--shards", "1",
                     "--compare", str(catalog), str(other), "--out", str(out))
     assert result.exit_code == 0, result.output
     columns = read(out, "compare.json")
     first, second = columns.values()
-    assert first["thresholds_musd"]["REDUCED"] == 1_500_000
-    assert second["thresholds_musd"]["REDUCED"] == 1_000_000
+    assert first["thresholds_musd"]["REDUCED"] == 400_000
+    assert second["thresholds_musd"]["REDUCED"] == 300_000
     assert first["messages"] > 0
     assert "| revenue |" in (out / "compare.md").read_text() and "last - first" in result.output
     assert (out / "compare.png").read_bytes()[:8] == PNG_MAGIC

@@ -23,8 +23,8 @@ def usd(text: str) -> int:
 
 @pytest.mark.parametrize(
     ("exposure", "level"),
-    [("0.49", NORMAL), ("0.50", REDUCED), ("1.49", REDUCED), ("1.50", BASIC),
-     ("1.74", BASIC), ("1.75", AFFILIATE), ("1.99", AFFILIATE), ("2.00", PAYMENT_REQUIRED)],
+    [("0.19", NORMAL), ("0.20", REDUCED), ("0.39", REDUCED), ("0.40", BASIC),
+     ("0.59", BASIC), ("0.60", AFFILIATE), ("1.99", AFFILIATE), ("2.00", PAYMENT_REQUIRED)],
 )
 def test_the_default_thresholds_of_economy_md(exposure, level):
     """With a zero-cost answer, the level is exactly docs/economy.md's table."""
@@ -32,10 +32,10 @@ def test_the_default_thresholds_of_economy_md(exposure, level):
 
 
 def test_the_answer_ceiling_counts_before_the_threshold():
-    """$0.49 plus an answer that may cost $0.02 would cross $0.50: REDUCED already."""
+    """$0.19 plus an answer that may cost $0.02 would cross $0.20: REDUCED already."""
     ceiling = dict.fromkeys(LEVELS, usd("0.02"))
-    assert levels.decide(usd("0.47"), ceiling, CATALOG, paying=False) == NORMAL
-    assert levels.decide(usd("0.49"), ceiling, CATALOG, paying=False) == REDUCED
+    assert levels.decide(usd("0.17"), ceiling, CATALOG, paying=False) == NORMAL
+    assert levels.decide(usd("0.19"), ceiling, CATALOG, paying=False) == REDUCED
     assert levels.decide(usd("1.98"), ceiling, CATALOG, paying=False) == PAYMENT_REQUIRED
 
 

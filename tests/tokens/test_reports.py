@@ -75,8 +75,8 @@ def test_the_months_numbers_by_hand(session, month):
                                   "affiliate": Decimal("0.0148")}
     assert report.revenue_by_kind == {"pack": 5_000_000, "subscription": 5_000_000,
                                       "affiliate": 150_000}
-    # Ben's exposure, $0.616, is past $0.50: REDUCED; the others paid: NORMAL.
-    assert report.level_distribution == {"NORMAL": 3, "REDUCED": 1, "BASIC": 0, "AFFILIATE": 0,
+    # Ben's exposure, $0.616, is past $0.60: AFFILIATE; the others paid: NORMAL.
+    assert report.level_distribution == {"NORMAL": 3, "REDUCED": 0, "BASIC": 0, "AFFILIATE": 1,
                                          "PAYMENT_REQUIRED": 0}
     # Everything happened on the 15th; the other 29 days are zeros.
     assert len(report.daily) == 30 and report.daily[14] == ("2026-11-15", 10_150_000, 663_590)
@@ -100,7 +100,7 @@ def test_the_report_command(runner, session, month):
     rows = runner.invoke(args=["report", "--month", "2026-11", "--csv"]).output.splitlines()
     assert rows[0].startswith("phone,account_id,level")
     assert len(rows) == 5 and "+15550000001" not in "\n".join(rows)
-    assert rows[2].split(",")[2] == "REDUCED"
+    assert rows[2].split(",")[2] == "AFFILIATE"
     bad = runner.invoke(args=["report", "--month", "November"])
     assert bad.exit_code != 0 and "YYYY-MM" in bad.output
 
