@@ -3,6 +3,7 @@ Twilio messages built from them with another body, MessageSid and sender."""
 
 from __future__ import annotations
 
+import copy
 import json
 import uuid
 from pathlib import Path
@@ -47,3 +48,15 @@ def whatsapp(body: str, sid: str | None = None, sender: str = "+16505558893") ->
     sid = sid or f"SM{uuid.uuid4().hex}"
     return twilio_fields(WHATSAPP_FIXTURE, Body=body, MessageSid=sid, SmsMessageSid=sid,
                          SmsSid=sid, From=f"whatsapp:{sender}")
+
+
+def event_from(base: dict[str, Any], event_type: str | None = None,
+               **changes: Any) -> dict[str, Any]:
+    """A copy of a recorded provider event (e.g. a Stripe event from `load_fixture`) with a
+    fresh id, another `type` when given, and `changes` applied to its `data.object`."""
+    copied = copy.deepcopy(base)
+    copied["id"] = f"evt_{uuid.uuid4().hex}"
+    if event_type:
+        copied["type"] = event_type
+    copied["data"]["object"].update(changes)
+    return copied

@@ -9,7 +9,6 @@ cents for 100 paid + 20 bonus tokens, paid by one payment intent and charge.
 
 from __future__ import annotations
 
-import copy
 import itertools
 import json
 import uuid
@@ -22,6 +21,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import func, select
 
+from testing.payloads import event_from
 from testing.stripe_standin import stripe_event_bytes
 from tests.tokens.ledger_checks import assert_consistent
 from tokens import costs, ledger, money
@@ -69,32 +69,23 @@ def sell(session) -> Sale:
     return sale
 
 
-def event(base: dict[str, Any], event_type: str | None = None, **changes: Any) -> dict[str, Any]:
-    copied = copy.deepcopy(base)
-    copied["id"] = f"evt_{uuid.uuid4().hex}"
-    if event_type:
-        copied["type"] = event_type
-    copied["data"]["object"].update(changes)
-    return copied
-
-
 def completion(sale: Sale) -> dict[str, Any]:
-    return event(COMPLETED, id=sale.session_id, amount_total=AMOUNT, currency="usd",
+    return event_from(COMPLETED, id=sale.session_id, amount_total=AMOUNT, currency="usd",
                  payment_status="paid", payment_intent=sale.intent)
 
 
 def refund(sale: Sale, refunded: int) -> dict[str, Any]:
-    return event(REFUNDED, id=sale.charge, payment_intent=sale.intent, amount=AMOUNT,
+    return event_from(REFUNDED, id=sale.charge, payment_intent=sale.intent, amount=AMOUNT,
                  amount_refunded=refunded, refunded=refunded == AMOUNT)
 
 
 def dispute_created(sale: Sale, amount: int = AMOUNT) -> dict[str, Any]:
-    return event(DISPUTE_CREATED, id=sale.dispute, charge=sale.charge,
+    return event_from(DISPUTE_CREATED, id=sale.dispute, charge=sale.charge,
                  payment_intent=sale.intent, amount=amount, status="needs_response")
 
 
 def dispute_closed(sale: Sale, outcome: str, amount: int = AMOUNT) -> dict[str, Any]:
-    return event(DISPUTE_CLOSED, id=sale.dispute, charge=sale.charge,
+    return event_from(DISPUTE_CLOSED, id=sale.dispute, charge=sale.charge,
                  payment_intent=sale.intent, amount=amount, status=outcome)
 
 
@@ -254,7 +245,7 @@ def premium_subscriber(session) -> tuple[int, str]:
 
 
 def paid_invoice(subscription: str, invoice_id: str, **payment: Any) -> dict[str, Any]:
-    return event(INVOICE_PAID, id=invoice_id, subscription=subscription, amount_paid=AMOUNT,
+    return event_from(INVOICE_PAID, id=invoice_id, subscription=subscription, amount_paid=AMOUNT,
                  billing_reason="subscription_cycle", **payment)
 
 
@@ -265,7 +256,7 @@ def test_a_refunded_premium_invoice_claws_back_its_grant_in_proportion(session, 
     account_id, subscription = premium_subscriber(session)
     invoice_id, intent, charge = (f"in_{uuid.uuid4().hex[:12]}", f"pi_{uuid.uuid4().hex[:12]}",
                                   f"ch_{uuid.uuid4().hex[:12]}")
-    refunded = event(REFUNDED, id=charge, payment_intent=intent, amount=AMOUNT,
+    refunded = event_from(REFUNDED, id=charge, payment_intent=intent, amount=AMOUNT,
                      amount_refunded=250)
     paid = paid_invoice(subscription, invoice_id, payment_intent=intent, charge=charge)
     for body in ([refunded, paid] if refund_first else [paid, refunded]):
@@ -288,7 +279,7 @@ def test_a_current_shape_invoice_finds_its_payment_in_the_fetched_payments(sessi
     with its `payments` does, and a lost dispute of that payment intent reverses the month."""
     account_id, subscription = premium_subscriber(session)
     invoice_id, intent = f"in_{uuid.uuid4().hex[:12]}", f"pi_{uuid.uuid4().hex[:12]}"
-    body = event(fixture("openapi_current_shape/invoice.payment_failed.json"), "invoice.paid",
+    body = event_from(fixture("openapi_current_shape/invoice.payment_failed.json"), "invoice.paid",
                  id=invoice_id, amount_paid=AMOUNT, status="paid",
                  billing_reason="subscription_cycle",
                  parent={"type": "subscription_details",
@@ -298,7 +289,7 @@ def test_a_current_shape_invoice_finds_its_payment_in_the_fetched_payments(sessi
         "object": "invoice_payment", "status": "paid",
         "payment": {"type": "payment_intent", "payment_intent": intent}}]}}}
     deliver(session, body, fetched)
-    lost = event(DISPUTE_CLOSED, id=f"dp_{uuid.uuid4().hex[:8]}", charge="ch_x",
+    lost = event_from(DISPUTE_CLOSED, id=f"dp_{uuid.uuid4().hex[:8]}", charge="ch_x",
                  payment_intent=intent, amount=AMOUNT, status="lost")
     assert deliver(session, lost).outcome.startswith("dispute lost: 120 tokens clawed back")
     session.expire_all()

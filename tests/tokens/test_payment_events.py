@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 from sqlalchemy import func, select
 
-from testing.payloads import load_fixture
+from testing.payloads import event_from, load_fixture
 from tests.tokens.ledger_checks import assert_consistent
 from tokens import costs, ledger, money
 from tokens.catalog import load_catalog
@@ -47,16 +47,6 @@ def ctx(now: datetime = NOW, fetched: dict[str, Any] | None = None) -> EventCont
     return EventContext(catalog=CATALOG, provider="stripe", now=now, fetched=fetched or {})
 
 
-def event(base: dict[str, Any], event_type: str | None = None, **changes: Any) -> dict[str, Any]:
-    """A copy of a real event with a fresh id, another type, and changes to its object."""
-    copied = copy.deepcopy(base)
-    copied["id"] = f"evt_{uuid.uuid4().hex}"
-    if event_type:
-        copied["type"] = event_type
-    copied["data"]["object"].update(changes)
-    return copied
-
-
 def our_checkout(session) -> Checkout:
     """The Starter pack (500 cents: 100 + 20 bonus tokens) opened for a new account."""
     tag = uuid.uuid4().hex[:12]
@@ -75,7 +65,7 @@ def completion(checkout: Checkout, event_type: str | None = None, **changes: Any
     fields = dict(id=checkout.external_id, amount_total=500, currency="usd",
                   payment_status="paid", payment_intent=f"pi_{checkout.external_id}")
     fields.update(changes)
-    return event(COMPLETED, event_type, **fields)
+    return event_from(COMPLETED, event_type, **fields)
 
 
 def deliver(session, body: dict[str, Any], context: EventContext | None = None):
@@ -126,7 +116,7 @@ def test_a_completion_credits_the_pack_once_and_a_repeat_is_a_no_op(session):
 
 
 def test_an_unknown_type_is_kept_and_ignored(session):
-    body = event(COMPLETED, "checkout.session.reopened_someday")
+    body = event_from(COMPLETED, "checkout.session.reopened_someday")
     result = deliver(session, body)
     assert (result.outcome, result.notices) == ("ignored: no handler", ())
     row = session.scalar(select(PaymentEvent).where(PaymentEvent.event_id == body["id"]))
@@ -206,7 +196,7 @@ def test_a_refund_first_is_kept_pending_then_the_pack_credits_net_and_repeats_do
         session):
     checkout = our_checkout(session)
     intent, charge = f"pi_{checkout.external_id}", f"ch_{checkout.external_id}"
-    refund = event(REFUNDED, id=charge, payment_intent=intent, amount=500,
+    refund = event_from(REFUNDED, id=charge, payment_intent=intent, amount=500,
                    amount_refunded=250, refunded=False)
     assert deliver(session, refund).outcome.startswith("pending: refund of 250 cents")
     assert posted(session, checkout.account_id) == 0
@@ -222,9 +212,9 @@ def test_a_refund_first_is_kept_pending_then_the_pack_credits_net_and_repeats_do
     assert notice.params["tokens"] == 60  # half the money back: half the pack taken back
     assert posted(session, checkout.account_id) == 60
     # The same cumulative refund in another event, or an older smaller one: nothing more.
-    assert deliver(session, event(REFUNDED, id=charge, payment_intent=intent,
+    assert deliver(session, event_from(REFUNDED, id=charge, payment_intent=intent,
                                   amount_refunded=250)).outcome == "already processed"
-    assert deliver(session, event(REFUNDED, id=charge, payment_intent=intent,
+    assert deliver(session, event_from(REFUNDED, id=charge, payment_intent=intent,
                                   amount_refunded=100)).outcome == "already processed"
     assert posted(session, checkout.account_id) == 60
     assert revenue_cents(session, checkout.account_id) == 250
@@ -232,13 +222,13 @@ def test_a_refund_first_is_kept_pending_then_the_pack_credits_net_and_repeats_do
 
 
 def test_a_charge_keeps_only_an_https_receipt(session):
-    https = event(CHARGE_SUCCEEDED, id="ch_rcpt", payment_intent="pi_rcpt",
+    https = event_from(CHARGE_SUCCEEDED, id="ch_rcpt", payment_intent="pi_rcpt",
                   receipt_url="https://pay.stripe.com/receipts/x")
     assert deliver(session, https).outcome == "receipt kept"
     payment = session.scalar(select(ProviderPayment).where(
         ProviderPayment.external_id == "pi_rcpt"))
     assert payment.receipt_url == "https://pay.stripe.com/receipts/x"
-    plain = event(CHARGE_SUCCEEDED, id="ch_plain", payment_intent="pi_plain",
+    plain = event_from(CHARGE_SUCCEEDED, id="ch_plain", payment_intent="pi_plain",
                   receipt_url="javascript:alert(1)")
     assert deliver(session, plain).outcome == "ignored: no receipt"
     assert receipt_url("http://pay.stripe.com/r") is None
@@ -249,7 +239,7 @@ def test_a_charge_keeps_only_an_https_receipt(session):
 
 
 def test_a_failed_event_is_counted_then_resolved_and_an_applied_one_is_not_recorded(session):
-    body = event(COMPLETED)
+    body = event_from(COMPLETED)
     record_failure(session, "stripe", body, RuntimeError("db down"), NOW)
     record_failure(session, "stripe", body, ValueError("x" * 600), NOW + timedelta(minutes=5))
     session.commit()
@@ -265,7 +255,7 @@ def test_a_failed_event_is_counted_then_resolved_and_an_applied_one_is_not_recor
     session.commit()
     assert (row.attempts, row.resolved_at, row.error) == (3, None, "RuntimeError: again")
     # An event applied meanwhile: a late failure changes nothing.
-    applied = event(COMPLETED, "some.unhandled")
+    applied = event_from(COMPLETED, "some.unhandled")
     deliver(session, applied)
     record_failure(session, "stripe", applied, RuntimeError("late"), NOW)
     session.commit()
@@ -328,7 +318,7 @@ def subscriber(session) -> tuple[int, str, dict[str, Any]]:
 
 def subscription_event(sub_id: str, fresh: dict[str, Any], when: datetime = NOW):
     """`customer.subscription.updated` (a real body) with the provider's present state."""
-    body = event(SUBSCRIPTION_UPDATED, id=sub_id, status="incomplete")  # stale in the body
+    body = event_from(SUBSCRIPTION_UPDATED, id=sub_id, status="incomplete")  # stale in the body
     return body, ctx(when, {sub_id: dict(fresh)})
 
 
@@ -357,21 +347,21 @@ def test_a_subscription_tells_each_change_of_state_once(session):
 
 def test_each_paid_subscription_month_grants_once_and_other_invoices_grant_nothing(session):
     account_id, sub_id, fresh = subscriber(session)
-    month = event(INVOICE_PAID, id="in_month1", subscription=sub_id, amount_paid=900,
+    month = event_from(INVOICE_PAID, id="in_month1", subscription=sub_id, amount_paid=900,
                   billing_reason="subscription_cycle", payment_intent="pi_month1",
                   charge="ch_month1")
     context = ctx(fetched={sub_id: fresh})
     result = deliver(session, month, context)
     assert result.outcome == f"granted {CATALOG.premium.monthly_tokens} subscription tokens"
-    again = event(INVOICE_PAID, "invoice.payment_succeeded", id="in_month1",
+    again = event_from(INVOICE_PAID, "invoice.payment_succeeded", id="in_month1",
                   subscription=sub_id, amount_paid=900, billing_reason="subscription_cycle",
                   payment_intent="pi_month1", charge="ch_month1")
     assert deliver(session, again, context).outcome == "already granted"
-    manual = event(INVOICE_PAID, id="in_manual", subscription=sub_id, amount_paid=900,
+    manual = event_from(INVOICE_PAID, id="in_manual", subscription=sub_id, amount_paid=900,
                    billing_reason="manual")
     assert deliver(session, manual, context).outcome == \
         "no tokens: not a paid subscription month"
-    assert deliver(session, event(INVOICE_PAID, id="in_other", subscription="sub_not_ours",
+    assert deliver(session, event_from(INVOICE_PAID, id="in_other", subscription="sub_not_ours",
                                   billing_reason="subscription_cycle")).outcome == \
         "ignored: not a subscription of ours"
     assert posted(session, account_id) == CATALOG.premium.monthly_tokens
