@@ -271,8 +271,9 @@ def checkout_completed(session: Session, event: dict[str, Any], ctx: EventContex
                        ) -> EventResult:
     """A paid pack is credited once per session, with its bonus, and its revenue recorded;
     refunds and disputes of its payment that came first are settled at once, so it credits
-    net of them. A subscription checkout links the subscription to the person. Unpaid:
-    nothing yet."""
+    net of them. A session paid at another amount or currency than stored is flagged and
+    credits nothing, then or on any later event for it. A subscription checkout links the
+    subscription to the person. Unpaid: nothing yet."""
     obj = _object(event)
     checkout = _checkout(session, obj.get("id"))
     if checkout is None:
@@ -290,6 +291,10 @@ def checkout_completed(session: Session, event: dict[str, Any], ctx: EventContex
         return _subscription_checkout(session, obj, checkout, ctx)
     if checkout.status == "completed":
         return EventResult("already credited")
+    if checkout.status == "flagged":
+        # Paid at another price once: it stays for an operator to review, whatever the next
+        # event for the same session says (as an auto top-up's flagged charge does).
+        return EventResult("already flagged")
     amount, currency = obj.get("amount_total"), str(obj.get("currency") or "").lower()
     if amount != checkout.amount_cents or currency != checkout.currency:
         checkout.status = "flagged"

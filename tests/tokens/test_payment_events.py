@@ -151,6 +151,14 @@ def test_a_session_paid_at_another_price_is_flagged_and_credits_nothing(session,
     assert checkout.status == "flagged"
     assert posted(session, checkout.account_id) == 0
     assert revenue_cents(session, checkout.account_id) == 0
+    # A later event for the same session, even at the stored price, credits nothing: the
+    # flag waits for an operator.
+    later = deliver(session, completion(checkout, "checkout.session.async_payment_succeeded"))
+    assert (later.outcome, later.notices) == ("already flagged", ())
+    session.refresh(checkout)
+    assert checkout.status == "flagged"
+    assert posted(session, checkout.account_id) == 0
+    assert revenue_cents(session, checkout.account_id) == 0
 
 
 def test_expired_and_failed_sessions_close_an_open_checkout_only(session):
