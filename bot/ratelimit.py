@@ -61,7 +61,10 @@ class SenderLimits:
     def __init__(self, limits: Sequence[RateLimitItem], storage: Storage) -> None:
         if not limits:
             raise ValueError("at least one rate limit is needed")
-        self.limits = tuple(limits)
+        # Shortest window first, whatever order the setting lists them in: a message refused
+        # by one limit is not counted against the longer ones, so the order decides how much
+        # of the longer windows a flood uses up.
+        self.limits = tuple(sorted(limits, key=lambda item: item.get_expiry()))
         self.storage = storage
 
     @classmethod
@@ -97,7 +100,8 @@ class SenderLimits:
 
     def check(self, sender: str, now: datetime) -> Verdict:
         """Count one message of `sender` (an opaque key, e.g. "account:42") at `now` (UTC)
-        against every limit; the first limit it goes past decides."""
+        against each limit, shortest window first, up to the first it goes past, which
+        refuses it (a refused message does not use up the longer windows' allowance)."""
         try:
             for item in self.limits:
                 window = item.get_expiry()

@@ -65,6 +65,15 @@ def test_the_hourly_limit_counts_across_minutes_and_notices_are_once_per_clock_h
     assert limiter.check(ANA, next_hour) == Verdict(True)
 
 
+@pytest.mark.parametrize("spec", ["10 per minute;100 per hour", "100 per hour;10 per minute"])
+def test_the_order_of_the_limits_in_the_setting_does_not_matter(spec):
+    limiter = limits(spec)
+    handled = sum(limiter.check(ANA, T0 + timedelta(seconds=i * 60 / 50)).allowed
+                  for i in range(50 * 60))  # 50 a minute for an hour
+    # 10 a minute get through until the hour's 100 are used: refused messages use up nothing.
+    assert handled == 100
+
+
 def test_one_notice_an_hour_whichever_limit_refuses():
     limiter = limits("1 per minute")
     assert limiter.check(ANA, T0).allowed
