@@ -287,10 +287,17 @@ def consent_log(session: Session, account_id: int | None = None,
 
 
 def mask_address(address: str) -> str:
-    """A log-safe form of a sender: country code and last two digits, e.g. "+1*********67".
+    """A log-safe form of a sender: the number's first digit and last two, e.g.
+    "+1********67" for "+16505558867"; a WhatsApp id without a number keeps its "wa:" and
+    last two characters ("wa:**********23"); an id of 4 characters or fewer is all stars.
 
-    docs/messaging.md (Privacy): logs never carry full phone numbers.
+    No hash: an id is usually a phone number's digits, and an unkeyed hash of those is undone
+    by hashing every number. docs/messaging.md (Privacy): logs never carry full phone numbers.
     """
     if address.startswith("+") and len(address) > 6:
         return address[:2] + "*" * (len(address) - 4) + address[-2:]
-    return "id:" + hashlib.sha256(address.encode()).hexdigest()[:12]
+    prefix = "wa:" if address.startswith("wa:") else ""
+    rest = address[len(prefix):]
+    if len(rest) <= 4:
+        return prefix + "*" * len(rest)
+    return prefix + "*" * (len(rest) - 2) + rest[-2:]

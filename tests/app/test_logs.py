@@ -66,7 +66,7 @@ def test_phone_numbers_are_masked_in_any_field():
              "n": 15551234567}
     masked = redact_phones(None, "info", dict(event))
     assert masked["event"] == "x +1********67 and +4*********23"
-    assert masked["who"].startswith("id:") and masked["n"] == 15551234567
+    assert masked["who"] == "wa:********90" and masked["n"] == 15551234567
 
 
 def test_job_lines_carry_the_job_id(json_logs):
