@@ -229,6 +229,7 @@ def contacts_forget(phone: str, is_wa_id: bool) -> None:
     """Delete the conversation data of the person with PHONE (E.164); their money records stay,
     detached from the number."""
     from bot.contacts import erasure_key, forget
+    from tokens import account_links
 
     if is_wa_id:
         address = f"wa:{phone.strip()}"
@@ -243,6 +244,8 @@ def contacts_forget(phone: str, is_wa_id: bool) -> None:
         db.session.commit()  # its messages still waiting in the inbox, if any, are gone
         raise click.ClickException(f"no contact has the number {mask_address(address)} "
                                    "(any messages of it still waiting were deleted)")
+    # The account page's links went to this number: none opens the page any more.
+    account_links.forget_links(db.session, done.account_id)
     db.session.commit()
     logging.getLogger(__name__).info("contact forgotten", extra={
         "account": done.account_id, "messages": done.messages})

@@ -3,13 +3,14 @@ tied only to a keyed hash of the number (docs/SECURITY.md, "Erasure")."""
 
 from __future__ import annotations
 
+import pytest
 from sqlalchemy import func, select
 
 from bot.contacts import address_hmac, erasure_key
 from bot.models import Contact, ErasedContact, Message, MessageStatusEvent
 from testing.deployment import post_signed
 from testing.payloads import sms
-from tokens import costs, ledger
+from tokens import account_links, costs, ledger
 from tokens.ledger import LedgerEntry
 
 PHONE = "+16505558893"
@@ -31,6 +32,8 @@ def test_forget_deletes_messages_and_the_contact_and_keeps_the_ledger(client, ru
     cost = costs.month(session, account_id).cost_musd
     assert entries >= 2 and cost > 0
 
+    link = account_links.issue_link(session, account_id)
+    session.commit()
     refused = runner.invoke(args=["contacts", "forget", PHONE], input="n\n")
     assert refused.exit_code != 0 and count(session, Contact) == 2
     done = runner.invoke(args=["contacts", "forget", PHONE, "--yes"])
@@ -43,6 +46,9 @@ def test_forget_deletes_messages_and_the_contact_and_keeps_the_ledger(client, ru
     assert count(session, LedgerEntry, LedgerEntry.account_id == account_id) == entries
     assert costs.month(session, account_id).cost_musd == cost
     assert ledger.balance(session, account_id).posted > 0
+    # The account page link sent to the number opens nothing any more.
+    with pytest.raises(account_links.AccountLinkNotFound):
+        account_links.open_link(session, link.token)
 
     again = runner.invoke(args=["contacts", "forget", PHONE, "--yes"])
     assert again.exit_code != 0 and "no contact" in again.output
