@@ -57,6 +57,7 @@ class OutcomeKind(StrEnum):
     ACCOUNT = "account"  # ACCOUNT: the account page's link
     MORE = "more"
     LANGUAGE = "language"  # LANGUAGE / IDIOMA
+    ALLERGIES = "allergies"  # ALLERGIES / FORGET ALLERGIES (`bot.allergies`)
     SMALL_TALK = "small_talk"  # thanks, ok, an emoji...: free
     INSUFFICIENT = "insufficient"  # not enough tokens
     REFUSED = "refused"  # PAYMENT_REQUIRED
@@ -108,6 +109,10 @@ class Contact(Base):
     language: Mapped[str | None] = mapped_column(String(2))
     language_candidate: Mapped[str | None] = mapped_column(String(2))
     language_chosen_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    # What the person said they are allergic to (`bot.allergies`): comma-separated keys
+    # ("peanut,diet:gluten_free"), NULL when nothing is remembered. Every later answer leaves
+    # these out, and one that does not is not charged; FORGET ALLERGIES clears it.
+    allergies: Mapped[str | None] = mapped_column(String(300))
 
     def opted_out_at(self, channel: str) -> datetime | None:
         """When the person sent STOP on `channel` ("sms" or "whatsapp"), or None."""

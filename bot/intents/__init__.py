@@ -29,6 +29,8 @@ class SkillRequest:
             of the answer's level).
         language: "en" or "es" to answer in; None to use the language detected from `text`
             (`bot.intents.classifier.detect_language`).
+        allergies: what the person said earlier they are allergic to (`bot.allergies` keys):
+            the skill leaves it out as if this message asked it.
     """
 
     intent: str
@@ -37,6 +39,7 @@ class SkillRequest:
     history: tuple[tuple[str, str], ...] = ()
     tier: str = DEFAULT_LLM_TIER
     language: str | None = None
+    allergies: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

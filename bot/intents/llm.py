@@ -28,6 +28,7 @@ import dataclasses
 import logging
 
 from bot import replies
+from bot.allergies import with_allergies
 from bot.errors import SkillFailed
 from bot.intents import Skill, SkillAnswer, SkillRequest
 from bot.intents.answer_check import Violation, find_violation, readable_terms
@@ -288,6 +289,8 @@ class LlmSkill:
         """
         knowledge = self.knowledge or load_knowledge()
         c = parse_constraints(request.text, knowledge, request.language)
+        if request.allergies:
+            c = with_allergies(c, request.allergies, knowledge)
         c = with_earlier_request(c, request.history, knowledge)
         target = refuse_unanswerable(self.intent, c, knowledge, request)
         tier = self.settings.tier(request.tier)

@@ -180,7 +180,11 @@ def fit(text: str) -> str:
 
 
 def _read(request: SkillRequest, knowledge: Knowledge) -> Constraints:
-    return parse_constraints(request.text, knowledge, request.language)
+    """The request's constraints, with the person's remembered allergies (`bot.allergies`)."""
+    from bot.allergies import with_allergies  # bot.allergies imports this package's modules
+
+    c = parse_constraints(request.text, knowledge, request.language)
+    return with_allergies(c, request.allergies, knowledge) if request.allergies else c
 
 
 def _answer(text: str, request: SkillRequest) -> SkillAnswer:

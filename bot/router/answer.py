@@ -19,6 +19,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from bot import replies
+from bot.allergies import decode as decode_allergies
 from bot.contacts import reply_language
 from bot.errors import SkillFailed
 from bot.intents import Skill, SkillAnswer, SkillRequest, UnknownIntent, skill_for
@@ -73,6 +74,8 @@ class PendingAnswer:
             known without a statement: the inline answer knows it from the turn, the job
             from the account's lock (`settle`). The balance watch after the capture
             (`tokens.alerts.after_debit`) needs it.
+        note: a line put before the reply, when the turn that built this has one: what this
+            message made the bot remember (`bot.allergies.noted_text`).
     """
 
     message_id: int
@@ -87,6 +90,7 @@ class PendingAnswer:
     level: str = levels.NORMAL
     placed: ledger.HoldResult | None = None
     available_after_hold: int | None = None
+    note: str | None = None
 
 
 @dataclass(frozen=True)
@@ -139,7 +143,8 @@ def pending_answer(
         intent=spec,
         hold_id=hold.id,
         request=skill_request(session, settings, spec, message, message.level,
-                              language=contact.language),
+                              language=contact.language,
+                              allergies=decode_allergies(contact.allergies)),
         hold_live=hold.status == "pending" and hold.expires_at > now,
         level=message.level or levels.NORMAL,
         opted_out=contact.opted_out_at(message.channel) is not None,
@@ -403,10 +408,11 @@ def settle_ledger(
             except HoldNotPending:
                 log.error("a failed answer's hold was captured",
                           extra={"hold": pending.hold_id})
-        return OutcomeKind.FAILED, (result.failure_reply,) if result.failure_reply else (), 0
+        failure = _noted(pending, result.failure_reply) if result.failure_reply else None
+        return OutcomeKind.FAILED, (failure,) if failure else (), 0
     charged = _charge(session, pending, now)
     if charged is None:
-        return OutcomeKind.ANSWERED, (result.answer.text,), 0
+        return OutcomeKind.ANSWERED, (_noted(pending, result.answer.text),), 0
     posted, released = charged
     watch = alerts.AfterDebit()
     if not posted.replayed:
@@ -422,7 +428,7 @@ def settle_ledger(
             if watch.top_up is not None:
                 # Charged after the commit, with no transaction open (`answer_message`).
                 session.info.setdefault(TOP_UPS, []).append(watch.top_up)
-    text = result.answer.text
+    text = _noted(pending, result.answer.text)
     lang = pending.request.language or reply_language(None, pending.request.text)
     if pending.level != levels.NORMAL and levels.take_upsell(
             session, pending.account_id, settings.catalog, now, pending.level):
@@ -438,6 +444,11 @@ def settle_ledger(
                                          settings.pay_url(link.token), lang)
         return OutcomeKind.ANSWERED, (text, alert), posted.amount
     return OutcomeKind.ANSWERED, (text,), posted.amount
+
+
+def _noted(pending: PendingAnswer, text: str) -> str:
+    """`text` after the turn's note, when it has one (`PendingAnswer.note`)."""
+    return f"{pending.note}\n{text}" if pending.note else text
 
 
 def _charge(session: Session, pending: PendingAnswer, now: datetime
@@ -477,10 +488,12 @@ def _uses_history(intent: str) -> bool:
 def skill_request(
     session: Session, settings: BotSettings, spec: IntentSpec, message: Message,
     level: str | None = None, language: str | None = None,
+    allergies: tuple[str, ...] = (),
 ) -> SkillRequest:
     """The skill's input: the text, the channel, the conversation before this message, the
-    LLM tier of the level, and the person's language (`Contact.language`; None while it is not
-    known, and the skill reads it from the text).
+    LLM tier of the level, the person's language (`Contact.language`; None while it is not
+    known, and the skill reads it from the text) and their remembered allergies
+    (`bot.allergies` keys, `Contact.allergies`).
 
     The conversation (at most the catalog's `llm.history_messages` earlier messages) is read
     only for a skill that uses it: the LLM, or an offline skill whose class sets
@@ -503,6 +516,6 @@ def skill_request(
     return SkillRequest(intent=spec.name, text=message.body, channel=message.channel,
                         history=history,
                         tier=levels.LLM_TIER_OF.get(level or levels.NORMAL, "normal"),
-                        language=language)
+                        language=language, allergies=allergies)
 
 

@@ -3,17 +3,19 @@
     contact -> lock the account -> store (a repeated MessageSid stops here) -> language
     -> inbound flood -> compliance keywords -> opted-out silence
     -> suspended silence -> rate limit -> monthly allowance -> past the cutoff -> no text
-    -> free commands -> small talk -> intent -> level -> hold -> [defer] -> skill
-    -> capture (or void)
+    -> free commands -> allergies -> small talk -> intent -> level -> hold -> [defer]
+    -> skill -> capture (or void)
 
 Every reply is in the person's language (`Contact.language`, `bot.contacts.note_language`).
 Compliance keywords come first and are free; after STOP nothing is charged or sent. Free
-commands (BALANCE, BUY, BUY PREMIUM, AUTO ON/OFF, ACCOUNT, MORE, LANGUAGE) and small talk
-("thanks", "ok") never reach pricing. The level (`tokens.levels`) decides what the answer may
-cost: a cheaper LLM tier, templates, partner offers, or a pay link instead. The
-price is held before the skill runs (`hold:<MessageSid>`) and captured (`debit:<MessageSid>`)
-only when the skill answered; a skill that fails voids the hold, so a repeat delivery or a
-failed skill charges nothing. Every turn locks the person's account row first.
+commands (BALANCE, BUY, BUY PREMIUM, AUTO ON/OFF, ACCOUNT, MORE, LANGUAGE, ALLERGIES, FORGET
+ALLERGIES) and small talk ("thanks", "ok") never reach pricing. An allergy the message states
+is remembered, and every later answer leaves it out (`bot.allergies`). The level
+(`tokens.levels`) decides what the answer may cost: a cheaper LLM tier, templates, partner
+offers, or a pay link instead. The price is held before the skill runs
+(`hold:<MessageSid>`) and captured (`debit:<MessageSid>`) only when the skill answered; a
+skill that fails voids the hold, so a repeat delivery or a failed skill charges nothing.
+Every turn locks the person's account row first.
 
 With `defer=True` the steps stop after the hold with the outcome "queued", and
 `bot.router.pipeline.answer_message` runs the skill with no transaction open and settles.
@@ -38,7 +40,9 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Session, make_transient_to_detached
 
+from bot import allergies as allergy_memory
 from bot import replies
+from bot.allergies import decode as decode_allergies
 from bot.contacts import (
     LanguageState,
     chosen_language,
@@ -54,6 +58,7 @@ from bot.intents.llm_classify import (
     classification_ceiling_musd,
 )
 from bot.intents.offline import small_talk as small_talk_kind
+from bot.knowledge import load_knowledge
 from bot.messages import InboundMessage
 from bot.models import ConsentEvent, Contact, Message, OutcomeKind
 from bot.router.answer import (
@@ -460,6 +465,29 @@ def free_commands(turn: Turn) -> None:
                        else replies.language_help_text(lang))
 
 
+def remembered_allergies(turn: Turn) -> None:
+    """ALLERGIES lists what the person told the bot they are allergic to, FORGET ALLERGIES
+    clears it (both free, whole-message matches, English or Spanish). Any other message that
+    states an allergy or an intolerance adds it (`bot.allergies.stated`), written with the
+    turn's other changes to the contact; the answer then starts with a line saying so, and
+    this and every later request leaves it out (`SkillRequest.allergies`)."""
+    assert turn.contact is not None
+    command = normalise_command(turn.msg.text)
+    knowledge = load_knowledge()
+    remembered = decode_allergies(turn.contact.allergies)
+    if command in allergy_memory.LIST_COMMANDS:
+        raise ReplyNow(OutcomeKind.ALLERGIES,
+                       allergy_memory.list_text(remembered, knowledge, turn.language))
+    if command in allergy_memory.FORGET_COMMANDS:
+        turn.contact.allergies = None
+        raise ReplyNow(OutcomeKind.ALLERGIES, allergy_memory.forgotten_text(turn.language))
+    new = [k for k in allergy_memory.stated(turn.msg.text, knowledge, turn.language)
+           if k not in remembered]
+    if new:
+        turn.contact.allergies = allergy_memory.encode((*remembered, *new))
+        turn.allergy_note = allergy_memory.noted_text(new, knowledge, turn.language)
+
+
 def _auto_topup_reply(turn: Turn, *, on: bool) -> str:
     """AUTO ON: on at once with a saved card, else a pay link whose checkout saves the card
     for it (the person's consent, `tokens.auto_topup.request_on`); AUTO OFF: off. Without a
@@ -612,10 +640,12 @@ def defer_or_answer(turn: Turn) -> None:
         intent=turn.intent,
         hold_id=turn.hold_id,
         request=skill_request(turn.session, turn.settings, turn.intent, turn.message,
-                               turn.level, language=_known_language(turn)),
+                               turn.level, language=_known_language(turn),
+                               allergies=decode_allergies(turn.contact.allergies)),
         level=turn.level,
         placed=turn.placed,
         available_after_hold=turn.available,
+        note=turn.allergy_note,
     )
     if turn.defer:
         # Everything the skill needs is known here; the caller commits and runs it with no
@@ -642,6 +672,7 @@ STEPS: tuple[Step, ...] = (
     past_the_cutoff,
     no_text,
     free_commands,
+    remembered_allergies,
     small_talk,
     classify_intent,
     choose_level,

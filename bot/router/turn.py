@@ -168,6 +168,8 @@ class Turn:
     # The person's language after this message, written to the contact at the end of the turn.
     language_state: LanguageState | None = None
     small_talk: str | None = None  # the small-talk kind of the text, once read (`read_small_talk`)
+    # What this message made the bot remember (`bot.allergies`), said before the answer.
+    allergy_note: str | None = None
 
     @property
     def catalog(self) -> Catalog:

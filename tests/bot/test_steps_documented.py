@@ -14,7 +14,8 @@ NAMES = {
     "compliance_keywords": "compliance keywords", "silence_opted_out": "opted-out silence",
     "silence_suspended": "suspended silence", "rate_limit": "rate limit",
     "monthly_allowance": "monthly allowance", "past_the_cutoff": "past the cutoff",
-    "no_text": "no text", "free_commands": "free commands", "small_talk": "small talk",
+    "no_text": "no text", "free_commands": "free commands", "remembered_allergies": "allergies",
+    "small_talk": "small talk",
     "classify_intent": "intent", "choose_level": "level", "reserve": "hold",
     "defer_or_answer": "[defer] -> skill -> capture",
 }
