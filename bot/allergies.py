@@ -17,7 +17,7 @@ eggs") names nothing to leave out, so nothing is remembered.
 the other `FORGET` forms) clears it. Both are free. Erasing the person (`bot.contacts.forget`)
 deletes the contact row, and what it remembered with it.
 
-Stored form: comma-separated keys, sorted, at most `MAX_REMEMBERED` of them: an exclusion key
+Stored form: comma-separated keys, oldest first, at most `MAX_REMEMBERED` of them: an exclusion key
 ("peanut", "shellfish", "kiwi") or "diet:<key>" ("diet:gluten_free").
 """
 
@@ -35,6 +35,7 @@ from bot.intents.constraints import (
     family_exclusion,
     parse_constraints,
 )
+from bot.intents.query import read_words, stems
 from bot.knowledge import Knowledge
 from tokens.catalog import normalise_command
 
@@ -42,16 +43,34 @@ from tokens.catalog import normalise_command
 # `Constraints.words` has them: lower case, accents dropped).
 CUES = frozenset({
     "allergic", "allergy", "allergies", "anaphylaxis", "anaphylactic", "intolerant",
+    "sensitive", "sensitivity",
     "intolerance", "celiac", "coeliac", "alergico", "alergica", "alergicos", "alergicas",
     "alergia", "alergias", "intolerante", "intolerantes", "intolerancia", "celiaco", "celiaca",
     "celiacos", "celiacas",
 })
 # A cheap look at the raw text before the message is parsed (most messages state no allergy).
-_MAYBE = re.compile(r"al+[eé]rg|intoler|c[oe]?el[ií]ac|anaphyla", re.IGNORECASE)
+_MAYBE = re.compile(r"al+[eé]rg|intoler|c[oe]?el[ií]ac|anaphyla|sensitiv", re.IGNORECASE)
 # Medical diets remembered from such a statement ("I'm celiac": gluten-free; "lactose
 # intolerant": dairy-free). Other diets (vegan, halal) are choices a request states itself.
 MEDICAL_DIETS = frozenset({"gluten_free", "dairy_free"})
+# Within this many words before the allergy word, one of `NEGATIONS` makes it not a
+# statement of an allergy; one of `PAST` anywhere in the clause does too.
+NEGATION_WINDOW = 4
+NEGATIONS = frozenset({"not", "no", "dont", "don't", "doesnt", "isnt", "arent", "never",
+                       "neither", "nor", "without", "nunca", "ni", "sin", "tampoco"})
+PAST = frozenset({"used", "outgrew", "outgrown", "anymore", "longer", "was", "were", "thought",
+                  "think", "maybe", "might", "if", "whether", "era", "fui", "antes", "creo",
+                  "quizas", "quiza", "si"})
+# A message that asks about allergies ("is my son allergic to eggs?", "what causes a peanut
+# allergy?") states none; "I'm allergic to nuts, what can I eat?" does.
+_QUESTION = re.compile(
+    r"^[¿¡\s]*(is|am|are|do|does|did|can|could|what|which|why|how|when|who|es|soy|eres|"
+    r"que|qué|cual|cuál|por que|por qué|como|cómo|puede|puedo)\b.*\?\s*$",
+    re.IGNORECASE | re.DOTALL)
+_CLAUSES = re.compile(r"[.;!?\n]+|\s(?:but|pero|aunque|although|though)\s", re.IGNORECASE)
 MAX_REMEMBERED = 20
+LISTED = 6  # ALLERGIES names at most this many, then "and N more"
+MAX_STORED = 300  # characters: `Contact.allergies` is String(300)
 DIET_PREFIX = "diet:"
 
 # The commands (whole message, as `tokens.catalog.normalise_command` compares them).
@@ -70,10 +89,16 @@ def decode(stored: str | None) -> tuple[str, ...]:
 
 
 def encode(keys: Iterable[str]) -> str | None:
-    """`Contact.allergies` for `keys`: sorted, unique, at most `MAX_REMEMBERED`; None when
-    there are none."""
-    unique = sorted(set(keys))[:MAX_REMEMBERED]
-    return ",".join(unique) or None
+    """`Contact.allergies` for `keys`, in the order given (what was remembered first, then
+    what is new), each once, at most `MAX_REMEMBERED` keys and `MAX_STORED` characters (the
+    column's size): the keys that do not fit are the last ones, never one remembered before.
+    None when there are none."""
+    kept: list[str] = []
+    for key in dict.fromkeys(keys):
+        if len(kept) == MAX_REMEMBERED or len(",".join([*kept, key])) > MAX_STORED:
+            break
+        kept.append(key)
+    return ",".join(kept) or None
 
 
 def stated(text: str, knowledge: Knowledge, language: str | None = None) -> tuple[str, ...]:
@@ -85,16 +110,52 @@ def stated(text: str, knowledge: Knowledge, language: str | None = None) -> tupl
         knowledge: the content (`bot.knowledge.load_knowledge`).
         language: "en" or "es", or None to detect it.
     """
-    if not _MAYBE.search(text):
+    if not _MAYBE.search(text) or _QUESTION.match(text.strip()):
         return ()
-    c = parse_constraints(text, knowledge, language)
-    if not CUES & set(c.words):
-        return ()
-    unverifiable = set(c.unverifiable)
-    keys = [e.key for e in c.exclusions
-            if e.key not in unverifiable and _exclusion(e.key, knowledge) is not None]
-    keys += [DIET_PREFIX + d for d in sorted(c.hard_diets & MEDICAL_DIETS)]
+    keys: list[str] = []
+    # Clause by clause, so that "I'm allergic to peanuts. Meal plan without eggs" remembers
+    # peanuts only, and "allergic to shrimp but not crab" shrimp only.
+    for clause in _CLAUSES.split(text):
+        if not _MAYBE.search(clause):
+            continue
+        c = parse_constraints(clause, knowledge, language)
+        cues = [i for i, w in enumerate(c.words) if w in CUES]
+        if not cues or any(_negated(c.words, i) for i in cues):
+            continue
+        said = stems(read_words(clause))  # as written: no typo correction ("bees" is not beef)
+        keys += [e.key for e in c.exclusions
+                 if e.key not in keys and _known(e, knowledge) and _named(e, said, knowledge)]
+        keys += [DIET_PREFIX + d for d in sorted(c.hard_diets & MEDICAL_DIETS)
+                 if DIET_PREFIX + d not in keys]
     return tuple(keys)
+
+
+def _known(exclusion: Exclusion, knowledge: Knowledge) -> bool:
+    """A food family, or a food the content knows (a family's term or a food's name): what
+    every later answer can be checked against."""
+    if any(f.key == exclusion.key for f in knowledge.families):
+        return True
+    name = stems(read_words(exclusion.key))
+    return any(f.name == exclusion.key for f in knowledge.foods) or any(
+        stems(read_words(t)) == name for f in knowledge.families for t in f.terms)
+
+
+def _named(exclusion: Exclusion, said: tuple[str, ...], knowledge: Knowledge) -> bool:
+    """Whether the words as written name `exclusion` (one of its terms, or a Spanish name)."""
+    phrases = set(exclusion.terms) | {stems(read_words(exclusion.label_es)),
+                                      stems(read_words(exclusion.label))}
+    family = next((f for f in knowledge.families if f.key == exclusion.key), None)
+    if family is not None:
+        phrases |= {stems(read_words(n)) for n in (*family.names, *family.names_es)}
+    return any(p and any(said[i:i + len(p)] == p for i in range(len(said) - len(p) + 1))
+               for p in phrases)
+
+
+def _negated(words: tuple[str, ...], cue: int) -> bool:
+    """Whether the allergy word at `cue` is said in the negative or of the past ("not
+    allergic", "no tengo alergia", "ya no", "used to be allergic", "outgrew my allergy")."""
+    before = words[max(0, cue - NEGATION_WINDOW):cue]
+    return bool(NEGATIONS & set(before)) or bool(PAST & set(words))
 
 
 def with_allergies(c: Constraints, keys: Iterable[str], knowledge: Knowledge) -> Constraints:
@@ -120,7 +181,9 @@ def with_allergies(c: Constraints, keys: Iterable[str], knowledge: Knowledge) ->
     diet_exclusions, pairs = diet_rules(knowledge, diets)
     return dataclasses.replace(c, exclusions=c.exclusions + tuple(added),
                                diets=frozenset(diets), diet_exclusions=diet_exclusions,
-                               pairs=pairs)
+                               pairs=pairs,
+                               remembered=frozenset(e.key for e in added)
+                               | (frozenset(diets) - c.diets))
 
 
 def labels(keys: Iterable[str], knowledge: Knowledge, language: str) -> str:
@@ -157,7 +220,11 @@ def list_text(keys: tuple[str, ...], knowledge: Knowledge, language: str) -> str
             return ("No tengo ninguna alergia anotada. Dime, por ejemplo, "
                     "\"soy alérgica al maní\".")
         return "I have no allergies noted. Tell me, e.g. \"I'm allergic to peanuts\"."
-    named = labels(keys, knowledge, language)
+    shown = keys[:LISTED]
+    named = labels(shown, knowledge, language)
+    if len(keys) > LISTED:  # the reply stays within the SMS segment cap
+        named += (f" y {len(keys) - LISTED} más" if language == "es"
+                  else f" and {len(keys) - LISTED} more")
     if language == "es":
         return f"Dejo fuera: {named}. OLVIDA MIS ALERGIAS lo borra."
     return f"I leave out: {named}. FORGET ALLERGIES clears it."

@@ -597,6 +597,9 @@ class Constraints:
         excluded_slots: meals of the day asked to be left out ("no snacks": {"snack"}).
         excluded_at: indexes of the words that name what is left out ("nuts" in "allergic to
             nuts"), so advice about nuts is not given for them.
+        remembered: the keys of `exclusions` and `diets` that this message did not name but the
+            person told the bot before (`bot.allergies.with_allergies`): honoured like the
+            others, but not answered about as if this message asked.
         calories: a daily calorie target in kcal when one was named, as written (any size:
             an 800 kcal request is kept so that the skill can refuse it).
         goal: "lose", "gain", "maintain" or None.
@@ -633,6 +636,7 @@ class Constraints:
     unverifiable: tuple[str, ...] = ()
     excluded_slots: frozenset[str] = frozenset()
     excluded_at: frozenset[int] = frozenset()
+    remembered: frozenset[str] = frozenset()
 
     @property
     def hard_diets(self) -> frozenset[str]:
@@ -687,6 +691,16 @@ class Constraints:
             return labels[0]
         joiner = " y " if lang == "es" else " and "
         return ", ".join(labels[:-1]) + joiner + labels[-1]
+
+    @property
+    def own_exclusions(self) -> tuple[Exclusion, ...]:
+        """The exclusions this message named (not the remembered ones)."""
+        return tuple(e for e in self.exclusions if e.key not in self.remembered)
+
+    @property
+    def own_diets(self) -> frozenset[str]:
+        """The diets this message named, with what they imply (not the remembered ones)."""
+        return self.diets - self.remembered
 
     def keywords(self) -> frozenset[str]:
         """Content words of the message (stemmed and as written), without stopwords, diet

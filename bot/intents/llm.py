@@ -313,7 +313,7 @@ class LlmSkill:
             return SkillAnswer(reply.text, source="cache" if reply.cached else "llm",
                                usage=reply.usage)
         log.info("llm answer broke the constraints, asking again",
-                 extra={"intent": self.intent, "exclusion": violation.exclusion.key})
+                 extra={"intent": self.intent})  # what was excluded is health data
         retry = ask(f"{clause} {correction(violation)}", reply.usage)
         usage = combine_usage(reply.usage, retry.usage)
         second = find_violation(retry.text, c, knowledge, advice=advice)

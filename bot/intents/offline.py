@@ -35,6 +35,7 @@ import numpy
 
 from bot.errors import SkillFailed
 from bot.intents import SkillAnswer, SkillRequest, register_skill
+from bot.intents.answer_check import find_violation
 from bot.intents.classifier import COMMON_WORDS, normalise_text
 from bot.intents.constraints import (
     DIET_BY_KEY,
@@ -934,7 +935,9 @@ class GroceryListSkill:
         lang = c.language
         check_honourable(c, request, lang)
         people = c.people or 1
-        bare = not (c.diets or c.days or c.foods or c.calories or c.goal or c.exclusions)
+        # Remembered allergies do not make a new list: the earlier plan already left them out.
+        bare = not (c.own_diets or c.days or c.foods or c.calories or c.goal
+                    or c.own_exclusions)
         if c.refers_to_plan or bare:
             previous = _plan_from_history(knowledge, request.history)
             if previous is not None:
@@ -1617,6 +1620,14 @@ class DietaryAdviceSkill:
                         "(vegana, keto, sin gluten), peso, ejercicio y salud."),
                     request, lang)
             parts = [knowledge.topic("general").text_in(lang)]
+            if _breaks(parts[0], c, knowledge):
+                raise _refuse("the advice would name what the person leaves out", say(
+                    lang, "My general tips name foods you leave out, so I won't send them. "
+                          "Ask about one food or diet, e.g. \"tips for a high protein "
+                          "breakfast\".",
+                    "Mis consejos generales nombran alimentos que dejas fuera, así que no te "
+                    "los envío. Pregunta por un alimento o dieta, p. ej. \"consejos para un "
+                    "desayuno alto en proteína\"."), request, lang)
         return _answer("\n".join(parts), request)
 
 
@@ -1662,6 +1673,12 @@ def advice_parts(c: Constraints, knowledge: Knowledge, language: str) -> list[st
     in the request is covered."""
     parts: list[str] = list(food_warnings(c, language))
     used: set[str] = set()
+    # What this message asked to leave out is explained; what the person told the bot before
+    # is honoured without being repeated in every answer.
+    own = dataclasses.replace(c, exclusions=c.own_exclusions)
+    # The general topic texts, written for anyone: checked against what the person leaves
+    # out (the verdicts, food facts and what-to-avoid texts answer about it by design).
+    general: set[str] = set()
     for mention in c.foods[:2]:
         for diet in shown_diets(c.diets):
             parts.append(_verdict(mention.food, diet, language, knowledge))
@@ -1681,19 +1698,21 @@ def advice_parts(c: Constraints, knowledge: Knowledge, language: str) -> list[st
         used.add(topic.key)
         if topic.key == "daily_calories":
             parts.append(energy_text(c, knowledge, language))
-        elif topic.key == "allergies" and c.exclusions:
-            parts.append(_avoid_part(c, language, knowledge))
+        elif topic.key == "allergies" and own.exclusions:
+            parts.append(_avoid_part(own, language, knowledge))
             parts.append(topic.text_in(language))
         else:
             parts.append(topic.text_in(language))
+            if topic.key != "allergies":
+                general.add(parts[-1])
     for mention in c.foods[:2]:
         covered = any(mention.food.name in t.foods for t in knowledge.topics
                       if t.key in used)
         if not covered and not food_topics & used:
             parts.append(_food_part(mention.food, knowledge, language))
             used.add(mention.food.name)
-    if c.exclusions and "allergies" not in used:
-        parts.append(_avoid_part(c, language, knowledge))
+    if own.exclusions and "allergies" not in used:
+        parts.append(_avoid_part(own, language, knowledge))
     if c.goal and not ({"weight_loss", "weight_gain", "daily_calories"} & used) and not parts:
         parts.append(knowledge.topic("weight_loss" if c.goal == "lose" else "weight_gain")
                      .text_in(language))
@@ -1702,7 +1721,27 @@ def advice_parts(c: Constraints, knowledge: Knowledge, language: str) -> list[st
                 and key in used]
     # A condition's own topic ("advice for diabetes") is never cut to make room.
     parts = covering + [p for p in parts if p not in covering]
+    # A fixed text that names what the person leaves out ("a handful of nuts" for someone
+    # allergic to nuts) is not given: an answer that ignores an exclusion is never charged.
+    parts = [p for p in parts if p not in general or p in covering
+             or not _breaks(p, c, knowledge)]
     return list(dict.fromkeys(p for p in parts if p))[:MAX_ADVICE_PARTS]
+
+
+def _breaks(text: str, c: Constraints, knowledge: Knowledge) -> bool:
+    """Whether an advice text names something `c` leaves out. What the person asked to leave
+    out, now or before, may not be named at all (a snack list with "a handful of nuts" for
+    someone allergic to nuts; the texts that explain what to leave out are not checked here).
+    What a diet of this message rules out may be named to advise on it (`find_violation` in
+    advice mode: "avoid wheat" in gluten-free tips); a remembered diet's may not."""
+    if not (c.all_exclusions or c.pairs):
+        return False
+    diets = c.remembered & frozenset(DIET_BY_KEY)
+    diet_exclusions, pairs = diet_rules(knowledge, diets)
+    told = dataclasses.replace(c, diets=diets, diet_exclusions=diet_exclusions, pairs=pairs)
+    if (told.all_exclusions or told.pairs) and find_violation(text, told, knowledge):
+        return True
+    return find_violation(text, c, knowledge, advice=True) is not None
 
 
 # --- chat ---------------------------------------------------------------------------------------

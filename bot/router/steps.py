@@ -52,6 +52,7 @@ from bot.contacts import (
     resolve_contact,
 )
 from bot.intents.classifier import classify
+from bot.intents.llm import SERVING_INTENTS
 from bot.intents.llm_classify import (
     LlmClassification,
     cheapest_tier,
@@ -399,7 +400,7 @@ def monthly_allowance(turn: Turn) -> None:
 
 def past_the_cutoff(turn: Turn) -> None:
     """Past the cutoff (README, "How service steps down"), the bot's other free replies
-    (MORE, LANGUAGE, small talk, "tell me in words") draw on the daily budget of free
+    (MORE, LANGUAGE, ALLERGIES, small talk, "tell me in words") draw on the daily budget of free
     replies, then stop: what a non-paying person costs stays bounded. BALANCE, BUY, BUY
     PREMIUM, AUTO ON/OFF and ACCOUNT have a daily budget of their own
     (`billing_replies_per_day`, default 5): the free replies never use it up, so the way
@@ -413,7 +414,7 @@ def past_the_cutoff(turn: Turn) -> None:
     billing = command in (commands["balance"] | commands["buy"] | commands["premium"]
                           | commands["auto_on"] | commands["auto_off"] | commands["account"])
     if (not billing and turn.msg.text.strip() and command not in catalog.command_words
-            and read_small_talk(turn) is None):
+            and command not in allergy_memory.COMMANDS and read_small_talk(turn) is None):
         return  # a priced request: `choose_level` decides
     ceiling = levels.reply_ceiling_musd(catalog, turn.msg.channel)
     if _exposure(turn) + ceiling < catalog.levels.payment_required_musd:
@@ -484,8 +485,11 @@ def remembered_allergies(turn: Turn) -> None:
     new = [k for k in allergy_memory.stated(turn.msg.text, knowledge, turn.language)
            if k not in remembered]
     if new:
-        turn.contact.allergies = allergy_memory.encode((*remembered, *new))
-        turn.allergy_note = allergy_memory.noted_text(new, knowledge, turn.language)
+        stored = allergy_memory.encode((*remembered, *new))  # what no longer fits is dropped
+        kept = [k for k in new if k in allergy_memory.decode(stored)]
+        if kept:
+            turn.contact.allergies = stored
+            turn.allergy_note = allergy_memory.noted_text(kept, knowledge, turn.language)
 
 
 def _auto_topup_reply(turn: Turn, *, on: bool) -> str:
@@ -645,7 +649,9 @@ def defer_or_answer(turn: Turn) -> None:
         level=turn.level,
         placed=turn.placed,
         available_after_hold=turn.available,
-        note=turn.allergy_note,
+        # A plan, recipe or list already says what it leaves out ("without peanuts"), and the
+        # line would take room from it within the SMS cap: the note goes with advice only.
+        note=None if turn.intent.name in SERVING_INTENTS else turn.allergy_note,
     )
     if turn.defer:
         # Everything the skill needs is known here; the caller commits and runs it with no

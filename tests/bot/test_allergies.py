@@ -63,10 +63,26 @@ def mentions(text: str, word: str) -> list[str]:
     ("tengo alergia a los mariscos", ("shellfish",)),
     ("I'm celiac", ("diet:gluten_free",)),
     ("soy intolerante a la lactosa", ("diet:dairy_free",)),
-    # Nothing to remember: negated, no allergy stated, or nothing the content can check.
+    ("I'm sensitive to gluten", ("gluten",)),
+    ("alérgico a los frutos secos", ("nuts",)),
+    # Only what the allergy is to: the clause after "but", a request's own "without".
+    ("I'm allergic to shrimp but not crab", ("shrimp",)),
+    ("I'm allergic to peanuts. Meal plan without eggs this week", ("peanut",)),
+    ("I'm allergic to peanuts, what should I watch out for?", ("peanut",)),
+    # Nothing to remember: negated, past, a question, no allergy stated, nothing the content
+    # can check, or a word the typo correction would read as a food.
     ("I'm not allergic to peanuts", ()),
+    ("no tengo alergia a los mariscos", ()),
+    ("ya no tengo alergia a la leche", ()),
+    ("I don't have a peanut allergy", ()),
+    ("I used to be allergic to eggs", ()),
+    ("I outgrew my egg allergy", ()),
+    ("is my son allergic to eggs?", ()),
+    ("what foods cause a peanut allergy?", ()),
     ("meal plan without peanuts", ()),
     ("I'm allergic to penicillin", ()),
+    ("I'm allergic to cats", ()),
+    ("allergic to bees", ()),
     ("what is an allergy?", ()),
 ])
 def test_what_a_message_states_is_what_is_remembered(text, keys):
@@ -83,9 +99,12 @@ def test_remembered_keys_are_added_to_a_request_that_does_not_name_them():
     assert merged.violation(["200 g wheat pasta"]) is not None
     assert merged.violation(["1 cup rice"]) is None
     assert allergies.with_allergies(c, (), KNOWLEDGE) is c
-    # Stored sorted, once each, NULL for none.
-    assert allergies.encode(["shellfish", "peanut", "peanut"]) == "peanut,shellfish"
+    # Stored in order (what was remembered first), once each, NULL for none.
+    assert allergies.encode(["shellfish", "peanut", "peanut"]) == "shellfish,peanut"
     assert allergies.encode([]) is None
+    many = allergies.encode(f"diet:an_unusually_long_key_{i:02d}" for i in range(40))
+    assert many is not None and len(many) <= 300 and len(allergies.decode(many)) >= 9
+    assert allergies.decode(many)[0] == "diet:an_unusually_long_key_00"  # the first ones stay
     assert allergies.decode(None) == ()
     assert allergies.labels(("peanut", "diet:gluten_free"), KNOWLEDGE, "es") == "maní y gluten"
 
@@ -120,11 +139,12 @@ def test_spanish_statements_add_up_and_are_forgotten_in_spanish(say, session):
     first = say("tengo alergia a los mariscos")
     assert first.replies[0].startswith("Anotado: dejo fuera mariscos")
     say("soy alérgica al maní")
-    assert remembered(session) == "peanut,shellfish"
-    say("soy alérgica al maní")  # again: nothing new, no note
-    assert remembered(session) == "peanut,shellfish"
+    assert remembered(session) == "shellfish,peanut"
+    again = say("soy alérgica al maní")  # again: nothing new, no note
+    assert not again.replies[0].startswith("Anotado")
+    assert remembered(session) == "shellfish,peanut"
     # By SMS, í loses its accent (GSM-7).
-    assert say("MIS ALERGIAS").replies == ("Dejo fuera: mani y mariscos. OLVIDA MIS ALERGIAS "
+    assert say("MIS ALERGIAS").replies == ("Dejo fuera: mariscos y mani. OLVIDA MIS ALERGIAS "
                                            "lo borra.",)
     assert say("olvida mis alergias").replies[0].startswith("Listo")
     assert remembered(session) is None
@@ -185,3 +205,49 @@ def test_the_allergy_commands_and_a_remembered_allergy_through_the_llm_deploymen
     plan = ask("meal plan")
     assert plan.kind == OutcomeKind.ANSWERED
     assert "shellfish" in str(openai_api.bodies[-1]).lower()
+
+
+def test_fixed_advice_never_names_what_the_person_leaves_out(say, session):
+    """The offline advice texts are fixed: one that names a remembered allergen (or one this
+    message excludes) is left out of the answer, which is then charged as usual."""
+    before = say("what are healthy snacks?")
+    assert mentions(before.replies[0], "nut"), "the snack advice names nuts"
+    say("I'm allergic to nuts")
+    after = say("what are healthy snacks?")
+    # Either advice without nuts, charged, or a refusal that says why, free.
+    assert not any(mentions(r, "nut") for r in after.replies), after.replies
+    assert (after.kind, after.tokens_charged) in ((OutcomeKind.ANSWERED, 4),
+                                                  (OutcomeKind.FAILED, 0)), after
+    assert after.replies and "leave out foods with" not in after.replies[0]
+    water = say("how much water should I drink?")
+    assert water.kind == OutcomeKind.ANSWERED and not any(mentions(r, "nut")
+                                                          for r in water.replies)
+    # What was said once is honoured without being explained in every answer.
+    assert "leave out foods with" not in water.replies[0]
+    own = say("what are healthy snacks without eggs?", sender="+15557654321")
+    assert not any(mentions(r, "egg") for r in own.replies), own.replies
+
+
+def test_a_full_memory_keeps_what_it_had_and_says_nothing_it_did_not_keep(say, session):
+    say("hello")
+    contact = session.scalars(select(Contact).where(Contact.address == ANA)).one()
+    keys = [f.key for f in KNOWLEDGE.families if f.key != "sesame"][:allergies.MAX_REMEMBERED]
+    contact.allergies = allergies.encode(keys)
+    session.commit()
+    full = remembered(session)
+    outcome = say("I'm allergic to sesame")
+    assert remembered(session) == full  # nothing remembered before was dropped
+    assert not outcome.replies[0].startswith("Noted")
+    listed = say("ALLERGIES").replies[0]
+    assert listed.endswith(f"and {len(keys) - allergies.LISTED} more. FORGET ALLERGIES "
+                           "clears it.")
+
+
+def test_the_grocery_list_still_lists_the_plan_just_sent(say, session):
+    say("I'm allergic to peanuts")
+    plan = say("meal plan for 5 days")
+    assert "without peanuts" in plan.replies[0]
+    grocery = say("grocery list")
+    assert grocery.intent == "grocery_list"
+    assert "5 days" in grocery.replies[0] or "meal plan" in grocery.replies[0].lower(), \
+        grocery.replies

@@ -57,6 +57,7 @@ def test_buy_balance_and_premium_answer_past_the_cutoff_after_three_refusals(app
     assert [bool(o.replies) for o in refusals] == [True, True, True, False, False]
     assert all(o.kind == "refused" and o.tokens_charged == 0 for o in refusals)
     assert say("MORE", now=NOW + timedelta(minutes=6)).replies == ()  # MORE shares the budget
+    assert say("ALLERGIES", now=NOW + timedelta(minutes=7)).replies == ()  # so does ALLERGIES
     later = NOW + timedelta(minutes=10)
     buy = say("BUY", now=later)
     assert buy.kind == "buy" and "https://bot.example.com/pay/" in buy.replies[0]
