@@ -18,7 +18,7 @@ the other `FORGET` forms) clears it. Both are free. Erasing the person (`bot.con
 deletes the contact row, and what it remembered with it.
 
 Stored form: comma-separated keys, oldest first, at most `MAX_REMEMBERED` of them: an exclusion key
-("peanut", "shellfish", "kiwi") or "diet:<key>" ("diet:gluten_free").
+("peanut", "shellfish", "shrimp") or "diet:<key>" ("diet:gluten_free").
 """
 
 from __future__ import annotations
