@@ -42,7 +42,7 @@ from tokens.catalog import normalise_command
 # Words that make a message a statement of an allergy or an intolerance (as
 # `Constraints.words` has them: lower case, accents dropped).
 CUES = frozenset({
-    "allergic", "allergy", "allergies", "anaphylaxis", "anaphylactic", "intolerant",
+    "allergic", "alergic", "allergy", "allergies", "anaphylaxis", "anaphylactic", "intolerant",
     "sensitive", "sensitivity",
     "intolerance", "celiac", "coeliac", "alergico", "alergica", "alergicos", "alergicas",
     "alergia", "alergias", "intolerante", "intolerantes", "intolerancia", "celiaco", "celiaca",

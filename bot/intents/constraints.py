@@ -423,7 +423,8 @@ MEAL_WORDS: Mapping[str, str] = {
 # take names of the content (a family, a food, an ingredient), so "no problem" excludes nothing.
 _BEFORE_STRONG: tuple[tuple[str, ...], ...] = tuple(tuple(t.split()) for t in (
     "without", "free of", "free from", "allergic to", "allergy to", "allergies to",
-    "intolerant to", "intolerance to", "sensitive to", "i dont eat", "i do not eat", "dont eat",
+    "alergic to", "anaphylactic to", "anaphylaxis to", "intolerant to", "intolerance to",
+    "sensitive to", "i dont eat", "i do not eat", "dont eat",
     "i cant eat", "i cannot eat", "cant eat", "cannot eat", "i cant have", "cant have",
     "i dont like", "dont like", "do not like", "i hate", "i avoid", "avoid", "avoiding",
     "except", "excluding", "exclude", "hold the", "skip the", "skip", "nothing with",
@@ -437,9 +438,9 @@ _BEFORE_STRONG: tuple[tuple[str, ...], ...] = tuple(tuple(t.split()) for t in (
 ))
 # Triggers of an allergy or intolerance: "not" before them means there is none.
 _ALLERGY_TRIGGERS = frozenset(t for t in _BEFORE_STRONG if t[0] in {
-    "allergic", "allergy", "allergies", "intolerant", "intolerance", "sensitive", "alergico",
-    "alergica", "alergicos", "alergicas", "alergia", "alergias", "intolerante",
-    "intolerancia"})
+    "allergic", "allergy", "allergies", "alergic", "anaphylactic", "anaphylaxis", "intolerant",
+    "intolerance", "sensitive", "alergico", "alergica", "alergicos", "alergicas", "alergia",
+    "alergias", "intolerante", "intolerancia"})
 _BEFORE_WEAK: tuple[tuple[str, ...], ...] = tuple(tuple(t.split()) for t in (
     "no", "zero", "not", "low", "less", "reduced", "limited", "minimal", "little",
     "bajo en", "baja en", "bajos en", "bajas en", "poco", "poca", "pocos", "pocas", "menos",
@@ -453,6 +454,7 @@ _NOT_EXCLUSIONS = frozenset({
 })
 _AFTER_WEAK: tuple[tuple[str, ...], ...] = tuple(tuple(t.split()) for t in (
     "free", "allergy", "allergies", "intolerance", "intolerant", "allergic", "sensitivity",
+    "anaphylaxis",
 ))
 _ARTICLES = frozenset({"the", "any", "a", "an", "all", "el", "la", "los", "las", "al", "un",
                        "una", "del", "de", "ningun", "ninguna", "my", "mi"})

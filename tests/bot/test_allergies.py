@@ -64,6 +64,9 @@ def mentions(text: str, word: str) -> list[str]:
     ("I'm celiac", ("diet:gluten_free",)),
     ("soy intolerante a la lactosa", ("diet:dairy_free",)),
     ("I'm sensitive to gluten", ("gluten",)),
+    ("I'm anaphylactic to peanuts, meal plan", ("peanut",)),
+    ("peanut anaphylaxis", ("peanut",)),
+    ("Im alergic to shellfish", ("shellfish",)),  # the common misspelling
     ("alérgico a los frutos secos", ("nuts",)),
     # Only what the allergy is to: the clause after "but", a request's own "without".
     ("I'm allergic to shrimp but not crab", ("shrimp",)),
@@ -87,6 +90,12 @@ def mentions(text: str, word: str) -> list[str]:
 ])
 def test_what_a_message_states_is_what_is_remembered(text, keys):
     assert allergies.stated(text, KNOWLEDGE) == keys
+
+
+@pytest.mark.parametrize("text", ["I'm anaphylactic to peanuts, meal plan",
+                                  "meal plan, Im alergic to peanuts", "peanut anaphylaxis tips"])
+def test_the_message_itself_leaves_out_what_it_is_anaphylactic_or_misspelt_allergic_to(text):
+    assert [e.key for e in parse_constraints(text, KNOWLEDGE).exclusions] == ["peanut"]
 
 
 def test_remembered_keys_are_added_to_a_request_that_does_not_name_them():
