@@ -33,7 +33,7 @@ from tokens.errors import AccountLinkExpired, AccountLinkNotFound
 # link is opened (the issue's "expires in 15 minutes").
 LINK_TTL = timedelta(minutes=15)
 # The actions of the page; `AccountAction.action` is one of them.
-ACTIONS = ("buy", "auto_topup", "language", "portal", "delete")
+ACTIONS = ("buy", "auto_topup", "language", "portal", "allergies", "delete")
 # A form key: 32 lower-case hex characters (`new_form_key`).
 FORM_KEY = re.compile(r"[0-9a-f]{32}")
 # A token as `issue_link` makes it: URL-safe base64 of 32 bytes.

@@ -47,8 +47,9 @@ from sqlalchemy import select
 
 from app.billing import notice_language, payment_provider
 from app.extensions import bot_settings, csrf, db
-from bot import replies
+from bot import allergies, replies
 from bot.contacts import chosen_language, erasure_key, forget
+from bot.knowledge import load_knowledge
 from bot.models import Contact
 from bot.router import BotSettings
 from tokens import account_links, auto_topup, payments, statement
@@ -197,6 +198,7 @@ def page() -> ResponseReturnValue:
     figures = statement.statement(db.session, account_id, settings.catalog, now)
     numbers = db.session.scalars(select(Contact.address).where(Contact.account_id == account_id)
                                  .order_by(Contact.id)).all()
+    remembered = _remembered_allergies(account_id)
     db.session.commit()
     until = datetime.fromtimestamp(session[UNTIL_KEY], UTC)
     return render_template(
@@ -205,7 +207,17 @@ def page() -> ResponseReturnValue:
         until=f"{until:%H:%M}", payments_on=payment_provider(_app()) is not None,
         unpaid=payments.has_unpaid_subscription(db.session, account_id),
         flashes=get_flashed_messages(), languages=LANGUAGES,
-        language_names={"en": "English", "es": "Español"})
+        language_names={"en": "English", "es": "Español"},
+        allergies=allergies.labels(remembered, load_knowledge(), _lang()))
+
+
+def _remembered_allergies(account_id: int) -> tuple[str, ...]:
+    """What the person told the bot they are allergic to, on any number of the account
+    (`bot.allergies` keys, oldest first)."""
+    stored = db.session.scalars(select(Contact.allergies).where(
+        Contact.account_id == account_id, Contact.allergies.is_not(None))
+        .order_by(Contact.id)).all()
+    return tuple(dict.fromkeys(k for row in stored for k in allergies.decode(row)))
 
 
 def masked_number(address: str) -> str:
@@ -319,6 +331,18 @@ def language() -> ResponseReturnValue:
         flash(text("language_done", lang))
         return url_for("account.page")
     return _act("language", run)
+
+
+@bp.post("/account/allergies")
+def forget_allergies() -> ResponseReturnValue:
+    """Forget the allergies the person told the bot about, on every number of the account, as
+    FORGET ALLERGIES does (docs/messaging.md, "Allergies")."""
+    def run(account_id: int) -> str:
+        for contact in db.session.scalars(select(Contact).where(Contact.account_id == account_id)):
+            contact.allergies = None
+        flash(text("allergies_done", _lang()))
+        return url_for("account.page")
+    return _act("allergies", run)
 
 
 @bp.get("/account/delete")

@@ -231,3 +231,24 @@ def test_the_page_texts_have_both_languages():
 ])
 def test_numbers_are_masked(address, shown):
     assert masked_number(address) == shown
+
+
+def test_the_page_shows_the_remembered_allergies_and_forgets_them(client, session):
+    page = open_page(client, ask_account(client))
+    assert "None noted." in page
+    post_signed(client, sms("I'm allergic to peanuts"))
+    page = client.get("/account").get_data(as_text=True)
+    assert "Every answer leaves out: peanuts." in page
+    done = client.post("/account/allergies",
+                       data=form_fields(page, "/account/allergies"))
+    assert done.status_code == 303
+    contact = session.scalars(select(Contact)).one()
+    session.refresh(contact)
+    assert contact.allergies is None
+    page = client.get("/account").get_data(as_text=True)
+    assert "Your allergies are forgotten." in page and "None noted." in page
+    # Without the form's CSRF token nothing is forgotten.
+    post_signed(client, sms("I'm allergic to shellfish"))
+    assert client.post("/account/allergies", data={}).status_code == 400
+    session.refresh(contact)
+    assert contact.allergies == "shellfish"
