@@ -54,20 +54,27 @@ _MAYBE = re.compile(r"al+[eé]rg|intoler|c[oe]?el[ií]ac|anaphyla|sensitiv", re.
 # intolerant": dairy-free). Other diets (vegan, halal) are choices a request states itself.
 MEDICAL_DIETS = frozenset({"gluten_free", "dairy_free"})
 # Within this many words before the allergy word, one of `NEGATIONS` makes it not a
-# statement of an allergy; one of `PAST` anywhere in the clause does too.
+# statement of an allergy ("I don't have a peanut allergy"); a bare "no" does within two
+# words ("no nut allergies", "no tengo alergia"), not further ("no nuts please, I'm
+# allergic"). One of `PAST` anywhere in the clause does too.
 NEGATION_WINDOW = 4
-NEGATIONS = frozenset({"not", "no", "dont", "don't", "doesnt", "isnt", "arent", "never",
-                       "neither", "nor", "without", "nunca", "ni", "sin", "tampoco"})
+NEGATIONS = frozenset({"not", "dont", "don't", "doesnt", "isnt", "arent", "never", "neither",
+                       "nor", "nunca", "ni", "tampoco"})
 PAST = frozenset({"used", "outgrew", "outgrown", "anymore", "longer", "was", "were", "thought",
                   "think", "maybe", "might", "if", "whether", "era", "fui", "antes", "creo",
                   "quizas", "quiza", "si"})
-# A message that asks about allergies ("is my son allergic to eggs?", "what causes a peanut
-# allergy?") states none; "I'm allergic to nuts, what can I eat?" does.
-_QUESTION = re.compile(
-    r"^[¿¡\s]*(is|am|are|do|does|did|can|could|what|which|why|how|when|who|es|soy|eres|"
-    r"que|qué|cual|cuál|por que|por qué|como|cómo|puede|puedo)\b.*\?\s*$",
-    re.IGNORECASE | re.DOTALL)
-_CLAUSES = re.compile(r"[.;!?\n]+|\s(?:but|pero|aunque|although|though)\s", re.IGNORECASE)
+# A question about allergies ("is my son allergic to eggs?", "what causes a peanut
+# allergy?", "¿soy alérgico al huevo?") states none; "I'm allergic to nuts, what can I eat?"
+# and "soy alérgica al maní, ¿qué como?" do. A clause that starts as a question and ends with
+# "?" asks, unless the allergy word comes later than `ASKED_WITHIN` words and someone speaks
+# of themselves ("what can I eat, I'm allergic to peanuts?").
+_ASKING = re.compile(
+    r"^[\s¡]*(¿|(is|am|are|do|does|did|can|could|will|would|should|what|which|why|how|when|"
+    r"who)\b).*\?\s*$", re.IGNORECASE | re.DOTALL)
+ASKED_WITHIN = 4
+FIRST_PERSON = frozenset({"i", "im", "me", "my", "soy", "tengo", "estoy", "yo", "mi", "mis"})
+# Clauses: sentences (the mark kept with its clause), and the two sides of "but" / "pero".
+_CLAUSES = re.compile(r"(?<=[.;!?\n])|\s(?:but|pero|aunque|although|though)\s", re.IGNORECASE)
 MAX_REMEMBERED = 20
 LISTED = 6  # ALLERGIES names at most this many, then "and N more"
 MAX_STORED = 300  # characters: `Contact.allergies` is String(300)
@@ -110,7 +117,7 @@ def stated(text: str, knowledge: Knowledge, language: str | None = None) -> tupl
         knowledge: the content (`bot.knowledge.load_knowledge`).
         language: "en" or "es", or None to detect it.
     """
-    if not _MAYBE.search(text) or _QUESTION.match(text.strip()):
+    if not _MAYBE.search(text):
         return ()
     keys: list[str] = []
     # Clause by clause, so that "I'm allergic to peanuts. Meal plan without eggs" remembers
@@ -122,6 +129,9 @@ def stated(text: str, knowledge: Knowledge, language: str | None = None) -> tupl
         cues = [i for i, w in enumerate(c.words) if w in CUES]
         if not cues or any(_negated(c.words, i) for i in cues):
             continue
+        if _ASKING.match(clause.strip()) and (
+                cues[0] <= ASKED_WITHIN or not FIRST_PERSON & set(c.words)):
+            continue  # a question about allergies
         said = stems(read_words(clause))  # as written: no typo correction ("bees" is not beef)
         keys += [e.key for e in c.exclusions
                  if e.key not in keys and _known(e, knowledge) and _named(e, said, knowledge)]
@@ -155,7 +165,8 @@ def _negated(words: tuple[str, ...], cue: int) -> bool:
     """Whether the allergy word at `cue` is said in the negative or of the past ("not
     allergic", "no tengo alergia", "ya no", "used to be allergic", "outgrew my allergy")."""
     before = words[max(0, cue - NEGATION_WINDOW):cue]
-    return bool(NEGATIONS & set(before)) or bool(PAST & set(words))
+    return (bool(NEGATIONS & set(before)) or "no" in words[max(0, cue - 2):cue]
+            or bool(PAST & set(words)))
 
 
 def with_allergies(c: Constraints, keys: Iterable[str], knowledge: Knowledge) -> Constraints:
