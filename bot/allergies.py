@@ -169,9 +169,11 @@ def _negated(words: tuple[str, ...], cue: int) -> bool:
             or bool(PAST & set(words)))
 
 
-def with_allergies(c: Constraints, keys: Iterable[str], knowledge: Knowledge) -> Constraints:
+def with_allergies(c: Constraints, keys: tuple[str, ...], knowledge: Knowledge) -> Constraints:
     """`c` with the remembered `keys` added: their exclusions after the message's own, their
     diets with what those rule out. `c` itself when there is nothing to add."""
+    if not keys:
+        return c
     own = {e.key for e in c.exclusions}
     added: list[Exclusion] = []
     diets = set(c.diets)
@@ -255,7 +257,17 @@ def _exclusion(key: str, knowledge: Knowledge) -> Exclusion | None:
         return family_exclusion(knowledge, key)
     except KeyError:
         pass
+    cached = _ITEMS.get((id(knowledge), key))
+    if cached is not None and cached[0] is knowledge:
+        return cached[1]  # a food read once, not again for every request of the person
     found = parse_constraints(f"without {key}", knowledge, "en")
-    if found.unverifiable:
-        return None
-    return next((e for e in found.exclusions if e.key == key), None)
+    item = None if found.unverifiable else next(
+        (e for e in found.exclusions if e.key == key), None)
+    if len(_ITEMS) >= 4096:
+        _ITEMS.clear()
+    _ITEMS[(id(knowledge), key)] = (knowledge, item)
+    return item
+
+
+# Remembered foods that are not families, as `Exclusion`s, per content (`_exclusion`).
+_ITEMS: dict[tuple[int, str], tuple[Knowledge, Exclusion | None]] = {}

@@ -196,9 +196,13 @@ def page() -> ResponseReturnValue:
     settings = _settings()
     now = utcnow()
     figures = statement.statement(db.session, account_id, settings.catalog, now)
-    numbers = db.session.scalars(select(Contact.address).where(Contact.account_id == account_id)
-                                 .order_by(Contact.id)).all()
-    remembered = _remembered_allergies(account_id)
+    contacts = db.session.execute(select(Contact.address, Contact.allergies)
+                                  .where(Contact.account_id == account_id)
+                                  .order_by(Contact.id)).all()
+    numbers = [address for address, _ in contacts]
+    # What the person told the bot they are allergic to, on any number, oldest first.
+    remembered = tuple(dict.fromkeys(k for _, stored in contacts
+                                     for k in allergies.decode(stored)))
     db.session.commit()
     until = datetime.fromtimestamp(session[UNTIL_KEY], UTC)
     return render_template(
@@ -210,14 +214,6 @@ def page() -> ResponseReturnValue:
         language_names={"en": "English", "es": "Español"},
         allergies=allergies.labels(remembered, load_knowledge(), _lang()))
 
-
-def _remembered_allergies(account_id: int) -> tuple[str, ...]:
-    """What the person told the bot they are allergic to, on any number of the account
-    (`bot.allergies` keys, oldest first)."""
-    stored = db.session.scalars(select(Contact.allergies).where(
-        Contact.account_id == account_id, Contact.allergies.is_not(None))
-        .order_by(Contact.id)).all()
-    return tuple(dict.fromkeys(k for row in stored for k in allergies.decode(row)))
 
 
 def masked_number(address: str) -> str:

@@ -288,9 +288,8 @@ class LlmSkill:
             CatalogError: the catalog has no LLM tier `request.tier`.
         """
         knowledge = self.knowledge or load_knowledge()
-        c = parse_constraints(request.text, knowledge, request.language)
-        if request.allergies:
-            c = with_allergies(c, request.allergies, knowledge)
+        c = with_allergies(parse_constraints(request.text, knowledge, request.language),
+                           request.allergies, knowledge)
         c = with_earlier_request(c, request.history, knowledge)
         target = refuse_unanswerable(self.intent, c, knowledge, request)
         tier = self.settings.tier(request.tier)

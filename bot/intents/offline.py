@@ -33,6 +33,7 @@ from decimal import ROUND_CEILING, ROUND_HALF_UP, Decimal
 
 import numpy
 
+from bot.allergies import with_allergies
 from bot.errors import SkillFailed
 from bot.intents import SkillAnswer, SkillRequest, register_skill
 from bot.intents.answer_check import find_violation
@@ -182,10 +183,8 @@ def fit(text: str) -> str:
 
 def _read(request: SkillRequest, knowledge: Knowledge) -> Constraints:
     """The request's constraints, with the person's remembered allergies (`bot.allergies`)."""
-    from bot.allergies import with_allergies  # bot.allergies imports this package's modules
-
-    c = parse_constraints(request.text, knowledge, request.language)
-    return with_allergies(c, request.allergies, knowledge) if request.allergies else c
+    return with_allergies(parse_constraints(request.text, knowledge, request.language),
+                          request.allergies, knowledge)
 
 
 def _answer(text: str, request: SkillRequest) -> SkillAnswer:

@@ -28,7 +28,6 @@ from typing import cast
 from sqlalchemy import Integer, String, Table, bindparam, delete, select
 from sqlalchemy.orm import Session
 
-from bot import allergies as allergy_commands
 from bot.intents.classifier import classify
 from bot.intents.llm_classify import LlmClassification, classify_with_llm, unsure
 from bot.messages import InboundMessage, from_payload
@@ -44,7 +43,7 @@ from bot.router.answer import (
     settle,
 )
 from bot.router.steps import handle_inbound, keyword_family
-from bot.router.turn import BotSettings, Outcome
+from bot.router.turn import BotSettings, Outcome, is_free_command
 from tokens.base import utcnow
 from tokens.catalog import normalise_command
 
@@ -160,7 +159,7 @@ def classify_before_turn(msg: InboundMessage, settings: BotSettings, now: dateti
     text = msg.text
     if chat is None or not text.strip() or keyword_family(msg) is not None:
         return None
-    if normalise_command(text) in catalog.command_words | allergy_commands.COMMANDS:
+    if is_free_command(normalise_command(text), catalog):
         return None
     rules = LlmClassification(classify(text, catalog))  # the turn uses it, not classify again
     if limits is None or not catalog.llm.classify_per_day or not unsure(text, rules.spec,

@@ -42,7 +42,6 @@ from sqlalchemy.orm import Session, make_transient_to_detached
 
 from bot import allergies as allergy_memory
 from bot import replies
-from bot.allergies import decode as decode_allergies
 from bot.contacts import (
     LanguageState,
     chosen_language,
@@ -79,6 +78,7 @@ from bot.router.turn import (
     ReplyNow,
     Step,
     Turn,
+    is_free_command,
 )
 from tokens import account_links, auto_topup, costs, ledger, levels, payments
 from tokens.base import UTCDateTime, insert_on_conflict, utcnow
@@ -253,7 +253,7 @@ def language(turn: Turn) -> None:
     no statement is added."""
     assert turn.contact is not None
     state = LanguageState.of(turn.contact)
-    chosen = turn.catalog.language_choices.get(normalise_command(turn.msg.text))
+    chosen = turn.catalog.language_choices.get(turn.command)
     if chosen:
         state = chosen_language(chosen, turn.now)
     elif chosen is None:
@@ -409,12 +409,12 @@ def past_the_cutoff(turn: Turn) -> None:
     (`levels.monthly_loss_ceiling_musd`). Priced requests are decided in `choose_level`;
     HELP, STOP and START, answered before this step, draw on the budget of free replies."""
     catalog = turn.catalog
-    command = normalise_command(turn.msg.text)
+    command = turn.command
     commands = catalog.commands
     billing = command in (commands["balance"] | commands["buy"] | commands["premium"]
                           | commands["auto_on"] | commands["auto_off"] | commands["account"])
-    if (not billing and turn.msg.text.strip() and command not in catalog.command_words
-            and command not in allergy_memory.COMMANDS and read_small_talk(turn) is None):
+    if (not billing and turn.msg.text.strip() and not is_free_command(command, catalog)
+            and read_small_talk(turn) is None):
         return  # a priced request: `choose_level` decides
     ceiling = levels.reply_ceiling_musd(catalog, turn.msg.channel)
     if _exposure(turn) + ceiling < catalog.levels.payment_required_musd:
@@ -437,7 +437,7 @@ def free_commands(turn: Turn) -> None:
     Spanish forms): whole-message matches, free, in the person's language. ACCOUNT sends a
     link to the person's own account page, for them only and for 15 minutes
     (`tokens.account_links`, docs/account.md)."""
-    command = normalise_command(turn.msg.text)
+    command = turn.command
     catalog, lang = turn.catalog, turn.language
     commands = catalog.commands
     if command in commands["balance"]:
@@ -473,9 +473,9 @@ def remembered_allergies(turn: Turn) -> None:
     turn's other changes to the contact; the answer then starts with a line saying so, and
     this and every later request leaves it out (`SkillRequest.allergies`)."""
     assert turn.contact is not None
-    command = normalise_command(turn.msg.text)
+    command = turn.command
     knowledge = load_knowledge()
-    remembered = decode_allergies(turn.contact.allergies)
+    remembered = allergy_memory.decode(turn.contact.allergies)
     if command in allergy_memory.LIST_COMMANDS:
         raise ReplyNow(OutcomeKind.ALLERGIES,
                        allergy_memory.list_text(remembered, knowledge, turn.language))
@@ -645,7 +645,7 @@ def defer_or_answer(turn: Turn) -> None:
         hold_id=turn.hold_id,
         request=skill_request(turn.session, turn.settings, turn.intent, turn.message,
                                turn.level, language=_known_language(turn),
-                               allergies=decode_allergies(turn.contact.allergies)),
+                               allergies=allergy_memory.decode(turn.contact.allergies)),
         level=turn.level,
         placed=turn.placed,
         available_after_hold=turn.available,

@@ -8,6 +8,7 @@ docs/pipeline.md explains the whole flow.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -15,13 +16,14 @@ from typing import TYPE_CHECKING
 
 from sqlalchemy.orm import Session
 
+from bot.allergies import COMMANDS as ALLERGY_COMMANDS
 from bot.contacts import LanguageState
 from bot.llm import ChatClient
 from bot.messages import InboundMessage
 from bot.models import Contact, Message, OutcomeKind
 from bot.ratelimit import SenderLimits
 from tokens import ledger, levels
-from tokens.catalog import Catalog, IntentSpec
+from tokens.catalog import Catalog, IntentSpec, normalise_command
 
 if TYPE_CHECKING:
     from bot.intents.llm_classify import LlmClassification
@@ -175,10 +177,22 @@ class Turn:
     def catalog(self) -> Catalog:
         return self.settings.catalog
 
+    @functools.cached_property
+    def command(self) -> str:
+        """The message as commands are compared (`tokens.catalog.normalise_command`), once."""
+        return normalise_command(self.msg.text)
+
     @property
     def account_id(self) -> int:
         assert self.contact is not None, "the contact step runs first"
         return self.contact.account_id
+
+
+def is_free_command(command: str, catalog: Catalog) -> bool:
+    """Whether `command` (normalised) is a whole-message command answered free: one of the
+    catalog's (`Catalog.command_words`) or the bot's own (ALLERGIES, FORGET ALLERGIES:
+    `bot.allergies.COMMANDS`)."""
+    return command in catalog.command_words or command in ALLERGY_COMMANDS
 
 
 Step = Callable[[Turn], None]
