@@ -7,7 +7,7 @@ import hmac
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import String, bindparam, delete, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -84,7 +84,11 @@ def resolve_contact(session: Session, address: str, now: datetime,
 
 def find_contact(session: Session, address: str) -> Contact | None:
     """The contact with this address (E.164 or "wa:<id>"), or None."""
-    return session.scalars(select(Contact).where(Contact.address == address)).first()
+    return session.scalars(_BY_ADDRESS, {"address": address}).first()
+
+
+# Built once: the first statement of every turn (`bot.router.steps.sender_contact`).
+_BY_ADDRESS = select(Contact).where(Contact.address == bindparam("address", type_=String()))
 
 
 # A message is clearly in a language when it has at least this many of that language's marker

@@ -14,6 +14,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.orm import Mapped, mapped_column
 
@@ -34,6 +35,10 @@ OUTBOUND_STATES = (
     "accepted", "scheduled", "queued", "sending", "sent", "delivered", "read",
     "undelivered", "failed", "canceled",
 )
+# The states of a reply on its way: stored or being sent, not yet accepted by the provider,
+# so not yet costed (the exposure of the level decisions counts them, `bot.router.steps`).
+ON_THE_WAY_STATES = ("pending", "submitting", "unknown")
+ON_THE_WAY_SQL = f"status IN ({', '.join(repr(state) for state in ON_THE_WAY_STATES)})"
 
 
 
@@ -207,6 +212,15 @@ class Message(Base):
             f"outcome IS NULL OR outcome IN ({', '.join(repr(k) for k in OUTCOME_KINDS)})",
             name="outcome_known",
         ),
+        # Partial indexes of the few messages the turn's standing read sums for an account
+        # (`bot.router.steps.serialise`): answers still queued, replies on their way. Without
+        # them each turn read every message of the person's contacts, which grows with
+        # their history (migration 0018).
+        Index("ix_messages_queued", "contact_id",
+              sqlite_where=text("outcome = 'queued'"),
+              postgresql_where=text("outcome = 'queued'")),
+        Index("ix_messages_on_the_way", "contact_id",
+              sqlite_where=text(ON_THE_WAY_SQL), postgresql_where=text(ON_THE_WAY_SQL)),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)

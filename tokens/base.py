@@ -8,12 +8,25 @@ from __future__ import annotations
 
 import functools
 import re
+from collections.abc import Callable, Hashable, Mapping
 from datetime import UTC, datetime
+from typing import Any
 
-from sqlalchemy import DateTime, MetaData, Table, TextClause, bindparam, text
-from sqlalchemy.engine import Dialect
+from sqlalchemy import (
+    DateTime,
+    MetaData,
+    String,
+    Table,
+    TextClause,
+    bindparam,
+    literal_column,
+    text,
+)
+from sqlalchemy.engine import Connection, CursorResult, Dialect
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import DeclarativeBase, Session
+from sqlalchemy.sql import ClauseElement
+from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.selectable import TextualSelect
 from sqlalchemy.types import TypeDecorator
 
@@ -85,7 +98,77 @@ def insert_once(session: Session, row: Base) -> bool:
 
 
 
+# (dialect, driver, key) -> the SQL of `execute_compiled`'s statement, its fixed parameters
+# and the bind processors of the parameters that have one.
+_COMPILED: dict[tuple[str, str, Hashable], tuple[str, dict[str, Any], dict[str, Any]]] = {}
+
+
+def execute_compiled(connection: Connection, key: Hashable,
+                     build: Callable[[str], ClauseElement],
+                     params: Mapping[str, Any]) -> CursorResult[Any]:
+    """Run the Core statement `build(dialect_name)` makes ("postgresql", "sqlite"), compiled
+    once per database driver and `key`, with `params` (bound parameter name -> value).
+
+    SQLAlchemy's statement cache spares the compilation but not the cache key: each
+    execution walks the whole statement to compute it, which for a statement of several
+    subqueries (the router's standing read, `bot.router.steps.serialise`) costs more CPU
+    than SQLite spends running it, and dialect `INSERT ... ON CONFLICT` constructs are not
+    cached at all. This sends the SQL compiled the first time as driver SQL, each parameter
+    processed by its type's bind processor (`UTCDateTime` and the like) as SQLAlchemy would.
+    The `before_cursor_execute` events still see it and errors are SQLAlchemy's (e.g.
+    `IntegrityError`). Rows come back as the driver gives them, without result processing
+    (a timestamp is text on SQLite).
+
+    Raises:
+        ValueError: a statement whose SQL depends on the values (an expanding `IN` of bound
+            values): give its values as literals.
+    """
+    dialect = connection.dialect
+    compiled = _COMPILED.get((dialect.name, dialect.driver, key))
+    if compiled is None:
+        # SQLite is compiled with named parameters (its driver takes both), so that the
+        # parameters are a dict on every backend.
+        target = (type(dialect)(paramstyle="named")  # type: ignore[call-arg]
+                  if dialect.name == "sqlite" else dialect)
+        statement = build(dialect.name).compile(dialect=target)
+        assert isinstance(statement, SQLCompiler)
+        sql = str(statement)
+        if "POSTCOMPILE" in sql:
+            raise ValueError(f"statement {key!r} has an expanding IN: give literal values")
+        fixed: dict[str, Any] = {name: bind.effective_value
+                                 for name, bind in statement.binds.items()
+                                 if not bind.required}  # e.g. `count(*) > 0`'s 0
+        processors: dict[str, Any] = {}
+        for name, bind in statement.binds.items():
+            process = bind.type.bind_processor(dialect)
+            if process is not None:
+                processors[name] = process
+        fixed = {name: processors[name](value) if name in processors else value
+                 for name, value in fixed.items()}
+        compiled = _COMPILED[(dialect.name, dialect.driver, key)] = (sql, fixed, processors)
+    sql, fixed, processors = compiled
+    values = {**fixed, **params}
+    for name, process in processors.items():
+        if name in params:
+            values[name] = process(params[name])
+    return connection.exec_driver_sql(sql, values)
+
+
 _IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]*$")
+
+
+def literal_words(*words: str) -> list[Any]:
+    """SQL string literals of plain lower-case words (`'active'`), for the `IN (...)` and
+    `=` of a statement run through `execute_compiled` (whose SQL cannot depend on values),
+    and for a condition a partial index must match as written.
+
+    Raises:
+        ValueError: a word that is not a plain lower-case identifier.
+    """
+    for word in words:
+        if not _IDENTIFIER.match(word):
+            raise ValueError(f"not a plain word: {word!r}")
+    return [literal_column(f"'{word}'", String) for word in words]
 
 
 @functools.lru_cache(maxsize=256)

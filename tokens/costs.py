@@ -61,7 +61,7 @@ from sqlalchemy.orm import (
 from sqlalchemy.orm.attributes import set_committed_value
 
 from tokens import signals
-from tokens.base import Base, UTCDateTime, utcnow
+from tokens.base import Base, UTCDateTime, execute_compiled, utcnow
 from tokens.catalog import Costs, ModelPrice
 from tokens.errors import InvalidAmount
 from tokens.periods import Month, day_of
@@ -557,9 +557,6 @@ _MONTH_COLUMNS = tuple(column.name for column in _MONTHS.columns)
 # session.info key: the `AccountMonth` rows this session's recordings returned, by
 # (account_id, month), each with the transaction (or savepoint) that wrote it last.
 _HELD = "tokens.costs.months"
-# The SQL of each statement (`_build`) for each database driver, and its fixed parameters.
-_COMPILED: dict[tuple[str, str, tuple[Any, ...]], tuple[str, dict[str, Any]]] = {}
-_DATETIME_BINDS: dict[tuple[str, str], Any] = {}
 
 Increments = dict[str, int]
 
@@ -578,39 +575,10 @@ def _dialect(connection: Connection) -> str:
 
 def _execute(connection: Connection, key: tuple[Any, ...], params: dict[str, Any]) -> Any:
     """Run the statement `key` names (see `_build`) with `params`, in the session's
-    transaction. Dialect-specific INSERTs (`ON CONFLICT`) are not in SQLAlchemy 2.0's compiled
-    cache, so each statement is compiled once per driver here and sent as driver SQL: the
-    `before_cursor_execute` events still see it, and errors are SQLAlchemy's (e.g.
-    `IntegrityError`). Values must already be in the driver's form (see `_created_at`).
-    """
-    dialect = connection.dialect
-    compiled = _COMPILED.get((dialect.name, dialect.driver, key))
-    if compiled is None:
-        name = _dialect(connection)
-        # SQLite is compiled with named parameters (its driver takes both), so that a
-        # statement's parameters are a dict on every backend.
-        target = (type(dialect)(paramstyle="named")  # type: ignore[call-arg]
-                  if name == "sqlite" else dialect)
-        statement = _build(name, key).compile(dialect=target)
-        fixed = {name: bind.effective_value for name, bind in statement.binds.items()
-                 if not bind.required}  # e.g. `count(*) > 0`'s 0
-        compiled = _COMPILED[(dialect.name, dialect.driver, key)] = (str(statement), fixed)
-    sql, fixed = compiled
-    return connection.exec_driver_sql(sql, {**fixed, **params} if fixed else params)
-
-
-def _created_at(connection: Connection, moment: datetime) -> Any:
-    """`moment` as the driver takes a `UTCDateTime` (aware UTC; text on SQLite).
-
-    Raises:
-        ValueError: a naive datetime.
-    """
-    dialect = connection.dialect
-    process = _DATETIME_BINDS.get((dialect.name, dialect.driver))
-    if process is None:
-        process = _COSTS.c.created_at.type.bind_processor(dialect) or (lambda value: value)
-        _DATETIME_BINDS[(dialect.name, dialect.driver)] = process
-    return process(moment)
+    transaction, compiled once per database driver (`tokens.base.execute_compiled`: dialect
+    `INSERT ... ON CONFLICT` constructs are not in SQLAlchemy 2.0's compiled cache)."""
+    return execute_compiled(connection, ("tokens.costs", key),
+                            lambda name: _build(_dialect(connection), key), params)
 
 
 def _prefixed(values: dict[str, Any], prefix: str = "v_") -> dict[str, Any]:
@@ -636,12 +604,11 @@ def _record(
     label, day = str(Month.of(moment)), day_of(moment)
     connection = session.connection()
     columns = _ENTRY_COLUMNS[table.name]
-    created_at = _created_at(connection, moment)
     params: dict[str, Any] = {"account_id": account_id, "month": label, "day": day,
                               "intent": intent}
     for i, (entry, increments) in enumerate(rows):
         values = {**dict.fromkeys(columns), **entry, "account_id": account_id, "month": label,
-                  "created_at": created_at}
+                  "created_at": moment}
         params.update((f"e{i}_{name}", values[name]) for name in columns)
         params.update((f"m{i}_{name}", amount) for name, amount in increments.items())
     _expire_loaded(session, AccountDay, (account_id, day))

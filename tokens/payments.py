@@ -44,7 +44,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
-from tokens.base import Base, UTCDateTime, utcnow
+from tokens.base import Base, UTCDateTime, literal_words, utcnow
 from tokens.errors import PayLinkExpired, PayLinkNotFound
 
 # What a pay link opens: a token pack's checkout, the premium subscription's, or the billing
@@ -431,10 +431,11 @@ def premium_exists(match: ColumnElement[bool], since: datetime | ColumnElement[d
     """SQL `EXISTS`: a subscription matching `match` (e.g. `Subscription.account_id ==
     Account.id`) gives premium; the rule of `Subscription.premium` (trialing or active, or
     past due since after `since` = `grace_start(now, grace_days)`), for use inside another
-    query. `since` may be a bound parameter, so that the query is built once."""
+    query. `since` may be a bound parameter, so that the query is built once; the statuses
+    are literals (`tokens.base.literal_words`), so that it can be compiled once."""
     return (select(Subscription.id)
-            .where(match, or_(Subscription.status.in_(PREMIUM_STATUSES),
-                              and_(Subscription.status == "past_due",
+            .where(match, or_(Subscription.status.in_(literal_words(*PREMIUM_STATUSES)),
+                              and_(Subscription.status == literal_words("past_due")[0],
                                    Subscription.past_due_since > since)))
             .exists())
 

@@ -60,7 +60,7 @@ from bot.intents.llm_classify import (
 from bot.intents.offline import small_talk as small_talk_kind
 from bot.knowledge import load_knowledge
 from bot.messages import InboundMessage
-from bot.models import ConsentEvent, Contact, Message, OutcomeKind
+from bot.models import ON_THE_WAY_STATES, ConsentEvent, Contact, Message, OutcomeKind
 from bot.router.answer import (
     PendingAnswer,
     billed_units,
@@ -81,7 +81,13 @@ from bot.router.turn import (
     is_free_command,
 )
 from tokens import account_links, auto_topup, costs, ledger, levels, payments
-from tokens.base import UTCDateTime, insert_on_conflict, utcnow
+from tokens.base import (
+    UTCDateTime,
+    execute_compiled,
+    insert_on_conflict,
+    literal_words,
+    utcnow,
+)
 from tokens.catalog import normalise_command
 from tokens.errors import InsufficientTokens, UnknownAccount
 
@@ -115,7 +121,8 @@ def serialise(turn: Turn) -> None:
     }
     params.update((f"rate_{i}", rates[channel].outbound_musd)
                   for i, channel in enumerate(channels))
-    row = turn.session.execute(_standing_statement(channels), params).first()
+    row = execute_compiled(turn.session.connection(), ("bot.router.steps.standing", channels),
+                           lambda _dialect: _standing_statement(channels), params).first()
     if row is None:
         raise UnknownAccount(f"account {turn.account_id} does not exist")
     turn.suspended = row[0] is not None
@@ -149,14 +156,17 @@ def _on_the_way(channels: tuple[str, ...]) -> tuple[ColumnElement[int], ColumnEl
     "How service steps down"): the µUSD ceilings of its answers still queued, and the µUSD of
     its replies stored or being sent but not yet accepted by the provider (`pending`,
     `submitting`, `unknown`), neither of which is costed yet."""
-    on_the_way = Message.status.in_(("pending", "submitting", "unknown"))
+    # Literal values, not bound ones, so that the partial indexes of these messages
+    # (`ix_messages_queued`, `ix_messages_on_the_way`) serve both subqueries.
+    on_the_way = Message.status.in_(literal_words(*ON_THE_WAY_STATES))
     rate = case(*[(Message.channel == channel, bindparam(f"rate_{i}", type_=BigInteger()))
                   for i, channel in enumerate(channels)], else_=0)
     of_account = (select(Message.id).join(Contact, Contact.id == Message.contact_id)
                   .where(Contact.account_id == ledger.Account.id))
     queued = (of_account.with_only_columns(
         func.coalesce(func.sum(Message.estimate_musd), 0))
-        .where(Message.outcome == OutcomeKind.QUEUED).scalar_subquery())
+        .where(Message.outcome == literal_words(OutcomeKind.QUEUED)[0])
+        .scalar_subquery())
     sending = (of_account.with_only_columns(
         func.coalesce(func.sum(Message.units * rate), 0))
         .where(on_the_way).scalar_subquery())

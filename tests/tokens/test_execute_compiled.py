@@ -1,0 +1,110 @@
+"""`tokens.base.execute_compiled` (a Core statement compiled once per driver, sent as driver
+SQL with its parameters processed) and the partial indexes the router's standing read uses
+(`ix_messages_queued`, `ix_messages_on_the_way`, migration 0018)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import pytest
+from sqlalchemy import event, func, select, text
+from sqlalchemy.orm import Session
+
+from bot.models import ON_THE_WAY_STATES, Contact, Message
+from bot.router.steps import _standing_statement
+from tokens import ledger
+from tokens.base import execute_compiled, literal_words
+from tokens.costs import AccountDay
+
+NOW = datetime(2026, 12, 4, 12, 0, tzinfo=UTC)
+
+
+def _count_after(session: Session, moment: datetime) -> int:
+    return int(execute_compiled(
+        session.connection(), ("test", "accounts after"),
+        lambda _dialect: select(func.count()).select_from(ledger.Account)
+        .where(ledger.Account.created_at >= moment), {"created_at_1": moment}).scalar_one())
+
+
+def test_parameters_are_processed_by_their_types(session: Session) -> None:
+    ledger.open_account(session, NOW)
+    session.flush()
+    # UTCDateTime's bind processor: an aware time in another zone is compared as UTC.
+    later = datetime(2026, 12, 4, 7, 0, tzinfo=UTC).astimezone()
+    assert _count_after(session, later) == 1
+    assert _count_after(session, datetime(2026, 12, 5, tzinfo=UTC)) == 0
+
+
+def test_a_naive_time_is_refused(session: Session) -> None:
+    with pytest.raises(ValueError, match="naive datetime"):
+        _count_after(session, datetime(2026, 12, 4, 12, 0))
+
+
+def test_an_expanding_in_is_refused_and_literal_words_serve_instead(session: Session) -> None:
+    account = ledger.open_account(session, NOW).id
+    session.flush()
+    bound = select(func.count()).select_from(ledger.Account).where(
+        ledger.Account.id.in_([account]))
+    with pytest.raises(ValueError, match="expanding IN"):
+        execute_compiled(session.connection(), ("test", "expanding"), lambda _d: bound, {})
+    words = select(func.count()).select_from(Message).where(
+        Message.status.in_(literal_words(*ON_THE_WAY_STATES)))
+    assert execute_compiled(session.connection(), ("test", "words"), lambda _d: words,
+                            {}).scalar_one() == 0
+    with pytest.raises(ValueError, match="not a plain word"):
+        literal_words("pending' OR '1'='1")
+
+
+def test_compiled_once_and_seen_by_statement_events(session: Session) -> None:
+    built: list[str] = []
+    seen: list[str] = []
+
+    def build(dialect: str) -> object:
+        built.append(dialect)
+        return select(AccountDay.cost_musd).where(AccountDay.account_id == -1)
+
+    engine = session.get_bind()
+    listener = lambda *args: seen.append(args[2])  # noqa: E731
+    event.listen(engine, "before_cursor_execute", listener)
+    try:
+        for _ in range(3):
+            execute_compiled(session.connection(), ("test", "once"), build,  # type: ignore[arg-type]
+                             {"account_id_1": -1}).all()
+    finally:
+        event.remove(engine, "before_cursor_execute", listener)
+    assert len(built) == 1
+    assert len([sql for sql in seen if "account_days" in sql]) == 3
+
+
+def _plan(session: Session) -> str:
+    """The plan of the router's standing read, as the router sends it."""
+    dialect = session.get_bind().dialect
+    if dialect.name == "postgresql":
+        session.execute(text("SET LOCAL enable_seqscan = off"))  # a tiny table
+    prefix = "EXPLAIN " if dialect.name == "postgresql" else "EXPLAIN QUERY PLAN "
+
+    def explain(conn: object, cursor: object, statement: str, parameters: object,
+                context: object, executemany: bool) -> tuple[str, object]:
+        return prefix + statement, parameters
+
+    channels = ("sms", "whatsapp")
+    params = {"account_id": 1, "now": NOW, "grace_start": NOW, "allowance_key": "x",
+              "rate_0": 1, "rate_1": 1}
+    engine = session.get_bind()
+    event.listen(engine, "before_cursor_execute", explain, retval=True)
+    try:
+        rows = execute_compiled(session.connection(), ("bot.router.steps.standing", channels),
+                                lambda _d: _standing_statement(channels), params).all()
+    finally:
+        event.remove(engine, "before_cursor_execute", explain)
+    return "\n".join(str(row[-1]) for row in rows)
+
+
+def test_the_standing_read_uses_the_partial_indexes(session: Session) -> None:
+    account = ledger.open_account(session, NOW)
+    contact = Contact(address="+15550001111", account_id=account.id, created_at=NOW)
+    session.add(contact)
+    session.flush()
+    plan = _plan(session)
+    assert "ix_messages_queued" in plan, plan
+    assert "ix_messages_on_the_way" in plan, plan
