@@ -15,8 +15,8 @@ import logging
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import select
-from sqlalchemy.orm import Session
+from sqlalchemy import Table, insert, select
+from sqlalchemy.orm import Session, make_transient_to_detached
 
 from bot import replies
 from bot.allergies import decode as decode_allergies
@@ -320,30 +320,35 @@ def store_replies(
             contact.more_text = rest or None  # a new answer replaces the continuation
         elif rest:
             contact.more_text = rest
-    rows: list[Message] = []
+    ids: list[int] = []
     for part in parts:
-        row = Message(
-            contact_id=contact.id,
-            direction="out",
-            channel=channel,
-            body=part,
-            in_reply_to_id=inbound.id,
-            units=billed_units(channel, part),
-            status="pending" if transport == "rest" else None,
-            created_at=now,
-        )
+        # One Core INSERT ... RETURNING id per message, the row then known to the session as
+        # stored (as `bot.router.steps.store_inbound` does): the id keys its cost, and the
+        # sender knows it without reading it back (`stored_reply_ids`). The turn's other
+        # changes go with the commit's flush.
+        values = {
+            "contact_id": contact.id, "direction": "out", "channel": channel, "body": part,
+            "message_sid": None, "num_media": 0, "intent": None, "outcome": None,
+            "tokens_charged": 0, "in_reply_to_id": inbound.id, "status":
+            "pending" if transport == "rest" else None, "error_code": None,
+            "units": billed_units(channel, part), "level": None, "estimate_musd": None,
+            "status_at": None, "created_at": now,
+        }
+        stored = session.execute(_STORE_REPLY, values).scalar_one()
+        row = Message(id=stored, **values)
+        make_transient_to_detached(row)
         session.add(row)
-        rows.append(row)
+        ids.append(stored)
         if transport == "twiml":
-            session.flush()  # the row's id keys its cost
             costs.record_messaging(session, contact.account_id, catalog.costs, channel, "out",
-                                   row.units, key=f"msg:out:{row.id}", now=now)
-    if transport == "rest" and rows:
-        # One flush for all of them (the INSERTs the commit would send anyway), so that the
-        # sender knows their ids without reading them back (`stored_reply_ids`).
-        session.flush()
-        session.info.setdefault(REPLY_IDS, {})[inbound.id] = [row.id for row in rows]
+                                   row.units, key=f"msg:out:{stored}", now=now)
+    if transport == "rest" and ids:
+        session.info.setdefault(REPLY_IDS, {})[inbound.id] = ids
     return tuple(parts)
+
+
+_MESSAGES: Table = Message.__table__  # type: ignore[assignment]
+_STORE_REPLY = insert(_MESSAGES).returning(_MESSAGES.c.id)
 
 
 def stored_reply_ids(session: Session, inbound_id: int) -> list[int] | None:
