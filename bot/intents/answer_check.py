@@ -30,6 +30,7 @@ worst a free refusal; a missed allergen is what the person asked us to prevent.
 
 from __future__ import annotations
 
+import functools
 import re
 import unicodedata
 from collections.abc import Iterable
@@ -278,12 +279,12 @@ def mentions(text: str, knowledge: Knowledge, exclusion: Exclusion, *,
     if spanish is None:
         spanish = detect_language(text) == "es"
     terms = _terms_of(knowledge, exclusion)
-    phrases = terms.phrases(spanish)
+    phrases, named_phrases = _phrase_sets(terms, spanish)
     keys: list[str | None] = [None if w in _BOUNDARIES or w == "," else word_key(w)
                               for w in words]
     # Where the family is named, exceptions included, for "gluten-free bread" / "pan sin
     # gluten": what qualifies a staple need not itself be a mention.
-    named = _matches(keys, phrases | set(terms.exceptions))
+    named = _matches(keys, named_phrases)
     for exception in terms.exceptions:
         size = len(exception)
         for start in range(len(keys) - size + 1):
@@ -300,15 +301,41 @@ def mentions(text: str, knowledge: Knowledge, exclusion: Exclusion, *,
     return None
 
 
-def _matches(keys: list[str | None], phrases: Iterable[tuple[str, ...]]
-             ) -> list[tuple[int, int]]:
+@dataclass(frozen=True)
+class _PhraseSet:
+    """Keyed phrases to find in an answer, with what `_matches` needs to skip ahead: the
+    longest phrase's length and the words a phrase can start with."""
+
+    wanted: frozenset[tuple[str, ...]]
+    longest: int
+    firsts: frozenset[str]
+
+    @classmethod
+    def of(cls, phrases: Iterable[tuple[str, ...]]) -> _PhraseSet:
+        """The set of `phrases` (empty phrases are never found)."""
+        wanted = frozenset(p for p in phrases if p)
+        return cls(wanted, max((len(p) for p in wanted), default=0),
+                   frozenset(p[0] for p in wanted))
+
+
+@functools.lru_cache(maxsize=4096)
+def _phrase_sets(terms: _Terms, spanish: bool) -> tuple[_PhraseSet, _PhraseSet]:
+    """What `mentions` looks for (once per exclusion, content and language): the mentions,
+    and the places the family is named (the mentions and the exceptions)."""
+    phrases = terms.phrases(spanish)
+    return _PhraseSet.of(phrases), _PhraseSet.of(phrases | frozenset(terms.exceptions))
+
+
+def _matches(keys: list[str | None], phrases: _PhraseSet) -> list[tuple[int, int]]:
     """(start, end) of each phrase in the keyed words, the longest at each place first."""
-    wanted = frozenset(phrases)
-    longest = max((len(p) for p in wanted), default=0)
+    wanted, longest, firsts = phrases.wanted, phrases.longest, phrases.firsts
     found: list[tuple[int, int]] = []
-    i = 0
-    while i < len(keys):
-        for size in range(min(longest, len(keys) - i), 0, -1):
+    i, count = 0, len(keys)
+    while i < count:
+        if keys[i] not in firsts:  # no phrase starts here
+            i += 1
+            continue
+        for size in range(min(longest, count - i), 0, -1):
             window = keys[i:i + size]
             if None not in window and tuple(window) in wanted:
                 found.append((i, i + size))

@@ -15,7 +15,7 @@ import logging
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import Table, insert, select
+from sqlalchemy import Integer, Table, bindparam, insert, select
 from sqlalchemy.orm import Session, make_transient_to_detached
 
 from bot import replies
@@ -213,6 +213,12 @@ def run_skill(settings: BotSettings, pending: PendingAnswer) -> SkillResult:
     return SkillResult(answer, usage=answer.usage)
 
 
+# The message and its contact, re-read under the account's lock (`settle`); built once.
+_SETTLING = (select(Message, Contact).join(Contact, Contact.id == Message.contact_id)
+             .where(Message.id == bindparam("message_id", type_=Integer()))
+             .execution_options(populate_existing=True))
+
+
 def settle(
     session: Session,
     pending: PendingAnswer,
@@ -238,11 +244,7 @@ def settle(
     # the first of two runs of one job finds it still "queued".
     available = ledger.lock_account(session, pending.account_id)
     pending = dataclasses.replace(pending, available_after_hold=available)
-    message, contact = session.execute(
-        select(Message, Contact).join(Contact, Contact.id == Message.contact_id)
-        .where(Message.id == pending.message_id)
-        .execution_options(populate_existing=True)
-    ).one()
+    message, contact = session.execute(_SETTLING, {"message_id": pending.message_id}).one()
     if message.outcome != OutcomeKind.QUEUED:
         log.info("answer already settled", extra={"message_sid": pending.message_sid})
         return Outcome(kind=OutcomeKind.DUPLICATE, intent=pending.intent.name,
