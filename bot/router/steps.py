@@ -135,20 +135,14 @@ def serialise(turn: Turn) -> None:
     turn.on_the_way_musd = int(row[7]) + int(row[8])
 
 
-# The statement of `serialise`, built once per set of messaging channels (`_standing_statement`):
-# the row lock of `tokens.ledger.lock_account` (FOR NO KEY UPDATE of the account row; SQLite:
-# BEGIN IMMEDIATE) with the person's standing.
-_STANDING: dict[tuple[str, ...], Select[Any]] = {}
-
-
 def _standing_statement(channels: tuple[str, ...]) -> Select[Any]:
     """The statement of `serialise` for the catalog's messaging `channels` (the replies on
-    their way are priced at each channel's `rate_<i>`, µUSD per unit)."""
-    statement = _STANDING.get(channels)
-    if statement is None:
-        queued, sending = _on_the_way(channels)
-        statement = _STANDING[channels] = _standing(queued, sending)
-    return statement
+    their way are priced at each channel's `rate_<i>`, µUSD per unit): the row lock of
+    `tokens.ledger.lock_account` (FOR NO KEY UPDATE of the account row; SQLite: BEGIN
+    IMMEDIATE) with the person's standing. `serialise` builds it once per database driver
+    and set of channels (`tokens.base.execute_compiled` keeps the compiled SQL)."""
+    queued, sending = _on_the_way(channels)
+    return _standing(queued, sending)
 
 
 def _on_the_way(channels: tuple[str, ...]) -> tuple[ColumnElement[int], ColumnElement[int]]:
