@@ -75,8 +75,9 @@ def _propensity_options(command: Any) -> Any:
 @click.option("--llm-failure-rate", default=0.01, show_default=True,
               type=click.FloatRange(0, 1), help="Share of simulated LLM calls that time out.")
 @click.option("--shards", default=None, type=click.IntRange(min=1),
-              help="Processes to split the people across, each with its own database; "
-                   "default one per core.")
+              help="Shards to split the people across, each with its own database, run "
+                   "one per core at a time; default one per 600 people, at least one per "
+                   "core.")
 @click.option("--catalog", "catalog_file", default=None, type=click.Path(dir_okay=False,
               exists=True), help="Simulate under this economy catalog (YAML) instead of "
                                  "the app's.")
@@ -116,7 +117,7 @@ def simulate(people: int, month: str, days: int | None, seed: int, preset: str |
         personas = with_propensities(personas, name, value)
     population_mix = parse_mix(mix or (chosen.mix if chosen else DEFAULT_MIX))
     if shards is None:
-        shards = 1 if database else default_shards()
+        shards = 1 if database else default_shards(people)
     if progress:
         try:
             import tqdm  # noqa: F401

@@ -505,6 +505,19 @@ def month(session: Session, account_id: int, when: str | datetime | None = None)
     held = _held_month(session, key)
     if held is not None:
         return held
+    connection = session.connection()
+    if _dialect(connection) == "sqlite":
+        # SQLite's recordings return no row (their triggers add to it, migration 0019):
+        # read it with one compiled SELECT and hold it. The row stays current for the
+        # transaction: SQLite's lock keeps other writers out of it until it ends, and this
+        # session's own writes to it hold it again or drop it (`_hold_month`, `_forget_month`).
+        found = _execute(connection, ("month",), {"account_id": account_id,
+                                                  "month": label}).first()
+        if found is not None:
+            _hold_month(session, dict(zip(_MONTH_COLUMNS, found, strict=True)))
+            held = _held_month(session, key)
+            if held is not None:
+                return held
     row = session.get(AccountMonth, key)
     if row is None:
         row = AccountMonth(account_id=account_id, month=label)
@@ -628,25 +641,11 @@ def _record(
     if not inserted:
         return 0  # every key was recorded before
     _tell(table, rows, inserted)
-    total, month_increments = 0, Increments()
-    for entry, increments in rows:
-        if entry["idempotency_key"] in inserted:
-            total += entry["amount_musd"]
-            for name, amount in increments.items():
-                month_increments[name] = month_increments.get(name, 0) + amount
-    day_column = "cost_musd" if table is _COSTS else "revenue_musd"
-    _execute(connection, ("upsert", "account_days", ("account_id", "day", day_column), False),
-             {"v_account_id": account_id, "v_day": day, "v_" + day_column: total})
-    if intent is not None:
-        _execute(connection, ("upsert", "account_month_intents",
-                              ("account_id", "month", "intent", "cost_llm_musd"), False),
-                 {"v_account_id": account_id, "v_month": label, "v_intent": intent,
-                  "v_cost_llm_musd": total})
-    month_values = {"account_id": account_id, "month": label, **month_increments}
-    found = _execute(connection, ("upsert", "account_months", tuple(month_values), True),
-                     _prefixed(month_values)).one()
-    _hold_month(session, dict(zip(_MONTH_COLUMNS, found, strict=True)))
-    return total
+    # The tables' triggers added the entries inserted to the rollups (migration 0019), so
+    # the month's row the session holds or has loaded is stale: `month` reads it again.
+    _forget_month(session, (account_id, label))
+    return sum(entry["amount_musd"] for entry, _ in rows
+               if entry["idempotency_key"] in inserted)
 
 
 def _tell(table: Table, rows: Sequence[tuple[dict[str, Any], Increments]],
@@ -676,12 +675,17 @@ _ZERO = literal_column("0", BigInteger)
 def _build(dialect: str, key: tuple[Any, ...]) -> Any:
     """The statement `key` names, for `dialect` ("postgresql" or "sqlite"):
 
+    - ("month",): SQLite, the month's row of `account_id` and `month`;
     - ("entries", table, n): n entries, once per key, returning the keys inserted;
     - ("upsert", table, columns, returning): add to a rollup row (`_upsert`);
     - ("recording", table, increments, intent): PostgreSQL, a whole recording (`_recording`);
     - ("tokens", columns): PostgreSQL, tokens charged to the month and the intent's answer.
     """
     kind, *args = key
+    if kind == "month":
+        return select(*_MONTHS.columns).where(
+            _MONTHS.c.account_id == bindparam("account_id", type_=Integer),
+            _MONTHS.c.month == bindparam("month", type_=String))
     if kind == "entries":
         name, count = args
         table = _TABLES[name]
@@ -830,6 +834,15 @@ def _held_month(session: Session, key: tuple[int, str]) -> AccountMonth | None:
         return row  # type: ignore[no-any-return]
     _drop_held(session, held, key)
     return None
+
+
+def _forget_month(session: Session, key: tuple[int, str]) -> None:
+    """The month's row `key` changed behind the session (a trigger): drop what it holds or
+    has loaded of it."""
+    held = session.info.get(_HELD)
+    if held and key in held:
+        _drop_held(session, held, key)
+    _expire_loaded(session, AccountMonth, key)
 
 
 def _drop_held(session: Session, held: dict[tuple[int, str], Any], key: tuple[int, str]) -> None:

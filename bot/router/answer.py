@@ -35,7 +35,7 @@ from bot.segments import (
     split_message,
 )
 from tokens import alerts, costs, ledger, levels, payments
-from tokens.base import utcnow
+from tokens.base import utcnow, write_changes
 from tokens.catalog import IntentSpec
 from tokens.costs import LlmUsage
 from tokens.errors import HoldNotPending, InsufficientTokens
@@ -327,7 +327,7 @@ def store_replies(
         # One Core INSERT ... RETURNING id per message, the row then known to the session as
         # stored (as `bot.router.steps.store_inbound` does): the id keys its cost, and the
         # sender knows it without reading it back (`stored_reply_ids`). The turn's other
-        # changes go with the commit's flush.
+        # changes are written at the end (`write_changes`).
         values = {
             "contact_id": contact.id, "direction": "out", "channel": channel, "body": part,
             "message_sid": None, "num_media": 0, "intent": None, "outcome": None,
@@ -346,6 +346,9 @@ def store_replies(
                                    row.units, key=f"msg:out:{stored}", now=now)
     if transport == "rest" and ids:
         session.info.setdefault(REPLY_IDS, {})[inbound.id] = ids
+    # The turn's changes to the contact and the inbound message, written now: one UPDATE
+    # each, without the flush's unit of work at the commit.
+    write_changes(session, contact, inbound)
     return tuple(parts)
 
 

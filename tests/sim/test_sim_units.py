@@ -126,3 +126,17 @@ def test_levels_by_day() -> None:
     assert levels["2026-11-01"]["NORMAL"] == 1 and sum(levels["2026-11-01"].values()) == 1
     assert levels["2026-11-02"]["REDUCED"] == 1 and levels["2026-11-02"]["NORMAL"] == 1
     assert levels["2026-11-30"] == levels["2026-11-02"]
+
+
+def test_default_shards(monkeypatch: pytest.MonkeyPatch) -> None:
+    """One shard per `PEOPLE_PER_SHARD` people, at least one per core, never more shards
+    than people."""
+    from sim import shard
+
+    monkeypatch.setattr(shard.os, "cpu_count", lambda: 2)
+    per = shard.PEOPLE_PER_SHARD
+    assert [shard.default_shards(n) for n in (1, 2, 40, per, 2 * per, 2 * per + 1)] == [
+        1, 2, 2, 2, 2, 3]
+    assert shard.default_shards(10_000) == -(-10_000 // per)
+    monkeypatch.setattr(shard.os, "cpu_count", lambda: None)
+    assert shard.default_shards(5) == 1

@@ -461,3 +461,54 @@ def test_record_inbound_equals_messaging_plus_platform_once(session, account):
                            .order_by(costs.AccountDay.account_id)).all()
     assert [amount for _, amount in days] == [combined, separate]
     assert session.scalar(select(func.count()).select_from(CostEntry)) == 4
+
+
+def test_every_recording_adds_to_the_day_month_and_intent_once(session, account):
+    """On both backends (SQLite's rollup triggers, migration 0019; PostgreSQL's recording
+    statement), a month of every kind of recording, each key recorded twice, ends with the
+    day, month and intent rows that the entries add up to, and a second recording of a key
+    in the same transaction changes nothing that `month` then reads."""
+    days = [NOV, NOV_LAST]
+    for i, now in enumerate(days):
+        for _ in range(2):  # the second time, every key is a repeat
+            costs.record_inbound(session, account, COSTS, "whatsapp", 1,
+                                 message_sid=f"SMd{i}", now=now)
+            costs.record_llm(session, account, LlmUsage("gpt-4o-mini", 900 + i, 300), MINI,
+                             key=f"llm:d{i}", intent="meal_plan", now=now)
+            costs.record_llm(session, account, LlmUsage("gpt-4o-mini", 10, 5), MINI,
+                             key=f"llm:n{i}", now=now)
+            costs.record_llm_estimate(session, account, 777, "gpt-4o-mini",
+                                      key=f"llm-classify:d{i}", intent="recipe", now=now)
+            costs.record_messaging(session, account, COSTS, "sms", "out", 3,
+                                   key=f"msg:out:d{i}", now=now)
+            costs.record_revenue(session, account, "pack", 5_000_000, key=f"rev:d{i}", now=now)
+            costs.record_revenue(session, account, "affiliate", -1_000, key=f"aff:d{i}",
+                                 now=now)
+            held = costs.month(session, account, "2026-11")
+            assert held.cost_musd == sum(e.amount_musd for e in
+                                         costs.entries(session, account, "2026-11"))
+    costs.record_revenue(session, account, "subscription", 9_000_000, key="sub:1", now=DEC_FIRST)
+    session.commit()
+    assert_rollup_matches_entries(session, account, "2026-11")
+    month = costs.month(session, account, "2026-11")
+    assert (month.revenue_pack_musd, month.revenue_affiliate_musd,
+            month.revenue_subscription_musd) == (10_000_000, -2_000, 0)
+    assert costs.month(session, account, "2026-12").revenue_subscription_musd == 9_000_000
+    entries = costs.entries(session, account, "2026-11")
+    by_day = {}
+    for entry in entries:
+        day = f"{entry.created_at:%Y-%m-%d}"
+        by_day[day] = by_day.get(day, 0) + entry.amount_musd
+    assert dict(session.execute(
+        select(costs.AccountDay.day, costs.AccountDay.cost_musd)
+        .where(costs.AccountDay.account_id == account, costs.AccountDay.day < "2026-12")
+    ).all()) == by_day
+    assert dict(session.execute(
+        select(costs.AccountDay.day, costs.AccountDay.revenue_musd)
+        .where(costs.AccountDay.account_id == account)).all()) == {
+        "2026-11-21": 4_999_000, "2026-11-30": 4_999_000, "2026-12-01": 9_000_000}
+    intents = {row.intent: row.cost_llm_musd
+               for row in costs.intents_of(session, account, "2026-11")}
+    assert intents == {
+        "meal_plan": sum(e.amount_musd for e in entries if e.intent == "meal_plan"),
+        "recipe": 2 * 777}
