@@ -19,10 +19,13 @@ Statements: the recording functions write with SQLAlchemy Core, not through ORM 
 not flush the session. An entry is `INSERT ... ON CONFLICT (idempotency_key) DO NOTHING`
 (a repeated key changes nothing, in any order and under concurrency) and each rollup is one
 `INSERT ... ON CONFLICT (primary key) DO UPDATE SET col = col + excluded.col`. On PostgreSQL a
-whole recording (its entries and every rollup they change) is one statement; on SQLite it is
-the entries' INSERT plus one upsert per rollup table (3 for a message, 4 for an LLM call with
-an intent). The month's row returned by the upsert becomes the session's `AccountMonth`, so
-`month` in the same transaction reads it without a statement.
+whole recording (its entries and every rollup they change) is one statement, and the month's
+row it returns becomes the session's `AccountMonth`, so `month` in the same transaction reads
+it without a statement. SQLite has no data-modifying CTEs: there a recording is the entries'
+INSERT alone, and each entry inserted adds itself to the day's, the month's and the intent's
+rows in an AFTER INSERT trigger of the same statement (migration 0019, which lists what each
+kind adds; a repeated key inserts nothing, so its trigger does not fire). `month` then reads
+the row with one SELECT and holds it until the next recording.
 """
 
 from __future__ import annotations
@@ -553,7 +556,10 @@ def intents_of(session: Session, account_id: int, label: str) -> list[AccountMon
 # the row on first use and is safe under concurrency (no savepoint, no retry). On PostgreSQL a
 # recording is one statement: the entry INSERT and the rollup upserts are data-modifying CTEs
 # of one query, the upserts reading the entries the INSERT returned (none on a repeat). SQLite
-# has no data-modifying CTEs: there it is the entry INSERT, then one upsert per rollup.
+# has no data-modifying CTEs: there it is the entry INSERT, and the tables' AFTER INSERT
+# triggers (migration 0019) run the same upserts for each entry inserted. The increments
+# `_record` is given are what those triggers add; the two are checked against each other on
+# both databases (tests/tokens/test_costs.py).
 # Each statement is built and compiled once per shape and database driver (`_execute`), with
 # bound parameters, so a call costs a parameter dict and a round trip. PostgreSQL does not
 # specify the order in which a statement's CTEs run; in practice it is the same for every
