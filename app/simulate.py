@@ -76,8 +76,8 @@ def _propensity_options(command: Any) -> Any:
               type=click.FloatRange(0, 1), help="Share of simulated LLM calls that time out.")
 @click.option("--shards", default=None, type=click.IntRange(min=1),
               help="Shards to split the people across, each with its own database, run "
-                   "one per core at a time; default one per 600 people, at least one per "
-                   "core.")
+                   "one per core at a time; default one per 600 people, rounded up to a "
+                   "multiple of the cores.")
 @click.option("--catalog", "catalog_file", default=None, type=click.Path(dir_okay=False,
               exists=True), help="Simulate under this economy catalog (YAML) instead of "
                                  "the app's.")

@@ -304,7 +304,10 @@ PEOPLE_PER_SHARD = 600
 
 
 def default_shards(people: int) -> int:
-    """Shards for `people`: one per `PEOPLE_PER_SHARD` people (rounded up), and at least one
-    per core (`os.cpu_count()`) when there are that many people."""
+    """Shards for `people`: one per `PEOPLE_PER_SHARD` people, rounded up to a multiple of
+    the cores (`os.cpu_count()`) so that the last round of shards keeps every core busy
+    (17 shards on 2 cores leave one core idle for a whole shard), and never more shards
+    than people."""
     cores = os.cpu_count() or 1
-    return max(1, min(people, max(cores, -(-people // PEOPLE_PER_SHARD))))
+    rounds = -(-people // (PEOPLE_PER_SHARD * cores))
+    return max(1, min(people, rounds * cores))

@@ -129,14 +129,17 @@ def test_levels_by_day() -> None:
 
 
 def test_default_shards(monkeypatch: pytest.MonkeyPatch) -> None:
-    """One shard per `PEOPLE_PER_SHARD` people, at least one per core, never more shards
-    than people."""
+    """One shard per `PEOPLE_PER_SHARD` people, rounded up to a multiple of the cores, never
+    more shards than people."""
     from sim import shard
 
     monkeypatch.setattr(shard.os, "cpu_count", lambda: 2)
     per = shard.PEOPLE_PER_SHARD
     assert [shard.default_shards(n) for n in (1, 2, 40, per, 2 * per, 2 * per + 1)] == [
-        1, 2, 2, 2, 2, 3]
-    assert shard.default_shards(10_000) == -(-10_000 // per)
+        1, 2, 2, 2, 2, 4]
+    assert shard.default_shards(10_000) == 18  # 17 of 600 rounded up to a multiple of 2
+    monkeypatch.setattr(shard.os, "cpu_count", lambda: 3)
+    assert shard.default_shards(10_000) == 18
+    assert shard.default_shards(3 * per + 1) == 6
     monkeypatch.setattr(shard.os, "cpu_count", lambda: None)
     assert shard.default_shards(5) == 1
