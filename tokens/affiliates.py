@@ -282,9 +282,12 @@ def issue_offer_links(
     `limit`, itself at most 3). For each, the newest link of this account, partner and intent
     still valid for more than half `ttl` is reused (so a person's recent messages keep one link
     per offer, and a reused link never dies minutes after it was sent); else a new one is made.
+    The reusable links of all the partners are read with one SELECT (a link is made at most
+    every half `ttl` per partner, so there are a few at most).
 
     Args:
-        session: the caller's session; this function flushes, never commits.
+        session: the caller's session; this function flushes the links it makes (so they
+            have ids), never commits.
         account_id: the person the offers go to.
         intent: the intent being answered, e.g. "meal_plan".
         catalog: the economy catalog (partners and which categories suit which intent).
@@ -297,23 +300,30 @@ def issue_offer_links(
     """
     now = now or utcnow()
     partners = catalog.affiliates.offers_for(intent, max(1, min(limit, MAX_OFFERS)))
+    if not partners:
+        return []
     fresh_after = now + ttl / 2
-    issued: list[tuple[Partner, OfferLink]] = []
-    for partner in partners:
-        link = session.scalars(
+    newest: dict[str, OfferLink] = {}
+    for found in session.scalars(
             select(OfferLink)
-            .where(OfferLink.account_id == account_id, OfferLink.partner_code == partner.code,
-                   OfferLink.intent == intent, OfferLink.expires_at > fresh_after)
-            .order_by(OfferLink.expires_at.desc())
-            .limit(1)
-        ).first()
+            .where(OfferLink.account_id == account_id, OfferLink.intent == intent,
+                   OfferLink.partner_code.in_([partner.code for partner in partners]),
+                   OfferLink.expires_at > fresh_after)
+            .order_by(OfferLink.expires_at.desc(), OfferLink.id.desc())):
+        newest.setdefault(found.partner_code, found)
+    issued: list[tuple[Partner, OfferLink]] = []
+    made = False
+    for partner in partners:
+        link = newest.get(partner.code)
         if link is None:
             link = OfferLink(token=secrets.token_urlsafe(24), account_id=account_id,
                              partner_code=partner.code, intent=intent, created_at=now,
                              expires_at=now + ttl)
             session.add(link)
+            made = True
         issued.append((partner, link))
-    session.flush()
+    if made:
+        session.flush()
     return issued
 
 

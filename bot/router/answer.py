@@ -15,7 +15,7 @@ import logging
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import Integer, Table, bindparam, insert, select
+from sqlalchemy import Integer, Select, Table, bindparam, insert, select
 from sqlalchemy.orm import Session, make_transient_to_detached
 
 from bot import replies
@@ -35,7 +35,7 @@ from bot.segments import (
     split_message,
 )
 from tokens import alerts, costs, ledger, levels, payments
-from tokens.base import utcnow, write_changes
+from tokens.base import execute_compiled, utcnow, write_changes
 from tokens.catalog import IntentSpec
 from tokens.costs import LlmUsage
 from tokens.errors import HoldNotPending, InsufficientTokens
@@ -495,6 +495,15 @@ def _uses_history(intent: str) -> bool:
         return False
 
 
+def _history_statement(limit: int) -> Select[tuple[str, str]]:
+    """The conversation before a message, newest first: (direction, body), at most `limit`."""
+    return (select(Message.direction, Message.body)
+            .where(Message.contact_id == bindparam("contact_id", type_=Integer()),
+                   Message.id < bindparam("message_id", type_=Integer()), Message.body != "")
+            .order_by(Message.id.desc())
+            .limit(limit))
+
+
 def skill_request(
     session: Session, settings: BotSettings, spec: IntentSpec, message: Message,
     level: str | None = None, language: str | None = None,
@@ -508,17 +517,16 @@ def skill_request(
     The conversation (at most the catalog's `llm.history_messages` earlier messages) is read
     only for a skill that uses it: the LLM, or an offline skill whose class sets
     `uses_history = True` (the grocery list, which lists the meal plan just sent); the other
-    answers save the statement."""
+    answers save the statement. It is sent compiled once per catalog limit
+    (`tokens.base.execute_compiled`), without a flush: it reads only rows stored before
+    `message`, which earlier turns committed."""
     history: tuple[tuple[str, str], ...] = ()
     limit = settings.catalog.llm.history_messages
     if limit and (settings.chat is not None or _uses_history(spec.name)):
-        rows = session.execute(
-            select(Message.direction, Message.body)
-            .where(Message.contact_id == message.contact_id, Message.id < message.id,
-                   Message.body != "")
-            .order_by(Message.id.desc())
-            .limit(limit)
-        ).all()
+        rows = execute_compiled(
+            session.connection(), ("bot.router.answer.history", limit),
+            lambda _dialect: _history_statement(limit),
+            {"contact_id": message.contact_id, "message_id": message.id}).all()
         history = tuple(
             ("user" if direction == "in" else "assistant", body)
             for direction, body in reversed(rows)

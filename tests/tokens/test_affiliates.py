@@ -15,6 +15,7 @@ from sqlalchemy.orm import Session
 
 import tokens.affiliates  # noqa: F401  (registers the models until app/__init__ imports them)
 from app.extensions import db
+from tests.support.statements import counted
 from tokens import costs, ledger, money
 from tokens.affiliates import (
     CONVERSION_STATES,
@@ -22,6 +23,7 @@ from tokens.affiliates import (
     Click,
     Conversion,
     InvalidConversion,
+    OfferLink,
     OfferNotAllowed,
     UnknownOfferLink,
     booking_key,
@@ -104,6 +106,35 @@ def test_offer_links_are_reused_per_account_partner_and_intent(session, account)
     late = issue_offer_links(session, account, "meal_plan", CATALOG, NOV + timedelta(days=16))
     assert not {link.token for _, link in late} & set(tokens_first)
     assert offer_url("https://bot.example.com/", "abc") == "https://bot.example.com/r/abc"
+
+
+def test_reused_offer_links_are_read_with_one_statement_and_per_partner(session, account):
+    """Each partner gets its own newest link still fresh; a stale or other partner's link
+    never stands in for it, and reusing every link costs one SELECT and no flush."""
+    first = issue_offer_links(session, account, "meal_plan", CATALOG, NOV)
+    assert [p.code for p, _ in first] == ["freshbox", "greengrocer", "wholepantry"]
+    session.commit()
+    # Ten days on, greengrocer alone gets a newer link (its first one made stale by hand).
+    [stale] = [link for p, link in first if p.code == "greengrocer"]
+    stale.expires_at = NOV + timedelta(days=20)
+    newer = OfferLink(
+        token="g" * 32, account_id=account, partner_code="greengrocer", intent="meal_plan",
+        created_at=NOV + timedelta(days=10), expires_at=NOV + timedelta(days=40))
+    session.add(newer)
+    session.commit()
+    with counted(engine=session.get_bind()) as statements:
+        again = issue_offer_links(session, account, "meal_plan", CATALOG,
+                                  NOV + timedelta(days=11))
+    assert [(p.code, link.token) for p, link in again] == [
+        ("freshbox", first[0][1].token), ("greengrocer", "g" * 32),
+        ("wholepantry", first[2][1].token)]
+    assert len(statements) == 1, statements
+    assert statements[0].lstrip().upper().startswith("SELECT")
+    # Day 16: the old ones are past half their life, greengrocer's newer one is not.
+    late = issue_offer_links(session, account, "meal_plan", CATALOG, NOV + timedelta(days=16))
+    codes = {p.code: link for p, link in late}
+    assert codes["greengrocer"].token == "g" * 32
+    assert codes["freshbox"].token != first[0][1].token and codes["freshbox"].id is not None
 
 
 # --- clicks -------------------------------------------------------------------------------
