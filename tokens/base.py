@@ -238,7 +238,8 @@ def write_changes(session: Session, *objects: Any) -> None:
     contact and message row and nothing else, and pays it in each of its two commits
     (docs/pipeline.md, "Statements"). An object this cannot write alone is left to the flush,
     unchanged: not persistent, a change to a relationship or other non-column attribute, or
-    a SQL expression as a value. Objects with no pending change send nothing. A rollback
+    a SQL expression as a value. Objects with no pending change send nothing, and a column
+    set again to the value it had is left out, as the flush leaves it out. A rollback
     expires the objects as usual, so nothing written here outlives its transaction in the
     session either.
 
@@ -248,6 +249,7 @@ def write_changes(session: Session, *objects: Any) -> None:
     """
     from sqlalchemy import inspect as inspect_state
     from sqlalchemy.orm import ColumnProperty
+    from sqlalchemy.orm.base import NO_VALUE
 
     for obj in objects:
         if obj is None:
@@ -257,14 +259,20 @@ def write_changes(session: Session, *objects: Any) -> None:
             continue
         mapper, values = state.mapper, state.dict
         changed: dict[Any, Any] = {}  # column -> value
-        for name in state.committed_state:
+        unchanged = 0  # set again to the value it had: no net change, as the flush sees it
+        for name, old in state.committed_state.items():
             prop = mapper.attrs.get(name)
             if not isinstance(prop, ColumnProperty) or len(prop.columns) != 1 \
                     or name not in values or isinstance(values[name], ClauseElement):
-                changed = {}
+                changed, unchanged = {}, 0
                 break
+            if old is not NO_VALUE and state.manager[name].impl.is_equal(values[name], old):
+                unchanged += 1
+                continue
             changed[prop.columns[0]] = values[name]
         if not changed:
+            if unchanged:  # nothing to write: only the bookkeeping of the sets
+                state._commit_all(values, session.identity_map)
             continue
         columns = list(changed)
         table = mapper.local_table

@@ -1,6 +1,6 @@
 """`tokens.base.execute_compiled` (a Core statement compiled once per driver, sent as driver
-SQL with its parameters processed) and the partial indexes the router's standing read uses
-(`ix_messages_queued`, `ix_messages_on_the_way`, migration 0018)."""
+SQL with its parameters processed), `tokens.base.write_changes` and the partial indexes the
+router's standing read uses (`ix_messages_queued`, `ix_messages_on_the_way`, migration 0018)."""
 
 from __future__ import annotations
 
@@ -12,8 +12,9 @@ from sqlalchemy.orm import Session
 
 from bot.models import ON_THE_WAY_STATES, Contact, Message
 from bot.router.steps import _standing_statement
+from tests.support.statements import counted
 from tokens import ledger
-from tokens.base import execute_compiled, literal_words
+from tokens.base import execute_compiled, literal_words, write_changes
 from tokens.costs import AccountDay
 
 NOW = datetime(2026, 12, 4, 12, 0, tzinfo=UTC)
@@ -108,3 +109,59 @@ def test_the_standing_read_uses_the_partial_indexes(session: Session) -> None:
     plan = _plan(session)
     assert "ix_messages_queued" in plan, plan
     assert "ix_messages_on_the_way" in plan, plan
+
+
+# --- write_changes ------------------------------------------------------------------------
+
+
+def _contact(session: Session, address: str = "+15550001111") -> Contact:
+    contact = Contact(address=address, account_id=ledger.open_account(session, NOW).id,
+                      created_at=NOW)
+    session.add(contact)
+    session.commit()
+    return contact
+
+
+def test_write_changes_sends_one_update_and_leaves_the_flush_nothing(session: Session) -> None:
+    contact = _contact(session)
+    contact.last_channel, contact.more_text = "whatsapp", "the rest of the answer"
+    with counted(engine=session.get_bind()) as sent:
+        write_changes(session, contact)
+        session.flush()
+    assert len(sent) == 1, sent
+    assert sent[0].lstrip().startswith("UPDATE contacts SET")
+    assert "last_channel" in sent[0] and "more_text" in sent[0]
+    session.commit()
+    session.expire_all()
+    assert (contact.last_channel, contact.more_text) == ("whatsapp", "the rest of the answer")
+
+
+def test_write_changes_leaves_out_a_column_set_to_the_value_it_had(session: Session) -> None:
+    contact = _contact(session)
+    contact.more_text = "kept"
+    session.commit()
+    assert contact.more_text == "kept"  # loaded again after the commit, as the router does
+    contact.more_text = "kept"  # the same value again: no net change, as the flush sees it
+    with counted(engine=session.get_bind()) as sent:
+        write_changes(session, contact)
+        session.flush()
+    assert sent == []
+    contact.more_text, contact.last_channel = "kept", "sms"
+    with counted(engine=session.get_bind()) as sent:
+        write_changes(session, contact)
+        session.flush()
+    assert len(sent) == 1 and "last_channel" in sent[0] and "more_text" not in sent[0], sent
+
+
+def test_write_changes_leaves_what_it_cannot_write_to_the_flush(session: Session) -> None:
+    pending = Contact(address="+15550002222", account_id=ledger.open_account(session, NOW).id,
+                      created_at=NOW)
+    session.add(pending)
+    with counted(engine=session.get_bind()) as sent:
+        write_changes(session, pending, None)
+    assert sent == []  # not persistent yet: the flush inserts it
+    session.commit()
+    assert session.scalar(select(func.count()).select_from(Contact)) == 1
+    pending.last_channel = "sms"
+    session.rollback()  # a rollback expires it as after any flush
+    assert pending.last_channel is None
