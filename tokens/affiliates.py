@@ -312,7 +312,6 @@ def issue_offer_links(
             .order_by(OfferLink.expires_at.desc(), OfferLink.id.desc())):
         newest.setdefault(found.partner_code, found)
     issued: list[tuple[Partner, OfferLink]] = []
-    made = False
     for partner in partners:
         link = newest.get(partner.code)
         if link is None:
@@ -320,9 +319,8 @@ def issue_offer_links(
                              partner_code=partner.code, intent=intent, created_at=now,
                              expires_at=now + ttl)
             session.add(link)
-            made = True
         issued.append((partner, link))
-    if made:
+    if len(newest) < len(partners):  # some links were made
         session.flush()
     return issued
 

@@ -248,8 +248,6 @@ def write_changes(session: Session, *objects: Any) -> None:
             as after a failed flush).
     """
     from sqlalchemy import inspect as inspect_state
-    from sqlalchemy.orm import ColumnProperty
-    from sqlalchemy.orm.base import NO_VALUE
 
     for obj in objects:
         if obj is None:
@@ -257,23 +255,13 @@ def write_changes(session: Session, *objects: Any) -> None:
         state = inspect_state(obj)
         if not state.modified or not state.persistent or not state.committed_state:
             continue
-        mapper, values = state.mapper, state.dict
-        changed: dict[Any, Any] = {}  # column -> value
-        unchanged = 0  # set again to the value it had: no net change, as the flush sees it
-        for name, old in state.committed_state.items():
-            prop = mapper.attrs.get(name)
-            if not isinstance(prop, ColumnProperty) or len(prop.columns) != 1 \
-                    or name not in values or isinstance(values[name], ClauseElement):
-                changed, unchanged = {}, 0
-                break
-            if old is not NO_VALUE and state.manager[name].impl.is_equal(values[name], old):
-                unchanged += 1
-                continue
-            changed[prop.columns[0]] = values[name]
-        if not changed:
-            if unchanged:  # nothing to write: only the bookkeeping of the sets
-                state._commit_all(values, session.identity_map)
+        changed = _column_changes(state)
+        if changed is None:
             continue
+        if not changed:  # every column set again to the value it had: nothing to write
+            state._commit_all(state.dict, session.identity_map)
+            continue
+        mapper, values = state.mapper, state.dict
         columns = list(changed)
         table = mapper.local_table
         keys = mapper.primary_key
@@ -297,4 +285,23 @@ def write_changes(session: Session, *objects: Any) -> None:
         execute_compiled(session.connection(), ("tokens.base.write_changes", table.name, names),
                          build, params)
         state._commit_all(values, session.identity_map)
+
+
+def _column_changes(state: Any) -> dict[Any, Any] | None:
+    """An object's net column changes (column -> new value) for `write_changes`, leaving out
+    a column set again to the value it had, as the flush does; None when one of its changes
+    is not a plain column value (a relationship, a SQL expression), left to the flush."""
+    from sqlalchemy.orm import ColumnProperty
+    from sqlalchemy.orm.base import NO_VALUE
+
+    mapper, values = state.mapper, state.dict
+    changed: dict[Any, Any] = {}
+    for name, old in state.committed_state.items():
+        prop = mapper.attrs.get(name)
+        if not isinstance(prop, ColumnProperty) or len(prop.columns) != 1 \
+                or name not in values or isinstance(values[name], ClauseElement):
+            return None
+        if old is NO_VALUE or not state.manager[name].impl.is_equal(values[name], old):
+            changed[prop.columns[0]] = values[name]
+    return changed
 

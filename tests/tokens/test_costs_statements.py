@@ -43,7 +43,7 @@ def on_sqlite(session) -> bool:
 
 def bound(session, name: str) -> int:
     postgres, sqlite = BOUNDS[name]
-    return postgres if session.get_bind().dialect.name == "postgresql" else sqlite
+    return sqlite if on_sqlite(session) else postgres
 
 
 def one_message(session, account_id: int, sid: str, now: datetime) -> dict[str, int]:
