@@ -7,7 +7,7 @@ import hmac
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import String, bindparam, delete, select, update
+from sqlalchemy import delete, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -26,7 +26,7 @@ from bot.models import (
     MessageStatusEvent,
 )
 from tokens import ledger
-from tokens.base import utcnow
+from tokens.base import load_compiled, utcnow
 from tokens.catalog import LANGUAGES
 
 
@@ -83,12 +83,11 @@ def resolve_contact(session: Session, address: str, now: datetime,
 
 
 def find_contact(session: Session, address: str) -> Contact | None:
-    """The contact with this address (E.164 or "wa:<id>"), or None."""
-    return session.scalars(_BY_ADDRESS, {"address": address}).first()
-
-
-# Built once: the first statement of every turn (`bot.router.steps.sender_contact`).
-_BY_ADDRESS = select(Contact).where(Contact.address == bindparam("address", type_=String()))
+    """The contact with this address (E.164 or "wa:<id>"), or None: the first statement of
+    every turn (`bot.router.steps.sender_contact`), one compiled SELECT
+    (`tokens.base.load_compiled`; `UNIQUE(address)`)."""
+    contact: Contact | None = load_compiled(session, Contact, "by_address", {"address": address})
+    return contact
 
 
 # A message is clearly in a language when it has at least this many of that language's marker

@@ -287,6 +287,85 @@ def write_changes(session: Session, *objects: Any) -> None:
         state._commit_all(values, session.identity_map)
 
 
+def load_compiled(session: Session, model: type[Any], key: Hashable,
+                  where: Mapping[str, Any]) -> Any | None:
+    """The one `model` row whose columns equal `where` (column name -> value; the columns
+    of a unique constraint), read with one compiled SELECT (`execute_compiled`) and given
+    to the session as a persistent object, as a query would give it; None when no row
+    matches.
+
+    A query through the ORM costs several times the CPU of the SELECT it sends (compiling
+    the cache key, the loading context, the row-to-object machinery); the router reads its
+    contact this way at the start of every turn (`bot.contacts.find_contact`). Where this
+    would not give what the query gives, it runs the query instead: when the session has
+    changes not yet flushed (the query would flush them first), and when the row's object
+    is already in the session (the query refreshes it if expired). `key` names the
+    statement in the compiled cache; `where` must always name the same columns for it.
+
+    Raises:
+        sqlalchemy.exc.MultipleResultsFound: more than one row matches.
+    """
+    from sqlalchemy import and_, select
+    from sqlalchemy import inspect as inspect_state
+    from sqlalchemy.orm import make_transient_to_detached
+
+    mapper = inspect_state(model)
+    table = mapper.local_table
+
+    def query() -> Any | None:
+        return session.scalars(select(model).filter_by(**where)).one_or_none()
+
+    if session.new or session.deleted or session.dirty:
+        return query()
+    columns = [table.c[name] for name in where]
+
+    def build(_dialect: str) -> ClauseElement:
+        return select(*table.c).where(and_(*(
+            column == bindparam(f"w_{column.name}", type_=column.type) for column in columns)))
+
+    connection = session.connection()
+    rows = execute_compiled(connection, ("tokens.base.load_compiled", table.name, key), build,
+                            {f"w_{name}": value for name, value in where.items()}).fetchall()
+    if not rows:
+        return None
+    if len(rows) > 1:
+        from sqlalchemy.exc import MultipleResultsFound
+        raise MultipleResultsFound(f"more than one {table.name} row matches {sorted(where)}")
+    identity = tuple(rows[0][table.c.keys().index(column.name)]
+                     for column in mapper.primary_key)
+    if Session.identity_key(model, identity) in session.identity_map:
+        return query()
+    processors = _result_processors(connection.dialect, table)
+    values = {}
+    for column, value in zip(table.c, rows[0], strict=True):
+        process = processors.get(column.name)
+        values[mapper.get_property_by_column(column).key] = (
+            value if process is None else process(value))
+    obj = model(**values)
+    make_transient_to_detached(obj)
+    session.add(obj)
+    return obj
+
+
+# (dialect, driver, table) -> column name -> the result processor of its type, if any.
+_RESULT_PROCESSORS: dict[tuple[str, str, str], dict[str, Callable[[Any], Any]]] = {}
+
+
+def _result_processors(dialect: Dialect, table: Table) -> dict[str, Callable[[Any], Any]]:
+    """What SQLAlchemy applies to each column of `table` read back through `dialect`
+    (`UTCDateTime` marks SQLite's naive text as UTC, and the like)."""
+    cache_key = (dialect.name, dialect.driver, table.name)
+    processors = _RESULT_PROCESSORS.get(cache_key)
+    if processors is None:
+        processors = {}
+        for column in table.c:
+            process = column.type.dialect_impl(dialect).result_processor(dialect, None)
+            if process is not None:
+                processors[column.name] = process
+        _RESULT_PROCESSORS[cache_key] = processors
+    return processors
+
+
 def _column_changes(state: Any) -> dict[Any, Any] | None:
     """An object's net column changes (column -> new value) for `write_changes`, leaving out
     a column set again to the value it had, as the flush does; None when one of its changes

@@ -165,3 +165,48 @@ def test_write_changes_leaves_what_it_cannot_write_to_the_flush(session: Session
     pending.last_channel = "sms"
     session.rollback()  # a rollback expires it as after any flush
     assert pending.last_channel is None
+
+
+# --- load_compiled (bot.contacts.find_contact) ---------------------------------------------
+
+
+def test_load_compiled_gives_a_persistent_object_from_one_select(session: Session) -> None:
+    from bot.contacts import find_contact
+
+    chosen = datetime(2026, 12, 4, 13, 30, tzinfo=UTC)
+    contact = _contact(session)
+    contact.language, contact.language_chosen_at = "es", chosen
+    session.commit()
+    ident = contact.id
+    session.expunge_all()
+    with counted(engine=session.get_bind()) as sent:
+        found = find_contact(session, "+15550001111")
+        assert found is not None
+        # Every column is loaded and processed as the ORM would: no refresh, UTC-aware times.
+        assert (found.id, found.address, found.language) == (ident, "+15550001111", "es")
+        assert found.created_at == NOW and found.created_at.tzinfo is not None
+        assert found.language_chosen_at == chosen and found.sms_opted_out_at is None
+    assert len(sent) == 1 and sent[0].lstrip().startswith("SELECT"), sent
+    assert found in session and not session.dirty and not session.new
+    assert session.get(Contact, ident) is found  # in the identity map
+    found.last_channel = "whatsapp"  # changes are flushed as for any loaded object
+    session.commit()
+    session.expunge_all()
+    assert session.scalars(select(Contact.last_channel)).one() == "whatsapp"
+    assert find_contact(session, "+15550009999") is None
+
+
+def test_load_compiled_runs_the_query_where_it_would_differ(session: Session) -> None:
+    from bot.contacts import find_contact
+
+    contact = _contact(session)
+    session.commit()  # expires it; it stays in the identity map
+    # Already in the session: the query's object, refreshed, not a second one.
+    assert find_contact(session, "+15550001111") is contact
+    assert contact.address == "+15550001111"
+    # A change not yet flushed: the query flushes it first, as autoflush does.
+    contact.address = "+15550003333"
+    assert find_contact(session, "+15550003333") is contact
+    pending = Contact(address="+15550004444", account_id=contact.account_id, created_at=NOW)
+    session.add(pending)
+    assert find_contact(session, "+15550004444") is pending
