@@ -331,17 +331,14 @@ def load_compiled(session: Session, model: type[Any], key: Hashable,
     if len(rows) > 1:
         from sqlalchemy.exc import MultipleResultsFound
         raise MultipleResultsFound(f"more than one {table.name} row matches {sorted(where)}")
-    identity = tuple(rows[0][table.c.keys().index(column.name)]
-                     for column in mapper.primary_key)
+    processors = _result_processors(connection.dialect, table)
+    row = {column: value if (process := processors.get(column.name)) is None
+           else process(value) for column, value in zip(table.c, rows[0], strict=True)}
+    identity = tuple(row[column] for column in mapper.primary_key)
     if Session.identity_key(model, identity) in session.identity_map:
         return query()
-    processors = _result_processors(connection.dialect, table)
-    values = {}
-    for column, value in zip(table.c, rows[0], strict=True):
-        process = processors.get(column.name)
-        values[mapper.get_property_by_column(column).key] = (
-            value if process is None else process(value))
-    obj = model(**values)
+    obj = model(**{mapper.get_property_by_column(column).key: value
+                   for column, value in row.items()})
     make_transient_to_detached(obj)
     session.add(obj)
     return obj
