@@ -115,3 +115,30 @@ def test_0016_renames_tier_states_and_turns_refund_entries_into_reversals(app):
     with pytest.raises(DBAPIError, match="append-only"), db.engine.begin() as connection:
         connection.execute(text("DELETE FROM ledger_entries WHERE id = 3"))
     upgrade()
+
+
+def test_0020_gives_sqlite_times_sqlalchemy_s_text(app):
+    """Times written as "...+00:00" text before 0020 are rewritten in SQLAlchemy's format
+    (with and without microseconds); the append-only entries are left as they are."""
+    if db.engine.dialect.name != "sqlite":
+        pytest.skip("PostgreSQL keeps times as timestamptz")
+    downgrade(revision="0019")
+    db.engine.dispose()
+    with db.engine.begin() as connection:
+        connection.execute(text(
+            "INSERT INTO accounts (id, public_id, balance, held, created_at)"
+            " VALUES (1, 'acct_1', 0, 0, '2026-12-07 07:00:00+00:00')"))
+        connection.execute(text(
+            "INSERT INTO contacts (id, address, account_id, created_at, last_inbound_at)"
+            " VALUES (1, '+15550001111', 1, '2026-12-07 07:00:00.000000',"
+            " '2026-12-07 07:41:34.734251+00:00')"))
+        connection.execute(text(
+            "INSERT INTO cost_entries (account_id, month, kind, amount_musd, idempotency_key,"
+            " created_at) VALUES (1, '2026-12', 'platform', 1, 'k',"
+            " '2026-12-07 07:00:00+00:00')"))
+    upgrade()
+    db.engine.dispose()
+    assert _rows("SELECT created_at FROM accounts") == [("2026-12-07 07:00:00.000000",)]
+    assert _rows("SELECT created_at, last_inbound_at FROM contacts") == [
+        ("2026-12-07 07:00:00.000000", "2026-12-07 07:41:34.734251")]
+    assert _rows("SELECT created_at FROM cost_entries") == [("2026-12-07 07:00:00+00:00",)]

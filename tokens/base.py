@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import re
 from collections.abc import Callable, Hashable, Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -22,10 +23,12 @@ from sqlalchemy import (
     literal_column,
     text,
 )
-from sqlalchemy.engine import Connection, CursorResult, Dialect
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.engine import Connection, Dialect, Result
+from sqlalchemy.engine.result import IteratorResult, SimpleResultMetaData
+from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.orm import DeclarativeBase, Session
 from sqlalchemy.sql import ClauseElement
+from sqlalchemy.sql.base import Executable
 from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.selectable import TextualSelect
 from sqlalchemy.types import TypeDecorator
@@ -98,14 +101,70 @@ def insert_once(session: Session, row: Base) -> bool:
 
 
 
-# (dialect, driver, key) -> the SQL of `execute_compiled`'s statement, its fixed parameters
-# and the bind processors of the parameters that have one.
-_COMPILED: dict[tuple[str, str, Hashable], tuple[str, dict[str, Any], dict[str, Any]]] = {}
+# (dialect, driver, key) -> `execute_compiled`'s statement as compiled once (`_Compiled`).
+_COMPILED: dict[tuple[str, str, Hashable], _Compiled] = {}
+
+
+@dataclass(frozen=True)
+class _Compiled:
+    """One statement of `execute_compiled`, compiled for one database driver.
+
+    Attributes:
+        sql: the SQL as the driver takes it (named parameters on SQLite).
+        fixed: the values of the parameters the statement sets itself (processed).
+        processors: parameter name -> its type's bind processor, for those that have one.
+        keys: the result's column names (empty for a statement that returns no rows).
+        results: per result column, its type's result processor or None; None when no
+            column has one (`execute_core` then hands the rows on as they are).
+    """
+
+    sql: str
+    fixed: dict[str, Any]
+    processors: dict[str, Any]
+    keys: tuple[str, ...]
+    results: tuple[Callable[[Any], Any] | None, ...] | None
+
+
+def _compile(connection: Connection, key: Hashable,
+             build: Callable[[str], ClauseElement]) -> _Compiled:
+    """`build(dialect name)` compiled for `connection`'s driver, kept under `key`."""
+    dialect = connection.dialect
+    cache_key = (dialect.name, dialect.driver, key)
+    compiled = _COMPILED.get(cache_key)
+    if compiled is not None:
+        return compiled
+    # SQLite is compiled with named parameters (its driver takes both), so that the
+    # parameters are a dict on every backend.
+    target = (type(dialect)(paramstyle="named")  # type: ignore[call-arg]
+              if dialect.name == "sqlite" else dialect)
+    statement = build(dialect.name).compile(dialect=target)
+    assert isinstance(statement, SQLCompiler)
+    sql = str(statement)
+    if "POSTCOMPILE" in sql:
+        raise ValueError(f"statement {key!r} has an expanding IN: give literal values")
+    processors: dict[str, Any] = {}
+    for name, bind in statement.binds.items():
+        # The dialect's own processor (SQLite writes a datetime as SQLAlchemy's text, not
+        # as str(datetime)), as `Connection.execute` uses it.
+        process = bind.type.dialect_impl(dialect).bind_processor(dialect)
+        if process is not None:
+            processors[name] = process
+    fixed = {name: bind.effective_value for name, bind in statement.binds.items()
+             if not bind.required}  # e.g. `count(*) > 0`'s 0
+    fixed = {name: processors[name](value) if name in processors else value
+             for name, value in fixed.items()}
+    columns = statement._result_columns  # (key name, name, objects, type) per column
+    results = tuple(column[3].dialect_impl(dialect).result_processor(dialect, None)
+                    for column in columns)
+    compiled = _COMPILED[cache_key] = _Compiled(
+        sql, fixed, processors, tuple(column[0] for column in columns),
+        results if any(process is not None for process in results) else None)
+    return compiled
 
 
 def execute_compiled(connection: Connection, key: Hashable,
                      build: Callable[[str], ClauseElement],
-                     params: Mapping[str, Any]) -> CursorResult[Any]:
+                     params: Mapping[str, Any]) -> Result[Any]:
     """Run the Core statement `build(dialect_name)` makes ("postgresql", "sqlite"), compiled
     once per database driver and `key`, with `params` (bound parameter name -> value).
 
@@ -115,43 +174,91 @@ def execute_compiled(connection: Connection, key: Hashable,
     than SQLite spends running it, and dialect `INSERT ... ON CONFLICT` constructs are not
     cached at all. This sends the SQL compiled the first time as driver SQL, each parameter
     processed by its type's bind processor (`UTCDateTime` and the like) as SQLAlchemy would.
-    The `before_cursor_execute` events still see it and errors are SQLAlchemy's (e.g.
-    `IntegrityError`). Rows come back as the driver gives them, without result processing
-    (a timestamp is text on SQLite).
+    Rows come back as the driver gives them, without result processing (a timestamp is text
+    on SQLite; `execute_core` processes them). The result has `rowcount`.
+
+    On SQLite, when nothing listens to the statements (`_watched`), the SQL goes to the
+    driver's connection directly (SQLAlchemy docs, "Working with Driver SQL and Raw DBAPI
+    Connections"), inside the transaction `connection` has begun: SQLAlchemy's execution
+    context and cursor result cost about three times what SQLite spends running a
+    one-row statement (docs/pipeline.md, "Statements"). Otherwise, and on PostgreSQL, it
+    goes through `Connection.exec_driver_sql`, so the statement events see it. Either way
+    errors are SQLAlchemy's (e.g. `IntegrityError`).
 
     Raises:
         ValueError: a statement whose SQL depends on the values (an expanding `IN` of bound
             values): give its values as literals.
+        sqlalchemy.exc.DBAPIError: the database refused the statement (its subclasses:
+            `IntegrityError`, `OperationalError`, ...).
     """
-    dialect = connection.dialect
-    compiled = _COMPILED.get((dialect.name, dialect.driver, key))
-    if compiled is None:
-        # SQLite is compiled with named parameters (its driver takes both), so that the
-        # parameters are a dict on every backend.
-        target = (type(dialect)(paramstyle="named")  # type: ignore[call-arg]
-                  if dialect.name == "sqlite" else dialect)
-        statement = build(dialect.name).compile(dialect=target)
-        assert isinstance(statement, SQLCompiler)
-        sql = str(statement)
-        if "POSTCOMPILE" in sql:
-            raise ValueError(f"statement {key!r} has an expanding IN: give literal values")
-        fixed: dict[str, Any] = {name: bind.effective_value
-                                 for name, bind in statement.binds.items()
-                                 if not bind.required}  # e.g. `count(*) > 0`'s 0
-        processors: dict[str, Any] = {}
-        for name, bind in statement.binds.items():
-            process = bind.type.bind_processor(dialect)
-            if process is not None:
-                processors[name] = process
-        fixed = {name: processors[name](value) if name in processors else value
-                 for name, value in fixed.items()}
-        compiled = _COMPILED[(dialect.name, dialect.driver, key)] = (sql, fixed, processors)
-    sql, fixed, processors = compiled
-    values = {**fixed, **params}
-    for name, process in processors.items():
+    compiled = _compile(connection, key, build)
+    values = {**compiled.fixed, **params}
+    for name, process in compiled.processors.items():
         if name in params:
             values[name] = process(params[name])
-    return connection.exec_driver_sql(sql, values)
+    if connection.dialect.name == "sqlite" and not _watched(connection):
+        return _on_driver(connection, compiled, values)
+    return connection.exec_driver_sql(compiled.sql, values)
+
+
+def execute_core(session: Session, statement: Executable,
+                 params: Mapping[str, Any]) -> Result[Any]:
+    """`session.execute(statement, params)` for a Core statement kept at module level (it is
+    compiled once per database driver, keyed by the statement object), sent as
+    `execute_compiled` sends it: the same rows (each value through its type's result
+    processor, as SQLAlchemy gives it), `rowcount`, errors and events, with less CPU. Like
+    `session.execute` of a Core statement, it does not flush the session first.
+
+    Raises:
+        ValueError: the statement has an expanding `IN` of bound values.
+        sqlalchemy.exc.DBAPIError: the database refused the statement.
+    """
+    connection = session.connection()
+    key = ("tokens.base.execute_core", statement)
+
+    def build(_dialect: str) -> ClauseElement:
+        return statement  # type: ignore[return-value]
+
+    compiled = _compile(connection, key, build)
+    result = execute_compiled(connection, key, build, params)
+    processors = compiled.results
+    if processors is None:
+        return result
+    rows = [tuple(value if process is None or value is None else process(value)
+                  for process, value in zip(processors, row, strict=True))
+            for row in result.fetchall()]
+    processed: IteratorResult[Any] = IteratorResult(SimpleResultMetaData(compiled.keys),
+                                                    iter(rows))
+    processed.rowcount = result.rowcount  # type: ignore[attr-defined]
+    return processed
+
+
+def _watched(connection: Connection) -> bool:
+    """Whether anything would see a statement on `connection` that the driver path skips:
+    statement or execution events, or SQL echo."""
+    dispatch, dialect = connection.dispatch, connection.dialect
+    return bool(connection._echo or dispatch.before_cursor_execute
+                or dispatch.after_cursor_execute or dialect.dispatch.do_execute
+                or dialect.dispatch.handle_error)
+
+
+def _on_driver(connection: Connection, compiled: _Compiled,
+               values: dict[str, Any]) -> Result[Any]:
+    """Run `compiled` on the driver's connection (SQLite) inside `connection`'s transaction;
+    the driver's error becomes SQLAlchemy's, as `Connection.execute` raises it."""
+    driver: Any = connection.connection.driver_connection
+    dbapi = connection.dialect.loaded_dbapi
+    try:
+        cursor = driver.execute(compiled.sql, values)
+        rows = cursor.fetchall() if cursor.description else []
+    except dbapi.Error as exc:
+        raise DBAPIError.instance(compiled.sql, values, exc, dbapi.Error,
+                                  hide_parameters=connection.engine.hide_parameters,
+                                  dialect=connection.dialect, ismulti=False) from exc
+    result: IteratorResult[Any] = IteratorResult(SimpleResultMetaData(compiled.keys),
+                                                 iter(rows))
+    result.rowcount = cursor.rowcount  # type: ignore[attr-defined]
+    return result
 
 
 _IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]*$")

@@ -79,7 +79,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Mapped, QueryableAttribute, Session, mapped_column
 
 from tokens import signals
-from tokens.base import Base, UTCDateTime, utcnow
+from tokens.base import Base, UTCDateTime, execute_core, utcnow
 from tokens.errors import (
     HoldNotPending,
     InsufficientTokens,
@@ -526,7 +526,7 @@ def balance(session: Session, account_id: int, now: datetime | None = None) -> B
         UnknownAccount: no account has this id.
     """
     now = now or utcnow()
-    rows = session.execute(_BALANCE, {"account_id": account_id}).all()
+    rows = execute_core(session, _BALANCE, {"account_id": account_id}).all()
     if not rows:
         raise UnknownAccount(f"account {account_id} does not exist")
     posted, held = int(rows[0].balance), int(rows[0].held)
@@ -821,15 +821,15 @@ def hold(
     expires_at = now + timedelta(seconds=ttl_seconds)
     _autoflush(session)
     params = {"account_id": account_id, "tokens": tokens, "key": key, "now": now}
-    if _rowcount(session.execute(_RESERVE_IF_SETTLED, params)) != 1:
+    if _rowcount(execute_core(session, _RESERVE_IF_SETTLED, params)) != 1:
         replay = _reserve_the_long_way(session, account_id, tokens, key, now)
         if replay is not None:
             return replay
-    hold_id = session.execute(_INSERT_HOLD, {**params, "memo": memo,
-                                             "expires_at": expires_at}).scalar()
+    hold_id = execute_core(session, _INSERT_HOLD, {**params, "memo": memo,
+                                                   "expires_at": expires_at}).scalar()
     if hold_id is None:
         # A concurrent hold with this key committed after the check: give the tokens back.
-        session.execute(_UNRESERVE, {"account_id": account_id, "tokens": tokens})
+        execute_core(session, _UNRESERVE, {"account_id": account_id, "tokens": tokens})
         replay = _hold_by_key(session, key)
         if replay is None:
             raise LedgerInvariantBroken(f"hold key {key!r} conflicts but no hold has it")
@@ -850,7 +850,7 @@ def _reserve_the_long_way(
         UnknownAccount: no account has this id.
     """
     params = {"account_id": account_id, "key": key, "now": now}
-    row = session.execute(_LOCK_FOR_HOLD, params).first()
+    row = execute_core(session, _LOCK_FOR_HOLD, params).first()
     if row is None:
         replay = _hold_by_key(session, key)  # a key is answered even for a lost account
         if replay is not None:
@@ -871,14 +871,15 @@ def _reserve_the_long_way(
     # below stays the reservation all the same.
     if posted - held < tokens:
         raise InsufficientTokens(tokens, balance(session, account_id, now).available)
-    if _rowcount(session.execute(_RESERVE, {"account_id": account_id, "tokens": tokens})) != 1:
+    reserved = execute_core(session, _RESERVE, {"account_id": account_id, "tokens": tokens})
+    if _rowcount(reserved) != 1:
         raise _refusal(session, account_id, tokens, now)
     return None
 
 
 def _hold_by_key(session: Session, key: str) -> HoldResult | None:
     """The hold posted under `key` as a replayed `HoldResult`, or None."""
-    row = session.execute(_HOLD_BY_KEY, {"key": key}).first()
+    row = execute_core(session, _HOLD_BY_KEY, {"key": key}).first()
     if row is None:
         return None
     return HoldResult(int(row.id), row.idempotency_key, int(row.amount), row.status,
@@ -954,8 +955,8 @@ def capture(
         if covered and _rowcount(session.execute(_SETTLE_CAPTURE, {
             "hold_id": hold_id, "now": now, "take": take, "keys": keys,
         })) == 1:
-            session.execute(_CHARGE, {"account_id": account_id, "tokens": record.amount,
-                                      "take": take})
+            execute_core(session, _CHARGE, {"account_id": account_id,
+                                            "tokens": record.amount, "take": take})
             posted = _post_draw(session, account_id, plan, keys, "debit", key,
                                 memo=record.memo, now=now, hold_id=hold_id)
             _forget(session, Hold, (hold_id,))  # its status changed in the database
@@ -981,7 +982,7 @@ def _lock_hold(session: Session, hold_id: int) -> Row[Any]:
     Raises:
         UnknownEntry: no hold has this id.
     """
-    record = session.execute(_LOCK_HOLD, {"hold_id": hold_id}).first()
+    record = execute_core(session, _LOCK_HOLD, {"hold_id": hold_id}).first()
     if record is None:
         raise UnknownEntry(f"hold {hold_id} does not exist")
     return record
@@ -992,14 +993,14 @@ def _capture_refused(
 ) -> Captured:
     """Why a capture changed nothing (under the account's lock, read afresh): the first result
     of `key`, or the error. `covered`: the lots covered the capture."""
-    rows = session.execute(_REPLAY, {"key": key}).all()
+    rows = execute_core(session, _REPLAY, {"key": key}).all()
     if rows:
         if {row.hold_id for row in rows} != {hold_id}:
             raise KeyReused(f"{key!r} was used by another operation than the capture of hold "
                             f"{hold_id}")
         replay = _posted_from(key, rows)
         return Captured(hold_id, replay, amount - replay.amount)
-    status, expires_at = session.execute(_HOLD_STATE, {"hold_id": hold_id}).one()
+    status, expires_at = execute_core(session, _HOLD_STATE, {"hold_id": hold_id}).one()
     if status == "pending" and expires_at > now:
         if not covered:
             raise LedgerInvariantBroken(
@@ -1069,8 +1070,8 @@ def debit(
         raise ValueError("naive datetime given where a timezone-aware UTC time is required")
     _autoflush(session)
     params = {"account_id": account_id, "tokens": tokens, "key": key, "now": now}
-    if _rowcount(session.execute(_DEBIT_IF_SETTLED, params)) != 1:
-        rows = session.execute(_REPLAY, {"key": key}).all()
+    if _rowcount(execute_core(session, _DEBIT_IF_SETTLED, params)) != 1:
+        rows = execute_core(session, _REPLAY, {"key": key}).all()
         if rows:
             if any(row.hold_id is not None or int(row.amount) >= 0 for row in rows):
                 raise KeyReused(f"{key!r} was used by another operation than a debit")
@@ -1355,7 +1356,7 @@ def expire_lots(session: Session, account_id: int, now: datetime | None = None) 
                 f"expired {lot.expires_at:%Y-%m-%d %H:%M} UTC", "actor": None,
                 "created_at": now,
             })
-            session.execute(_DRAW_LOT, {"lot_id": lot.id, "take": take})
+            execute_core(session, _DRAW_LOT, {"lot_id": lot.id, "take": take})
             expired += take
         if rows:
             session.execute(_INSERT_ENTRIES, rows)
@@ -1376,7 +1377,7 @@ def _check_amount(tokens: int) -> None:
 
 def _replay(session: Session, key: str) -> Posted | None:
     """The first result of the operation `key`, or None when it was never posted."""
-    rows = session.execute(_REPLAY, {"key": key}).all()
+    rows = execute_core(session, _REPLAY, {"key": key}).all()
     return _posted_from(key, rows) if rows else None
 
 
@@ -1454,7 +1455,7 @@ def _credit(
 
 def _pending_hold_times(session: Session, account_id: int) -> list[tuple[datetime, int]]:
     """(created_at, amount) of the account's pending holds."""
-    rows = session.execute(_PENDING_HOLD_TIMES, {"account_id": account_id}).all()
+    rows = execute_core(session, _PENDING_HOLD_TIMES, {"account_id": account_id}).all()
     return [(created, int(amount)) for created, amount in rows]
 
 
@@ -1515,7 +1516,7 @@ def _lock_account(session: Session, account_id: int) -> tuple[int, int]:
     `FOR NO KEY UPDATE` still lets other transactions insert rows that reference the account.
     SQLite ignores it; there `BEGIN IMMEDIATE` serialises writers.
     """
-    row = session.execute(_LOCK, {"account_id": account_id}).first()
+    row = execute_core(session, _LOCK, {"account_id": account_id}).first()
     if row is None:
         raise UnknownAccount(f"account {account_id} does not exist")
     return int(row[0]), int(row[1])
@@ -1523,7 +1524,7 @@ def _lock_account(session: Session, account_id: int) -> tuple[int, int]:
 
 def _debit_balance(session: Session, account_id: int, tokens: int, now: datetime) -> None:
     """Lower the posted balance, never below what pending holds reserve."""
-    result = session.execute(_DEBIT_BALANCE, {"account_id": account_id, "tokens": tokens})
+    result = execute_core(session, _DEBIT_BALANCE, {"account_id": account_id, "tokens": tokens})
     if _rowcount(result) != 1:
         raise _refusal(session, account_id, tokens, now)
 
@@ -1583,7 +1584,7 @@ def _draw_plan(
     to less than `tokens` only when the lots cannot cover them."""
     plan = []
     left = tokens
-    for lot in session.execute(_DRAWABLE, {"account_id": account_id, "valid_at": valid_at}):
+    for lot in execute_core(session, _DRAWABLE, {"account_id": account_id, "valid_at": valid_at}):
         take = min(left, int(lot.remaining))
         plan.append((int(lot.id), lot.bucket, take))
         left -= take
@@ -1629,7 +1630,7 @@ def _post_draw(
         ids = tuple(int(by_key[entry_key]) for entry_key in keys)
     signals.entries_posted.send(None, kinds=[row["kind"] for row in rows])
     if len(plan) == 1:
-        session.execute(_DRAW_LOT, {"lot_id": plan[0][0], "take": plan[0][2]})
+        execute_core(session, _DRAW_LOT, {"lot_id": plan[0][0], "take": plan[0][2]})
     else:
         takes = {lot_id: take for lot_id, _, take in plan}
         session.execute(
@@ -1649,14 +1650,14 @@ def _release(session: Session, hold_id: int, status: str, now: datetime) -> Hold
     record = _lock_hold(session, hold_id)
     current = record.status  # a terminal state as read is the state now (see `capture`)
     if current == "pending":
-        settled = session.execute(_SETTLE, {"hold_id": hold_id, "status": status, "now": now})
+        settled = execute_core(session, _SETTLE, {"hold_id": hold_id, "status": status, "now": now})
         if _rowcount(settled) == 1:
-            session.execute(_RELEASE, {"account_id": record.account_id,
-                                       "tokens": record.amount})
+            execute_core(session, _RELEASE, {"account_id": record.account_id,
+                                             "tokens": record.amount})
             _forget(session, Hold, (hold_id,))
             return HoldResult(hold_id, record.idempotency_key, int(record.amount), status,
                               record.expires_at, replayed=False)
-        current = session.execute(_HOLD_STATE, {"hold_id": hold_id}).one().status
+        current = execute_core(session, _HOLD_STATE, {"hold_id": hold_id}).one().status
     if current == "captured":
         raise HoldNotPending(f"hold {hold_id} was captured")
     return HoldResult(hold_id, record.idempotency_key, int(record.amount), current,

@@ -44,7 +44,7 @@ from bot.router.answer import (
 )
 from bot.router.steps import handle_inbound, keyword_family
 from bot.router.turn import BotSettings, Outcome, is_free_command
-from tokens.base import utcnow
+from tokens.base import execute_core, utcnow
 from tokens.catalog import normalise_command
 
 log = logging.getLogger(__name__)
@@ -126,7 +126,7 @@ def answer_message(
                                  defer=settings.chat is not None, transport=transport,
                                  classified=classified)
         if inbox_id is not None:
-            session.execute(_TAKE_FROM_INBOX, {"inbox_id": inbox_id})
+            execute_core(session, _TAKE_FROM_INBOX, {"inbox_id": inbox_id})
         session.commit()
     except Exception:
         session.rollback()
@@ -257,7 +257,7 @@ def drain_person(
         if prefetched is not None:
             rows, prefetched = prefetched, None
         else:
-            rows = list(session.execute(_INBOX_OF_SENDER, {"sender": sender}).tuples())
+            rows = list(execute_core(session, _INBOX_OF_SENDER, {"sender": sender}).tuples())
             session.commit()
         if not rows:
             break
@@ -271,7 +271,7 @@ def drain_person(
                 # poison in the inbox.
                 log.error("inbox row unreadable, dropped", extra={"inbox_id": inbox_id,
                                                                   "error": str(exc)})
-                session.execute(_TAKE_FROM_INBOX, {"inbox_id": inbox_id})
+                execute_core(session, _TAKE_FROM_INBOX, {"inbox_id": inbox_id})
                 session.commit()
         if not waiting:
             continue

@@ -84,6 +84,7 @@ from tokens import account_links, auto_topup, costs, ledger, levels, payments
 from tokens.base import (
     UTCDateTime,
     execute_compiled,
+    execute_core,
     insert_on_conflict,
     literal_words,
     utcnow,
@@ -209,7 +210,7 @@ def store_inbound(turn: Turn) -> None:
         "status": None, "error_code": None, "units": 0, "level": None, "estimate_musd": None,
         "status_at": None, "created_at": turn.now,
     }
-    stored = session.execute(_STORE_INBOUND, values).scalar()
+    stored = execute_core(session, _STORE_INBOUND, values).scalar()
     if stored is None:
         raise ReplyNow(OutcomeKind.DUPLICATE)
     # The row as stored, known to the session without reading it back.

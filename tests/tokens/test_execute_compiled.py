@@ -1,5 +1,7 @@
 """`tokens.base.execute_compiled` (a Core statement compiled once per driver, sent as driver
-SQL with its parameters processed), `tokens.base.write_changes` and the partial indexes the
+SQL with its parameters processed; on SQLite with nothing listening, to the driver itself),
+`tokens.base.execute_core` (the same for a module-level statement, rows processed),
+`tokens.base.write_changes` and the partial indexes the
 router's standing read uses (`ix_messages_queued`, `ix_messages_on_the_way`, migration 0018)."""
 
 from __future__ import annotations
@@ -7,14 +9,16 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 import pytest
-from sqlalchemy import event, func, select, text
+from sqlalchemy import bindparam, event, func, insert, select, text, update
+from sqlalchemy.engine import Connection
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from bot.models import ON_THE_WAY_STATES, Contact, Message
 from bot.router.steps import _standing_statement
 from tests.support.statements import counted
 from tokens import ledger
-from tokens.base import execute_compiled, literal_words, write_changes
+from tokens.base import execute_compiled, execute_core, literal_words, write_changes
 from tokens.costs import AccountDay
 
 NOW = datetime(2026, 12, 4, 12, 0, tzinfo=UTC)
@@ -210,3 +214,68 @@ def test_load_compiled_runs_the_query_where_it_would_differ(session: Session) ->
     pending = Contact(address="+15550004444", account_id=contact.account_id, created_at=NOW)
     session.add(pending)
     assert find_contact(session, "+15550004444") is pending
+
+
+# Module-level statements, as `execute_core` expects them (it keys its cache by the object).
+_ACCOUNT_TIMES = (select(ledger.Account.__table__.c.id, ledger.Account.__table__.c.created_at,
+                         ledger.Account.__table__.c.suspended_at)
+                  .where(ledger.Account.__table__.c.id == bindparam("account_id")))
+_SUSPEND = (update(ledger.Account.__table__)
+            .where(ledger.Account.__table__.c.id == bindparam("account_id"))
+            .values(suspension_reason=bindparam("reason")))
+_NEW_CONTACT = insert(Contact.__table__).values(
+    address=bindparam("address"), account_id=bindparam("account_id"),
+    created_at=bindparam("created_at"))
+
+
+def test_execute_core_gives_the_rows_and_rowcount_session_execute_gives(
+        session: Session) -> None:
+    account = ledger.open_account(session, NOW).id
+    session.flush()
+    params = {"account_id": account}
+    core = execute_core(session, _ACCOUNT_TIMES, params).all()
+    assert core == session.execute(_ACCOUNT_TIMES, params).all()
+    assert core[0].created_at == NOW and core[0].created_at.tzinfo is not None
+    assert core[0].suspended_at is None
+    assert execute_core(session, _SUSPEND, {**params, "reason": "test"}).rowcount == 1
+    assert execute_core(session, _SUSPEND, {"account_id": -1, "reason": "test"}).rowcount == 0
+
+
+def test_on_sqlite_with_nothing_listening_the_driver_runs_it(
+        session: Session, monkeypatch: pytest.MonkeyPatch) -> None:
+    account = ledger.open_account(session, NOW).id
+    session.flush()
+    sqlite = session.get_bind().dialect.name == "sqlite"
+    if sqlite:  # nothing may go through SQLAlchemy's execution of driver SQL
+        def refuse(*_args: object, **_kwargs: object) -> None:
+            raise AssertionError("exec_driver_sql used")
+
+        monkeypatch.setattr(Connection, "exec_driver_sql", refuse)
+    row = execute_core(session, _ACCOUNT_TIMES, {"account_id": account}).one()
+    assert (row.id, row.created_at) == (account, NOW)
+
+
+def test_a_refused_statement_raises_sqlalchemy_s_error_and_the_session_goes_on(
+        session: Session) -> None:
+    account = ledger.open_account(session, NOW).id
+    session.flush()
+    params = {"address": "+15550002222", "account_id": account, "created_at": NOW}
+    execute_core(session, _NEW_CONTACT, params)
+    with pytest.raises(IntegrityError), session.begin_nested():
+        execute_core(session, _NEW_CONTACT, params)  # UNIQUE(address)
+    assert session.scalar(select(func.count()).select_from(Contact)) == 1
+
+
+def test_a_time_is_stored_as_sqlalchemy_stores_it(session: Session) -> None:
+    # SQLite keeps times as text: a time written in another format (str(datetime) gives
+    # "...+00:00") would compare unequal to the same time written by the ORM.
+    account = ledger.open_account(session, NOW).id
+    session.add(Contact(address="+15550003333", account_id=account, created_at=NOW))
+    execute_core(session, _NEW_CONTACT, {"address": "+15550004444", "account_id": account,
+                                         "created_at": NOW})
+    session.flush()
+    stored = session.execute(text(
+        "SELECT created_at FROM contacts ORDER BY address")).scalars().all()
+    assert stored[0] == stored[1]
+    assert session.scalar(select(func.count()).select_from(Contact)
+                          .where(Contact.created_at == NOW)) == 2
