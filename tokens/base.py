@@ -153,7 +153,9 @@ def _compile(connection: Connection, key: Hashable,
              if not bind.required}  # e.g. `count(*) > 0`'s 0
     fixed = {name: processors[name](value) if name in processors else value
              for name, value in fixed.items()}
-    columns = statement._result_columns  # (key name, name, objects, type) per column
+    # The compiler's own list of the result's columns, (key name, name, objects, type) each,
+    # from which SQLAlchemy's cursor result takes its keys and processors (2.0, pinned).
+    columns = statement._result_columns
     results = tuple(column[3].dialect_impl(dialect).result_processor(dialect, None)
                     for column in columns)
     compiled = _COMPILED[cache_key] = _Compiled(
@@ -237,6 +239,8 @@ def _watched(connection: Connection) -> bool:
     """Whether anything would see a statement on `connection` that the driver path skips:
     statement or execution events, or SQL echo."""
     dispatch, dialect = connection.dispatch, connection.dialect
+    # `_echo` is what `Connection` itself checks before logging a statement (SQLAlchemy 2.0,
+    # pinned in requirements.txt).
     return bool(connection._echo or dispatch.before_cursor_execute
                 or dispatch.after_cursor_execute or dialect.dispatch.do_execute
                 or dialect.dispatch.handle_error)
@@ -250,14 +254,18 @@ def _on_driver(connection: Connection, compiled: _Compiled,
     dbapi = connection.dialect.loaded_dbapi
     try:
         cursor = driver.execute(compiled.sql, values)
-        rows = cursor.fetchall() if cursor.description else []
+        try:
+            rows = cursor.fetchall() if cursor.description else []
+            rowcount = cursor.rowcount
+        finally:
+            cursor.close()
     except dbapi.Error as exc:
         raise DBAPIError.instance(compiled.sql, values, exc, dbapi.Error,
                                   hide_parameters=connection.engine.hide_parameters,
                                   dialect=connection.dialect, ismulti=False) from exc
     result: IteratorResult[Any] = IteratorResult(SimpleResultMetaData(compiled.keys),
                                                  iter(rows))
-    result.rowcount = cursor.rowcount  # type: ignore[attr-defined]
+    result.rowcount = rowcount  # type: ignore[attr-defined]
     return result
 
 
