@@ -115,7 +115,7 @@ class _Compiled:
         processors: parameter name -> its type's bind processor, for those that have one.
         keys: the result's column names (empty for a statement that returns no rows).
         results: per result column, its type's result processor or None; None when no
-            column has one (`execute_core` then hands the rows on as they are).
+            column has one (`_processed` then hands the rows on as they are).
     """
 
     sql: str
@@ -193,7 +193,12 @@ def execute_compiled(connection: Connection, key: Hashable,
         sqlalchemy.exc.DBAPIError: the database refused the statement (its subclasses:
             `IntegrityError`, `OperationalError`, ...).
     """
-    compiled = _compile(connection, key, build)
+    return _run(connection, _compile(connection, key, build), params)
+
+
+def _run(connection: Connection, compiled: _Compiled, params: Mapping[str, Any]
+         ) -> Result[Any]:
+    """Send `compiled` with `params` processed (`execute_compiled`); rows unprocessed."""
     values = {**compiled.fixed, **params}
     for name, process in compiled.processors.items():
         if name in params:
@@ -215,14 +220,18 @@ def execute_core(session: Session, statement: Executable,
         ValueError: the statement has an expanding `IN` of bound values.
         sqlalchemy.exc.DBAPIError: the database refused the statement.
     """
-    connection = session.connection()
-    key = ("tokens.base.execute_core", statement)
-
     def build(_dialect: str) -> ClauseElement:
         return statement  # type: ignore[return-value]
 
+    return _processed(session.connection(), ("tokens.base.execute_core", statement), build,
+                      params)
+
+
+def _processed(connection: Connection, key: Hashable, build: Callable[[str], ClauseElement],
+               params: Mapping[str, Any]) -> Result[Any]:
+    """`execute_compiled`, each result value through its type's result processor."""
     compiled = _compile(connection, key, build)
-    result = execute_compiled(connection, key, build, params)
+    result = _run(connection, compiled, params)
     processors = compiled.results
     if processors is None:
         return result
@@ -438,17 +447,14 @@ def load_compiled(session: Session, model: type[Any], key: Hashable,
         return select(*table.c).where(and_(*(
             column == bindparam(f"w_{column.name}", type_=column.type) for column in columns)))
 
-    connection = session.connection()
-    rows = execute_compiled(connection, ("tokens.base.load_compiled", table.name, key), build,
-                            {f"w_{name}": value for name, value in where.items()}).fetchall()
+    rows = _processed(session.connection(), ("tokens.base.load_compiled", table.name, key),
+                      build, {f"w_{name}": value for name, value in where.items()}).fetchall()
     if not rows:
         return None
     if len(rows) > 1:
         from sqlalchemy.exc import MultipleResultsFound
         raise MultipleResultsFound(f"more than one {table.name} row matches {sorted(where)}")
-    processors = _result_processors(connection.dialect, table)
-    row = {column: value if (process := processors.get(column.name)) is None
-           else process(value) for column, value in zip(table.c, rows[0], strict=True)}
+    row = dict(zip(table.c, rows[0], strict=True))
     identity = tuple(row[column] for column in mapper.primary_key)
     if Session.identity_key(model, identity) in session.identity_map:
         return query()
@@ -457,25 +463,6 @@ def load_compiled(session: Session, model: type[Any], key: Hashable,
     make_transient_to_detached(obj)
     session.add(obj)
     return obj
-
-
-# (dialect, driver, table) -> column name -> the result processor of its type, if any.
-_RESULT_PROCESSORS: dict[tuple[str, str, str], dict[str, Callable[[Any], Any]]] = {}
-
-
-def _result_processors(dialect: Dialect, table: Table) -> dict[str, Callable[[Any], Any]]:
-    """What SQLAlchemy applies to each column of `table` read back through `dialect`
-    (`UTCDateTime` marks SQLite's naive text as UTC, and the like)."""
-    cache_key = (dialect.name, dialect.driver, table.name)
-    processors = _RESULT_PROCESSORS.get(cache_key)
-    if processors is None:
-        processors = {}
-        for column in table.c:
-            process = column.type.dialect_impl(dialect).result_processor(dialect, None)
-            if process is not None:
-                processors[column.name] = process
-        _RESULT_PROCESSORS[cache_key] = processors
-    return processors
 
 
 def _column_changes(state: Any) -> dict[Any, Any] | None:

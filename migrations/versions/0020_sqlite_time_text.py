@@ -39,7 +39,7 @@ def upgrade():
         return
     inspector = inspect(bind)
     for table in inspector.get_table_names():
-        if table in APPEND_ONLY or table == 'alembic_version':
+        if table in APPEND_ONLY:
             continue
         for column in inspector.get_columns(table):
             if str(column['type']).upper() != 'DATETIME':
