@@ -13,7 +13,7 @@ from flask_sqlalchemy import SQLAlchemy
 from flask_wtf.csrf import CSRFProtect
 from sqlalchemy import Engine, event, exc
 
-from tokens.base import Base, UTCDateTime
+from tokens.base import Base, UTCDateTime, execute_plain
 
 if TYPE_CHECKING:
     from bot.outbound import OutboundSettings
@@ -73,7 +73,7 @@ def configure_sqlite(engine: Engine) -> None:
 
     @event.listens_for(engine, "begin")
     def _on_begin(connection: Any) -> None:
-        connection.exec_driver_sql("BEGIN IMMEDIATE")
+        execute_plain(connection, "BEGIN IMMEDIATE")
 
 
 # A pooled connection that sat unused this long is tested before it is handed out (seconds).

@@ -56,6 +56,7 @@ from sqlalchemy import (
     Select,
     String,
     UniqueConstraint,
+    bindparam,
     select,
     update,
 )
@@ -266,6 +267,17 @@ def offer_url(public_base_url: str, token: str) -> str:
     return f"{public_base_url.rstrip('/')}/r/{token}"
 
 
+# The reusable links of one account, intent and set of partners (`issue_offer_links`), built
+# once: building the statement on each turn cost as much as SQLAlchemy's cached run of it.
+_REUSABLE_LINKS = (
+    select(OfferLink)
+    .where(OfferLink.account_id == bindparam("account_id"),
+           OfferLink.intent == bindparam("intent"),
+           OfferLink.partner_code.in_(bindparam("codes", expanding=True)),
+           OfferLink.expires_at > bindparam("fresh_after"))
+    .order_by(OfferLink.expires_at.desc(), OfferLink.id.desc()))
+
+
 def issue_offer_links(
     session: Session,
     account_id: int,
@@ -304,12 +316,9 @@ def issue_offer_links(
         return []
     fresh_after = now + ttl / 2
     newest: dict[str, OfferLink] = {}
-    for found in session.scalars(
-            select(OfferLink)
-            .where(OfferLink.account_id == account_id, OfferLink.intent == intent,
-                   OfferLink.partner_code.in_([partner.code for partner in partners]),
-                   OfferLink.expires_at > fresh_after)
-            .order_by(OfferLink.expires_at.desc(), OfferLink.id.desc())):
+    for found in session.scalars(_REUSABLE_LINKS, {
+            "account_id": account_id, "intent": intent,
+            "codes": [partner.code for partner in partners], "fresh_after": fresh_after}):
         newest.setdefault(found.partner_code, found)
     issued: list[tuple[Partner, OfferLink]] = []
     for partner in partners:

@@ -57,14 +57,13 @@ from sqlalchemy.orm import (
     Mapped,
     Session,
     SessionTransaction,
-    make_transient_to_detached,
     mapped_column,
     object_session,
 )
 from sqlalchemy.orm.attributes import set_committed_value
 
 from tokens import signals
-from tokens.base import Base, UTCDateTime, execute_compiled, utcnow
+from tokens.base import Base, UTCDateTime, execute_compiled, known_row, utcnow
 from tokens.catalog import Costs, ModelPrice
 from tokens.errors import InvalidAmount
 from tokens.periods import Month, day_of
@@ -813,9 +812,7 @@ def _hold_month(session: Session, values: dict[str, Any]) -> None:
     row = session.identity_map.get(Session.identity_key(AccountMonth, key))
     fresh = {column.key: values[column.name] for column in _MONTHS.columns}
     if row is None:
-        row = AccountMonth(**fresh)
-        make_transient_to_detached(row)
-        session.add(row)
+        row = known_row(session, AccountMonth, fresh)
     elif inspect(row).modified:  # changed through the ORM meanwhile: reload it instead
         session.expire(row)
         held.pop(key, None)

@@ -33,7 +33,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import ForeignKey, Integer, String
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
-from tokens.base import Base, UTCDateTime
+from tokens.base import Base, UTCDateTime, get_compiled
 from tokens.catalog import Catalog, IntentSpec, LlmTier
 from tokens.periods import Month
 
@@ -218,7 +218,7 @@ class LevelState(Base):
 
 def state_of(session: Session, account_id: int) -> LevelState:
     """The person's throttle state (created on first use; the caller holds the account lock)."""
-    state = session.get(LevelState, account_id)
+    state: LevelState | None = get_compiled(session, LevelState, account_id)
     if state is None:
         state = LevelState(account_id=account_id, free_replies=0, billing_replies=0)
         session.add(state)
@@ -228,7 +228,7 @@ def state_of(session: Session, account_id: int) -> LevelState:
 
 def override_of(session: Session, account_id: int, now: datetime) -> str | None:
     """The operator's level for this person at `now` (UTC), or None when none is in force."""
-    state = session.get(LevelState, account_id)
+    state: LevelState | None = get_compiled(session, LevelState, account_id)
     if (state is None or state.override_level is None or state.override_until is None
             or state.override_until <= now):
         return None

@@ -25,7 +25,7 @@ from __future__ import annotations
 import functools
 import re
 import unicodedata
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 
 from rapidfuzz import process
 from rapidfuzz.distance import OSA, Levenshtein
@@ -87,8 +87,10 @@ def normalise_text(text: str) -> str:
     return _NON_WORD.sub(" ", folded).strip()
 
 
+@functools.lru_cache(maxsize=4096)
 def detect_language(text: str) -> str:
-    """"es" when `text` reads as Spanish, else "en".
+    """"es" when `text` reads as Spanish, else "en" (the last 4,096 texts' answers kept: the
+    router, the parser and the answer check each ask of the same message or answer).
 
     A vote of marker words (`SPANISH_WORDS` against `ENGLISH_WORDS`), with Spanish letters and
     marks (ñ, ¿, ¡, á, í, ó, ú) counting two; a tie or an empty text is English. Reliable for
@@ -427,6 +429,13 @@ def _by_rules(words: tuple[str, ...], catalog: Catalog) -> IntentSpec | None:
     return None
 
 
+# Messages classified per `Catalog` object, kept by text, most recently used first: the
+# intent is a pure function of the two (the rules, the lexicon and the fuzzy phrases are
+# fixed at import), so a message that comes again is classified once.
+CLASSIFY_CACHE_SIZE = 8192
+_CLASSIFIERS: dict[int, tuple[Catalog, Callable[[str], IntentSpec]]] = {}
+
+
 def classify(text: str, catalog: Catalog) -> IntentSpec:
     """The intent of `text`: the first catalog intent with a matching pattern, else the default.
 
@@ -443,6 +452,21 @@ def classify(text: str, catalog: Catalog) -> IntentSpec:
     Returns:
         The matching `IntentSpec` (its `price` is what the answer costs).
     """
+    held = _CLASSIFIERS.get(id(catalog))
+    if held is None or held[0] is not catalog:
+        if len(_CLASSIFIERS) >= 16:  # catalogs are few: the configured one, tests' own
+            _CLASSIFIERS.clear()
+
+        def classify_text(text: str) -> IntentSpec:
+            return _classify(text, catalog)
+
+        held = (catalog, functools.lru_cache(maxsize=CLASSIFY_CACHE_SIZE)(classify_text))
+        _CLASSIFIERS[id(catalog)] = held
+    return held[1](text)
+
+
+def _classify(text: str, catalog: Catalog) -> IntentSpec:
+    """`classify`, uncached."""
     words = tuple(normalise_text(text).split())
     language = detect_language(text)
     corrected = gloss(correct_words(words, _known_words()), language)

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from sqlalchemy import Integer, Select, Table, bindparam, insert, select
-from sqlalchemy.orm import Session, make_transient_to_detached
+from sqlalchemy.orm import Session
 
 from bot import replies
 from bot.allergies import decode as decode_allergies
@@ -35,7 +35,7 @@ from bot.segments import (
     split_message,
 )
 from tokens import alerts, costs, ledger, levels, payments
-from tokens.base import execute_compiled, utcnow, write_changes
+from tokens.base import execute_compiled, known_row, utcnow, write_changes
 from tokens.catalog import IntentSpec
 from tokens.costs import LlmUsage
 from tokens.errors import HoldNotPending, InsufficientTokens
@@ -337,9 +337,7 @@ def store_replies(
             "status_at": None, "created_at": now,
         }
         stored = session.execute(_STORE_REPLY, values).scalar_one()
-        row = Message(id=stored, **values)
-        make_transient_to_detached(row)
-        session.add(row)
+        row = known_row(session, Message, {"id": stored, **values})
         ids.append(stored)
         if transport == "twiml":
             costs.record_messaging(session, contact.account_id, catalog.costs, channel, "out",

@@ -38,7 +38,7 @@ from sqlalchemy import (
     func,
     select,
 )
-from sqlalchemy.orm import Session, make_transient_to_detached
+from sqlalchemy.orm import Session
 
 from bot import allergies as allergy_memory
 from bot import replies
@@ -86,6 +86,7 @@ from tokens.base import (
     execute_compiled,
     execute_core,
     insert_on_conflict,
+    known_row,
     literal_words,
     utcnow,
 )
@@ -214,9 +215,7 @@ def store_inbound(turn: Turn) -> None:
     if stored is None:
         raise ReplyNow(OutcomeKind.DUPLICATE)
     # The row as stored, known to the session without reading it back.
-    message = Message(id=stored, **values)
-    make_transient_to_detached(message)
-    session.add(message)
+    message = known_row(session, Message, {"id": stored, **values})
     turn.message = message
     costs.record_inbound(turn.session, turn.account_id, turn.catalog.costs, msg.channel,
                          billed_units(msg.channel, msg.text), message_sid=msg.message_sid,

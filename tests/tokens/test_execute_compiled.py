@@ -18,7 +18,13 @@ from bot.models import ON_THE_WAY_STATES, Contact, Message
 from bot.router.steps import _standing_statement
 from tests.support.statements import counted
 from tokens import ledger
-from tokens.base import execute_compiled, execute_core, literal_words, write_changes
+from tokens.base import (
+    execute_compiled,
+    execute_core,
+    get_compiled,
+    literal_words,
+    write_changes,
+)
 from tokens.costs import AccountDay
 
 NOW = datetime(2026, 12, 4, 12, 0, tzinfo=UTC)
@@ -214,6 +220,57 @@ def test_load_compiled_runs_the_query_where_it_would_differ(session: Session) ->
     pending = Contact(address="+15550004444", account_id=contact.account_id, created_at=NOW)
     session.add(pending)
     assert find_contact(session, "+15550004444") is pending
+
+
+def test_get_compiled_gives_what_session_get_gives(session: Session) -> None:
+    from tokens.levels import LevelState
+
+    account = ledger.open_account(session, NOW).id
+    session.add(LevelState(account_id=account, free_replies=2, billing_replies=0,
+                           reply_day="2026-12-04"))
+    session.commit()
+    session.expunge_all()
+    # Not in the session: one compiled SELECT, a persistent object with every column.
+    with counted(engine=session.get_bind()) as sent:
+        state = get_compiled(session, LevelState, account)
+    assert len(sent) == 1 and sent[0].lstrip().startswith("SELECT"), sent
+    assert state is not None and (state.free_replies, state.reply_day) == (2, "2026-12-04")
+    assert state in session and session.get(LevelState, account) is state
+    # Loaded: the same object, no statement.
+    with counted(engine=session.get_bind()) as sent:
+        assert get_compiled(session, LevelState, account) is state
+    assert sent == []
+    # Expired: refreshed, as session.get refreshes it.
+    session.commit()
+    assert get_compiled(session, LevelState, account) is state and state.free_replies == 2
+    # A change not yet flushed: session.get, which flushes it first.
+    state.free_replies = 3
+    assert get_compiled(session, LevelState, account) is state
+    assert get_compiled(session, LevelState, -1) is None
+    session.expunge_all()
+    assert get_compiled(session, LevelState, -1) is None
+    with pytest.raises(ValueError, match="composite primary key"):
+        get_compiled(session, AccountDay, (account, "2026-12-04"))
+
+
+def test_begin_immediate_goes_to_the_driver_unless_something_listens(
+        session: Session, monkeypatch: pytest.MonkeyPatch) -> None:
+    engine = session.get_bind()
+    if engine.dialect.name != "sqlite":
+        pytest.skip("BEGIN IMMEDIATE is SQLite's (app.extensions.configure_sqlite)")
+    session.commit()
+
+    def refuse(*_args: object, **_kwargs: object) -> None:
+        raise AssertionError("exec_driver_sql used")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(Connection, "exec_driver_sql", refuse)
+        with engine.connect() as connection, connection.begin():
+            assert connection.connection.driver_connection.in_transaction
+    with counted(begin=True, engine=engine) as sent, engine.connect() as connection, \
+            connection.begin():
+        pass
+    assert sent == ["BEGIN IMMEDIATE"]
 
 
 # Module-level statements, as `execute_core` expects them (it keys its cache by the object).
