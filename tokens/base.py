@@ -20,6 +20,7 @@ from sqlalchemy import (
     Table,
     TextClause,
     bindparam,
+    insert,
     literal_column,
     text,
 )
@@ -32,6 +33,7 @@ from sqlalchemy.orm.instrumentation import manager_of_class
 from sqlalchemy.sql import ClauseElement
 from sqlalchemy.sql.base import Executable
 from sqlalchemy.sql.compiler import SQLCompiler
+from sqlalchemy.sql.dml import Insert
 from sqlalchemy.sql.selectable import TextualSelect
 from sqlalchemy.types import TypeDecorator
 
@@ -317,6 +319,23 @@ def literal_words(*words: str) -> list[Any]:
         if not _IDENTIFIER.match(word):
             raise ValueError(f"not a plain word: {word!r}")
     return [literal_column(f"'{word}'", String) for word in words]
+
+
+def insert_values(table: Table, columns: tuple[str, ...], *,
+                  returning: tuple[str, ...] = ()) -> Insert:
+    """`INSERT INTO table (c1, ...) VALUES (:c1, ...) [RETURNING r1, ...]` with each column
+    bound to a parameter of its name and type, for a statement kept at module level and sent
+    with `execute_core`. A bare `insert(table)` takes its column list from each call's
+    parameters, so SQLAlchemy compiles it per call's keys and `execute_core` cannot keep it.
+
+    Raises:
+        KeyError: a name that is not a column of `table`.
+    """
+    statement = insert(table).values(
+        {name: bindparam(name, type_=table.c[name].type) for name in columns})
+    if returning:
+        return statement.returning(*(table.c[name] for name in returning))
+    return statement
 
 
 @functools.lru_cache(maxsize=256)

@@ -79,7 +79,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Mapped, QueryableAttribute, Session, mapped_column
 
 from tokens import signals
-from tokens.base import Base, UTCDateTime, execute_core, utcnow
+from tokens.base import Base, UTCDateTime, execute_core, insert_values, utcnow
 from tokens.errors import (
     HoldNotPending,
     InsufficientTokens,
@@ -411,16 +411,27 @@ _SETTLE = (
 # A capture settles the hold only while it is pending and unexpired and none of the keys of its
 # debit entries was posted by any operation: a repeat of the key, or a key of another
 # operation, finds the hold unchanged and is answered from what the first call posted.
-_SETTLE_CAPTURE = (
-    update(_HOLDS)
-    .where(
-        _HOLDS.c.id == _P_HOLD, _HOLDS.c.status == "pending", _HOLDS.c.expires_at > _P_NOW,
-        ~select(_ENTRIES.c.id)
-        .where(_ENTRIES.c.idempotency_key.in_(bindparam("keys", expanding=True)))
-        .exists(),
+def _settle_capture(keys: Any) -> Any:
+    """The capture's conditional UPDATE of its hold: still pending, not expired, and none of
+    the draw's entry keys (`keys`: an expanding parameter or a list of bound ones) posted."""
+    return (
+        update(_HOLDS)
+        .where(
+            _HOLDS.c.id == _P_HOLD, _HOLDS.c.status == "pending", _HOLDS.c.expires_at > _P_NOW,
+            ~select(_ENTRIES.c.id).where(_ENTRIES.c.idempotency_key.in_(keys)).exists(),
+        )
+        .values(status="captured", captured=_P_TAKE, settled_at=_P_NOW)
     )
-    .values(status="captured", captured=_P_TAKE, settled_at=_P_NOW)
-)
+
+
+# Any number of entry keys, as `IN` of an expanding parameter (`session.execute`); and for a
+# draw of up to `_SETTLE_CAPTURE_SHAPES` lots (nearly every capture draws one), one statement
+# per count with the keys bound one by one (`key_0`, ...), which `execute_core` keeps compiled.
+_SETTLE_CAPTURE = _settle_capture(bindparam("keys", expanding=True))
+_SETTLE_CAPTURE_SHAPES = 4
+_SETTLE_CAPTURE_BY_COUNT = {
+    count: _settle_capture([bindparam(f"key_{i}", type_=String()) for i in range(count)])
+    for count in range(1, _SETTLE_CAPTURE_SHAPES + 1)}
 _CHARGE = (
     update(_ACCOUNTS)
     .where(_ACCOUNTS.c.id == _P_ACCOUNT)
@@ -448,7 +459,9 @@ _DRAW_LOT = (
     .where(_LOTS.c.id == bindparam("lot_id", type_=Integer()))
     .values(remaining=_LOTS.c.remaining - _P_TAKE)
 )
-_INSERT_ENTRY = insert(_ENTRIES).returning(_ENTRIES.c.id)
+_DRAW_ENTRY_COLUMNS = ("account_id", "kind", "bucket", "amount", "idempotency_key",
+                       "operation_key", "lot_id", "hold_id", "memo", "actor", "created_at")
+_INSERT_ENTRY = insert_values(_ENTRIES, _DRAW_ENTRY_COLUMNS, returning=("id",))
 _INSERT_ENTRIES = insert(_ENTRIES)
 _REPLAY = (
     select(_ENTRIES.c.id, _ENTRIES.c.bucket, _ENTRIES.c.amount, _ENTRIES.c.hold_id)
@@ -886,6 +899,17 @@ def _hold_by_key(session: Session, key: str) -> HoldResult | None:
                       row.expires_at, replayed=True)
 
 
+
+def _captured(session: Session, hold_id: int, now: datetime, take: int,
+              keys: list[str]) -> bool:
+    """Whether the capture's conditional UPDATE took the hold (`_settle_capture`)."""
+    params: dict[str, Any] = {"hold_id": hold_id, "now": now, "take": take}
+    by_count = _SETTLE_CAPTURE_BY_COUNT.get(len(keys))
+    if by_count is None:
+        return _rowcount(session.execute(_SETTLE_CAPTURE, {**params, "keys": keys})) == 1
+    params.update((f"key_{i}", key) for i, key in enumerate(keys))
+    return _rowcount(execute_core(session, by_count, params)) == 1
+
 def capture(
     session: Session,
     hold_id: int,
@@ -952,9 +976,7 @@ def capture(
         plan = _draw_plan(session, account_id, take, record.created_at)
         covered = sum(n for _, _, n in plan) == take
         keys = _entry_keys(key, len(plan))
-        if covered and _rowcount(session.execute(_SETTLE_CAPTURE, {
-            "hold_id": hold_id, "now": now, "take": take, "keys": keys,
-        })) == 1:
+        if covered and _captured(session, hold_id, now, take, keys):
             execute_core(session, _CHARGE, {"account_id": account_id,
                                             "tokens": record.amount, "take": take})
             posted = _post_draw(session, account_id, plan, keys, "debit", key,
@@ -1620,7 +1642,7 @@ def _post_draw(
         for (lot_id, bucket, take), entry_key in zip(plan, keys, strict=True)
     ]
     if len(rows) == 1:
-        ids: tuple[int, ...] = (int(session.execute(_INSERT_ENTRY, rows[0]).scalar_one()),)
+        ids: tuple[int, ...] = (int(execute_core(session, _INSERT_ENTRY, rows[0]).scalar_one()),)
     else:
         # One multi-row INSERT (an executemany with RETURNING would be one per row on
         # SQLite); the ids are matched to the rows by their keys.

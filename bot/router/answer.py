@@ -15,7 +15,7 @@ import logging
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import Integer, Select, Table, bindparam, insert, select
+from sqlalchemy import Integer, Select, Table, bindparam, select
 from sqlalchemy.orm import Session
 
 from bot import replies
@@ -35,7 +35,14 @@ from bot.segments import (
     split_message,
 )
 from tokens import alerts, costs, ledger, levels, payments
-from tokens.base import execute_compiled, known_row, utcnow, write_changes
+from tokens.base import (
+    execute_compiled,
+    execute_core,
+    insert_values,
+    known_row,
+    utcnow,
+    write_changes,
+)
 from tokens.catalog import IntentSpec
 from tokens.costs import LlmUsage
 from tokens.errors import HoldNotPending, InsufficientTokens
@@ -336,7 +343,7 @@ def store_replies(
             "units": billed_units(channel, part), "level": None, "estimate_musd": None,
             "status_at": None, "created_at": now,
         }
-        stored = session.execute(_STORE_REPLY, values).scalar_one()
+        stored = execute_core(session, _STORE_REPLY, values).scalar_one()
         row = known_row(session, Message, {"id": stored, **values})
         ids.append(stored)
         if transport == "twiml":
@@ -351,7 +358,10 @@ def store_replies(
 
 
 _MESSAGES: Table = Message.__table__  # type: ignore[assignment]
-_STORE_REPLY = insert(_MESSAGES).returning(_MESSAGES.c.id)
+_REPLY_COLUMNS = ("contact_id", "direction", "channel", "body", "message_sid", "num_media",
+                  "intent", "outcome", "tokens_charged", "in_reply_to_id", "status",
+                  "error_code", "units", "level", "estimate_musd", "status_at", "created_at")
+_STORE_REPLY = insert_values(_MESSAGES, _REPLY_COLUMNS, returning=("id",))
 
 
 def stored_reply_ids(session: Session, inbound_id: int) -> list[int] | None:

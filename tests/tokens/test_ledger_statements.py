@@ -139,6 +139,23 @@ def test_a_capture_drawing_on_three_lots_sends_no_more(session, account):
     assert_consistent(session, account, NOV)
 
 
+def test_a_capture_drawing_on_more_lots_than_its_compiled_shapes(session, account):
+    """Seven lots: beyond the one-statement-per-count shapes (`_SETTLE_CAPTURE_SHAPES`), the
+    capture's UPDATE takes its keys as an expanding IN; the rules are the same."""
+    assert ledger._SETTLE_CAPTURE_SHAPES < 7
+    ledger.lock_account(session, account)
+    for n in range(4):
+        ledger.grant(session, account, 1, key=f"grant:test:{n}", bucket="bonus",
+                     expires_at=NOV + timedelta(days=n + 1), now=NOV)
+    placed = ledger.hold(session, account, 200, key="hold:SM3", now=NOV)
+    result = ledger.capture(session, placed.hold_id, key="debit:SM3", amount=200, now=NOV)
+    assert len(result.posted.entry_ids) == 7 and result.posted.amount == 200
+    again = ledger.capture(session, placed.hold_id, key="debit:SM3", amount=200, now=NOV)
+    assert again.posted.replayed and again.posted.entry_ids == result.posted.entry_ids
+    session.commit()
+    assert_consistent(session, account, NOV)
+
+
 def test_a_direct_debit_is_four_statements_and_once_per_key(session, account):
     """`debit`: an answer charged under the account's row lock, with no hold."""
     ledger.lock_account(session, account)
