@@ -15,7 +15,7 @@ import logging
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import Integer, Select, Table, bindparam, select
+from sqlalchemy import LABEL_STYLE_TABLENAME_PLUS_COL, Integer, Select, Table, bindparam, select
 from sqlalchemy.orm import Session
 
 from bot import replies
@@ -40,6 +40,7 @@ from tokens.base import (
     execute_core,
     insert_values,
     known_row,
+    load_joined,
     utcnow,
     write_changes,
 )
@@ -220,10 +221,18 @@ def run_skill(settings: BotSettings, pending: PendingAnswer) -> SkillResult:
     return SkillResult(answer, usage=answer.usage)
 
 
-# The message and its contact, re-read under the account's lock (`settle`); built once.
+# The message and its contact, re-read under the account's lock (`settle`); built once, as
+# the ORM query and as the Core SELECT of both tables' columns that `load_joined` sends.
 _SETTLING = (select(Message, Contact).join(Contact, Contact.id == Message.contact_id)
              .where(Message.id == bindparam("message_id", type_=Integer()))
              .execution_options(populate_existing=True))
+_MESSAGES: Table = Message.__table__  # type: ignore[assignment]
+_CONTACTS: Table = Contact.__table__  # type: ignore[assignment]
+_SETTLING_ROW = (
+    select(*_MESSAGES.c, *_CONTACTS.c)
+    .select_from(_MESSAGES.join(_CONTACTS, _CONTACTS.c.id == _MESSAGES.c.contact_id))
+    .where(_MESSAGES.c.id == bindparam("message_id", type_=Integer()))
+    .set_label_style(LABEL_STYLE_TABLENAME_PLUS_COL))
 
 
 def settle(
@@ -251,7 +260,8 @@ def settle(
     # the first of two runs of one job finds it still "queued".
     available = ledger.lock_account(session, pending.account_id)
     pending = dataclasses.replace(pending, available_after_hold=available)
-    message, contact = session.execute(_SETTLING, {"message_id": pending.message_id}).one()
+    message, contact = load_joined(session, _SETTLING_ROW, _SETTLING, (Message, Contact),
+                                   {"message_id": pending.message_id})
     if message.outcome != OutcomeKind.QUEUED:
         log.info("answer already settled", extra={"message_sid": pending.message_sid})
         return Outcome(kind=OutcomeKind.DUPLICATE, intent=pending.intent.name,
@@ -357,7 +367,6 @@ def store_replies(
     return tuple(parts)
 
 
-_MESSAGES: Table = Message.__table__  # type: ignore[assignment]
 _REPLY_COLUMNS = ("contact_id", "direction", "channel", "body", "message_sid", "num_media",
                   "intent", "outcome", "tokens_charged", "in_reply_to_id", "status",
                   "error_code", "units", "level", "estimate_musd", "status_at", "created_at")

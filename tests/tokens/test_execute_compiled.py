@@ -23,6 +23,7 @@ from tokens.base import (
     execute_core,
     get_compiled,
     literal_words,
+    load_joined,
     write_changes,
 )
 from tokens.costs import AccountDay
@@ -251,6 +252,51 @@ def test_get_compiled_gives_what_session_get_gives(session: Session) -> None:
     assert get_compiled(session, LevelState, -1) is None
     with pytest.raises(ValueError, match="composite primary key"):
         get_compiled(session, AccountDay, (account, "2026-12-04"))
+
+
+def test_load_joined_gives_what_the_populate_existing_query_gives(session: Session) -> None:
+    from sqlalchemy.exc import NoResultFound
+
+    from bot.router.answer import _SETTLING, _SETTLING_ROW
+
+    contact = _contact(session)
+    message = Message(contact_id=contact.id, direction="in", channel="sms", body="hola",
+                      message_sid="SM1", num_media=0, tokens_charged=0, units=1,
+                      created_at=NOW)
+    session.add(message)
+    session.commit()
+    ident, contact_id = message.id, contact.id
+    params = {"message_id": ident}
+
+    def joined() -> tuple[Message, Contact]:
+        found, owner = load_joined(session, _SETTLING_ROW, _SETTLING, (Message, Contact),
+                                   params)
+        return found, owner
+
+    # Expired in the session: the same objects, loaded again, from one statement.
+    with counted(engine=session.get_bind()) as sent:
+        assert joined() == (message, contact)
+        assert (message.body, message.created_at, contact.address) == (
+            "hola", NOW, "+15550001111")
+    assert len(sent) == 1, sent
+    # Changed behind the session: the row's values, as populate_existing gives them.
+    session.execute(update(Message).where(Message.id == ident).values(outcome="queued"))
+    assert joined()[0].outcome == "queued" and not session.dirty
+    # Not in the session: new persistent objects, every column loaded.
+    session.commit()
+    session.expunge_all()
+    found, owner = joined()
+    assert (found.id, found.contact_id, found.message_sid, owner.id) == (
+        ident, contact_id, "SM1", contact_id)
+    assert found.created_at == NOW and found.created_at.tzinfo is not None
+    assert session.get(Message, ident) is found and not session.dirty
+    # A change not yet flushed: the ORM query, which flushes it first.
+    owner.more_text = "the rest"
+    assert joined() == (found, owner) and owner.more_text == "the rest"
+    assert session.scalars(select(Contact.more_text)).one() == "the rest"
+    with pytest.raises(NoResultFound):
+        load_joined(session, _SETTLING_ROW, _SETTLING, (Message, Contact),
+                    {"message_id": -1})
 
 
 def test_begin_immediate_goes_to_the_driver_unless_something_listens(
