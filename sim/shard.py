@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import func, select
+from sqlalchemy.orm import Session
 
 from bot.contacts import mask_address
 from bot.llm import CachedChat, ChatClient
@@ -141,7 +142,14 @@ def run_shard(job: ShardJob) -> ShardResult:
         if job.migrate:
             upgrade()
         db.engine.dispose()  # new connections get the pragmas
-        session = db.session()  # the plain `Session` behind the scoped one
+        # One connection for the whole shard, under a plain `Session` bound to it: each of
+        # the turns' transactions begins and commits on it (SQLAlchemy, "Joining a Session
+        # into an External Transaction": a Session given a connection outside a transaction
+        # begins and commits its own), without a checkout from the pool and a check-in with
+        # its reset for each one (about 2 % of a turn's CPU). The router and the ledger use
+        # only the session they are given.
+        connection = db.engine.connect()
+        session = Session(bind=connection)
         if session.scalar(select(func.count()).select_from(Account)):
             raise SimulationError(
                 "the simulation database already has accounts: give an empty one")
@@ -166,6 +174,8 @@ def run_shard(job: ShardJob) -> ShardResult:
         session.commit()
         result.stats = stats
         result.report_seconds = time.perf_counter() - started
+        session.close()
+        connection.close()
         db.session.remove()
         db.engine.dispose()
     for person in result.people:  # the random streams stay behind

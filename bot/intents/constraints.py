@@ -731,8 +731,10 @@ def diet_tags(diets: Iterable[str]) -> frozenset[str]:
 
 # Messages parsed per `Knowledge`, kept by (text, language), most recently used first. The
 # parse is a pure function of the three and its `Constraints` are frozen, so a message that
-# comes again ("vegan meal plan", "receta sin gluten") is read once: about 0.1 ms each time
-# it is not read again (docs/pipeline.md, "Statements and CPU per answered message").
+# comes again ("vegan meal plan", "receta sin gluten") is read once. A parse of a message of
+# a few words costs 0.2-0.3 ms of CPU, and one turn may ask for it more than once (the
+# classifier's doubt, `llm_classify.unsure`; the skill; the earlier message of a follow-up)
+# (docs/pipeline.md, "Statements and CPU per answered message").
 PARSE_CACHE_SIZE = 8192
 
 
