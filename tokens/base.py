@@ -557,8 +557,9 @@ def load_joined(session: Session, core: Executable, orm: Executable,
 def loaded_row(session: Session, model: type[Any], values: Mapping[str, Any]) -> Any:
     """The session's object for the stored row of `model` whose attributes are `values`
     (attribute key -> value, every column), as a query with `populate_existing` gives it: the
-    object already in the session, each value set as loaded (`set_committed_value`), else a
-    new persistent one (`known_row`). For a session without changes to flush."""
+    object already in the session, refreshed with `values` as SQLAlchemy's loader refreshes
+    it, else a new persistent one (`known_row`). For a session without changes to flush (an
+    object's pending changes would be overwritten, as `populate_existing` overwrites them)."""
     _, primary_key = _attribute_keys(model)
     identity = tuple(values[key] for key in primary_key)
     found = session.identity_map.get(Session.identity_key(model, identity))
