@@ -243,6 +243,14 @@ class Message(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
 
+# Every column of `messages` but its id: what the router's Core INSERTs of a message bind
+# (`bot.router.steps.store_inbound`, `bot.router.answer.store_replies`), so that the row
+# they write is known to the session whole.
+MESSAGE_COLUMNS = ("contact_id", "direction", "channel", "message_sid", "body", "num_media",
+                   "intent", "outcome", "tokens_charged", "in_reply_to_id", "status",
+                   "error_code", "units", "level", "estimate_musd", "status_at", "created_at")
+
+
 class MessageStatusEvent(Base):
     """One delivery status callback, kept once per (MessageSid, MessageStatus).
 

@@ -176,7 +176,6 @@ def run_shard(job: ShardJob) -> ShardResult:
         result.report_seconds = time.perf_counter() - started
         session.close()
         connection.close()
-        db.session.remove()
         db.engine.dispose()
     for person in result.people:  # the random streams stay behind
         person.rng = None  # type: ignore[assignment]

@@ -26,7 +26,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.engine import Connection, Dialect, Result
 from sqlalchemy.engine.result import IteratorResult, SimpleResultMetaData
-from sqlalchemy.exc import DBAPIError, IntegrityError
+from sqlalchemy.exc import DBAPIError, IntegrityError, StatementError
 from sqlalchemy.orm import DeclarativeBase, Session, make_transient_to_detached
 from sqlalchemy.orm.attributes import instance_state
 from sqlalchemy.orm.instrumentation import manager_of_class
@@ -282,9 +282,22 @@ def execute_plain(connection: Connection, sql: str) -> None:
     try:
         connection.connection.driver_connection.execute(sql).close()  # type: ignore[union-attr]
     except dbapi.Error as exc:
-        raise DBAPIError.instance(sql, None, exc, dbapi.Error,
-                                  hide_parameters=connection.engine.hide_parameters,
-                                  dialect=connection.dialect, ismulti=False) from exc
+        raise _driver_error(connection, sql, None, exc) from exc
+
+
+def _driver_error(connection: Connection, sql: str, values: dict[str, Any] | None,
+                  exc: Exception) -> StatementError:
+    """The driver's error `exc` as SQLAlchemy's (`IntegrityError`, `OperationalError`, ...),
+    as `Connection.execute` raises it."""
+    dbapi = connection.dialect.loaded_dbapi
+    return DBAPIError.instance(sql, values, exc, dbapi.Error,
+                               hide_parameters=connection.engine.hide_parameters,
+                               dialect=connection.dialect, ismulti=False)
+
+
+def _pending(session: Session) -> bool:
+    """Whether the session has changes not yet flushed (a query would flush them first)."""
+    return bool(session.new or session.deleted or session.dirty)
 
 
 def _on_driver(connection: Connection, compiled: _Compiled,
@@ -301,9 +314,7 @@ def _on_driver(connection: Connection, compiled: _Compiled,
         finally:
             cursor.close()
     except dbapi.Error as exc:
-        raise DBAPIError.instance(compiled.sql, values, exc, dbapi.Error,
-                                  hide_parameters=connection.engine.hide_parameters,
-                                  dialect=connection.dialect, ismulti=False) from exc
+        raise _driver_error(connection, compiled.sql, values, exc) from exc
     result: IteratorResult[Any] = IteratorResult(compiled.metadata,
                                                  iter(rows))
     result.rowcount = rowcount  # type: ignore[attr-defined]
@@ -487,7 +498,7 @@ def load_compiled(session: Session, model: type[Any], key: Hashable,
     def query() -> Any | None:
         return session.scalars(select(model).filter_by(**where)).one_or_none()
 
-    if session.new or session.deleted or session.dirty:
+    if _pending(session):
         return query()
     columns = [table.c[name] for name in where]
 
@@ -502,12 +513,11 @@ def load_compiled(session: Session, model: type[Any], key: Hashable,
     if len(rows) > 1:
         from sqlalchemy.exc import MultipleResultsFound
         raise MultipleResultsFound(f"more than one {table.name} row matches {sorted(where)}")
-    row = dict(zip(table.c, rows[0], strict=True))
-    identity = tuple(row[column] for column in mapper.primary_key)
-    if Session.identity_key(model, identity) in session.identity_map:
+    keys, primary_key = _attribute_keys(model)
+    values = dict(zip(keys, rows[0], strict=True))  # the SELECT's columns: the table's
+    if Session.identity_key(model, tuple(values[k] for k in primary_key)) in session.identity_map:
         return query()
-    return known_row(session, model, {mapper.get_property_by_column(column).key: value
-                                      for column, value in row.items()})
+    return known_row(session, model, values)
 
 
 def known_row(session: Session, model: type[Any], values: Mapping[str, Any]) -> Any:
@@ -541,7 +551,7 @@ def load_joined(session: Session, core: Executable, orm: Executable,
     Raises:
         sqlalchemy.exc.NoResultFound: no row; MultipleResultsFound: more than one.
     """
-    if session.new or session.deleted or session.dirty:
+    if _pending(session):
         return tuple(session.execute(orm, params).one())
     row = execute_core(session, core, params).one()
     objects = []
@@ -608,7 +618,7 @@ def get_compiled(session: Session, model: type[Any], ident: Any) -> Any | None:
     mapper = inspect_state(model)
     if len(mapper.primary_key) != 1:
         raise ValueError(f"{model.__name__} has a composite primary key: use session.get")
-    if (session.new or session.deleted or session.dirty
+    if (_pending(session)
             or Session.identity_key(model, (ident,)) in session.identity_map):
         return session.get(model, ident)
     column = mapper.primary_key[0]

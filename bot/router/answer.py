@@ -24,7 +24,7 @@ from bot.contacts import reply_language
 from bot.errors import SkillFailed
 from bot.intents import Skill, SkillAnswer, SkillRequest, UnknownIntent, skill_for
 from bot.intents.llm import LlmSkill
-from bot.models import Contact, InboxMessage, Message, OutcomeKind
+from bot.models import MESSAGE_COLUMNS, Contact, InboxMessage, Message, OutcomeKind
 from bot.router.turn import ANSWER_OUTCOMES, CONTENT_OUTCOMES, BotSettings, Outcome
 from bot.segments import (
     MAX_MESSAGE_CHARS,
@@ -367,10 +367,7 @@ def store_replies(
     return tuple(parts)
 
 
-_REPLY_COLUMNS = ("contact_id", "direction", "channel", "body", "message_sid", "num_media",
-                  "intent", "outcome", "tokens_charged", "in_reply_to_id", "status",
-                  "error_code", "units", "level", "estimate_musd", "status_at", "created_at")
-_STORE_REPLY = insert_values(_MESSAGES, _REPLY_COLUMNS, returning=("id",))
+_STORE_REPLY = insert_values(_MESSAGES, MESSAGE_COLUMNS, returning=("id",))
 
 
 def stored_reply_ids(session: Session, inbound_id: int) -> list[int] | None:

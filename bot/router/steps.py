@@ -60,7 +60,14 @@ from bot.intents.llm_classify import (
 from bot.intents.offline import small_talk as small_talk_kind
 from bot.knowledge import load_knowledge
 from bot.messages import InboundMessage
-from bot.models import ON_THE_WAY_STATES, ConsentEvent, Contact, Message, OutcomeKind
+from bot.models import (
+    MESSAGE_COLUMNS,
+    ON_THE_WAY_STATES,
+    ConsentEvent,
+    Contact,
+    Message,
+    OutcomeKind,
+)
 from bot.router.answer import (
     PendingAnswer,
     billed_units,
@@ -242,10 +249,7 @@ def _record_classification(turn: Turn) -> None:
                                   key=key, intent=classified.spec.name, now=turn.now)
 
 
-_INBOUND_COLUMNS = ("contact_id", "direction", "channel", "message_sid", "body", "num_media",
-                    "intent", "outcome", "tokens_charged", "in_reply_to_id", "status",
-                    "error_code", "units", "level", "estimate_musd", "status_at", "created_at")
-_STORE_INBOUND = insert_on_conflict(Message.__table__, _INBOUND_COLUMNS, ("message_sid",),
+_STORE_INBOUND = insert_on_conflict(Message.__table__, MESSAGE_COLUMNS, ("message_sid",),
                                     returning=("id",))
 
 
