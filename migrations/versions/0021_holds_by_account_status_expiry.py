@@ -1,0 +1,37 @@
+"""ledger_holds: one index on (account_id, status, expires_at) in place of (account_id)
+
+Every `hold` checks, in its one conditional UPDATE, that none of the account's pending holds
+is past its expiry (`tokens.ledger._HOLDS_DUE`). With only `ix_ledger_holds_account_id`,
+that check read every hold the person ever had, captured and voided ones included: a cost
+that grew with their history (262 holds for the busiest person of a 556-person simulated
+month, the costliest statement per call there). The composite index finds the pending ones
+past their expiry directly, and its first column still serves every look-up by account (the
+foreign key, the admin page), so the table keeps the same number of indexes.
+
+On PostgreSQL `CREATE INDEX` blocks writes to `ledger_holds` while it builds: on a large
+table, create it beforehand with `CREATE INDEX CONCURRENTLY` under the same name and this
+revision finds it (`IF NOT EXISTS`).
+
+Revision ID: 0021
+Revises: 0020
+Create Date: 2026-12-07 14:00:00
+
+"""
+from alembic import op
+
+# revision identifiers, used by Alembic.
+revision = '0021'
+down_revision = '0020'
+branch_labels = None
+depends_on = None
+
+
+def upgrade():
+    op.execute('CREATE INDEX IF NOT EXISTS ix_ledger_holds_account_status_expiry'
+               ' ON ledger_holds (account_id, status, expires_at)')
+    op.drop_index('ix_ledger_holds_account_id', table_name='ledger_holds')
+
+
+def downgrade():
+    op.create_index('ix_ledger_holds_account_id', 'ledger_holds', ['account_id'], unique=False)
+    op.drop_index('ix_ledger_holds_account_status_expiry', table_name='ledger_holds')
