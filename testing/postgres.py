@@ -20,6 +20,9 @@ from pytest_postgresql.executors import PostgreSQLExecutor
 PG_CTL = Path(__file__).with_name("pg_ctl")
 PG_USER = "postgres"
 FAST_BUT_UNSAFE = "-c fsync=off -c synchronous_commit=off -c full_page_writes=off"
+# pytest-postgresql's executor always starts the server with `-F` (fsync off). A later `-c`
+# option wins, so a server that must be durable (the benchmarks) says so explicitly.
+DURABLE = "-c fsync=on -c synchronous_commit=on -c full_page_writes=on"
 
 
 @contextmanager
