@@ -1,9 +1,10 @@
 """Benchmark (not a test): the inbound webhook under HTTP load, as a share of a bare endpoint.
 
-One command starts, on loopback: a throwaway PostgreSQL server (migrated; fsync on), a real
-redis-server, a stand-in for Twilio's Messages REST API (its own process, recording when each
-send arrives), gunicorn serving the app as a queued deployment (APP_ENV=production, Redis,
-REST sends) with M RQ workers (`flask --app wsgi worker`), and gunicorn serving `bench.bare`
+One command starts, on loopback: a throwaway PostgreSQL server (migrated; fsync on unless
+`--no-fsync`), a real redis-server, a stand-in for Twilio's Messages REST API (its own
+process, recording when each send arrives), gunicorn serving the app as a queued deployment
+(APP_ENV=production, Redis, REST sends; the threads of gunicorn.conf.py) with M RQ workers
+(`flask --app wsgi worker`), and gunicorn serving `bench.bare`
 (a static TwiML) with the same settings. Then, for each offered rate (messages/s), an
 open-loop generator posts signed, realistic inbound SMS for `--seconds` to each server:
 
@@ -15,7 +16,7 @@ open-loop generator posts signed, realistic inbound SMS for `--seconds` to each 
   recipes, calories, grocery lists, tips, small talk, BALANCE, HELP); signed with the tests'
   auth token over PUBLIC_BASE_URL + path, like Twilio signs;
 - requests are sent on schedule whatever the answers (asyncio, one connection per request:
-  gunicorn's sync workers close every connection); a request not answered within 15 s
+  gunicorn's workers close every connection); a request not answered within 15 s
   (Twilio's webhook timeout) counts as an error.
 
 Measured per app and rate:
@@ -67,6 +68,7 @@ import json
 import multiprocessing
 import os
 import random
+import runpy
 import shutil
 import signal
 import statistics
@@ -600,6 +602,13 @@ def gunicorn_command(target: str, port: int, workers: int, worker_class: str) ->
             "--bind", f"{HOST}:{port}", "--log-level", "warning", target]
 
 
+def gunicorn_threads() -> int:
+    """The threads of each gunicorn worker that `gunicorn_command` starts: `threads` of the
+    project's gunicorn.conf.py, which gunicorn reads from its working directory, else 1."""
+    conf = ROOT / "gunicorn.conf.py"
+    return int(runpy.run_path(str(conf)).get("threads", 1)) if conf.exists() else 1
+
+
 def app_environment(database_url: str, redis_url: str, standins: StandIns) -> dict[str, str]:
     """A queued production deployment: PostgreSQL, Redis + RQ, the REST API (stand-in)."""
     from testing.deployment import ACCOUNT_SID, AUTH_TOKEN, PUBLIC_BASE_URL, SMS_FROM, WHATSAPP_FROM
@@ -810,6 +819,7 @@ class Settings:
     seed: int
     keep_logs: bool
     new_senders: bool
+    durable: bool = True
 
 
 @contextmanager
@@ -820,7 +830,7 @@ def servers(settings: Settings, logdir: Path) -> Iterator[dict[str, Any]]:
 
     processes = Subprocesses(logdir)
     meter = CpuMeter()
-    with database(None) as url, redis_server() as redis_srv:
+    with database(None, durable=settings.durable) as url, redis_server() as redis_srv:
         standins = StandIns(settings.llm, settings.llm_median, settings.llm_p95)
         try:
             meter.roots[standins.process.pid or 0] = "stand-in"
@@ -1069,9 +1079,11 @@ def _cell(value: Any) -> str:
 def markdown(rows: list[Row], summary: dict[str, Any], config: dict[str, Any]) -> str:
     lines = [
         f"Load run of {config['date']} on {config['cpus']} cores: gunicorn {config['gunicorn']}, "
-        f"{config['workers']} {config['worker_class']} workers for both apps; "
+        f"{config['workers']} {config['worker_class']} workers of {config['threads']} "
+        f"thread(s) for both apps; "
         f"{config['rq_workers']} RQ workers; {config['skills']} skills; APP_ENV=production; "
-        f"PostgreSQL with fsync on; {config['seconds']:g} s per row; {config['people']} senders"
+        f"PostgreSQL with fsync {'on' if config['durable'] else 'off'}; "
+        f"{config['seconds']:g} s per row; {config['people']} senders"
         f"{'' if config['new_senders'] else ', each of whom wrote once in the warm-up'}. "
         f"Load average before {config['loadavg_before']}, after {config['loadavg_after']}.",
         "",
@@ -1157,6 +1169,9 @@ def main() -> None:
                         help="with --llm: median LLM latency (s), log-normal")
     parser.add_argument("--llm-p95", type=float, default=4.0,
                         help="with --llm: 95th percentile of the LLM latency (s)")
+    parser.add_argument("--no-fsync", action="store_true",
+                        help="PostgreSQL with fsync and synchronous commit off: the CPU cost "
+                        "without the disk's")
     parser.add_argument("--no-callbacks", action="store_true",
                         help="the Twilio stand-in posts no status callbacks")
     parser.add_argument("--concurrency", type=int, default=None,
@@ -1184,7 +1199,7 @@ def main() -> None:
         llm_median=args.llm_median, llm_p95=args.llm_p95, callbacks=not args.no_callbacks,
         concurrency=2 * args.workers if args.concurrency is None else args.concurrency,
         slo_ms=args.slo_ms, all_rates=args.all_rates, seed=args.seed, keep_logs=args.keep_logs,
-        new_senders=args.new_senders)
+        new_senders=args.new_senders, durable=not args.no_fsync)
 
     def interrupted(signum: int, frame: Any) -> None:
         raise KeyboardInterrupt
@@ -1203,7 +1218,9 @@ def main() -> None:
         "skills": (f"LLM (OpenAI stand-in, latency median {settings.llm_median:g} s, p95 "
                    f"{settings.llm_p95:g} s)" if settings.llm else "offline"),
         "gunicorn_conf_py": (ROOT / "gunicorn.conf.py").exists(),
-        "app_env": "production", "postgres": "throwaway, fsync on",
+        "threads": gunicorn_threads(),
+        "app_env": "production",
+        "postgres": f"throwaway, fsync {'on' if settings.durable else 'off'}",
     }
     started = time.monotonic()
     rows = run(settings)
