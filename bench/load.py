@@ -609,6 +609,11 @@ def gunicorn_threads() -> int:
     return int(runpy.run_path(str(conf)).get("threads", 1)) if conf.exists() else 1
 
 
+def worker_kind(worker_class: str, threads: int) -> str:
+    """The worker class gunicorn runs: its sync worker becomes gthread with threads > 1."""
+    return "gthread" if worker_class == "sync" and threads > 1 else worker_class
+
+
 def app_environment(database_url: str, redis_url: str, standins: StandIns) -> dict[str, str]:
     """A queued production deployment: PostgreSQL, Redis + RQ, the REST API (stand-in)."""
     from testing.deployment import ACCOUNT_SID, AUTH_TOKEN, PUBLIC_BASE_URL, SMS_FROM, WHATSAPP_FROM
@@ -1079,8 +1084,8 @@ def _cell(value: Any) -> str:
 def markdown(rows: list[Row], summary: dict[str, Any], config: dict[str, Any]) -> str:
     lines = [
         f"Load run of {config['date']} on {config['cpus']} cores: gunicorn {config['gunicorn']}, "
-        f"{config['workers']} {config['worker_class']} workers of {config['threads']} "
-        f"thread(s) for both apps; "
+        f"{config['workers']} {worker_kind(config['worker_class'], config['threads'])} "
+        f"workers of {config['threads']} thread(s) for both apps; "
         f"{config['rq_workers']} RQ workers; {config['skills']} skills; APP_ENV=production; "
         f"PostgreSQL with fsync {'on' if config['durable'] else 'off'}; "
         f"{config['seconds']:g} s per row; {config['people']} senders"
