@@ -6,7 +6,7 @@
   makes it wait for the WAL to reach the disk; a sync worker serves nothing else meanwhile.
   With threads, other requests run during that wait and their commits share one flush. On
   this project's 2-core machine, with fsync on, this took the acknowledgement p99 at
-  200 messages/s offered from 208-1,061 ms to 51-88 ms (`bench/load.py`; README,
+  200 messages/s offered from 208-1,061 ms to 51-117 ms (`bench/load.py`; README,
   "Performance"). The app keeps no per-request state outside Flask's contexts; the worker
   already runs the same code on 128 threads.
 - `child_exit`: with `PROMETHEUS_MULTIPROC_DIR` set, a worker process that ended is marked

@@ -15,9 +15,8 @@ open-loop generator posts signed, realistic inbound SMS for `--seconds` to each 
   reported as "new senders") and a body drawn from weighted realistic intents (meal plans,
   recipes, calories, grocery lists, tips, small talk, BALANCE, HELP); signed with the tests'
   auth token over PUBLIC_BASE_URL + path, like Twilio signs;
-- requests are sent on schedule whatever the answers (asyncio, one connection per request:
-  gunicorn's workers close every connection); a request not answered within 15 s
-  (Twilio's webhook timeout) counts as an error.
+- requests are sent on schedule whatever the answers (asyncio, one connection per request);
+  a request not answered within 15 s (Twilio's webhook timeout) counts as an error.
 
 Measured per app and rate:
 
@@ -604,7 +603,12 @@ def gunicorn_command(target: str, port: int, workers: int, worker_class: str) ->
 
 def gunicorn_threads() -> int:
     """The threads of each gunicorn worker that `gunicorn_command` starts: `threads` of the
-    project's gunicorn.conf.py, which gunicorn reads from its working directory, else 1."""
+    project's gunicorn.conf.py, which gunicorn reads from its working directory, else 1.
+
+    Raises:
+        Exception: whatever running a broken gunicorn.conf.py raises (gunicorn would not
+            start either), or ValueError when its `threads` is not a number.
+    """
     conf = ROOT / "gunicorn.conf.py"
     return int(runpy.run_path(str(conf)).get("threads", 1)) if conf.exists() else 1
 

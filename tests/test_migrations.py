@@ -142,3 +142,42 @@ def test_0020_gives_sqlite_times_sqlalchemy_s_text(app):
     assert _rows("SELECT created_at, last_inbound_at FROM contacts") == [
         ("2026-12-07 07:00:00.000000", "2026-12-07 07:41:34.734251")]
     assert _rows("SELECT created_at FROM cost_entries") == [("2026-12-07 07:00:00+00:00",)]
+
+
+def _hold_indexes() -> set[str]:
+    return {index["name"] for index in inspect(db.engine).get_indexes("ledger_holds")}
+
+
+def test_0021_indexes_holds_by_account_status_expiry(app):
+    """0021 replaces the index on `account_id` with (account_id, status, expires_at), and its
+    downgrade puts the old one back."""
+    downgrade(revision="0020")
+    db.engine.dispose()
+    assert "ix_ledger_holds_account_id" in _hold_indexes()
+    assert "ix_ledger_holds_account_status_expiry" not in _hold_indexes()
+    upgrade()
+    db.engine.dispose()
+    assert "ix_ledger_holds_account_id" not in _hold_indexes()
+    assert "ix_ledger_holds_account_status_expiry" in _hold_indexes()
+
+
+def test_0021_rebuilds_an_invalid_index_a_failed_concurrent_build_left(app):
+    """An operator's `CREATE INDEX CONCURRENTLY` that failed leaves an invalid index of the
+    name; 0021 builds it again instead of keeping it (and dropping the only valid one)."""
+    if db.engine.dialect.name != "postgresql":
+        pytest.skip("only PostgreSQL builds indexes concurrently")
+    downgrade(revision="0020")
+    db.engine.dispose()
+    with db.engine.begin() as connection:
+        connection.execute(text("CREATE INDEX ix_ledger_holds_account_status_expiry"
+                                " ON ledger_holds (account_id, status, expires_at)"))
+        # What a failed concurrent build leaves behind (the suite's server runs as superuser).
+        connection.execute(text(
+            "UPDATE pg_index SET indisvalid = false"
+            " WHERE indexrelid = 'ix_ledger_holds_account_status_expiry'::regclass"))
+    upgrade()
+    db.engine.dispose()
+    with db.engine.connect() as connection:
+        assert connection.execute(text(
+            "SELECT indisvalid FROM pg_index"
+            " WHERE indexrelid = 'ix_ledger_holds_account_status_expiry'::regclass")).scalar()

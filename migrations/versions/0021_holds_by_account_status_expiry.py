@@ -10,7 +10,8 @@ foreign key, the admin page), so the table keeps the same number of indexes.
 
 On PostgreSQL `CREATE INDEX` blocks writes to `ledger_holds` while it builds: on a large
 table, create it beforehand with `CREATE INDEX CONCURRENTLY` under the same name and this
-revision finds it (`IF NOT EXISTS`).
+revision finds it (`IF NOT EXISTS`). A concurrent build that failed leaves an invalid index
+of that name behind; this revision drops it and builds the index again rather than keep it.
 
 Revision ID: 0021
 Revises: 0020
@@ -18,6 +19,7 @@ Create Date: 2026-12-07 14:00:00
 
 """
 from alembic import op
+from sqlalchemy import text
 
 # revision identifiers, used by Alembic.
 revision = '0021'
@@ -26,7 +28,17 @@ branch_labels = None
 depends_on = None
 
 
+NAME = 'ix_ledger_holds_account_status_expiry'
+
+
 def upgrade():
+    bind = op.get_bind()
+    if bind.dialect.name == 'postgresql':
+        invalid = bind.execute(text(
+            'SELECT NOT i.indisvalid FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid'
+            ' WHERE c.relname = :name'), {'name': NAME}).scalar()
+        if invalid:
+            op.execute(f'DROP INDEX {NAME}')
     op.execute('CREATE INDEX IF NOT EXISTS ix_ledger_holds_account_status_expiry'
                ' ON ledger_holds (account_id, status, expires_at)')
     op.drop_index('ix_ledger_holds_account_id', table_name='ledger_holds')
