@@ -39,11 +39,11 @@ def upgrade():
             ' WHERE c.relname = :name'), {'name': NAME}).scalar()
         if invalid:
             op.execute(f'DROP INDEX {NAME}')
-    op.execute('CREATE INDEX IF NOT EXISTS ix_ledger_holds_account_status_expiry'
+    op.execute(f'CREATE INDEX IF NOT EXISTS {NAME}'
                ' ON ledger_holds (account_id, status, expires_at)')
     op.drop_index('ix_ledger_holds_account_id', table_name='ledger_holds')
 
 
 def downgrade():
     op.create_index('ix_ledger_holds_account_id', 'ledger_holds', ['account_id'], unique=False)
-    op.drop_index('ix_ledger_holds_account_status_expiry', table_name='ledger_holds')
+    op.drop_index(NAME, table_name='ledger_holds')
