@@ -181,3 +181,24 @@ def test_0021_rebuilds_an_invalid_index_a_failed_concurrent_build_left(app):
         assert connection.execute(text(
             "SELECT indisvalid FROM pg_index"
             " WHERE indexrelid = 'ix_ledger_holds_account_status_expiry'::regclass")).scalar()
+
+
+def _ledger_functions() -> int:
+    with db.engine.connect() as connection:
+        return int(connection.execute(text(
+            "SELECT count(*) FROM pg_proc WHERE proname IN ('ledger_capture', 'ledger_debit',"
+            " 'ledger_draw_plan', 'ledger_post_draw')")).scalar())
+
+
+def test_0022_creates_the_ledger_functions_and_its_downgrade_drops_them(app):
+    """On PostgreSQL 0022 creates `ledger_capture`, `ledger_debit` and their shared draw
+    (tokens.ledger's one-statement capture and debit); on SQLite it changes nothing."""
+    if db.engine.dialect.name != "postgresql":
+        pytest.skip("the functions are PostgreSQL's")
+    assert _ledger_functions() == 4
+    downgrade(revision="0021")
+    db.engine.dispose()
+    assert _ledger_functions() == 0
+    upgrade()
+    db.engine.dispose()
+    assert _ledger_functions() == 4

@@ -71,13 +71,17 @@ from sqlalchemy import (
     event,
     func,
     insert,
+    literal,
     or_,
     select,
     text,
+    true,
     update,
 )
+from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Mapped, QueryableAttribute, Session, mapped_column
+from sqlalchemy.types import TypeEngine
 
 from tokens import signals
 from tokens.base import Base, UTCDateTime, execute_core, insert_values, utcnow
@@ -409,9 +413,15 @@ _LOCK_HOLD = (
     .with_for_update(key_share=True, of=_ACCOUNTS)
 )
 _HOLD_STATE = select(_HOLDS.c.status, _HOLDS.c.expires_at).where(_HOLDS.c.id == _P_HOLD)
+# "Still pending" in an UPDATE of one hold by id, written `(status = 'pending') IS TRUE` (the
+# same, status being NOT NULL) so that no index can serve it. As a plain `status = 'pending'`,
+# PostgreSQL's planner, estimating one row either way, can take `ix_ledger_holds_status` and
+# walk every entry of holds pending since the last vacuum (each settled hold leaves a dead
+# one) instead of the primary key: 0.5 ms in place of 0.04 (EXPLAIN ANALYZE, 3,000 holds).
+_STILL_PENDING = (_HOLDS.c.status == "pending").is_(true())
 _SETTLE = (
     update(_HOLDS)
-    .where(_HOLDS.c.id == _P_HOLD, _HOLDS.c.status == "pending")
+    .where(_HOLDS.c.id == _P_HOLD, _STILL_PENDING)
     .values(status=bindparam("status", type_=String()), settled_at=_P_NOW)
 )
 # A capture settles the hold only while it is pending and unexpired and none of the keys of its
@@ -423,7 +433,7 @@ def _settle_capture(keys: Any) -> Any:
     return (
         update(_HOLDS)
         .where(
-            _HOLDS.c.id == _P_HOLD, _HOLDS.c.status == "pending", _HOLDS.c.expires_at > _P_NOW,
+            _HOLDS.c.id == _P_HOLD, _STILL_PENDING, _HOLDS.c.expires_at > _P_NOW,
             ~select(_ENTRIES.c.id).where(_ENTRIES.c.idempotency_key.in_(keys)).exists(),
         )
         .values(status="captured", captured=_P_TAKE, settled_at=_P_NOW)
@@ -499,6 +509,28 @@ _INSERT_HOLD = text(
     bindparam("key", type_=String()), bindparam("memo", type_=String()),
     bindparam("now", type_=UTCDateTime()), bindparam("expires_at", type_=UTCDateTime()),
 ).columns(id=Integer())
+
+
+# `hold`'s common case on PostgreSQL in one statement: the reservation (`_RESERVE_IF_SETTLED`)
+# and, from the row it changed, the hold's INSERT, as data-modifying CTEs; it says whether the
+# reservation was made and the new hold's id (None when the key was taken meanwhile).
+_RESERVED = _RESERVE_IF_SETTLED.returning(_ACCOUNTS.c.id).cte("reserved")
+_PLACED = (
+    pg_insert(_HOLDS)
+    .from_select(
+        ["account_id", "amount", "captured", "status", "idempotency_key", "memo",
+         "created_at", "expires_at"],
+        select(_RESERVED.c.id, _P_TOKENS, literal(0, BigInteger()), literal("pending"),
+               _P_KEY, bindparam("memo", type_=String()), _P_NOW,
+               bindparam("expires_at", type_=UTCDateTime())))
+    .on_conflict_do_nothing(index_elements=["idempotency_key"])
+    .returning(_HOLDS.c.id)
+    .cte("placed")
+)
+_RESERVE_AND_PLACE = select(
+    select(func.count()).select_from(_RESERVED).scalar_subquery().label("reserved"),
+    select(_PLACED.c.id).scalar_subquery().label("hold_id"),
+)
 
 
 def _rowcount(result: Result[Any]) -> int:
@@ -815,7 +847,10 @@ def hold(
     when the reservation changed nothing is the row locked and read to see why (a repeated
     key, holds or lots to expire first, too few tokens, no such account). A key that a
     concurrent hold posted meanwhile makes the INSERT do nothing; the reservation is then
-    given back and the first hold returned.
+    given back and the first hold returned. On PostgreSQL the two are one statement
+    (`_RESERVE_AND_PLACE`: the reservation and the INSERT as data-modifying CTEs, the INSERT
+    reading the row the reservation changed), which says whether the reservation was made
+    and gives the new hold's id.
 
     Args:
         session: the caller's session; this function flushes, never commits.
@@ -840,12 +875,19 @@ def hold(
     expires_at = now + timedelta(seconds=ttl_seconds)
     _autoflush(session)
     params = {"account_id": account_id, "tokens": tokens, "key": key, "now": now}
-    if _rowcount(execute_core(session, _RESERVE_IF_SETTLED, params)) != 1:
+    hold_id: int | None
+    if _on_postgresql(session):
+        reserved, hold_id = execute_core(session, _RESERVE_AND_PLACE, {
+            **params, "memo": memo, "expires_at": expires_at}).one()
+    else:
+        reserved = _rowcount(execute_core(session, _RESERVE_IF_SETTLED, params))
+    if reserved != 1:
         replay = _reserve_the_long_way(session, account_id, tokens, key, now)
         if replay is not None:
             return replay
-    hold_id = execute_core(session, _INSERT_HOLD, {**params, "memo": memo,
-                                                   "expires_at": expires_at}).scalar()
+    if reserved != 1 or not _on_postgresql(session):
+        hold_id = execute_core(session, _INSERT_HOLD, {**params, "memo": memo,
+                                                       "expires_at": expires_at}).scalar()
     if hold_id is None:
         # A concurrent hold with this key committed after the check: give the tokens back.
         execute_core(session, _UNRESERVE, {"account_id": account_id, "tokens": tokens})
@@ -932,7 +974,11 @@ def capture(
     key of its entries posted before), the account's balance and held, the entries
     (`INSERT ... RETURNING id`, one statement for all of them) and the lots. When the hold's
     UPDATE changes nothing, nothing has been written, and the key's first result, the hold's
-    state or the key's other use says why.
+    state or the key's other use says why. On PostgreSQL the same steps run first in one
+    statement, migration 0022's PL/pgSQL function `ledger_capture` (one round trip in place
+    of six; the client's share of a statement costs more CPU than the server's); when it
+    writes nothing (a replay, a refusal) the statements above follow and say why, so a
+    replay costs one statement more there.
 
     Args:
         session: the caller's session; this function flushes, never commits.
@@ -964,6 +1010,11 @@ def capture(
     if now.tzinfo is None:
         raise ValueError("naive datetime given where a timezone-aware UTC time is required")
     _autoflush(session)
+    if (amount is None or (type(amount) is int and amount > 0)) and _on_postgresql(session):
+        done = _capture_in_server(session, hold_id, key, amount, now)
+        if done is not None:
+            return done
+        # It wrote nothing: the statements below find why (or, in a race, capture after all).
     record: Row[Any] | _PlacedHold
     if (placed is not None and placed.hold_id == hold_id and not placed.replayed
             and placed.account_id is not None and placed.created_at is not None):
@@ -990,6 +1041,58 @@ def capture(
             _forget(session, Hold, (hold_id,))  # its status changed in the database
             return Captured(hold_id, posted, record.amount - take)
     return _capture_refused(session, hold_id, record.amount, key, now, covered=covered)
+
+
+# `capture`'s and `debit`'s common case on PostgreSQL: migration 0022's PL/pgSQL functions,
+# one round trip each. The consumption order is passed from `CONSUMPTION_ORDER`.
+_ORDER_SQL = "ARRAY[" + ", ".join(f"'{bucket}'" for bucket in CONSUMPTION_ORDER) + "]::text[]"
+_DRAWN_COLUMNS: dict[str, TypeEngine[Any]] = {
+    "o_entry_id": Integer(), "o_key": String(), "o_lot_id": Integer(), "o_bucket": String(),
+    "o_taken": BigInteger()}
+_CAPTURE_IN_SERVER = text(
+    "SELECT o_entry_id, o_key, o_lot_id, o_bucket, o_taken, o_hold_amount"
+    f" FROM ledger_capture(:hold_id, :take, :key, :now, {_ORDER_SQL})"
+).bindparams(bindparam("hold_id", type_=Integer()), bindparam("take", type_=BigInteger()),
+             bindparam("key", type_=String()), bindparam("now", type_=UTCDateTime())
+             ).columns(**_DRAWN_COLUMNS, o_hold_amount=BigInteger())
+_DEBIT_IN_SERVER = text(
+    "SELECT o_entry_id, o_key, o_lot_id, o_bucket, o_taken"
+    f" FROM ledger_debit(:account_id, :tokens, :key, :memo, :now, {_ORDER_SQL})"
+).bindparams(bindparam("account_id", type_=Integer()), bindparam("tokens", type_=BigInteger()),
+             bindparam("key", type_=String()), bindparam("memo", type_=String()),
+             bindparam("now", type_=UTCDateTime())).columns(**_DRAWN_COLUMNS)
+
+
+def _on_postgresql(session: Session) -> bool:
+    """Whether `session` talks to PostgreSQL (its connection's dialect)."""
+    return bool(session.connection().dialect.name == "postgresql")
+
+
+def _capture_in_server(session: Session, hold_id: int, key: str, amount: int | None,
+                       now: datetime) -> Captured | None:
+    """`capture` in one statement on PostgreSQL (`ledger_capture`, migration 0022): the
+    same lock, checks and writes as the statements of `capture`, done by the server. None
+    when it wrote nothing (any refusal, or a replay); the caller then finds out why."""
+    rows = execute_core(session, _CAPTURE_IN_SERVER, {"hold_id": hold_id, "take": amount,
+                                                      "key": key, "now": now}).all()
+    if not rows:
+        return None
+    _forget(session, Hold, (hold_id,))
+    posted = _posted_in_server(session, key, rows)
+    return Captured(hold_id, posted, int(rows[0].o_hold_amount) - posted.amount)
+
+
+def _posted_in_server(session: Session, key: str, rows: Sequence[Row[Any]]) -> Posted:
+    """The `Posted` of the debit entries a 0022 function returned (`o_*` columns, one row
+    per lot drawn on, in any order), in the draw's order (their keys: `key`, `key#2`, ...);
+    the lots' loaded objects are expired, and `entries_posted` is sent."""
+    by_key = {row.o_key: row for row in rows}
+    ordered = [by_key[entry_key] for entry_key in _entry_keys(key, len(rows))]
+    signals.entries_posted.send(None, kinds=["debit"] * len(ordered))
+    _forget(session, Lot, [int(row.o_lot_id) for row in ordered])
+    return Posted(key, tuple(int(row.o_entry_id) for row in ordered),
+                  sum(int(row.o_taken) for row in ordered),
+                  tuple((row.o_bucket, -int(row.o_taken)) for row in ordered), replayed=False)
 
 
 class _PlacedHold(NamedTuple):
@@ -1068,7 +1171,9 @@ def debit(
     the account row and checks, in the same statement, that the key is new and that no lot
     is due to expire), the lots to draw on, the entries (`INSERT ... RETURNING id`, one
     statement for all of them) and the lots. Only when the UPDATE changed nothing is the key
-    looked up and the account's due holds and lots expired first (`hold` does the same).
+    looked up and the account's due holds and lots expired first (`hold` does the same). On
+    PostgreSQL the four run first as one statement, migration 0022's `ledger_debit`; when it
+    writes nothing (a replay, a refusal, something due) the statements above follow.
 
     Args:
         session: the caller's session; this function flushes, never commits.
@@ -1098,6 +1203,11 @@ def debit(
         raise ValueError("naive datetime given where a timezone-aware UTC time is required")
     _autoflush(session)
     params = {"account_id": account_id, "tokens": tokens, "key": key, "now": now}
+    if _on_postgresql(session):
+        rows = execute_core(session, _DEBIT_IN_SERVER, {**params, "memo": memo}).all()
+        if rows:
+            return _posted_in_server(session, key, rows)
+        # It wrote nothing: the statements below find why.
     if _rowcount(execute_core(session, _DEBIT_IF_SETTLED, params)) != 1:
         rows = execute_core(session, _REPLAY, {"key": key}).all()
         if rows:

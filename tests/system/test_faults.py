@@ -338,10 +338,17 @@ class DatabaseOutage:
             event.remove(db.engine, "do_connect", self._refuse)
 
 
+# The last statement of an offline answer's debit, and the capture of a deferred answer: on
+# PostgreSQL each is one call of a 0022 function (`tokens.ledger`), on SQLite a statement.
+AT_THE_DEBIT = ("UPDATE ledger_lots", str(ledger._DEBIT_IN_SERVER).split("(")[0])
+AT_THE_CAPTURE = ("UPDATE ledger_holds", str(ledger._CAPTURE_IN_SERVER).split("(")[0])
+
+
 @contextlib.contextmanager
-def connection_lost_at(database_url: str, statement: str, times: int = 1) -> Iterator[list[str]]:
+def connection_lost_at(database_url: str, statement: str | tuple[str, ...], times: int = 1
+                       ) -> Iterator[list[str]]:
     """The database connection is lost when the app sends a statement starting with
-    `statement` (e.g. "INSERT INTO ledger_holds"), the next `times` times.
+    `statement` (e.g. "INSERT INTO ledger_holds", or any of a tuple), the next `times` times.
 
     PostgreSQL: the server ends that very connection (`pg_terminate_backend`) before the
     statement runs, so the statement fails as on a crash or failover. SQLite: the driver fails
@@ -490,7 +497,7 @@ def test_connection_lost_mid_transaction_nothing_is_half_written(app, client, da
     entry and the costs written before it in the same transaction are all rolled back; the
     retry of the same MessageSid is answered and charged once."""
     before = row_counts()
-    with connection_lost_at(database_url, "UPDATE ledger_lots") as failed:
+    with connection_lost_at(database_url, AT_THE_DEBIT) as failed:
         response = post_signed(client, sms("meal plan", sid="SMmid"))
     assert failed and response.status_code == 503
     db.session.remove()
@@ -508,7 +515,7 @@ def test_connection_lost_mid_transaction_nothing_is_half_written(app, client, da
 def _lose_the_connection_at_the_capture(application: Flask, database_url: str) -> None:
     """A job answers "meal plan"; its first attempt loses the connection when it captures."""
     post_signed(application.test_client(), sms("meal plan", sid="SMjobdb"))
-    with connection_lost_at(database_url, "UPDATE ledger_holds") as failed:
+    with connection_lost_at(database_url, AT_THE_CAPTURE) as failed:
         run_worker(application)  # the attempt fails; RQ's retry resumes from "queued"
     assert len(failed) == 1
 
@@ -568,7 +575,7 @@ def test_inline_llm_connection_lost_before_the_capture_the_retry_is_answered(
     env = {"OPENAI_API_KEY": "sk-test", "OPENAI_BASE_URL": openai_api.base_url}
     with running_app(database_url, **env) as application:
         client = application.test_client()
-        with connection_lost_at(database_url, "UPDATE ledger_holds") as failed:
+        with connection_lost_at(database_url, AT_THE_CAPTURE) as failed:
             first = post_signed(client, sms("meal plan", sid="SMinl"))
         db.session.remove()
         assert failed and first.status_code == 503
@@ -583,7 +590,7 @@ def test_inline_llm_connection_lost_before_the_capture_charges_nothing(database_
     env = {"OPENAI_API_KEY": "sk-test", "OPENAI_BASE_URL": openai_api.base_url}
     with running_app(database_url, **env) as application:
         client = application.test_client()
-        with connection_lost_at(database_url, "UPDATE ledger_holds"):
+        with connection_lost_at(database_url, AT_THE_CAPTURE):
             assert post_signed(client, sms("meal plan", sid="SMinl2")).status_code == 503
         db.session.remove()
         account = account_of()

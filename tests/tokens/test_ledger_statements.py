@@ -235,7 +235,10 @@ def test_repeats_send_few_statements_and_change_nothing(session, account):
         again = ledger.hold(session, account, 5, key="hold:SM4", now=NOV)
         repeat = ledger.capture(session, placed.hold_id, key="debit:SM4", now=NOV)
     session.commit()
-    assert len(statements) <= 3 + 2, statements  # hold: 3; capture: lock, replay
+    # hold: 3; capture: lock, replay; on PostgreSQL first `ledger_capture`, which writes
+    # nothing for a captured hold (the common case is one statement there, a replay one more)
+    in_server = 1 if session.get_bind().dialect.name == "postgresql" else 0
+    assert len(statements) <= 3 + 2 + in_server, statements
     assert again.replayed and again.status == "captured" and again.hold_id == placed.hold_id
     assert repeat.posted.replayed and repeat.posted.entry_ids == first.posted.entry_ids
     assert ledger.balance(session, account, NOV).posted == 210
