@@ -58,7 +58,9 @@ def _state(session, account_id: int, hold_id: int, key: str):
         "hold": (hold.status, hold.captured, hold.settled_at) if hold else None,
         "lots": [(lot.bucket, lot.remaining) for lot in lots],
         "entries": [(e.kind, e.bucket, e.amount, e.idempotency_key.removeprefix(key),
-                     lot_rank[e.lot_id], e.hold_id if hold_id is None else e.hold_id == hold_id, e.memo, e.actor, e.created_at)
+                     lot_rank[e.lot_id],
+                     e.hold_id if hold_id is None else e.hold_id == hold_id,
+                     e.memo, e.actor, e.created_at)
                     for e in entries],
     }
 
