@@ -43,8 +43,9 @@ def _account_with(session, lots) -> int:
     return account_id
 
 
-def _state(session, account_id: int, hold_id: int, key: str):
-    """What a capture changed, without ids that differ between two accounts."""
+def _state(session, account_id: int, hold_id: int | None, key: str):
+    """What a capture or a debit (`hold_id` None) changed, without the ids that differ
+    between two accounts."""
     session.expire_all()
     account = session.get(Account, account_id)
     hold = session.get(Hold, hold_id) if hold_id is not None else None
