@@ -876,7 +876,8 @@ def hold(
     _autoflush(session)
     params = {"account_id": account_id, "tokens": tokens, "key": key, "now": now}
     hold_id: int | None
-    if _on_postgresql(session):
+    in_server = _on_postgresql(session)
+    if in_server:  # the reservation and, when it is made, the INSERT
         reserved, hold_id = execute_core(session, _RESERVE_AND_PLACE, {
             **params, "memo": memo, "expires_at": expires_at}).one()
     else:
@@ -885,7 +886,7 @@ def hold(
         replay = _reserve_the_long_way(session, account_id, tokens, key, now)
         if replay is not None:
             return replay
-    if reserved != 1 or not _on_postgresql(session):
+    if reserved != 1 or not in_server:
         hold_id = execute_core(session, _INSERT_HOLD, {**params, "memo": memo,
                                                        "expires_at": expires_at}).scalar()
     if hold_id is None:
@@ -1010,7 +1011,8 @@ def capture(
     if now.tzinfo is None:
         raise ValueError("naive datetime given where a timezone-aware UTC time is required")
     _autoflush(session)
-    if (amount is None or (type(amount) is int and amount > 0)) and _on_postgresql(session):
+    # Only an amount the function can take (None or an int; it refuses one out of range).
+    if (amount is None or type(amount) is int) and _on_postgresql(session):
         done = _capture_in_server(session, hold_id, key, amount, now)
         if done is not None:
             return done
