@@ -47,16 +47,24 @@ The common cases are SQLAlchemy Core statements on the tables, not ORM loads:
   the plan needs, the contact's address included. Anything else (a row not pending, a skip,
   the WhatsApp template) takes the account lock and decides with the loaded rows.
 - `record_send` of an accepted send: one `UPDATE` storing the sid and the status (forward
-  only) that returns the units, the account and whether status callbacks came first; on
-  PostgreSQL it locks the account row in the same statement (a `FOR NO KEY UPDATE` CTE); then
-  the messaging cost (`costs.record_messaging`). SQLite takes no account lock statement:
-  every transaction there starts `BEGIN IMMEDIATE` (app.extensions.configure_sqlite), which
-  already serialises writers, and `ledger.lock_account` would be a plain `SELECT`.
+  only) that returns the units, the account and whether status callbacks came first that it
+  could not apply; on PostgreSQL it locks the account row in the same statement (a `FOR NO
+  KEY UPDATE` CTE); then the messaging cost (`costs.record_messaging`). The callbacks that
+  beat the send's result (Twilio may call back before its answer to the send reaches us) are
+  applied by the same `UPDATE` when each is a plain forward status (no error code, not a
+  not-delivered end): the row takes the highest-ranked of them and the send's status, which
+  is where applying them one by one in rank order ends. Any other kept callback is applied
+  under the account's lock with the rows loaded, all of them in rank order. SQLite takes no
+  account lock statement: every transaction there starts `BEGIN IMMEDIATE`
+  (app.extensions.configure_sqlite), which already serialises writers, and
+  `ledger.lock_account` would be a plain `SELECT`.
 - `apply_status`: one `INSERT ... ON CONFLICT DO NOTHING RETURNING` of the event, which also
-  reads the message's id, direction and status (a repeat ends here; so does a status that
-  is not forward); then, for a forward move to a state that neither ends the row
-  undelivered nor carries 21610, one conditional `UPDATE` whose `WHERE` holds the order rule.
-  Only a not-delivered end, a 21610 or an adoption goes through the account lock and the ORM.
+  reads the message's id, direction and status, and, when no message has the sid yet, the
+  `unknown` row the callback would adopt (a repeat ends here; so does a status that is not
+  forward, and a callback that beat its send's result: kept for `record_send`); then, for a
+  forward move to a state that neither ends the row undelivered nor carries 21610, one
+  conditional `UPDATE` whose `WHERE` holds the order rule. Only a not-delivered end, a 21610
+  or an adoption goes through the account lock and the ORM.
 
 On SQLite each transaction also sends its `BEGIN IMMEDIATE`.
 """
@@ -77,14 +85,17 @@ from sqlalchemy import (
     Integer,
     String,
     Table,
+    and_,
     bindparam,
     case,
     exists,
     func,
     literal_column,
+    not_,
     or_,
     select,
     text,
+    union_all,
     update,
 )
 from sqlalchemy.orm import Session
@@ -93,7 +104,7 @@ from bot.contacts import mask_address
 from bot.errors import BotError
 from bot.models import Contact, Message, MessageStatusEvent
 from tokens import costs, ledger
-from tokens.base import UTCDateTime, utcnow
+from tokens.base import UTCDateTime, execute_compiled, utcnow
 from tokens.catalog import Catalog
 
 log = logging.getLogger(__name__)
@@ -104,6 +115,9 @@ OUTSIDE_WINDOW = 63016  # "Failed to send freeform message because you are outsi
 # Anything but 429 and 5xx is permanent, e.g. 21211 (invalid 'To'), 21610, 21614 (not a
 # mobile), 63014 (the person blocked the business), 63016, 63024 (invalid WhatsApp recipient).
 WHATSAPP_WINDOW = timedelta(hours=24)
+# How old an `unknown` row (its send timed out) a status callback of an unknown sid to the same
+# recipient may adopt: the send reached the provider after all.
+ADOPT_WITHIN = timedelta(days=1)
 
 # Forward order of delivery states; a status only replaces one of lower rank. Final states
 # never change again (docs/messaging.md: "failed/undelivered are final").
@@ -363,12 +377,16 @@ def _record_accepted(
     session: Session, plan: SendPlan, sid: str, status: str, catalog: Catalog, now: datetime
 ) -> bool:
     """Store an accepted send (`status` not a not-delivered one) and its cost; apply the
-    callbacks kept for `sid` before it was stored. False when the row is gone (nothing done)."""
+    callbacks kept for `sid` before it was stored (in the same statement when all are plain,
+    see `_record_statement`). False when the row is gone (nothing done)."""
     session.flush()
-    statement = _RECORD_LOCKING if _dialect(session) == "postgresql" else _RECORD
-    stored = session.execute(statement, {"row_id": plan.message_id, "sid": sid,
-                                         "new_status": status,
-                                         "rank": STATUS_RANK[status], "now": now}).first()
+    # Compiled once per driver and sent as driver SQL: walking this statement for
+    # SQLAlchemy's cache key on every send would cost more than running it.
+    stored = execute_compiled(
+        session.connection(), "bot.outbound.record",
+        lambda dialect: _record_statement(locking=dialect == "postgresql"),
+        {"row_id": plan.message_id, "sid": sid, "new_status": status,
+         "rank": STATUS_RANK[status], "now": now}).first()
     if stored is None:
         return False
     _expire_loaded(session, plan.message_id)
@@ -376,7 +394,7 @@ def _record_accepted(
     costs.record_messaging(session, account_id, catalog.costs, channel, "out",
                            1 if plan.is_template else units, key=f"msg:out:{plan.message_id}",
                            now=now)
-    if early:  # callbacks that beat the send's result: applied in rank order
+    if early:  # callbacks that beat the send's result, not all plain: applied in rank order
         row = session.get(Message, plan.message_id, populate_existing=True)
         assert row is not None
         kept = session.execute(
@@ -468,14 +486,16 @@ def apply_status(
     """
     now = now or utcnow()
     session.flush()
+    to = update.to or ""
     kept = session.execute(_KEEP_EVENT, {
         "sid": update.message_sid, "new_status": update.status, "code": update.error_code,
-        "now": now}).first()
+        "now": now, "address": to.removeprefix("whatsapp:") or None,
+        "channel": "whatsapp" if to.startswith("whatsapp:") else "sms",
+        "since": now - ADOPT_WITHIN}).first()
     if kept is None:
         return False  # a repeat of this (sid, status)
-    row_id, direction, current = kept
+    row_id, direction, current, adopted = kept
     if row_id is None:  # not sent with this sid, or its send's result is not stored yet
-        adopted = _unknown_row_for(session, update, now)
         if adopted is None:
             log.info("status callback for an unknown message", extra={"status": update.status})
             return False
@@ -709,24 +729,6 @@ def _template_or_skip(
                     content_sid=settings.whatsapp_template_sid, content_variables=variables)
 
 
-def _unknown_row_for(session: Session, update: StatusUpdate, now: datetime) -> int | None:
-    """The newest `unknown` row (its send timed out) to the callback's recipient, within a
-    day: the send reached Twilio after all, and the row takes the sid."""
-    if not update.to:
-        return None
-    address = update.to.removeprefix("whatsapp:")
-    channel = "whatsapp" if update.to.startswith("whatsapp:") else "sms"
-    return session.scalar(
-        select(Message.id)
-        .join(Contact, Contact.id == Message.contact_id)
-        .where(Contact.address == address, Message.channel == channel,
-               Message.status == "unknown", Message.message_sid.is_(None),
-               Message.created_at >= now - timedelta(days=1))
-        .order_by(Message.id.desc())
-        .limit(1)
-    )
-
-
 def _is_forward(current: str | None, status: str) -> bool:
     """Whether `status` may replace `current` (None: "pending"): `current` is not final and
     `status` ranks higher (an unknown status ranks below every state, an unknown current one
@@ -734,10 +736,6 @@ def _is_forward(current: str | None, status: str) -> bool:
     current = current or "pending"
     return current not in FINAL_STATES and \
         STATUS_RANK.get(status, -1) > STATUS_RANK.get(current, 0)
-
-
-def _dialect(session: Session) -> str:
-    return session.get_bind().dialect.name
 
 
 def _expire_loaded(session: Session, message_id: int) -> None:
@@ -811,19 +809,40 @@ _CLAIM = (
 
 def _record_statement(locking: bool) -> Any:
     """record_send: store the sid (unless the row has one) and move the status forward to
-    `new_status` (of rank `rank`), returning (channel, units, account id, whether events are
-    kept for the sid). `locking` (PostgreSQL): lock the account row first, in the same
-    statement."""
-    forward = _forward_in_sql(_RANK)
+    `new_status` (of rank `rank`) or, when every status callback kept for the sid is a plain
+    one (no error code, not a not-delivered end), to the highest-ranked of them if it ranks
+    higher (the CTE `target`); returning (channel, units, account id, whether callbacks are
+    kept for the sid that this statement leaves to the caller). `locking` (PostgreSQL): lock
+    the account row first, in the same statement."""
     sid = bindparam("sid", type_=String())
+    of_sid = _EVENTS.c.message_sid == sid
+    # Neither ends the row undelivered nor carries a code: `_advance` would only move it.
+    plain = and_(_EVENTS.c.status.not_in([_sql(state) for state in sorted(NOT_DELIVERED)]),
+                 _EVENTS.c.error_code.is_(None))
+    left_over = exists().where(of_sid, not_(plain))
+    event_rank = case({_sql(state): literal_column(str(value))
+                       for state, value in STATUS_RANK.items()},
+                      value=_EVENTS.c.status, else_=literal_column("-1"))
+    # The send's status, then the plain callbacks unless one is not plain: the highest rank
+    # wins, the send's on a tie (applied first, it leaves an equal rank not forward).
+    candidates = union_all(
+        select(_STATUS.label("status"), _RANK.label("rank"), literal_column("1").label("is_send")),
+        select(_EVENTS.c.status, event_rank, literal_column("0"))
+        .where(of_sid, plain, not_(left_over)),
+    ).subquery("candidates")
+    target = (select(candidates.c.status, candidates.c.rank)
+              .order_by(candidates.c.rank.desc(), candidates.c.is_send.desc())
+              .limit(1).cte("target"))
+    forward = _forward_in_sql(select(target.c.rank).scalar_subquery())
     statement = (
         update(_MESSAGES)
         .where(_MESSAGES.c.id == bindparam("row_id", type_=Integer()))
         .values(message_sid=func.coalesce(_MESSAGES.c.message_sid, sid),
-                status=case((forward, _STATUS), else_=_MESSAGES.c.status),
+                status=case((forward, select(target.c.status).scalar_subquery()),
+                            else_=_MESSAGES.c.status),
                 status_at=case((forward, _NOW), else_=_MESSAGES.c.status_at))
         .returning(_MESSAGES.c.channel, _MESSAGES.c.units, _of_contact(_CONTACTS.c.account_id),
-                   exists().where(_EVENTS.c.message_sid == sid).label("early"))
+                   left_over.label("early"))
     )
     if not locking:
         return statement
@@ -839,25 +858,32 @@ def _record_statement(locking: bool) -> Any:
     return statement.where(exists(select(locked.c.id)))
 
 
-_RECORD = _record_statement(locking=False)
-_RECORD_LOCKING = _record_statement(locking=True)
-
-
 # apply_status: keep the event once per (sid, status), returning the sid's message (id,
-# direction, status; each NULL when no message has the sid), no row for a repeat. A `text()`:
-# SQLAlchemy's dialect `insert().on_conflict_do_nothing()` opts out of its statement cache and
-# would be compiled anew for every callback (see tokens.base.insert_on_conflict). The same SQL
-# serves PostgreSQL and SQLite.
+# direction, status; each NULL when no message has the sid) and, only when none has it, the
+# `unknown` row the callback adopts: the newest one to the recipient (:address on :channel)
+# created since :since that has no sid; no row for a repeat. A `text()`: SQLAlchemy's dialect
+# `insert().on_conflict_do_nothing()` opts out of its statement cache and would be compiled
+# anew for every callback (see tokens.base.insert_on_conflict). The same SQL serves PostgreSQL
+# and SQLite; a CASE evaluates its subquery only when its branch is taken.
 _KEEP_EVENT = text(
     "INSERT INTO message_status_events (message_sid, status, error_code, created_at) "
     "VALUES (:sid, :new_status, :code, :now) "
     "ON CONFLICT (message_sid, status) DO NOTHING RETURNING "
     + ", ".join(f"(SELECT messages.{column} FROM messages WHERE messages.message_sid = :sid)"
                 for column in ("id", "direction", "status"))
+    + ", CASE WHEN NOT EXISTS (SELECT 1 FROM messages WHERE messages.message_sid = :sid) THEN ("
+    "SELECT adopted.id FROM messages AS adopted "
+    "JOIN contacts AS recipient ON recipient.id = adopted.contact_id "
+    "WHERE recipient.address = :address AND adopted.channel = :channel "
+    "AND adopted.status = 'unknown' AND adopted.message_sid IS NULL "
+    "AND adopted.created_at >= :since ORDER BY adopted.id DESC LIMIT 1) END"
 ).bindparams(bindparam("sid", type_=_EVENTS.c.message_sid.type),
              bindparam("new_status", type_=_EVENTS.c.status.type),
              bindparam("code", type_=_EVENTS.c.error_code.type),
-             bindparam("now", type_=_EVENTS.c.created_at.type))
+             bindparam("now", type_=_EVENTS.c.created_at.type),
+             bindparam("address", type_=_CONTACTS.c.address.type),
+             bindparam("channel", type_=_MESSAGES.c.channel.type),
+             bindparam("since", type_=_MESSAGES.c.created_at.type))
 
 # apply_status: move the row forward (the order rule in the WHERE); a row when it moved.
 _ADVANCE = (

@@ -9,11 +9,14 @@ tests/bot/test_outbound_statements.py.
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from sqlalchemy import func, select
 
 from bot import outbound
@@ -29,6 +32,7 @@ CATALOG = load_catalog()
 PLAIN = outbound.OutboundSettings(max_attempts=3, backoff_seconds=0.0)
 TEMPLATE = outbound.OutboundSettings(whatsapp_template_sid="HX" + "0" * 32, backoff_seconds=0.0)
 CHARGE = 2
+_people = itertools.count()
 
 
 class Scripted:
@@ -245,6 +249,53 @@ def test_status_callbacks_are_kept_once_and_only_move_forward(session):
         MessageStatusEvent.message_sid == "SMout1").order_by(MessageStatusEvent.id)).all()
     assert kept == ["sent", "delivered", "sending", "undelivered", "read"]
     assert available(session, paid.account_id) == 100 - CHARGE
+
+
+def _one_by_one(result: str, kept: list[tuple[str, int | None]]) -> tuple[str, int | None]:
+    """Where a row being sent ends, by the rule: the send's status first, then the callbacks
+    kept before it in rank order, each applied if it is forward (its code kept)."""
+    state, code = "submitting", None
+    for status_now, code_now in [(result, None), *sorted(
+            kept, key=lambda item: outbound.STATUS_RANK.get(item[0], -1))]:
+        if outbound._is_forward(state, status_now):
+            state, code = status_now, code_now if code_now is not None else code
+    return state, code
+
+
+@settings(max_examples=40, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(kept=st.lists(st.tuples(st.sampled_from([*sorted(outbound.STATUS_RANK), "skipped",
+                                                "mystery"]),
+                               st.sampled_from([None, None, None, 30003])),
+                     max_size=4, unique_by=lambda item: item[0]),
+       result=st.sampled_from(["accepted", "scheduled", "queued", "sending", "sent"]))
+def test_callbacks_that_beat_the_send_end_where_applying_them_one_by_one_would(
+        session, kept, result):
+    """Twilio may call back before the send's result is stored. Those callbacks are kept and
+    applied when it is: the plain ones in the send's own `UPDATE`, any other with all of them
+    in rank order under the account's lock. Either way the row ends where the rule ends."""
+    address = f"+1650777{next(_people):04d}"
+    paid = paid_answer(session, address=address)
+    [reply_id] = paid.replies
+    plan = outbound.plan_send(session, reply_id, PLAIN, CATALOG, NOW)
+    session.commit()
+    assert plan is not None
+    sid = f"SMbeat{reply_id:028d}"
+    for state, code in kept:  # the row has no sid yet: each is kept, none applied
+        assert not status(session, sid, state, code, to=address)
+    assert row(session, reply_id).status == "submitting"
+    outbound.record_send(session, plan, outbound.Sent(sid, result), PLAIN, CATALOG, NOW)
+    session.commit()
+    stored = row(session, reply_id)
+    expected, code = _one_by_one(result, kept)
+    assert stored.message_sid == sid
+    # Two states of one rank (accepted and scheduled; failed, undelivered and canceled) may be
+    # applied in either order; the rank and the code are the rule's.
+    assert outbound.STATUS_RANK.get(stored.status) == outbound.STATUS_RANK.get(expected)
+    if stored.status == expected:
+        assert stored.error_code == code
+    undelivered = expected in outbound.NOT_DELIVERED
+    assert available(session, paid.account_id) == 100 - (0 if undelivered else CHARGE)
 
 
 def test_an_undelivered_reply_gives_the_charge_back(session):

@@ -29,6 +29,7 @@ DELIVERED_SMS = "sms_status_delivered__vendor_doc_sample.json"
 SEND = {"postgresql": 3, "sqlite": 7}  # claim; store the sid + cost (1 on PostgreSQL, 3 SQLite)
 FORWARD = {"postgresql": 2, "sqlite": 3}  # keep the event; move the row
 NOT_FORWARD = {"postgresql": 1, "sqlite": 2}  # keep the event (or find it kept)
+RECORD = {"postgresql": 2, "sqlite": 5}  # store the sid + cost: SEND without the claim
 
 
 class Accepting:
@@ -149,6 +150,33 @@ def test_status_callbacks_sent_delivered_and_a_repeat(app, client, session):
     kept = session.scalars(select(MessageStatusEvent.status)
                            .where(MessageStatusEvent.message_sid == sid)).all()
     assert sorted(kept) == ["delivered", "queued", "sent"]
+
+
+def test_callbacks_that_beat_the_send_result_cost_no_statement_more(app, client, session):
+    """Twilio may call back before the worker stores the send's sid: each such callback is
+    kept in its one statement (nothing to adopt), and storing the sid applies them in its own
+    `UPDATE`, with no statement more than a send nobody called back about."""
+    reply = stored_reply(client, session)
+    reply_id = reply.id
+    session.commit()
+    options = outbound.OutboundSettings()
+    catalog = bot_settings(app).catalog
+    plan = outbound.plan_send(session, reply_id, options, catalog)
+    session.commit()
+    assert plan is not None
+    sid = "SM" + "b" * 32
+    bounds = backend()
+    for state in ("sent", "delivered"):
+        with counted(begin=True) as statements:
+            assert callback(session, sid, state) is False  # kept for the send's result
+        assert len(statements) <= NOT_FORWARD[bounds], statements
+    with counted(begin=True) as statements:
+        outbound.record_send(session, plan, outbound.Sent(sid, "queued"), options, catalog)
+        session.commit()
+    assert len(statements) <= RECORD[bounds], statements
+    session.expire_all()
+    row = session.get(Message, reply_id)
+    assert (row.message_sid, row.status) == (sid, "delivered")
 
 
 def test_the_status_webhook_end_to_end(app, client, session):
