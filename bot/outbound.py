@@ -766,12 +766,16 @@ _FINAL_RANK = max(STATUS_RANK.values()) + 1
 _RANKS = {**STATUS_RANK, **dict.fromkeys(sorted(FINAL_STATES), _FINAL_RANK)}
 
 
+def _rank_in_sql(status: Any, ranks: dict[str, int], otherwise: int) -> Any:
+    """The rank of the SQL string `status` in `ranks`, as SQL; `otherwise` for any other."""
+    return case({_sql(state): literal_column(str(value)) for state, value in ranks.items()},
+                value=status, else_=literal_column(str(otherwise)))
+
+
 def _forward_in_sql(rank: Any) -> ColumnElement[bool]:
     """`_is_forward` of the row's status as SQL: `rank` is the new status's `STATUS_RANK`."""
     current = func.coalesce(_MESSAGES.c.status, _sql("pending"))
-    ranked = case({_sql(state): literal_column(str(value)) for state, value in _RANKS.items()},
-                  value=current, else_=literal_column("0"))
-    return cast(ColumnElement[bool], ranked < rank)
+    return cast(ColumnElement[bool], _rank_in_sql(current, _RANKS, 0) < rank)
 
 
 def _of_contact(column: Any) -> Any:
@@ -820,9 +824,7 @@ def _record_statement(locking: bool) -> Any:
     plain = and_(_EVENTS.c.status.not_in([_sql(state) for state in sorted(NOT_DELIVERED)]),
                  _EVENTS.c.error_code.is_(None))
     left_over = exists().where(of_sid, not_(plain))
-    event_rank = case({_sql(state): literal_column(str(value))
-                       for state, value in STATUS_RANK.items()},
-                      value=_EVENTS.c.status, else_=literal_column("-1"))
+    event_rank = _rank_in_sql(_EVENTS.c.status, STATUS_RANK, -1)  # as `_is_forward` ranks it
     # The send's status, then the plain callbacks unless one is not plain: the highest rank
     # wins, the send's on a tie (applied first, it leaves an equal rank not forward).
     candidates = union_all(
