@@ -46,7 +46,8 @@ The common cases are SQLAlchemy Core statements on the tables, not ORM loads:
   <the contact can receive it> RETURNING` that claims the row (`submitting`) and reads what
   the plan needs, the contact's address included. Anything else (a row not pending, a skip,
   the WhatsApp template) takes the account lock and decides with the loaded rows.
-- `record_send` of an accepted send: one `UPDATE` storing the sid and the status (forward
+- `record_send` of an accepted send: on PostgreSQL first the recipient's advisory lock
+  (`RECIPIENT_LOCK`, below); then one `UPDATE` storing the sid and the status (forward
   only) that returns the units, the account and whether status callbacks came first that it
   could not apply; on PostgreSQL it locks the account row in the same statement (a `FOR NO
   KEY UPDATE` CTE); then the messaging cost (`costs.record_messaging`). The callbacks that
@@ -64,9 +65,21 @@ The common cases are SQLAlchemy Core statements on the tables, not ORM loads:
   forward, and a callback that beat its send's result: kept for `record_send`); then, for a
   forward move to a state that neither ends the row undelivered nor carries 21610, one
   conditional `UPDATE` whose `WHERE` holds the order rule. Only a not-delivered end, a 21610
-  or an adoption goes through the account lock and the ORM.
+  or an adoption goes through the account lock and the ORM. On PostgreSQL, a callback that
+  finds no message with its sid takes the recipient's advisory lock in that `INSERT` and then
+  looks for the sid once more (one `SELECT`).
 
 On SQLite each transaction also sends its `BEGIN IMMEDIATE`.
+
+A callback may commit while the worker stores its send's sid: the worker's `UPDATE` reads the
+kept callbacks as of its start, and the callback cannot see the uncommitted sid, so without an
+order neither would apply it (and an `undelivered` paid reply would keep its charge). On
+PostgreSQL the recipient's transaction-level advisory lock orders them: the worker takes it in
+a statement of its own before its `UPDATE`, the callback inside its `INSERT` (only when no
+message has the sid) before it looks again, and whichever comes second sees the first one's
+commit (tests/bot/test_outbound_races.py). The worker holds nothing while it waits, and a
+callback only its own event's key (which only a repeat of it waits for), so the lock closes no
+deadlock cycle. SQLite's `BEGIN IMMEDIATE` serialises the two already.
 """
 
 from __future__ import annotations
@@ -127,6 +140,12 @@ STATUS_RANK = {
     "failed": 5, "undelivered": 5, "canceled": 5,
     "delivered": 6, "read": 7,
 }
+# PostgreSQL: the class of the transaction-level advisory lock, keyed by the recipient's address
+# (`hashtext`), that orders storing an accepted send's result against a status callback that
+# finds no message with its sid: whichever takes it second sees what the first committed
+# (`record_send`, `apply_status`). The value spells "outb"; nothing else here takes advisory
+# locks.
+RECIPIENT_LOCK = 0x6F757462
 FINAL_STATES = frozenset({"failed", "undelivered", "canceled", "read", "skipped"})
 NOT_DELIVERED = frozenset({"failed", "undelivered", "canceled", "skipped"})
 
@@ -355,8 +374,10 @@ def record_send(
     `failed` with the code (21610 marks the contact opted out; a paid reply's charge is given
     back), except 63016 on a free-form WhatsApp message when a template is configured.
 
-    An accepted send is stored in one `UPDATE ... RETURNING` (on PostgreSQL taking the
-    account's lock in the same statement) and costed (`costs.record_messaging`); callbacks
+    An accepted send is stored, after the recipient's advisory lock on PostgreSQL
+    (`RECIPIENT_LOCK`: a callback committing meanwhile is seen, or sees this), in one
+    `UPDATE ... RETURNING` (on PostgreSQL taking the account's lock in the same statement)
+    and costed (`costs.record_messaging`); callbacks
     that came first, and every refusal, are handled under the account's lock with the rows
     loaded.
 
@@ -366,11 +387,22 @@ def record_send(
     """
     now = now or utcnow()
     if isinstance(result, Sent):
+        _lock_recipient(session, plan.to)
         status = result.status if result.status in STATUS_RANK else "queued"
         if status not in NOT_DELIVERED and _record_accepted(session, plan, result.sid, status,
                                                             catalog, now):
             return None
     return _record_locked(session, plan, result, settings, catalog, now)
+
+
+def _lock_recipient(session: Session, address: str) -> None:
+    """PostgreSQL: take the `RECIPIENT_LOCK` of `address` (held until the transaction ends),
+    as the first statement of the transaction that stores a send's result, so that every
+    statement after it reads the status callbacks kept by a transaction that held the lock
+    first. SQLite: nothing (its `BEGIN IMMEDIATE` already serialises writers)."""
+    connection = session.connection()
+    if connection.dialect.name == "postgresql":
+        connection.execute(_LOCK_RECIPIENT, {"address": address})
 
 
 def _record_accepted(
@@ -465,7 +497,9 @@ def apply_status(
     code is kept; 21610 marks the contact opted out; an undelivered or failed paid reply gives
     its tokens back. A callback for a sid we do not know adopts the newest `unknown` row (a
     send that timed out) to the same address, within a day; one for a row still being sent is
-    kept and applied when the send's result is stored.
+    kept and applied when the send's result is stored; on PostgreSQL it first waits for a
+    worker storing a send's result to the same recipient (`RECIPIENT_LOCK`), so one that is
+    storing this sid right now is seen.
 
     A row adopted this way is costed now (its send's result never came back), given the
     `catalog`'s rates.
@@ -479,6 +513,7 @@ def apply_status(
     Statements: a repeat, and a status that is not forward, take one (the event's `INSERT ...
     ON CONFLICT DO NOTHING`); a forward move takes a second, a conditional `UPDATE` of the
     row. A not-delivered end, a 21610 and an adoption are applied under the account's lock.
+    On PostgreSQL a callback for a sid no message has yet takes a second (`_OF_SID`).
 
     Returns:
         True when the row changed; False for a repeat, an out-of-order (older) status or an
@@ -487,14 +522,21 @@ def apply_status(
     now = now or utcnow()
     session.flush()
     to = update.to or ""
-    kept = session.execute(_KEEP_EVENT, {
+    postgres = session.connection().dialect.name == "postgresql"
+    kept = session.execute(_KEEP_EVENT_LOCKING if postgres else _KEEP_EVENT, {
         "sid": update.message_sid, "new_status": update.status, "code": update.error_code,
         "now": now, "address": to.removeprefix("whatsapp:") or None,
         "channel": "whatsapp" if to.startswith("whatsapp:") else "sms",
         "since": now - ADOPT_WITHIN}).first()
     if kept is None:
         return False  # a repeat of this (sid, status)
-    row_id, direction, current, adopted = kept
+    row_id, direction, current, adopted = kept[:4]
+    if row_id is None and adopted is None and postgres and update.to:
+        # The statement took the recipient's lock: a send's result stored meanwhile, which
+        # this statement could not see, has been committed by now (`record_send`).
+        found = session.execute(_OF_SID, {"sid": update.message_sid}).first()
+        if found is not None:
+            row_id, direction, current = found
     if row_id is None:  # not sent with this sid, or its send's result is not stored yet
         if adopted is None:
             log.info("status callback for an unknown message", extra={"status": update.status})
@@ -866,26 +908,47 @@ def _record_statement(locking: bool) -> Any:
 # created since :since that has no sid; no row for a repeat. A `text()`: SQLAlchemy's dialect
 # `insert().on_conflict_do_nothing()` opts out of its statement cache and would be compiled
 # anew for every callback (see tokens.base.insert_on_conflict). The same SQL serves PostgreSQL
-# and SQLite; a CASE evaluates its subquery only when its branch is taken.
-_KEEP_EVENT = text(
-    "INSERT INTO message_status_events (message_sid, status, error_code, created_at) "
-    "VALUES (:sid, :new_status, :code, :now) "
-    "ON CONFLICT (message_sid, status) DO NOTHING RETURNING "
-    + ", ".join(f"(SELECT messages.{column} FROM messages WHERE messages.message_sid = :sid)"
-                for column in ("id", "direction", "status"))
-    + ", CASE WHEN NOT EXISTS (SELECT 1 FROM messages WHERE messages.message_sid = :sid) THEN ("
-    "SELECT adopted.id FROM messages AS adopted "
-    "JOIN contacts AS recipient ON recipient.id = adopted.contact_id "
-    "WHERE recipient.address = :address AND adopted.channel = :channel "
-    "AND adopted.status = 'unknown' AND adopted.message_sid IS NULL "
-    "AND adopted.created_at >= :since ORDER BY adopted.id DESC LIMIT 1) END"
-).bindparams(bindparam("sid", type_=_EVENTS.c.message_sid.type),
-             bindparam("new_status", type_=_EVENTS.c.status.type),
-             bindparam("code", type_=_EVENTS.c.error_code.type),
-             bindparam("now", type_=_EVENTS.c.created_at.type),
-             bindparam("address", type_=_CONTACTS.c.address.type),
-             bindparam("channel", type_=_MESSAGES.c.channel.type),
-             bindparam("since", type_=_MESSAGES.c.created_at.type))
+# and SQLite, PostgreSQL's with one more column (`RECIPIENT_LOCK`, see `_keep_event`); a CASE
+# evaluates its subquery only when its branch is taken.
+def _keep_event(locking: bool) -> Any:
+    """The SQL of `_KEEP_EVENT`; `locking` (PostgreSQL) adds a column that, when no message has
+    the sid, takes the recipient's `RECIPIENT_LOCK` (a strict function: no lock without an
+    address)."""
+    absent = "NOT EXISTS (SELECT 1 FROM messages WHERE messages.message_sid = :sid)"
+    lock = (f", CASE WHEN {absent} THEN (SELECT 1 FROM pg_advisory_xact_lock("
+            f"{RECIPIENT_LOCK}, hashtext(:address))) END" if locking else "")
+    return text(
+        "INSERT INTO message_status_events (message_sid, status, error_code, created_at) "
+        "VALUES (:sid, :new_status, :code, :now) "
+        "ON CONFLICT (message_sid, status) DO NOTHING RETURNING "
+        + ", ".join(f"(SELECT messages.{column} FROM messages WHERE messages.message_sid = :sid)"
+                    for column in ("id", "direction", "status"))
+        + f", CASE WHEN {absent} THEN ("
+        "SELECT adopted.id FROM messages AS adopted "
+        "JOIN contacts AS recipient ON recipient.id = adopted.contact_id "
+        "WHERE recipient.address = :address AND adopted.channel = :channel "
+        "AND adopted.status = 'unknown' AND adopted.message_sid IS NULL "
+        "AND adopted.created_at >= :since ORDER BY adopted.id DESC LIMIT 1) END" + lock
+    ).bindparams(bindparam("sid", type_=_EVENTS.c.message_sid.type),
+                 bindparam("new_status", type_=_EVENTS.c.status.type),
+                 bindparam("code", type_=_EVENTS.c.error_code.type),
+                 bindparam("now", type_=_EVENTS.c.created_at.type),
+                 bindparam("address", type_=_CONTACTS.c.address.type),
+                 bindparam("channel", type_=_MESSAGES.c.channel.type),
+                 bindparam("since", type_=_MESSAGES.c.created_at.type))
+
+
+_KEEP_EVENT = _keep_event(locking=False)
+_KEEP_EVENT_LOCKING = _keep_event(locking=True)
+
+# apply_status, on PostgreSQL, after `_KEEP_EVENT_LOCKING` found no message with the sid and
+# took the recipient's lock: the message's (id, direction, status) as committed since.
+_OF_SID = (select(_MESSAGES.c.id, _MESSAGES.c.direction, _MESSAGES.c.status)
+           .where(_MESSAGES.c.message_sid == bindparam("sid", type_=String())))
+
+# record_send, on PostgreSQL: the recipient's `RECIPIENT_LOCK`, until the transaction ends.
+_LOCK_RECIPIENT = text(f"SELECT pg_advisory_xact_lock({RECIPIENT_LOCK}, hashtext(:address))"
+                       ).bindparams(bindparam("address", type_=_CONTACTS.c.address.type))
 
 # apply_status: move the row forward (the order rule in the WHERE); a row when it moved.
 _ADVANCE = (
