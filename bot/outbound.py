@@ -77,9 +77,13 @@ order neither would apply it (and an `undelivered` paid reply would keep its cha
 PostgreSQL the recipient's transaction-level advisory lock orders them: the worker takes it in
 a statement of its own before its `UPDATE`, the callback inside its `INSERT` (only when no
 message has the sid) before it looks again, and whichever comes second sees the first one's
-commit (tests/bot/test_outbound_races.py). The worker holds nothing while it waits, and a
-callback only its own event's key (which only a repeat of it waits for), so the lock closes no
-deadlock cycle. SQLite's `BEGIN IMMEDIATE` serialises the two already.
+commit (tests/bot/test_outbound_races.py). A send that timed out takes the lock too, so a
+callback meanwhile adopts its `unknown` row once that is committed. One that commits before
+such a worker stores `unknown` stays kept (the event does not name the recipient): the sid's
+next callback adopts the row, or the sweep gives it up as any unconfirmed send. The worker
+holds nothing while it waits, and a callback only its own event's key (which only a repeat of
+it waits for), so the lock closes no deadlock cycle. SQLite's `BEGIN IMMEDIATE` serialises
+the two already.
 """
 
 from __future__ import annotations
@@ -141,10 +145,10 @@ STATUS_RANK = {
     "delivered": 6, "read": 7,
 }
 # PostgreSQL: the class of the transaction-level advisory lock, keyed by the recipient's address
-# (`hashtext`), that orders storing an accepted send's result against a status callback that
-# finds no message with its sid: whichever takes it second sees what the first committed
-# (`record_send`, `apply_status`). The value spells "outb"; nothing else here takes advisory
-# locks.
+# (`hashtext`), that orders storing a send's result (accepted, or timed out) against a status
+# callback that finds no message with its sid: whichever takes it second sees what the first
+# committed (`record_send`, `apply_status`). The value spells "outb"; nothing else here takes
+# advisory locks.
 RECIPIENT_LOCK = 0x6F757462
 FINAL_STATES = frozenset({"failed", "undelivered", "canceled", "read", "skipped"})
 NOT_DELIVERED = frozenset({"failed", "undelivered", "canceled", "skipped"})
@@ -386,8 +390,9 @@ def record_send(
         otherwise None. Flushes; the caller commits.
     """
     now = now or utcnow()
-    if isinstance(result, Sent):
+    if isinstance(result, Sent) or result.timed_out:  # the provider may have the message
         _lock_recipient(session, plan.to)
+    if isinstance(result, Sent):
         status = result.status if result.status in STATUS_RANK else "queued"
         if status not in NOT_DELIVERED and _record_accepted(session, plan, result.sid, status,
                                                             catalog, now):
@@ -513,7 +518,7 @@ def apply_status(
     Statements: a repeat, and a status that is not forward, take one (the event's `INSERT ...
     ON CONFLICT DO NOTHING`); a forward move takes a second, a conditional `UPDATE` of the
     row. A not-delivered end, a 21610 and an adoption are applied under the account's lock.
-    On PostgreSQL a callback for a sid no message has yet takes a second (`_OF_SID`).
+    On PostgreSQL a callback for a sid no message has yet takes a second (`_LOOK_AGAIN`).
 
     Returns:
         True when the row changed; False for a repeat, an out-of-order (older) status or an
@@ -523,20 +528,21 @@ def apply_status(
     session.flush()
     to = update.to or ""
     postgres = session.connection().dialect.name == "postgresql"
+    looked_up = {"sid": update.message_sid, "address": to.removeprefix("whatsapp:") or None,
+                 "channel": "whatsapp" if to.startswith("whatsapp:") else "sms",
+                 "since": now - ADOPT_WITHIN}
     kept = session.execute(_KEEP_EVENT_LOCKING if postgres else _KEEP_EVENT, {
-        "sid": update.message_sid, "new_status": update.status, "code": update.error_code,
-        "now": now, "address": to.removeprefix("whatsapp:") or None,
-        "channel": "whatsapp" if to.startswith("whatsapp:") else "sms",
-        "since": now - ADOPT_WITHIN}).first()
+        **looked_up, "new_status": update.status, "code": update.error_code, "now": now}
+    ).first()
     if kept is None:
         return False  # a repeat of this (sid, status)
     row_id, direction, current, adopted = kept[:4]
     if row_id is None and adopted is None and postgres and update.to:
-        # The statement took the recipient's lock: a send's result stored meanwhile, which
-        # this statement could not see, has been committed by now (`record_send`).
-        found = session.execute(_OF_SID, {"sid": update.message_sid}).first()
-        if found is not None:
-            row_id, direction, current = found
+        # The statement took the recipient's lock: a send's result stored meanwhile (the sid,
+        # or `unknown` after a timeout), which it could not see, is committed by now.
+        again = session.execute(_LOOK_AGAIN, looked_up).first()
+        assert again is not None  # a SELECT without FROM: always one row
+        row_id, direction, current, adopted = again
     if row_id is None:  # not sent with this sid, or its send's result is not stored yet
         if adopted is None:
             log.info("status callback for an unknown message", extra={"status": update.status})
@@ -910,25 +916,12 @@ def _record_statement(locking: bool) -> Any:
 # anew for every callback (see tokens.base.insert_on_conflict). The same SQL serves PostgreSQL
 # and SQLite, PostgreSQL's with one more column (`RECIPIENT_LOCK`, see `_keep_event`); a CASE
 # evaluates its subquery only when its branch is taken.
-def _keep_event(locking: bool) -> Any:
-    """The SQL of `_KEEP_EVENT`; `locking` (PostgreSQL) adds a column that, when no message has
-    the sid, takes the recipient's `RECIPIENT_LOCK` (a strict function: no lock without an
-    address)."""
-    absent = "NOT EXISTS (SELECT 1 FROM messages WHERE messages.message_sid = :sid)"
-    lock = (f", CASE WHEN {absent} THEN (SELECT 1 FROM pg_advisory_xact_lock("
-            f"{RECIPIENT_LOCK}, hashtext(:address))) END" if locking else "")
+def _keep_event(returning: str) -> Any:
+    """`_KEEP_EVENT`: the event's `INSERT`, returning `returning` (a row for a new event)."""
     return text(
         "INSERT INTO message_status_events (message_sid, status, error_code, created_at) "
         "VALUES (:sid, :new_status, :code, :now) "
-        "ON CONFLICT (message_sid, status) DO NOTHING RETURNING "
-        + ", ".join(f"(SELECT messages.{column} FROM messages WHERE messages.message_sid = :sid)"
-                    for column in ("id", "direction", "status"))
-        + f", CASE WHEN {absent} THEN ("
-        "SELECT adopted.id FROM messages AS adopted "
-        "JOIN contacts AS recipient ON recipient.id = adopted.contact_id "
-        "WHERE recipient.address = :address AND adopted.channel = :channel "
-        "AND adopted.status = 'unknown' AND adopted.message_sid IS NULL "
-        "AND adopted.created_at >= :since ORDER BY adopted.id DESC LIMIT 1) END" + lock
+        "ON CONFLICT (message_sid, status) DO NOTHING RETURNING " + returning
     ).bindparams(bindparam("sid", type_=_EVENTS.c.message_sid.type),
                  bindparam("new_status", type_=_EVENTS.c.status.type),
                  bindparam("code", type_=_EVENTS.c.error_code.type),
@@ -938,13 +931,31 @@ def _keep_event(locking: bool) -> Any:
                  bindparam("since", type_=_MESSAGES.c.created_at.type))
 
 
-_KEEP_EVENT = _keep_event(locking=False)
-_KEEP_EVENT_LOCKING = _keep_event(locking=True)
+_ABSENT = "NOT EXISTS (SELECT 1 FROM messages WHERE messages.message_sid = :sid)"
+# The sid's message (id, direction, status) and, when no message has the sid, the row to adopt.
+_FOUND = (
+    ", ".join(f"(SELECT messages.{column} FROM messages WHERE messages.message_sid = :sid)"
+              for column in ("id", "direction", "status"))
+    + f", CASE WHEN {_ABSENT} THEN ("
+    "SELECT adopted.id FROM messages AS adopted "
+    "JOIN contacts AS recipient ON recipient.id = adopted.contact_id "
+    "WHERE recipient.address = :address AND adopted.channel = :channel "
+    "AND adopted.status = 'unknown' AND adopted.message_sid IS NULL "
+    "AND adopted.created_at >= :since ORDER BY adopted.id DESC LIMIT 1) END")
+_KEEP_EVENT = _keep_event(_FOUND)
+# PostgreSQL's adds a column that, when no message has the sid, takes the recipient's
+# `RECIPIENT_LOCK` (a strict function: no lock without an address).
+_KEEP_EVENT_LOCKING = _keep_event(
+    _FOUND + f", CASE WHEN {_ABSENT} THEN (SELECT 1 FROM pg_advisory_xact_lock("
+    f"{RECIPIENT_LOCK}, hashtext(:address))) END")
 
-# apply_status, on PostgreSQL, after `_KEEP_EVENT_LOCKING` found no message with the sid and
-# took the recipient's lock: the message's (id, direction, status) as committed since.
-_OF_SID = (select(_MESSAGES.c.id, _MESSAGES.c.direction, _MESSAGES.c.status)
-           .where(_MESSAGES.c.message_sid == bindparam("sid", type_=String())))
+# apply_status, on PostgreSQL, after `_KEEP_EVENT_LOCKING` found neither a message with the
+# sid nor a row to adopt and took the recipient's lock: the same look-ups, as committed since.
+_LOOK_AGAIN = text("SELECT " + _FOUND).bindparams(
+    bindparam("sid", type_=_EVENTS.c.message_sid.type),
+    bindparam("address", type_=_CONTACTS.c.address.type),
+    bindparam("channel", type_=_MESSAGES.c.channel.type),
+    bindparam("since", type_=_MESSAGES.c.created_at.type))
 
 # record_send, on PostgreSQL: the recipient's `RECIPIENT_LOCK`, until the transaction ends.
 _LOCK_RECIPIENT = text(f"SELECT pg_advisory_xact_lock({RECIPIENT_LOCK}, hashtext(:address))"

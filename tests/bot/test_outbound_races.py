@@ -107,3 +107,24 @@ def test_a_send_result_stored_while_a_callback_that_beat_it_commits_sees_it(
     thread.join(10)
     assert outcome == [None]
     ends(session, reply_id, account, before, state)
+
+
+def test_a_callback_while_a_timed_out_send_is_being_stored_waits_and_adopts_it(
+        app, client, session):
+    """The send timed out, so the worker stores `unknown` with no sid; a callback for the sid
+    Twilio did give the message comes meanwhile. It waits for the worker, then adopts the row
+    (and its cost), instead of being kept for a sid nobody will store."""
+    reply_id, account, before, plan = prepared(app, client, session)
+    catalog = bot_settings(app).catalog
+    worker = DbSession(db.engine)
+    outbound.record_send(worker, plan, outbound.SendError("read timed out", timed_out=True),
+                         outbound.OutboundSettings(), catalog)
+    thread, outcome = in_thread(app, lambda callback: outbound.apply_status(
+        callback, outbound.StatusUpdate("SMrace", "delivered", None, PHONE), catalog=catalog))
+    thread.join(0.5)
+    assert thread.is_alive(), outcome  # waiting for the worker's commit
+    worker.commit()
+    worker.close()
+    thread.join(10)
+    assert outcome == [True]
+    ends(session, reply_id, account, before, "delivered")
