@@ -378,12 +378,11 @@ def record_send(
     `failed` with the code (21610 marks the contact opted out; a paid reply's charge is given
     back), except 63016 on a free-form WhatsApp message when a template is configured.
 
-    An accepted send is stored, after the recipient's advisory lock on PostgreSQL
-    (`RECIPIENT_LOCK`: a callback committing meanwhile is seen, or sees this), in one
-    `UPDATE ... RETURNING` (on PostgreSQL taking the account's lock in the same statement)
-    and costed (`costs.record_messaging`); callbacks
-    that came first, and every refusal, are handled under the account's lock with the rows
-    loaded.
+    An accepted or timed-out send first takes the recipient's advisory lock on PostgreSQL
+    (`RECIPIENT_LOCK`: a callback committing meanwhile is seen, or sees this). An accepted
+    send is stored in one `UPDATE ... RETURNING` (on PostgreSQL taking the account's lock in
+    the same statement) and costed (`costs.record_messaging`); callbacks that came first, and
+    every refusal, are handled under the account's lock with the rows loaded.
 
     Returns:
         A new `SendPlan` (the template) when the free-form message must be resent as one;
@@ -914,8 +913,8 @@ def _record_statement(locking: bool) -> Any:
 # created since :since that has no sid; no row for a repeat. A `text()`: SQLAlchemy's dialect
 # `insert().on_conflict_do_nothing()` opts out of its statement cache and would be compiled
 # anew for every callback (see tokens.base.insert_on_conflict). The same SQL serves PostgreSQL
-# and SQLite, PostgreSQL's with one more column (`RECIPIENT_LOCK`, see `_keep_event`); a CASE
-# evaluates its subquery only when its branch is taken.
+# and SQLite, PostgreSQL's with one more column (`_KEEP_EVENT_LOCKING`); a CASE evaluates its
+# subquery only when its branch is taken.
 def _keep_event(returning: str) -> Any:
     """`_KEEP_EVENT`: the event's `INSERT`, returning `returning` (a row for a new event)."""
     return text(

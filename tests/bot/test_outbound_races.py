@@ -26,23 +26,31 @@ pytestmark = pytest.mark.backends("postgresql")
 CODES = {"undelivered": 30005, "delivered": None}
 
 
-def in_thread(app, work: Callable[[DbSession], object]) -> tuple[threading.Thread, list]:
-    """Run `work(session)` and commit, in a thread with its own session; its result or error
-    is appended to the list returned."""
+def second_waits_for_first(app, first: DbSession,
+                          second: Callable[[DbSession], object]) -> list:
+    """With `first` (a session that has done its part, uncommitted) open, run `second(session)`
+    and commit in a thread with its own session; check that it waits for `first`, then commit
+    `first`. Returns what `second` returned, or the error it raised, in a list."""
     outcome: list = []
 
     def run() -> None:
         try:
             with app.app_context():
-                outcome.append(work(db.session))
+                outcome.append(second(db.session))
                 db.session.commit()
                 db.session.remove()
-        except BaseException as exc:  # surfaced by the test's assertion on `outcome`
+        except BaseException as exc:  # surfaced by the caller's assertion on the outcome
             outcome.append(exc)
 
     thread = threading.Thread(target=run)
     thread.start()
-    return thread, outcome
+    thread.join(0.5)
+    waited = thread.is_alive()
+    first.commit()
+    first.close()
+    thread.join(10)
+    assert waited, outcome  # the second waited for the first one's commit
+    return outcome
 
 
 def prepared(app, client, session) -> tuple[int, int, int, outbound.SendPlan]:
@@ -79,14 +87,8 @@ def test_a_callback_while_the_send_result_is_being_stored_waits_and_is_applied(
     worker = DbSession(db.engine)
     outbound.record_send(worker, plan, outbound.Sent("SMrace", "queued"),
                          outbound.OutboundSettings(), bot_settings(app).catalog)
-    thread, outcome = in_thread(app, lambda callback: outbound.apply_status(
-        callback, outbound.StatusUpdate("SMrace", state, CODES[state], PHONE)))
-    thread.join(0.5)
-    assert thread.is_alive(), outcome  # waiting for the worker's commit
-    worker.commit()
-    worker.close()
-    thread.join(10)
-    assert outcome == [True]
+    assert second_waits_for_first(app, worker, lambda callback: outbound.apply_status(
+        callback, outbound.StatusUpdate("SMrace", state, CODES[state], PHONE))) == [True]
     ends(session, reply_id, account, before, state)
 
 
@@ -97,15 +99,9 @@ def test_a_send_result_stored_while_a_callback_that_beat_it_commits_sees_it(
     callback = DbSession(db.engine)
     assert outbound.apply_status(  # kept for the send's result, not committed yet
         callback, outbound.StatusUpdate("SMrace", state, CODES[state], PHONE)) is False
-    thread, outcome = in_thread(app, lambda worker: outbound.record_send(
+    assert second_waits_for_first(app, callback, lambda worker: outbound.record_send(
         worker, plan, outbound.Sent("SMrace", "queued"), outbound.OutboundSettings(),
-        bot_settings(app).catalog))
-    thread.join(0.5)
-    assert thread.is_alive(), outcome  # waiting for the callback's commit
-    callback.commit()
-    callback.close()
-    thread.join(10)
-    assert outcome == [None]
+        bot_settings(app).catalog)) == [None]
     ends(session, reply_id, account, before, state)
 
 
@@ -119,12 +115,7 @@ def test_a_callback_while_a_timed_out_send_is_being_stored_waits_and_adopts_it(
     worker = DbSession(db.engine)
     outbound.record_send(worker, plan, outbound.SendError("read timed out", timed_out=True),
                          outbound.OutboundSettings(), catalog)
-    thread, outcome = in_thread(app, lambda callback: outbound.apply_status(
-        callback, outbound.StatusUpdate("SMrace", "delivered", None, PHONE), catalog=catalog))
-    thread.join(0.5)
-    assert thread.is_alive(), outcome  # waiting for the worker's commit
-    worker.commit()
-    worker.close()
-    thread.join(10)
-    assert outcome == [True]
+    assert second_waits_for_first(app, worker, lambda callback: outbound.apply_status(
+        callback, outbound.StatusUpdate("SMrace", "delivered", None, PHONE),
+        catalog=catalog)) == [True]
     ends(session, reply_id, account, before, "delivered")
