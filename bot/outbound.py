@@ -121,7 +121,7 @@ from bot.contacts import mask_address
 from bot.errors import BotError
 from bot.models import Contact, Message, MessageStatusEvent
 from tokens import costs, ledger
-from tokens.base import UTCDateTime, execute_compiled, utcnow
+from tokens.base import UTCDateTime, execute_compiled, on_postgresql, utcnow
 from tokens.catalog import Catalog
 
 log = logging.getLogger(__name__)
@@ -404,9 +404,8 @@ def _lock_recipient(session: Session, address: str) -> None:
     as the first statement of the transaction that stores a send's result, so that every
     statement after it reads the status callbacks kept by a transaction that held the lock
     first. SQLite: nothing (its `BEGIN IMMEDIATE` already serialises writers)."""
-    connection = session.connection()
-    if connection.dialect.name == "postgresql":
-        connection.execute(_LOCK_RECIPIENT, {"address": address})
+    if on_postgresql(session):
+        session.execute(_LOCK_RECIPIENT, {"address": address})
 
 
 def _record_accepted(
@@ -526,7 +525,7 @@ def apply_status(
     now = now or utcnow()
     session.flush()
     to = update.to or ""
-    postgres = session.connection().dialect.name == "postgresql"
+    postgres = on_postgresql(session)
     looked_up = {"sid": update.message_sid, "address": to.removeprefix("whatsapp:") or None,
                  "channel": "whatsapp" if to.startswith("whatsapp:") else "sms",
                  "since": now - ADOPT_WITHIN}
@@ -536,7 +535,7 @@ def apply_status(
     if kept is None:
         return False  # a repeat of this (sid, status)
     row_id, direction, current, adopted = kept[:4]
-    if row_id is None and adopted is None and postgres and update.to:
+    if row_id is None and adopted is None and postgres and looked_up["address"] is not None:
         # The statement took the recipient's lock: a send's result stored meanwhile (the sid,
         # or `unknown` after a timeout), which it could not see, is committed by now.
         again = session.execute(_LOOK_AGAIN, looked_up).first()
@@ -921,13 +920,9 @@ def _keep_event(returning: str) -> Any:
         "INSERT INTO message_status_events (message_sid, status, error_code, created_at) "
         "VALUES (:sid, :new_status, :code, :now) "
         "ON CONFLICT (message_sid, status) DO NOTHING RETURNING " + returning
-    ).bindparams(bindparam("sid", type_=_EVENTS.c.message_sid.type),
-                 bindparam("new_status", type_=_EVENTS.c.status.type),
+    ).bindparams(bindparam("new_status", type_=_EVENTS.c.status.type),
                  bindparam("code", type_=_EVENTS.c.error_code.type),
-                 bindparam("now", type_=_EVENTS.c.created_at.type),
-                 bindparam("address", type_=_CONTACTS.c.address.type),
-                 bindparam("channel", type_=_MESSAGES.c.channel.type),
-                 bindparam("since", type_=_MESSAGES.c.created_at.type))
+                 bindparam("now", type_=_EVENTS.c.created_at.type), *_FOUND_PARAMS)
 
 
 _ABSENT = "NOT EXISTS (SELECT 1 FROM messages WHERE messages.message_sid = :sid)"
@@ -941,6 +936,10 @@ _FOUND = (
     "WHERE recipient.address = :address AND adopted.channel = :channel "
     "AND adopted.status = 'unknown' AND adopted.message_sid IS NULL "
     "AND adopted.created_at >= :since ORDER BY adopted.id DESC LIMIT 1) END")
+_FOUND_PARAMS = (bindparam("sid", type_=_EVENTS.c.message_sid.type),
+                 bindparam("address", type_=_CONTACTS.c.address.type),
+                 bindparam("channel", type_=_MESSAGES.c.channel.type),
+                 bindparam("since", type_=_MESSAGES.c.created_at.type))
 _KEEP_EVENT = _keep_event(_FOUND)
 # PostgreSQL's adds a column that, when no message has the sid, takes the recipient's
 # `RECIPIENT_LOCK` (a strict function: no lock without an address).
@@ -950,11 +949,7 @@ _KEEP_EVENT_LOCKING = _keep_event(
 
 # apply_status, on PostgreSQL, after `_KEEP_EVENT_LOCKING` found neither a message with the
 # sid nor a row to adopt and took the recipient's lock: the same look-ups, as committed since.
-_LOOK_AGAIN = text("SELECT " + _FOUND).bindparams(
-    bindparam("sid", type_=_EVENTS.c.message_sid.type),
-    bindparam("address", type_=_CONTACTS.c.address.type),
-    bindparam("channel", type_=_MESSAGES.c.channel.type),
-    bindparam("since", type_=_MESSAGES.c.created_at.type))
+_LOOK_AGAIN = text("SELECT " + _FOUND).bindparams(*_FOUND_PARAMS)
 
 # record_send, on PostgreSQL: the recipient's `RECIPIENT_LOCK`, until the transaction ends.
 _LOCK_RECIPIENT = text(f"SELECT pg_advisory_xact_lock({RECIPIENT_LOCK}, hashtext(:address))"

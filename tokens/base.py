@@ -85,6 +85,11 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+def on_postgresql(session: Session) -> bool:
+    """Whether `session` talks to PostgreSQL (its connection's dialect; else it is SQLite)."""
+    return bool(session.connection().dialect.name == "postgresql")
+
+
 def insert_once(session: Session, row: Base) -> bool:
     """Insert `row` unless a unique constraint already holds its like: add and flush it in a
     SAVEPOINT (`session.begin_nested()`), so a conflict rolls back only that.

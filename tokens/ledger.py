@@ -84,7 +84,7 @@ from sqlalchemy.orm import Mapped, QueryableAttribute, Session, mapped_column
 from sqlalchemy.types import TypeEngine
 
 from tokens import signals
-from tokens.base import Base, UTCDateTime, execute_core, insert_values, utcnow
+from tokens.base import Base, UTCDateTime, execute_core, insert_values, on_postgresql, utcnow
 from tokens.errors import (
     HoldNotPending,
     InsufficientTokens,
@@ -876,7 +876,7 @@ def hold(
     _autoflush(session)
     params = {"account_id": account_id, "tokens": tokens, "key": key, "now": now}
     hold_id: int | None
-    in_server = _on_postgresql(session)
+    in_server = on_postgresql(session)
     if in_server:  # the reservation and, when it is made, the INSERT
         reserved, hold_id = execute_core(session, _RESERVE_AND_PLACE, {
             **params, "memo": memo, "expires_at": expires_at}).one()
@@ -1012,7 +1012,7 @@ def capture(
         raise ValueError("naive datetime given where a timezone-aware UTC time is required")
     _autoflush(session)
     # Only an amount the function can take (None or an int; it refuses one out of range).
-    if (amount is None or type(amount) is int) and _on_postgresql(session):
+    if (amount is None or type(amount) is int) and on_postgresql(session):
         done = _capture_in_server(session, hold_id, key, amount, now)
         if done is not None:
             return done
@@ -1063,11 +1063,6 @@ _DEBIT_IN_SERVER = text(
 ).bindparams(bindparam("account_id", type_=Integer()), bindparam("tokens", type_=BigInteger()),
              bindparam("key", type_=String()), bindparam("memo", type_=String()),
              bindparam("now", type_=UTCDateTime())).columns(**_DRAWN_COLUMNS)
-
-
-def _on_postgresql(session: Session) -> bool:
-    """Whether `session` talks to PostgreSQL (its connection's dialect)."""
-    return bool(session.connection().dialect.name == "postgresql")
 
 
 def _capture_in_server(session: Session, hold_id: int, key: str, amount: int | None,
@@ -1205,7 +1200,7 @@ def debit(
         raise ValueError("naive datetime given where a timezone-aware UTC time is required")
     _autoflush(session)
     params = {"account_id": account_id, "tokens": tokens, "key": key, "now": now}
-    if _on_postgresql(session):
+    if on_postgresql(session):
         rows = execute_core(session, _DEBIT_IN_SERVER, {**params, "memo": memo}).all()
         if rows:
             return _posted_in_server(session, key, rows)

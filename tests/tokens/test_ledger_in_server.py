@@ -126,7 +126,7 @@ def test_the_function_posts_what_the_statements_post(session, monkeypatch, lots,
     tag = next(_serial)
     by_server = _capture(session, in_server, hold_tokens, take, f"s{tag}")
     with monkeypatch.context() as patched:
-        patched.setattr(ledger, "_on_postgresql", lambda _session: False)
+        patched.setattr(ledger, "on_postgresql", lambda _session: False)
         by_python = _capture(session, in_python, hold_tokens, take, f"p{tag}")
     assert by_server == by_python
     assert_consistent(session, in_server, NOV)
@@ -163,7 +163,7 @@ def test_the_debit_function_posts_what_the_statements_post(session, monkeypatch,
     tag = next(_serial)
     by_server = _debit(session, in_server, tokens, f"s{tag}")
     with monkeypatch.context() as patched:
-        patched.setattr(ledger, "_on_postgresql", lambda _session: False)
+        patched.setattr(ledger, "on_postgresql", lambda _session: False)
         by_python = _debit(session, in_python, tokens, f"p{tag}")
     assert by_server == by_python
     assert_consistent(session, in_server, NOV)
