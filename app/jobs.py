@@ -42,7 +42,7 @@ from bot.channels.twilio import TwilioRestSender
 from bot.messages import InboundMessage
 from bot.models import Contact, InboxMessage, Message, OutcomeKind
 from bot.router.pipeline import INBOX_OF_SENDER_OF
-from tokens.base import execute_core
+from tokens.base import execute_core, one_statement_transaction
 
 log = logging.getLogger(__name__)
 # A job stops taking the next message of its person after this long and hands the rest to a
@@ -101,6 +101,7 @@ def _sender_and_rows(session: Session, message_sid: str
     """`sender_of`, with the person's oldest inbox rows when `message_sid` waits there (read
     in the same statement, for `router.drain_person`'s first round); None for the rows when
     it does not."""
+    one_statement_transaction(session)  # two reads at most, each its own snapshot anyway
     rows = execute_core(session, INBOX_OF_SENDER_OF, {"sid": message_sid}).all()
     if rows:
         session.commit()

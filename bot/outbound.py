@@ -121,7 +121,13 @@ from bot.contacts import mask_address
 from bot.errors import BotError
 from bot.models import Contact, Message, MessageStatusEvent
 from tokens import costs, ledger
-from tokens.base import UTCDateTime, execute_compiled, on_postgresql, utcnow
+from tokens.base import (
+    UTCDateTime,
+    execute_compiled,
+    on_postgresql,
+    one_statement_transaction,
+    utcnow,
+)
 from tokens.catalog import Catalog
 
 log = logging.getLogger(__name__)
@@ -286,7 +292,9 @@ def plan_send(
     a retry does not send it again (there is no idempotency key for sending). A row that can
     go out as it is, is claimed and read in one statement (`UPDATE ... WHERE status =
     'pending' ... RETURNING`, no account lock: it writes that row only); any other row is
-    decided under the account's lock.
+    decided under the account's lock. When the session has no transaction open, the claim
+    commits on its own on PostgreSQL (`tokens.base.one_statement_transaction`), and a row it
+    did not take is decided in a transaction of its own.
 
     Returns:
         The `SendPlan`, or None when there is nothing to send (the row is not pending, or was
@@ -294,12 +302,16 @@ def plan_send(
     """
     now = now or utcnow()
     session.flush()  # the claim reads the contact as stored
+    # With nothing else in the transaction, the claim is one: it commits on its own.
+    alone = one_statement_transaction(session)
     claimed = session.execute(_CLAIM, {"row_id": message_id, "now": now,
                                        "window_start": now - WHATSAPP_WINDOW}).first()
     if claimed is not None:
         _expire_loaded(session, message_id)
         channel, body, address = claimed
         return SendPlan(message_id, channel, address, body)
+    if alone:
+        session.commit()  # the claim changed nothing; the locked path needs a transaction
     return _plan_locked(session, message_id, settings, catalog, now)
 
 

@@ -27,13 +27,14 @@ from sqlalchemy import (
 from sqlalchemy.engine import Connection, Dialect, Result
 from sqlalchemy.engine.result import IteratorResult, SimpleResultMetaData
 from sqlalchemy.exc import DBAPIError, IntegrityError, StatementError
-from sqlalchemy.orm import DeclarativeBase, Session, make_transient_to_detached
+from sqlalchemy.orm import DeclarativeBase, Session, make_transient_to_detached, scoped_session
 from sqlalchemy.orm.attributes import instance_state
 from sqlalchemy.orm.instrumentation import manager_of_class
 from sqlalchemy.sql import ClauseElement
 from sqlalchemy.sql.base import Executable
 from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.dml import Insert
+from sqlalchemy.sql.elements import BindParameter
 from sqlalchemy.sql.selectable import TextualSelect
 from sqlalchemy.types import TypeDecorator
 
@@ -88,6 +89,32 @@ def utcnow() -> datetime:
 def on_postgresql(session: Session) -> bool:
     """Whether `session` talks to PostgreSQL (its connection's dialect; else it is SQLite)."""
     return bool(session.connection().dialect.name == "postgresql")
+
+
+def one_statement_transaction(session: Session) -> bool:
+    """On PostgreSQL, when `session` has no transaction open, begin its next one on a
+    connection in autocommit mode (SQLAlchemy's per-transaction `isolation_level` option), for
+    a transaction of ONE statement: that statement commits on its own, in one round trip
+    instead of three (psycopg sends `BEGIN` before the first statement and `COMMIT` after the
+    last, each waited for). Measured on this project's machine, one `SELECT` through a session:
+    0.08-0.13 ms less client CPU, 0.07-0.1 ms less server CPU and 0.17-0.3 ms less latency per
+    transaction (docs/pipeline.md, "Transactions of one statement").
+
+    Every statement in the transaction commits on its own, so a caller that may send a
+    second one whose effect must go with the first ends the transaction before it
+    (`session.commit()`, which then sends nothing). The caller commits as usual; the
+    connection goes back to the pool in its default mode.
+
+    Returns:
+        True when the next transaction is in autocommit mode; False when nothing changed
+        (SQLite, whose `BEGIN IMMEDIATE` writers keep their transaction, or a transaction
+        already open in `session`).
+    """
+    current = session() if isinstance(session, scoped_session) else session  # Flask's proxy
+    if current.in_transaction() or current.get_bind().dialect.name != "postgresql":
+        return False
+    current.connection(execution_options={"isolation_level": "AUTOCOMMIT"})
+    return True
 
 
 def insert_once(session: Session, row: Base) -> bool:
@@ -368,6 +395,8 @@ def insert_on_conflict(
     *,
     add: tuple[str, ...] = (),
     returning: tuple[str, ...] = (),
+    prefix: str = "",
+    prefix_params: tuple[BindParameter[Any], ...] = (),
 ) -> TextClause | TextualSelect:
     """One `INSERT ... ON CONFLICT` statement that reads the same on PostgreSQL and SQLite
     (3.35 and later), built once per shape and cached by SQLAlchemy like any other statement.
@@ -389,6 +418,9 @@ def insert_on_conflict(
         conflict: the columns of the unique constraint or primary key that decides a conflict.
         add: columns that a conflicting row adds to the stored one (rollup counters).
         returning: columns returned; with DO NOTHING, a conflict returns no row.
+        prefix: SQL written before the INSERT, e.g. a `WITH` of data-modifying CTEs on
+            PostgreSQL; a constant of the caller's, never built from input.
+        prefix_params: the typed bound parameters `prefix` uses.
 
     Raises:
         ValueError: a name that is not a plain lower-case identifier, or not a column.
@@ -399,7 +431,7 @@ def insert_on_conflict(
     for name in (*columns, *conflict, *add, *returning):
         if name not in table.c:
             raise ValueError(f"{table.name} has no column {name!r}")
-    sql = (f"INSERT INTO {table.name} ({', '.join(columns)}) "
+    sql = (f"{prefix}INSERT INTO {table.name} ({', '.join(columns)}) "
            f"VALUES ({', '.join(':' + c for c in columns)}) "
            f"ON CONFLICT ({', '.join(conflict)}) ")
     if add:
@@ -410,7 +442,7 @@ def insert_on_conflict(
     if returning:
         sql += f" RETURNING {', '.join(returning)}"
     statement = text(sql).bindparams(
-        *[bindparam(c, type_=table.c[c].type) for c in columns])
+        *[bindparam(c, type_=table.c[c].type) for c in columns], *prefix_params)
     if returning:
         return statement.columns(*[table.c[c] for c in returning])
     return statement

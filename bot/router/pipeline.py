@@ -25,9 +25,10 @@ from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import cast
 
-from sqlalchemy import Integer, String, Table, bindparam, delete, select
+from sqlalchemy import String, Table, bindparam, select
 from sqlalchemy.orm import Session
 
+from bot.inbox import take_from_inbox
 from bot.intents.classifier import classify
 from bot.intents.llm_classify import LlmClassification, classify_with_llm, unsure
 from bot.messages import InboundMessage, from_payload
@@ -44,7 +45,7 @@ from bot.router.answer import (
 )
 from bot.router.steps import handle_inbound, keyword_family
 from bot.router.turn import BotSettings, Outcome, is_free_command
-from tokens.base import execute_core, utcnow
+from tokens.base import execute_core, one_statement_transaction, utcnow
 from tokens.catalog import normalise_command
 
 log = logging.getLogger(__name__)
@@ -55,11 +56,7 @@ Deliver = Callable[[Session, int], int]
 # How many of a person's waiting messages `drain_person` reads at once, to let a STOP among
 # them overtake the ones before it.
 LOOK_AHEAD = 20
-# The inbox row a routed message came from, deleted with the routed message's transaction.
-# A Core statement on the table: the ORM's bulk DELETE would look for the row among the
-# session's objects first (6% of a worker's CPU samples; there are none to find).
 _INBOX = cast(Table, InboxMessage.__table__)
-_TAKE_FROM_INBOX = delete(_INBOX).where(_INBOX.c.id == bindparam("inbox_id", type_=Integer()))
 # A person's oldest waiting rows: (id, payload, received at), oldest first.
 _INBOX_OF_SENDER = (
     select(_INBOX.c.id, _INBOX.c.payload, _INBOX.c.received_at)
@@ -124,9 +121,7 @@ def answer_message(
     try:
         outcome = handle_inbound(session, msg, settings, now,
                                  defer=settings.chat is not None, transport=transport,
-                                 classified=classified)
-        if inbox_id is not None:
-            execute_core(session, _TAKE_FROM_INBOX, {"inbox_id": inbox_id})
+                                 classified=classified, inbox_id=inbox_id)
         session.commit()
     except Exception:
         session.rollback()
@@ -257,6 +252,7 @@ def drain_person(
         if prefetched is not None:
             rows, prefetched = prefetched, None
         else:
+            one_statement_transaction(session)
             rows = list(execute_core(session, _INBOX_OF_SENDER, {"sender": sender}).tuples())
             session.commit()
         if not rows:
@@ -271,7 +267,7 @@ def drain_person(
                 # poison in the inbox.
                 log.error("inbox row unreadable, dropped", extra={"inbox_id": inbox_id,
                                                                   "error": str(exc)})
-                execute_core(session, _TAKE_FROM_INBOX, {"inbox_id": inbox_id})
+                take_from_inbox(session, inbox_id)
                 session.commit()
         if not waiting:
             continue

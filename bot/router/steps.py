@@ -50,6 +50,7 @@ from bot.contacts import (
     reply_language,
     resolve_contact,
 )
+from bot.inbox import TAKE_IN_CTE, TAKE_IN_CTE_PARAMS, take_from_inbox
 from bot.intents.classifier import classify
 from bot.intents.llm import SERVING_INTENTS
 from bot.intents.llm_classify import (
@@ -95,6 +96,7 @@ from tokens.base import (
     insert_on_conflict,
     known_row,
     literal_words,
+    on_postgresql,
     utcnow,
 )
 from tokens.catalog import normalise_command
@@ -207,7 +209,8 @@ def store_inbound(turn: Turn) -> None:
     first and then finds it).
 
     Records what receiving it cost (messaging units in, and the platform's per-interaction
-    cost), once per MessageSid.
+    cost), once per MessageSid. On PostgreSQL the message's inbox row, when it came from one
+    (`Turn.inbox_id`), is deleted by the same statement (`bot.inbox.TAKE_IN_CTE`).
     """
     assert turn.contact is not None
     msg, session = turn.msg, turn.session
@@ -218,7 +221,13 @@ def store_inbound(turn: Turn) -> None:
         "status": None, "error_code": None, "units": 0, "level": None, "estimate_musd": None,
         "status_at": None, "created_at": turn.now,
     }
-    stored = execute_core(session, _STORE_INBOUND, values).scalar()
+    if turn.inbox_id is not None and on_postgresql(session):
+        # The inbox row goes in the same statement, a repeat delivery's too.
+        stored = execute_core(session, _STORE_INBOUND_TAKING,
+                              {**values, "inbox_id": turn.inbox_id}).scalar()
+        turn.inbox_taken = True
+    else:
+        stored = execute_core(session, _STORE_INBOUND, values).scalar()
     if stored is None:
         raise ReplyNow(OutcomeKind.DUPLICATE)
     # The row as stored, known to the session without reading it back.
@@ -251,6 +260,9 @@ def _record_classification(turn: Turn) -> None:
 
 _STORE_INBOUND = insert_on_conflict(Message.__table__, MESSAGE_COLUMNS, ("message_sid",),
                                     returning=("id",))
+_STORE_INBOUND_TAKING = insert_on_conflict(Message.__table__, MESSAGE_COLUMNS, ("message_sid",),
+                                           returning=("id",), prefix=TAKE_IN_CTE,
+                                           prefix_params=TAKE_IN_CTE_PARAMS)
 
 
 def language(turn: Turn) -> None:
@@ -704,6 +716,7 @@ def handle_inbound(
     defer: bool = False,
     transport: str = "twiml",
     classified: LlmClassification | None = None,
+    inbox_id: int | None = None,
 ) -> Outcome:
     """Route one inbound message through `STEPS` and record what happened.
 
@@ -719,18 +732,23 @@ def handle_inbound(
             "rest": they are stored `pending` for `bot.outbound` to send.
         classified: the LLM's classification of this message, asked before the turn with no
             transaction open (`bot.router.pipeline.classify_before_turn`); None: the rules.
+        inbox_id: the inbox row `msg` came from, deleted in the caller's transaction (so a
+            crash leaves either the inbox row or the routed message): by `store_inbound` on
+            PostgreSQL, else here once the steps are done.
 
     Returns:
         The `Outcome`: what to reply (as TwiML), the intent, and the tokens charged.
     """
     turn = Turn(session=session, msg=msg, settings=settings, now=now or utcnow(), defer=defer,
-                classified=classified)
+                classified=classified, inbox_id=inbox_id)
     try:
         for step in STEPS:
             step(turn)
         raise AssertionError("the last step always replies")  # pragma: no cover
     except ReplyNow as done:
         kind, texts = done.kind, done.texts
+    if inbox_id is not None and not turn.inbox_taken:
+        take_from_inbox(session, inbox_id)
     sent: tuple[str, ...] = ()
     if turn.message is not None and turn.contact is not None:  # not a duplicate
         # Written with the rest of the turn's changes to the contact, in one UPDATE.

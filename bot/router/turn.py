@@ -139,6 +139,10 @@ class Turn:
     settings: BotSettings
     now: datetime
     defer: bool = False
+    # The inbox row the message came from (the worker), deleted in the turn's transaction; on
+    # PostgreSQL by the message's INSERT, which then sets `inbox_taken`.
+    inbox_id: int | None = None
+    inbox_taken: bool = False
     contact: Contact | None = None
     message: Message | None = None
     intent: IntentSpec | None = None
