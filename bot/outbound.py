@@ -124,6 +124,7 @@ from tokens import costs, ledger
 from tokens.base import (
     UTCDateTime,
     execute_compiled,
+    execute_core,
     on_postgresql,
     one_statement_transaction,
     utcnow,
@@ -304,8 +305,8 @@ def plan_send(
     session.flush()  # the claim reads the contact as stored
     # With nothing else in the transaction, the claim is one: it commits on its own.
     alone = one_statement_transaction(session)
-    claimed = session.execute(_CLAIM, {"row_id": message_id, "now": now,
-                                       "window_start": now - WHATSAPP_WINDOW}).first()
+    claimed = execute_core(session, _CLAIM, {"row_id": message_id, "now": now,
+                                             "window_start": now - WHATSAPP_WINDOW}).first()
     if claimed is not None:
         _expire_loaded(session, message_id)
         channel, body, address = claimed
@@ -417,7 +418,7 @@ def _lock_recipient(session: Session, address: str) -> None:
     statement after it reads the status callbacks kept by a transaction that held the lock
     first. SQLite: nothing (its `BEGIN IMMEDIATE` already serialises writers)."""
     if on_postgresql(session):
-        session.execute(_LOCK_RECIPIENT, {"address": address})
+        execute_core(session, _LOCK_RECIPIENT, {"address": address})
 
 
 def _record_accepted(
@@ -541,7 +542,7 @@ def apply_status(
     looked_up = {"sid": update.message_sid, "address": to.removeprefix("whatsapp:") or None,
                  "channel": "whatsapp" if to.startswith("whatsapp:") else "sms",
                  "since": now - ADOPT_WITHIN}
-    kept = session.execute(_KEEP_EVENT_LOCKING if postgres else _KEEP_EVENT, {
+    kept = execute_core(session, _KEEP_EVENT_LOCKING if postgres else _KEEP_EVENT, {
         **looked_up, "new_status": update.status, "code": update.error_code, "now": now}
     ).first()
     if kept is None:
@@ -550,7 +551,7 @@ def apply_status(
     if row_id is None and adopted is None and postgres and looked_up["address"] is not None:
         # The statement took the recipient's lock: a send's result stored meanwhile (the sid,
         # or `unknown` after a timeout), which it could not see, is committed by now.
-        again = session.execute(_LOOK_AGAIN, looked_up).first()
+        again = execute_core(session, _LOOK_AGAIN, looked_up).first()
         assert again is not None  # a SELECT without FROM: always one row
         row_id, direction, current, adopted = again
     if row_id is None:  # not sent with this sid, or its send's result is not stored yet
@@ -567,7 +568,7 @@ def apply_status(
     if update.status in NOT_DELIVERED or update.error_code == OPTED_OUT:
         return _apply_locked(session, row_id, update, now, catalog, adopting=False,
                              settings=settings, resends=resends)
-    moved = session.execute(_ADVANCE, {
+    moved = execute_core(session, _ADVANCE, {
         "row_id": row_id, "new_status": update.status, "rank": STATUS_RANK[update.status],
         "code": update.error_code, "now": now}).first()
     if moved is None:
@@ -673,7 +674,7 @@ def give_up_unconfirmed(session: Session, older_than: timedelta, now: datetime |
 
 def pending_outbound(session: Session, inbound_id: int) -> list[int]:
     """Ids of the `pending` replies to one inbound message, in order."""
-    return list(session.execute(_PENDING, {"inbound_id": inbound_id}).scalars())
+    return list(execute_core(session, _PENDING, {"inbound_id": inbound_id}).scalars())
 
 
 def release_charge(session: Session, row: Message, now: datetime | None = None) -> int:
