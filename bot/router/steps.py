@@ -225,7 +225,7 @@ def store_inbound(turn: Turn) -> None:
         # The inbox row goes in the same statement, a repeat delivery's too.
         stored = execute_core(session, _STORE_INBOUND_TAKING,
                               {**values, "inbox_id": turn.inbox_id}).scalar()
-        turn.inbox_taken = True
+        turn.inbox_id = None  # taken
     else:
         stored = execute_core(session, _STORE_INBOUND, values).scalar()
     if stored is None:
@@ -747,8 +747,8 @@ def handle_inbound(
         raise AssertionError("the last step always replies")  # pragma: no cover
     except ReplyNow as done:
         kind, texts = done.kind, done.texts
-    if inbox_id is not None and not turn.inbox_taken:
-        take_from_inbox(session, inbox_id)
+    if turn.inbox_id is not None:  # not taken by `store_inbound`
+        take_from_inbox(session, turn.inbox_id)
     sent: tuple[str, ...] = ()
     if turn.message is not None and turn.contact is not None:  # not a duplicate
         # Written with the rest of the turn's changes to the contact, in one UPDATE.

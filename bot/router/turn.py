@@ -139,10 +139,9 @@ class Turn:
     settings: BotSettings
     now: datetime
     defer: bool = False
-    # The inbox row the message came from (the worker), deleted in the turn's transaction; on
-    # PostgreSQL by the message's INSERT, which then sets `inbox_taken`.
+    # The inbox row the message came from (the worker) while it is still to be deleted in the
+    # turn's transaction; None once the message's INSERT took it (PostgreSQL).
     inbox_id: int | None = None
-    inbox_taken: bool = False
     contact: Contact | None = None
     message: Message | None = None
     intent: IntentSpec | None = None
