@@ -327,6 +327,7 @@ def worker(burst: bool, concurrency: int | None) -> None:
         raise click.ClickException("REDIS_URL is not set: without Redis, answers are given "
                                    "inline by the web process and no worker is needed")
     slots = concurrency or app.config["WORKER_CONCURRENCY"]
+    app.config["WORKER_CONCURRENCY"] = slots  # the REST sender keeps as many connections
     if app.config["WORKER_NICE"]:
         # Below the web processes: with a backlog the workers would take every core, and
         # Twilio's webhooks (which only acknowledge) must keep answering within milliseconds.

@@ -216,6 +216,7 @@ def twilio_sender(app: Flask) -> outbound.Sender:
             messaging_service_sid=config["TWILIO_MESSAGING_SERVICE_SID"],
             api_base=config["TWILIO_API_BASE"],
             timeout_seconds=config["TWILIO_TIMEOUT_SECONDS"],
+            pool_size=config["WORKER_CONCURRENCY"],
         )
         app.extensions["sender"] = sender
     return sender

@@ -37,10 +37,11 @@ def store_in_inbox(session: Session, msg: InboundMessage) -> int | None:
     one_statement_transaction(session)
     values = {"message_sid": msg.message_sid, "sender": msg.sender, "channel": msg.channel,
               "payload": to_payload(msg), "received_at": utcnow()}
-    return session.execute(_STORE, values).scalar()
+    return execute_core(session, _STORE, values).scalar()
 
 
-# One statement, compiled once (`tokens.base.insert_on_conflict`).
+# One statement, compiled once (`tokens.base.insert_on_conflict`) and sent by `execute_core`
+# (no cache-key walk; the driver's connection when nothing listens).
 _STORE = insert_on_conflict(InboxMessage.__table__,
                             ("message_sid", "sender", "channel", "payload", "received_at"),
                             ("message_sid",), returning=("id",))

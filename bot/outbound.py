@@ -64,7 +64,8 @@ The common cases are SQLAlchemy Core statements on the tables, not ORM loads:
   `unknown` row the callback would adopt (a repeat ends here; so does a status that is not
   forward, and a callback that beat its send's result: kept for `record_send`); then, for a
   forward move to a state that neither ends the row undelivered nor carries 21610, one
-  conditional `UPDATE` whose `WHERE` holds the order rule. Only a not-delivered end, a 21610
+  conditional `UPDATE` whose `WHERE` holds the order rule (on PostgreSQL a data-modifying CTE
+  of the same statement, `_KEEP_AND_ADVANCE`). Only a not-delivered end, a 21610
   or an adoption goes through the account lock and the ORM. On PostgreSQL, a callback that
   finds no message with its sid takes the recipient's advisory lock in that `INSERT` and then
   looks for the sid once more (one `SELECT`).
@@ -105,6 +106,7 @@ from sqlalchemy import (
     and_,
     bindparam,
     case,
+    column,
     exists,
     func,
     literal_column,
@@ -528,8 +530,13 @@ def apply_status(
 
     Statements: a repeat, and a status that is not forward, take one (the event's `INSERT ...
     ON CONFLICT DO NOTHING`); a forward move takes a second, a conditional `UPDATE` of the
-    row. A not-delivered end, a 21610 and an adoption are applied under the account's lock.
-    On PostgreSQL a callback for a sid no message has yet takes a second (`_LOOK_AGAIN`).
+    row. On PostgreSQL a plain forward move (neither a not-delivered end nor 21610) is one:
+    the `UPDATE` is a data-modifying CTE of the `INSERT`'s statement (`_KEEP_AND_ADVANCE`),
+    which, with no transaction open in `session`, commits on its own
+    (`tokens.base.one_statement_transaction`: one round trip in all). A not-delivered end,
+    a 21610 and an adoption are applied under the account's lock. On PostgreSQL a callback
+    for a sid no message has yet takes a second (`_LOOK_AGAIN`), in a transaction of its
+    own after an autocommitted first.
 
     Returns:
         True when the row changed; False for a repeat, an out-of-order (older) status or an
@@ -538,16 +545,31 @@ def apply_status(
     now = now or utcnow()
     session.flush()
     to = update.to or ""
+    # Neither a not-delivered end nor 21610: applying it only moves the row forward.
+    plain = update.status not in NOT_DELIVERED and update.error_code != OPTED_OUT
+    # With nothing else in the transaction, a plain callback on PostgreSQL is one statement
+    # that commits on its own; whatever must follow it goes in a transaction of its own.
+    alone = plain and one_statement_transaction(session)
     postgres = on_postgresql(session)
     looked_up = {"sid": update.message_sid, "address": to.removeprefix("whatsapp:") or None,
                  "channel": "whatsapp" if to.startswith("whatsapp:") else "sms",
                  "since": now - ADOPT_WITHIN}
-    kept = execute_core(session, _KEEP_EVENT_LOCKING if postgres else _KEEP_EVENT, {
-        **looked_up, "new_status": update.status, "code": update.error_code, "now": now}
-    ).first()
+    params = {**looked_up, "new_status": update.status, "code": update.error_code, "now": now}
+    at_once = plain and postgres  # the event kept and the row moved in one statement
+    if at_once:
+        params["rank"] = STATUS_RANK.get(update.status, -1)
+    kept = execute_core(session, _KEEP_AND_ADVANCE if at_once else
+                        _KEEP_EVENT_LOCKING if postgres else _KEEP_EVENT, params).first()
     if kept is None:
         return False  # a repeat of this (sid, status)
     row_id, direction, current, adopted = kept[:4]
+    if at_once:
+        if kept.moved_id is not None:
+            _expire_loaded(session, row_id)
+            return True
+        if row_id is None and alone:
+            session.commit()  # it changed nothing but the event; the rest needs a transaction
+    tried = at_once and row_id is not None  # the statement's UPDATE found the row unmovable
     if row_id is None and adopted is None and postgres and looked_up["address"] is not None:
         # The statement took the recipient's lock: a send's result stored meanwhile (the sid,
         # or `unknown` after a timeout), which it could not see, is committed by now.
@@ -565,9 +587,11 @@ def apply_status(
         return False
     if not _is_forward(current, update.status):
         return False  # states only move forward, so it cannot have become forward since
-    if update.status in NOT_DELIVERED or update.error_code == OPTED_OUT:
+    if not plain:
         return _apply_locked(session, row_id, update, now, catalog, adopting=False,
                              settings=settings, resends=resends)
+    if tried:
+        return False  # another callback moved it further meanwhile
     moved = execute_core(session, _ADVANCE, {
         "row_id": row_id, "new_status": update.status, "rank": STATUS_RANK[update.status],
         "code": update.error_code, "now": now}).first()
@@ -940,25 +964,27 @@ def _keep_event(returning: str) -> Any:
 
 _ABSENT = "NOT EXISTS (SELECT 1 FROM messages WHERE messages.message_sid = :sid)"
 # The sid's message (id, direction, status) and, when no message has the sid, the row to adopt.
-_FOUND = (
-    ", ".join(f"(SELECT messages.{column} FROM messages WHERE messages.message_sid = :sid)"
-              for column in ("id", "direction", "status"))
-    + f", CASE WHEN {_ABSENT} THEN ("
+_FOUND_EXPRESSIONS = (
+    *(f"(SELECT messages.{column} FROM messages WHERE messages.message_sid = :sid)"
+      for column in ("id", "direction", "status")),
+    f"CASE WHEN {_ABSENT} THEN ("
     "SELECT adopted.id FROM messages AS adopted "
     "JOIN contacts AS recipient ON recipient.id = adopted.contact_id "
     "WHERE recipient.address = :address AND adopted.channel = :channel "
     "AND adopted.status = 'unknown' AND adopted.message_sid IS NULL "
     "AND adopted.created_at >= :since ORDER BY adopted.id DESC LIMIT 1) END")
+_FOUND = ", ".join(_FOUND_EXPRESSIONS)
+# PostgreSQL: when no message has the sid, take the recipient's `RECIPIENT_LOCK` (a strict
+# function: no lock without an address).
+_LOCKING = (f"CASE WHEN {_ABSENT} THEN (SELECT 1 FROM pg_advisory_xact_lock("
+            f"{RECIPIENT_LOCK}, hashtext(:address))) END")
 _FOUND_PARAMS = (bindparam("sid", type_=_EVENTS.c.message_sid.type),
                  bindparam("address", type_=_CONTACTS.c.address.type),
                  bindparam("channel", type_=_MESSAGES.c.channel.type),
                  bindparam("since", type_=_MESSAGES.c.created_at.type))
 _KEEP_EVENT = _keep_event(_FOUND)
-# PostgreSQL's adds a column that, when no message has the sid, takes the recipient's
-# `RECIPIENT_LOCK` (a strict function: no lock without an address).
-_KEEP_EVENT_LOCKING = _keep_event(
-    _FOUND + f", CASE WHEN {_ABSENT} THEN (SELECT 1 FROM pg_advisory_xact_lock("
-    f"{RECIPIENT_LOCK}, hashtext(:address))) END")
+# PostgreSQL's adds a column that takes the recipient's lock when no message has the sid.
+_KEEP_EVENT_LOCKING = _keep_event(_FOUND + ", " + _LOCKING)
 
 # apply_status, on PostgreSQL, after `_KEEP_EVENT_LOCKING` found neither a message with the
 # sid nor a row to adopt and took the recipient's lock: the same look-ups, as committed since.
@@ -978,3 +1004,37 @@ _ADVANCE = (
                                      _MESSAGES.c.error_code))
     .returning(_MESSAGES.c.id)
 )
+
+
+def _keep_and_advance() -> Any:
+    """apply_status on PostgreSQL, for a plain forward status (neither a not-delivered end
+    nor 21610): `_KEEP_EVENT_LOCKING` and `_ADVANCE` in one statement, as data-modifying
+    CTEs. The `UPDATE` runs only when the event was new, on the message with the sid, under
+    `_ADVANCE`'s order rule; it returns (the message's id, direction and status as they were,
+    the row to adopt, the lock's column, the id of the row moved or NULL); no row for a
+    repeat. Both CTEs read the statement's snapshot, so the status returned is the one
+    before the move."""
+    names = ("found_id", "found_direction", "found_status", "adopted_id", "locked")
+    kept = _keep_event(", ".join(
+        f"{expression} AS {name}"
+        for expression, name in zip((*_FOUND_EXPRESSIONS, _LOCKING), names, strict=True))
+    ).columns(column("found_id", Integer()), column("found_direction", String()),
+              column("found_status", String()), column("adopted_id", Integer()),
+              column("locked", Integer())
+    ).cte("kept")
+    moved = (
+        update(_MESSAGES)
+        .where(_MESSAGES.c.message_sid == bindparam("sid", type_=_EVENTS.c.message_sid.type),
+               _MESSAGES.c.direction == _sql("out"), _forward_in_sql(_RANK),
+               exists(select(kept.c.found_id)))
+        .values(status=_STATUS, status_at=_NOW,
+                error_code=func.coalesce(bindparam("code", type_=Integer()),
+                                         _MESSAGES.c.error_code))
+        .returning(_MESSAGES.c.id)
+        .cte("moved")
+    )
+    return select(*(kept.c[name] for name in names),
+                  select(moved.c.id).scalar_subquery().label("moved_id"))
+
+
+_KEEP_AND_ADVANCE = _keep_and_advance()

@@ -221,13 +221,14 @@ def execute_compiled(connection: Connection, key: Hashable,
     Rows come back as the driver gives them, without result processing (a timestamp is text
     on SQLite; `execute_core` processes them). The result has `rowcount`.
 
-    On SQLite, when nothing listens to the statements (`_watched`), the SQL goes to the
-    driver's connection directly (SQLAlchemy docs, "Working with Driver SQL and Raw DBAPI
-    Connections"), inside the transaction `connection` has begun: SQLAlchemy's execution
-    context and cursor result cost about three times what SQLite spends running a
-    one-row statement (docs/pipeline.md, "Statements"). Otherwise, and on PostgreSQL, it
-    goes through `Connection.exec_driver_sql`, so the statement events see it. Either way
-    errors are SQLAlchemy's (e.g. `IntegrityError`).
+    When nothing listens to the statements (`_watched`) and `connection` has begun a
+    transaction, the SQL goes to the driver's connection directly (SQLAlchemy docs,
+    "Working with Driver SQL and Raw DBAPI Connections"), inside that transaction:
+    SQLAlchemy's execution context and cursor result cost about three times what SQLite
+    spends running a one-row statement, and about 50 µs of a PostgreSQL statement's 150
+    (docs/pipeline.md, "Statements"). Otherwise it goes through
+    `Connection.exec_driver_sql`, so the statement events see it. Either way errors are
+    SQLAlchemy's (e.g. `IntegrityError`), and a lost connection empties the pool.
 
     Raises:
         ValueError: a statement whose SQL depends on the values (an expanding `IN` of bound
@@ -245,7 +246,7 @@ def _run(connection: Connection, compiled: _Compiled, params: Mapping[str, Any]
     for name, process in compiled.processors.items():
         if name in params:
             values[name] = process(params[name])
-    if connection.dialect.name == "sqlite" and not _watched(connection):
+    if connection.in_transaction() and not _watched(connection):
         return _on_driver(connection, compiled, values)
     return connection.exec_driver_sql(compiled.sql, values)
 
@@ -334,19 +335,26 @@ def _pending(session: Session) -> bool:
 
 def _on_driver(connection: Connection, compiled: _Compiled,
                values: dict[str, Any]) -> Result[Any]:
-    """Run `compiled` on the driver's connection (SQLite) inside `connection`'s transaction;
-    the driver's error becomes SQLAlchemy's, as `Connection.execute` raises it."""
+    """Run `compiled` on the driver's connection inside the transaction `connection` has
+    begun (psycopg or sqlite3: both begin their own on the first statement, as under
+    `exec_driver_sql`). The driver's error goes through SQLAlchemy's own handling, as
+    `Connection.execute` raises it: wrapped (`IntegrityError`, `OperationalError`, ...),
+    and a lost connection invalidated with the pool (SQLAlchemy 2.0, pinned: the
+    `Connection._handle_dbapi_exception` that `exec_driver_sql` calls)."""
     driver: Any = connection.connection.driver_connection
     dbapi = connection.dialect.loaded_dbapi
+    cursor = None
     try:
         cursor = driver.execute(compiled.sql, values)
         try:
-            rows = cursor.fetchall() if cursor.description else []
+            # The compiled statement knows whether it returns rows: psycopg builds the
+            # description's column objects anew at each look.
+            rows = cursor.fetchall() if compiled.keys or cursor.description else []
             rowcount = cursor.rowcount
         finally:
             cursor.close()
     except dbapi.Error as exc:
-        raise _driver_error(connection, compiled.sql, values, exc) from exc
+        connection._handle_dbapi_exception(exc, compiled.sql, values, cursor, None)
     result: IteratorResult[Any] = IteratorResult(compiled.metadata,
                                                  iter(rows))
     result.rowcount = rowcount  # type: ignore[attr-defined]

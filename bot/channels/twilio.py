@@ -247,6 +247,11 @@ class TwilioRestSender:
             set for the channel.
         api_base: `TWILIO_API_BASE`, or None for Twilio's own hosts.
         timeout_seconds: the HTTP timeout (the library's default is none).
+        pool_size: kept-alive connections to the API at most, about the sends in flight at
+            once (a worker's `WORKER_CONCURRENCY`). requests keeps 10 by default: with more
+            sends in flight, each connection beyond those is closed after its send (urllib3
+            logs "Connection pool is full, discarding connection"), and the next send pays
+            a TCP and TLS handshake again.
     """
 
     def __init__(
@@ -259,6 +264,7 @@ class TwilioRestSender:
         messaging_service_sid: str | None = None,
         api_base: str | None = None,
         timeout_seconds: float = 10.0,
+        pool_size: int = 10,
     ) -> None:
         # The proxy (HTTPS_PROXY, NO_PROXY) and CA bundle (REQUESTS_CA_BUNDLE) settings of the
         # environment, read once: with requests' `trust_env` every send would read them again,
@@ -273,6 +279,9 @@ class TwilioRestSender:
             http_client.session.verify = (os.environ.get("REQUESTS_CA_BUNDLE")
                                           or os.environ.get("CURL_CA_BUNDLE") or True)
             http_client.session.trust_env = False
+            adapter = requests.adapters.HTTPAdapter(pool_maxsize=pool_size)
+            for prefix in ("https://", "http://"):
+                http_client.session.mount(prefix, adapter)
         self.client = Client(account_sid, auth_token, http_client=http_client)
         self.sms_from = sms_from
         self.whatsapp_from = whatsapp_from

@@ -182,3 +182,15 @@ def test_the_apps_twilio_sender_is_built_once_from_its_config(queued_app, twilio
     [request] = twilio_api.accepted
     assert (request["sid"], request["To"], request["From"], request["Body"]) == (
         sent.sid, PHONE, SMS_FROM, "hello")
+
+
+def test_the_twilio_sender_keeps_a_connection_per_send_in_flight(queued_app):
+    # requests keeps 10 connections a host by default: with more sends in flight, the others
+    # would be closed after each send and the next would pay a new TLS handshake.
+    queued_app.extensions.pop("sender", None)
+    sender = jobs.twilio_sender(queued_app)
+    assert isinstance(sender, TwilioRestSender)
+    http_client = sender.client.http_client
+    for url in ("https://api.twilio.com/2010-04-01/Accounts", http_client.base.geturl()):
+        adapter = http_client.session.get_adapter(url)
+        assert adapter._pool_maxsize == queued_app.config["WORKER_CONCURRENCY"] > 10

@@ -125,3 +125,30 @@ def test_the_claim_commits_on_its_own_and_an_unclaimed_row_is_decided_apart(
     assert outbound.plan_send(session, reply_id, options, catalog) is None
     session.commit()
     assert seen_elsewhere(status, id=reply_id) == "submitting"
+
+
+@pytest.mark.backends("postgresql")
+def test_a_plain_callback_is_one_statement_that_commits_on_its_own(
+        queued_app, session, twilio_api):
+    into_inbox(session, inbound("BALANCE", "SMcb1"))
+    assert jobs.answer_job("SMcb1") == "answered 1"
+    [accepted] = twilio_api.accepted
+    sid = accepted["sid"]
+    session.commit()  # no transaction open now, as in the status callback's request
+    status = "SELECT status FROM messages WHERE message_sid = :sid"
+    events = "SELECT count(*) FROM message_status_events WHERE message_sid = :sid"
+    with counted(begin=True) as sent:
+        assert outbound.apply_status(
+            session, outbound.StatusUpdate(sid, "delivered", None, PHONE)) is True
+    assert len(sent) == 1, sent  # the event kept and the row moved by one statement
+    # Before the caller's commit, both are stored: the statement committed on its own.
+    assert seen_elsewhere(status, sid=sid) == "delivered"
+    assert seen_elsewhere(events, sid=sid) == 1
+    session.commit()
+    # A not-delivered end goes under the account's lock in a transaction: nothing is seen
+    # before the commit.
+    assert outbound.apply_status(
+        session, outbound.StatusUpdate(sid, "undelivered", 30005, PHONE)) is False  # final
+    assert seen_elsewhere(events, sid=sid) == 1
+    session.commit()
+    assert seen_elsewhere(events, sid=sid) == 2

@@ -27,10 +27,11 @@ CODES = {"undelivered": 30005, "delivered": None}
 
 
 def second_waits_for_first(app, first: DbSession,
-                          second: Callable[[DbSession], object]) -> list:
+                          second: Callable[[DbSession], object], waits: bool = True) -> list:
     """With `first` (a session that has done its part, uncommitted) open, run `second(session)`
-    and commit in a thread with its own session; check that it waits for `first`, then commit
-    `first`. Returns what `second` returned, or the error it raised, in a list."""
+    and commit in a thread with its own session; check that it waits for `first` (or, not
+    `waits`, that it does not: `first` committed already), then commit `first`. Returns what
+    `second` returned, or the error it raised, in a list."""
     outcome: list = []
 
     def run() -> None:
@@ -44,12 +45,12 @@ def second_waits_for_first(app, first: DbSession,
 
     thread = threading.Thread(target=run)
     thread.start()
-    thread.join(0.5)
+    thread.join(0.5 if waits else 10)
     waited = thread.is_alive()
     first.commit()
     first.close()
     thread.join(10)
-    assert waited, outcome  # the second waited for the first one's commit
+    assert waited == waits, outcome  # the second waited for the first one's commit, or not
     return outcome
 
 
@@ -93,15 +94,21 @@ def test_a_callback_while_the_send_result_is_being_stored_waits_and_is_applied(
 
 
 @pytest.mark.parametrize("state", sorted(CODES))
+@pytest.mark.parametrize("open_before", [True, False], ids=["in-a-transaction", "alone"])
 def test_a_send_result_stored_while_a_callback_that_beat_it_commits_sees_it(
-        app, client, session, state):
+        app, client, session, state, open_before):
     reply_id, account, before, plan = prepared(app, client, session)
     callback = DbSession(db.engine)
+    if open_before:  # the callback's statement is not the first of its transaction
+        callback.connection()
     assert outbound.apply_status(  # kept for the send's result, not committed yet
         callback, outbound.StatusUpdate("SMrace", state, CODES[state], PHONE)) is False
+    # Alone, a plain callback's statement committed on its own (its event, and the lock it
+    # took, with it): the worker has nothing to wait for and sees the event.
+    waits = open_before or state != "delivered"
     assert second_waits_for_first(app, callback, lambda worker: outbound.record_send(
         worker, plan, outbound.Sent("SMrace", "queued"), outbound.OutboundSettings(),
-        bot_settings(app).catalog)) == [None]
+        bot_settings(app).catalog), waits=waits) == [None]
     ends(session, reply_id, account, before, state)
 
 

@@ -1,5 +1,5 @@
 """`tokens.base.execute_compiled` (a Core statement compiled once per driver, sent as driver
-SQL with its parameters processed; on SQLite with nothing listening, to the driver itself),
+SQL with its parameters processed; with nothing listening, to the driver itself),
 `tokens.base.execute_core` (the same for a module-level statement, rows processed),
 `tokens.base.write_changes` and the partial indexes the
 router's standing read uses (`ix_messages_queued`, `ix_messages_on_the_way`, migration 0018)."""
@@ -7,11 +7,13 @@ router's standing read uses (`ix_messages_queued`, `ix_messages_on_the_way`, mig
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import Any
 
+import psycopg
 import pytest
-from sqlalchemy import bindparam, event, func, insert, select, text, update
+from sqlalchemy import bindparam, create_engine, event, func, insert, make_url, select, text, update
 from sqlalchemy.engine import Connection
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.orm import Session
 
 from bot.models import ON_THE_WAY_STATES, Contact, Message
@@ -344,18 +346,64 @@ def test_execute_core_gives_the_rows_and_rowcount_session_execute_gives(
     assert execute_core(session, _SUSPEND, {"account_id": -1, "reason": "test"}).rowcount == 0
 
 
-def test_on_sqlite_with_nothing_listening_the_driver_runs_it(
+def _refuse_exec_driver_sql(monkeypatch: pytest.MonkeyPatch) -> None:
+    def refuse(*_args: object, **_kwargs: object) -> None:
+        raise AssertionError("exec_driver_sql used")
+
+    monkeypatch.setattr(Connection, "exec_driver_sql", refuse)
+
+
+def test_with_nothing_listening_the_driver_runs_it(
         session: Session, monkeypatch: pytest.MonkeyPatch) -> None:
     account = ledger.open_account(session, NOW).id
     session.flush()
-    sqlite = session.get_bind().dialect.name == "sqlite"
-    if sqlite:  # nothing may go through SQLAlchemy's execution of driver SQL
-        def refuse(*_args: object, **_kwargs: object) -> None:
-            raise AssertionError("exec_driver_sql used")
-
-        monkeypatch.setattr(Connection, "exec_driver_sql", refuse)
+    _refuse_exec_driver_sql(monkeypatch)  # nothing may go through SQLAlchemy's execution
     row = execute_core(session, _ACCOUNT_TIMES, {"account_id": account}).one()
     assert (row.id, row.created_at) == (account, NOW)
+    assert execute_core(session, _SUSPEND, {"account_id": account, "reason": "test"}
+                        ).rowcount == 1
+    assert execute_core(session, _SUSPEND, {"account_id": -1, "reason": "test"}).rowcount == 0
+
+
+def test_outside_a_transaction_sqlalchemy_runs_it_and_begins_one(
+        database_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    # On the driver alone, a statement on a connection that has not begun would run in a
+    # transaction SQLAlchemy does not know of (psycopg) or commit on its own (SQLite).
+    engine = create_engine(database_url)
+    used: list[str] = []
+    real = Connection.exec_driver_sql
+
+    def seen(self: Connection, sql: str, *args: Any, **kwargs: Any) -> Any:
+        used.append(sql)
+        return real(self, sql, *args, **kwargs)
+
+    monkeypatch.setattr(Connection, "exec_driver_sql", seen)
+    try:
+        with engine.connect() as connection:
+            assert not connection.in_transaction()
+            execute_compiled(connection, ("test", "one"), lambda _dialect: select(1), {})
+            assert used and connection.in_transaction()
+    finally:
+        engine.dispose()
+
+
+@pytest.mark.backends("postgresql")
+def test_a_connection_lost_on_the_driver_path_empties_the_pool(database_url: str) -> None:
+    engine = create_engine(database_url, pool_size=2, max_overflow=0)
+    try:
+        with Session(engine) as session:
+            pid = session.execute(text("SELECT pg_backend_pid()")).scalar_one()
+            url = make_url(database_url)
+            with psycopg.connect(host=url.host, port=url.port, user=url.username,
+                                 dbname="postgres", autocommit=True) as admin:
+                admin.execute("SELECT pg_terminate_backend(%s, 5000)", (pid,))
+            with pytest.raises(DBAPIError) as lost:
+                execute_core(session, _ACCOUNT_TIMES, {"account_id": 1}).all()
+            assert lost.value.connection_invalidated
+        with Session(engine) as session:  # a fresh connection, as after exec_driver_sql
+            assert session.execute(text("SELECT pg_backend_pid()")).scalar_one() != pid
+    finally:
+        engine.dispose()
 
 
 def test_a_refused_statement_raises_sqlalchemy_s_error_and_the_session_goes_on(
