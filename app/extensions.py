@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING, Any
 
-from flask import Flask, current_app
+from flask import Flask, current_app, request
 from flask_limiter import Limiter
 from flask_limiter.util import get_remote_address
 from flask_migrate import Migrate
@@ -26,6 +26,16 @@ csrf = CSRFProtect()
 # Rate limits by client address (behind a proxy, set TRUSTED_PROXY_HOPS); no default limits:
 # each limited view says its own.
 limiter = Limiter(key_func=get_remote_address)
+# The providers' webhooks (Twilio's messages and status callbacks, Stripe's events) are signed
+# and come from the providers' own addresses: no limit applies to them (per-person limits are
+# the router's, bot.ratelimit). Filtered out before Flask-Limiter resolves any limit, which
+# otherwise costs about 6 % of a webhook request's CPU (py-spy, 2026-12-08).
+PROVIDER_WEBHOOKS = frozenset({"twilio", "stripe"})
+
+
+@limiter.request_filter
+def _provider_webhook() -> bool:
+    return request.blueprint in PROVIDER_WEBHOOKS
 
 
 # --- what create_app keeps in app.extensions, read through one typed accessor each ----------

@@ -336,11 +336,11 @@ def _pending(session: Session) -> bool:
 def _on_driver(connection: Connection, compiled: _Compiled,
                values: dict[str, Any]) -> Result[Any]:
     """Run `compiled` on the driver's connection inside the transaction `connection` has
-    begun (psycopg or sqlite3: both begin their own on the first statement, as under
-    `exec_driver_sql`). The driver's error goes through SQLAlchemy's own handling, as
-    `Connection.execute` raises it: wrapped (`IntegrityError`, `OperationalError`, ...),
-    and a lost connection invalidated with the pool (SQLAlchemy 2.0, pinned: the
-    `Connection._handle_dbapi_exception` that `exec_driver_sql` calls)."""
+    begun (psycopg sends its `BEGIN` before the first statement, as under `exec_driver_sql`;
+    on SQLite SQLAlchemy's begin sent `BEGIN IMMEDIATE`). The driver's error goes through
+    SQLAlchemy's own handling, as `Connection.execute` raises it: wrapped (`IntegrityError`,
+    `OperationalError`, ...), and a lost connection invalidated with the pool (SQLAlchemy
+    2.0, pinned: the `Connection._handle_dbapi_exception` that `exec_driver_sql` calls)."""
     driver: Any = connection.connection.driver_connection
     dbapi = connection.dialect.loaded_dbapi
     cursor = None

@@ -202,3 +202,26 @@ def test_a_spanish_conversation_is_answered_in_spanish_as_gsm7_twiml(client, ses
     assert saldo.startswith("Tienes 95 tokens.") and "1 de" in saldo
     (compra,) = messages_of(post_signed(client, sms("COMPRAR")))
     assert compra.startswith("Consigue 120 tokens") and f"{PUBLIC_BASE_URL}/pay/" in compra
+
+
+def test_no_rate_limit_is_resolved_for_a_provider_webhook(client, monkeypatch):
+    # Twilio's and Stripe's webhooks are signed and come from the providers' addresses:
+    # Flask-Limiter is filtered out before it resolves any limit (app.extensions), while a
+    # limited view (the admin login) still goes through it.
+    from app.extensions import limiter
+
+    resolved: list[str | None] = []
+    real = limiter.limit_manager.resolve_limits
+
+    def seen(app, endpoint, *args, **kwargs):
+        resolved.append(endpoint)
+        return real(app, endpoint, *args, **kwargs)
+
+    monkeypatch.setattr(limiter.limit_manager, "resolve_limits", seen)
+    assert post_signed(client, sms("hello", sender="+16505550123")).status_code == 200
+    assert post_signed(client, {"MessageSid": "SM" + "9" * 32, "MessageStatus": "delivered",
+                                "To": "+16505550123", "AccountSid": "AC" + "1" * 32},
+                       path="/webhooks/twilio/status").status_code == 204
+    assert resolved == []
+    client.post("/admin/login", data={})
+    assert resolved, "the admin login's limit was not resolved"
