@@ -1014,14 +1014,14 @@ def _keep_and_advance() -> Any:
     the row to adopt, the lock's column, the id of the row moved or NULL); no row for a
     repeat. Both CTEs read the statement's snapshot, so the status returned is the one
     before the move."""
-    names = ("found_id", "found_direction", "found_status", "adopted_id", "locked")
+    returned = (column("found_id", Integer()), column("found_direction", String()),
+                column("found_status", String()), column("adopted_id", Integer()),
+                column("locked", Integer()))
+    names = [returned_column.name for returned_column in returned]
     kept = _keep_event(", ".join(
         f"{expression} AS {name}"
         for expression, name in zip((*_FOUND_EXPRESSIONS, _LOCKING), names, strict=True))
-    ).columns(column("found_id", Integer()), column("found_direction", String()),
-              column("found_status", String()), column("adopted_id", Integer()),
-              column("locked", Integer())
-    ).cte("kept")
+    ).columns(*returned).cte("kept")
     moved = (
         update(_MESSAGES)
         .where(_MESSAGES.c.message_sid == bindparam("sid", type_=_EVENTS.c.message_sid.type),

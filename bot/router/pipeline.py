@@ -23,16 +23,15 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from datetime import datetime
-from typing import cast
 
-from sqlalchemy import String, Table, bindparam, select
+from sqlalchemy import String, bindparam, select
 from sqlalchemy.orm import Session
 
-from bot.inbox import take_from_inbox
+from bot.inbox import INBOX, take_from_inbox
 from bot.intents.classifier import classify
 from bot.intents.llm_classify import LlmClassification, classify_with_llm, unsure
 from bot.messages import InboundMessage, from_payload
-from bot.models import InboxMessage, Message, OutcomeKind
+from bot.models import Message, OutcomeKind
 from bot.router.answer import (
     REPLY_IDS,
     TOP_UPS,
@@ -56,22 +55,21 @@ Deliver = Callable[[Session, int], int]
 # How many of a person's waiting messages `drain_person` reads at once, to let a STOP among
 # them overtake the ones before it.
 LOOK_AHEAD = 20
-_INBOX = cast(Table, InboxMessage.__table__)
 # A person's oldest waiting rows: (id, payload, received at), oldest first.
 _INBOX_OF_SENDER = (
-    select(_INBOX.c.id, _INBOX.c.payload, _INBOX.c.received_at)
-    .where(_INBOX.c.sender == bindparam("sender", type_=String()))
-    .order_by(_INBOX.c.id)
+    select(INBOX.c.id, INBOX.c.payload, INBOX.c.received_at)
+    .where(INBOX.c.sender == bindparam("sender", type_=String()))
+    .order_by(INBOX.c.id)
     .limit(LOOK_AHEAD)
 )
 # The same rows of the person who sent MessageSid `sid`, with that sender, in one statement
 # (a job knows only the MessageSid): (id, payload, received at, sender).
 INBOX_OF_SENDER_OF = (
-    select(_INBOX.c.id, _INBOX.c.payload, _INBOX.c.received_at, _INBOX.c.sender)
-    .where(_INBOX.c.sender == select(_INBOX.c.sender)
-           .where(_INBOX.c.message_sid == bindparam("sid", type_=String()))
+    select(INBOX.c.id, INBOX.c.payload, INBOX.c.received_at, INBOX.c.sender)
+    .where(INBOX.c.sender == select(INBOX.c.sender)
+           .where(INBOX.c.message_sid == bindparam("sid", type_=String()))
            .scalar_subquery())
-    .order_by(_INBOX.c.id)
+    .order_by(INBOX.c.id)
     .limit(LOOK_AHEAD)
 )
 
